@@ -1,0 +1,6 @@
+//! mdraid engine: RAID layouts, the sans-I/O per-channel data path, parity
+//! kernels. No threads, no syscalls, no SPDK: hosts drive it with events and
+//! carry out the actions it emits.
+
+pub mod layout;
+pub mod parity;
