@@ -3,4 +3,5 @@
 //! carry out the actions it emits.
 
 pub mod layout;
+pub mod ondisk;
 pub mod parity;
