@@ -2,6 +2,8 @@
 //! kernels. No threads, no syscalls, no SPDK: hosts drive it with events and
 //! carry out the actions it emits.
 
+pub mod channel;
 pub mod layout;
 pub mod ondisk;
 pub mod parity;
+pub mod state;

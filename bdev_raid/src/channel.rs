@@ -1,0 +1,1619 @@
+//! The per-channel data path, sans-I/O.
+//!
+//! A host drives one [`Channel`] per reactor per array:
+//! - [`Channel::submit`] a parent I/O,
+//! - carry out every [`Action`] from [`Channel::poll_action`] (issue a child
+//!   op on a member, complete a parent, send a request to the metadata path),
+//! - report child completions with [`Channel::child_done`],
+//! - hand over every new [`ArrayState`] broadcast by the metadata path with
+//!   [`Channel::apply_state`],
+//! - call [`Channel::poll`] from its loop (retries children the host had no
+//!   memory for, and parents waiting for a stripe another channel holds).
+//!
+//! Resources are bounded and allocated when the channel is created: parent
+//! slots, child slots, stripe contexts with their scratch buffers. A parent
+//! that cannot get what its next step needs waits whole, in a FIFO queue,
+//! and resumes where it stopped (R2). Completion counting starts with a
+//! submission bias of one. A write that failed on a member is parked until
+//! the metadata path broadcasts a state recording that member as faulty (R1).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::layout::{Geometry, StripeMap, MAX_MEMBERS};
+use crate::parity;
+use crate::state::{range_survives, ArrayState, StripeLocks};
+
+/// Operations a parent (array) I/O can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoType {
+    Read,
+    Write,
+    Flush,
+    Unmap,
+    WriteZeroes,
+    Reset,
+}
+
+impl IoType {
+    fn has_range(self) -> bool {
+        !matches!(self, IoType::Flush | IoType::Reset)
+    }
+    fn writes(self) -> bool {
+        matches!(self, IoType::Write | IoType::Unmap | IoType::WriteZeroes)
+    }
+}
+
+/// A parent I/O as the host submits it. `buf` carries the data for writes
+/// and receives it for reads (`blocks * block_size` bytes); the channel
+/// hands it back in [`Action::Complete`].
+#[derive(Debug)]
+pub struct ParentIo<B> {
+    /// Host's identifier, returned on completion.
+    pub tag: u64,
+    pub op: IoType,
+    pub lba: u64,
+    pub blocks: u64,
+    /// Force unit access: every member write it causes is FUA.
+    pub fua: bool,
+    pub buf: Option<B>,
+}
+
+/// How a parent I/O ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoStatus {
+    Success,
+    /// I/O error: the data is not where it should be (or was not read).
+    Error,
+    /// The request itself is malformed (range past the end, buffer size).
+    Invalid,
+}
+
+/// Operations on one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChildOp {
+    Read,
+    Write,
+    Flush,
+    Unmap,
+    WriteZeroes,
+    Reset,
+}
+
+/// Identifies an in-flight child op. Stale tokens are detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChildToken {
+    idx: u32,
+    gen: u32,
+}
+
+/// Where a child op's data lives. Resolve with [`Channel::child_data`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildBuf {
+    None,
+    /// Part of a parent's buffer (scatter/gather: no copy).
+    Parent {
+        slot: u32,
+        off: usize,
+        len: usize,
+    },
+    /// Part of a stripe context's scratch buffer (parity, old data).
+    Scratch {
+        ctx: u32,
+        off: usize,
+        len: usize,
+    },
+}
+
+/// A child op the host must carry out on member `member`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChildIo {
+    pub token: ChildToken,
+    pub member: u16,
+    pub op: ChildOp,
+    /// Block address in the member's data area.
+    pub lba: u64,
+    pub blocks: u64,
+    pub fua: bool,
+    pub buf: ChildBuf,
+}
+
+/// How a child op ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildStatus {
+    Success,
+    Error,
+    /// The host could not submit it for lack of memory; the channel
+    /// resubmits it from [`Channel::poll`]. Never a failure.
+    NoMem,
+}
+
+/// Requests from a channel to the metadata path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaRequest {
+    /// A write (or flush) failed on `member`: record it faulty and broadcast.
+    MemberFailed { member: u16, events: u64 },
+}
+
+/// What the host must do next.
+#[derive(Debug)]
+pub enum Action<B> {
+    Submit(ChildIo),
+    Complete {
+        tag: u64,
+        status: IoStatus,
+        buf: Option<B>,
+    },
+    Meta(MetaRequest),
+}
+
+/// Why `submit` refused a parent: every parent slot is taken. The host
+/// retries later (SPDK: complete with `NOMEM`, the bdev layer requeues).
+#[derive(Debug)]
+pub struct Busy<B>(pub ParentIo<B>);
+
+/// Sizes of the channel's pools, fixed at creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    pub max_parents: usize,
+    pub max_children: usize,
+    pub stripe_ctxs: usize,
+    /// Largest row range one stripe context handles (bytes per member).
+    pub max_row_bytes: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            max_parents: 256,
+            max_children: 1024,
+            stripe_ctxs: 16,
+            max_row_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Per-member counters of this channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    pub reads: u64,
+    pub writes: u64,
+    pub errors: u64,
+    pub outstanding: u32,
+}
+
+/// Channel-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub parents_done: u64,
+    pub read_errors_corrected: u64,
+    pub rmw: u64,
+    pub rcw: u64,
+    pub full_stripe: u64,
+    pub reconstruct_reads: u64,
+    pub waits_for_resources: u64,
+    pub waits_for_stripe: u64,
+    pub nomem_retries: u64,
+}
+
+const NONE: u32 = u32::MAX;
+
+fn bit(m: usize) -> u64 {
+    1u64 << m
+}
+
+fn members_of(mask: u64) -> impl Iterator<Item = usize> {
+    (0..MAX_MEMBERS).filter(move |m| mask & bit(*m) != 0)
+}
+
+struct Parent<B> {
+    tag: u64,
+    op: IoType,
+    lba: u64,
+    blocks: u64,
+    fua: bool,
+    buf: Option<B>,
+    /// Next array block to dispatch (mapped levels, parity reads).
+    cursor: u64,
+    /// Next (stripe, row) to dispatch (parity writes).
+    cursor_stripe: u64,
+    cursor_row: u64,
+    /// Outstanding units plus the submission bias while dispatching.
+    pending: u32,
+    dispatched: bool,
+    error: bool,
+    /// Members whose failure must be committed before this completes.
+    wait_members: u64,
+    queued: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Free,
+    Parent(u32),
+    Stripe(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChildKind {
+    /// A read of one mapped piece; `bad` = copies that failed it.
+    MirrorRead { lba: u64, blocks: u64, bad: u64 },
+    /// Rewrite of a piece on members that failed to read it.
+    MirrorFix { lba: u64, blocks: u64, todo: u64 },
+    /// Parity level: a direct read of a data strip piece.
+    StripRead {
+        stripe: u64,
+        data: u16,
+        row: u64,
+        rows: u64,
+    },
+    /// Anything counted once on its parent (writes, flush, reset, unmap).
+    Plain,
+    /// Owned by a stripe context.
+    Unit,
+}
+
+struct Child {
+    gen: u32,
+    owner: Owner,
+    kind: ChildKind,
+    io: ChildIo,
+    in_flight: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnitKind {
+    /// Write rows of the data strips in `cov`.
+    Write { cov: u64 },
+    /// Reconstruct data strip `target` for a read; rewrite `fix` if set.
+    Recon { target: usize, fix: Option<u16> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Read,
+    Write,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Full,
+    DataOnly,
+    Rmw,
+    Rcw,
+}
+
+struct StripeCtx<B> {
+    busy: bool,
+    parent: u32,
+    kind: UnitKind,
+    phase: Phase,
+    stripe: u64,
+    row: u64,
+    rows: u64,
+    map: StripeMap,
+    lock: usize,
+    pending: u32,
+    /// Members whose region holds valid rows.
+    have: u64,
+    /// Members that failed a read in this unit (still writable).
+    bad: u64,
+    /// Members whose reads are in flight.
+    reading: u64,
+    error: bool,
+    wait_members: u64,
+    /// Regions: one per member, then one spare, `max_row_bytes` each.
+    scratch: B,
+    /// Children reserved for this context (one per member).
+    first_child: u32,
+}
+
+/// Host buffers: contiguous, and stable in memory while the channel holds
+/// them (the host may pass their address to a device).
+pub trait IoBuf: AsRef<[u8]> + AsMut<[u8]> {}
+impl<T: AsRef<[u8]> + AsMut<[u8]>> IoBuf for T {}
+
+/// The per-channel data path. See the module documentation.
+pub struct Channel<B: IoBuf> {
+    geom: Arc<Geometry>,
+    state: Arc<ArrayState>,
+    locks: Arc<StripeLocks>,
+    cfg: ChannelConfig,
+    bs: u64,
+    max_rows: u64,
+    parents: Vec<Option<Parent<B>>>,
+    free_parents: Vec<u32>,
+    children: Vec<Child>,
+    free_children: Vec<u32>,
+    stripes: Vec<StripeCtx<B>>,
+    free_stripes: Vec<u32>,
+    waiters: VecDeque<u32>,
+    recon_queue: VecDeque<(u32, u64, u16, u64, u64, bool)>,
+    parked: Vec<u32>,
+    nomem: VecDeque<u32>,
+    actions: VecDeque<Action<B>>,
+    zeros: Vec<u8>,
+    /// Members this channel saw fail and reported, not yet committed.
+    local_failed: u64,
+    stats: ChannelStats,
+    member_stats: Vec<MemberStats>,
+}
+
+impl<B: IoBuf> Channel<B> {
+    /// A channel over `geom` in state `state`. `alloc(len)` gives the host's
+    /// buffers for scratch (DMA-able memory in SPDK, aligned for O_DIRECT).
+    pub fn new(
+        geom: Arc<Geometry>,
+        state: Arc<ArrayState>,
+        locks: Arc<StripeLocks>,
+        cfg: ChannelConfig,
+        mut alloc: impl FnMut(usize) -> B,
+    ) -> Channel<B> {
+        let members = geom.members();
+        assert_eq!(state.members.len(), members, "state/geometry mismatch");
+        let bs = geom.block_size() as u64;
+        assert!(cfg.max_parents > 0 && cfg.max_children >= 2 * MAX_MEMBERS.min(members));
+        let max_rows = if geom.level().is_parity() {
+            let r = (cfg.max_row_bytes as u64 / bs).min(geom.strip_blocks());
+            assert!(r > 0, "max_row_bytes smaller than a block");
+            r
+        } else {
+            0
+        };
+        let nstripes = if geom.level().is_parity() {
+            cfg.stripe_ctxs.max(1)
+        } else {
+            0
+        };
+        let total_children = cfg.max_children + nstripes * members;
+        let region = (max_rows * bs) as usize;
+        let stripes: Vec<StripeCtx<B>> = (0..nstripes)
+            .map(|i| StripeCtx {
+                busy: false,
+                parent: NONE,
+                kind: UnitKind::Write { cov: 0 },
+                phase: Phase::Idle,
+                stripe: 0,
+                row: 0,
+                rows: 0,
+                map: geom.stripe(0),
+                lock: 0,
+                pending: 0,
+                have: 0,
+                bad: 0,
+                reading: 0,
+                error: false,
+                wait_members: 0,
+                scratch: {
+                    let b = alloc(region * (members + 1));
+                    assert!(b.as_ref().len() >= region * (members + 1), "short scratch");
+                    b
+                },
+                first_child: (cfg.max_children + i * members) as u32,
+            })
+            .collect();
+        let children = (0..total_children)
+            .map(|_| Child {
+                gen: 0,
+                owner: Owner::Free,
+                kind: ChildKind::Plain,
+                io: ChildIo {
+                    token: ChildToken { idx: 0, gen: 0 },
+                    member: 0,
+                    op: ChildOp::Read,
+                    lba: 0,
+                    blocks: 0,
+                    fua: false,
+                    buf: ChildBuf::None,
+                },
+                in_flight: false,
+            })
+            .collect();
+        Channel {
+            state,
+            locks,
+            cfg,
+            bs,
+            max_rows,
+            parents: (0..cfg.max_parents).map(|_| None).collect(),
+            free_parents: (0..cfg.max_parents as u32).rev().collect(),
+            children,
+            free_children: (0..cfg.max_children as u32).rev().collect(),
+            free_stripes: (0..nstripes as u32).rev().collect(),
+            stripes,
+            waiters: VecDeque::with_capacity(cfg.max_parents),
+            recon_queue: VecDeque::with_capacity(cfg.max_children),
+            parked: Vec::with_capacity(cfg.max_parents),
+            nomem: VecDeque::with_capacity(total_children),
+            actions: VecDeque::with_capacity(total_children + cfg.max_parents),
+            zeros: vec![0; region],
+            local_failed: 0,
+            stats: ChannelStats::default(),
+            member_stats: vec![MemberStats::default(); members],
+            geom,
+        }
+    }
+
+    pub fn geometry(&self) -> &Arc<Geometry> {
+        &self.geom
+    }
+    pub fn state(&self) -> &Arc<ArrayState> {
+        &self.state
+    }
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+    pub fn member_stats(&self) -> &[MemberStats] {
+        &self.member_stats
+    }
+    /// Parents accepted and not yet completed.
+    pub fn parents_in_flight(&self) -> usize {
+        self.cfg.max_parents - self.free_parents.len()
+    }
+    /// Whether the channel holds no work at all.
+    pub fn is_idle(&self) -> bool {
+        self.parents_in_flight() == 0 && self.actions.is_empty()
+    }
+
+    /// Next thing the host must do.
+    pub fn poll_action(&mut self) -> Option<Action<B>> {
+        self.actions.pop_front()
+    }
+
+    /// The bytes a child op reads from or writes into.
+    pub fn child_data(&mut self, buf: ChildBuf) -> &mut [u8] {
+        match buf {
+            ChildBuf::None => &mut [],
+            ChildBuf::Parent { slot, off, len } => {
+                let p = self.parents[slot as usize]
+                    .as_mut()
+                    .expect("child buffer of a free parent");
+                &mut p.buf.as_mut().expect("parent without buffer").as_mut()[off..off + len]
+            }
+            ChildBuf::Scratch { ctx, off, len } => {
+                &mut self.stripes[ctx as usize].scratch.as_mut()[off..off + len]
+            }
+        }
+    }
+
+    /// Accept a parent I/O.
+    pub fn submit(&mut self, io: ParentIo<B>) -> Result<(), Busy<B>> {
+        let bs = self.bs;
+        let invalid = (io.op.has_range()
+            && (io.blocks == 0
+                || io
+                    .lba
+                    .checked_add(io.blocks)
+                    .is_none_or(|e| e > self.geom.array_blocks())))
+            || (matches!(io.op, IoType::Read | IoType::Write)
+                && io
+                    .buf
+                    .as_ref()
+                    .is_none_or(|b| (b.as_ref().len() as u64) < io.blocks * bs));
+        if invalid || self.state.offline {
+            let status = if invalid {
+                IoStatus::Invalid
+            } else {
+                IoStatus::Error
+            };
+            self.actions.push_back(Action::Complete {
+                tag: io.tag,
+                status,
+                buf: io.buf,
+            });
+            return Ok(());
+        }
+        let Some(slot) = self.free_parents.pop() else {
+            return Err(Busy(io));
+        };
+        self.parents[slot as usize] = Some(Parent {
+            tag: io.tag,
+            op: io.op,
+            lba: io.lba,
+            blocks: io.blocks,
+            fua: io.fua,
+            buf: io.buf,
+            cursor: io.lba,
+            cursor_stripe: 0,
+            cursor_row: 0,
+            pending: 1,
+            dispatched: false,
+            error: false,
+            wait_members: 0,
+            queued: false,
+        });
+        if self.geom.level().is_parity() && io.op.writes() {
+            let (s, _, _) = self.geom.locate(io.lba);
+            let p = self.parents[slot as usize].as_mut().unwrap();
+            p.cursor_stripe = s;
+            p.cursor_row = 0;
+        }
+        if !self.waiters.is_empty() {
+            // Others wait for resources: keep their order.
+            self.enqueue(slot);
+        } else {
+            self.run_parent(slot);
+        }
+        Ok(())
+    }
+
+    /// A broadcast from the metadata path.
+    pub fn apply_state(&mut self, state: Arc<ArrayState>) {
+        assert!(
+            state.events >= self.state.events,
+            "state broadcast went back in events"
+        );
+        self.local_failed &= !state.faulty();
+        self.state = state;
+        let mut i = 0;
+        while i < self.parked.len() {
+            let slot = self.parked[i];
+            let p = self.parents[slot as usize].as_ref().unwrap();
+            if self.state.offline || p.wait_members & !self.state.faulty() == 0 {
+                self.parked.swap_remove(i);
+                self.complete(slot);
+            } else {
+                i += 1;
+            }
+        }
+        self.run_waiters();
+    }
+
+    /// Resubmit children the host had no memory for and retry waiters.
+    pub fn poll(&mut self) {
+        while let Some(idx) = self.nomem.pop_front() {
+            self.stats.nomem_retries += 1;
+            let c = &mut self.children[idx as usize];
+            c.in_flight = true;
+            let io = c.io;
+            self.member_stats[io.member as usize].outstanding += 1;
+            self.actions.push_back(Action::Submit(io));
+        }
+        self.run_waiters();
+    }
+
+    /// A child op ended.
+    pub fn child_done(&mut self, token: ChildToken, status: ChildStatus) {
+        let idx = token.idx as usize;
+        {
+            let c = &mut self.children[idx];
+            assert!(
+                c.gen == token.gen && c.owner != Owner::Free && c.in_flight,
+                "completion of a child that is not in flight: {token:?}"
+            );
+            c.in_flight = false;
+        }
+        let io = self.children[idx].io;
+        let ms = &mut self.member_stats[io.member as usize];
+        ms.outstanding -= 1;
+        match status {
+            ChildStatus::NoMem => {
+                self.nomem.push_back(token.idx);
+                return;
+            }
+            ChildStatus::Error => ms.errors += 1,
+            ChildStatus::Success => match io.op {
+                ChildOp::Read => ms.reads += 1,
+                ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap => ms.writes += 1,
+                _ => {}
+            },
+        }
+        let ok = status == ChildStatus::Success;
+        match self.children[idx].owner {
+            Owner::Free => unreachable!(),
+            Owner::Stripe(ctx) => self.unit_child_done(ctx, idx as u32, ok),
+            Owner::Parent(slot) => self.parent_child_done(slot, idx as u32, ok),
+        }
+        self.run_waiters();
+    }
+
+    // ----- parents -------------------------------------------------------
+
+    fn enqueue(&mut self, slot: u32) {
+        let p = self.parents[slot as usize].as_mut().unwrap();
+        if !p.queued {
+            p.queued = true;
+            self.waiters.push_back(slot);
+        }
+    }
+
+    /// Retry queued work in order. A parent blocked on pool resources stops
+    /// the scan (FIFO: later parents must not take what it waits for); one
+    /// blocked on a stripe lock does not.
+    fn run_waiters(&mut self) {
+        while let Some(&(slot, stripe, data, row, rows, fix)) = self.recon_queue.front() {
+            if !self.start_recon(slot, stripe, data, row, rows, fix) {
+                break;
+            }
+            self.recon_queue.pop_front();
+        }
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let slot = self.waiters[i];
+            match self.dispatch(slot) {
+                Step::Done => {
+                    self.waiters.remove(i);
+                    self.parents[slot as usize].as_mut().unwrap().queued = false;
+                    self.finish_dispatch(slot);
+                }
+                Step::WaitLock => i += 1,
+                Step::WaitPool => break,
+            }
+        }
+    }
+
+    fn run_parent(&mut self, slot: u32) {
+        match self.dispatch(slot) {
+            Step::Done => self.finish_dispatch(slot),
+            Step::WaitLock => {
+                self.stats.waits_for_stripe += 1;
+                self.enqueue(slot)
+            }
+            Step::WaitPool => {
+                self.stats.waits_for_resources += 1;
+                self.enqueue(slot)
+            }
+        }
+    }
+
+    fn finish_dispatch(&mut self, slot: u32) {
+        let p = self.parents[slot as usize].as_mut().unwrap();
+        debug_assert!(!p.dispatched);
+        p.dispatched = true;
+        self.unit_done(slot); // drop the submission bias
+    }
+
+    fn unit_done(&mut self, slot: u32) {
+        let p = self.parents[slot as usize].as_mut().unwrap();
+        assert!(p.pending > 0, "parent completion count underflow");
+        p.pending -= 1;
+        if p.pending == 0 {
+            assert!(p.dispatched, "parent completed before it was fully issued");
+            if p.wait_members & !self.state.faulty() != 0 && !self.state.offline {
+                self.parked.push(slot);
+            } else {
+                self.complete(slot);
+            }
+        }
+    }
+
+    fn complete(&mut self, slot: u32) {
+        let p = self.parents[slot as usize].take().unwrap();
+        let status = if p.error || self.state.offline {
+            IoStatus::Error
+        } else if p.wait_members != 0 {
+            let dead = self.state.out_of_service() | self.local_failed | p.wait_members;
+            if p.op.has_range() {
+                if range_survives(&self.geom, p.lba, p.blocks, dead) {
+                    IoStatus::Success
+                } else {
+                    IoStatus::Error
+                }
+            } else if crate::state::survives(&self.geom, dead) {
+                IoStatus::Success
+            } else {
+                IoStatus::Error
+            }
+        } else {
+            IoStatus::Success
+        };
+        self.stats.parents_done += 1;
+        self.free_parents.push(slot);
+        self.actions.push_back(Action::Complete {
+            tag: p.tag,
+            status,
+            buf: p.buf,
+        });
+    }
+
+    /// Members that take no writes (or reads) on this channel now.
+    fn dead(&self) -> u64 {
+        self.state.out_of_service() | self.local_failed
+    }
+
+    fn fail_member(&mut self, member: u16) {
+        let b = bit(member as usize);
+        if self.dead() & b == 0 {
+            self.local_failed |= b;
+            self.actions
+                .push_back(Action::Meta(MetaRequest::MemberFailed {
+                    member,
+                    events: self.state.events,
+                }));
+        }
+    }
+
+    fn alloc_child(&mut self, owner: Owner, kind: ChildKind) -> u32 {
+        let idx = self.free_children.pop().expect("child pool checked");
+        let c = &mut self.children[idx as usize];
+        debug_assert_eq!(c.owner, Owner::Free);
+        c.owner = owner;
+        c.kind = kind;
+        idx
+    }
+
+    fn free_child(&mut self, idx: u32) {
+        let c = &mut self.children[idx as usize];
+        c.owner = Owner::Free;
+        c.gen = c.gen.wrapping_add(1);
+        if (idx as usize) < self.cfg.max_children {
+            self.free_children.push(idx);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue(
+        &mut self,
+        idx: u32,
+        member: u16,
+        op: ChildOp,
+        lba: u64,
+        blocks: u64,
+        fua: bool,
+        buf: ChildBuf,
+    ) {
+        let c = &mut self.children[idx as usize];
+        c.gen = c.gen.wrapping_add(1);
+        c.io = ChildIo {
+            token: ChildToken { idx, gen: c.gen },
+            member,
+            op,
+            lba,
+            blocks,
+            fua,
+            buf,
+        };
+        c.in_flight = true;
+        self.member_stats[member as usize].outstanding += 1;
+        self.actions.push_back(Action::Submit(c.io));
+    }
+
+    fn parent_buf(&self, slot: u32, lba: u64, blocks: u64) -> ChildBuf {
+        let p = self.parents[slot as usize].as_ref().unwrap();
+        if p.buf.is_none() || !matches!(p.op, IoType::Read | IoType::Write) {
+            return ChildBuf::None;
+        }
+        ChildBuf::Parent {
+            slot,
+            off: ((lba - p.lba) * self.bs) as usize,
+            len: (blocks * self.bs) as usize,
+        }
+    }
+
+    /// Issue as much of the parent as resources allow.
+    fn dispatch(&mut self, slot: u32) -> Step {
+        let (op, lba, blocks) = {
+            let p = self.parents[slot as usize].as_ref().unwrap();
+            (p.op, p.lba, p.blocks)
+        };
+        match op {
+            IoType::Flush | IoType::Reset => self.dispatch_all_members(slot, op),
+            _ if !self.geom.level().is_parity() => self.dispatch_mapped(slot, op, lba + blocks),
+            IoType::Read => self.dispatch_parity_read(slot, lba + blocks),
+            _ => self.dispatch_parity_write(slot, lba + blocks),
+        }
+    }
+
+    fn dispatch_all_members(&mut self, slot: u32, op: IoType) -> Step {
+        let p = self.parents[slot as usize].as_ref().unwrap();
+        if p.cursor != p.lba {
+            return Step::Done; // already issued
+        }
+        let live = !self.dead() & ((1u64 << self.geom.members()) - 1);
+        if self.free_children.len() < live.count_ones() as usize {
+            return Step::WaitPool;
+        }
+        let cop = if op == IoType::Flush {
+            ChildOp::Flush
+        } else {
+            ChildOp::Reset
+        };
+        for m in members_of(live) {
+            let c = self.alloc_child(Owner::Parent(slot), ChildKind::Plain);
+            self.parents[slot as usize].as_mut().unwrap().pending += 1;
+            self.issue(c, m as u16, cop, 0, 0, false, ChildBuf::None);
+        }
+        self.parents[slot as usize].as_mut().unwrap().cursor += 1;
+        Step::Done
+    }
+
+    fn dispatch_mapped(&mut self, slot: u32, op: IoType, end: u64) -> Step {
+        loop {
+            let (cursor, fua) = {
+                let p = self.parents[slot as usize].as_ref().unwrap();
+                (p.cursor, p.fua)
+            };
+            if cursor >= end {
+                return Step::Done;
+            }
+            let m = self.geom.map(cursor, end - cursor);
+            let dead = self.dead();
+            if op == IoType::Read {
+                if self.free_children.is_empty() {
+                    return Step::WaitPool;
+                }
+                let c = self.alloc_child(
+                    Owner::Parent(slot),
+                    ChildKind::MirrorRead {
+                        lba: cursor,
+                        blocks: m.len,
+                        bad: 0,
+                    },
+                );
+                self.parents[slot as usize].as_mut().unwrap().pending += 1;
+                self.mirror_read_next(slot, c);
+            } else {
+                let live: u64 = m
+                    .copies()
+                    .iter()
+                    .filter(|l| dead & bit(l.member as usize) == 0)
+                    .fold(0, |a, l| a | bit(l.member as usize));
+                if self.free_children.len() < live.count_ones() as usize {
+                    return Step::WaitPool;
+                }
+                if live == 0 {
+                    self.parents[slot as usize].as_mut().unwrap().error = true;
+                }
+                let cop = match op {
+                    IoType::Write => ChildOp::Write,
+                    IoType::WriteZeroes => ChildOp::WriteZeroes,
+                    // Unmapped blocks read back as anything; only pass it
+                    // through where no copies must agree.
+                    IoType::Unmap if self.geom.copies() == 1 => ChildOp::Unmap,
+                    _ => ChildOp::WriteZeroes,
+                };
+                let buf = self.parent_buf(slot, cursor, m.len);
+                for l in m.copies().iter().copied() {
+                    if dead & bit(l.member as usize) != 0 {
+                        continue;
+                    }
+                    let c = self.alloc_child(Owner::Parent(slot), ChildKind::Plain);
+                    self.parents[slot as usize].as_mut().unwrap().pending += 1;
+                    self.issue(c, l.member, cop, l.lba, m.len, fua, buf);
+                }
+            }
+            self.parents[slot as usize].as_mut().unwrap().cursor += m.len;
+        }
+    }
+
+    /// Pick the next copy for a mirrored read piece (least outstanding on
+    /// this channel among live copies not yet tried) and issue it; if none
+    /// is left, the piece fails.
+    fn mirror_read_next(&mut self, slot: u32, c: u32) {
+        let ChildKind::MirrorRead { lba, blocks, bad } = self.children[c as usize].kind else {
+            unreachable!()
+        };
+        let m = self.geom.map(lba, blocks);
+        debug_assert_eq!(m.len, blocks);
+        let dead = self.dead() | bad;
+        let best = m
+            .copies()
+            .iter()
+            .filter(|l| dead & bit(l.member as usize) == 0)
+            .min_by_key(|l| self.member_stats[l.member as usize].outstanding)
+            .copied();
+        match best {
+            Some(l) => {
+                let buf = self.parent_buf(slot, lba, blocks);
+                self.issue(c, l.member, ChildOp::Read, l.lba, blocks, false, buf);
+            }
+            None => {
+                self.parents[slot as usize].as_mut().unwrap().error = true;
+                self.free_child(c);
+                self.unit_done(slot);
+            }
+        }
+    }
+
+    fn mirror_fix_next(&mut self, slot: u32, c: u32) {
+        let ChildKind::MirrorFix { lba, blocks, todo } = self.children[c as usize].kind else {
+            unreachable!()
+        };
+        let todo = todo & !self.dead();
+        let m = self.geom.map(lba, blocks);
+        if let Some(l) = m
+            .copies()
+            .iter()
+            .find(|l| todo & bit(l.member as usize) != 0)
+            .copied()
+        {
+            self.children[c as usize].kind = ChildKind::MirrorFix {
+                lba,
+                blocks,
+                todo: todo & !bit(l.member as usize),
+            };
+            let buf = self.parent_buf(slot, lba, blocks);
+            self.issue(c, l.member, ChildOp::Write, l.lba, blocks, false, buf);
+        } else {
+            self.free_child(c);
+            self.unit_done(slot);
+        }
+    }
+
+    fn parent_child_done(&mut self, slot: u32, c: u32, ok: bool) {
+        let member = self.children[c as usize].io.member;
+        match self.children[c as usize].kind {
+            ChildKind::MirrorRead { lba, blocks, bad } => {
+                if ok {
+                    if bad != 0 {
+                        self.stats.read_errors_corrected += 1;
+                        self.children[c as usize].kind = ChildKind::MirrorFix {
+                            lba,
+                            blocks,
+                            todo: bad,
+                        };
+                        self.mirror_fix_next(slot, c);
+                    } else {
+                        self.free_child(c);
+                        self.unit_done(slot);
+                    }
+                } else {
+                    self.children[c as usize].kind = ChildKind::MirrorRead {
+                        lba,
+                        blocks,
+                        bad: bad | bit(member as usize),
+                    };
+                    self.mirror_read_next(slot, c);
+                }
+            }
+            ChildKind::MirrorFix { .. } => {
+                if !ok {
+                    // The data the read returned is good; this member is not.
+                    self.fail_member(member);
+                }
+                self.mirror_fix_next(slot, c);
+            }
+            ChildKind::StripRead {
+                stripe,
+                data,
+                row,
+                rows,
+            } => {
+                self.free_child(c);
+                if ok {
+                    self.unit_done(slot);
+                } else {
+                    // Reconstruct from the other strips, then rewrite it.
+                    self.recon_queue
+                        .push_back((slot, stripe, data, row, rows, true));
+                }
+            }
+            ChildKind::Plain => {
+                let op = self.children[c as usize].io.op;
+                if !ok && op != ChildOp::Reset {
+                    self.fail_member(member);
+                    self.parents[slot as usize].as_mut().unwrap().wait_members |=
+                        bit(member as usize);
+                }
+                self.free_child(c);
+                self.unit_done(slot);
+            }
+            ChildKind::Unit => unreachable!(),
+        }
+    }
+
+    // ----- parity levels -------------------------------------------------
+
+    fn dispatch_parity_read(&mut self, slot: u32, end: u64) -> Step {
+        loop {
+            let cursor = self.parents[slot as usize].as_ref().unwrap().cursor;
+            if cursor >= end {
+                return Step::Done;
+            }
+            let (stripe, d, row) = self.geom.locate(cursor);
+            let rows = (self.geom.strip_blocks() - row)
+                .min(self.max_rows - row % self.max_rows)
+                .min(end - cursor);
+            let map = self.geom.stripe(stripe);
+            let member = map.data[d];
+            if self.dead() & bit(member as usize) != 0 {
+                match self.try_start_unit(
+                    slot,
+                    stripe,
+                    row,
+                    rows,
+                    UnitKind::Recon {
+                        target: d,
+                        fix: None,
+                    },
+                ) {
+                    Ok(()) => {}
+                    Err(s) => return s,
+                }
+            } else {
+                if self.free_children.is_empty() {
+                    return Step::WaitPool;
+                }
+                let c = self.alloc_child(
+                    Owner::Parent(slot),
+                    ChildKind::StripRead {
+                        stripe,
+                        data: d as u16,
+                        row,
+                        rows,
+                    },
+                );
+                self.parents[slot as usize].as_mut().unwrap().pending += 1;
+                let buf = self.parent_buf(slot, cursor, rows);
+                self.issue(
+                    c,
+                    member,
+                    ChildOp::Read,
+                    map.member_lba + row,
+                    rows,
+                    false,
+                    buf,
+                );
+            }
+            self.parents[slot as usize].as_mut().unwrap().cursor += rows;
+        }
+    }
+
+    /// Start a recon unit for a failed direct read; false if it must wait.
+    fn start_recon(
+        &mut self,
+        slot: u32,
+        stripe: u64,
+        d: u16,
+        row: u64,
+        rows: u64,
+        fix: bool,
+    ) -> bool {
+        let map = self.geom.stripe(stripe);
+        let fix = fix.then_some(map.data[d as usize]);
+        // The parent's pending count already includes this piece.
+        self.parents[slot as usize].as_mut().unwrap().pending -= 1;
+        let r = self.try_start_unit(
+            slot,
+            stripe,
+            row,
+            rows,
+            UnitKind::Recon {
+                target: d as usize,
+                fix,
+            },
+        );
+        if r.is_err() {
+            self.parents[slot as usize].as_mut().unwrap().pending += 1;
+        }
+        r.is_ok()
+    }
+
+    /// The next write unit of a parity write at or after `(stripe, row)`:
+    /// a row range over which each data strip is either wholly written or
+    /// untouched, so one plan serves every member.
+    fn next_write_unit(
+        &self,
+        lba: u64,
+        end: u64,
+        mut stripe: u64,
+        mut row: u64,
+    ) -> Option<(u64, u64, u64, u64)> {
+        let strip = self.geom.strip_blocks();
+        let sdb = self.geom.stripe_data_blocks();
+        loop {
+            let s0 = stripe * sdb;
+            if s0 >= end {
+                return None;
+            }
+            let a = lba.max(s0) - s0;
+            let b = end.min(s0 + sdb) - s0;
+            let (da, db) = ((a / strip) as usize, ((b - 1) / strip) as usize);
+            let (os, oe) = (a % strip, (b - 1) % strip + 1);
+            while row < strip {
+                let mut next = strip.min((row / self.max_rows + 1) * self.max_rows);
+                for bp in [os, oe] {
+                    if bp > row && bp < next {
+                        next = bp;
+                    }
+                }
+                let mut cov = 0u64;
+                for i in da..=db {
+                    let lo = if i == da { os } else { 0 };
+                    let hi = if i == db { oe } else { strip };
+                    if lo <= row && next <= hi {
+                        cov |= bit(i);
+                    }
+                }
+                if cov != 0 {
+                    return Some((stripe, row, next - row, cov));
+                }
+                row = next;
+            }
+            stripe += 1;
+            row = 0;
+        }
+    }
+
+    fn dispatch_parity_write(&mut self, slot: u32, end: u64) -> Step {
+        loop {
+            let (lba, s, r) = {
+                let p = self.parents[slot as usize].as_ref().unwrap();
+                (p.lba, p.cursor_stripe, p.cursor_row)
+            };
+            let Some((stripe, row, rows, cov)) = self.next_write_unit(lba, end, s, r) else {
+                return Step::Done;
+            };
+            let started = self.try_start_unit(slot, stripe, row, rows, UnitKind::Write { cov });
+            let p = self.parents[slot as usize].as_mut().unwrap();
+            p.cursor_stripe = stripe;
+            p.cursor_row = row;
+            if let Err(step) = started {
+                return step;
+            }
+            p.cursor_row = row + rows;
+        }
+    }
+
+    /// Take a stripe context and the stripe's lock and start a unit, or say
+    /// what to wait for. Nothing is held on failure.
+    fn try_start_unit(
+        &mut self,
+        slot: u32,
+        stripe: u64,
+        row: u64,
+        rows: u64,
+        kind: UnitKind,
+    ) -> Result<(), Step> {
+        let Some(&ctx) = self.free_stripes.last() else {
+            return Err(Step::WaitPool);
+        };
+        let lock = self.locks.key(stripe);
+        if !self.locks.try_lock(lock) {
+            return Err(Step::WaitLock);
+        }
+        self.free_stripes.pop();
+        let map = self.geom.stripe(stripe);
+        let u = &mut self.stripes[ctx as usize];
+        debug_assert!(!u.busy);
+        u.busy = true;
+        u.parent = slot;
+        u.kind = kind;
+        u.phase = Phase::Idle;
+        u.stripe = stripe;
+        u.row = row;
+        u.rows = rows;
+        u.map = map;
+        u.lock = lock;
+        u.pending = 0;
+        u.have = 0;
+        u.bad = 0;
+        u.reading = 0;
+        u.error = false;
+        u.wait_members = 0;
+        self.parents[slot as usize].as_mut().unwrap().pending += 1;
+        if matches!(kind, UnitKind::Recon { .. }) {
+            self.stats.reconstruct_reads += 1;
+        }
+        self.advance_unit(ctx);
+        Ok(())
+    }
+
+    fn data_mask(map: &StripeMap, data: u64) -> u64 {
+        (0..map.ndata)
+            .filter(|i| data & bit(*i) != 0)
+            .fold(0, |a, i| a | bit(map.data[i] as usize))
+    }
+
+    fn parity_mask(map: &StripeMap) -> u64 {
+        bit(map.p as usize) | map.q.map_or(0, |q| bit(q as usize))
+    }
+
+    /// Decide the unit's next step from what is readable and what was read.
+    fn plan(&self, ctx: u32) -> Plan {
+        let u = &self.stripes[ctx as usize];
+        let map = &u.map;
+        let nparity = if map.q.is_some() { 2 } else { 1 };
+        let all_data = Self::data_mask(map, (1u64 << map.ndata) - 1);
+        let par = Self::parity_mask(map);
+        let dead_w = self.dead();
+        let dead_r = dead_w | u.bad;
+        let missing = |want: u64| want & !u.have;
+        match u.kind {
+            UnitKind::Recon { target, .. } => {
+                let unknown = ((all_data | par) & dead_r) | bit(map.data[target] as usize);
+                if unknown.count_ones() > nparity {
+                    return Plan::Fail;
+                }
+                let reads = (all_data | par) & !unknown;
+                if missing(reads) != 0 {
+                    Plan::Read(missing(reads))
+                } else {
+                    Plan::Go(Method::Rcw)
+                }
+            }
+            UnitKind::Write { cov } => {
+                let full = (1u64 << map.ndata) - 1;
+                if cov == full {
+                    return Plan::Go(Method::Full);
+                }
+                let par_w = par & !dead_w;
+                if par_w == 0 {
+                    return Plan::Go(Method::DataOnly);
+                }
+                let cov_m = Self::data_mask(map, cov);
+                let unc_m = all_data & !cov_m;
+                let rmw_ok = (cov_m | par_w) & dead_r == 0;
+                let rmw_reads = cov_m | par_w;
+                let (rcw_ok, rcw_reads) = if unc_m & dead_r == 0 {
+                    (true, unc_m)
+                } else {
+                    let unknown = (all_data | par) & dead_r;
+                    (unknown.count_ones() <= nparity, (all_data | par) & !dead_r)
+                };
+                let cost = |m: u64| missing(m).count_ones();
+                let (method, reads) = if rmw_ok && (!rcw_ok || cost(rmw_reads) < cost(rcw_reads)) {
+                    (Method::Rmw, rmw_reads)
+                } else if rcw_ok {
+                    (Method::Rcw, rcw_reads)
+                } else {
+                    return Plan::Fail;
+                };
+                if missing(reads) != 0 {
+                    Plan::Read(missing(reads))
+                } else {
+                    Plan::Go(method)
+                }
+            }
+        }
+    }
+
+    fn region(&self) -> usize {
+        (self.max_rows * self.bs) as usize
+    }
+
+    fn advance_unit(&mut self, ctx: u32) {
+        match self.plan(ctx) {
+            Plan::Fail => {
+                self.stripes[ctx as usize].error = true;
+                self.finish_unit(ctx);
+            }
+            Plan::Read(mask) => {
+                let (first, lba, rows, region) = {
+                    let u = &mut self.stripes[ctx as usize];
+                    debug_assert_eq!(u.reading, 0);
+                    u.phase = Phase::Read;
+                    u.reading = mask;
+                    u.pending = mask.count_ones();
+                    (u.first_child, u.map.member_lba + u.row, u.rows, 0)
+                };
+                let _ = region;
+                let len = (rows * self.bs) as usize;
+                for m in members_of(mask) {
+                    let c = first + m as u32;
+                    self.children[c as usize].owner = Owner::Stripe(ctx);
+                    self.children[c as usize].kind = ChildKind::Unit;
+                    let buf = ChildBuf::Scratch {
+                        ctx,
+                        off: m * self.region(),
+                        len,
+                    };
+                    self.issue(c, m as u16, ChildOp::Read, lba, rows, false, buf);
+                }
+            }
+            Plan::Go(method) => {
+                let writes = self.compute(ctx, method);
+                let (first, lba, rows, slot, kind) = {
+                    let u = &mut self.stripes[ctx as usize];
+                    u.phase = Phase::Write;
+                    u.pending = writes.count_ones();
+                    (
+                        u.first_child,
+                        u.map.member_lba + u.row,
+                        u.rows,
+                        u.parent,
+                        u.kind,
+                    )
+                };
+                let (fua, zero) = {
+                    let p = self.parents[slot as usize].as_ref().unwrap();
+                    (p.fua, p.op != IoType::Write)
+                };
+                let len = (rows * self.bs) as usize;
+                for m in members_of(writes) {
+                    let c = first + m as u32;
+                    self.children[c as usize].owner = Owner::Stripe(ctx);
+                    self.children[c as usize].kind = ChildKind::Unit;
+                    let (op, buf) = match self.new_data_of(ctx, m) {
+                        Some(_) if zero && matches!(kind, UnitKind::Write { .. }) => {
+                            (ChildOp::WriteZeroes, ChildBuf::None)
+                        }
+                        Some(alba) => (ChildOp::Write, self.parent_buf(slot, alba, rows)),
+                        None => (
+                            ChildOp::Write,
+                            ChildBuf::Scratch {
+                                ctx,
+                                off: m * self.region(),
+                                len,
+                            },
+                        ),
+                    };
+                    self.issue(c, m as u16, op, lba, rows, fua, buf);
+                }
+                if writes == 0 {
+                    self.finish_unit(ctx);
+                }
+            }
+        }
+    }
+
+    /// For a write unit: the array block of member `m`'s new data if `m`
+    /// holds a written (covered) data strip of the unit.
+    fn new_data_of(&self, ctx: u32, m: usize) -> Option<u64> {
+        let u = &self.stripes[ctx as usize];
+        let UnitKind::Write { cov } = u.kind else {
+            return None;
+        };
+        (0..u.map.ndata)
+            .find(|i| cov & bit(*i) != 0 && u.map.data[*i] as usize == m)
+            .map(|i| {
+                u.stripe * self.geom.stripe_data_blocks()
+                    + i as u64 * self.geom.strip_blocks()
+                    + u.row
+            })
+    }
+
+    /// Do the unit's parity math in its scratch buffer; return the members
+    /// to write.
+    fn compute(&mut self, ctx: u32, method: Method) -> u64 {
+        let dead_w = self.dead();
+        let region = self.region();
+        let bs = self.bs;
+        let sdb = self.geom.stripe_data_blocks();
+        let strip = self.geom.strip_blocks();
+        let Channel {
+            stripes,
+            parents,
+            zeros,
+            stats,
+            ..
+        } = self;
+        let u = &mut stripes[ctx as usize];
+        let map = u.map;
+        let len = (u.rows * bs) as usize;
+        let parent = parents[u.parent as usize].as_mut().unwrap();
+        let nmem = u.scratch.as_ref().len() / region - 1;
+        let mut regs: [&mut [u8]; MAX_MEMBERS + 1] = std::array::from_fn(|_| &mut [][..]);
+        for (i, r) in u
+            .scratch
+            .as_mut()
+            .chunks_mut(region)
+            .take(nmem + 1)
+            .enumerate()
+        {
+            regs[i] = &mut r[..len];
+        }
+        let par = Self::parity_mask(&map);
+        let all_data = Self::data_mask(&map, (1u64 << map.ndata) - 1);
+        let dead_r = dead_w | u.bad;
+        // Slot order of data strips for Q.
+        let mut by_slot = [0usize; MAX_MEMBERS];
+        for i in 0..map.ndata {
+            by_slot[map.q_slot[i] as usize] = i;
+        }
+        let p_off =
+            |i: usize| ((u.stripe * sdb + i as u64 * strip + u.row - parent.lba) * bs) as usize;
+        match u.kind {
+            UnitKind::Recon { target, fix } => {
+                let unknown = ((all_data | par) & dead_r) | bit(map.data[target] as usize);
+                recover(&mut regs, &map, unknown);
+                let off = p_off(target);
+                parent.buf.as_mut().unwrap().as_mut()[off..off + len]
+                    .copy_from_slice(regs[map.data[target] as usize]);
+                match fix {
+                    Some(m) if dead_w & bit(m as usize) == 0 => bit(m as usize),
+                    _ => 0,
+                }
+            }
+            UnitKind::Write { cov } => {
+                let zero = parent.op != IoType::Write;
+                let pbuf: &[u8] = match (&parent.buf, zero) {
+                    (Some(b), false) => b.as_ref(),
+                    _ => &[],
+                };
+                let new = |i: usize| -> &[u8] {
+                    if zero {
+                        &zeros[..len]
+                    } else {
+                        &pbuf[p_off(i)..p_off(i) + len]
+                    }
+                };
+                let cov_m = Self::data_mask(&map, cov);
+                let par_w = par & !dead_w;
+                let mut writes = (cov_m | par_w) & !dead_w;
+                match method {
+                    Method::DataOnly => {}
+                    Method::Full => {
+                        stats.full_stripe += 1;
+                        let mut data: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
+                        for s in 0..map.ndata {
+                            data[s] = new(by_slot[s]);
+                        }
+                        gen_parity(&mut regs, &map, &data[..map.ndata]);
+                    }
+                    Method::Rmw => {
+                        stats.rmw += 1;
+                        let (spare, rest) = regs.split_at_mut(nmem + 1).0.split_last_mut().unwrap();
+                        for i in 0..map.ndata {
+                            if cov & bit(i) == 0 {
+                                continue;
+                            }
+                            let dm = map.data[i] as usize;
+                            spare.copy_from_slice(rest[dm]);
+                            parity::xor_into(spare, new(i));
+                            if par_w & bit(map.p as usize) != 0 {
+                                parity::xor_into(rest[map.p as usize], spare);
+                            }
+                            if let Some(q) = map.q.filter(|q| par_w & bit(*q as usize) != 0) {
+                                parity::q_update(rest[q as usize], spare, map.q_slot[i] as usize);
+                            }
+                        }
+                    }
+                    Method::Rcw => {
+                        stats.rcw += 1;
+                        let unknown = (all_data | par) & dead_r;
+                        let unc_unknown = unknown & all_data & !cov_m;
+                        if unc_unknown != 0 {
+                            // Old contents of unreadable strips, from parity.
+                            recover(&mut regs, &map, unknown);
+                            // Rewrite what could not be read but can be written.
+                            writes |= unc_unknown & u.bad & !dead_w;
+                        }
+                        let (pq, rest) = take_parity(&mut regs, &map);
+                        let mut data: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
+                        for s in 0..map.ndata {
+                            let i = by_slot[s];
+                            data[s] = if cov & bit(i) != 0 {
+                                new(i)
+                            } else {
+                                &*rest[map.data[i] as usize]
+                            };
+                        }
+                        gen_into(pq, &data[..map.ndata]);
+                    }
+                }
+                writes
+            }
+        }
+    }
+
+    fn unit_child_done(&mut self, ctx: u32, c: u32, ok: bool) {
+        let m = self.children[c as usize].io.member as usize;
+        let ch = &mut self.children[c as usize];
+        ch.owner = Owner::Free;
+        ch.gen = ch.gen.wrapping_add(1);
+        let u = &mut self.stripes[ctx as usize];
+        assert!(u.pending > 0);
+        u.pending -= 1;
+        let phase = u.phase;
+        match phase {
+            Phase::Read => {
+                u.reading &= !bit(m);
+                if ok {
+                    u.have |= bit(m);
+                } else {
+                    u.bad |= bit(m);
+                }
+            }
+            Phase::Write => {
+                if !ok {
+                    let is_read = matches!(u.kind, UnitKind::Recon { .. });
+                    if !is_read {
+                        u.wait_members |= bit(m);
+                    }
+                    self.fail_member(m as u16);
+                }
+            }
+            Phase::Idle => unreachable!("child of an idle stripe context"),
+        }
+        let u = &self.stripes[ctx as usize];
+        if u.pending == 0 {
+            match phase {
+                Phase::Read => self.advance_unit(ctx),
+                _ => self.finish_unit(ctx),
+            }
+        }
+    }
+
+    fn finish_unit(&mut self, ctx: u32) {
+        let u = &mut self.stripes[ctx as usize];
+        debug_assert!(u.busy && u.pending == 0);
+        u.busy = false;
+        u.phase = Phase::Idle;
+        let (slot, error, wait, lock) = (u.parent, u.error, u.wait_members, u.lock);
+        self.locks.unlock(lock);
+        self.free_stripes.push(ctx);
+        let p = self.parents[slot as usize].as_mut().unwrap();
+        p.error |= error;
+        p.wait_members |= wait;
+        self.unit_done(slot);
+    }
+}
+
+enum Step {
+    Done,
+    WaitPool,
+    WaitLock,
+}
+
+enum Plan {
+    Fail,
+    Read(u64),
+    Go(Method),
+}
+
+/// Take P (and Q) regions out of `regs`, leaving the data regions.
+#[allow(clippy::type_complexity)]
+fn take_parity<'a, 'b>(
+    regs: &'b mut [&'a mut [u8]; MAX_MEMBERS + 1],
+    map: &StripeMap,
+) -> (
+    (&'a mut [u8], Option<&'a mut [u8]>),
+    &'b [&'a mut [u8]; MAX_MEMBERS + 1],
+) {
+    let p = std::mem::take(&mut regs[map.p as usize]);
+    let q = map.q.map(|q| std::mem::take(&mut regs[q as usize]));
+    ((p, q), regs)
+}
+
+/// Parity of `data` (in Q-slot order) into P (and Q).
+fn gen_into(pq: (&mut [u8], Option<&mut [u8]>), data: &[&[u8]]) {
+    match pq {
+        (p, Some(q)) => parity::gen_pq(data, p, q),
+        (p, None) => parity::xor_gen(p, data),
+    }
+}
+
+fn gen_parity(regs: &mut [&mut [u8]; MAX_MEMBERS + 1], map: &StripeMap, data: &[&[u8]]) {
+    let (pq, _) = take_parity(regs, map);
+    gen_into(pq, data);
+    // Regions taken out are only views; the bytes live in the scratch buffer.
+}
+
+/// Rebuild the regions of the members in `unknown` (at most the level's
+/// parity count) from the others.
+fn recover(regs: &mut [&mut [u8]; MAX_MEMBERS + 1], map: &StripeMap, unknown: u64) {
+    let n = map.ndata;
+    match map.q {
+        None => {
+            // raid4/5: the one unknown strip is the XOR of all the others.
+            debug_assert!(unknown.count_ones() == 1);
+            let x = unknown.trailing_zeros() as usize;
+            let dst = std::mem::take(&mut regs[x]);
+            dst.fill(0);
+            for i in 0..n {
+                let m = map.data[i] as usize;
+                if m != x {
+                    parity::xor_into(dst, regs[m]);
+                }
+            }
+            if map.p as usize != x {
+                parity::xor_into(dst, regs[map.p as usize]);
+            }
+            regs[x] = dst;
+        }
+        Some(q) => {
+            let mut blocks: [&mut [u8]; MAX_MEMBERS + 2] = std::array::from_fn(|_| &mut [][..]);
+            let mut failed = [0usize; 2];
+            let mut nf = 0;
+            let mut order = [0usize; MAX_MEMBERS + 2];
+            for i in 0..n {
+                order[map.q_slot[i] as usize] = map.data[i] as usize;
+            }
+            order[n] = map.p as usize;
+            order[n + 1] = q as usize;
+            for (k, &m) in order[..n + 2].iter().enumerate() {
+                blocks[k] = std::mem::take(&mut regs[m]);
+                if unknown & bit(m) != 0 {
+                    failed[nf] = k;
+                    nf += 1;
+                }
+            }
+            parity::raid6_recover(&mut blocks[..n + 2], &failed[..nf]);
+            for (k, &m) in order[..n + 2].iter().enumerate() {
+                regs[m] = std::mem::take(&mut blocks[k]);
+            }
+        }
+    }
+}

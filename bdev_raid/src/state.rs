@@ -1,0 +1,153 @@
+//! Array state shared between the metadata path and the channels.
+//!
+//! The metadata path owns the truth and replaces the snapshot by broadcast;
+//! channels only read the snapshot they were last given. The one piece of
+//! shared mutable state on the I/O path is [`StripeLocks`], a table of
+//! atomics that serialises parity updates of one stripe across channels.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::layout::{Geometry, Level, MAX_MEMBERS};
+
+/// A member's state as the metadata path has committed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Holds current data for the whole array.
+    InSync,
+    /// Recorded as faulty (role 0xfffe) on the survivors; never used.
+    Faulty,
+    /// No device in this role.
+    Missing,
+}
+
+impl MemberState {
+    /// Whether the member takes I/O.
+    pub fn in_service(self) -> bool {
+        matches!(self, MemberState::InSync)
+    }
+}
+
+/// A snapshot of the array's state, broadcast by the metadata path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArrayState {
+    /// md's `events` at which this snapshot was committed.
+    pub events: u64,
+    /// One entry per role.
+    pub members: Vec<MemberState>,
+    /// No member holding some of the data is left: all I/O fails.
+    pub offline: bool,
+}
+
+impl ArrayState {
+    /// Every member in sync, events 1.
+    pub fn new_in_sync(members: usize) -> ArrayState {
+        assert!(members <= MAX_MEMBERS, "too many members");
+        ArrayState {
+            events: 1,
+            members: vec![MemberState::InSync; members],
+            offline: false,
+        }
+    }
+
+    /// Bit mask of members that take no I/O (faulty or missing).
+    pub fn out_of_service(&self) -> u64 {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.in_service())
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Bit mask of members recorded faulty.
+    pub fn faulty(&self) -> u64 {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == MemberState::Faulty)
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+}
+
+/// Whether every array block still has a readable copy (or can be
+/// reconstructed) when the members in `dead` (bit mask) are gone.
+pub fn survives(geom: &Geometry, dead: u64) -> bool {
+    if dead == 0 {
+        return true;
+    }
+    match geom.level() {
+        Level::Linear | Level::Raid0 => false,
+        Level::Raid4 | Level::Raid5 | Level::Raid6 => {
+            dead.count_ones() as usize <= geom.redundancy()
+        }
+        Level::Raid1 => dead.count_ones() < geom.members() as u32,
+        Level::Raid10 => {
+            // The copy pattern repeats within members * copies strips; check
+            // the pieces of a few periods so every copy set is seen.
+            let period = geom.strip_blocks() * (geom.members() * geom.copies() * 2) as u64;
+            range_survives(geom, 0, period.min(geom.array_blocks()), dead)
+        }
+    }
+}
+
+/// Whether every block of `[lba, lba+blocks)` has a copy outside `dead`
+/// (mapped levels), or the array survives `dead` (parity levels).
+pub fn range_survives(geom: &Geometry, lba: u64, blocks: u64, dead: u64) -> bool {
+    if dead == 0 {
+        return true;
+    }
+    if geom.level().is_parity() || blocks == 0 {
+        return survives(geom, dead);
+    }
+    let end = lba + blocks;
+    let mut at = lba;
+    while at < end {
+        let m = geom.map(at, end - at);
+        if m.copies().iter().all(|c| dead & (1 << c.member) != 0) {
+            return false;
+        }
+        at += m.len;
+    }
+    true
+}
+
+/// Cross-channel stripe locks: a fixed table of flags indexed by a hash
+/// of the stripe number. Two stripes that hash alike merely serialise.
+/// A holder never waits for a second lock, so there is no deadlock.
+pub struct StripeLocks {
+    slots: Box<[AtomicBool]>,
+    mask: u64,
+}
+
+impl StripeLocks {
+    /// A table of `2^bits` locks.
+    pub fn new(bits: u32) -> StripeLocks {
+        let n = 1usize << bits;
+        StripeLocks {
+            slots: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            mask: n as u64 - 1,
+        }
+    }
+
+    /// The table slot stripe `stripe` uses.
+    pub fn key(&self, stripe: u64) -> usize {
+        // Fibonacci hashing spreads neighbouring stripes over the table.
+        (stripe.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20 & self.mask) as usize
+    }
+
+    pub fn try_lock(&self, key: usize) -> bool {
+        self.slots[key]
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub fn unlock(&self, key: usize) {
+        let was = self.slots[key].swap(false, Ordering::Release);
+        assert!(was, "unlock of a stripe lock that was not held");
+    }
+}
+
+impl Default for StripeLocks {
+    fn default() -> Self {
+        StripeLocks::new(12)
+    }
+}
