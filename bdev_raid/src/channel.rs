@@ -6,7 +6,8 @@
 //!   op on a member, complete a parent, send a request to the metadata path),
 //! - report child completions with [`Channel::child_done`],
 //! - hand over every new [`ArrayState`] broadcast by the metadata path with
-//!   [`Channel::apply_state`],
+//!   [`Channel::apply_state`], and once every channel of the array has
+//!   applied it, hand it over again with [`Channel::release`],
 //! - call [`Channel::poll`] from its loop (retries children the host had no
 //!   memory for, and parents waiting for a stripe another channel holds).
 //!
@@ -15,7 +16,8 @@
 //! that cannot get what its next step needs waits whole, in a FIFO queue,
 //! and resumes where it stopped (R2). Completion counting starts with a
 //! submission bias of one. A write that failed on a member is parked until
-//! the metadata path broadcasts a state recording that member as faulty (R1).
+//! a state recording that member as faulty has been applied by every
+//! channel (R1): only then can no channel read the stale member any more.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -109,6 +111,8 @@ pub enum ChildBuf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChildIo {
     pub token: ChildToken,
+    /// Tag of the parent this child works for (tracing, accounting).
+    pub parent: u64,
     pub member: u16,
     pub op: ChildOp,
     /// Block address in the member's data area.
@@ -237,7 +241,12 @@ enum Owner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChildKind {
     /// A read of one mapped piece; `bad` = copies that failed it.
-    MirrorRead { lba: u64, blocks: u64, bad: u64 },
+    MirrorRead {
+        lba: u64,
+        blocks: u64,
+        bad: u64,
+        locked: bool,
+    },
     /// Rewrite of a piece on members that failed to read it.
     MirrorFix { lba: u64, blocks: u64, todo: u64 },
     /// Parity level: a direct read of a data strip piece.
@@ -247,11 +256,23 @@ enum ChildKind {
         row: u64,
         rows: u64,
     },
-    /// Anything counted once on its parent (writes, flush, reset, unmap).
+    /// Flush or reset of one member, counted once on its parent.
     Plain,
+    /// One copy of a mapped write piece.
+    Piece(u32),
     /// Owned by a stripe context.
     Unit,
 }
+
+/// A mapped write piece: its copies' children and its range lock.
+struct Piece {
+    parent: u32,
+    pending: u32,
+    lock: Option<usize>,
+}
+
+/// raid1 has no strip; its writes and read rewrites lock ranges this big.
+const RAID1_LOCK_BYTES: u64 = 1 << 20;
 
 struct Child {
     gen: u32,
@@ -318,6 +339,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IoBuf for T {}
 pub struct Channel<B: IoBuf> {
     geom: Arc<Geometry>,
     state: Arc<ArrayState>,
+    /// The newest state every channel has applied.
+    released: Arc<ArrayState>,
     locks: Arc<StripeLocks>,
     cfg: ChannelConfig,
     bs: u64,
@@ -330,6 +353,12 @@ pub struct Channel<B: IoBuf> {
     free_stripes: Vec<u32>,
     waiters: VecDeque<u32>,
     recon_queue: VecDeque<(u32, u64, u16, u64, u64, bool)>,
+    /// Mirrored reads waiting for the range lock to retry after an error.
+    fix_queue: VecDeque<u32>,
+    pieces: Vec<Piece>,
+    free_pieces: Vec<u32>,
+    /// Range lock granule of mapped levels, in blocks.
+    lock_blocks: u64,
     parked: Vec<u32>,
     nomem: VecDeque<u32>,
     actions: VecDeque<Action<B>>,
@@ -400,6 +429,7 @@ impl<B: IoBuf> Channel<B> {
                 kind: ChildKind::Plain,
                 io: ChildIo {
                     token: ChildToken { idx: 0, gen: 0 },
+                    parent: 0,
                     member: 0,
                     op: ChildOp::Read,
                     lba: 0,
@@ -411,6 +441,7 @@ impl<B: IoBuf> Channel<B> {
             })
             .collect();
         Channel {
+            released: state.clone(),
             state,
             locks,
             cfg,
@@ -424,6 +455,20 @@ impl<B: IoBuf> Channel<B> {
             stripes,
             waiters: VecDeque::with_capacity(cfg.max_parents),
             recon_queue: VecDeque::with_capacity(cfg.max_children),
+            fix_queue: VecDeque::with_capacity(cfg.max_children),
+            pieces: (0..cfg.max_children)
+                .map(|_| Piece {
+                    parent: NONE,
+                    pending: 0,
+                    lock: None,
+                })
+                .collect(),
+            free_pieces: (0..cfg.max_children as u32).rev().collect(),
+            lock_blocks: if geom.level() == crate::layout::Level::Raid1 {
+                (RAID1_LOCK_BYTES / bs).max(1)
+            } else {
+                geom.strip_blocks()
+            },
             parked: Vec::with_capacity(cfg.max_parents),
             nomem: VecDeque::with_capacity(total_children),
             actions: VecDeque::with_capacity(total_children + cfg.max_parents),
@@ -454,6 +499,27 @@ impl<B: IoBuf> Channel<B> {
     /// Whether the channel holds no work at all.
     pub fn is_idle(&self) -> bool {
         self.parents_in_flight() == 0 && self.actions.is_empty()
+    }
+
+    /// One line on what the channel holds, for diagnosing a stuck host.
+    pub fn describe(&self) -> String {
+        format!(
+            "parents {} (waiting {}, parked {}), children free {}/{}, stripes free {}/{}, \
+             pieces free {}, recon queue {}, fix queue {}, nomem {}, actions {}, local failed {:#b}",
+            self.parents_in_flight(),
+            self.waiters.len(),
+            self.parked.len(),
+            self.free_children.len(),
+            self.cfg.max_children,
+            self.free_stripes.len(),
+            self.stripes.len(),
+            self.free_pieces.len(),
+            self.recon_queue.len(),
+            self.fix_queue.len(),
+            self.nomem.len(),
+            self.actions.len(),
+            self.local_failed,
+        )
     }
 
     /// Next thing the host must do.
@@ -546,11 +612,27 @@ impl<B: IoBuf> Channel<B> {
         );
         self.local_failed &= !state.faulty();
         self.state = state;
+        self.run_waiters();
+    }
+
+    /// Second phase of a broadcast: `state` has been applied by every
+    /// channel of the array (SPDK: the completion of
+    /// `spdk_for_each_channel`), so no channel will route a new read to a
+    /// member it records faulty. Writes parked on those failures complete.
+    pub fn release(&mut self, state: Arc<ArrayState>) {
+        assert!(
+            state.events <= self.state.events,
+            "release of a state this channel has not applied"
+        );
+        assert!(
+            state.events >= self.released.events,
+            "release went back in events"
+        );
+        self.released = state;
         let mut i = 0;
         while i < self.parked.len() {
             let slot = self.parked[i];
-            let p = self.parents[slot as usize].as_ref().unwrap();
-            if self.state.offline || p.wait_members & !self.state.faulty() == 0 {
+            if self.may_complete(slot) {
                 self.parked.swap_remove(i);
                 self.complete(slot);
             } else {
@@ -558,6 +640,21 @@ impl<B: IoBuf> Channel<B> {
             }
         }
         self.run_waiters();
+    }
+
+    /// R1: every failure this parent saw is recorded faulty in a state all
+    /// channels have applied (or the array is offline).
+    fn may_complete(&self, slot: u32) -> bool {
+        let p = self.parents[slot as usize].as_ref().unwrap();
+        self.released.offline || p.wait_members & !self.released.out_of_service() == 0
+    }
+
+    /// Members in `mask` were skipped by a write because they failed: the
+    /// write must not complete before that failure is released (a channel
+    /// that has not heard of it yet could still read those members).
+    fn wait_for(&mut self, slot: u32, mask: u64) {
+        let mask = mask & !self.released.out_of_service();
+        self.parents[slot as usize].as_mut().unwrap().wait_members |= mask;
     }
 
     /// Resubmit children the host had no memory for and retry waiters.
@@ -622,6 +719,9 @@ impl<B: IoBuf> Channel<B> {
     /// the scan (FIFO: later parents must not take what it waits for); one
     /// blocked on a stripe lock does not.
     fn run_waiters(&mut self) {
+        if !self.fix_queue.is_empty() {
+            self.run_fix_queue();
+        }
         while let Some(&(slot, stripe, data, row, rows, fix)) = self.recon_queue.front() {
             if !self.start_recon(slot, stripe, data, row, rows, fix) {
                 break;
@@ -670,7 +770,7 @@ impl<B: IoBuf> Channel<B> {
         p.pending -= 1;
         if p.pending == 0 {
             assert!(p.dispatched, "parent completed before it was fully issued");
-            if p.wait_members & !self.state.faulty() != 0 && !self.state.offline {
+            if !self.may_complete(slot) {
                 self.parked.push(slot);
             } else {
                 self.complete(slot);
@@ -753,10 +853,17 @@ impl<B: IoBuf> Channel<B> {
         fua: bool,
         buf: ChildBuf,
     ) {
+        let slot = match self.children[idx as usize].owner {
+            Owner::Parent(slot) => slot,
+            Owner::Stripe(ctx) => self.stripes[ctx as usize].parent,
+            Owner::Free => unreachable!("issue of a free child"),
+        };
+        let parent = self.parents[slot as usize].as_ref().unwrap().tag;
         let c = &mut self.children[idx as usize];
         c.gen = c.gen.wrapping_add(1);
         c.io = ChildIo {
             token: ChildToken { idx, gen: c.gen },
+            parent,
             member,
             op,
             lba,
@@ -800,9 +907,13 @@ impl<B: IoBuf> Channel<B> {
         if p.cursor != p.lba {
             return Step::Done; // already issued
         }
-        let live = !self.dead() & ((1u64 << self.geom.members()) - 1);
+        let all = (1u64 << self.geom.members()) - 1;
+        let live = !self.dead() & all;
         if self.free_children.len() < live.count_ones() as usize {
             return Step::WaitPool;
+        }
+        if op == IoType::Flush {
+            self.wait_for(slot, all & !live);
         }
         let cop = if op == IoType::Flush {
             ChildOp::Flush
@@ -818,6 +929,21 @@ impl<B: IoBuf> Channel<B> {
         Step::Done
     }
 
+    /// The range lock covering mapped block `lba`, if the level has copies
+    /// that must agree (writes and read-error rewrites take it).
+    fn range_lock(&self, lba: u64) -> Option<usize> {
+        (self.geom.copies() > 1).then(|| self.locks.key(lba / self.lock_blocks))
+    }
+
+    /// `map`, cut at lock granule boundaries.
+    fn map_piece(&self, lba: u64, len: u64) -> crate::layout::Mapping {
+        let mut m = self.geom.map(lba, len);
+        if self.geom.copies() > 1 {
+            m.len = m.len.min(self.lock_blocks - lba % self.lock_blocks);
+        }
+        m
+    }
+
     fn dispatch_mapped(&mut self, slot: u32, op: IoType, end: u64) -> Step {
         loop {
             let (cursor, fua) = {
@@ -827,7 +953,7 @@ impl<B: IoBuf> Channel<B> {
             if cursor >= end {
                 return Step::Done;
             }
-            let m = self.geom.map(cursor, end - cursor);
+            let m = self.map_piece(cursor, end - cursor);
             let dead = self.dead();
             if op == IoType::Read {
                 if self.free_children.is_empty() {
@@ -839,6 +965,7 @@ impl<B: IoBuf> Channel<B> {
                         lba: cursor,
                         blocks: m.len,
                         bad: 0,
+                        locked: false,
                     },
                 );
                 self.parents[slot as usize].as_mut().unwrap().pending += 1;
@@ -852,6 +979,22 @@ impl<B: IoBuf> Channel<B> {
                 if self.free_children.len() < live.count_ones() as usize {
                     return Step::WaitPool;
                 }
+                let Some(&piece) = self.free_pieces.last() else {
+                    return Step::WaitPool;
+                };
+                let lock = self.range_lock(cursor);
+                if let Some(k) = lock {
+                    if !self.locks.try_lock(k) {
+                        return Step::WaitLock;
+                    }
+                }
+                self.free_pieces.pop();
+                self.pieces[piece as usize] = Piece {
+                    parent: slot,
+                    pending: 1,
+                    lock,
+                };
+                self.parents[slot as usize].as_mut().unwrap().pending += 1;
                 if live == 0 {
                     self.parents[slot as usize].as_mut().unwrap().error = true;
                 }
@@ -863,29 +1006,54 @@ impl<B: IoBuf> Channel<B> {
                     IoType::Unmap if self.geom.copies() == 1 => ChildOp::Unmap,
                     _ => ChildOp::WriteZeroes,
                 };
+                let all: u64 = m.copies().iter().fold(0, |a, l| a | bit(l.member as usize));
+                self.wait_for(slot, all & !live);
                 let buf = self.parent_buf(slot, cursor, m.len);
                 for l in m.copies().iter().copied() {
                     if dead & bit(l.member as usize) != 0 {
                         continue;
                     }
-                    let c = self.alloc_child(Owner::Parent(slot), ChildKind::Plain);
-                    self.parents[slot as usize].as_mut().unwrap().pending += 1;
+                    let c = self.alloc_child(Owner::Parent(slot), ChildKind::Piece(piece));
+                    self.pieces[piece as usize].pending += 1;
                     self.issue(c, l.member, cop, l.lba, m.len, fua, buf);
                 }
+                self.piece_done(piece); // drop the piece's own bias
             }
             self.parents[slot as usize].as_mut().unwrap().cursor += m.len;
         }
     }
 
+    fn piece_done(&mut self, piece: u32) {
+        let pc = &mut self.pieces[piece as usize];
+        assert!(pc.pending > 0, "piece completion count underflow");
+        pc.pending -= 1;
+        if pc.pending == 0 {
+            let (slot, lock) = (pc.parent, pc.lock);
+            if let Some(k) = lock {
+                self.locks.unlock(k);
+            }
+            self.free_pieces.push(piece);
+            self.unit_done(slot);
+        }
+    }
+
     /// Pick the next copy for a mirrored read piece (least outstanding on
-    /// this channel among live copies not yet tried) and issue it; if none
-    /// is left, the piece fails.
+    /// this channel among live copies not yet tried) and issue it. After a
+    /// read error the retry runs under the range lock, so the rewrite of the
+    /// bad copy cannot overwrite a newer write. If no copy is left, the
+    /// piece fails.
     fn mirror_read_next(&mut self, slot: u32, c: u32) {
-        let ChildKind::MirrorRead { lba, blocks, bad } = self.children[c as usize].kind else {
+        let ChildKind::MirrorRead {
+            lba,
+            blocks,
+            bad,
+            locked,
+        } = self.children[c as usize].kind
+        else {
             unreachable!()
         };
         let m = self.geom.map(lba, blocks);
-        debug_assert_eq!(m.len, blocks);
+        debug_assert!(m.len >= blocks);
         let dead = self.dead() | bad;
         let best = m
             .copies()
@@ -894,14 +1062,65 @@ impl<B: IoBuf> Channel<B> {
             .min_by_key(|l| self.member_stats[l.member as usize].outstanding)
             .copied();
         match best {
+            Some(_) if bad != 0 && !locked => {
+                // Wait for the range lock before reading again.
+                self.fix_queue.push_back(c);
+            }
             Some(l) => {
                 let buf = self.parent_buf(slot, lba, blocks);
                 self.issue(c, l.member, ChildOp::Read, l.lba, blocks, false, buf);
             }
             None => {
                 self.parents[slot as usize].as_mut().unwrap().error = true;
-                self.free_child(c);
-                self.unit_done(slot);
+                self.end_mirror_piece(slot, c, locked);
+            }
+        }
+    }
+
+    fn end_mirror_piece(&mut self, slot: u32, c: u32, locked: bool) {
+        if locked {
+            let lba = match self.children[c as usize].kind {
+                ChildKind::MirrorRead { lba, .. } | ChildKind::MirrorFix { lba, .. } => lba,
+                _ => unreachable!(),
+            };
+            let k = self.range_lock(lba).expect("locked piece without a lock");
+            self.locks.unlock(k);
+        }
+        self.free_child(c);
+        self.unit_done(slot);
+    }
+
+    /// Try to lock the ranges of reads waiting to retry after an error.
+    fn run_fix_queue(&mut self) {
+        let mut i = 0;
+        while i < self.fix_queue.len() {
+            let c = self.fix_queue[i];
+            let ChildKind::MirrorRead {
+                lba,
+                blocks,
+                bad,
+                locked: false,
+            } = self.children[c as usize].kind
+            else {
+                unreachable!()
+            };
+            let k = self
+                .range_lock(lba)
+                .expect("mirror retry on a level without copies");
+            if self.locks.try_lock(k) {
+                self.fix_queue.remove(i);
+                self.children[c as usize].kind = ChildKind::MirrorRead {
+                    lba,
+                    blocks,
+                    bad,
+                    locked: true,
+                };
+                let Owner::Parent(slot) = self.children[c as usize].owner else {
+                    unreachable!()
+                };
+                self.mirror_read_next(slot, c);
+            } else {
+                i += 1;
             }
         }
     }
@@ -926,17 +1145,22 @@ impl<B: IoBuf> Channel<B> {
             let buf = self.parent_buf(slot, lba, blocks);
             self.issue(c, l.member, ChildOp::Write, l.lba, blocks, false, buf);
         } else {
-            self.free_child(c);
-            self.unit_done(slot);
+            self.end_mirror_piece(slot, c, true);
         }
     }
 
     fn parent_child_done(&mut self, slot: u32, c: u32, ok: bool) {
         let member = self.children[c as usize].io.member;
         match self.children[c as usize].kind {
-            ChildKind::MirrorRead { lba, blocks, bad } => {
+            ChildKind::MirrorRead {
+                lba,
+                blocks,
+                bad,
+                locked,
+            } => {
                 if ok {
                     if bad != 0 {
+                        debug_assert!(locked);
                         self.stats.read_errors_corrected += 1;
                         self.children[c as usize].kind = ChildKind::MirrorFix {
                             lba,
@@ -945,14 +1169,14 @@ impl<B: IoBuf> Channel<B> {
                         };
                         self.mirror_fix_next(slot, c);
                     } else {
-                        self.free_child(c);
-                        self.unit_done(slot);
+                        self.end_mirror_piece(slot, c, locked);
                     }
                 } else {
                     self.children[c as usize].kind = ChildKind::MirrorRead {
                         lba,
                         blocks,
                         bad: bad | bit(member as usize),
+                        locked,
                     };
                     self.mirror_read_next(slot, c);
                 }
@@ -963,6 +1187,15 @@ impl<B: IoBuf> Channel<B> {
                     self.fail_member(member);
                 }
                 self.mirror_fix_next(slot, c);
+            }
+            ChildKind::Piece(piece) => {
+                if !ok {
+                    self.fail_member(member);
+                    self.parents[slot as usize].as_mut().unwrap().wait_members |=
+                        bit(member as usize);
+                }
+                self.free_child(c);
+                self.piece_done(piece);
             }
             ChildKind::StripRead {
                 stripe,
@@ -1159,7 +1392,11 @@ impl<B: IoBuf> Channel<B> {
         let Some(&ctx) = self.free_stripes.last() else {
             return Err(Step::WaitPool);
         };
-        let lock = self.locks.key(stripe);
+        // Units never cross a multiple of max_rows, so the lock covers the
+        // stripe's rows in that granule only: units of one stripe over
+        // other rows proceed in parallel.
+        let granules = self.geom.strip_blocks().div_ceil(self.max_rows);
+        let lock = self.locks.key(stripe * granules + row / self.max_rows);
         if !self.locks.try_lock(lock) {
             return Err(Step::WaitLock);
         }
@@ -1293,6 +1530,12 @@ impl<B: IoBuf> Channel<B> {
                 }
             }
             Plan::Go(method) => {
+                if let UnitKind::Write { cov } = self.stripes[ctx as usize].kind {
+                    let map = self.stripes[ctx as usize].map;
+                    let targets = Self::data_mask(&map, cov) | Self::parity_mask(&map);
+                    let slot = self.stripes[ctx as usize].parent;
+                    self.wait_for(slot, targets & self.dead());
+                }
                 let writes = self.compute(ctx, method);
                 let (first, lba, rows, slot, kind) = {
                     let u = &mut self.stripes[ctx as usize];
@@ -1615,5 +1858,225 @@ fn recover(regs: &mut [&mut [u8]; MAX_MEMBERS + 1], map: &StripeMap, unknown: u6
                 regs[m] = std::mem::take(&mut blocks[k]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{GeometryParams, Level};
+    use crate::state::MemberState;
+
+    /// A minimal host: members in memory, children held until completed.
+    struct Host {
+        ch: Channel<Vec<u8>>,
+        members: Vec<Vec<u8>>,
+        held: Vec<ChildIo>,
+        done: Vec<(u64, IoStatus, Option<Vec<u8>>)>,
+        meta: Vec<u16>,
+        /// Members whose writes fail.
+        failing: u64,
+    }
+
+    impl Host {
+        fn new(level: Level, n: usize, cfg: ChannelConfig) -> Host {
+            let g = Geometry::new(&GeometryParams {
+                level,
+                layout: None,
+                strip_size_kb: 4,
+                block_size: 512,
+                member_blocks: vec![64; n],
+            })
+            .unwrap();
+            let bs = 512;
+            let members = (0..n)
+                .map(|m| vec![0; g.member_blocks(m) as usize * bs])
+                .collect();
+            let state = Arc::new(ArrayState::new_in_sync(n));
+            Host {
+                ch: Channel::new(
+                    Arc::new(g),
+                    state,
+                    Arc::new(StripeLocks::default()),
+                    cfg,
+                    |l| vec![0; l],
+                ),
+                members,
+                held: Vec::new(),
+                done: Vec::new(),
+                meta: Vec::new(),
+                failing: 0,
+            }
+        }
+
+        fn pump(&mut self) {
+            while let Some(a) = self.ch.poll_action() {
+                match a {
+                    Action::Submit(io) => self.held.push(io),
+                    Action::Complete { tag, status, buf } => self.done.push((tag, status, buf)),
+                    Action::Meta(MetaRequest::MemberFailed { member, .. }) => {
+                        self.meta.push(member)
+                    }
+                }
+            }
+        }
+
+        /// Complete held child `i`.
+        fn finish(&mut self, i: usize) {
+            let io = self.held.remove(i);
+            let (off, len) = (io.lba as usize * 512, io.blocks as usize * 512);
+            let m = io.member as usize;
+            let status = match io.op {
+                ChildOp::Read => {
+                    let src = self.members[m][off..off + len].to_vec();
+                    self.ch.child_data(io.buf).copy_from_slice(&src);
+                    ChildStatus::Success
+                }
+                ChildOp::Write if self.failing & bit(m) != 0 => ChildStatus::Error,
+                ChildOp::Write => {
+                    let src = self.ch.child_data(io.buf).to_vec();
+                    self.members[m][off..off + len].copy_from_slice(&src);
+                    ChildStatus::Success
+                }
+                _ => ChildStatus::Success,
+            };
+            self.ch.child_done(io.token, status);
+            self.pump();
+        }
+
+        fn finish_all(&mut self) {
+            while !self.held.is_empty() {
+                self.finish(0);
+            }
+        }
+
+        fn write(&mut self, tag: u64, lba: u64, blocks: u64, byte: u8) {
+            let io = ParentIo {
+                tag,
+                op: IoType::Write,
+                lba,
+                blocks,
+                fua: false,
+                buf: Some(vec![byte; blocks as usize * 512]),
+            };
+            assert!(self.ch.submit(io).is_ok());
+            self.pump();
+        }
+
+        fn commit_faulty(&mut self, members: &[u16]) {
+            let mut s = (**self.ch.state()).clone();
+            for &m in members {
+                s.members[m as usize] = MemberState::Faulty;
+            }
+            s.events += 1;
+            s.offline = !crate::state::survives(self.ch.geometry(), s.faulty());
+            let s = Arc::new(s);
+            self.ch.apply_state(s.clone());
+            self.ch.release(s);
+            self.pump();
+        }
+    }
+
+    #[test]
+    fn r1_failed_write_waits_for_the_commit() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        h.failing = bit(1);
+        h.write(7, 0, 8, 0xab);
+        h.finish_all();
+        assert_eq!(h.meta, vec![1], "the failure goes to the metadata path");
+        assert!(
+            h.done.is_empty(),
+            "completed before the failure was committed"
+        );
+        h.commit_faulty(&[1]);
+        assert_eq!(h.done.len(), 1);
+        assert_eq!((h.done[0].0, h.done[0].1), (7, IoStatus::Success));
+        // Later writes skip the faulty member.
+        h.write(8, 0, 8, 0xcd);
+        assert!(h.held.iter().all(|c| c.member == 0));
+    }
+
+    #[test]
+    fn r1_write_fails_when_no_copy_is_left() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        h.failing = bit(0) | bit(1);
+        h.write(1, 0, 8, 1);
+        h.finish_all();
+        assert!(h.done.is_empty());
+        h.commit_faulty(&[0, 1]);
+        assert_eq!(h.done[0].1, IoStatus::Error);
+        assert!(h.ch.state().offline);
+    }
+
+    #[test]
+    fn r2_parent_waits_whole_and_bias_holds_it() {
+        // Two child slots, a raid0 write over four strips: the parent must
+        // not complete when the first two children do.
+        let cfg = ChannelConfig {
+            max_children: 4,
+            ..ChannelConfig::default()
+        };
+        let mut h = Host::new(Level::Raid0, 2, cfg);
+        // 4 KiB strips = 8 blocks; 6 strips span 6 children.
+        h.write(1, 0, 48, 9);
+        assert_eq!(h.held.len(), 4, "issues what the pool allows");
+        h.finish(0);
+        h.finish(0);
+        assert!(h.done.is_empty(), "completed before all of it was issued");
+        h.finish_all();
+        assert_eq!(h.done.len(), 1);
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        assert!(h
+            .members
+            .iter()
+            .all(|m| m[..24 * 512].iter().all(|b| *b == 9)));
+    }
+
+    #[test]
+    fn r2_nomem_child_is_resubmitted_not_failed() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        h.write(1, 0, 1, 5);
+        let io = h.held.remove(0);
+        h.ch.child_done(io.token, ChildStatus::NoMem);
+        h.pump();
+        assert_eq!(h.held.len(), 1);
+        h.ch.poll();
+        h.pump();
+        assert_eq!(h.held.len(), 2, "resubmitted on poll");
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+    }
+
+    #[test]
+    fn raid5_picks_rmw_for_small_and_rcw_for_large_writes() {
+        let mut h = Host::new(Level::Raid5, 5, ChannelConfig::default());
+        // One block: RMW reads old data + P (2 reads).
+        h.write(1, 0, 1, 1);
+        assert_eq!(h.held.len(), 2);
+        assert!(h.held.iter().all(|c| c.op == ChildOp::Read));
+        h.finish_all();
+        assert_eq!(h.ch.stats().rmw, 1);
+        // Three of four strips: RCW reads the one left (1 read).
+        h.write(2, 32, 24, 2);
+        assert_eq!(h.held.len(), 1);
+        h.finish_all();
+        assert_eq!(h.ch.stats().rcw, 1);
+        // A whole stripe: no reads.
+        h.write(3, 64, 32, 3);
+        assert!(h.held.iter().all(|c| c.op == ChildOp::Write));
+        h.finish_all();
+        assert_eq!(h.ch.stats().full_stripe, 1);
+        assert!(h.done.iter().all(|d| d.1 == IoStatus::Success));
+    }
+
+    #[test]
+    fn out_of_range_is_invalid() {
+        let mut h = Host::new(Level::Raid0, 2, ChannelConfig::default());
+        let end = h.ch.geometry().array_blocks();
+        h.write(1, end - 1, 2, 0);
+        h.write(2, 0, 0, 0);
+        assert_eq!(h.done.len(), 2);
+        assert!(h.done.iter().all(|d| d.1 == IoStatus::Invalid));
+        assert!(h.held.is_empty());
     }
 }

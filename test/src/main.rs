@@ -1,1 +1,98 @@
-fn main() {}
+//! Simulator command line: replay one seed or sweep a range.
+//!
+//! ```text
+//! mdraid-sim --seed N [--ops M] [--verbose]
+//! mdraid-sim --sweep FROM..TO [--ops M]
+//! ```
+
+use std::process::ExitCode;
+
+use mdraid_sim::{run, Scenario};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: mdraid-sim (--seed N | --sweep FROM..TO) [--ops M] [--verbose]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seeds = None;
+    let mut ops = 5000;
+    let mut verbose = false;
+    let mut i = 0;
+    while i < args.len() {
+        let val = args.get(i + 1);
+        match (args[i].as_str(), val) {
+            ("--seed", Some(v)) => {
+                let Ok(n) = v.parse::<u64>() else {
+                    eprintln!("--seed: {v:?} is not a number");
+                    return usage();
+                };
+                seeds = Some(n..n + 1);
+                i += 1;
+            }
+            ("--sweep", Some(v)) => {
+                let parsed = v
+                    .split_once("..")
+                    .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+                let Some((a, b)) = parsed.filter(|(a, b)| a < b) else {
+                    eprintln!("--sweep: {v:?} is not FROM..TO with FROM < TO");
+                    return usage();
+                };
+                seeds = Some(a..b);
+                i += 1;
+            }
+            ("--ops", Some(v)) => {
+                let Ok(n) = v.parse::<u64>() else {
+                    eprintln!("--ops: {v:?} is not a number");
+                    return usage();
+                };
+                ops = n;
+                i += 1;
+            }
+            ("--verbose", _) => verbose = true,
+            _ => return usage(),
+        }
+        i += 1;
+    }
+    let Some(seeds) = seeds else {
+        return usage();
+    };
+    let mut failed = 0;
+    let total = seeds.end - seeds.start;
+    for seed in seeds {
+        let sc = Scenario::from_seed(seed, ops);
+        if verbose {
+            println!("{sc:#?}");
+        }
+        match run(&sc) {
+            Ok(o) => {
+                if verbose || total == 1 {
+                    println!(
+                        "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed{}",
+                        sc.geometry.level.name(),
+                        sc.geometry.member_blocks.len(),
+                        o.parents,
+                        o.blocks_verified,
+                        o.child_errors,
+                        o.members_failed,
+                        if o.offline { ", offline" } else { "" }
+                    );
+                }
+                if verbose {
+                    println!("{o:#?}");
+                }
+            }
+            Err(v) => {
+                failed += 1;
+                println!("FAIL {v}");
+            }
+        }
+    }
+    println!("{} passed, {} failed", total - failed, failed);
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the project. Installs what the tests need first.
+# Used by the README and by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+# The simulator sweep is sized by MDRAID_SIM_SEEDS / MDRAID_SIM_OPS
+# (defaults: 500 seeds x 5000 operations).
+set +e
+cargo test --workspace 2>&1 | tee target/test.log
+status=${PIPESTATUS[0]}
+set -e
+
+echo
+echo "== summary =="
+grep -E '^test result:|^sweep:|Running ' target/test.log | sed 's/^ *//'
+exit "$status"

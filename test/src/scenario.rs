@@ -1,0 +1,160 @@
+//! A run's parameters, all derived from its seed.
+
+use bdev_raid::channel::ChannelConfig;
+use bdev_raid::layout::{raid10_layout, raid5_layout, GeometryParams, Level};
+
+use crate::rng::Rng;
+
+/// Fault rates and limits of one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faults {
+    /// Chance that a child read fails without the member being broken.
+    pub read_error: f64,
+    /// Chance that a child write fails (md then fails the member).
+    pub write_error: f64,
+    /// Chance per step that a member dies for good.
+    pub member_death: f64,
+    /// Chance that the host reports no memory for a child submission.
+    pub nomem: f64,
+    /// Most members that may break in this run (writes failing, deaths).
+    pub max_broken: usize,
+    /// Members that complete slowly (bit mask).
+    pub slow: u64,
+}
+
+/// Everything about one simulator run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub seed: u64,
+    pub ops: u64,
+    pub geometry: GeometryParams,
+    pub channels: usize,
+    pub queue_depth: usize,
+    pub config: ChannelConfig,
+    pub faults: Faults,
+    /// Largest parent I/O in blocks.
+    pub max_blocks: u64,
+    /// Highest number of steps the metadata path waits before committing.
+    pub meta_delay: u64,
+}
+
+impl Scenario {
+    /// The scenario of `seed`, with `ops` parent I/Os.
+    pub fn from_seed(seed: u64, ops: u64) -> Scenario {
+        let mut r = Rng::new(seed ^ 0x5ce9_a810);
+        let level = *r.pick(&[
+            Level::Linear,
+            Level::Raid0,
+            Level::Raid1,
+            Level::Raid10,
+            Level::Raid4,
+            Level::Raid5,
+            Level::Raid5,
+            Level::Raid6,
+            Level::Raid6,
+        ]);
+        let (members, layout) = match level {
+            Level::Linear => (r.range(1, 4) as usize, None),
+            Level::Raid0 => (r.range(2, 5) as usize, None),
+            Level::Raid1 => (r.range(2, 4) as usize, None),
+            Level::Raid10 => {
+                let l = *r.pick(&[
+                    raid10_layout::NEAR2,
+                    raid10_layout::NEAR3,
+                    raid10_layout::FAR2,
+                    raid10_layout::OFFSET2,
+                ]);
+                let min = if l == raid10_layout::NEAR3 { 3 } else { 2 };
+                (r.range(min, 6) as usize, Some(l))
+            }
+            Level::Raid4 => (r.range(3, 6) as usize, None),
+            Level::Raid5 => (
+                r.range(3, 7) as usize,
+                Some(*r.pick(&[
+                    raid5_layout::LEFT_ASYMMETRIC,
+                    raid5_layout::RIGHT_ASYMMETRIC,
+                    raid5_layout::LEFT_SYMMETRIC,
+                    raid5_layout::RIGHT_SYMMETRIC,
+                    raid5_layout::PARITY_0,
+                    raid5_layout::PARITY_N,
+                ])),
+            ),
+            Level::Raid6 => (r.range(4, 8) as usize, None),
+        };
+        let block_size = if r.chance(0.2) { 4096 } else { 512 };
+        let strip_size_kb = *r.pick(&[4u32, 8, 16, 64]).max(&(block_size / 1024).max(1));
+        let strip_blocks = strip_size_kb as u64 * 1024 / block_size as u64;
+        let strips = r.range(6, 24);
+        let base = strips * strip_blocks;
+        let member_blocks = (0..members)
+            .map(|_| {
+                if level == Level::Raid0 {
+                    base
+                } else {
+                    base + r.below(strip_blocks * 2)
+                }
+            })
+            .collect();
+        let small = r.chance(0.4);
+        let config = ChannelConfig {
+            max_parents: if small { r.range(1, 4) as usize } else { 64 },
+            max_children: if small {
+                2 * members + r.below(4) as usize
+            } else {
+                256
+            },
+            stripe_ctxs: if small { r.range(1, 2) as usize } else { 8 },
+            max_row_bytes: (*r.pick(&[1u64, 2, 4, 16]) * 4096).max(block_size as u64) as usize,
+        };
+        let faulty = r.chance(0.75);
+        let redundancy = match level {
+            Level::Linear | Level::Raid0 => 0,
+            Level::Raid1 => members - 1,
+            Level::Raid10 => 1,
+            Level::Raid4 | Level::Raid5 => 1,
+            Level::Raid6 => 2,
+        };
+        let faults = if faulty {
+            Faults {
+                read_error: *r.pick(&[0.0, 0.002, 0.01, 0.05]),
+                write_error: *r.pick(&[0.0, 0.001, 0.005]),
+                member_death: *r.pick(&[0.0, 0.0002, 0.001]),
+                nomem: *r.pick(&[0.0, 0.01, 0.05]),
+                // Sometimes break more than the level survives, to see the
+                // array go offline cleanly.
+                max_broken: if r.chance(0.1) {
+                    redundancy + 1
+                } else {
+                    redundancy
+                },
+                slow: r.below(1 << members),
+            }
+        } else {
+            Faults {
+                read_error: 0.0,
+                write_error: 0.0,
+                member_death: 0.0,
+                nomem: 0.0,
+                max_broken: 0,
+                slow: 0,
+            }
+        };
+        Scenario {
+            seed,
+            ops,
+            geometry: GeometryParams {
+                level,
+                layout,
+                strip_size_kb,
+                block_size,
+                member_blocks,
+            },
+            channels: r.range(1, 3) as usize,
+            queue_depth: r.range(1, 16) as usize,
+            config,
+            faults,
+            max_blocks: strip_blocks * (members as u64 + 2),
+            meta_delay: r.range(0, 50),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The CI sweep: every level, faults on, zero oracle violations.
+//!
+//! `MDRAID_SIM_SEEDS` and `MDRAID_SIM_OPS` widen it on demand (the long
+//! sweep); the defaults are what CI runs.
+
+use mdraid_sim::{run, Scenario};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn sweep() {
+    let seeds = env_u64("MDRAID_SIM_SEEDS", 500);
+    let ops = env_u64("MDRAID_SIM_OPS", 5000);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut seed = t;
+                    while seed < seeds {
+                        let sc = Scenario::from_seed(seed, ops);
+                        out.push((seed, sc.geometry.level, run(&sc)));
+                        seed += threads;
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let mut levels = std::collections::BTreeMap::new();
+    let mut failures = Vec::new();
+    let (mut faults, mut blocks) = (0, 0);
+    for (seed, level, r) in &results {
+        *levels.entry(level.name()).or_insert(0) += 1;
+        match r {
+            Ok(o) => {
+                faults += o.child_errors;
+                blocks += o.blocks_verified;
+            }
+            Err(v) => failures.push(format!("{v}")),
+        }
+        let _ = seed;
+    }
+    println!("sweep: {seeds} seeds x {ops} ops; levels {levels:?}; {faults} child errors injected; {blocks} blocks verified");
+    for f in &failures {
+        println!("{f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed",
+        failures.len()
+    );
+    assert_eq!(levels.len(), 7, "every level must be covered");
+    assert!(faults > 0, "the sweep injected no faults");
+}
