@@ -9,7 +9,7 @@ bash scripts/install-deps.sh
 # The simulator sweep is sized by MDRAID_SIM_SEEDS / MDRAID_SIM_OPS
 # (defaults: 500 seeds x 5000 operations).
 set +e
-cargo test --workspace 2>&1 | tee target/test.log
+cargo test --workspace -- --show-output 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
 set -e
 

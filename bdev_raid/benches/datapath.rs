@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bdev_raid::channel::{Action, Channel, ChannelConfig, ChildStatus, IoStatus, IoType, ParentIo};
 use bdev_raid::layout::{Geometry, GeometryParams, Level};
-use bdev_raid::state::{ArrayState, StripeLocks};
+use bdev_raid::state::{ArrayState, Shared};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 struct Counting;
@@ -43,8 +43,9 @@ fn channel(level: Level, n: usize) -> Channel<Vec<u8>> {
     .unwrap();
     Channel::new(
         Arc::new(g),
-        Arc::new(ArrayState::new_in_sync(n)),
-        Arc::new(StripeLocks::default()),
+        Arc::new(ArrayState::new_writable(n)),
+        Arc::new(Shared::new(1)),
+        0,
         ChannelConfig::default(),
         |l| vec![0; l],
     )

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::layout::{Geometry, StripeMap, MAX_MEMBERS};
 use crate::parity;
-use crate::state::{range_survives, ArrayState, StripeLocks};
+use crate::state::{range_survives, ArrayState, Shared};
 
 /// Operations a parent (array) I/O can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,6 +137,11 @@ pub enum ChildStatus {
 pub enum MetaRequest {
     /// A write (or flush) failed on `member`: record it faulty and broadcast.
     MemberFailed { member: u16, events: u64 },
+    /// Writes are waiting: mark the array dirty and make it writable.
+    MarkDirty { channel: u16 },
+    /// In the not-writable state of `events`, this channel has no write in
+    /// flight (the metadata path may mark the array clean once all are).
+    WritesIdle { channel: u16, events: u64 },
 }
 
 /// What the host must do next.
@@ -229,6 +234,8 @@ struct Parent<B> {
     /// Members whose failure must be committed before this completes.
     wait_members: u64,
     queued: bool,
+    /// Counted in `writes_in_flight`.
+    write_started: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,7 +348,9 @@ pub struct Channel<B: IoBuf> {
     state: Arc<ArrayState>,
     /// The newest state every channel has applied.
     released: Arc<ArrayState>,
-    locks: Arc<StripeLocks>,
+    shared: Arc<Shared>,
+    /// This channel's index among the array's channels.
+    index: usize,
     cfg: ChannelConfig,
     bs: u64,
     max_rows: u64,
@@ -363,8 +372,13 @@ pub struct Channel<B: IoBuf> {
     nomem: VecDeque<u32>,
     actions: VecDeque<Action<B>>,
     zeros: Vec<u8>,
-    /// Members this channel saw fail and reported, not yet committed.
-    local_failed: u64,
+    /// Writes waiting for the array to be marked dirty.
+    dirty_wait: VecDeque<u32>,
+    dirty_requested: bool,
+    /// Write parents issued (past the dirty gate) and not completed.
+    writes_in_flight: u32,
+    /// Events of the last not-writable state this channel reported idle in.
+    idle_reported: Option<u64>,
     stats: ChannelStats,
     member_stats: Vec<MemberStats>,
 }
@@ -375,10 +389,12 @@ impl<B: IoBuf> Channel<B> {
     pub fn new(
         geom: Arc<Geometry>,
         state: Arc<ArrayState>,
-        locks: Arc<StripeLocks>,
+        shared: Arc<Shared>,
+        index: usize,
         cfg: ChannelConfig,
         mut alloc: impl FnMut(usize) -> B,
     ) -> Channel<B> {
+        assert!(index < shared.channels(), "channel index out of range");
         let members = geom.members();
         assert_eq!(state.members.len(), members, "state/geometry mismatch");
         let bs = geom.block_size() as u64;
@@ -440,10 +456,15 @@ impl<B: IoBuf> Channel<B> {
                 in_flight: false,
             })
             .collect();
-        Channel {
+        let mut ch = Channel {
             released: state.clone(),
             state,
-            locks,
+            shared,
+            index,
+            dirty_wait: VecDeque::with_capacity(cfg.max_parents),
+            dirty_requested: false,
+            writes_in_flight: 0,
+            idle_reported: None,
             cfg,
             bs,
             max_rows,
@@ -473,11 +494,13 @@ impl<B: IoBuf> Channel<B> {
             nomem: VecDeque::with_capacity(total_children),
             actions: VecDeque::with_capacity(total_children + cfg.max_parents),
             zeros: vec![0; region],
-            local_failed: 0,
             stats: ChannelStats::default(),
             member_stats: vec![MemberStats::default(); members],
             geom,
-        }
+        };
+        // A new channel of a not-writable array has no write in flight.
+        ch.maybe_report_idle();
+        ch
     }
 
     pub fn geometry(&self) -> &Arc<Geometry> {
@@ -504,11 +527,12 @@ impl<B: IoBuf> Channel<B> {
     /// One line on what the channel holds, for diagnosing a stuck host.
     pub fn describe(&self) -> String {
         format!(
-            "parents {} (waiting {}, parked {}), children free {}/{}, stripes free {}/{}, \
-             pieces free {}, recon queue {}, fix queue {}, nomem {}, actions {}, local failed {:#b}",
+            "parents {} (waiting {}, parked {}, dirty wait {}), children free {}/{}, stripes free {}/{}, \
+             pieces free {}, recon queue {}, fix queue {}, nomem {}, actions {}, failed {:#b}",
             self.parents_in_flight(),
             self.waiters.len(),
             self.parked.len(),
+            self.dirty_wait.len(),
             self.free_children.len(),
             self.cfg.max_children,
             self.free_stripes.len(),
@@ -518,7 +542,7 @@ impl<B: IoBuf> Channel<B> {
             self.fix_queue.len(),
             self.nomem.len(),
             self.actions.len(),
-            self.local_failed,
+            self.shared.failed(),
         )
     }
 
@@ -588,6 +612,7 @@ impl<B: IoBuf> Channel<B> {
             error: false,
             wait_members: 0,
             queued: false,
+            write_started: false,
         });
         if self.geom.level().is_parity() && io.op.writes() {
             let (s, _, _) = self.geom.locate(io.lba);
@@ -595,13 +620,52 @@ impl<B: IoBuf> Channel<B> {
             p.cursor_stripe = s;
             p.cursor_row = 0;
         }
+        if io.op.writes() && !self.state.writable {
+            self.dirty_wait.push_back(slot);
+            self.request_dirty();
+            return Ok(());
+        }
+        self.start(slot);
+        Ok(())
+    }
+
+    /// Begin dispatching a parent that passed the dirty gate.
+    fn start(&mut self, slot: u32) {
+        let p = self.parents[slot as usize].as_mut().unwrap();
+        if p.op.writes() {
+            p.write_started = true;
+            self.writes_in_flight += 1;
+            self.shared.note_write(self.index);
+        }
         if !self.waiters.is_empty() {
             // Others wait for resources: keep their order.
             self.enqueue(slot);
         } else {
             self.run_parent(slot);
         }
-        Ok(())
+    }
+
+    fn request_dirty(&mut self) {
+        if !self.dirty_requested {
+            self.dirty_requested = true;
+            self.actions.push_back(Action::Meta(MetaRequest::MarkDirty {
+                channel: self.index as u16,
+            }));
+        }
+    }
+
+    fn maybe_report_idle(&mut self) {
+        if !self.state.writable
+            && self.writes_in_flight == 0
+            && self.idle_reported != Some(self.state.events)
+        {
+            self.idle_reported = Some(self.state.events);
+            self.actions
+                .push_back(Action::Meta(MetaRequest::WritesIdle {
+                    channel: self.index as u16,
+                    events: self.state.events,
+                }));
+        }
     }
 
     /// A broadcast from the metadata path.
@@ -610,8 +674,27 @@ impl<B: IoBuf> Channel<B> {
             state.events >= self.state.events,
             "state broadcast went back in events"
         );
-        self.local_failed &= !state.faulty();
         self.state = state;
+        if self.state.offline {
+            while let Some(slot) = self.dirty_wait.pop_front() {
+                self.complete(slot);
+            }
+        } else if self.state.writable {
+            self.dirty_requested = false;
+            // The next not-writable state needs a fresh report, even at the
+            // same events (a drain the metadata path called off).
+            self.idle_reported = None;
+            while let Some(slot) = self.dirty_wait.pop_front() {
+                self.start(slot);
+            }
+        } else {
+            if !self.dirty_wait.is_empty() {
+                // A request made before this state may have been dropped.
+                self.dirty_requested = false;
+                self.request_dirty();
+            }
+            self.maybe_report_idle();
+        }
         self.run_waiters();
     }
 
@@ -780,10 +863,13 @@ impl<B: IoBuf> Channel<B> {
 
     fn complete(&mut self, slot: u32) {
         let p = self.parents[slot as usize].take().unwrap();
+        if p.write_started {
+            self.writes_in_flight -= 1;
+        }
         let status = if p.error || self.state.offline {
             IoStatus::Error
         } else if p.wait_members != 0 {
-            let dead = self.state.out_of_service() | self.local_failed | p.wait_members;
+            let dead = self.dead() | p.wait_members;
             if p.op.has_range() {
                 if range_survives(&self.geom, p.lba, p.blocks, dead) {
                     IoStatus::Success
@@ -805,17 +891,25 @@ impl<B: IoBuf> Channel<B> {
             status,
             buf: p.buf,
         });
+        if p.write_started {
+            self.maybe_report_idle();
+        }
     }
 
-    /// Members that take no writes (or reads) on this channel now.
+    /// Members that take no I/O now: out of service in the state, or seen
+    /// failing by any channel (md's in-memory Faulty flag: every channel
+    /// stops using a failed member at once, before the commit, so no
+    /// reconstruction mixes its stale strips with fresh parity).
     fn dead(&self) -> u64 {
-        self.state.out_of_service() | self.local_failed
+        self.state.out_of_service() | self.shared.failed()
     }
 
     fn fail_member(&mut self, member: u16) {
-        let b = bit(member as usize);
-        if self.dead() & b == 0 {
-            self.local_failed |= b;
+        if self.state.out_of_service() & bit(member as usize) != 0 {
+            return;
+        }
+        // The first channel to see it reports it.
+        if self.shared.set_failed(member as usize) {
             self.actions
                 .push_back(Action::Meta(MetaRequest::MemberFailed {
                     member,
@@ -932,7 +1026,7 @@ impl<B: IoBuf> Channel<B> {
     /// The range lock covering mapped block `lba`, if the level has copies
     /// that must agree (writes and read-error rewrites take it).
     fn range_lock(&self, lba: u64) -> Option<usize> {
-        (self.geom.copies() > 1).then(|| self.locks.key(lba / self.lock_blocks))
+        (self.geom.copies() > 1).then(|| self.shared.locks.key(lba / self.lock_blocks))
     }
 
     /// `map`, cut at lock granule boundaries.
@@ -984,7 +1078,7 @@ impl<B: IoBuf> Channel<B> {
                 };
                 let lock = self.range_lock(cursor);
                 if let Some(k) = lock {
-                    if !self.locks.try_lock(k) {
+                    if !self.shared.locks.try_lock(k) {
                         return Step::WaitLock;
                     }
                 }
@@ -1030,7 +1124,7 @@ impl<B: IoBuf> Channel<B> {
         if pc.pending == 0 {
             let (slot, lock) = (pc.parent, pc.lock);
             if let Some(k) = lock {
-                self.locks.unlock(k);
+                self.shared.locks.unlock(k);
             }
             self.free_pieces.push(piece);
             self.unit_done(slot);
@@ -1084,7 +1178,7 @@ impl<B: IoBuf> Channel<B> {
                 _ => unreachable!(),
             };
             let k = self.range_lock(lba).expect("locked piece without a lock");
-            self.locks.unlock(k);
+            self.shared.locks.unlock(k);
         }
         self.free_child(c);
         self.unit_done(slot);
@@ -1107,7 +1201,7 @@ impl<B: IoBuf> Channel<B> {
             let k = self
                 .range_lock(lba)
                 .expect("mirror retry on a level without copies");
-            if self.locks.try_lock(k) {
+            if self.shared.locks.try_lock(k) {
                 self.fix_queue.remove(i);
                 self.children[c as usize].kind = ChildKind::MirrorRead {
                     lba,
@@ -1396,8 +1490,11 @@ impl<B: IoBuf> Channel<B> {
         // stripe's rows in that granule only: units of one stripe over
         // other rows proceed in parallel.
         let granules = self.geom.strip_blocks().div_ceil(self.max_rows);
-        let lock = self.locks.key(stripe * granules + row / self.max_rows);
-        if !self.locks.try_lock(lock) {
+        let lock = self
+            .shared
+            .locks
+            .key(stripe * granules + row / self.max_rows);
+        if !self.shared.locks.try_lock(lock) {
             return Err(Step::WaitLock);
         }
         self.free_stripes.pop();
@@ -1765,7 +1862,7 @@ impl<B: IoBuf> Channel<B> {
         u.busy = false;
         u.phase = Phase::Idle;
         let (slot, error, wait, lock) = (u.parent, u.error, u.wait_members, u.lock);
-        self.locks.unlock(lock);
+        self.shared.locks.unlock(lock);
         self.free_stripes.push(ctx);
         let p = self.parents[slot as usize].as_mut().unwrap();
         p.error |= error;
@@ -1892,12 +1989,13 @@ mod tests {
             let members = (0..n)
                 .map(|m| vec![0; g.member_blocks(m) as usize * bs])
                 .collect();
-            let state = Arc::new(ArrayState::new_in_sync(n));
+            let state = Arc::new(ArrayState::new_writable(n));
             Host {
                 ch: Channel::new(
                     Arc::new(g),
                     state,
-                    Arc::new(StripeLocks::default()),
+                    Arc::new(crate::state::Shared::new(1)),
+                    0,
                     cfg,
                     |l| vec![0; l],
                 ),
@@ -1917,6 +2015,7 @@ mod tests {
                     Action::Meta(MetaRequest::MemberFailed { member, .. }) => {
                         self.meta.push(member)
                     }
+                    Action::Meta(_) => {}
                 }
             }
         }

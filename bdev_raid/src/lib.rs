@@ -2,8 +2,10 @@
 //! kernels. No threads, no syscalls, no SPDK: hosts drive it with events and
 //! carry out the actions it emits.
 
+pub mod assemble;
 pub mod channel;
 pub mod layout;
+pub mod meta;
 pub mod ondisk;
 pub mod parity;
 pub mod state;

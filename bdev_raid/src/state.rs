@@ -5,7 +5,7 @@
 //! shared mutable state on the I/O path is [`StripeLocks`], a table of
 //! atomics that serialises parity updates of one stripe across channels.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::layout::{Geometry, Level, MAX_MEMBERS};
 
@@ -36,16 +36,31 @@ pub struct ArrayState {
     pub members: Vec<MemberState>,
     /// No member holding some of the data is left: all I/O fails.
     pub offline: bool,
+    /// The superblocks durably say "dirty" (`resync_offset` 0) and writes
+    /// may be issued. While false, a channel parks writes and asks the
+    /// metadata path to mark the array dirty first.
+    pub writable: bool,
 }
 
 impl ArrayState {
-    /// Every member in sync, events 1.
+    /// Every member in sync, events 1, clean (not writable until the
+    /// metadata path marks it dirty).
     pub fn new_in_sync(members: usize) -> ArrayState {
         assert!(members <= MAX_MEMBERS, "too many members");
         ArrayState {
             events: 1,
             members: vec![MemberState::InSync; members],
             offline: false,
+            writable: false,
+        }
+    }
+
+    /// Every member in sync and writable: for hosts and tests that run the
+    /// data path without a metadata path.
+    pub fn new_writable(members: usize) -> ArrayState {
+        ArrayState {
+            writable: true,
+            ..ArrayState::new_in_sync(members)
         }
     }
 
@@ -108,6 +123,61 @@ pub fn range_survives(geom: &Geometry, lba: u64, blocks: u64, dead: u64) -> bool
         at += m.len;
     }
     true
+}
+
+/// What the channels of one array share: the stripe/range locks and one
+/// activity counter per channel (each written by its channel only, read by
+/// the metadata path to see whether writes have gone idle).
+pub struct Shared {
+    pub locks: StripeLocks,
+    activity: Box<[PaddedCounter]>,
+    /// Members some channel saw fail (md's in-memory Faulty flag), set
+    /// before the metadata path commits the failure.
+    failed: AtomicU64,
+}
+
+#[repr(align(64))]
+struct PaddedCounter(AtomicU64);
+
+impl Shared {
+    /// Shared state for an array with `channels` channels.
+    pub fn new(channels: usize) -> Shared {
+        Shared {
+            locks: StripeLocks::default(),
+            activity: (0..channels.max(1))
+                .map(|_| PaddedCounter(AtomicU64::new(0)))
+                .collect(),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Members seen failing (bit mask).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Record member `m` as failing; true if this call set it first.
+    pub fn set_failed(&self, m: usize) -> bool {
+        self.failed.fetch_or(1 << m, Ordering::AcqRel) & 1 << m == 0
+    }
+
+    pub fn channels(&self) -> usize {
+        self.activity.len()
+    }
+
+    /// Channel `i` started another write.
+    pub fn note_write(&self, i: usize) {
+        let c = &self.activity[i].0;
+        // Only channel i writes its counter: no read-modify-write needed.
+        c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Sum of all channels' write counters; unchanged means no new writes.
+    pub fn activity(&self) -> u64 {
+        self.activity
+            .iter()
+            .fold(0u64, |a, c| a.wrapping_add(c.0.load(Ordering::Relaxed)))
+    }
 }
 
 /// Cross-channel stripe locks: a fixed table of flags indexed by a hash

@@ -34,8 +34,11 @@ pub struct Scenario {
     pub faults: Faults,
     /// Largest parent I/O in blocks.
     pub max_blocks: u64,
-    /// Highest number of steps the metadata path waits before committing.
-    pub meta_delay: u64,
+    /// Idle steps before the metadata path marks the array clean.
+    pub safemode: u64,
+    /// Most crashes in the run, and the chance of one per scheduler step.
+    pub crashes: u32,
+    pub crash_chance: f64,
 }
 
 impl Scenario {
@@ -154,7 +157,13 @@ impl Scenario {
             config,
             faults,
             max_blocks: strip_blocks * (members as u64 + 2),
-            meta_delay: r.range(0, 50),
+            safemode: r.range(20, 400),
+            crashes: if r.chance(0.5) {
+                r.range(1, 3) as u32
+            } else {
+                0
+            },
+            crash_chance: (10.0 / ops.max(1) as f64).min(1.0),
         }
     }
 }

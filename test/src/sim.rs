@@ -4,11 +4,14 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
+use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChildIo, ChildOp, ChildStatus, IoStatus, IoType, MetaRequest, ParentIo,
 };
 use bdev_raid::layout::{Geometry, Level};
-use bdev_raid::state::{survives, ArrayState, MemberState, StripeLocks};
+use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
+use bdev_raid::ondisk::{Superblock, SB_OFFSET_BYTES};
+use bdev_raid::state::{ArrayState, MemberState, Shared};
 
 use crate::rng::{splitmix, Rng};
 use crate::scenario::Scenario;
@@ -49,6 +52,11 @@ pub struct Outcome {
     pub reconstruct_reads: u64,
     pub read_errors_corrected: u64,
     pub pool_waits: u64,
+    pub crashes: u64,
+    pub superblock_writes: u64,
+    /// The run ended at an assembly md also refuses (dirty and degraded
+    /// parity, or too few members left).
+    pub ended_by_refusal: Option<String>,
 }
 
 type Buf = Vec<u8>;
@@ -65,17 +73,34 @@ enum Bcast {
     Release(Arc<ArrayState>),
 }
 
-struct InFlight {
-    ch: usize,
-    io: ChildIo,
+enum InFlight {
+    Child {
+        ch: usize,
+        io: ChildIo,
+    },
+    Sb {
+        member: u16,
+        token: u64,
+        data: Vec<u8>,
+    },
+}
+
+impl InFlight {
+    fn member(&self) -> usize {
+        match self {
+            InFlight::Child { io, .. } => io.member as usize,
+            InFlight::Sb { member, .. } => *member as usize,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Default)]
 struct BlockState {
     /// Last acknowledged write id (0: never written, zeros).
     cur: u64,
-    /// A write that failed: its data may or may not be there.
-    alt: Option<u64>,
+    /// Writes from this id on failed or were cut by a crash since the last
+    /// acknowledged one: their data may or may not be there.
+    alt_since: Option<u64>,
     /// A write in flight.
     pending: Option<u64>,
 }
@@ -91,21 +116,28 @@ struct ParentRec {
     final_check: bool,
 }
 
+/// One incarnation of the array: what a crash throws away.
+struct Array {
+    channels: Vec<Channel<Buf>>,
+    retry: Vec<VecDeque<ParentIo<Buf>>>,
+    bcast: Vec<VecDeque<Bcast>>,
+    /// The newest broadcast state and how many channels applied it.
+    newest: Arc<ArrayState>,
+    applied: usize,
+    meta: Meta,
+    meta_inbox: VecDeque<MetaRequest>,
+}
+
 struct Sim<'a> {
     sc: &'a Scenario,
     rng: Rng,
     geom: Arc<Geometry>,
     bs: usize,
+    /// Byte offset of the data area on every member.
+    data_off: usize,
     members: Vec<Member>,
-    channels: Vec<Channel<Buf>>,
-    retry: Vec<VecDeque<ParentIo<Buf>>>,
+    arr: Array,
     inflight: Vec<InFlight>,
-    state: Arc<ArrayState>,
-    bcast: Vec<VecDeque<Bcast>>,
-    /// How many channels applied the newest state.
-    applied: usize,
-    meta_pending: u64,
-    meta_due: u64,
     blocks: Vec<BlockState>,
     history: Vec<Vec<(u64, bool)>>,
     parents: HashMap<u64, ParentRec>,
@@ -115,6 +147,7 @@ struct Sim<'a> {
     step: u64,
     /// Step of the last parent completion.
     last_done: u64,
+    crashes_left: u32,
     faults_on: bool,
     out: Outcome,
 }
@@ -140,6 +173,11 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
     Ok(sim.out)
 }
 
+/// Data offset of the simulated members, in 512-byte sectors: right after
+/// the superblock (the simulator keeps members small; md accepts any
+/// data offset past the superblock).
+const SIM_DATA_OFFSET: u64 = 16;
+
 fn pattern(id: u64, lba: u64, zero: bool, out: &mut [u8]) {
     if zero {
         out.fill(0);
@@ -158,39 +196,41 @@ impl<'a> Sim<'a> {
     fn new(sc: &'a Scenario, geom: Arc<Geometry>) -> Sim<'a> {
         let bs = geom.block_size() as usize;
         let n = geom.members();
-        let state = Arc::new(ArrayState::new_in_sync(n));
-        let locks = Arc::new(StripeLocks::new(6));
-        let channels = (0..sc.channels)
-            .map(|_| {
-                Channel::new(
-                    geom.clone(),
-                    state.clone(),
-                    locks.clone(),
-                    sc.config,
-                    |len| vec![0u8; len],
-                )
+        let data_off = (SIM_DATA_OFFSET * 512) as usize;
+        let mut members: Vec<Member> = (0..n)
+            .map(|m| Member {
+                data: vec![0; data_off + sc.geometry.member_blocks[m] as usize * bs],
+                dead: false,
+                broken: false,
             })
             .collect();
+        let sbs = create_superblocks(
+            &geom,
+            &CreateParams {
+                set_uuid: (sc.seed as u128 | 1 << 100).to_le_bytes(),
+                name: "sim",
+                device_uuids: (0..n).map(|m| [m as u8 + 1; 16]).collect(),
+                member_sectors: members.iter().map(|m| m.data.len() as u64 / 512).collect(),
+                data_offset: SIM_DATA_OFFSET,
+                now_secs: 1,
+            },
+        );
+        for (m, sb) in sbs.iter().enumerate() {
+            let b = sb.encode();
+            let at = SB_OFFSET_BYTES as usize;
+            members[m].data[at..at + b.len()].copy_from_slice(&b);
+        }
+        let state = Arc::new(ArrayState::new_in_sync(n));
+        let arr = Sim::array(sc, &geom, state, sbs.into_iter().map(Some).collect(), 0);
         let nblocks = geom.array_blocks() as usize;
         Sim {
             sc,
             rng: Rng::new(sc.seed),
             bs,
-            members: (0..n)
-                .map(|m| Member {
-                    data: vec![0; geom.member_blocks(m) as usize * bs],
-                    dead: false,
-                    broken: false,
-                })
-                .collect(),
-            channels,
-            retry: (0..sc.channels).map(|_| VecDeque::new()).collect(),
+            data_off,
+            members,
+            arr,
             inflight: Vec::new(),
-            state,
-            bcast: (0..sc.channels).map(|_| VecDeque::new()).collect(),
-            applied: 0,
-            meta_pending: 0,
-            meta_due: 0,
             blocks: vec![BlockState::default(); nblocks],
             history: vec![Vec::new(); nblocks],
             parents: HashMap::new(),
@@ -199,9 +239,53 @@ impl<'a> Sim<'a> {
             next_id: 1,
             step: 0,
             last_done: 0,
+            crashes_left: sc.crashes,
             faults_on: true,
             out: Outcome::default(),
             geom,
+        }
+    }
+
+    fn array(
+        sc: &Scenario,
+        geom: &Arc<Geometry>,
+        state: Arc<ArrayState>,
+        sbs: Vec<Option<Superblock>>,
+        now: u64,
+    ) -> Array {
+        let shared = Arc::new(Shared::new(sc.channels));
+        let channels = (0..sc.channels)
+            .map(|i| {
+                Channel::new(
+                    geom.clone(),
+                    state.clone(),
+                    shared.clone(),
+                    i,
+                    sc.config,
+                    |len| vec![0u8; len],
+                )
+            })
+            .collect();
+        let meta = Meta::new(
+            geom.clone(),
+            shared.clone(),
+            state.clone(),
+            sbs,
+            MetaConfig {
+                safemode_ms: sc.safemode,
+                retry_min_ms: 5,
+                retry_max_ms: 200,
+            },
+            now,
+        );
+        Array {
+            channels,
+            retry: (0..sc.channels).map(|_| VecDeque::new()).collect(),
+            bcast: (0..sc.channels).map(|_| VecDeque::new()).collect(),
+            newest: state,
+            applied: 0,
+            meta,
+            meta_inbox: VecDeque::new(),
         }
     }
 
@@ -217,6 +301,25 @@ impl<'a> Sim<'a> {
         self.members.iter().filter(|m| m.broken).count()
     }
 
+    fn state(&self) -> &Arc<ArrayState> {
+        self.arr.meta.state()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} children in flight; meta {:?}; inbox {}; channels: {}",
+            self.inflight.len(),
+            self.arr.meta.status(),
+            self.arr.meta_inbox.len(),
+            self.arr
+                .channels
+                .iter()
+                .map(|c| c.describe())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )
+    }
+
     fn run(&mut self) -> Result<(), String> {
         // A hang: no parent completed for this many steps.
         let patience = 200_000;
@@ -225,11 +328,9 @@ impl<'a> Sim<'a> {
             self.step += 1;
             if self.step > self.last_done + patience {
                 return Err(format!(
-                    "hang: {} parents never completed; {} children in flight; meta pending {:#b}; channels: {}",
+                    "hang: {} parents never completed; {}",
                     self.parents.len(),
-                    self.inflight.len(),
-                    self.meta_pending,
-                    self.channels.iter().map(|c| c.describe()).collect::<Vec<_>>().join(" | ")
+                    self.describe()
                 ));
             }
             let r = self.rng.below(100);
@@ -244,15 +345,19 @@ impl<'a> Sim<'a> {
             } else {
                 self.misc()?;
             }
+            if self.out.ended_by_refusal.is_some() {
+                self.out.steps = self.step;
+                return Ok(());
+            }
             if self.quiet() && submitted >= self.sc.ops {
                 break;
             }
-            if self.stuck() {
+            if self.stuck()? {
                 return Err(format!(
-                    "hang: {} parents outstanding and nothing in flight; host retry queues {:?}; channels: {}",
+                    "hang: {} parents outstanding and nothing in flight; host retry queues {:?}; {}",
                     self.parents.len(),
-                    self.retry.iter().map(|q| q.len()).collect::<Vec<_>>(),
-                    self.channels.iter().map(|c| c.describe()).collect::<Vec<_>>().join(" | ")
+                    self.arr.retry.iter().map(|q| q.len()).collect::<Vec<_>>(),
+                    self.describe()
                 ));
             }
         }
@@ -263,45 +368,71 @@ impl<'a> Sim<'a> {
     fn quiet(&self) -> bool {
         self.parents.is_empty()
             && self.inflight.is_empty()
-            && self.meta_pending == 0
-            && self.bcast.iter().all(|q| q.is_empty())
+            && self.arr.meta_inbox.is_empty()
+            && self.arr.bcast.iter().all(|q| q.is_empty())
     }
 
     /// Parents outstanding but no event can move them.
-    fn stuck(&mut self) -> bool {
+    fn stuck(&mut self) -> Result<bool, String> {
         if self.parents.is_empty()
             || !self.inflight.is_empty()
-            || self.meta_pending != 0
-            || self.bcast.iter().any(|q| !q.is_empty())
+            || !self.arr.meta_inbox.is_empty()
+            || self.arr.bcast.iter().any(|q| !q.is_empty())
         {
-            return false;
+            return Ok(false);
         }
-        // Give every channel polls (retries, lock waiters; a resubmitted
-        // child may meet ENOMEM again) before deciding.
+        // Polls (retries, lock waiters; a resubmitted child may meet ENOMEM
+        // again) and time passing (the metadata path's retries and safe
+        // mode) before deciding.
         for _ in 0..100 {
-            for ch in 0..self.channels.len() {
+            self.step += 1;
+            self.tick()?;
+            for ch in 0..self.arr.channels.len() {
                 self.poll_channel(ch);
-                if self.drain(ch).is_err() {
-                    return false;
-                }
+                self.drain(ch)?;
             }
+            self.flush_meta()?;
             if self.parents.is_empty() || !self.inflight.is_empty() {
-                return false;
+                return Ok(false);
             }
         }
-        true
+        Ok(true)
+    }
+
+    /// Deliver every queued meta request and broadcast (no reordering).
+    fn flush_meta(&mut self) -> Result<(), String> {
+        loop {
+            if let Some(r) = self.arr.meta_inbox.pop_front() {
+                self.arr.meta.request(r);
+                self.pump_meta();
+                continue;
+            }
+            let Some(ch) = (0..self.arr.channels.len()).find(|&c| !self.arr.bcast[c].is_empty())
+            else {
+                return Ok(());
+            };
+            let b = self.arr.bcast[ch].pop_front().unwrap();
+            self.deliver(ch, b)?;
+        }
+    }
+
+    fn tick(&mut self) -> Result<(), String> {
+        self.arr.meta.tick(self.step);
+        self.pump_meta();
+        Ok(())
     }
 
     fn misc(&mut self) -> Result<(), String> {
-        match self.rng.below(4) {
+        match self.rng.below(6) {
             0 => {
-                if self.meta_pending != 0 && self.step >= self.meta_due {
-                    self.meta_commit();
+                if let Some(r) = self.arr.meta_inbox.pop_front() {
+                    self.arr.meta.request(r);
+                    self.pump_meta();
                 }
             }
             1 => {
                 let ch = self.rng.below(self.sc.channels as u64) as usize;
-                if let Some(b) = self.bcast[ch].pop_front() {
+                if let Some(b) = self.arr.bcast[ch].pop_front() {
                     self.deliver(ch, b)?;
                 }
             }
@@ -309,6 +440,13 @@ impl<'a> Sim<'a> {
                 let ch = self.rng.below(self.sc.channels as u64) as usize;
                 self.poll_channel(ch);
                 self.drain(ch)?;
+            }
+            3 => self.tick()?,
+            4 => {
+                if self.faults_on && self.crashes_left > 0 && self.rng.chance(self.sc.crash_chance)
+                {
+                    self.crash()?;
+                }
             }
             _ => {
                 if self.faults_on
@@ -325,51 +463,62 @@ impl<'a> Sim<'a> {
     }
 
     fn poll_channel(&mut self, ch: usize) {
-        while let Some(io) = self.retry[ch].pop_front() {
-            if let Err(Busy(io)) = self.channels[ch].submit(io) {
-                self.retry[ch].push_front(io);
+        let a = &mut self.arr;
+        while let Some(io) = a.retry[ch].pop_front() {
+            if let Err(Busy(io)) = a.channels[ch].submit(io) {
+                a.retry[ch].push_front(io);
                 break;
             }
         }
-        self.channels[ch].poll();
+        a.channels[ch].poll();
     }
 
-    /// The metadata path stand-in: record every reported member faulty,
-    /// events + 1, and broadcast to every channel.
-    fn meta_commit(&mut self) {
-        let mut s = (*self.state).clone();
-        for m in 0..self.members.len() {
-            if self.meta_pending & (1 << m) != 0 {
-                s.members[m] = MemberState::Faulty;
+    /// Carry out what the metadata path asks for.
+    fn pump_meta(&mut self) {
+        while let Some(a) = self.arr.meta.poll_action() {
+            match a {
+                MetaAction::WriteSb {
+                    member,
+                    token,
+                    offset,
+                    data,
+                } => {
+                    assert_eq!(offset, SB_OFFSET_BYTES);
+                    self.out.superblock_writes += 1;
+                    self.inflight.push(InFlight::Sb {
+                        member,
+                        token,
+                        data,
+                    });
+                }
+                MetaAction::Broadcast(s) => {
+                    self.arr.newest = s.clone();
+                    self.arr.applied = 0;
+                    for q in &mut self.arr.bcast {
+                        q.push_back(Bcast::Apply(s.clone()));
+                    }
+                }
             }
-        }
-        s.events += 1;
-        s.offline = !survives(&self.geom, s.faulty());
-        self.meta_pending = 0;
-        let s = Arc::new(s);
-        self.state = s.clone();
-        self.applied = 0;
-        for q in &mut self.bcast {
-            q.push_back(Bcast::Apply(s.clone()));
         }
     }
 
     /// Hand a broadcast to a channel. When the last channel has applied a
     /// state, every channel is told to release what waited for it.
     fn deliver(&mut self, ch: usize, b: Bcast) -> Result<(), String> {
+        let a = &mut self.arr;
         match b {
             Bcast::Apply(s) => {
-                self.channels[ch].apply_state(s.clone());
-                if Arc::ptr_eq(&s, &self.state) {
-                    self.applied += 1;
-                    if self.applied == self.channels.len() {
-                        for q in &mut self.bcast {
+                a.channels[ch].apply_state(s.clone());
+                if Arc::ptr_eq(&s, &a.newest) {
+                    a.applied += 1;
+                    if a.applied == a.channels.len() {
+                        for q in &mut a.bcast {
                             q.push_back(Bcast::Release(s.clone()));
                         }
                     }
                 }
             }
-            Bcast::Release(s) => self.channels[ch].release(s),
+            Bcast::Release(s) => a.channels[ch].release(s),
         }
         self.drain(ch)
     }
@@ -458,17 +607,18 @@ impl<'a> Sim<'a> {
             fua: self.rng.chance(0.1),
             buf,
         };
-        if !self.retry[ch].is_empty() {
-            self.retry[ch].push_back(io);
-        } else if let Err(Busy(io)) = self.channels[ch].submit(io) {
-            self.retry[ch].push_back(io);
+        let a = &mut self.arr;
+        if !a.retry[ch].is_empty() {
+            a.retry[ch].push_back(io);
+        } else if let Err(Busy(io)) = a.channels[ch].submit(io) {
+            a.retry[ch].push_back(io);
         }
         self.drain(ch)
     }
 
     /// Carry out every action channel `ch` has.
     fn drain(&mut self, ch: usize) -> Result<(), String> {
-        while let Some(a) = self.channels[ch].poll_action() {
+        while let Some(a) = self.arr.channels[ch].poll_action() {
             match a {
                 Action::Submit(io) => {
                     let m = io.member as usize;
@@ -477,69 +627,91 @@ impl<'a> Sim<'a> {
                     }
                     if self.faults_on && self.rng.chance(self.sc.faults.nomem) {
                         self.out.nomem += 1;
-                        self.channels[ch].child_done(io.token, ChildStatus::NoMem);
+                        self.arr.channels[ch].child_done(io.token, ChildStatus::NoMem);
                     } else {
-                        self.inflight.push(InFlight { ch, io });
+                        self.inflight.push(InFlight::Child { ch, io });
                     }
                 }
                 Action::Complete { tag, status, buf } => self.parent_done(ch, tag, status, buf)?,
-                Action::Meta(MetaRequest::MemberFailed { member, .. }) => {
-                    if self.state.members[member as usize] != MemberState::Faulty {
-                        if self.meta_pending == 0 {
-                            self.meta_due = self.step + self.rng.range(0, self.sc.meta_delay);
-                        }
-                        self.meta_pending |= 1 << member;
-                    }
-                }
+                Action::Meta(r) => self.arr.meta_inbox.push_back(r),
             }
         }
         Ok(())
     }
 
+    /// Whether a write to member `m` fails now.
+    fn write_fails(&mut self, m: usize) -> bool {
+        let f = &self.sc.faults;
+        let inject = self.faults_on
+            && (self.members[m].broken || self.broken() < f.max_broken)
+            && self.rng.chance(f.write_error);
+        if self.members[m].dead || inject {
+            self.members[m].broken = true;
+            true
+        } else {
+            false
+        }
+    }
+
     fn complete_random(&mut self) -> Result<(), String> {
         let i = self.rng.below(self.inflight.len() as u64) as usize;
-        let m = self.inflight[i].io.member as usize;
+        let m = self.inflight[i].member();
         if self.sc.faults.slow & (1 << m) != 0 && self.rng.chance(0.7) {
             return Ok(());
         }
-        let InFlight { ch, io } = self.inflight.swap_remove(i);
+        let (ch, io) = match self.inflight.swap_remove(i) {
+            InFlight::Sb {
+                member,
+                token,
+                data,
+            } => {
+                let ok = !self.write_fails(m);
+                if ok {
+                    let at = SB_OFFSET_BYTES as usize;
+                    self.members[m].data[at..at + data.len()].copy_from_slice(&data);
+                } else {
+                    self.out.child_errors += 1;
+                }
+                let _ = member;
+                self.arr.meta.sb_write_done(token, ok);
+                self.pump_meta();
+                return Ok(());
+            }
+            InFlight::Child { ch, io } => (ch, io),
+        };
         if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
             eprintln!("step {} ch {ch} complete {io:?}", self.step);
         }
         let bs = self.bs;
-        let off = io.lba as usize * bs;
+        let off = self.data_off + io.lba as usize * bs;
         let len = io.blocks as usize * bs;
-        let f = &self.sc.faults;
-        let mem = &self.members[m];
         let status = match io.op {
             ChildOp::Read => {
-                if mem.dead || (self.faults_on && self.rng.chance(f.read_error)) {
+                let f = &self.sc.faults;
+                if self.members[m].dead || (self.faults_on && self.rng.chance(f.read_error)) {
                     ChildStatus::Error
                 } else {
                     let src = &self.members[m].data[off..off + len];
-                    self.channels[ch].child_data(io.buf).copy_from_slice(src);
+                    self.arr.channels[ch]
+                        .child_data(io.buf)
+                        .copy_from_slice(src);
                     ChildStatus::Success
                 }
             }
             ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap | ChildOp::Flush => {
-                let inject = self.faults_on
-                    && (mem.broken || self.broken() < f.max_broken)
-                    && self.rng.chance(f.write_error);
-                if mem.dead || inject {
-                    self.members[m].broken = true;
+                if self.write_fails(m) {
                     ChildStatus::Error
                 } else {
-                    let dst = &mut self.members[m].data[off..off + len];
                     match io.op {
                         ChildOp::Write => {
-                            let src = self.channels[ch].child_data(io.buf);
+                            let src = self.arr.channels[ch].child_data(io.buf);
                             if src.len() != len {
                                 return Err(format!("child buffer size mismatch: {io:?}"));
                             }
-                            dst.copy_from_slice(src)
+                            self.members[m].data[off..off + len].copy_from_slice(src)
                         }
                         ChildOp::Flush => {}
-                        _ => dst.fill(0),
+                        _ => self.members[m].data[off..off + len].fill(0),
                     }
                     ChildStatus::Success
                 }
@@ -554,8 +726,182 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        self.channels[ch].child_done(io.token, status);
+        self.arr.channels[ch].child_done(io.token, status);
         self.drain(ch)
+    }
+
+    /// Crash: every write in flight lands whole, in part or not at all
+    /// (torn at the device's atomic unit), everything in memory is lost, and
+    /// the array is assembled again from what the members hold.
+    fn crash(&mut self) -> Result<(), String> {
+        self.crashes_left -= 1;
+        self.out.crashes += 1;
+        let bs = self.bs;
+        // The atomic write unit: a logical block (512 for 512-byte blocks).
+        let unit = bs;
+        for f in std::mem::take(&mut self.inflight) {
+            let (m, off, data): (usize, usize, Vec<u8>) = match f {
+                InFlight::Sb { member, data, .. } => {
+                    (member as usize, SB_OFFSET_BYTES as usize, data)
+                }
+                InFlight::Child { ch, io } => {
+                    let len = io.blocks as usize * bs;
+                    let data = match io.op {
+                        ChildOp::Write => self.arr.channels[ch].child_data(io.buf).to_vec(),
+                        ChildOp::WriteZeroes | ChildOp::Unmap => vec![0; len],
+                        _ => continue,
+                    };
+                    (
+                        io.member as usize,
+                        self.data_off + io.lba as usize * bs,
+                        data,
+                    )
+                }
+            };
+            if self.members[m].dead {
+                continue;
+            }
+            let how = self.rng.below(3);
+            for (i, c) in data.chunks(unit).enumerate() {
+                if how == 1 || (how == 2 && self.rng.chance(0.5)) {
+                    let at = off + i * unit;
+                    self.members[m].data[at..at + c.len()].copy_from_slice(c);
+                }
+            }
+        }
+        // Whatever was not acknowledged may or may not have landed.
+        for (_, rec) in self.parents.drain() {
+            if writes_data(rec.op) {
+                for b in rec.lba as usize..(rec.lba + rec.blocks) as usize {
+                    let s = &mut self.blocks[b];
+                    s.pending = None;
+                    s.alt_since = Some(s.alt_since.map_or(rec.id, |a| a.min(rec.id)));
+                }
+            }
+        }
+        self.per_channel.iter_mut().for_each(|c| *c = 0);
+        // Assemble from the members' bytes; dead members cannot be read.
+        let names: Vec<String> = (0..self.members.len())
+            .map(|m| format!("member{m}"))
+            .collect();
+        let mut idx = Vec::new();
+        let cands: Vec<Candidate<'_>> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.dead)
+            .map(|(i, m)| {
+                idx.push(i);
+                Candidate {
+                    name: &names[i],
+                    sb: &m.data[SB_OFFSET_BYTES as usize..],
+                    sectors: m.data.len() as u64 / 512,
+                }
+            })
+            .collect();
+        let opts = AssembleOptions {
+            uuid: None,
+            force: false,
+            block_size: bs as u32,
+        };
+        let asm = match assemble(&cands, &opts) {
+            Ok(a) => a,
+            Err(_) if cands.is_empty() => {
+                self.out.ended_by_refusal = Some("every member is dead".into());
+                return Ok(());
+            }
+            Err(e @ (AssembleError::DirtyDegraded { .. } | AssembleError::NotEnough { .. })) => {
+                self.out.ended_by_refusal = Some(e.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(format!("assembly after crash failed: {e}")),
+        };
+        // R6: only members that missed something may be left out.
+        for (r, m) in asm.member_of_role.iter().enumerate() {
+            let used = m.map(|c| idx[c]);
+            if used != Some(r) && !self.members[r].broken {
+                return Err(format!(
+                    "assembly left out healthy member {r}: {:?}",
+                    asm.refused
+                ));
+            }
+        }
+        let (a, g) = (&asm.geometry, &self.geom);
+        if (a.level(), a.layout(), a.members(), a.array_blocks())
+            != (g.level(), g.layout(), g.members(), g.array_blocks())
+        {
+            return Err(format!("assembly found another geometry: {a:?} vs {g:?}"));
+        }
+        if asm.dirty {
+            self.resync(&asm.state);
+        }
+        let state = Arc::new(asm.state);
+        self.arr = Sim::array(self.sc, &self.geom, state, asm.superblocks, self.step);
+        if asm.dirty {
+            self.arr.meta.mark_synced();
+        }
+        // New channels announce they are idle.
+        for ch in 0..self.arr.channels.len() {
+            self.drain(ch)?;
+        }
+        Ok(())
+    }
+
+    /// Stand-in for the engine's resync (a later step): make every copy or
+    /// parity agree with the data on the members in service, whole array.
+    fn resync(&mut self, state: &ArrayState) {
+        let g = self.geom.clone();
+        let bs = self.bs;
+        let off = self.data_off;
+        let alive = |m: usize| state.members[m] == MemberState::InSync;
+        if g.level().is_parity() {
+            let strip = g.strip_blocks() as usize * bs;
+            for s in 0..g.stripes() {
+                let map = g.stripe(s);
+                let at = off + map.member_lba as usize * bs;
+                let mut order = vec![vec![0u8; strip]; map.ndata];
+                for i in 0..map.ndata {
+                    let m = map.data[i] as usize;
+                    order[map.q_slot[i] as usize]
+                        .copy_from_slice(&self.members[m].data[at..at + strip]);
+                    debug_assert!(alive(m), "dirty degraded parity is refused at assembly");
+                }
+                let refs: Vec<&[u8]> = order.iter().map(|v| &v[..]).collect();
+                let mut p = vec![0u8; strip];
+                let mut q = vec![0u8; strip];
+                if map.q.is_some() {
+                    bdev_raid::parity::gen_pq(&refs, &mut p, &mut q);
+                } else {
+                    bdev_raid::parity::xor_gen(&mut p, &refs);
+                }
+                self.members[map.p as usize].data[at..at + strip].copy_from_slice(&p);
+                if let Some(qm) = map.q {
+                    self.members[qm as usize].data[at..at + strip].copy_from_slice(&q);
+                }
+            }
+        } else if g.copies() > 1 {
+            let mut lba = 0;
+            while lba < g.array_blocks() {
+                let m = g.map(lba, g.array_blocks() - lba);
+                let live: Vec<_> = m
+                    .copies()
+                    .iter()
+                    .filter(|l| alive(l.member as usize))
+                    .copied()
+                    .collect();
+                if let Some(src) = live.first() {
+                    let a = off + src.lba as usize * bs;
+                    let data =
+                        self.members[src.member as usize].data[a..a + m.len as usize * bs].to_vec();
+                    for l in &live[1..] {
+                        let b = off + l.lba as usize * bs;
+                        self.members[l.member as usize].data[b..b + data.len()]
+                            .copy_from_slice(&data);
+                    }
+                }
+                lba += m.len;
+            }
+        }
     }
 
     fn is_zero_id(&self, b: usize, id: u64) -> bool {
@@ -566,7 +912,9 @@ impl<'a> Sim<'a> {
     }
 
     /// Whether block `b` reading `data` is allowed, given the block's state
-    /// when the read was submitted.
+    /// when the read was submitted: the acknowledged write then, or any
+    /// write of the block submitted since, or one that failed or was cut by
+    /// a crash since the last acknowledged one.
     fn block_ok(
         &self,
         b: usize,
@@ -575,18 +923,14 @@ impl<'a> Sim<'a> {
         tmp: &mut [u8],
     ) -> Result<(), String> {
         let lba = b as u64;
+        let known = |id: u64| self.history[b].binary_search_by_key(&id, |e| e.0).is_ok();
         let ok_id = |id: u64| {
             id == snap.cur
-                || snap.alt == Some(id)
-                || (id > snap.cur && self.history[b].binary_search_by_key(&id, |e| e.0).is_ok())
+                || (id > snap.cur && known(id))
+                || snap.alt_since.is_some_and(|a| id >= a && known(id))
         };
         if data.iter().all(|x| *x == 0) {
-            let ids = std::iter::once(snap.cur).chain(snap.alt).chain(
-                self.history[b]
-                    .iter()
-                    .filter(|e| e.0 > snap.cur)
-                    .map(|e| e.0),
-            );
+            let ids = std::iter::once(snap.cur).chain(self.history[b].iter().map(|e| e.0));
             for id in ids {
                 if self.is_zero_id(b, id) && ok_id(id) {
                     return Ok(());
@@ -627,7 +971,8 @@ impl<'a> Sim<'a> {
         };
         self.per_channel[ch] -= 1;
         let range = rec.lba as usize..(rec.lba + rec.blocks) as usize;
-        let healthy = !self.state.offline && self.broken() <= self.redundancy();
+        let offline = self.state().offline;
+        let healthy = !offline && self.broken() <= self.redundancy();
         if status == IoStatus::Invalid {
             return Err(format!("valid parent {:?} refused as invalid", rec.op));
         }
@@ -641,7 +986,7 @@ impl<'a> Sim<'a> {
                 Level::Raid1 | Level::Raid10 => self.geom.copies() - 1,
                 _ => self.geom.redundancy(),
             };
-            let legit = !healthy || lost > survivable || rec.final_check && self.state.offline;
+            let legit = !healthy || lost > survivable || rec.final_check && offline;
             if !legit {
                 return Err(format!(
                     "{:?} of {}+{} failed although the array keeps its data \
@@ -649,7 +994,7 @@ impl<'a> Sim<'a> {
                     rec.op,
                     rec.lba,
                     rec.blocks,
-                    self.state.faulty(),
+                    self.state().faulty(),
                     self.broken(),
                     self.members.iter().map(|m| m.dead).collect::<Vec<_>>()
                 ));
@@ -661,21 +1006,30 @@ impl<'a> Sim<'a> {
                 let mut tmp = vec![0u8; self.bs];
                 for (i, b) in range.enumerate() {
                     let data = &buf[i * self.bs..(i + 1) * self.bs];
-                    self.block_ok(b, &rec.snap[i], data, &mut tmp)?;
+                    self.block_ok(b, &rec.snap[i], data, &mut tmp)
+                        .map_err(|e| {
+                            format!(
+                                "{e}; read {}+{} with read errors on {:#b}; {}",
+                                rec.lba,
+                                rec.blocks,
+                                rec.read_errors,
+                                self.describe()
+                            )
+                        })?;
                 }
                 self.out.reads_verified += 1;
                 self.out.blocks_verified += rec.blocks;
             }
-            IoType::Write | IoType::WriteZeroes | IoType::Unmap => {
+            op if writes_data(op) => {
                 for b in range {
                     let s = &mut self.blocks[b];
                     debug_assert_eq!(s.pending, Some(rec.id));
                     s.pending = None;
                     if status == IoStatus::Success {
                         s.cur = rec.id;
-                        s.alt = None;
+                        s.alt_since = None;
                     } else {
-                        s.alt = Some(rec.id);
+                        s.alt_since = Some(s.alt_since.map_or(rec.id, |a| a.min(rec.id)));
                     }
                 }
             }
@@ -691,22 +1045,13 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// After the run: read back the whole array with faults off, then check
-    /// that the members agree with each other.
+    /// After the run: read back the whole array with faults off, check that
+    /// the members agree with each other, shut down cleanly and check what
+    /// the superblocks say.
     fn final_check(&mut self) -> Result<(), String> {
         self.faults_on = false;
-        // Let every channel see the last state.
-        while self.meta_pending != 0 {
-            self.meta_commit();
-        }
-        while self.bcast.iter().any(|q| !q.is_empty()) {
-            for ch in 0..self.channels.len() {
-                if let Some(b) = self.bcast[ch].pop_front() {
-                    self.deliver(ch, b)?;
-                }
-            }
-        }
-        if !self.state.offline {
+        self.flush_meta()?;
+        if !self.state().offline {
             let size = self.geom.array_blocks();
             let chunk = self.sc.max_blocks.min(size);
             let mut lba = 0;
@@ -736,18 +1081,22 @@ impl<'a> Sim<'a> {
                     fua: false,
                     buf: Some(vec![0x5a; blocks as usize * self.bs]),
                 };
-                if let Err(Busy(io)) = self.channels[0].submit(io) {
-                    self.retry[0].push_back(io);
+                if let Err(Busy(io)) = self.arr.channels[0].submit(io) {
+                    self.arr.retry[0].push_back(io);
                 }
                 self.drain(0)?;
+                let mut spins = 0;
                 while !self.parents.is_empty() {
                     self.step += 1;
+                    spins += 1;
+                    if spins > 100_000 {
+                        return Err(format!("hang in the final read-back; {}", self.describe()));
+                    }
                     if self.inflight.is_empty() {
+                        self.tick()?;
                         self.poll_channel(0);
                         self.drain(0)?;
-                        if self.inflight.is_empty() && !self.parents.is_empty() {
-                            return Err("hang in the final read-back".into());
-                        }
+                        self.flush_meta()?;
                     } else {
                         self.complete_random()?;
                     }
@@ -755,11 +1104,12 @@ impl<'a> Sim<'a> {
                 lba += blocks;
             }
             self.check_members()?;
+            self.shutdown()?;
         }
         self.out.steps = self.step;
-        self.out.members_failed = self.state.faulty().count_ones() as usize;
-        self.out.offline = self.state.offline;
-        for c in &self.channels {
+        self.out.members_failed = self.state().faulty().count_ones() as usize;
+        self.out.offline = self.state().offline;
+        for c in &self.arr.channels {
             let s = c.stats();
             self.out.rmw += s.rmw;
             self.out.rcw += s.rcw;
@@ -771,11 +1121,59 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// Orderly shutdown: the array must end clean, and every member in
+    /// service must carry a valid superblock with the final events that
+    /// records the faulty members.
+    fn shutdown(&mut self) -> Result<(), String> {
+        self.arr.meta.shutdown();
+        self.pump_meta();
+        let mut spins = 0;
+        while !self.arr.meta.is_clean() {
+            spins += 1;
+            if spins > 100_000 {
+                return Err(format!(
+                    "shutdown never marked the array clean; {}",
+                    self.describe()
+                ));
+            }
+            self.step += 1;
+            self.flush_meta()?;
+            if !self.inflight.is_empty() {
+                self.complete_random()?;
+            } else {
+                self.tick()?;
+            }
+        }
+        let st = self.state().clone();
+        for (m, s) in st.members.iter().enumerate() {
+            if !s.in_service() {
+                continue;
+            }
+            let at = SB_OFFSET_BYTES as usize;
+            let sb = Superblock::decode(
+                &self.members[m].data[at..at + 4096],
+                self.members[m].data.len() as u64 / 512,
+            )
+            .map_err(|e| format!("member {m}: superblock after shutdown: {e}"))?;
+            if sb.events != st.events || !sb.is_clean() {
+                return Err(format!(
+                    "member {m}: superblock events {} clean {} after shutdown, state events {}",
+                    sb.events,
+                    sb.is_clean(),
+                    st.events
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Copies and parity agree on every member still in service.
     fn check_members(&self) -> Result<(), String> {
         let g = &self.geom;
         let bs = self.bs;
-        let alive = |m: usize| self.state.members[m] == MemberState::InSync;
+        let off = self.data_off;
+        let st = self.state().clone();
+        let alive = |m: usize| st.members[m] == MemberState::InSync;
         if g.level().is_parity() {
             let strip = g.strip_blocks() as usize * bs;
             for s in 0..g.stripes() {
@@ -788,8 +1186,8 @@ impl<'a> Sim<'a> {
                 if !members.iter().all(|&m| alive(m)) {
                     continue;
                 }
-                let off = map.member_lba as usize * bs;
-                let strip_of = |m: usize| &self.members[m].data[off..off + strip];
+                let at = off + map.member_lba as usize * bs;
+                let strip_of = |m: usize| &self.members[m].data[at..at + strip];
                 let mut order = vec![&[][..]; map.ndata];
                 for i in 0..map.ndata {
                     order[map.q_slot[i] as usize] = strip_of(map.data[i] as usize);
@@ -821,9 +1219,9 @@ impl<'a> Sim<'a> {
                     .collect();
                 for w in live.windows(2) {
                     let a = &self.members[w[0].member as usize].data
-                        [w[0].lba as usize * bs..(w[0].lba + m.len) as usize * bs];
+                        [off + w[0].lba as usize * bs..off + (w[0].lba + m.len) as usize * bs];
                     let b = &self.members[w[1].member as usize].data
-                        [w[1].lba as usize * bs..(w[1].lba + m.len) as usize * bs];
+                        [off + w[1].lba as usize * bs..off + (w[1].lba + m.len) as usize * bs];
                     if a != b {
                         return Err(format!(
                             "array blocks {lba}+{}: copies on members {} and {} differ",
@@ -836,4 +1234,8 @@ impl<'a> Sim<'a> {
         }
         Ok(())
     }
+}
+
+fn writes_data(op: IoType) -> bool {
+    matches!(op, IoType::Write | IoType::WriteZeroes | IoType::Unmap)
 }

@@ -1,0 +1,282 @@
+//! Assembly: from the superblocks found on candidate devices to a running
+//! array's geometry, state and superblocks (md's rules, R6).
+//!
+//! - Superblocks that do not decode are refused, with the reason; assembly
+//!   goes on with the others.
+//! - Candidates are grouped by `set_uuid`; the group asked for (or the one
+//!   with the freshest superblock) is assembled, the others are refused as
+//!   belonging to another array.
+//! - The freshest `events` wins. A candidate the freshest records as faulty
+//!   or spare, or whose events are more than one behind it, is not used
+//!   (R6): it missed writes. (One behind is md's tolerance for a superblock
+//!   update that did not reach every member before a crash.)
+//! - The array starts if the members left hold all the data; a dirty
+//!   degraded raid4/5/6 refuses to start unless forced (md's rule: its
+//!   parity may not match the data, and the missing member's blocks would
+//!   be reconstructed from it).
+
+use crate::layout::{Geometry, GeometryParams, Level};
+use crate::ondisk::{DevRole, Superblock, SB_BLOCK_BYTES};
+use crate::state::{survives, ArrayState, MemberState};
+
+/// A device that may hold a member.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// For messages (bdev or file name).
+    pub name: &'a str,
+    /// The device's bytes from offset 4096 (at least 4096 of them).
+    pub sb: &'a [u8],
+    /// Device size in 512-byte sectors.
+    pub sectors: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AssembleOptions {
+    /// Assemble this array; `None` picks the freshest one found.
+    pub uuid: Option<[u8; 16]>,
+    /// Start a dirty degraded parity array anyway.
+    pub force: bool,
+    /// Logical block size of the members.
+    pub block_size: u32,
+}
+
+/// An assembled array.
+#[derive(Clone, Debug)]
+pub struct Assembled {
+    pub set_uuid: [u8; 16],
+    pub name: String,
+    pub geometry: Geometry,
+    pub state: ArrayState,
+    /// Superblock of each role's member (`None`: no member in that role).
+    pub superblocks: Vec<Option<Superblock>>,
+    /// Candidate index serving each role.
+    pub member_of_role: Vec<Option<usize>>,
+    /// Candidates not used, with why.
+    pub refused: Vec<(usize, String)>,
+    /// The freshest superblock says the array was not shut down cleanly.
+    pub dirty: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AssembleError {
+    #[error("no md superblock found on any candidate ({0})")]
+    NoSuperblock(String),
+    #[error("no member of array {0} among the candidates")]
+    NoSuchArray(String),
+    #[error("{level} array {uuid}: not enough members to start ({present} of {raid_disks} present{detail})")]
+    NotEnough {
+        level: &'static str,
+        uuid: String,
+        present: usize,
+        raid_disks: usize,
+        detail: String,
+    },
+    #[error("{level} array {uuid} was not shut down cleanly and is degraded: its parity may not match the data, so the missing members' blocks cannot be trusted; start it with force to accept that")]
+    DirtyDegraded { level: &'static str, uuid: String },
+    #[error("array {uuid}: level {level} is not supported")]
+    Level { uuid: String, level: i32 },
+    #[error("array {uuid}: bad geometry in its superblock: {err}")]
+    Geometry { uuid: String, err: String },
+}
+
+/// Format a UUID as mdadm prints it (`xxxxxxxx:xxxxxxxx:xxxxxxxx:xxxxxxxx`).
+pub fn md_uuid(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u
+        .chunks(4)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    h.join(":")
+}
+
+/// Assemble an array from `cands`. See the module documentation.
+pub fn assemble(
+    cands: &[Candidate<'_>],
+    opts: &AssembleOptions,
+) -> Result<Assembled, AssembleError> {
+    let mut refused = Vec::new();
+    let mut sbs: Vec<(usize, Superblock)> = Vec::new();
+    for (i, c) in cands.iter().enumerate() {
+        let buf = &c.sb[..c.sb.len().min(SB_BLOCK_BYTES)];
+        match Superblock::decode(buf, c.sectors) {
+            Ok(sb) => sbs.push((i, sb)),
+            Err(e) => refused.push((i, format!("{}: {e}", c.name))),
+        }
+    }
+    if sbs.is_empty() {
+        let why: Vec<&str> = refused.iter().map(|r| r.1.as_str()).collect();
+        return Err(AssembleError::NoSuperblock(why.join("; ")));
+    }
+    let uuid = match opts.uuid {
+        Some(u) => u,
+        None => {
+            sbs.iter()
+                .max_by_key(|(_, sb)| sb.events)
+                .unwrap()
+                .1
+                .set_uuid
+        }
+    };
+    let (ours, others): (Vec<_>, Vec<_>) = sbs.into_iter().partition(|(_, sb)| sb.set_uuid == uuid);
+    for (i, sb) in others {
+        refused.push((
+            i,
+            format!(
+                "{}: belongs to another array ({})",
+                cands[i].name,
+                md_uuid(&sb.set_uuid)
+            ),
+        ));
+    }
+    if ours.is_empty() {
+        return Err(AssembleError::NoSuchArray(md_uuid(&uuid)));
+    }
+    let fresh = ours
+        .iter()
+        .max_by_key(|(_, sb)| sb.events)
+        .unwrap()
+        .1
+        .clone();
+    let uuid_s = md_uuid(&uuid);
+    let Some(level) = Level::from_md(fresh.level) else {
+        return Err(AssembleError::Level {
+            uuid: uuid_s,
+            level: fresh.level,
+        });
+    };
+    let n = fresh.raid_disks as usize;
+    let mut member_of_role: Vec<Option<usize>> = vec![None; n];
+    let mut role_sb: Vec<Option<Superblock>> = vec![None; n];
+    for (i, sb) in ours {
+        let name = cands[i].name;
+        let role = fresh
+            .dev_roles
+            .get(sb.dev_number as usize)
+            .copied()
+            .unwrap_or(DevRole::Spare);
+        let r = match role {
+            DevRole::Active(r) if (r as usize) < n => r as usize,
+            DevRole::Faulty => {
+                refused.push((
+                    i,
+                    format!(
+                        "{name}: recorded faulty by the freshest superblock (events {})",
+                        fresh.events
+                    ),
+                ));
+                continue;
+            }
+            _ => {
+                refused.push((
+                    i,
+                    format!("{name}: not an active member in the freshest superblock"),
+                ));
+                continue;
+            }
+        };
+        if sb.events + 1 < fresh.events {
+            refused.push((
+                i,
+                format!(
+                    "{name}: stale (events {} behind the freshest {}); it must be recovered before use",
+                    sb.events, fresh.events
+                ),
+            ));
+            continue;
+        }
+        if let Some(prev) = member_of_role[r] {
+            // Two devices claim one role: keep the fresher.
+            let prev_ev = role_sb[r].as_ref().unwrap().events;
+            if prev_ev >= sb.events {
+                refused.push((
+                    i,
+                    format!("{name}: role {r} is already served by {}", cands[prev].name),
+                ));
+                continue;
+            }
+            refused.push((
+                prev,
+                format!(
+                    "{}: role {r} is served by the fresher {name}",
+                    cands[prev].name
+                ),
+            ));
+        }
+        let mut sb = sb;
+        // What the freshest knows about everyone else wins.
+        sb.dev_roles = fresh.dev_roles.clone();
+        sb.events = fresh.events;
+        sb.resync_offset = fresh.resync_offset;
+        member_of_role[r] = Some(i);
+        role_sb[r] = Some(sb);
+    }
+    let spb = 512;
+    let bs = opts.block_size.max(512);
+    let member_blocks: Vec<u64> = (0..n)
+        .map(|r| {
+            let sectors = match (level, &role_sb[r]) {
+                // Linear members keep their own sizes.
+                (Level::Linear, Some(sb)) => sb.size,
+                _ => fresh.size,
+            };
+            sectors * spb / u64::from(bs)
+        })
+        .collect();
+    let geometry = Geometry::new(&GeometryParams {
+        level,
+        layout: Some(fresh.layout),
+        strip_size_kb: fresh.chunksize / 2,
+        block_size: bs,
+        member_blocks,
+    })
+    .map_err(|e| AssembleError::Geometry {
+        uuid: uuid_s.clone(),
+        err: e.to_string(),
+    })?;
+    let members: Vec<MemberState> = member_of_role
+        .iter()
+        .map(|m| {
+            if m.is_some() {
+                MemberState::InSync
+            } else {
+                MemberState::Missing
+            }
+        })
+        .collect();
+    let state = ArrayState {
+        events: fresh.events,
+        members,
+        offline: false,
+        writable: false,
+    };
+    let out = state.out_of_service();
+    if !survives(&geometry, out) {
+        let missing: Vec<String> = (0..n)
+            .filter(|r| out & 1 << r != 0)
+            .map(|r| r.to_string())
+            .collect();
+        return Err(AssembleError::NotEnough {
+            level: level.name(),
+            uuid: uuid_s,
+            present: n - out.count_ones() as usize,
+            raid_disks: n,
+            detail: format!("; roles {} missing, stale or faulty", missing.join(", ")),
+        });
+    }
+    let dirty = !fresh.is_clean();
+    if dirty && out != 0 && level.is_parity() && !opts.force {
+        return Err(AssembleError::DirtyDegraded {
+            level: level.name(),
+            uuid: uuid_s,
+        });
+    }
+    Ok(Assembled {
+        set_uuid: uuid,
+        name: fresh.name(),
+        geometry,
+        state,
+        superblocks: role_sb,
+        member_of_role,
+        refused,
+        dirty,
+    })
+}

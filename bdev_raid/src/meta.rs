@@ -1,0 +1,769 @@
+//! The metadata path: one instance per array, on one pinned thread.
+//!
+//! A sans-I/O state machine. The host feeds it the channels' requests
+//! ([`MetaRequest`]), the completions of the superblock writes it asked for,
+//! and the time; it emits [`MetaAction`]s: write this superblock to that
+//! member (durably: FUA), and broadcast this [`ArrayState`] to every channel.
+//!
+//! The host owns the second phase of every broadcast: once every channel has
+//! applied a state (`Channel::apply_state`), it hands the same state to every
+//! channel again (`Channel::release`), which completes the writes parked on
+//! the failures that state records (R1).
+//!
+//! What it does:
+//! - **Failures (R1).** Members reported failed are recorded faulty (role
+//!   0xfffe), events + 1, in a superblock written to every surviving member
+//!   in parallel; only when that is durable is the new state broadcast.
+//!   Failures arriving while a commit is in flight are batched into the next.
+//! - **Superblock write errors.** A survivor whose superblock write fails is
+//!   failed too, in the next commit, as long as some survivor took the
+//!   superblock. If none did, nothing is broadcast: the parked writes stay
+//!   parked, the array reports `blocked` and the commit is retried with
+//!   backoff (R3) until a survivor takes it.
+//! - **Offline.** When the members left cannot hold all the data the state
+//!   says `offline` and every I/O fails.
+//! - **Clean/dirty.** Writes are issued only while the superblocks durably
+//!   say dirty (`resync_offset` 0). After `safemode_ms` without new writes
+//!   the array is made not-writable, and once every channel reports no
+//!   write in flight the superblocks are marked clean (`resync_offset` =
+//!   `u64::MAX`); the next write marks it dirty again first. Orderly
+//!   shutdown does the same at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::channel::MetaRequest;
+use crate::layout::{Geometry, MAX_MEMBERS};
+use crate::ondisk::{DevRole, MdTime, Superblock, SB_OFFSET_BYTES};
+use crate::state::{survives, ArrayState, MemberState, Shared};
+
+/// Tunables of the metadata path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaConfig {
+    /// Idle time before the array is marked clean (md's safe_mode_delay).
+    pub safemode_ms: u64,
+    /// First and longest wait before retrying a commit no member took.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig {
+            safemode_ms: 200,
+            retry_min_ms: 10,
+            retry_max_ms: 5_000,
+        }
+    }
+}
+
+/// What the host must do for the metadata path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaAction {
+    /// Write `data` at byte `offset` of member `member` (absolute on the
+    /// device, not in its data area), durably (FUA or write + flush), then
+    /// call [`Meta::sb_write_done`] with `token`.
+    WriteSb {
+        member: u16,
+        token: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Apply this state on every channel; when all have, release it on
+    /// every channel.
+    Broadcast(Arc<ArrayState>),
+}
+
+/// The metadata path's view, for the status API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaStatus {
+    pub events: u64,
+    /// A commit is waiting for a member to take its superblock (R3).
+    pub blocked: bool,
+    pub offline: bool,
+    /// The superblocks say dirty.
+    pub dirty: bool,
+    pub writable: bool,
+    pub members: Vec<MemberState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quiesce {
+    /// Writable (or writes just resumed).
+    Open,
+    /// Not writable; waiting for every channel to report no write in flight.
+    Draining { events: u64, idle: u64 },
+}
+
+struct Commit {
+    seq: u64,
+    target: ArrayState,
+    /// The target marks the superblocks dirty.
+    dirty: bool,
+    writing: u64,
+    ok: u64,
+    failed: u64,
+}
+
+/// The metadata path of one array.
+pub struct Meta {
+    geom: Arc<Geometry>,
+    shared: Arc<Shared>,
+    cfg: MetaConfig,
+    /// Superblock of each role's member as last written (None: no member).
+    sbs: Vec<Option<Superblock>>,
+    state: Arc<ArrayState>,
+    disk_dirty: bool,
+    pending_fail: u64,
+    want_dirty: bool,
+    want_clean: bool,
+    quiesce: Quiesce,
+    commit: Option<Commit>,
+    seq: u64,
+    blocked: bool,
+    retry_at: u64,
+    backoff: u64,
+    now: u64,
+    last_activity: u64,
+    activity_seen: u64,
+    shutting_down: bool,
+    /// Assembled dirty: the copies/parity must be resynced before the
+    /// array may be marked clean again.
+    resync_needed: bool,
+    actions: VecDeque<MetaAction>,
+}
+
+impl Meta {
+    /// The metadata path of an array in `state` whose members carry `sbs`
+    /// (one per role; `None` for a missing member). `disk_dirty` says what
+    /// the superblocks say now.
+    pub fn new(
+        geom: Arc<Geometry>,
+        shared: Arc<Shared>,
+        state: Arc<ArrayState>,
+        sbs: Vec<Option<Superblock>>,
+        cfg: MetaConfig,
+        now_ms: u64,
+    ) -> Meta {
+        assert_eq!(sbs.len(), geom.members(), "one superblock slot per role");
+        assert!(geom.members() <= MAX_MEMBERS);
+        let disk_dirty = sbs.iter().flatten().any(|sb| !sb.is_clean());
+        let quiesce = if disk_dirty && !state.writable {
+            // Dirty on disk and not writable: drain (trivially) towards clean.
+            Quiesce::Draining {
+                events: state.events,
+                idle: 0,
+            }
+        } else {
+            Quiesce::Open
+        };
+        Meta {
+            resync_needed: disk_dirty,
+            quiesce,
+            geom,
+            cfg,
+            sbs,
+            disk_dirty,
+            pending_fail: 0,
+            want_dirty: false,
+            want_clean: false,
+            commit: None,
+            seq: 0,
+            blocked: false,
+            retry_at: 0,
+            backoff: cfg.retry_min_ms,
+            now: now_ms,
+            last_activity: now_ms,
+            activity_seen: shared.activity(),
+            shared,
+            shutting_down: false,
+            actions: VecDeque::new(),
+            state,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<ArrayState> {
+        &self.state
+    }
+
+    pub fn status(&self) -> MetaStatus {
+        MetaStatus {
+            events: self.state.events,
+            blocked: self.blocked,
+            offline: self.state.offline,
+            dirty: self.disk_dirty,
+            writable: self.state.writable,
+            members: self.state.members.clone(),
+        }
+    }
+
+    /// The superblock last written to role `member` (what `examine` shows).
+    pub fn superblock(&self, member: usize) -> Option<&Superblock> {
+        self.sbs[member].as_ref()
+    }
+
+    pub fn poll_action(&mut self) -> Option<MetaAction> {
+        self.actions.pop_front()
+    }
+
+    /// Whether the array is shut down cleanly: clean on disk, nothing in
+    /// flight.
+    pub fn is_clean(&self) -> bool {
+        !self.disk_dirty && self.commit.is_none() && !self.state.writable
+    }
+
+    /// A request from a channel.
+    pub fn request(&mut self, req: MetaRequest) {
+        match req {
+            MetaRequest::MemberFailed { member, .. } => {
+                let m = member as usize;
+                if m < self.geom.members() && self.state.members[m].in_service() {
+                    self.pending_fail |= 1 << m;
+                }
+            }
+            MetaRequest::MarkDirty { .. } => {
+                if !self.state.writable && !self.state.offline {
+                    self.want_dirty = true;
+                    self.want_clean = false;
+                }
+            }
+            MetaRequest::WritesIdle { channel, events } => {
+                if let Quiesce::Draining { events: e, idle } = self.quiesce {
+                    if e == events {
+                        let idle = idle | 1 << channel;
+                        self.quiesce = Quiesce::Draining { events: e, idle };
+                        let all = (1u64 << self.shared.channels()) - 1;
+                        if idle & all == all && !self.want_dirty {
+                            self.want_clean = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.step();
+    }
+
+    /// The superblock write `token` ended.
+    pub fn sb_write_done(&mut self, token: u64, ok: bool) {
+        let (seq, member) = (token >> 8, (token & 0xff) as usize);
+        let Some(c) = self.commit.as_mut() else {
+            return;
+        };
+        if c.seq != seq || c.writing & 1 << member == 0 {
+            return; // a write of an abandoned commit
+        }
+        c.writing &= !(1 << member);
+        if ok {
+            c.ok |= 1 << member;
+        } else {
+            c.failed |= 1 << member;
+        }
+        if c.writing == 0 {
+            self.finish_commit();
+        }
+        self.step();
+    }
+
+    /// Time passes (milliseconds, monotonic).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now = now_ms;
+        let a = self.shared.activity();
+        if a != self.activity_seen {
+            self.activity_seen = a;
+            self.last_activity = now_ms;
+        }
+        self.step();
+    }
+
+    /// The array was assembled dirty and its copies/parity have now been
+    /// made consistent: it may be marked clean again.
+    pub fn mark_synced(&mut self) {
+        self.resync_needed = false;
+        self.step();
+    }
+
+    /// Orderly shutdown: stop writes, and mark clean once they drained.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        self.step();
+    }
+
+    /// Decide what to do next.
+    fn step(&mut self) {
+        if self.commit.is_some() {
+            return;
+        }
+        if self.blocked && self.now < self.retry_at {
+            return;
+        }
+        if self.state.offline {
+            return;
+        }
+        // Going not-writable needs no disk write: broadcast first, the
+        // channels then report when their writes have drained.
+        let idle = self.now.saturating_sub(self.last_activity) >= self.cfg.safemode_ms;
+        if self.state.writable
+            && self.pending_fail == 0
+            && !self.want_dirty
+            && (self.shutting_down || idle)
+        {
+            self.quiesce = Quiesce::Draining {
+                events: self.state.events,
+                idle: 0,
+            };
+            let mut s = (*self.state).clone();
+            s.writable = false;
+            self.publish(s);
+            return;
+        }
+        if self.want_dirty && !self.disk_dirty && self.pending_fail == 0 {
+            self.start_commit(true);
+        } else if self.want_dirty && self.disk_dirty && self.pending_fail == 0 {
+            // Still dirty on disk (a clean was never written): reopen.
+            self.want_dirty = false;
+            self.quiesce = Quiesce::Open;
+            self.last_activity = self.now;
+            let mut s = (*self.state).clone();
+            s.writable = true;
+            self.publish(s);
+        } else if self.pending_fail != 0 {
+            self.start_commit(self.disk_dirty || self.want_dirty);
+        } else if self.want_clean && self.disk_dirty && !self.resync_needed {
+            self.start_commit(false);
+        } else if self.want_clean {
+            self.want_clean = false;
+        }
+    }
+
+    fn publish(&mut self, s: ArrayState) {
+        let s = Arc::new(s);
+        self.state = s.clone();
+        self.actions.push_back(MetaAction::Broadcast(s));
+    }
+
+    /// Write a superblock recording the pending failures and the dirty flag
+    /// to every member still in service.
+    fn start_commit(&mut self, dirty: bool) {
+        let mut target = (*self.state).clone();
+        for m in 0..self.geom.members() {
+            if self.pending_fail & 1 << m != 0 {
+                target.members[m] = MemberState::Faulty;
+            }
+        }
+        target.events += 1;
+        target.offline = !survives(&self.geom, target.out_of_service());
+        target.writable = dirty && !target.offline && (self.want_dirty || self.state.writable);
+        self.seq += 1;
+        let survivors: u64 = (0..self.geom.members())
+            .filter(|&m| target.members[m].in_service() && self.sbs[m].is_some())
+            .fold(0, |a, m| a | 1 << m);
+        let commit = Commit {
+            seq: self.seq,
+            dirty,
+            writing: survivors,
+            ok: 0,
+            failed: 0,
+            target,
+        };
+        for m in 0..self.geom.members() {
+            if survivors & 1 << m == 0 {
+                continue;
+            }
+            let sb = self.superblock_for(m, &commit.target, dirty);
+            self.actions.push_back(MetaAction::WriteSb {
+                member: m as u16,
+                token: commit.seq << 8 | m as u64,
+                offset: SB_OFFSET_BYTES,
+                data: sb.encode(),
+            });
+        }
+        self.commit = Some(commit);
+        if survivors == 0 {
+            // Nothing left to write to: the state is all there is.
+            self.finish_commit();
+        }
+    }
+
+    fn superblock_for(&self, m: usize, target: &ArrayState, dirty: bool) -> Superblock {
+        let mut sb = self.sbs[m]
+            .clone()
+            .expect("superblock of a member in service");
+        sb.events = target.events;
+        sb.resync_offset = if dirty { 0 } else { u64::MAX };
+        sb.utime = MdTime::new(self.now / 1000, (self.now % 1000 * 1000) as u32);
+        for (role, st) in target.members.iter().enumerate() {
+            if *st == MemberState::Faulty {
+                if let Some(dn) = self.sbs[role].as_ref().map(|s| s.dev_number as usize) {
+                    if dn < sb.dev_roles.len() {
+                        sb.dev_roles[dn] = DevRole::Faulty;
+                    }
+                }
+            }
+        }
+        sb
+    }
+
+    fn finish_commit(&mut self) {
+        let c = self.commit.take().expect("commit in flight");
+        if c.ok == 0 && c.writing == 0 && c.failed != 0 {
+            // No member took the superblock: hold everything and retry (R3).
+            self.blocked = true;
+            self.retry_at = self.now + self.backoff;
+            self.backoff = (self.backoff * 2).min(self.cfg.retry_max_ms);
+            return;
+        }
+        self.blocked = false;
+        self.backoff = self.cfg.retry_min_ms;
+        // The commit is durable on `ok`; members whose write failed are
+        // failed in the next commit.
+        for m in 0..self.geom.members() {
+            if c.ok & 1 << m != 0 {
+                let sb = self.superblock_for(m, &c.target, c.dirty);
+                self.sbs[m] = Some(sb);
+            }
+        }
+        for m in 0..self.geom.members() {
+            if c.target.members[m] == MemberState::Faulty {
+                self.pending_fail &= !(1 << m);
+            }
+        }
+        self.pending_fail |= c.failed;
+        self.disk_dirty = c.dirty;
+        if c.dirty && c.target.writable {
+            self.want_dirty = false;
+            self.quiesce = Quiesce::Open;
+            self.last_activity = self.now;
+        }
+        if !c.dirty {
+            self.want_clean = false;
+        }
+        if !c.target.writable && c.dirty {
+            // Still draining towards clean: wait for idle reports in the
+            // new state's events.
+            if let Quiesce::Draining { .. } = self.quiesce {
+                self.quiesce = Quiesce::Draining {
+                    events: c.target.events,
+                    idle: 0,
+                };
+            }
+        }
+        self.publish(c.target);
+    }
+}
+
+/// Build the superblocks of a new array: one per member, role = index,
+/// every member active, clean, events 0 (the first commit makes it 1).
+pub struct CreateParams<'a> {
+    pub set_uuid: [u8; 16],
+    /// Name stored in `set_name` (at most 32 bytes).
+    pub name: &'a str,
+    /// Device UUID of each member.
+    pub device_uuids: Vec<[u8; 16]>,
+    /// Size of each member in 512-byte sectors.
+    pub member_sectors: Vec<u64>,
+    /// Data offset in sectors (same on every member).
+    pub data_offset: u64,
+    pub now_secs: u64,
+}
+
+/// The superblocks of a new array laid out as `geom` says.
+pub fn create_superblocks(geom: &Geometry, p: &CreateParams<'_>) -> Vec<Superblock> {
+    let n = geom.members();
+    let spb = u64::from(geom.block_size()) / 512;
+    // mdadm writes chunk 0 for raid1 (no strip), and for linear without one.
+    let chunk = match geom.level() {
+        crate::layout::Level::Raid1 => 0,
+        crate::layout::Level::Linear if geom.strip_blocks() == 1 => 0,
+        _ => (geom.strip_blocks() * spb) as u32,
+    };
+    (0..n)
+        .map(|m| {
+            let mut sb = Superblock::new(p.set_uuid, geom.level().md_level(), n as u32, m as u32);
+            sb.set_name_str(p.name);
+            sb.ctime = MdTime::new(p.now_secs, 0);
+            sb.utime = sb.ctime;
+            sb.layout = geom.layout();
+            sb.chunksize = chunk;
+            // Linear members keep their own sizes; the others share one.
+            let used = if geom.level() == crate::layout::Level::Linear {
+                geom.member_blocks(m)
+            } else {
+                geom.member_blocks(0)
+            };
+            sb.size = used * spb;
+            sb.data_offset = p.data_offset;
+            sb.data_size = p.member_sectors[m] - p.data_offset;
+            sb.device_uuid = p.device_uuids[m];
+            sb.resync_offset = u64::MAX;
+            for r in 0..n {
+                sb.dev_roles[r] = DevRole::Active(r as u16);
+            }
+            sb
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{GeometryParams, Level};
+    use crate::ondisk::SB_BLOCK_BYTES;
+
+    struct T {
+        meta: Meta,
+        /// Superblock writes asked for and not yet completed.
+        writes: Vec<(u16, u64, Vec<u8>)>,
+        broadcasts: Vec<Arc<ArrayState>>,
+        now: u64,
+    }
+
+    fn t(level: Level, n: usize) -> T {
+        let geom = Arc::new(
+            Geometry::new(&GeometryParams {
+                level,
+                layout: None,
+                strip_size_kb: 64,
+                block_size: 512,
+                member_blocks: vec![4096; n],
+            })
+            .unwrap(),
+        );
+        let sbs = create_superblocks(
+            &geom,
+            &CreateParams {
+                set_uuid: [7; 16],
+                name: "t",
+                device_uuids: (0..n).map(|i| [i as u8; 16]).collect(),
+                member_sectors: vec![4096 + 2048; n],
+                data_offset: 2048,
+                now_secs: 1,
+            },
+        );
+        let state = Arc::new(ArrayState::new_in_sync(n));
+        let meta = Meta::new(
+            geom,
+            Arc::new(Shared::new(1)),
+            state,
+            sbs.into_iter().map(Some).collect(),
+            MetaConfig::default(),
+            0,
+        );
+        T {
+            meta,
+            writes: Vec::new(),
+            broadcasts: Vec::new(),
+            now: 0,
+        }
+    }
+
+    impl T {
+        fn pump(&mut self) {
+            while let Some(a) = self.meta.poll_action() {
+                match a {
+                    MetaAction::WriteSb {
+                        member,
+                        token,
+                        offset,
+                        data,
+                    } => {
+                        assert_eq!(offset, 4096);
+                        assert_eq!(data.len(), SB_BLOCK_BYTES);
+                        self.writes.push((member, token, data));
+                    }
+                    MetaAction::Broadcast(s) => self.broadcasts.push(s),
+                }
+            }
+        }
+        fn fail(&mut self, m: u16) {
+            self.meta.request(MetaRequest::MemberFailed {
+                member: m,
+                events: 0,
+            });
+            self.pump();
+        }
+        /// Complete every pending write; `ok(member)` decides success.
+        fn complete(&mut self, ok: impl Fn(u16) -> bool) {
+            let w = std::mem::take(&mut self.writes);
+            for (m, token, _) in w {
+                self.meta.sb_write_done(token, ok(m));
+                self.pump();
+            }
+        }
+        fn decoded(&self, m: u16) -> Superblock {
+            let (_, _, data) = self.writes.iter().find(|w| w.0 == m).unwrap();
+            Superblock::decode(data, 4096 + 2048).unwrap()
+        }
+    }
+
+    #[test]
+    fn one_failure_is_written_to_survivors_before_broadcast() {
+        let mut t = t(Level::Raid5, 4);
+        t.fail(2);
+        let members: Vec<u16> = t.writes.iter().map(|w| w.0).collect();
+        assert_eq!(members, vec![0, 1, 3], "every survivor, not the failed one");
+        let sb = t.decoded(0);
+        assert_eq!(sb.events, 2);
+        assert_eq!(sb.dev_roles[2], DevRole::Faulty);
+        assert!(
+            t.broadcasts.is_empty(),
+            "broadcast before the superblock is durable"
+        );
+        t.complete(|_| true);
+        let s = t.broadcasts.pop().unwrap();
+        assert_eq!(s.members[2], MemberState::Faulty);
+        assert_eq!(s.events, 2);
+        assert!(!s.offline);
+        assert!(!t.meta.status().blocked);
+    }
+
+    #[test]
+    fn two_failures_in_one_batch() {
+        let mut t = t(Level::Raid6, 6);
+        t.fail(1);
+        // The second arrives while the first commit is in flight.
+        t.fail(4);
+        assert_eq!(t.writes.len(), 5);
+        t.complete(|_| true);
+        assert_eq!(t.broadcasts.len(), 1);
+        // The batch of what arrived meanwhile: one more commit.
+        assert_eq!(t.writes.len(), 4);
+        assert_eq!(t.decoded(0).dev_roles[4], DevRole::Faulty);
+        assert_eq!(t.decoded(0).dev_roles[1], DevRole::Faulty);
+        t.complete(|_| true);
+        let s = t.broadcasts.last().unwrap();
+        assert_eq!(s.faulty(), 0b10010);
+        assert_eq!(s.events, 3);
+
+        // Two reported before any commit starts go in one superblock write.
+        let mut t2 = super::tests::t(Level::Raid6, 6);
+        t2.meta.pending_fail = 0;
+        t2.meta.commit = Some(Commit {
+            seq: 99,
+            target: (*t2.meta.state).clone(),
+            dirty: false,
+            writing: 1,
+            ok: 0,
+            failed: 0,
+        });
+        t2.fail(1);
+        t2.fail(4);
+        t2.meta.commit = None;
+        t2.meta.step();
+        t2.pump();
+        assert_eq!(t2.writes.len(), 4);
+        let sb = t2.decoded(0);
+        assert_eq!(
+            (sb.dev_roles[1], sb.dev_roles[4]),
+            (DevRole::Faulty, DevRole::Faulty)
+        );
+        assert_eq!(sb.events, 2, "one commit for both");
+    }
+
+    #[test]
+    fn superblock_write_failing_on_one_survivor_fails_it_too() {
+        let mut t = t(Level::Raid6, 5);
+        t.fail(0);
+        t.complete(|m| m != 3);
+        assert_eq!(t.broadcasts.last().unwrap().faulty(), 0b1);
+        // Next commit records 3 faulty on the rest.
+        let members: Vec<u16> = t.writes.iter().map(|w| w.0).collect();
+        assert_eq!(members, vec![1, 2, 4]);
+        t.complete(|_| true);
+        assert_eq!(t.broadcasts.last().unwrap().faulty(), 0b1001);
+        assert!(!t.broadcasts.last().unwrap().offline);
+    }
+
+    #[test]
+    fn superblock_write_failing_everywhere_blocks_then_recovers() {
+        let mut t = t(Level::Raid1, 3);
+        t.fail(0);
+        t.complete(|_| false);
+        assert!(
+            t.broadcasts.is_empty(),
+            "nothing durable, nothing broadcast"
+        );
+        assert!(t.meta.status().blocked);
+        assert!(t.writes.is_empty());
+        // Retries with backoff while the members refuse.
+        for _ in 0..3 {
+            t.now += 10_000;
+            t.meta.tick(t.now);
+            t.pump();
+            assert_eq!(t.writes.len(), 2, "retried");
+            t.complete(|_| false);
+            assert!(t.meta.status().blocked);
+            assert!(t.broadcasts.is_empty());
+        }
+        // A survivor recovers: the commit lands, the state goes out.
+        t.now += 10_000;
+        t.meta.tick(t.now);
+        t.pump();
+        t.complete(|m| m == 2);
+        assert!(!t.meta.status().blocked);
+        let s = t.broadcasts[0].clone();
+        assert_eq!(s.members[0], MemberState::Faulty);
+        // Member 1 refused its superblock: failed next.
+        t.complete(|_| true);
+        assert_eq!(t.broadcasts.last().unwrap().faulty(), 0b011);
+        assert!(!t.broadcasts.last().unwrap().offline);
+    }
+
+    #[test]
+    fn last_data_member_lost_goes_offline() {
+        let mut t = t(Level::Raid1, 2);
+        t.fail(0);
+        t.complete(|_| true);
+        t.fail(1);
+        assert!(t.writes.is_empty(), "no survivor to write to");
+        let s = t.broadcasts.last().unwrap();
+        assert!(s.offline);
+        assert_eq!(s.faulty(), 0b11);
+        // raid5 losing a second member: recorded on the rest, offline.
+        let mut t = super::tests::t(Level::Raid5, 4);
+        t.fail(0);
+        t.complete(|_| true);
+        t.fail(1);
+        assert_eq!(t.writes.len(), 2);
+        t.complete(|_| true);
+        assert!(t.broadcasts.last().unwrap().offline);
+    }
+
+    #[test]
+    fn dirty_before_first_write_clean_after_idle() {
+        let mut t = t(Level::Raid1, 2);
+        assert!(!t.meta.state().writable);
+        t.meta.request(MetaRequest::MarkDirty { channel: 0 });
+        t.pump();
+        assert_eq!(t.decoded(0).resync_offset, 0, "marked dirty");
+        assert!(t.broadcasts.is_empty());
+        t.complete(|_| true);
+        assert!(t.broadcasts.last().unwrap().writable);
+        // Writes happen, then stop.
+        t.meta.shared.note_write(0);
+        t.now = 100;
+        t.meta.tick(t.now);
+        t.pump();
+        assert!(
+            t.broadcasts.last().unwrap().writable,
+            "not idle long enough"
+        );
+        t.now = 400;
+        t.meta.tick(t.now);
+        t.pump();
+        let s = t.broadcasts.last().unwrap().clone();
+        assert!(!s.writable, "writes stopped before marking clean");
+        assert!(t.writes.is_empty(), "clean only once channels drained");
+        t.meta.request(MetaRequest::WritesIdle {
+            channel: 0,
+            events: s.events,
+        });
+        t.pump();
+        assert_eq!(t.decoded(1).resync_offset, u64::MAX);
+        t.complete(|_| true);
+        assert!(t.meta.is_clean());
+        // A write after the clean commit marks the array dirty first.
+        t.meta.request(MetaRequest::MarkDirty { channel: 0 });
+        t.pump();
+        assert_eq!(t.decoded(0).resync_offset, 0);
+    }
+}
