@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian 12 machine (idempotent).
+# Installs what the tests need on a fresh Debian 12 machine (idempotent):
+# mdadm and blkid as format oracles for the md superblocks we write.
 set -euo pipefail
 need=()
-# (The engine's tests need nothing beyond the Rust toolchain yet.)
+command -v mdadm >/dev/null 2>&1 || [ -x /usr/sbin/mdadm ] || [ -x /sbin/mdadm ] || need+=(mdadm)
+command -v blkid >/dev/null 2>&1 || [ -x /usr/sbin/blkid ] || [ -x /sbin/blkid ] || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
+  echo "install-deps: installing ${need[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 mkdir -p target

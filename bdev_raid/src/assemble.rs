@@ -106,11 +106,13 @@ pub fn assemble(
         let why: Vec<&str> = refused.iter().map(|r| r.1.as_str()).collect();
         return Err(AssembleError::NoSuperblock(why.join("; ")));
     }
+    // The array with the most members found, then the freshest.
     let uuid = match opts.uuid {
         Some(u) => u,
         None => {
+            let count = |u: &[u8; 16]| sbs.iter().filter(|(_, s)| &s.set_uuid == u).count();
             sbs.iter()
-                .max_by_key(|(_, sb)| sb.events)
+                .max_by_key(|(_, sb)| (count(&sb.set_uuid), sb.events))
                 .unwrap()
                 .1
                 .set_uuid
@@ -279,4 +281,206 @@ pub fn assemble(
         refused,
         dirty,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{create_superblocks, CreateParams};
+    use crate::ondisk::MD_DISK_ROLE_FAULTY;
+
+    const SECTORS: u64 = 4096 + 16;
+
+    /// Encoded superblocks of a new array (4 KiB each).
+    fn array(level: Level, n: usize, uuid: u8) -> Vec<Vec<u8>> {
+        let g = Geometry::new(&GeometryParams {
+            level,
+            layout: None,
+            strip_size_kb: 4,
+            block_size: 512,
+            member_blocks: vec![4096; n],
+        })
+        .unwrap();
+        create_superblocks(
+            &g,
+            &CreateParams {
+                set_uuid: [uuid; 16],
+                name: "a",
+                device_uuids: (0..n).map(|m| [m as u8; 16]).collect(),
+                member_sectors: vec![SECTORS; n],
+                data_offset: 16,
+                now_secs: 1,
+            },
+        )
+        .iter()
+        .map(|sb| sb.encode())
+        .collect()
+    }
+
+    fn cands<'a>(bufs: &'a [Vec<u8>], names: &'a [String]) -> Vec<Candidate<'a>> {
+        bufs.iter()
+            .zip(names)
+            .map(|(b, n)| Candidate {
+                name: n,
+                sb: b,
+                sectors: SECTORS,
+            })
+            .collect()
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("dev{i}")).collect()
+    }
+
+    fn opts() -> AssembleOptions {
+        AssembleOptions {
+            block_size: 512,
+            ..AssembleOptions::default()
+        }
+    }
+
+    fn edit(buf: &mut Vec<u8>, f: impl FnOnce(&mut Superblock)) {
+        let mut sb = Superblock::decode(buf, SECTORS).unwrap();
+        f(&mut sb);
+        *buf = sb.encode();
+    }
+
+    #[test]
+    fn healthy_array_assembles() {
+        let bufs = array(Level::Raid5, 4, 1);
+        let a = assemble(&cands(&bufs, &names(4)), &opts()).unwrap();
+        assert_eq!(a.state.out_of_service(), 0);
+        assert_eq!(a.geometry.level(), Level::Raid5);
+        assert_eq!(a.member_of_role, vec![Some(0), Some(1), Some(2), Some(3)]);
+        assert!(a.refused.is_empty());
+        assert!(!a.dirty);
+    }
+
+    #[test]
+    fn corrupt_superblocks_are_refused_naming_the_field_and_the_rest_assemble() {
+        let mut bufs = array(Level::Raid6, 6, 1);
+        // Flipped checksum.
+        bufs[0][216] ^= 0xff;
+        // Wrong magic.
+        bufs[1][0] ^= 0x01;
+        // A role pointing past max_dev: dev_number beyond the roles table.
+        let max_dev = u32::from_le_bytes(bufs[2][220..224].try_into().unwrap());
+        bufs[2][160..164].copy_from_slice(&(max_dev + 3).to_le_bytes());
+        let sum = crate::ondisk::sb_checksum(&bufs[2]);
+        bufs[2][216..220].copy_from_slice(&sum.to_le_bytes());
+        let ns = names(6);
+        let mut cs = cands(&bufs, &ns);
+        // Truncated member: smaller than its data area claims.
+        cs[3].sectors = 100;
+        let err = assemble(&cs, &opts()).unwrap_err();
+        // Four of six gone: raid6 cannot start, and says so.
+        assert!(
+            matches!(err, AssembleError::NotEnough { present: 2, .. }),
+            "{err}"
+        );
+        // With only two refused, it starts degraded and lists why.
+        let mut bufs = array(Level::Raid6, 6, 1);
+        bufs[0][216] ^= 0xff;
+        bufs[1][0] ^= 0x01;
+        let a = assemble(&cands(&bufs, &ns), &opts()).unwrap();
+        assert_eq!(a.state.out_of_service(), 0b11);
+        let why: Vec<&str> = a.refused.iter().map(|r| r.1.as_str()).collect();
+        assert!(
+            why[0].contains("dev0") && why[0].contains("sb_csum"),
+            "{why:?}"
+        );
+        assert!(
+            why[1].contains("dev1") && why[1].contains("magic"),
+            "{why:?}"
+        );
+        // The single-field messages of the other two cases.
+        let mut b = array(Level::Raid6, 6, 1);
+        b[2][160..164].copy_from_slice(&(max_dev + 3).to_le_bytes());
+        let sum = crate::ondisk::sb_checksum(&b[2]);
+        b[2][216..220].copy_from_slice(&sum.to_le_bytes());
+        let a = assemble(&cands(&b, &ns), &opts()).unwrap();
+        assert!(a.refused[0].1.contains("dev_number"), "{:?}", a.refused);
+        let b = array(Level::Raid6, 6, 1);
+        let mut cs = cands(&b, &ns);
+        cs[3].sectors = 100;
+        let a = assemble(&cs, &opts()).unwrap();
+        assert!(
+            a.refused[0].1.contains("dev3") && a.refused[0].1.contains("data"),
+            "{:?}",
+            a.refused
+        );
+    }
+
+    #[test]
+    fn freshest_wins_stale_and_faulty_are_not_used() {
+        let mut bufs = array(Level::Raid1, 3, 1);
+        // Member 2 failed at events 5: the others recorded it.
+        for b in &mut bufs[0..2] {
+            edit(b, |sb| {
+                sb.events = 5;
+                sb.dev_roles[2] = DevRole::from_raw(MD_DISK_ROLE_FAULTY);
+            });
+        }
+        // Its own superblock missed that commit.
+        edit(&mut bufs[2], |sb| sb.events = 4);
+        let a = assemble(&cands(&bufs, &names(3)), &opts()).unwrap();
+        assert_eq!(a.member_of_role, vec![Some(0), Some(1), None]);
+        assert!(
+            a.refused[0].1.contains("recorded faulty"),
+            "{:?}",
+            a.refused
+        );
+        // A member two events behind is stale; one behind is tolerated.
+        let mut bufs = array(Level::Raid1, 3, 1);
+        edit(&mut bufs[0], |sb| sb.events = 9);
+        edit(&mut bufs[1], |sb| sb.events = 8);
+        edit(&mut bufs[2], |sb| sb.events = 7);
+        let a = assemble(&cands(&bufs, &names(3)), &opts()).unwrap();
+        assert_eq!(a.member_of_role, vec![Some(0), Some(1), None]);
+        assert!(a.refused[0].1.contains("stale"), "{:?}", a.refused);
+        assert_eq!(a.state.events, 9);
+    }
+
+    #[test]
+    fn foreign_superblock_is_refused() {
+        let mut bufs = array(Level::Raid1, 2, 1);
+        let other = array(Level::Raid1, 2, 2);
+        bufs.push(other[0].clone());
+        let a = assemble(&cands(&bufs, &names(3)), &opts()).unwrap();
+        assert_eq!(a.set_uuid, [1; 16]);
+        assert!(a.refused[0].1.contains("another array"), "{:?}", a.refused);
+        // Asking for the other array gets it, degraded.
+        let o = AssembleOptions {
+            uuid: Some([2; 16]),
+            ..opts()
+        };
+        let a = assemble(&cands(&bufs, &names(3)), &o).unwrap();
+        assert_eq!(a.member_of_role, vec![Some(2), None]);
+    }
+
+    #[test]
+    fn dirty_degraded_parity_refuses_unless_forced() {
+        let mut bufs = array(Level::Raid5, 3, 1);
+        for b in &mut bufs {
+            edit(b, |sb| sb.resync_offset = 0);
+        }
+        let ns = names(3);
+        let err = assemble(&cands(&bufs[..2], &ns[..2]), &opts()).unwrap_err();
+        assert!(matches!(err, AssembleError::DirtyDegraded { .. }), "{err}");
+        assert!(err.to_string().contains("force"));
+        let forced = AssembleOptions {
+            force: true,
+            ..opts()
+        };
+        let a = assemble(&cands(&bufs[..2], &ns[..2]), &forced).unwrap();
+        assert!(a.dirty);
+        // Dirty but complete starts (it needs a resync, not a refusal).
+        assert!(assemble(&cands(&bufs, &ns), &opts()).unwrap().dirty);
+        // Dirty degraded raid1 starts: copies, no parity to distrust.
+        let mut r1 = array(Level::Raid1, 2, 1);
+        for b in &mut r1 {
+            edit(b, |sb| sb.resync_offset = 0);
+        }
+        assert!(assemble(&cands(&r1[..1], &ns[..1]), &opts()).is_ok());
+    }
 }

@@ -124,6 +124,8 @@ pub struct Meta {
     retry_at: u64,
     backoff: u64,
     now: u64,
+    /// Wall clock (Unix seconds) for `utime`; 0 until the host sets it.
+    wall_secs: u64,
     last_activity: u64,
     activity_seen: u64,
     shutting_down: bool,
@@ -173,6 +175,7 @@ impl Meta {
             retry_at: 0,
             backoff: cfg.retry_min_ms,
             now: now_ms,
+            wall_secs: 0,
             last_activity: now_ms,
             activity_seen: shared.activity(),
             shared,
@@ -262,6 +265,11 @@ impl Meta {
             self.finish_commit();
         }
         self.step();
+    }
+
+    /// The wall clock, for the superblocks' update time (Unix seconds).
+    pub fn set_wall_clock(&mut self, unix_secs: u64) {
+        self.wall_secs = unix_secs;
     }
 
     /// Time passes (milliseconds, monotonic).
@@ -390,7 +398,9 @@ impl Meta {
             .expect("superblock of a member in service");
         sb.events = target.events;
         sb.resync_offset = if dirty { 0 } else { u64::MAX };
-        sb.utime = MdTime::new(self.now / 1000, (self.now % 1000 * 1000) as u32);
+        if self.wall_secs != 0 {
+            sb.utime = MdTime::new(self.wall_secs, 0);
+        }
         for (role, st) in target.members.iter().enumerate() {
             if *st == MemberState::Faulty {
                 if let Some(dn) = self.sbs[role].as_ref().map(|s| s.dev_number as usize) {
