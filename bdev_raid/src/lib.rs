@@ -4,6 +4,7 @@
 
 pub mod assemble;
 pub mod channel;
+pub mod examine;
 pub mod layout;
 pub mod meta;
 pub mod ondisk;
