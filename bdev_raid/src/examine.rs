@@ -105,8 +105,8 @@ fn human(bytes: u64) -> String {
     if b < 5000 * 1024 {
         String::new()
     } else if b < 2 << 30 {
-        let mib = (b * 200 / (1 << 20) + 1) / 2;
-        let mb = (b / (1_000_000 / 200) + 1) / 2;
+        let mib = (b * 200 / (1 << 20)).div_ceil(2);
+        let mb = (b / (1_000_000 / 200)).div_ceil(2);
         format!(
             " ({}.{:02} MiB {}.{:02} MB)",
             mib / 100,
@@ -115,8 +115,8 @@ fn human(bytes: u64) -> String {
             mb % 100
         )
     } else {
-        let gib = (b * 200 / (1 << 30) + 1) / 2;
-        let gb = (b / (1_000_000_000 / 200) + 1) / 2;
+        let gib = (b * 200 / (1 << 30)).div_ceil(2);
+        let gb = (b / (1_000_000_000 / 200)).div_ceil(2);
         format!(
             " ({}.{:02} GiB {}.{:02} GB)",
             gib / 100,
