@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine (idempotent):
-# mdadm and blkid as format oracles for the md superblocks we write.
+# mdadm and blkid as format oracles for the md superblocks we write;
+# nbdinfo, qemu-io/qemu-img and fio as real NBD clients.
 set -euo pipefail
 need=()
 command -v mdadm >/dev/null 2>&1 || [ -x /usr/sbin/mdadm ] || [ -x /sbin/mdadm ] || need+=(mdadm)
 command -v blkid >/dev/null 2>&1 || [ -x /usr/sbin/blkid ] || [ -x /sbin/blkid ] || need+=(util-linux)
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
+command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+command -v fio >/dev/null 2>&1 || need+=(fio)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
   echo "install-deps: installing ${need[*]}"
