@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine (idempotent):
 # mdadm and blkid as format oracles for the md superblocks we write;
-# nbdinfo, qemu-io/qemu-img and fio as real NBD clients.
+# nbdinfo, qemu-io/qemu-img and fio as real NBD clients; SPDK's Python
+# RPC client.
 set -euo pipefail
 need=()
 command -v mdadm >/dev/null 2>&1 || [ -x /usr/sbin/mdadm ] || [ -x /sbin/mdadm ] || need+=(mdadm)
@@ -14,5 +15,10 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# SPDK's own Python RPC client (the version matching SPDK v26.05).
+if ! python3 -c 'import spdk.rpc.client' >/dev/null 2>&1; then
+  echo "install-deps: installing SPDK's Python client (pip: spdk==26.5)"
+  python3 -m pip install -q --disable-pip-version-check spdk==26.5
 fi
 mkdir -p target

@@ -1,0 +1,269 @@
+//! Typed results. Hosts build these and return them as JSON
+//! ([`crate::dispatch::reply`]); clients (the `mdraid` CLI) parse them back.
+//! Shapes follow SPDK's where SPDK has the method.
+
+use crate::types::{RaidLevel, RaidState, Uuid};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `bdev_get_bdevs` element: SPDK's `rpc_dump_bdev_info` fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BdevInfo {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `"Malloc disk"`, `"AIO disk"`, `"URING bdev"`, `"Error Injection Disk"`,
+    /// `"delay"`, `"mdraid"`, as the host names its bdev types.
+    pub product_name: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    #[serde(default)]
+    pub preferred_write_alignment: u32,
+    #[serde(default)]
+    pub preferred_write_granularity: u32,
+    #[serde(default)]
+    pub optimal_write_size: u32,
+    #[serde(default)]
+    pub preferred_unmap_alignment: u32,
+    #[serde(default)]
+    pub preferred_unmap_granularity: u32,
+    pub uuid: Uuid,
+    #[serde(default)]
+    pub assigned_rate_limits: RateLimits,
+    pub claimed: bool,
+    /// SPDK's claim names: `"exclusive_write"`, `"read_many_write_one"`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_type: Option<String>,
+    #[serde(default)]
+    pub zoned: bool,
+    pub supported_io_types: SupportedIoTypes,
+    /// Per-driver details (SPDK: `{"raid": {...}}`, `{"aio": {...}}`...).
+    #[serde(default = "empty_object")]
+    pub driver_specific: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// SPDK's `assigned_rate_limits` (QoS; always 0 here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    pub rw_ios_per_sec: u64,
+    pub rw_mbytes_per_sec: u64,
+    pub r_mbytes_per_sec: u64,
+    pub w_mbytes_per_sec: u64,
+}
+
+/// SPDK's `supported_io_types`, every key SPDK writes, in its order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SupportedIoTypes {
+    pub read: bool,
+    pub write: bool,
+    pub unmap: bool,
+    pub flush: bool,
+    pub reset: bool,
+    pub nvme_admin: bool,
+    pub nvme_io: bool,
+    pub nvme_io_md: bool,
+    pub write_zeroes: bool,
+    pub zcopy: bool,
+    pub get_zone_info: bool,
+    pub zone_management: bool,
+    pub zone_append: bool,
+    pub compare: bool,
+    pub compare_and_write: bool,
+    pub abort: bool,
+    pub seek_hole: bool,
+    pub seek_data: bool,
+    pub copy: bool,
+    pub nvme_iov_md: bool,
+    pub nvme_nssr: bool,
+    pub write_uncorrectable: bool,
+}
+
+/// `bdev_mdraid_get_bdevs` element: SPDK's `bdev_raid_get_bdevs` fields
+/// (name, uuid, strip_size_kb, state, raid_level, superblock, counts,
+/// process, base_bdevs_list) plus md's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MdraidBdevInfo {
+    pub name: String,
+    pub uuid: Uuid,
+    pub strip_size_kb: u32,
+    pub state: RaidState,
+    pub raid_level: RaidLevel,
+    pub superblock: bool,
+    pub num_base_bdevs: u32,
+    pub num_base_bdevs_discovered: u32,
+    pub num_base_bdevs_operational: u32,
+    /// Running background process, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<MdraidProcess>,
+    pub base_bdevs_list: Vec<MdraidBaseBdevInfo>,
+    // ---- md's
+    /// md layout as mdadm names it (`left-symmetric`, `n2`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// Superblock event count.
+    #[serde(default)]
+    pub events: u64,
+    /// md's `array_state`: `clean`, `active`, `write-pending`, `blocked`
+    /// (R3: metadata not durable, writes held), `readonly`, `inactive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_state: Option<String>,
+    /// True when a member is missing or faulty.
+    #[serde(default)]
+    pub degraded: bool,
+    /// md's `sync_action` now: `idle`, `resync`, `recover`, `check`, `repair`, `frozen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_action: Option<String>,
+    /// Mismatches found by the last check/repair (md `mismatch_cnt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch_cnt: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<MdraidBitmapInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_behind: Option<u32>,
+}
+
+/// SPDK's `process` object: `{type, target, progress: {blocks, percent}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MdraidProcess {
+    /// `rebuild`, `resync`, `check`, `repair`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Member being rebuilt (rebuild only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub progress: MdraidProgress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdraidProgress {
+    pub blocks: u64,
+    pub percent: u32,
+}
+
+/// One member: SPDK's base bdev fields plus md's role and state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MdraidBaseBdevInfo {
+    /// `null` for an empty slot (SPDK writes null too).
+    pub name: Option<String>,
+    pub uuid: Uuid,
+    pub is_configured: bool,
+    /// In blocks, as SPDK reports them.
+    pub data_offset: u64,
+    pub data_size: u64,
+    /// md role number; absent for spares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<u32>,
+    /// `in_sync`, `faulty`, `rebuilding`, `spare`, `missing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub write_mostly: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdraidBitmapInfo {
+    pub chunk_kb: u32,
+    pub daemon_sleep_ms: u32,
+    /// Bits set now.
+    #[serde(default)]
+    pub dirty_chunks: u64,
+    /// Bits in the bitmap.
+    #[serde(default)]
+    pub total_chunks: u64,
+}
+
+/// `bdev_mdraid_examine` element: one bdev's md superblock, with mdadm
+/// --examine's vocabulary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MdraidExamineInfo {
+    /// The bdev examined.
+    pub bdev: String,
+    /// False when no md superblock was found (the rest is then absent).
+    pub has_superblock: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_uuid: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid_level: Option<RaidLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid_devices: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_size_kb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_uuid: Option<Uuid>,
+    /// `Active device N`, `spare`, `faulty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// In 512-byte sectors, as md records them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<MdraidBitmapInfo>,
+}
+
+/// `mdraid_nbd_get_exports` element.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdExportInfo {
+    pub export_name: String,
+    pub bdev_name: String,
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    /// Clients connected now.
+    #[serde(default)]
+    pub connections: u32,
+}
+
+/// `spdk_get_version` result (SPDK's shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub fields: VersionFields,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionFields {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    pub suffix: String,
+}
+
+impl VersionInfo {
+    /// This crate's version, as `"mdraid v0.1.0"`.
+    pub fn mdraid() -> Self {
+        let num = |s: &str| s.parse().unwrap_or(0);
+        VersionInfo {
+            version: format!("mdraid v{}", env!("CARGO_PKG_VERSION")),
+            fields: VersionFields {
+                major: num(env!("CARGO_PKG_VERSION_MAJOR")),
+                minor: num(env!("CARGO_PKG_VERSION_MINOR")),
+                patch: num(env!("CARGO_PKG_VERSION_PATCH")),
+                suffix: env!("CARGO_PKG_VERSION_PRE").to_string(),
+            },
+        }
+    }
+}
+
+/// `framework_get_subsystems` element (SPDK's shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsystemInfo {
+    pub subsystem: String,
+    pub depends_on: Vec<String>,
+}
