@@ -206,8 +206,9 @@ pub fn assemble(
         let mut sb = sb;
         // What the freshest knows about everyone else wins.
         sb.dev_roles = fresh.dev_roles.clone();
-        sb.events = fresh.events;
         sb.resync_offset = fresh.resync_offset;
+        // Its own events stay as found: the metadata path rewrites every
+        // superblock that lags once the array runs.
         member_of_role[r] = Some(i);
         role_sb[r] = Some(sb);
     }

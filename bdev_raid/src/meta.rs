@@ -97,6 +97,8 @@ enum Quiesce {
 
 struct Commit {
     seq: u64,
+    /// Only bringing lagging superblocks up to the current events.
+    refresh: bool,
     target: ArrayState,
     /// The target marks the superblocks dirty.
     dirty: bool,
@@ -129,6 +131,8 @@ pub struct Meta {
     last_activity: u64,
     activity_seen: u64,
     shutting_down: bool,
+    /// Superblocks must be rewritten even with nothing else to record.
+    refresh: bool,
     /// Assembled dirty: the copies/parity must be resynced before the
     /// array may be marked clean again.
     resync_needed: bool,
@@ -150,6 +154,13 @@ impl Meta {
         assert_eq!(sbs.len(), geom.members(), "one superblock slot per role");
         assert!(geom.members() <= MAX_MEMBERS);
         let disk_dirty = sbs.iter().flatten().any(|sb| !sb.is_clean());
+        // A member whose superblock lags the array's (a commit cut short by
+        // a crash) is brought up to date at once, so it never falls two
+        // events behind without having missed anything.
+        let lagging = sbs.iter().enumerate().any(|(m, sb)| {
+            sb.as_ref()
+                .is_some_and(|sb| sb.events != state.events && state.members[m].in_service())
+        });
         let quiesce = if disk_dirty && !state.writable {
             // Dirty on disk and not writable: drain (trivially) towards clean.
             Quiesce::Draining {
@@ -159,7 +170,7 @@ impl Meta {
         } else {
             Quiesce::Open
         };
-        Meta {
+        let mut m = Meta {
             resync_needed: disk_dirty,
             quiesce,
             geom,
@@ -182,7 +193,10 @@ impl Meta {
             shutting_down: false,
             actions: VecDeque::new(),
             state,
-        }
+            refresh: lagging,
+        };
+        m.step();
+        m
     }
 
     pub fn state(&self) -> &Arc<ArrayState> {
@@ -198,6 +212,25 @@ impl Meta {
             writable: self.state.writable,
             members: self.state.members.clone(),
         }
+    }
+
+    /// One line on the metadata path's inner state, for diagnosing a host.
+    pub fn describe(&self) -> String {
+        format!(
+            "events {} writable {} disk_dirty {} quiesce {:?} commit {} pending_fail {:#b} want_dirty {} want_clean {} refresh {} resync_needed {} blocked {} shutting_down {}",
+            self.state.events,
+            self.state.writable,
+            self.disk_dirty,
+            self.quiesce,
+            self.commit.as_ref().map_or("none".to_string(), |c| format!("seq {} writing {:#b}", c.seq, c.writing)),
+            self.pending_fail,
+            self.want_dirty,
+            self.want_clean,
+            self.refresh,
+            self.resync_needed,
+            self.blocked,
+            self.shutting_down,
+        )
     }
 
     /// The superblock last written to role `member` (what `examine` shows).
@@ -336,6 +369,9 @@ impl Meta {
             self.publish(s);
         } else if self.pending_fail != 0 {
             self.start_commit(self.disk_dirty || self.want_dirty);
+        } else if self.refresh {
+            self.refresh = false;
+            self.start_refresh();
         } else if self.want_clean && self.disk_dirty && !self.resync_needed {
             self.start_commit(false);
         } else if self.want_clean {
@@ -367,6 +403,7 @@ impl Meta {
             .fold(0, |a, m| a | 1 << m);
         let commit = Commit {
             seq: self.seq,
+            refresh: false,
             dirty,
             writing: survivors,
             ok: 0,
@@ -392,6 +429,46 @@ impl Meta {
         }
     }
 
+    /// Rewrite the superblocks that lag the current events (a commit cut
+    /// short by a crash) with the current ones, without a new event: a
+    /// crash during this leaves them no further behind than they were.
+    fn start_refresh(&mut self) {
+        let target = (*self.state).clone();
+        let lagging: u64 = (0..self.geom.members())
+            .filter(|&m| {
+                target.members[m].in_service()
+                    && self.sbs[m]
+                        .as_ref()
+                        .is_some_and(|sb| sb.events != target.events)
+            })
+            .fold(0, |a, m| a | 1 << m);
+        if lagging == 0 {
+            return;
+        }
+        self.seq += 1;
+        let dirty = self.disk_dirty;
+        for m in 0..self.geom.members() {
+            if lagging & 1 << m != 0 {
+                let sb = self.superblock_for(m, &target, dirty);
+                self.actions.push_back(MetaAction::WriteSb {
+                    member: m as u16,
+                    token: self.seq << 8 | m as u64,
+                    offset: SB_OFFSET_BYTES,
+                    data: sb.encode(),
+                });
+            }
+        }
+        self.commit = Some(Commit {
+            seq: self.seq,
+            refresh: true,
+            target,
+            dirty,
+            writing: lagging,
+            ok: 0,
+            failed: 0,
+        });
+    }
+
     fn superblock_for(&self, m: usize, target: &ArrayState, dirty: bool) -> Superblock {
         let mut sb = self.sbs[m]
             .clone()
@@ -415,6 +492,17 @@ impl Meta {
 
     fn finish_commit(&mut self) {
         let c = self.commit.take().expect("commit in flight");
+        if c.refresh {
+            // The others already hold this superblock: a member that cannot
+            // take it is failed like any superblock write failure.
+            for m in 0..self.geom.members() {
+                if c.ok & 1 << m != 0 {
+                    self.sbs[m] = Some(self.superblock_for(m, &c.target, c.dirty));
+                }
+            }
+            self.pending_fail |= c.failed;
+            return;
+        }
         if c.ok == 0 && c.writing == 0 && c.failed != 0 {
             // No member took the superblock: hold everything and retry (R3).
             self.blocked = true;
@@ -612,7 +700,7 @@ mod tests {
         let members: Vec<u16> = t.writes.iter().map(|w| w.0).collect();
         assert_eq!(members, vec![0, 1, 3], "every survivor, not the failed one");
         let sb = t.decoded(0);
-        assert_eq!(sb.events, 2);
+        assert_eq!(sb.events, 1, "events + 1 from the new array's 0");
         assert_eq!(sb.dev_roles[2], DevRole::Faulty);
         assert!(
             t.broadcasts.is_empty(),
@@ -621,7 +709,7 @@ mod tests {
         t.complete(|_| true);
         let s = t.broadcasts.pop().unwrap();
         assert_eq!(s.members[2], MemberState::Faulty);
-        assert_eq!(s.events, 2);
+        assert_eq!(s.events, 1);
         assert!(!s.offline);
         assert!(!t.meta.status().blocked);
     }
@@ -642,7 +730,7 @@ mod tests {
         t.complete(|_| true);
         let s = t.broadcasts.last().unwrap();
         assert_eq!(s.faulty(), 0b10010);
-        assert_eq!(s.events, 3);
+        assert_eq!(s.events, 2);
 
         // Two reported before any commit starts go in one superblock write.
         let mut t2 = super::tests::t(Level::Raid6, 6);
@@ -666,7 +754,7 @@ mod tests {
             (sb.dev_roles[1], sb.dev_roles[4]),
             (DevRole::Faulty, DevRole::Faulty)
         );
-        assert_eq!(sb.events, 2, "one commit for both");
+        assert_eq!(sb.events, 1, "one commit for both");
     }
 
     #[test]

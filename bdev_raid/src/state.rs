@@ -43,12 +43,13 @@ pub struct ArrayState {
 }
 
 impl ArrayState {
-    /// Every member in sync, events 1, clean (not writable until the
-    /// metadata path marks it dirty).
+    /// A new array: every member in sync, events 0 (as a new array's
+    /// superblocks say), clean (not writable until the metadata path marks
+    /// it dirty).
     pub fn new_in_sync(members: usize) -> ArrayState {
         assert!(members <= MAX_MEMBERS, "too many members");
         ArrayState {
-            events: 1,
+            events: 0,
             members: vec![MemberState::InSync; members],
             offline: false,
             writable: false,

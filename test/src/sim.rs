@@ -307,9 +307,9 @@ impl<'a> Sim<'a> {
 
     fn describe(&self) -> String {
         format!(
-            "{} children in flight; meta {:?}; inbox {}; channels: {}",
+            "{} children in flight; meta {}; inbox {}; channels: {}",
             self.inflight.len(),
-            self.arr.meta.status(),
+            self.arr.meta.describe(),
             self.arr.meta_inbox.len(),
             self.arr
                 .channels
@@ -443,8 +443,19 @@ impl<'a> Sim<'a> {
             }
             3 => self.tick()?,
             4 => {
-                if self.faults_on && self.crashes_left > 0 && self.rng.chance(self.sc.crash_chance)
-                {
+                // Crashes come at random, and far more often while a
+                // superblock commit is in flight: the moments md's worst
+                // bugs lived in.
+                let committing = self
+                    .inflight
+                    .iter()
+                    .any(|f| matches!(f, InFlight::Sb { .. }));
+                let chance = if committing {
+                    self.sc.crash_chance * 200.0
+                } else {
+                    self.sc.crash_chance
+                };
+                if self.faults_on && self.crashes_left > 0 && self.rng.chance(chance.min(0.5)) {
                     self.crash()?;
                 }
             }
