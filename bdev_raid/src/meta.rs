@@ -737,6 +737,7 @@ mod tests {
         t2.meta.pending_fail = 0;
         t2.meta.commit = Some(Commit {
             seq: 99,
+            refresh: false,
             target: (*t2.meta.state).clone(),
             dirty: false,
             writing: 1,
