@@ -90,7 +90,11 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (name, level, n) in [
         ("raid1_4k_write", Level::Raid1, 2),
-        ("raid5_4k_rmw_write", Level::Raid5, 4),
+        // Five members: a 4 KiB write reads old data + P (2) rather than
+        // the other three strips, so it takes read-modify-write.
+        ("raid5_4k_rmw_write", Level::Raid5, 5),
+        // Four members: both need two reads; md's rule picks reconstruct.
+        ("raid5_4k_rcw_write", Level::Raid5, 4),
         ("raid0_4k_write", Level::Raid0, 4),
     ] {
         let mut ch = channel(level, n);
@@ -122,6 +126,13 @@ fn bench(c: &mut Criterion) {
             allocs, 0,
             "{name}: the data path allocated {allocs} times in 1000 writes"
         );
+        let st = ch.stats();
+        if name.contains("rmw") {
+            assert!(st.rmw > 0 && st.rcw == 0, "{name}: {st:?}");
+        }
+        if name.contains("rcw") {
+            assert!(st.rcw > 0 && st.rmw == 0, "{name}: {st:?}");
+        }
         g.bench_function(name, |b| {
             b.iter(|| {
                 buf = Some(one_write(

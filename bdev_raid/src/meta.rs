@@ -501,6 +501,11 @@ impl Meta {
                 }
             }
             self.pending_fail |= c.failed;
+            for m in 0..self.geom.members() {
+                if c.failed & 1 << m != 0 {
+                    self.shared.set_failed(m);
+                }
+            }
             return;
         }
         if c.ok == 0 && c.writing == 0 && c.failed != 0 {
@@ -526,6 +531,12 @@ impl Meta {
             }
         }
         self.pending_fail |= c.failed;
+        for m in 0..self.geom.members() {
+            if c.failed & 1 << m != 0 {
+                // Channels stop using it now, as for a failure they saw.
+                self.shared.set_failed(m);
+            }
+        }
         self.disk_dirty = c.dirty;
         if c.dirty && c.target.writable {
             self.want_dirty = false;

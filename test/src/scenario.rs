@@ -158,8 +158,8 @@ impl Scenario {
             faults,
             max_blocks: strip_blocks * (members as u64 + 2),
             safemode: r.range(20, 400),
-            crashes: if r.chance(0.5) {
-                r.range(1, 3) as u32
+            crashes: if r.chance(0.7) {
+                r.range(1, 4) as u32
             } else {
                 0
             },

@@ -165,7 +165,18 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
         }
     };
     let mut sim = Sim::new(sc, geom);
-    sim.run().map_err(|what| Violation {
+    // An assertion inside the engine is a finding like any other: report it
+    // with its seed instead of ending the sweep.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
+    let r = r.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(format!("panic: {msg}"))
+    });
+    r.map_err(|what| Violation {
         seed: sc.seed,
         step: sim.step,
         what,
@@ -449,13 +460,18 @@ impl<'a> Sim<'a> {
                 let committing = self
                     .inflight
                     .iter()
-                    .any(|f| matches!(f, InFlight::Sb { .. }));
+                    .any(|f| matches!(f, InFlight::Sb { .. }))
+                    || self
+                        .arr
+                        .meta_inbox
+                        .iter()
+                        .any(|r| matches!(r, MetaRequest::MemberFailed { .. }));
                 let chance = if committing {
-                    self.sc.crash_chance * 200.0
+                    0.5
                 } else {
                     self.sc.crash_chance
                 };
-                if self.faults_on && self.crashes_left > 0 && self.rng.chance(chance.min(0.5)) {
+                if self.faults_on && self.crashes_left > 0 && self.rng.chance(chance) {
                     self.crash()?;
                 }
             }

@@ -1,0 +1,906 @@
+//! The array host: drives one `bdev_raid` engine channel per reactor.
+//!
+//! For each array, every reactor holds (as a reactor-local object) an
+//! `ArrayChannel`: the engine's [`Channel`] plus that reactor's channels of
+//! the member devices, and a poller that moves engine actions to member
+//! channels and member completions back (`child_done`). A member that is
+//! out of resources (`NoMem` at submit or as a completion) is reported to
+//! the engine as `ChildStatus::NoMem`; the engine resubmits it from its
+//! `poll`, which the poller calls on its next turn (R2: never a failure).
+//!
+//! Parent I/O is submitted on the reactor that will complete it
+//! ([`Array::submit`] / [`ArrayChannelRef::submit`]) with an [`IoDone`]
+//! callback object; completions are delivered from the poller, outside any
+//! borrow of the channel, so a callback may submit again. On this path no
+//! lock is taken and nothing is allocated: parent and child slots, token
+//! tables and queues are sized at creation, and callbacks are shared
+//! `Rc`s. (A member failure sends one boxed message to the metadata
+//! reactor; that is the failure path.)
+//!
+//! Member failures (`Action::Meta`) go by message to the array's metadata
+//! reactor, where the array's [`MetaPath`] runs (see [`crate::meta`]). Its
+//! broadcasts are carried out in two phases with
+//! [`RuntimeHandle::for_each`]: `apply_state` on the channel of every
+//! reactor, then — only when all have applied it — `release` on every one.
+//! Its member writes are submitted through the metadata reactor's member
+//! channels.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bdev_raid::channel::{
+    Action, Busy, Channel, ChannelConfig, ChannelStats, ChildOp, ChildStatus, ChildToken, IoStatus,
+    MemberStats, ParentIo,
+};
+use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
+use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
+
+use crate::buf::{AlignedBuf, DevBuf};
+use crate::dev::{DevChannel, DevError, DevIo, DevOp, DevStatus, Device};
+use crate::meta::{MetaInit, MetaOutput, MetaPath, MetaWrite, StandInMeta};
+use crate::reactor::{next_object_id, Poller, PollerId, Reactor, RuntimeError, RuntimeHandle};
+
+/// Completion of a parent I/O, called on the reactor it was submitted on.
+pub trait IoDone {
+    fn io_done(&self, r: &mut Reactor, tag: u64, status: IoStatus, buf: Option<AlignedBuf>);
+}
+
+/// How to build an array.
+pub struct ArrayParams {
+    pub name: String,
+    pub level: Level,
+    /// md layout number (`None`: md's default for the level).
+    pub layout: Option<u32>,
+    pub strip_size_kb: u32,
+    /// Members in role order; `None` for a missing member.
+    pub members: Vec<Option<Arc<dyn Device>>>,
+    /// Where the data area starts on every member, in member blocks (md's
+    /// `data_offset`; 0 without a superblock).
+    pub data_offset_blocks: u64,
+    /// Blocks of each member's data area the array uses (`None`: the
+    /// smallest member's blocks past `data_offset_blocks`).
+    pub member_data_blocks: Option<u64>,
+    pub channel: ChannelConfig,
+    /// Reactor that runs the metadata path.
+    pub meta_reactor: usize,
+    /// Initial state (`None`: `ArrayState::new_in_sync`, absent members
+    /// missing; not writable, so the first write asks the metadata path to
+    /// mark the array dirty).
+    pub state: Option<ArrayState>,
+}
+
+impl ArrayParams {
+    pub fn new(
+        name: impl Into<String>,
+        level: Level,
+        strip_size_kb: u32,
+        members: Vec<Arc<dyn Device>>,
+    ) -> ArrayParams {
+        ArrayParams {
+            name: name.into(),
+            level,
+            layout: None,
+            strip_size_kb,
+            members: members.into_iter().map(Some).collect(),
+            data_offset_blocks: 0,
+            member_data_blocks: None,
+            channel: ChannelConfig::default(),
+            meta_reactor: 0,
+            state: None,
+        }
+    }
+}
+
+/// Why an array could not be created or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ArrayError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+    #[error("member {member}: {err}")]
+    Device { member: usize, err: DevError },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("array {0} still has I/O in flight after {1:?}")]
+    Timeout(String, Duration),
+}
+
+/// An array, shared by every thread. Its per-reactor channels live on the
+/// reactors.
+pub struct Array {
+    id: u64,
+    meta_key: u64,
+    name: String,
+    geom: Arc<Geometry>,
+    members: Vec<Option<Arc<dyn Device>>>,
+    data_offset: u64,
+    meta_reactor: usize,
+    rt: RuntimeHandle,
+    /// Newest committed state, for status queries (the I/O path never
+    /// looks at it).
+    state: Mutex<Arc<ArrayState>>,
+    stopped: AtomicBool,
+}
+
+/// Token bit of metadata writes (child tokens are slot indices).
+const META_TOKEN: u64 = 1 << 63;
+
+impl Array {
+    /// Create the array with the in-memory metadata stand-in.
+    pub fn create(rt: &RuntimeHandle, p: ArrayParams) -> Result<Arc<Array>, ArrayError> {
+        Array::create_with_meta(rt, p, |init| {
+            Box::new(StandInMeta::new(init.geom, init.state)) as Box<dyn MetaPath + Send>
+        })
+    }
+
+    /// Create the array; `meta` builds its metadata path (see [`MetaInit`]).
+    /// Blocks until every reactor has its channel; call it from a
+    /// non-reactor thread. On error nothing is left behind.
+    pub fn create_with_meta(
+        rt: &RuntimeHandle,
+        p: ArrayParams,
+        meta: impl FnOnce(MetaInit) -> Box<dyn MetaPath + Send>,
+    ) -> Result<Arc<Array>, ArrayError> {
+        if p.name.is_empty() {
+            return Err(ArrayError::Invalid("name must not be empty".into()));
+        }
+        if p.meta_reactor >= rt.reactors() {
+            return Err(ArrayError::Invalid(format!(
+                "meta_reactor {} is not a reactor (have {})",
+                p.meta_reactor,
+                rt.reactors()
+            )));
+        }
+        let present: Vec<&Arc<dyn Device>> = p.members.iter().flatten().collect();
+        let Some(first) = present.first() else {
+            return Err(ArrayError::Invalid("no member present".into()));
+        };
+        let bs = first.block_size();
+        if let Some(d) = present.iter().find(|d| d.block_size() != bs) {
+            return Err(ArrayError::Invalid(format!(
+                "member {} has block size {}, {} has {bs}",
+                d.name(),
+                d.block_size(),
+                first.name()
+            )));
+        }
+        let smallest = present.iter().map(|d| d.num_blocks()).min().unwrap_or(0);
+        if smallest <= p.data_offset_blocks {
+            return Err(ArrayError::Invalid(format!(
+                "members have {smallest} blocks, not more than the data offset {}",
+                p.data_offset_blocks
+            )));
+        }
+        let data_blocks = p
+            .member_data_blocks
+            .unwrap_or(smallest - p.data_offset_blocks);
+        if data_blocks == 0 || data_blocks > smallest - p.data_offset_blocks {
+            return Err(ArrayError::Invalid(format!(
+                "member_data_blocks {data_blocks} does not fit members of {smallest} blocks"
+            )));
+        }
+        let geom = Arc::new(Geometry::new(&GeometryParams {
+            level: p.level,
+            layout: p.layout,
+            strip_size_kb: p.strip_size_kb,
+            block_size: bs,
+            member_blocks: vec![data_blocks; p.members.len()],
+        })?);
+        let state = match p.state {
+            Some(s) => {
+                if s.members.len() != p.members.len() {
+                    return Err(ArrayError::Invalid(format!(
+                        "state has {} members, array {}",
+                        s.members.len(),
+                        p.members.len()
+                    )));
+                }
+                s
+            }
+            None => {
+                let mut s = ArrayState::new_in_sync(p.members.len());
+                for (i, m) in p.members.iter().enumerate() {
+                    if m.is_none() {
+                        s.members[i] = MemberState::Missing;
+                    }
+                }
+                s.offline = !survives(&geom, s.out_of_service());
+                s
+            }
+        };
+        let state = Arc::new(state);
+        let array = Arc::new(Array {
+            id: next_object_id(),
+            meta_key: next_object_id(),
+            name: p.name,
+            geom: geom.clone(),
+            members: p.members,
+            data_offset: p.data_offset_blocks,
+            meta_reactor: p.meta_reactor,
+            rt: rt.clone(),
+            state: Mutex::new(state.clone()),
+            stopped: AtomicBool::new(false),
+        });
+        // One engine channel per reactor; channel index = reactor index.
+        let shared = Arc::new(Shared::new(rt.reactors()));
+        let mut installed = Vec::new();
+        for n in 0..rt.reactors() {
+            let (a, s, l, cfg) = (array.clone(), state.clone(), shared.clone(), p.channel);
+            let res = rt
+                .call(n, move |r| install_channel(r, &a, s, l, cfg))
+                .map_err(ArrayError::from)
+                .and_then(|x| x);
+            match res {
+                Ok(()) => installed.push(n),
+                Err(e) => {
+                    for n in installed {
+                        let a = array.clone();
+                        let _ = rt.call(n, move |r| uninstall_channel(r, &a));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let path = meta(MetaInit {
+            geom,
+            shared,
+            state,
+        });
+        let a = array.clone();
+        if let Err(e) = rt.call(array.meta_reactor, move |r| install_meta(r, a, path)) {
+            for n in installed {
+                let a = array.clone();
+                let _ = rt.call(n, move |r| uninstall_channel(r, &a));
+            }
+            return Err(e.into());
+        }
+        Ok(array)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn geometry(&self) -> &Arc<Geometry> {
+        &self.geom
+    }
+    pub fn members(&self) -> &[Option<Arc<dyn Device>>] {
+        &self.members
+    }
+    pub fn block_size(&self) -> u32 {
+        self.geom.block_size()
+    }
+    pub fn num_blocks(&self) -> u64 {
+        self.geom.array_blocks()
+    }
+    pub fn meta_reactor(&self) -> usize {
+        self.meta_reactor
+    }
+    pub fn data_offset_blocks(&self) -> u64 {
+        self.data_offset
+    }
+    /// Newest state the metadata path has broadcast.
+    pub fn state(&self) -> Arc<ArrayState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// This reactor's channel of the array (cache it: the lookup is a hash
+    /// map probe).
+    pub fn channel(&self, r: &Reactor) -> Option<ArrayChannelRef> {
+        r.local::<ArrayLocal>(self.id).map(ArrayChannelRef)
+    }
+
+    /// Submit a parent I/O on reactor `r`; `done` is called on `r` when it
+    /// ends. `Err(Busy)`: every parent slot and the backlog are full.
+    pub fn submit(
+        &self,
+        r: &mut Reactor,
+        io: ParentIo<AlignedBuf>,
+        done: &Rc<dyn IoDone>,
+    ) -> Result<(), Busy<AlignedBuf>> {
+        match self.channel(r) {
+            Some(ch) => ch.submit(r, io, done),
+            None => Err(Busy(io)),
+        }
+    }
+
+    /// Engine counters of every reactor's channel, in reactor order.
+    pub fn stats(&self) -> Result<Vec<(ChannelStats, Vec<MemberStats>)>, ArrayError> {
+        let mut v = Vec::new();
+        for n in 0..self.rt.reactors() {
+            let id = self.id;
+            let s = self.rt.call(n, move |r| {
+                r.local::<ArrayLocal>(id).map(|l| {
+                    let c = l.ch.borrow();
+                    (c.engine.stats(), c.engine.member_stats().to_vec())
+                })
+            })?;
+            if let Some(s) = s {
+                v.push(s);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Refuse new I/O (it completes with an error), wait up to `timeout`
+    /// for what is in flight, let the metadata path shut down (mark the
+    /// array clean), then remove the channels and the metadata path from
+    /// the reactors. Call from a non-reactor thread.
+    pub fn stop(self: &Arc<Self>, timeout: Duration) -> Result<(), ArrayError> {
+        let n = self.rt.reactors();
+        for i in 0..n {
+            let id = self.id;
+            self.rt.call(i, move |r| {
+                if let Some(l) = r.local::<ArrayLocal>(id) {
+                    l.ch.borrow_mut().closing = true;
+                }
+            })?;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut idle = true;
+            for i in 0..n {
+                let id = self.id;
+                idle &= self.rt.call(i, move |r| {
+                    r.local::<ArrayLocal>(id)
+                        .is_none_or(|l| l.ch.try_borrow().is_ok_and(|c| c.is_idle()))
+                })?;
+            }
+            if idle {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ArrayError::Timeout(self.name.clone(), timeout));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let the metadata path finish (mark clean) before it goes.
+        let key = self.meta_key;
+        self.rt.call(self.meta_reactor, move |r| {
+            meta_with(r, key, |m| m.path.shutdown())
+        })?;
+        loop {
+            let clean = self.rt.call(self.meta_reactor, move |r| {
+                r.local::<RefCell<MetaHost>>(key)
+                    .is_none_or(|h| h.borrow().path.is_clean())
+            })?;
+            if clean {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("array {}: not marked clean within {timeout:?}", self.name);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let a = self.clone();
+        self.rt
+            .call(self.meta_reactor, move |r| uninstall_meta(r, &a))?;
+        for i in 0..n {
+            let a = self.clone();
+            self.rt.call(i, move |r| uninstall_channel(r, &a))?;
+        }
+        self.stopped.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn publish(&self, s: &Arc<ArrayState>) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
+    }
+}
+
+/// A reactor's channel of an array, for the export layer.
+#[derive(Clone)]
+pub struct ArrayChannelRef(Rc<ArrayLocal>);
+
+impl ArrayChannelRef {
+    /// See [`Array::submit`].
+    pub fn submit(
+        &self,
+        r: &mut Reactor,
+        io: ParentIo<AlignedBuf>,
+        done: &Rc<dyn IoDone>,
+    ) -> Result<(), Busy<AlignedBuf>> {
+        {
+            let mut c = self.0.ch.borrow_mut();
+            c.submit(io, done)?;
+            c.drive(r);
+        }
+        run_callbacks(&self.0, r);
+        Ok(())
+    }
+
+    /// One line on what the channel holds (diagnosing a stuck host).
+    pub fn describe(&self) -> String {
+        let c = self.0.ch.borrow();
+        format!(
+            "{}; backlog {}, callbacks {}, member outstanding {:?}",
+            c.engine.describe(),
+            c.backlog.len(),
+            c.done.len(),
+            c.members
+                .iter()
+                .map(|m| m.as_ref().map_or(0, |m| m.outstanding()))
+                .collect::<Vec<_>>()
+        )
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.0.ch.borrow().is_idle()
+    }
+
+    pub fn state(&self) -> Arc<ArrayState> {
+        self.0.ch.borrow().engine.state().clone()
+    }
+}
+
+/// The reactor-local object of one array on one reactor.
+struct ArrayLocal {
+    ch: RefCell<ArrayChannel>,
+    in_callbacks: Cell<bool>,
+    poller: Cell<Option<PollerId>>,
+}
+
+type Done = (Rc<dyn IoDone>, u64, IoStatus, Option<AlignedBuf>);
+
+struct MetaSlot {
+    id: u64,
+    member: u16,
+    lba: u64,
+    blocks: u64,
+    fua: bool,
+    buf: AlignedBuf,
+}
+
+struct ArrayChannel {
+    meta_key: u64,
+    meta_reactor: usize,
+    rt: RuntimeHandle,
+    engine: Channel<AlignedBuf>,
+    members: Vec<Option<Box<dyn DevChannel>>>,
+    data_offset: u64,
+    /// Device token -> engine child token.
+    tokens: Vec<Option<ChildToken>>,
+    free_tokens: Vec<u32>,
+    /// Engine tag -> caller's callback and tag.
+    parents: Vec<Option<(Rc<dyn IoDone>, u64)>>,
+    free_parents: Vec<u32>,
+    /// Accepted but refused by the engine (all its parent slots busy).
+    backlog: VecDeque<ParentIo<AlignedBuf>>,
+    done: VecDeque<Done>,
+    meta_slots: Vec<Option<MetaSlot>>,
+    /// Metadata writes to (re)submit.
+    meta_retry: VecDeque<u32>,
+    meta_done: VecDeque<(u64, bool)>,
+    closing: bool,
+}
+
+fn dev_op(op: ChildOp) -> DevOp {
+    match op {
+        ChildOp::Read => DevOp::Read,
+        ChildOp::Write => DevOp::Write,
+        ChildOp::Flush => DevOp::Flush,
+        ChildOp::Unmap => DevOp::Unmap,
+        ChildOp::WriteZeroes => DevOp::WriteZeroes,
+        ChildOp::Reset => DevOp::Reset,
+    }
+}
+
+fn child_status(s: DevStatus) -> ChildStatus {
+    match s {
+        DevStatus::Success => ChildStatus::Success,
+        DevStatus::Error => ChildStatus::Error,
+        DevStatus::NoMem => ChildStatus::NoMem,
+    }
+}
+
+fn install_channel(
+    r: &mut Reactor,
+    a: &Arc<Array>,
+    state: Arc<ArrayState>,
+    shared: Arc<Shared>,
+    cfg: ChannelConfig,
+) -> Result<(), ArrayError> {
+    let mut members = Vec::with_capacity(a.members.len());
+    for (i, m) in a.members.iter().enumerate() {
+        members.push(match m {
+            Some(d) => Some(
+                d.create_channel(r)
+                    .map_err(|err| ArrayError::Device { member: i, err })?,
+            ),
+            None => None,
+        });
+    }
+    let engine = Channel::new(a.geom.clone(), state, shared, r.id(), cfg, AlignedBuf::new);
+    let nparents = cfg.max_parents * 2;
+    let ntokens = cfg.max_children + cfg.stripe_ctxs * a.members.len();
+    let ch = ArrayChannel {
+        meta_key: a.meta_key,
+        meta_reactor: a.meta_reactor,
+        rt: r.runtime().clone(),
+        engine,
+        members,
+        data_offset: a.data_offset,
+        tokens: vec![None; ntokens],
+        free_tokens: (0..ntokens as u32).rev().collect(),
+        parents: (0..nparents).map(|_| None).collect(),
+        free_parents: (0..nparents as u32).rev().collect(),
+        backlog: VecDeque::with_capacity(nparents),
+        done: VecDeque::with_capacity(nparents),
+        meta_slots: Vec::new(),
+        meta_retry: VecDeque::new(),
+        meta_done: VecDeque::new(),
+        closing: false,
+    };
+    let local = Rc::new(ArrayLocal {
+        ch: RefCell::new(ch),
+        in_callbacks: Cell::new(false),
+        poller: Cell::new(None),
+    });
+    let pid = r.register_poller(ArrayPoller(local.clone()));
+    local.poller.set(Some(pid));
+    r.set_local(a.id, local);
+    Ok(())
+}
+
+fn uninstall_channel(r: &mut Reactor, a: &Arc<Array>) {
+    if let Some(l) = r.local::<ArrayLocal>(a.id) {
+        if let Some(p) = l.poller.take() {
+            r.unregister_poller(p);
+        }
+        r.remove_local(a.id);
+    }
+}
+
+struct ArrayPoller(Rc<ArrayLocal>);
+
+impl Poller for ArrayPoller {
+    fn poll(&mut self, r: &mut Reactor) -> bool {
+        let work = self.0.ch.borrow_mut().drive(r);
+        run_callbacks(&self.0, r);
+        work
+    }
+    fn busy(&self) -> bool {
+        self.0.ch.try_borrow().map_or(true, |c| !c.is_idle())
+    }
+}
+
+/// Deliver finished parents (and metadata writes) with no borrow held.
+fn run_callbacks(l: &Rc<ArrayLocal>, r: &mut Reactor) {
+    if l.in_callbacks.replace(true) {
+        return; // an outer call on the stack delivers them
+    }
+    loop {
+        let next = l.ch.borrow_mut().done.pop_front();
+        let Some((d, tag, status, buf)) = next else {
+            break;
+        };
+        d.io_done(r, tag, status, buf);
+    }
+    loop {
+        let (next, key) = {
+            let mut c = l.ch.borrow_mut();
+            (c.meta_done.pop_front(), c.meta_key)
+        };
+        let Some((id, ok)) = next else { break };
+        meta_with(r, key, |m| m.path.write_done(id, ok));
+    }
+    l.in_callbacks.set(false);
+}
+
+impl ArrayChannel {
+    fn is_idle(&self) -> bool {
+        self.engine.is_idle()
+            && self.backlog.is_empty()
+            && self.done.is_empty()
+            && self.meta_done.is_empty()
+            && self.meta_slots.iter().all(|s| s.is_none())
+            && self.members.iter().flatten().all(|m| m.outstanding() == 0)
+    }
+
+    fn submit(
+        &mut self,
+        mut io: ParentIo<AlignedBuf>,
+        done: &Rc<dyn IoDone>,
+    ) -> Result<(), Busy<AlignedBuf>> {
+        if self.closing {
+            self.done
+                .push_back((done.clone(), io.tag, IoStatus::Error, io.buf.take()));
+            return Ok(());
+        }
+        let Some(slot) = self.free_parents.pop() else {
+            return Err(Busy(io));
+        };
+        self.parents[slot as usize] = Some((done.clone(), io.tag));
+        io.tag = slot as u64;
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(io);
+        } else if let Err(Busy(io)) = self.engine.submit(io) {
+            self.backlog.push_back(io);
+        }
+        Ok(())
+    }
+
+    /// Move work between the engine and the members until nothing moves
+    /// (bounded, so a member that keeps refusing cannot hold the reactor).
+    fn drive(&mut self, r: &mut Reactor) -> bool {
+        let mut work = false;
+        for _ in 0..8 {
+            let mut progress = false;
+            {
+                let ArrayChannel {
+                    members,
+                    engine,
+                    tokens,
+                    free_tokens,
+                    meta_slots,
+                    meta_retry,
+                    meta_done,
+                    ..
+                } = self;
+                for m in members.iter_mut().flatten() {
+                    let n = m.poll(r, &mut |tok, st| {
+                        if tok & META_TOKEN != 0 {
+                            let slot = (tok & !META_TOKEN) as u32;
+                            if st == DevStatus::NoMem {
+                                meta_retry.push_back(slot);
+                            } else {
+                                let s = meta_slots[slot as usize].take().expect("meta slot");
+                                meta_done.push_back((s.id, st == DevStatus::Success));
+                            }
+                        } else {
+                            let ct = tokens[tok as usize].take().expect("child token");
+                            free_tokens.push(tok as u32);
+                            engine.child_done(ct, child_status(st));
+                        }
+                    });
+                    progress |= n > 0;
+                }
+            }
+            while let Some(io) = self.backlog.pop_front() {
+                match self.engine.submit(io) {
+                    Ok(()) => progress = true,
+                    Err(Busy(io)) => {
+                        self.backlog.push_front(io);
+                        break;
+                    }
+                }
+            }
+            if !self.engine.is_idle() {
+                self.engine.poll();
+            }
+            while let Some(a) = self.engine.poll_action() {
+                progress = true;
+                self.act(r, a);
+            }
+            if !self.meta_retry.is_empty() {
+                self.submit_meta_writes(r);
+            }
+            if !progress {
+                break;
+            }
+            work = true;
+        }
+        work
+    }
+
+    fn act(&mut self, r: &mut Reactor, a: Action<AlignedBuf>) {
+        match a {
+            Action::Submit(io) => {
+                let m = io.member as usize;
+                let Some(dev) = self.members.get_mut(m).and_then(|d| d.as_mut()) else {
+                    self.engine.child_done(io.token, ChildStatus::Error);
+                    return;
+                };
+                let Some(slot) = self.free_tokens.pop() else {
+                    self.engine.child_done(io.token, ChildStatus::NoMem);
+                    return;
+                };
+                self.tokens[slot as usize] = Some(io.token);
+                let data = self.engine.child_data(io.buf);
+                // SAFETY: the engine keeps a child's buffer (part of a
+                // parent's or a stripe context's `AlignedBuf`, whose heap
+                // memory never moves) in place and untouched until
+                // `child_done` for it, which we call only after the device
+                // reports the I/O (or refuses it below). Mirror writes may
+                // share the memory; devices only read it then.
+                let buf = unsafe { DevBuf::new(data.as_mut_ptr(), data.len()) };
+                let dio = DevIo {
+                    op: dev_op(io.op),
+                    lba: io.lba + self.data_offset,
+                    blocks: io.blocks,
+                    fua: io.fua,
+                    buf,
+                    token: slot as u64,
+                };
+                if dev.submit(r, dio).is_err() {
+                    self.tokens[slot as usize] = None;
+                    self.free_tokens.push(slot);
+                    self.engine.child_done(io.token, ChildStatus::NoMem);
+                }
+            }
+            Action::Complete { tag, status, buf } => {
+                let (d, user_tag) = self.parents[tag as usize]
+                    .take()
+                    .expect("completion of an unknown parent");
+                self.free_parents.push(tag as u32);
+                self.done.push_back((d, user_tag, status, buf));
+            }
+            Action::Meta(req) => {
+                let key = self.meta_key;
+                self.rt.send(self.meta_reactor, move |r| {
+                    meta_with(r, key, |m| m.path.request(req));
+                });
+            }
+        }
+    }
+
+    /// Queue a metadata write (on the metadata reactor).
+    fn meta_write(&mut self, r: &mut Reactor, w: MetaWrite, bs: u64) -> Result<(), u64> {
+        let m = w.member as usize;
+        if self.members.get(m).is_none_or(|d| d.is_none())
+            || !w.offset.is_multiple_of(bs)
+            || w.data.is_empty()
+            || !(w.data.len() as u64).is_multiple_of(bs)
+        {
+            return Err(w.id);
+        }
+        let slot = MetaSlot {
+            id: w.id,
+            member: w.member,
+            lba: w.offset / bs,
+            blocks: w.data.len() as u64 / bs,
+            fua: w.fua,
+            buf: AlignedBuf::from_slice(&w.data),
+        };
+        let idx = match self.meta_slots.iter().position(|s| s.is_none()) {
+            Some(i) => {
+                self.meta_slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.meta_slots.push(Some(slot));
+                self.meta_slots.len() - 1
+            }
+        };
+        self.meta_retry.push_back(idx as u32);
+        self.submit_meta_writes(r);
+        Ok(())
+    }
+
+    fn submit_meta_writes(&mut self, r: &mut Reactor) {
+        let n = self.meta_retry.len();
+        for _ in 0..n {
+            let Some(idx) = self.meta_retry.pop_front() else {
+                break;
+            };
+            let s = self.meta_slots[idx as usize]
+                .as_mut()
+                .expect("meta slot in use");
+            let data = s.buf.as_mut();
+            // SAFETY: the slot owns the buffer and keeps it, untouched, until
+            // the device reports this write (the slot is freed only then).
+            let buf = unsafe { DevBuf::new(data.as_mut_ptr(), data.len()) };
+            let io = DevIo {
+                op: DevOp::Write,
+                lba: s.lba,
+                blocks: s.blocks,
+                fua: s.fua,
+                buf,
+                token: META_TOKEN | idx as u64,
+            };
+            let dev = self.members[s.member as usize]
+                .as_mut()
+                .expect("checked member");
+            if dev.submit(r, io).is_err() {
+                self.meta_retry.push_back(idx);
+            }
+        }
+    }
+}
+
+// ----- metadata reactor -------------------------------------------------
+
+/// How often the metadata path's `tick` runs.
+const META_TICK: Duration = Duration::from_millis(10);
+
+struct MetaHost {
+    array: Arc<Array>,
+    path: Box<dyn MetaPath>,
+    tick: Option<PollerId>,
+}
+
+fn install_meta(r: &mut Reactor, array: Arc<Array>, path: Box<dyn MetaPath + Send>) {
+    let key = array.meta_key;
+    let host = Rc::new(RefCell::new(MetaHost {
+        array,
+        path,
+        tick: None,
+    }));
+    let pid = r.register_timed_poller(META_TICK, move |r: &mut Reactor| {
+        let now = r.now();
+        meta_with(r, key, |m| m.path.tick(now));
+        false
+    });
+    host.borrow_mut().tick = Some(pid);
+    r.set_local(key, host);
+    meta_pump(r, key);
+}
+
+fn uninstall_meta(r: &mut Reactor, a: &Arc<Array>) {
+    if let Some(h) = r.local::<RefCell<MetaHost>>(a.meta_key) {
+        if let Some(p) = h.borrow_mut().tick.take() {
+            r.unregister_poller(p);
+        }
+        r.remove_local(a.meta_key);
+    }
+}
+
+/// Run `f` on the metadata path of `key` (if it is on this reactor), then
+/// carry out what it asks for.
+fn meta_with(r: &mut Reactor, key: u64, f: impl FnOnce(&mut MetaHost)) {
+    let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
+        tracing::warn!("metadata path {key} is not on reactor {}", r.id());
+        return;
+    };
+    f(&mut h.borrow_mut());
+    meta_pump(r, key);
+}
+
+fn meta_pump(r: &mut Reactor, key: u64) {
+    let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
+        return;
+    };
+    loop {
+        let (out, array) = {
+            let mut m = h.borrow_mut();
+            (m.path.poll_output(), m.array.clone())
+        };
+        let Some(out) = out else { break };
+        let id = array.id;
+        match out {
+            MetaOutput::Broadcast(s) => {
+                array.publish(&s);
+                let s2 = s.clone();
+                r.runtime().for_each(
+                    Arc::new(move |r: &mut Reactor| {
+                        if let Some(l) = r.local::<ArrayLocal>(id) {
+                            l.ch.borrow_mut().engine.apply_state(s2.clone());
+                        }
+                    }),
+                    r.id(),
+                    move |r| meta_with(r, key, |m| m.path.applied(&s)),
+                );
+            }
+            MetaOutput::Release(s) => {
+                let s2 = s.clone();
+                r.runtime().for_each(
+                    Arc::new(move |r: &mut Reactor| {
+                        if let Some(l) = r.local::<ArrayLocal>(id) {
+                            l.ch.borrow_mut().engine.release(s2.clone());
+                        }
+                    }),
+                    r.id(),
+                    move |r| meta_with(r, key, |m| m.path.released(&s)),
+                );
+            }
+            MetaOutput::Write(w) => {
+                let bs = array.block_size() as u64;
+                let res = match r.local::<ArrayLocal>(id) {
+                    Some(l) => l.ch.borrow_mut().meta_write(r, w, bs),
+                    None => Err(w.id),
+                };
+                if let Err(wid) = res {
+                    h.borrow_mut().path.write_done(wid, false);
+                }
+            }
+        }
+    }
+}

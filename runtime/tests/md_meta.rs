@@ -1,0 +1,117 @@
+//! The real metadata path (`bdev_raid::meta::Meta`) on the host: dirty and
+//! failure superblocks land on the members, clean on stop.
+
+mod common;
+
+use std::sync::Arc;
+
+use bdev_raid::channel::IoStatus;
+use bdev_raid::layout::Level;
+use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaConfig};
+use bdev_raid::ondisk::{DevRole, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
+use bdev_raid::state::MemberState;
+use common::*;
+use mdraid_runtime::dev::error::{ErrorDevice, ErrorIoType, ErrorType, InjectOpts};
+use mdraid_runtime::dev::malloc::MallocDevice;
+use mdraid_runtime::{Array, ArrayParams, DevOp, Device, MdMeta, MetaPath, Mode, Runtime};
+
+const MEMBER_BLOCKS: u64 = 8192; // 4 MiB of 512-byte blocks
+const DATA_OFFSET: u64 = 2048; // sectors, as mdadm
+
+fn superblock(rt: &Runtime, d: &Arc<dyn Device>) -> Superblock {
+    let bs = d.block_size() as u64;
+    let (s, data) = dev_io(
+        rt,
+        0,
+        d,
+        DevOp::Read,
+        SB_OFFSET_BYTES / bs,
+        SB_BLOCK_BYTES as u64 / bs,
+        None,
+    );
+    assert_eq!(s, mdraid_runtime::DevStatus::Success);
+    Superblock::decode(&data, MEMBER_BLOCKS).expect("a valid md superblock")
+}
+
+#[test]
+fn md_superblocks_on_members() {
+    let _g = serial();
+    let rt = start(&[0, 1], Mode::Interrupt);
+    let m0: Arc<dyn Device> = MallocDevice::new("sb0", MEMBER_BLOCKS, 512, None).unwrap();
+    let m1: Arc<dyn Device> = MallocDevice::new("sb1", MEMBER_BLOCKS, 512, None).unwrap();
+    let ee = ErrorDevice::new(m0.clone(), None);
+    let members: Vec<Arc<dyn Device>> = vec![ee.clone(), m1.clone()];
+    let mut p = ArrayParams::new("md1", Level::Raid1, 0, members.clone());
+    p.data_offset_blocks = DATA_OFFSET;
+    p.meta_reactor = 1;
+    let uuids: Vec<[u8; 16]> = members.iter().map(|d| d.uuid().0).collect();
+    let a = Array::create_with_meta(&rt, p, move |init| {
+        let sbs = create_superblocks(
+            &init.geom,
+            &CreateParams {
+                set_uuid: [7; 16],
+                name: "md1",
+                device_uuids: uuids,
+                member_sectors: vec![MEMBER_BLOCKS; 2],
+                data_offset: DATA_OFFSET,
+                now_secs: 1,
+            },
+        );
+        let meta = Meta::new(
+            init.geom,
+            init.shared,
+            init.state,
+            sbs.into_iter().map(Some).collect(),
+            MetaConfig {
+                safemode_ms: 20,
+                ..MetaConfig::default()
+            },
+            0,
+        );
+        Box::new(MdMeta::new(meta)) as Box<dyn MetaPath + Send>
+    })
+    .unwrap();
+    let bs = 512;
+
+    // The first write marks the superblocks dirty before it is issued.
+    let got = run_batch(&rt, 0, &a, vec![Req::write(1, 0, pattern(1, 8 * bs), bs)]);
+    assert_eq!(got[0].status, IoStatus::Success);
+    for d in [&m0, &m1] {
+        let sb = superblock(&rt, d);
+        assert!(
+            !sb.is_clean(),
+            "{}: not marked dirty before the write",
+            d.name()
+        );
+    }
+    let (_, data) = dev_io(&rt, 0, &m1, DevOp::Read, DATA_OFFSET, 8, None);
+    assert!(data == pattern(1, 8 * bs), "data not at the data offset");
+
+    // Member 0 fails a write: the write succeeds only after the survivor's
+    // superblock records it faulty.
+    ee.inject_error(&InjectOpts::new(
+        ErrorIoType::All,
+        ErrorType::Failure,
+        u32::MAX,
+    ))
+    .unwrap();
+    let before = superblock(&rt, &m1).events;
+    let got = run_batch(&rt, 1, &a, vec![Req::write(2, 8, pattern(2, 8 * bs), bs)]);
+    assert_eq!(got[0].status, IoStatus::Success);
+    let sb = superblock(&rt, &m1);
+    assert!(sb.events > before, "failure not committed to the survivor");
+    assert_eq!(sb.dev_roles[0], DevRole::Faulty);
+    assert_eq!(a.state().members[0], MemberState::Faulty);
+
+    // Stop: the metadata path marks the survivor clean.
+    a.stop(DEADLINE).unwrap();
+    let sb = superblock(&rt, &m1);
+    assert!(
+        sb.is_clean(),
+        "not marked clean on stop: events {} resync {:#x} state {:?}",
+        sb.events,
+        sb.resync_offset,
+        a.state()
+    );
+    assert!(rt.shutdown(DEADLINE).drained);
+}
