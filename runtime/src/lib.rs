@@ -15,6 +15,7 @@ pub mod array;
 pub mod buf;
 pub mod cores;
 pub mod dev;
+pub mod export;
 pub mod meta;
 pub mod reactor;
 pub mod uring;
