@@ -36,19 +36,26 @@ fn sweep() {
     });
     let mut levels = std::collections::BTreeMap::new();
     let mut failures = Vec::new();
-    let (mut faults, mut blocks) = (0, 0);
+    let (mut faults, mut blocks, mut crashes, mut sbw, mut refused) = (0, 0, 0, 0, 0);
     for (seed, level, r) in &results {
         *levels.entry(level.name()).or_insert(0) += 1;
         match r {
             Ok(o) => {
                 faults += o.child_errors;
                 blocks += o.blocks_verified;
+                crashes += o.crashes;
+                sbw += o.superblock_writes;
+                refused += u64::from(o.ended_by_refusal.is_some());
             }
             Err(v) => failures.push(format!("{v}")),
         }
         let _ = seed;
     }
-    println!("sweep: {seeds} seeds x {ops} ops; levels {levels:?}; {faults} child errors injected; {blocks} blocks verified");
+    println!(
+        "sweep: {seeds} seeds x {ops} ops; levels {levels:?}; {faults} child errors injected; \
+         {crashes} crashes; {sbw} superblock writes; {refused} runs ended at an assembly md refuses too; \
+         {blocks} blocks verified"
+    );
     for f in &failures {
         println!("{f}");
     }
@@ -59,4 +66,5 @@ fn sweep() {
     );
     assert_eq!(levels.len(), 7, "every level must be covered");
     assert!(faults > 0, "the sweep injected no faults");
+    assert!(crashes > 0, "the sweep crashed nothing");
 }
