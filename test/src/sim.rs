@@ -8,7 +8,7 @@ use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChildIo, ChildOp, ChildStatus, IoStatus, IoType, MetaRequest, ParentIo,
 };
-use bdev_raid::layout::{Geometry, Level};
+use bdev_raid::layout::{Geometry, Level, StripeMap};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
 use bdev_raid::ondisk::{Superblock, SB_OFFSET_BYTES};
 use bdev_raid::state::{ArrayState, MemberState, Shared};
@@ -886,21 +886,11 @@ impl<'a> Sim<'a> {
             for s in 0..g.stripes() {
                 let map = g.stripe(s);
                 let at = off + map.member_lba as usize * bs;
-                let mut order = vec![vec![0u8; strip]; map.ndata];
-                for i in 0..map.ndata {
-                    let m = map.data[i] as usize;
-                    order[map.q_slot[i] as usize]
-                        .copy_from_slice(&self.members[m].data[at..at + strip]);
-                    debug_assert!(alive(m), "dirty degraded parity is refused at assembly");
-                }
-                let refs: Vec<&[u8]> = order.iter().map(|v| &v[..]).collect();
-                let mut p = vec![0u8; strip];
-                let mut q = vec![0u8; strip];
-                if map.q.is_some() {
-                    bdev_raid::parity::gen_pq(&refs, &mut p, &mut q);
-                } else {
-                    bdev_raid::parity::xor_gen(&mut p, &refs);
-                }
+                debug_assert!(
+                    (0..map.ndata).all(|i| alive(map.data[i] as usize)),
+                    "dirty degraded parity is refused at assembly"
+                );
+                let (p, q) = self.parity_of(&map, at, strip);
                 self.members[map.p as usize].data[at..at + strip].copy_from_slice(&p);
                 if let Some(qm) = map.q {
                     self.members[qm as usize].data[at..at + strip].copy_from_slice(&q);
@@ -1194,6 +1184,24 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// P and Q (Q empty for raid4/5) of the data strips of `map` at byte
+    /// `at` of every member, `strip` bytes each.
+    fn parity_of(&self, map: &StripeMap, at: usize, strip: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut order = vec![&[][..]; map.ndata];
+        for i in 0..map.ndata {
+            order[map.q_slot[i] as usize] =
+                &self.members[map.data[i] as usize].data[at..at + strip];
+        }
+        let mut p = vec![0u8; strip];
+        let mut q = vec![0u8; strip];
+        if map.q.is_some() {
+            bdev_raid::parity::gen_pq(&order, &mut p, &mut q);
+        } else {
+            bdev_raid::parity::xor_gen(&mut p, &order);
+        }
+        (p, q)
+    }
+
     /// Copies and parity agree on every member still in service.
     fn check_members(&self) -> Result<(), String> {
         let g = &self.geom;
@@ -1215,17 +1223,7 @@ impl<'a> Sim<'a> {
                 }
                 let at = off + map.member_lba as usize * bs;
                 let strip_of = |m: usize| &self.members[m].data[at..at + strip];
-                let mut order = vec![&[][..]; map.ndata];
-                for i in 0..map.ndata {
-                    order[map.q_slot[i] as usize] = strip_of(map.data[i] as usize);
-                }
-                let mut p = vec![0u8; strip];
-                let mut q = vec![0u8; strip];
-                if map.q.is_some() {
-                    bdev_raid::parity::gen_pq(&order, &mut p, &mut q);
-                } else {
-                    bdev_raid::parity::xor_gen(&mut p, &order);
-                }
+                let (p, q) = self.parity_of(&map, at, strip);
                 if p != strip_of(map.p as usize) {
                     return Err(format!("stripe {s}: P on member {} is stale", map.p));
                 }
