@@ -247,6 +247,7 @@ pub fn assemble(
         .collect();
     let state = ArrayState {
         events: fresh.events,
+        seq: 0,
         members,
         offline: false,
         writable: false,

@@ -139,9 +139,10 @@ pub enum MetaRequest {
     MemberFailed { member: u16, events: u64 },
     /// Writes are waiting: mark the array dirty and make it writable.
     MarkDirty { channel: u16 },
-    /// In the not-writable state of `events`, this channel has no write in
-    /// flight (the metadata path may mark the array clean once all are).
-    WritesIdle { channel: u16, events: u64 },
+    /// In the not-writable state of publication `seq`, this channel has no
+    /// write in flight (the metadata path may mark the array clean once all
+    /// channels said so for the same publication).
+    WritesIdle { channel: u16, seq: u64 },
 }
 
 /// What the host must do next.
@@ -377,7 +378,8 @@ pub struct Channel<B: IoBuf> {
     dirty_requested: bool,
     /// Write parents issued (past the dirty gate) and not completed.
     writes_in_flight: u32,
-    /// Events of the last not-writable state this channel reported idle in.
+    /// Publication of the last not-writable state this channel reported idle
+    /// in.
     idle_reported: Option<u64>,
     stats: ChannelStats,
     member_stats: Vec<MemberStats>,
@@ -657,13 +659,13 @@ impl<B: IoBuf> Channel<B> {
     fn maybe_report_idle(&mut self) {
         if !self.state.writable
             && self.writes_in_flight == 0
-            && self.idle_reported != Some(self.state.events)
+            && self.idle_reported != Some(self.state.seq)
         {
-            self.idle_reported = Some(self.state.events);
+            self.idle_reported = Some(self.state.seq);
             self.actions
                 .push_back(Action::Meta(MetaRequest::WritesIdle {
                     channel: self.index as u16,
-                    events: self.state.events,
+                    seq: self.state.seq,
                 }));
         }
     }
@@ -671,8 +673,8 @@ impl<B: IoBuf> Channel<B> {
     /// A broadcast from the metadata path.
     pub fn apply_state(&mut self, state: Arc<ArrayState>) {
         assert!(
-            state.events >= self.state.events,
-            "state broadcast went back in events"
+            state.events >= self.state.events && state.seq >= self.state.seq,
+            "state broadcast went back in events or publication"
         );
         self.state = state;
         if self.state.offline {
@@ -681,9 +683,6 @@ impl<B: IoBuf> Channel<B> {
             }
         } else if self.state.writable {
             self.dirty_requested = false;
-            // The next not-writable state needs a fresh report, even at the
-            // same events (a drain the metadata path called off).
-            self.idle_reported = None;
             while let Some(slot) = self.dirty_wait.pop_front() {
                 self.start(slot);
             }

@@ -91,8 +91,11 @@ pub struct MetaStatus {
 enum Quiesce {
     /// Writable (or writes just resumed).
     Open,
-    /// Not writable; waiting for every channel to report no write in flight.
-    Draining { events: u64, idle: u64 },
+    /// Not writable since publication `seq`; waiting for every channel to
+    /// report no write in flight in that publication. (Events alone would
+    /// not do: a drain called off and begun again keeps the events, and a
+    /// late report from the first drain must not count for the second.)
+    Draining { seq: u64, idle: u64 },
 }
 
 struct Commit {
@@ -164,7 +167,7 @@ impl Meta {
         let quiesce = if disk_dirty && !state.writable {
             // Dirty on disk and not writable: drain (trivially) towards clean.
             Quiesce::Draining {
-                events: state.events,
+                seq: state.seq,
                 idle: 0,
             }
         } else {
@@ -263,11 +266,11 @@ impl Meta {
                     self.want_clean = false;
                 }
             }
-            MetaRequest::WritesIdle { channel, events } => {
-                if let Quiesce::Draining { events: e, idle } = self.quiesce {
-                    if e == events {
+            MetaRequest::WritesIdle { channel, seq } => {
+                if let Quiesce::Draining { seq: q, idle } = self.quiesce {
+                    if q == seq {
                         let idle = idle | 1 << channel;
-                        self.quiesce = Quiesce::Draining { events: e, idle };
+                        self.quiesce = Quiesce::Draining { seq: q, idle };
                         let all = (1u64 << self.shared.channels()) - 1;
                         if idle & all == all && !self.want_dirty {
                             self.want_clean = true;
@@ -348,13 +351,13 @@ impl Meta {
             && !self.want_dirty
             && (self.shutting_down || idle)
         {
-            self.quiesce = Quiesce::Draining {
-                events: self.state.events,
-                idle: 0,
-            };
             let mut s = (*self.state).clone();
             s.writable = false;
             self.publish(s);
+            self.quiesce = Quiesce::Draining {
+                seq: self.state.seq,
+                idle: 0,
+            };
             return;
         }
         if self.want_dirty && !self.disk_dirty && self.pending_fail == 0 {
@@ -379,7 +382,8 @@ impl Meta {
         }
     }
 
-    fn publish(&mut self, s: ArrayState) {
+    fn publish(&mut self, mut s: ArrayState) {
+        s.seq = self.state.seq + 1;
         let s = Arc::new(s);
         self.state = s.clone();
         self.actions.push_back(MetaAction::Broadcast(s));
@@ -546,17 +550,18 @@ impl Meta {
         if !c.dirty {
             self.want_clean = false;
         }
-        if !c.target.writable && c.dirty {
+        let draining = !c.target.writable && c.dirty;
+        self.publish(c.target);
+        if draining {
             // Still draining towards clean: wait for idle reports in the
-            // new state's events.
+            // new publication.
             if let Quiesce::Draining { .. } = self.quiesce {
                 self.quiesce = Quiesce::Draining {
-                    events: c.target.events,
+                    seq: self.state.seq,
                     idle: 0,
                 };
             }
         }
-        self.publish(c.target);
     }
 }
 
@@ -865,7 +870,7 @@ mod tests {
         assert!(t.writes.is_empty(), "clean only once channels drained");
         t.meta.request(MetaRequest::WritesIdle {
             channel: 0,
-            events: s.events,
+            seq: s.seq,
         });
         t.pump();
         assert_eq!(t.decoded(1).resync_offset, u64::MAX);

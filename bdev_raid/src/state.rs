@@ -32,6 +32,9 @@ impl MemberState {
 pub struct ArrayState {
     /// md's `events` at which this snapshot was committed.
     pub events: u64,
+    /// Publication number: every state the metadata path broadcasts has a
+    /// higher one (several can share `events`, e.g. writable on and off).
+    pub seq: u64,
     /// One entry per role.
     pub members: Vec<MemberState>,
     /// No member holding some of the data is left: all I/O fails.
@@ -50,6 +53,7 @@ impl ArrayState {
         assert!(members <= MAX_MEMBERS, "too many members");
         ArrayState {
             events: 0,
+            seq: 0,
             members: vec![MemberState::InSync; members],
             offline: false,
             writable: false,

@@ -161,7 +161,7 @@ impl Array {
         assert!(!s.writable);
         self.meta.request(MetaRequest::WritesIdle {
             channel: 0,
-            events: s.events,
+            seq: s.seq,
         });
         self.run();
         assert!(self.meta.is_clean());
