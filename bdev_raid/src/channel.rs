@@ -35,6 +35,12 @@ pub enum IoType {
     Unmap,
     WriteZeroes,
     Reset,
+    /// Make the copies or parity of `[lba, lba+blocks)` agree again (resync
+    /// after an unclean shutdown), fenced from user I/O by the range and
+    /// stripe locks. Mirrored levels pass the data through `buf` (`blocks *
+    /// block_size` bytes); parity levels rewrite P/Q from the data of whole
+    /// stripes touching the range. Levels without redundancy do nothing.
+    Resync,
 }
 
 impl IoType {
@@ -42,7 +48,10 @@ impl IoType {
         !matches!(self, IoType::Flush | IoType::Reset)
     }
     fn writes(self) -> bool {
-        matches!(self, IoType::Write | IoType::Unmap | IoType::WriteZeroes)
+        matches!(
+            self,
+            IoType::Write | IoType::Unmap | IoType::WriteZeroes | IoType::Resync
+        )
     }
 }
 
@@ -201,6 +210,8 @@ pub struct ChannelStats {
     pub rcw: u64,
     pub full_stripe: u64,
     pub reconstruct_reads: u64,
+    /// Parity units rewritten by resync.
+    pub resync_units: u64,
     pub waits_for_resources: u64,
     pub waits_for_stripe: u64,
     pub nomem_retries: u64,
@@ -254,6 +265,8 @@ enum ChildKind {
         blocks: u64,
         bad: u64,
         locked: bool,
+        /// A resync read: once read, write it to every other live copy.
+        resync: bool,
     },
     /// Rewrite of a piece on members that failed to read it.
     MirrorFix { lba: u64, blocks: u64, todo: u64 },
@@ -296,6 +309,8 @@ enum UnitKind {
     Write { cov: u64 },
     /// Reconstruct data strip `target` for a read; rewrite `fix` if set.
     Recon { target: usize, fix: Option<u16> },
+    /// Rewrite P (and Q) from the data (resync).
+    Resync,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -578,7 +593,8 @@ impl<B: IoBuf> Channel<B> {
                     .lba
                     .checked_add(io.blocks)
                     .is_none_or(|e| e > self.geom.array_blocks())))
-            || (matches!(io.op, IoType::Read | IoType::Write)
+            || ((matches!(io.op, IoType::Read | IoType::Write)
+                || (io.op == IoType::Resync && self.geom.copies() > 1))
                 && io
                     .buf
                     .as_ref()
@@ -971,7 +987,7 @@ impl<B: IoBuf> Channel<B> {
 
     fn parent_buf(&self, slot: u32, lba: u64, blocks: u64) -> ChildBuf {
         let p = self.parents[slot as usize].as_ref().unwrap();
-        if p.buf.is_none() || !matches!(p.op, IoType::Read | IoType::Write) {
+        if p.buf.is_none() || !matches!(p.op, IoType::Read | IoType::Write | IoType::Resync) {
             return ChildBuf::None;
         }
         ChildBuf::Parent {
@@ -989,6 +1005,9 @@ impl<B: IoBuf> Channel<B> {
         };
         match op {
             IoType::Flush | IoType::Reset => self.dispatch_all_members(slot, op),
+            IoType::Resync if !self.geom.level().is_parity() && self.geom.copies() == 1 => {
+                Step::Done
+            }
             _ if !self.geom.level().is_parity() => self.dispatch_mapped(slot, op, lba + blocks),
             IoType::Read => self.dispatch_parity_read(slot, lba + blocks),
             _ => self.dispatch_parity_write(slot, lba + blocks),
@@ -1059,10 +1078,40 @@ impl<B: IoBuf> Channel<B> {
                         blocks: m.len,
                         bad: 0,
                         locked: false,
+                        resync: false,
                     },
                 );
                 self.parents[slot as usize].as_mut().unwrap().pending += 1;
                 self.mirror_read_next(slot, c);
+            } else if op == IoType::Resync {
+                let live = m
+                    .copies()
+                    .iter()
+                    .filter(|l| dead & bit(l.member as usize) == 0)
+                    .count();
+                if live >= 2 {
+                    // Read one copy and write it over the others, all under
+                    // the range lock user writes take.
+                    if self.free_children.is_empty() {
+                        return Step::WaitPool;
+                    }
+                    let k = self.range_lock(cursor).expect("copies > 1");
+                    if !self.shared.locks.try_lock(k) {
+                        return Step::WaitLock;
+                    }
+                    let c = self.alloc_child(
+                        Owner::Parent(slot),
+                        ChildKind::MirrorRead {
+                            lba: cursor,
+                            blocks: m.len,
+                            bad: 0,
+                            locked: true,
+                            resync: true,
+                        },
+                    );
+                    self.parents[slot as usize].as_mut().unwrap().pending += 1;
+                    self.mirror_read_next(slot, c);
+                }
             } else {
                 let live: u64 = m
                     .copies()
@@ -1141,6 +1190,7 @@ impl<B: IoBuf> Channel<B> {
             blocks,
             bad,
             locked,
+            ..
         } = self.children[c as usize].kind
         else {
             unreachable!()
@@ -1193,6 +1243,7 @@ impl<B: IoBuf> Channel<B> {
                 blocks,
                 bad,
                 locked: false,
+                resync,
             } = self.children[c as usize].kind
             else {
                 unreachable!()
@@ -1207,6 +1258,7 @@ impl<B: IoBuf> Channel<B> {
                     blocks,
                     bad,
                     locked: true,
+                    resync,
                 };
                 let Owner::Parent(slot) = self.children[c as usize].owner else {
                     unreachable!()
@@ -1250,8 +1302,20 @@ impl<B: IoBuf> Channel<B> {
                 blocks,
                 bad,
                 locked,
+                resync,
             } => {
-                if ok {
+                if ok && resync {
+                    // Write what was read over every other live copy.
+                    let todo = self
+                        .geom
+                        .map(lba, blocks)
+                        .copies()
+                        .iter()
+                        .fold(0, |a, l| a | bit(l.member as usize))
+                        & !bit(member as usize);
+                    self.children[c as usize].kind = ChildKind::MirrorFix { lba, blocks, todo };
+                    self.mirror_fix_next(slot, c);
+                } else if ok {
                     if bad != 0 {
                         debug_assert!(locked);
                         self.stats.read_errors_corrected += 1;
@@ -1270,6 +1334,7 @@ impl<B: IoBuf> Channel<B> {
                         blocks,
                         bad: bad | bit(member as usize),
                         locked,
+                        resync,
                     };
                     self.mirror_read_next(slot, c);
                 }
@@ -1452,16 +1517,46 @@ impl<B: IoBuf> Channel<B> {
         }
     }
 
+    /// Resync units: every row granule of every stripe that `[.., end)`
+    /// touches, from `(stripe, row)` on.
+    fn next_resync_unit(
+        &self,
+        end: u64,
+        mut stripe: u64,
+        mut row: u64,
+    ) -> Option<(u64, u64, u64, u64)> {
+        let strip = self.geom.strip_blocks();
+        if row >= strip {
+            stripe += 1;
+            row = 0;
+        }
+        if stripe * self.geom.stripe_data_blocks() >= end {
+            return None;
+        }
+        Some((stripe, row, self.max_rows.min(strip - row), 0))
+    }
+
     fn dispatch_parity_write(&mut self, slot: u32, end: u64) -> Step {
         loop {
             let (lba, s, r) = {
                 let p = self.parents[slot as usize].as_ref().unwrap();
                 (p.lba, p.cursor_stripe, p.cursor_row)
             };
-            let Some((stripe, row, rows, cov)) = self.next_write_unit(lba, end, s, r) else {
+            let resync = self.parents[slot as usize].as_ref().unwrap().op == IoType::Resync;
+            let next = if resync {
+                self.next_resync_unit(end, s, r)
+            } else {
+                self.next_write_unit(lba, end, s, r)
+            };
+            let Some((stripe, row, rows, cov)) = next else {
                 return Step::Done;
             };
-            let started = self.try_start_unit(slot, stripe, row, rows, UnitKind::Write { cov });
+            let kind = if resync {
+                UnitKind::Resync
+            } else {
+                UnitKind::Write { cov }
+            };
+            let started = self.try_start_unit(slot, stripe, row, rows, kind);
             let p = self.parents[slot as usize].as_mut().unwrap();
             p.cursor_stripe = stripe;
             p.cursor_row = row;
@@ -1544,6 +1639,15 @@ impl<B: IoBuf> Channel<B> {
         let dead_r = dead_w | u.bad;
         let missing = |want: u64| want & !u.have;
         match u.kind {
+            UnitKind::Resync => {
+                // Read every data strip; parity is recomputed, not read.
+                let reads = all_data & !dead_r;
+                if missing(reads) != 0 {
+                    Plan::Read(missing(reads))
+                } else {
+                    Plan::Go(Method::Rcw)
+                }
+            }
             UnitKind::Recon { target, .. } => {
                 let unknown = ((all_data | par) & dead_r) | bit(map.data[target] as usize);
                 if unknown.count_ones() > nparity {
@@ -1734,6 +1838,20 @@ impl<B: IoBuf> Channel<B> {
         let p_off =
             |i: usize| ((u.stripe * sdb + i as u64 * strip + u.row - parent.lba) * bs) as usize;
         match u.kind {
+            UnitKind::Resync => {
+                if all_data & dead_r != 0 {
+                    // Degraded: parity cannot be recomputed (recovery's job).
+                    return 0;
+                }
+                let mut data: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
+                let (pq, rest) = take_parity(&mut regs, &map);
+                for s in 0..map.ndata {
+                    data[s] = &*rest[map.data[by_slot[s]] as usize];
+                }
+                gen_into(pq, &data[..map.ndata]);
+                stats.resync_units += 1;
+                par & !dead_w
+            }
             UnitKind::Recon { target, fix } => {
                 let unknown = ((all_data | par) & dead_r) | bit(map.data[target] as usize);
                 recover(&mut regs, &map, unknown);
@@ -2165,6 +2283,54 @@ mod tests {
         h.finish_all();
         assert_eq!(h.ch.stats().full_stripe, 1);
         assert!(h.done.iter().all(|d| d.1 == IoStatus::Success));
+    }
+
+    #[test]
+    fn resync_makes_copies_and_parity_agree() {
+        // raid1: member 1 holds other bytes than member 0.
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        h.members[0][..8 * 512].fill(0x11);
+        h.members[1][..8 * 512].fill(0x22);
+        let io = ParentIo {
+            tag: 1,
+            op: IoType::Resync,
+            lba: 0,
+            blocks: 8,
+            fua: false,
+            buf: Some(vec![0; 8 * 512]),
+        };
+        assert!(h.ch.submit(io).is_ok());
+        h.pump();
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        assert_eq!(h.members[0][..8 * 512], h.members[1][..8 * 512]);
+        // raid5: scribble on the parity of stripe 0, resync rewrites it.
+        let mut h = Host::new(Level::Raid5, 3, ChannelConfig::default());
+        for (m, v) in [(0usize, 3u8), (1, 5), (2, 9)] {
+            h.members[m][..8 * 512].fill(v);
+        }
+        let io = ParentIo {
+            tag: 2,
+            op: IoType::Resync,
+            lba: 0,
+            blocks: 1,
+            fua: false,
+            buf: None,
+        };
+        assert!(h.ch.submit(io).is_ok());
+        h.pump();
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        let map = h.ch.geometry().stripe(0);
+        let (d0, d1) = (map.data[0] as usize, map.data[1] as usize);
+        for b in 0..8 * 512 {
+            assert_eq!(
+                h.members[map.p as usize][b],
+                h.members[d0][b] ^ h.members[d1][b],
+                "byte {b}"
+            );
+        }
+        assert_eq!(h.ch.stats().resync_units, 1);
     }
 
     #[test]

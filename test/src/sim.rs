@@ -53,6 +53,8 @@ pub struct Outcome {
     pub read_errors_corrected: u64,
     pub pool_waits: u64,
     pub crashes: u64,
+    /// Whole-array resyncs the engine completed after dirty assemblies.
+    pub resyncs: u64,
     pub superblock_writes: u64,
     /// The run ended at an assembly md also refuses (dirty and degraded
     /// parity, or too few members left).
@@ -149,6 +151,10 @@ struct Sim<'a> {
     last_done: u64,
     crashes_left: u32,
     faults_on: bool,
+    /// Next array block the resync will submit, while one runs.
+    resync_at: Option<u64>,
+    /// Tag of the resync window in flight.
+    resync_tag: Option<u64>,
     out: Outcome,
 }
 
@@ -252,6 +258,8 @@ impl<'a> Sim<'a> {
             last_done: 0,
             crashes_left: sc.crashes,
             faults_on: true,
+            resync_at: None,
+            resync_tag: None,
             out: Outcome::default(),
             geom,
         }
@@ -318,8 +326,11 @@ impl<'a> Sim<'a> {
 
     fn describe(&self) -> String {
         format!(
-            "{} children in flight; meta {}; inbox {}; channels: {}",
+            "{} children in flight; members {:?}; resync at {:?}; crashes {}; meta {}; inbox {}; channels: {}",
             self.inflight.len(),
+            self.state().members,
+            self.resync_at,
+            self.out.crashes,
             self.arr.meta.describe(),
             self.arr.meta_inbox.len(),
             self.arr
@@ -344,6 +355,7 @@ impl<'a> Sim<'a> {
                     self.describe()
                 ));
             }
+            self.drive_resync()?;
             let r = self.rng.below(100);
             if submitted < self.sc.ops && r < 35 {
                 let ch = self.rng.below(self.sc.channels as u64) as usize;
@@ -377,7 +389,8 @@ impl<'a> Sim<'a> {
 
     /// Nothing left anywhere.
     fn quiet(&self) -> bool {
-        self.parents.is_empty()
+        self.resync_at.is_none()
+            && self.parents.is_empty()
             && self.inflight.is_empty()
             && self.arr.meta_inbox.is_empty()
             && self.arr.bcast.iter().all(|q| q.is_empty())
@@ -425,6 +438,77 @@ impl<'a> Sim<'a> {
             let b = self.arr.bcast[ch].pop_front().unwrap();
             self.deliver(ch, b)?;
         }
+    }
+
+    /// Member faults are off while a resync runs: a member lost before the
+    /// parity of every stripe is right again loses the unsynced stripes (the
+    /// write hole md documents), which no engine can avoid.
+    fn member_faults(&self) -> bool {
+        self.faults_on && self.resync_at.is_none()
+    }
+
+    /// Submit the next resync window when none is in flight; when the whole
+    /// array is done, let the metadata path mark it clean again.
+    fn drive_resync(&mut self) -> Result<(), String> {
+        let Some(at) = self.resync_at else {
+            return Ok(());
+        };
+        if self
+            .resync_tag
+            .is_some_and(|t| self.parents.contains_key(&t))
+        {
+            return Ok(());
+        }
+        let size = self.geom.array_blocks();
+        if at >= size {
+            self.resync_at = None;
+            self.resync_tag = None;
+            self.out.resyncs += 1;
+            if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
+                eprintln!("step {} resync done", self.step);
+            }
+            self.arr.meta.mark_synced();
+            self.pump_meta();
+            return Ok(());
+        }
+        let window = if self.geom.level().is_parity() {
+            self.geom.stripe_data_blocks() * 2
+        } else {
+            self.sc.max_blocks
+        };
+        let blocks = window.min(size - at);
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.parents.insert(
+            tag,
+            ParentRec {
+                read_errors: 0,
+                op: IoType::Resync,
+                lba: at,
+                blocks,
+                id: 0,
+                snap: Vec::new(),
+                final_check: false,
+            },
+        );
+        self.per_channel[0] += 1;
+        self.resync_tag = Some(tag);
+        self.resync_at = Some(at + blocks);
+        let io = ParentIo {
+            tag,
+            op: IoType::Resync,
+            lba: at,
+            blocks,
+            fua: false,
+            buf: Some(vec![0; blocks as usize * self.bs]),
+        };
+        let a = &mut self.arr;
+        if !a.retry[0].is_empty() {
+            a.retry[0].push_back(io);
+        } else if let Err(Busy(io)) = a.channels[0].submit(io) {
+            a.retry[0].push_back(io);
+        }
+        self.drain(0)
     }
 
     fn tick(&mut self) -> Result<(), String> {
@@ -476,7 +560,7 @@ impl<'a> Sim<'a> {
                 }
             }
             _ => {
-                if self.faults_on
+                if self.member_faults()
                     && self.rng.chance(self.sc.faults.member_death * 50.0)
                     && self.broken() < self.sc.faults.max_broken
                 {
@@ -519,6 +603,14 @@ impl<'a> Sim<'a> {
                     });
                 }
                 MetaAction::Broadcast(s) => {
+                    if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
+                        eprintln!(
+                            "step {} broadcast {:?}; {}",
+                            self.step,
+                            s,
+                            self.arr.meta.describe()
+                        );
+                    }
                     self.arr.newest = s.clone();
                     self.arr.applied = 0;
                     for q in &mut self.arr.bcast {
@@ -669,7 +761,7 @@ impl<'a> Sim<'a> {
     /// Whether a write to member `m` fails now.
     fn write_fails(&mut self, m: usize) -> bool {
         let f = &self.sc.faults;
-        let inject = self.faults_on
+        let inject = self.member_faults()
             && (self.members[m].broken || self.broken() < f.max_broken)
             && self.rng.chance(f.write_error);
         if self.members[m].dead || inject {
@@ -707,7 +799,14 @@ impl<'a> Sim<'a> {
             InFlight::Child { ch, io } => (ch, io),
         };
         if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
-            eprintln!("step {} ch {ch} complete {io:?}", self.step);
+            let what = self
+                .parents
+                .get(&io.parent)
+                .map(|p| (p.op, p.lba, p.blocks));
+            eprintln!(
+                "step {} ch {ch} complete {:?} m{} lba {} +{} for {:?}",
+                self.step, io.op, io.member, io.lba, io.blocks, what
+            );
         }
         let bs = self.bs;
         let off = self.data_off + io.lba as usize * bs;
@@ -715,7 +814,7 @@ impl<'a> Sim<'a> {
         let status = match io.op {
             ChildOp::Read => {
                 let f = &self.sc.faults;
-                if self.members[m].dead || (self.faults_on && self.rng.chance(f.read_error)) {
+                if self.members[m].dead || (self.member_faults() && self.rng.chance(f.read_error)) {
                     ChildStatus::Error
                 } else {
                     let src = &self.members[m].data[off..off + len];
@@ -859,66 +958,41 @@ impl<'a> Sim<'a> {
         {
             return Err(format!("assembly found another geometry: {a:?} vs {g:?}"));
         }
-        if asm.dirty {
-            self.resync(&asm.state);
+        if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
+            eprintln!(
+                "step {} crash: assembled dirty {} events {} refused {:?}",
+                self.step, asm.dirty, asm.state.events, asm.refused
+            );
+        }
+        if !asm.dirty && self.geom.level().is_parity() && asm.state.out_of_service() == 0 {
+            // Clean means every stripe's parity matches its data on all
+            // members (including ones assembly left out).
+            let g = self.geom.clone();
+            let strip = g.strip_blocks() as usize * self.bs;
+            for st in 0..g.stripes() {
+                let map = g.stripe(st);
+                let at = self.data_off + map.member_lba as usize * self.bs;
+                let (p, q) = self.parity_of(&map, at, strip);
+                let pm = &self.members[map.p as usize].data[at..at + strip];
+                let qok = map
+                    .q
+                    .is_none_or(|qm| q[..] == self.members[qm as usize].data[at..at + strip]);
+                if p[..] != pm[..] || !qok {
+                    return Err(format!("assembled clean but stripe {st} has stale parity"));
+                }
+            }
         }
         let state = Arc::new(asm.state);
         self.arr = Sim::array(self.sc, &self.geom, state, asm.superblocks, self.step);
-        if asm.dirty {
-            self.arr.meta.mark_synced();
-        }
+        // The engine resyncs the whole array (no bitmap yet), window by
+        // window, beside user I/O; the array may be marked clean after.
+        self.resync_at = asm.dirty.then_some(0);
+        self.resync_tag = None;
         // New channels announce they are idle.
         for ch in 0..self.arr.channels.len() {
             self.drain(ch)?;
         }
         Ok(())
-    }
-
-    /// Stand-in for the engine's resync (a later step): make every copy or
-    /// parity agree with the data on the members in service, whole array.
-    fn resync(&mut self, state: &ArrayState) {
-        let g = self.geom.clone();
-        let bs = self.bs;
-        let off = self.data_off;
-        let alive = |m: usize| state.members[m] == MemberState::InSync;
-        if g.level().is_parity() {
-            let strip = g.strip_blocks() as usize * bs;
-            for s in 0..g.stripes() {
-                let map = g.stripe(s);
-                let at = off + map.member_lba as usize * bs;
-                debug_assert!(
-                    (0..map.ndata).all(|i| alive(map.data[i] as usize)),
-                    "dirty degraded parity is refused at assembly"
-                );
-                let (p, q) = self.parity_of(&map, at, strip);
-                self.members[map.p as usize].data[at..at + strip].copy_from_slice(&p);
-                if let Some(qm) = map.q {
-                    self.members[qm as usize].data[at..at + strip].copy_from_slice(&q);
-                }
-            }
-        } else if g.copies() > 1 {
-            let mut lba = 0;
-            while lba < g.array_blocks() {
-                let m = g.map(lba, g.array_blocks() - lba);
-                let live: Vec<_> = m
-                    .copies()
-                    .iter()
-                    .filter(|l| alive(l.member as usize))
-                    .copied()
-                    .collect();
-                if let Some(src) = live.first() {
-                    let a = off + src.lba as usize * bs;
-                    let data =
-                        self.members[src.member as usize].data[a..a + m.len as usize * bs].to_vec();
-                    for l in &live[1..] {
-                        let b = off + l.lba as usize * bs;
-                        self.members[l.member as usize].data[b..b + data.len()]
-                            .copy_from_slice(&data);
-                    }
-                }
-                lba += m.len;
-            }
-        }
     }
 
     fn is_zero_id(&self, b: usize, id: u64) -> bool {
