@@ -364,7 +364,7 @@ impl Array {
         // Let the metadata path finish (mark clean) before it goes.
         let key = self.meta_key;
         self.rt.call(self.meta_reactor, move |r| {
-            meta_with(r, key, |m| m.path.shutdown())
+            meta_with(r, key, move |m| m.path.shutdown())
         })?;
         loop {
             let clean = self.rt.call(self.meta_reactor, move |r| {
@@ -590,7 +590,7 @@ fn run_callbacks(l: &Rc<ArrayLocal>, r: &mut Reactor) {
             (c.meta_done.pop_front(), c.meta_key)
         };
         let Some((id, ok)) = next else { break };
-        meta_with(r, key, |m| m.path.write_done(id, ok));
+        meta_with(r, key, move |m| m.path.write_done(id, ok));
     }
     l.in_callbacks.set(false);
 }
@@ -736,7 +736,7 @@ impl ArrayChannel {
             Action::Meta(req) => {
                 let key = self.meta_key;
                 self.rt.send(self.meta_reactor, move |r| {
-                    meta_with(r, key, |m| m.path.request(req));
+                    meta_with(r, key, move |m| m.path.request(req));
                 });
             }
         }
@@ -826,11 +826,18 @@ fn install_meta(r: &mut Reactor, array: Arc<Array>, path: Box<dyn MetaPath + Sen
     }));
     let pid = r.register_timed_poller(META_TICK, move |r: &mut Reactor| {
         let now = r.now();
-        meta_with(r, key, |m| m.path.tick(now));
+        meta_with(r, key, move |m| m.path.tick(now));
         false
     });
     host.borrow_mut().tick = Some(pid);
-    r.set_local(key, host);
+    r.set_local(key, host.clone());
+    if let Some(early) = r.remove_local(key ^ EARLY_KEY) {
+        if let Ok(early) = early.downcast::<EarlyRequests>() {
+            for f in early.borrow_mut().drain(..) {
+                f(&mut host.borrow_mut());
+            }
+        }
+    }
     meta_pump(r, key);
 }
 
@@ -841,18 +848,41 @@ fn uninstall_meta(r: &mut Reactor, a: &Arc<Array>) {
         }
         r.remove_local(a.meta_key);
     }
+    r.remove_local(a.meta_key ^ EARLY_KEY);
 }
 
 /// Run `f` on the metadata path of `key` (if it is on this reactor), then
 /// carry out what it asks for.
-fn meta_with(r: &mut Reactor, key: u64, f: impl FnOnce(&mut MetaHost)) {
+fn meta_with(r: &mut Reactor, key: u64, f: impl FnOnce(&mut MetaHost) + 'static) {
     let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
-        tracing::warn!("metadata path {key} is not on reactor {}", r.id());
+        // Channels are installed before the metadata path, so a request
+        // (a member failure!) can arrive first: keep it for install_meta.
+        let early = match r.local::<EarlyRequests>(key ^ EARLY_KEY) {
+            Some(e) => e,
+            None => {
+                let e: Rc<EarlyRequests> = Rc::new(RefCell::new(Vec::new()));
+                r.set_local(key ^ EARLY_KEY, e.clone());
+                e
+            }
+        };
+        let mut q = early.borrow_mut();
+        if q.len() < EARLY_MAX {
+            q.push(Box::new(f));
+        } else {
+            tracing::warn!("metadata path {key} is not on reactor {}", r.id());
+        }
         return;
     };
     f(&mut h.borrow_mut());
     meta_pump(r, key);
 }
+
+/// Requests for a metadata path not installed yet on its reactor.
+type EarlyRequests = RefCell<Vec<Box<dyn FnOnce(&mut MetaHost)>>>;
+/// Reactor-local key of an array's early requests: its meta key, flipped.
+const EARLY_KEY: u64 = 1 << 63;
+/// Most early requests kept (a bound for a metadata path that never comes).
+const EARLY_MAX: usize = 4096;
 
 fn meta_pump(r: &mut Reactor, key: u64) {
     let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
@@ -876,7 +906,7 @@ fn meta_pump(r: &mut Reactor, key: u64) {
                         }
                     }),
                     r.id(),
-                    move |r| meta_with(r, key, |m| m.path.applied(&s)),
+                    move |r| meta_with(r, key, move |m| m.path.applied(&s)),
                 );
             }
             MetaOutput::Release(s) => {
@@ -888,7 +918,7 @@ fn meta_pump(r: &mut Reactor, key: u64) {
                         }
                     }),
                     r.id(),
-                    move |r| meta_with(r, key, |m| m.path.released(&s)),
+                    move |r| meta_with(r, key, move |m| m.path.released(&s)),
                 );
             }
             MetaOutput::Write(w) => {

@@ -14,6 +14,7 @@
 pub mod array;
 pub mod buf;
 pub mod cores;
+pub mod daemon;
 pub mod dev;
 pub mod export;
 pub mod meta;

@@ -1,0 +1,2681 @@
+//! The embedded daemon (`mdraid serve`): the JSON-RPC host over a
+//! [`Runtime`], and its unix-socket server.
+//!
+//! * [`Daemon`] implements [`mdraid_rpc::Host`]: member devices (SPDK's
+//!   `bdev_malloc_*`, `bdev_aio_*`, `bdev_uring_*` — both served by
+//!   io_uring —, `bdev_error_*`, `bdev_delay_*`, `bdev_get_bdevs`), arrays
+//!   (`bdev_mdraid_*`), the NBD export server (`mdraid_nbd_*`), and the
+//!   configuration `save_config` writes (devices, then arrays with their
+//!   uuid, then NBD listeners and exports).
+//! * `bdev_mdraid_create` writes md v1.2 superblocks to new members; when
+//!   the members already carry the superblocks of one array it *assembles*
+//!   that array instead (md's rules, R6). That is how a restart from a
+//!   saved config brings every array back with nothing for the user to do.
+//!   Members carrying another array's superblock are refused, naming them.
+//! * [`preflight`] checks a whole config file against the machine (names,
+//!   files, member claims, superblocks found on the members) before anything
+//!   is created, so a bad file changes nothing.
+//! * [`RpcServer`]: JSON-RPC on a unix socket, SPDK's framing, one thread
+//!   per connection (bounded), one shared `Mutex<Daemon>`.
+//! * [`rpc_call`]: a blocking client (the CLI's `rpc` and `status`).
+//!
+//! Every failure leaves nothing half-created: claims are released, written
+//! superblocks are wiped, and no array is left behind.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bdev_raid::assemble::{assemble, md_uuid, AssembleOptions, Assembled, Candidate};
+use bdev_raid::channel::MetaRequest;
+use bdev_raid::examine::{examine_sb, layout_name};
+use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
+use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaConfig};
+use bdev_raid::ondisk::{
+    component_size, MemberLayout, SbError, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
+};
+use bdev_raid::state::{ArrayState, MemberState};
+use mdraid_rpc::config::{ConfigError, LoadedConfig, Location};
+use mdraid_rpc::error::errno;
+use mdraid_rpc::params::*;
+use mdraid_rpc::results::*;
+use mdraid_rpc::types::{
+    BdevName, BitmapSetting, ErrorIoType as RpcIoType, ErrorType as RpcErrorType, KillSignal,
+    NameList, RaidCategory, RaidLevel, RaidState, Uuid as RpcUuid,
+};
+use mdraid_rpc::{reply, Call, ConnState, Connection, Host, Method, RpcError};
+use serde_json::{json, Value};
+
+use crate::array::{Array, ArrayParams};
+use crate::buf::{AlignedBuf, DevBuf};
+use crate::dev::delay::{DelayDevice, Latencies};
+use crate::dev::error::{ErrorDevice, ErrorIoType, ErrorType, InjectOpts};
+use crate::dev::file::{FileDevice, FileOptions};
+use crate::dev::malloc::MallocDevice;
+use crate::dev::registry::Registry;
+use crate::dev::{DevError, DevIo, DevOp, DevStatus, Device, DeviceKind, Uuid};
+use crate::export::{ExportOptions, ExportServer, ListenerView};
+use crate::meta::{MdMeta, MetaOutput, MetaPath};
+use crate::reactor::{PollerId, Reactor, RuntimeHandle};
+
+/// Where `mdraid serve` listens for JSON-RPC unless told (`-r`).
+pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/mdraid.sock";
+
+/// Strip (md chunk) size when `strip_size_kb` is absent: mdadm's default.
+pub const DEFAULT_STRIP_KB: u32 = 512;
+
+/// Largest JSON-RPC request one connection may send.
+pub const RPC_MAX_REQUEST: usize = 1 << 20;
+
+/// Connections served at once; more are closed at accept.
+pub const RPC_MAX_CONNECTIONS: usize = 32;
+
+/// How the daemon behaves.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// Longest wait for an array to drain and be marked clean when it is
+    /// deleted or the daemon stops.
+    pub stop_timeout: Duration,
+    /// Longest wait for one superblock read or write.
+    pub io_timeout: Duration,
+    /// The metadata path's tunables (safe-mode delay...).
+    pub meta: MetaConfig,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            stop_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            meta: MetaConfig::default(),
+        }
+    }
+}
+
+/// A member device as created (the call `save_config` replays).
+struct DevRecord {
+    name: String,
+    /// The creating call, with the generated name and uuid filled in.
+    call: Call,
+    /// The wrapped base (error, delay), claimed by this device.
+    base: Option<String>,
+}
+
+/// What the metadata path last reported, for status queries.
+#[derive(Clone, Copy, Debug, Default)]
+struct MetaSnap {
+    events: u64,
+    blocked: bool,
+    dirty: bool,
+    writable: bool,
+    offline: bool,
+}
+
+/// An array the daemon runs.
+struct ArrayRecord {
+    name: String,
+    array: Arc<Array>,
+    uuid: [u8; 16],
+    level: RaidLevel,
+    superblock: bool,
+    /// The call `save_config` writes: uuid set, members in role order.
+    saved: BdevMdraidCreate,
+    /// Member device of each role (`None`: missing).
+    roles: Vec<Option<String>>,
+    /// Device UUID of each role as its superblock records it.
+    role_uuids: Vec<[u8; 16]>,
+    /// Superblock-less arrays have no metadata path snapshot.
+    snap: Option<Arc<Mutex<MetaSnap>>>,
+}
+
+/// An NBD listener the daemon opened.
+struct ListenerRecord {
+    params: MdraidNbdListener,
+    view: ListenerView,
+    /// From the config or RPC (saved); command-line ones are not.
+    saved: bool,
+}
+
+/// The daemon's state: devices, arrays, NBD; see the module docs.
+pub struct Daemon {
+    rt: RuntimeHandle,
+    reg: Registry,
+    devices: Vec<DevRecord>,
+    arrays: Vec<ArrayRecord>,
+    export: Arc<ExportServer>,
+    listeners: Vec<ListenerRecord>,
+    exports: Vec<MdraidNbdExportAdd>,
+    /// The export server was used (so it must be stopped).
+    export_used: bool,
+    malloc_next: u32,
+    opts: DaemonOptions,
+    /// Set by `spdk_kill_instance`: the signal to raise after answering.
+    kill: Option<i32>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn level_of(l: RaidLevel) -> Level {
+    Level::from_md(l.md_level()).expect("every RaidLevel is an engine level")
+}
+
+fn raid_level_of(md_level: i32) -> Option<RaidLevel> {
+    RaidLevel::ALL
+        .iter()
+        .copied()
+        .find(|l| l.md_level() == md_level)
+}
+
+fn dev_err(e: &DevError) -> RpcError {
+    RpcError::errno(e.errno(), e.to_string())
+}
+
+fn no_device(name: &str) -> RpcError {
+    RpcError::errno(
+        errno::ENODEV,
+        format!("bdev {name} not found: No such device"),
+    )
+}
+
+/// Bytes of memory `bdev_malloc_create` may take: half of what the kernel
+/// says is available (so a typo cannot take the machine down).
+fn malloc_budget() -> u64 {
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(1 << 30);
+    avail / 2
+}
+
+fn check_malloc(p: &BdevMallocCreate, used: u64) -> Result<(), RpcError> {
+    const M: &str = "bdev_malloc_create";
+    if !p.block_size.is_power_of_two() || p.block_size > 65536 {
+        return Err(RpcError::invalid_field(
+            M,
+            "block_size",
+            format!(
+                "{} is not a power of two between 512 and 65536",
+                p.block_size
+            ),
+        ));
+    }
+    let bytes = p.num_blocks.saturating_mul(p.block_size as u64);
+    let budget = malloc_budget().saturating_sub(used);
+    if bytes > budget {
+        return Err(RpcError::invalid_field(
+            M,
+            "num_blocks",
+            format!(
+                "{} blocks of {} bytes need {bytes} bytes of memory; {budget} are available for malloc bdevs",
+                p.num_blocks, p.block_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ device I/O
+
+#[allow(clippy::too_many_arguments)]
+/// One I/O on `dev` from a non-reactor thread: submitted on reactor 0
+/// through a channel made for it, waited for at most `timeout`.
+fn dev_sync(
+    rt: &RuntimeHandle,
+    dev: &Arc<dyn Device>,
+    op: DevOp,
+    lba: u64,
+    blocks: u64,
+    data: Option<Vec<u8>>,
+    fua: bool,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>();
+    let d = dev.clone();
+    rt.send(0, move |r: &mut Reactor| {
+        let bs = d.block_size() as usize;
+        let mut ch = match d.create_channel(r) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let mut buf = AlignedBuf::new(if op.has_data() {
+            blocks as usize * bs
+        } else {
+            0
+        });
+        if let Some(x) = data {
+            buf.as_mut().copy_from_slice(&x);
+        }
+        let (ptr, len) = {
+            let b = buf.as_mut();
+            (b.as_mut_ptr(), b.len())
+        };
+        // SAFETY: `buf` moves into the poller below, which owns it until the
+        // device reports this I/O (its heap memory does not move with it).
+        let dbuf = unsafe { DevBuf::new(ptr, len) };
+        let io = DevIo {
+            op,
+            lba,
+            blocks,
+            fua,
+            buf: dbuf,
+            token: 1,
+        };
+        let mut submitted = ch.submit(r, io).is_ok();
+        let me: Rc<std::cell::Cell<Option<PollerId>>> = Rc::new(std::cell::Cell::new(None));
+        let me2 = me.clone();
+        let mut tx = Some(tx);
+        let id = r.register_poller(move |r: &mut Reactor| {
+            if tx.is_none() {
+                return false;
+            }
+            if !submitted {
+                submitted = ch.submit(r, io).is_ok();
+                return submitted;
+            }
+            let mut got = None;
+            ch.poll(r, &mut |_, s| got = Some(s));
+            match got {
+                None => false,
+                Some(DevStatus::NoMem) => {
+                    submitted = false;
+                    true
+                }
+                Some(s) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(if s == DevStatus::Success {
+                            Ok(buf.as_ref().to_vec())
+                        } else {
+                            Err("I/O error".into())
+                        });
+                    }
+                    if let Some(id) = me2.take() {
+                        r.unregister_poller(id);
+                    }
+                    true
+                }
+            }
+        });
+        me.set(Some(id));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(format!("no completion within {timeout:?}")),
+    }
+}
+
+/// The 4 KiB at byte 4096 (where md 1.2 keeps its superblock); empty when
+/// the device is smaller than 8 KiB.
+fn read_sb_area(rt: &RuntimeHandle, dev: &Arc<dyn Device>, t: Duration) -> Result<Vec<u8>, String> {
+    let bs = dev.block_size() as u64;
+    let end = SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64;
+    if dev.num_blocks() * bs < end {
+        return Ok(Vec::new());
+    }
+    let first = SB_OFFSET_BYTES / bs;
+    let last = end.div_ceil(bs);
+    let data = dev_sync(rt, dev, DevOp::Read, first, last - first, None, false, t)?;
+    let skip = (SB_OFFSET_BYTES - first * bs) as usize;
+    Ok(data[skip..skip + SB_BLOCK_BYTES].to_vec())
+}
+
+/// Write 4 KiB at byte 4096, durably (FUA).
+fn write_sb_area(
+    rt: &RuntimeHandle,
+    dev: &Arc<dyn Device>,
+    data: &[u8],
+    t: Duration,
+) -> Result<(), String> {
+    let bs = dev.block_size() as u64;
+    if bs > SB_BLOCK_BYTES as u64 || !SB_OFFSET_BYTES.is_multiple_of(bs) {
+        return Err(format!(
+            "block size {bs} does not fit md's 4 KiB superblock"
+        ));
+    }
+    let mut buf = data.to_vec();
+    buf.resize(SB_BLOCK_BYTES, 0);
+    let blocks = SB_BLOCK_BYTES as u64 / bs;
+    dev_sync(
+        rt,
+        dev,
+        DevOp::Write,
+        SB_OFFSET_BYTES / bs,
+        blocks,
+        Some(buf),
+        true,
+        t,
+    )
+    .map(|_| ())
+}
+
+// ------------------------------------------------------------ planning
+
+/// Claimed member devices and their probes.
+type Members = (Vec<Arc<dyn Device>>, Vec<Probe>);
+
+/// What planning knows about one member.
+struct Probe {
+    block_size: u32,
+    num_blocks: u64,
+    /// The 4 KiB at byte 4096 (empty: device too small).
+    sb: Vec<u8>,
+}
+
+impl Probe {
+    fn sectors(&self) -> u64 {
+        self.num_blocks * self.block_size as u64 / 512
+    }
+}
+
+/// How `bdev_mdraid_create` will bring an array up.
+enum Plan {
+    /// New md array: superblocks to write, then start.
+    Create {
+        uuid: [u8; 16],
+        geom: Geometry,
+        strip_kb: u32,
+        /// In 512-byte sectors, the same on every member.
+        data_offset: u64,
+        layouts: Vec<MemberLayout>,
+        member_data_blocks: u64,
+    },
+    /// The members carry this array: assemble it.
+    Assemble {
+        asm: Box<Assembled>,
+        data_offset: u64,
+        member_data_blocks: u64,
+    },
+    /// `superblock: false`: no metadata on the members.
+    Bare { geom: Geometry, strip_kb: u32 },
+}
+
+const CREATE: &str = "bdev_mdraid_create";
+
+fn field(f: impl AsRef<str>, msg: impl std::fmt::Display) -> RpcError {
+    RpcError::invalid_field(CREATE, f.as_ref(), msg)
+}
+
+fn geometry_error(e: &GeometryError) -> RpcError {
+    let f = match e {
+        GeometryError::BlockSize(_) => "base_bdevs".to_string(),
+        GeometryError::StripNotPowerOfTwo(_) | GeometryError::StripTooSmall { .. } => {
+            "strip_size_kb".to_string()
+        }
+        GeometryError::TooFewMembers { .. } | GeometryError::TooManyMembers { .. } => {
+            "base_bdevs".to_string()
+        }
+        GeometryError::UnequalMembers { member, .. }
+        | GeometryError::MemberTooSmall { member, .. } => {
+            format!("base_bdevs[{member}]")
+        }
+        GeometryError::BadLayout { .. } => "layout".to_string(),
+    };
+    field(f, e)
+}
+
+fn strip_for(p: &BdevMdraidCreate) -> u32 {
+    match p.raid_level {
+        RaidLevel::Raid1 => 0,
+        RaidLevel::Linear => p.strip_size_kb.unwrap_or(0),
+        _ => p.strip_size_kb.unwrap_or(DEFAULT_STRIP_KB),
+    }
+}
+
+/// Decide how to bring up the array `p` describes over `probes` (one per
+/// `p.base_bdevs`, in order). Pure: no I/O.
+fn plan_array(p: &BdevMdraidCreate, probes: &[Probe]) -> Result<Plan, RpcError> {
+    // What the engine cannot do yet is refused, not faked.
+    if let BitmapSetting::On(_) = p.bitmap {
+        return Err(field(
+            "bitmap",
+            "write-intent bitmaps are not implemented yet; omit `bitmap` or pass false",
+        ));
+    }
+    if p.write_behind.is_some() {
+        return Err(field(
+            "write_behind",
+            "write-behind needs a write-intent bitmap, which is not implemented yet",
+        ));
+    }
+    if !p.write_mostly.is_empty() {
+        return Err(field(
+            "write_mostly",
+            "write-mostly members are not implemented yet",
+        ));
+    }
+    if p.uuid.is_some_and(|u| u.is_nil()) {
+        return Err(field("uuid", "must not be the nil UUID"));
+    }
+    let bs = probes[0].block_size;
+    for (i, pr) in probes.iter().enumerate().skip(1) {
+        if pr.block_size != bs {
+            return Err(field(
+                format!("base_bdevs[{i}]"),
+                format!(
+                    "block size {} differs from base_bdevs[0]'s {bs}",
+                    pr.block_size
+                ),
+            ));
+        }
+    }
+    let level = level_of(p.raid_level);
+    let strip_kb = strip_for(p);
+    let layout = p.layout.map(|l| l.md_number());
+
+    // What the members carry.
+    let mut found: Vec<Option<Superblock>> = Vec::new();
+    for (i, pr) in probes.iter().enumerate() {
+        if pr.sb.len() < SB_BLOCK_BYTES {
+            found.push(None);
+            continue;
+        }
+        match Superblock::decode(&pr.sb, pr.sectors()) {
+            Ok(sb) => found.push(Some(sb)),
+            Err(SbError::BadMagic { .. }) => found.push(None),
+            Err(e) => {
+                // md's magic with something wrong: assembly judges it if the
+                // others belong to one array; alone it is refused below.
+                if !p.superblock {
+                    return Err(field(
+                        format!("base_bdevs[{i}]"),
+                        format!("`{}` carries a damaged md superblock ({e}); superblock=false would overwrite it", p.base_bdevs.0[i]),
+                    ));
+                }
+                found.push(None);
+                if probes.iter().enumerate().all(|(j, q)| {
+                    j == i
+                        || q.sb.len() < SB_BLOCK_BYTES
+                        || matches!(
+                            Superblock::decode(&q.sb, q.sectors()),
+                            Err(SbError::BadMagic { .. })
+                        )
+                }) {
+                    return Err(field(
+                        format!("base_bdevs[{i}]"),
+                        format!(
+                            "`{}` carries a damaged md superblock ({e}); wipe it before creating an array on it",
+                            p.base_bdevs.0[i]
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    if !p.superblock {
+        if let Some(i) = found.iter().position(Option::is_some) {
+            return Err(field(
+                format!("base_bdevs[{i}]"),
+                format!(
+                    "`{}` carries an md superblock; superblock=false would overwrite it",
+                    p.base_bdevs.0[i]
+                ),
+            ));
+        }
+        let smallest = probes.iter().map(|q| q.num_blocks).min().unwrap_or(0);
+        let geom = Geometry::new(&GeometryParams {
+            level,
+            layout,
+            strip_size_kb: strip_kb,
+            block_size: bs,
+            member_blocks: vec![smallest; probes.len()],
+        })
+        .map_err(|e| geometry_error(&e))?;
+        return Ok(Plan::Bare { geom, strip_kb });
+    }
+
+    // Which array the members belong to.
+    let uuids: Vec<[u8; 16]> = found.iter().flatten().map(|sb| sb.set_uuid).collect();
+    if let Some(first) = uuids.first() {
+        let target = p.uuid.map(|u| u.0).unwrap_or(*first);
+        for (i, sb) in found.iter().enumerate() {
+            if let Some(sb) = sb {
+                if sb.set_uuid != target {
+                    return Err(field(
+                        format!("base_bdevs[{i}]"),
+                        format!(
+                            "`{}` carries the md superblock of another array ({} `{}`); delete that array with clear_sb or wipe the member first",
+                            p.base_bdevs.0[i],
+                            md_uuid(&sb.set_uuid),
+                            sb.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        return plan_assemble(p, probes, target, bs);
+    }
+
+    // A new array.
+    let chunk_sectors = strip_kb * 2;
+    let mut layouts = Vec::new();
+    for (i, pr) in probes.iter().enumerate() {
+        let l = MemberLayout::new(pr.sectors(), chunk_sectors, None)
+            .map_err(|e| field(format!("base_bdevs[{i}]"), e))?;
+        layouts.push(l);
+    }
+    let data_offset = layouts.iter().map(|l| l.data_offset).max().unwrap_or(0);
+    for (i, l) in layouts.iter_mut().enumerate() {
+        if l.member_sectors <= data_offset {
+            return Err(field(
+                format!("base_bdevs[{i}]"),
+                format!(
+                    "{} sectors leave no room for data after md's data offset {data_offset}",
+                    l.member_sectors
+                ),
+            ));
+        }
+        l.data_offset = data_offset;
+        l.data_size = l.member_sectors - data_offset;
+    }
+    let min_data = layouts.iter().map(|l| l.data_size).min().unwrap_or(0);
+    let sb_chunk = if matches!(level, Level::Raid1) {
+        0
+    } else {
+        chunk_sectors
+    };
+    let used = component_size(level.md_level(), sb_chunk, min_data);
+    let spb = bs as u64 / 512;
+    let member_data_blocks = used / spb;
+    if member_data_blocks == 0 {
+        return Err(field("base_bdevs", "members too small for any data"));
+    }
+    let geom = Geometry::new(&GeometryParams {
+        level,
+        layout,
+        strip_size_kb: strip_kb,
+        block_size: bs,
+        member_blocks: vec![member_data_blocks; probes.len()],
+    })
+    .map_err(|e| geometry_error(&e))?;
+    let uuid = p.uuid.map(|u| u.0).unwrap_or_else(|| Uuid::random().0);
+    Ok(Plan::Create {
+        uuid,
+        geom,
+        strip_kb,
+        data_offset,
+        layouts,
+        member_data_blocks,
+    })
+}
+
+fn plan_assemble(
+    p: &BdevMdraidCreate,
+    probes: &[Probe],
+    uuid: [u8; 16],
+    bs: u32,
+) -> Result<Plan, RpcError> {
+    let names: Vec<&str> = p.base_bdevs.iter().map(|n| n.as_str()).collect();
+    let cands: Vec<Candidate> = probes
+        .iter()
+        .zip(&names)
+        .map(|(pr, n)| Candidate {
+            name: n,
+            sb: &pr.sb,
+            sectors: pr.sectors(),
+        })
+        .collect();
+    let asm = assemble(
+        &cands,
+        &AssembleOptions {
+            uuid: Some(uuid),
+            force: false,
+            block_size: bs,
+        },
+    )
+    .map_err(|e| {
+        RpcError::errno(
+            errno::EINVAL,
+            format!(
+                "{CREATE}: the members carry md array {}, which cannot be started: {e}",
+                md_uuid(&uuid)
+            ),
+        )
+    })?;
+    let lvl = asm.geometry.level();
+    if lvl.md_level() != p.raid_level.md_level() {
+        return Err(field(
+            "raid_level",
+            format!(
+                "the members carry {} array {} (`{}`), not {}",
+                lvl.name(),
+                md_uuid(&uuid),
+                asm.name,
+                p.raid_level
+            ),
+        ));
+    }
+    let present: Vec<&Superblock> = asm.superblocks.iter().flatten().collect();
+    let strip_kb = present[0].chunksize / 2;
+    if let Some(s) = p.strip_size_kb {
+        if s != strip_kb && !matches!(lvl, Level::Raid1) {
+            return Err(field(
+                "strip_size_kb",
+                format!(
+                    "the members carry array {} with a strip of {strip_kb} KiB, not {s}",
+                    md_uuid(&uuid)
+                ),
+            ));
+        }
+    }
+    if let Some(l) = p.layout {
+        if l.md_number() != asm.geometry.layout() {
+            return Err(field(
+                "layout",
+                format!(
+                    "the members carry array {} with layout {}, not {l}",
+                    md_uuid(&uuid),
+                    layout_name(lvl.md_level(), asm.geometry.layout())
+                ),
+            ));
+        }
+    }
+    let data_offset = present[0].data_offset;
+    if let Some(sb) = present.iter().find(|sb| sb.data_offset != data_offset) {
+        return Err(RpcError::errno(
+            errno::ENOTSUP,
+            format!(
+                "{CREATE}: members of array {} have different data offsets ({} and {data_offset} sectors); not supported",
+                md_uuid(&uuid),
+                sb.data_offset
+            ),
+        ));
+    }
+    let spb = bs as u64 / 512;
+    let member_data_blocks = present[0].size / spb;
+    Ok(Plan::Assemble {
+        asm: Box::new(asm),
+        data_offset,
+        member_data_blocks,
+    })
+}
+
+// ------------------------------------------------------------ metadata path
+
+/// `MdMeta` plus what status queries need: a snapshot of the metadata
+/// path's status, and a clean stop for arrays assembled dirty.
+struct DaemonMeta {
+    inner: MdMeta,
+    snap: Arc<Mutex<MetaSnap>>,
+    /// Assembled after an unclean shutdown: the engine cannot resync yet,
+    /// so the superblocks stay dirty (correctly) and a stop does not wait
+    /// for a clean that cannot come.
+    resync_pending: bool,
+    shutdown: bool,
+    writes: HashSet<u64>,
+}
+
+impl DaemonMeta {
+    fn update(&self) {
+        let s = self.inner.meta().status();
+        let mut g = self.snap.lock().unwrap_or_else(|e| e.into_inner());
+        *g = MetaSnap {
+            events: s.events,
+            blocked: s.blocked,
+            dirty: s.dirty,
+            writable: s.writable,
+            offline: s.offline,
+        };
+    }
+}
+
+impl MetaPath for DaemonMeta {
+    fn request(&mut self, req: MetaRequest) {
+        self.inner.request(req);
+        self.update();
+    }
+    fn applied(&mut self, state: &Arc<ArrayState>) {
+        self.inner.applied(state);
+    }
+    fn released(&mut self, state: &Arc<ArrayState>) {
+        self.inner.released(state);
+        self.update();
+    }
+    fn write_done(&mut self, id: u64, ok: bool) {
+        self.writes.remove(&id);
+        self.inner.write_done(id, ok);
+        self.update();
+    }
+    fn tick(&mut self, now: Instant) {
+        self.inner.tick(now);
+        self.update();
+    }
+    fn shutdown(&mut self) {
+        self.shutdown = true;
+        self.inner.shutdown();
+        self.update();
+    }
+    fn is_clean(&self) -> bool {
+        if self.inner.is_clean() {
+            return true;
+        }
+        let s = self.inner.meta().status();
+        self.resync_pending && self.shutdown && self.writes.is_empty() && !s.writable && !s.blocked
+    }
+    fn poll_output(&mut self) -> Option<MetaOutput> {
+        let o = self.inner.poll_output();
+        if let Some(MetaOutput::Write(w)) = &o {
+            self.writes.insert(w.id);
+        }
+        o
+    }
+    fn state(&self) -> Arc<ArrayState> {
+        self.inner.state()
+    }
+}
+
+// ------------------------------------------------------------ the daemon
+
+impl Daemon {
+    /// A daemon over `rt` with no devices; starts the NBD export server.
+    pub fn new(rt: &RuntimeHandle, opts: DaemonOptions) -> Daemon {
+        Daemon {
+            rt: rt.clone(),
+            reg: Registry::new(),
+            devices: Vec::new(),
+            arrays: Vec::new(),
+            export: ExportServer::start(rt),
+            listeners: Vec::new(),
+            exports: Vec::new(),
+            export_used: false,
+            malloc_next: 0,
+            opts,
+            kill: None,
+        }
+    }
+
+    /// The signal `spdk_kill_instance` asked for, once (the server raises
+    /// it after the answer is sent).
+    pub fn take_kill(&mut self) -> Option<i32> {
+        self.kill.take()
+    }
+
+    fn name_taken(&self, name: &str) -> bool {
+        self.reg.get(name).is_some() || self.arrays.iter().any(|a| a.name == name)
+    }
+
+    fn check_free(&self, name: &str) -> Result<(), RpcError> {
+        if self.name_taken(name) {
+            return Err(RpcError::errno(
+                errno::EEXIST,
+                format!("bdev {name} already exists: File exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn malloc_bytes(&self) -> u64 {
+        self.devices
+            .iter()
+            .filter_map(|d| match &d.call {
+                Call::BdevMallocCreate(p) => Some(p.num_blocks * p.block_size as u64),
+                _ => None,
+            })
+            .sum()
+    }
+
+    fn register(
+        &mut self,
+        dev: Arc<dyn Device>,
+        call: Call,
+        base: Option<String>,
+    ) -> Result<(), RpcError> {
+        self.reg.register(dev.clone()).map_err(|e| dev_err(&e))?;
+        self.devices.push(DevRecord {
+            name: dev.name().to_string(),
+            call,
+            base,
+        });
+        Ok(())
+    }
+
+    // ---- members
+
+    fn malloc_create(&mut self, mut p: BdevMallocCreate) -> Result<Value, RpcError> {
+        let name = match &p.name {
+            Some(n) => n.to_string(),
+            None => loop {
+                let n = format!("Malloc{}", self.malloc_next);
+                self.malloc_next += 1;
+                if !self.name_taken(&n) {
+                    break n;
+                }
+            },
+        };
+        self.check_free(&name)?;
+        check_malloc(&p, self.malloc_bytes())?;
+        let dev = MallocDevice::new(&name, p.num_blocks, p.block_size, p.uuid.map(|u| Uuid(u.0)))
+            .map_err(|e| RpcError::invalid_params(format!("bdev_malloc_create: {e}")))?;
+        p.name = Some(BdevName::new(&name).map_err(RpcError::invalid_params)?);
+        p.uuid = Some(RpcUuid(dev.uuid().0));
+        self.register(dev, Call::BdevMallocCreate(p), None)?;
+        Ok(json!(name))
+    }
+
+    fn file_create(
+        &mut self,
+        method: &str,
+        name: &BdevName,
+        filename: &str,
+        block_size: Option<u32>,
+        uuid: Option<RpcUuid>,
+        product: &'static str,
+    ) -> Result<Arc<FileDevice>, RpcError> {
+        self.check_free(name.as_str())?;
+        let dev = FileDevice::open(FileOptions {
+            name: name.to_string(),
+            path: PathBuf::from(filename),
+            block_size: block_size.filter(|b| *b != 0),
+            uuid: uuid.map(|u| Uuid(u.0)),
+            product,
+        })
+        .map_err(|e| match e {
+            DevError::Invalid(m) if m.contains("block_size") => {
+                RpcError::invalid_field(method, "block_size", m)
+            }
+            DevError::Invalid(m) => RpcError::invalid_field(method, "filename", m),
+            other => RpcError::errno(other.errno(), format!("{method}: {other}")),
+        })?;
+        Ok(dev)
+    }
+
+    fn aio_create(&mut self, mut p: BdevAioCreate) -> Result<Value, RpcError> {
+        if p.readonly {
+            return Err(RpcError::invalid_field(
+                "bdev_aio_create",
+                "readonly",
+                "read-only members are not supported",
+            ));
+        }
+        let dev = self.file_create(
+            "bdev_aio_create",
+            &p.name,
+            &p.filename,
+            p.block_size,
+            p.uuid,
+            "AIO disk",
+        )?;
+        p.uuid = Some(RpcUuid(dev.uuid().0));
+        let name = p.name.to_string();
+        self.register(dev, Call::BdevAioCreate(p), None)?;
+        Ok(json!(name))
+    }
+
+    fn uring_create(&mut self, mut p: BdevUringCreate) -> Result<Value, RpcError> {
+        let dev = self.file_create(
+            "bdev_uring_create",
+            &p.name,
+            &p.filename,
+            p.block_size,
+            p.uuid,
+            "URING bdev",
+        )?;
+        p.uuid = Some(RpcUuid(dev.uuid().0));
+        let name = p.name.to_string();
+        self.register(dev, Call::BdevUringCreate(p), None)?;
+        Ok(json!(name))
+    }
+
+    fn claim_base(&self, base: &str, by: &str) -> Result<Arc<dyn Device>, RpcError> {
+        if self.arrays.iter().any(|a| a.name == base) {
+            return Err(RpcError::errno(
+                errno::ENOTSUP,
+                format!("bdev {base} is an mdraid array; arrays cannot be wrapped"),
+            ));
+        }
+        self.reg.claim(base, by).map_err(|e| match e {
+            DevError::NotFound(n) => no_device(&n),
+            other => dev_err(&other),
+        })
+    }
+
+    fn error_create(&mut self, mut p: BdevErrorCreate) -> Result<Value, RpcError> {
+        let name = p.bdev_name();
+        self.check_free(&name)?;
+        let base = self.claim_base(p.base_name.as_str(), &name)?;
+        let dev = ErrorDevice::new(base, p.uuid.map(|u| Uuid(u.0)));
+        p.uuid = Some(RpcUuid(dev.uuid().0));
+        let b = p.base_name.to_string();
+        if let Err(e) = self.register(dev, Call::BdevErrorCreate(p), Some(b.clone())) {
+            self.reg.release(&b);
+            return Err(e);
+        }
+        Ok(json!(true))
+    }
+
+    fn delay_create(&mut self, mut p: BdevDelayCreate) -> Result<Value, RpcError> {
+        let name = p.name.to_string();
+        self.check_free(&name)?;
+        let base = self.claim_base(p.base_bdev_name.as_str(), &name)?;
+        let b = p.base_bdev_name.to_string();
+        let lat = Latencies {
+            avg_read_us: p.avg_read_latency,
+            p99_read_us: p.p99_read_latency,
+            avg_write_us: p.avg_write_latency,
+            p99_write_us: p.p99_write_latency,
+        };
+        let dev = match DelayDevice::new(&name, base, lat, p.uuid.map(|u| Uuid(u.0))) {
+            Ok(d) => d,
+            Err(e) => {
+                self.reg.release(&b);
+                let f = if p.p99_read_latency < p.avg_read_latency {
+                    "p99_read_latency"
+                } else {
+                    "p99_write_latency"
+                };
+                return Err(RpcError::invalid_field("bdev_delay_create", f, e));
+            }
+        };
+        p.uuid = Some(RpcUuid(dev.uuid().0));
+        if let Err(e) = self.register(dev, Call::BdevDelayCreate(p), Some(b.clone())) {
+            self.reg.release(&b);
+            return Err(e);
+        }
+        Ok(json!(name))
+    }
+
+    fn inject_error(&mut self, p: BdevErrorInjectError) -> Result<Value, RpcError> {
+        let name = p.name.as_str();
+        let dev = self.reg.get(name).ok_or_else(|| no_device(name))?;
+        let Some(ee) = dev.as_any().downcast_ref::<ErrorDevice>() else {
+            return Err(RpcError::errno(
+                errno::ENODEV,
+                format!("bdev {name} is not an error bdev (bdev_error_create makes EE_<base>)"),
+            ));
+        };
+        let io_type = match p.io_type {
+            RpcIoType::Clear => ErrorIoType::Clear,
+            RpcIoType::Read => ErrorIoType::Read,
+            RpcIoType::Write => ErrorIoType::Write,
+            RpcIoType::Unmap => ErrorIoType::Unmap,
+            RpcIoType::Flush => ErrorIoType::Flush,
+            RpcIoType::All => ErrorIoType::All,
+        };
+        let error_type = match p.error_type {
+            RpcErrorType::Failure => ErrorType::Failure,
+            RpcErrorType::Pending => ErrorType::Pending,
+            RpcErrorType::CorruptData => ErrorType::CorruptData,
+            RpcErrorType::Nomem => ErrorType::NoMem,
+            RpcErrorType::NvmeFailure => ErrorType::NvmeFailure,
+        };
+        let mut o = InjectOpts::new(io_type, error_type, p.num);
+        o.queue_depth = p.queue_depth.unwrap_or(0);
+        o.corrupt_offset = p.corrupt_offset.unwrap_or(0);
+        o.corrupt_value = p.corrupt_value.unwrap_or(0);
+        ee.inject_error(&o)
+            .map_err(|e| RpcError::invalid_params(format!("bdev_error_inject_error: {e}")))?;
+        Ok(json!(true))
+    }
+
+    fn delete_device(&mut self, method: Method, name: &str) -> Result<Value, RpcError> {
+        let idx = self.devices.iter().position(|d| {
+            d.name == name
+                && matches!(
+                    (method, &d.call),
+                    (Method::BdevMallocDelete, Call::BdevMallocCreate(_))
+                        | (Method::BdevAioDelete, Call::BdevAioCreate(_))
+                        | (Method::BdevUringDelete, Call::BdevUringCreate(_))
+                        | (Method::BdevErrorDelete, Call::BdevErrorCreate(_))
+                        | (Method::BdevDelayDelete, Call::BdevDelayCreate(_))
+                )
+        });
+        let Some(idx) = idx else {
+            return Err(no_device(name));
+        };
+        self.reg.unregister(name).map_err(|e| dev_err(&e))?;
+        let rec = self.devices.remove(idx);
+        if let Some(b) = rec.base {
+            self.reg.release(&b);
+        }
+        Ok(json!(true))
+    }
+
+    fn dev_info(&self, rec: &DevRecord) -> Option<BdevInfo> {
+        let dev = self.reg.get(&rec.name)?;
+        let claimed = self.reg.claimed_by(&rec.name).is_some();
+        let io = |op| dev.supports(op);
+        let driver = match (&rec.call, dev.kind()) {
+            (Call::BdevAioCreate(p), DeviceKind::File { path, direct, .. }) => json!({"aio": {
+                "filename": path, "block_size_override": p.block_size.is_some_and(|b| b != 0),
+                "readonly": false, "fallocate": p.fallocate, "direct": direct}}),
+            (Call::BdevUringCreate(_), DeviceKind::File { path, direct, .. }) => {
+                json!({"uring": {"filename": path, "direct": direct}})
+            }
+            (_, DeviceKind::Delay { base, latencies_us }) => json!({"delay": {
+                "base_bdev_name": base,
+                "avg_read_latency": latencies_us[0], "p99_read_latency": latencies_us[1],
+                "avg_write_latency": latencies_us[2], "p99_write_latency": latencies_us[3]}}),
+            (_, DeviceKind::Error { base }) => json!({"error": {"base_bdev": base}}),
+            _ => json!({}),
+        };
+        Some(BdevInfo {
+            name: rec.name.clone(),
+            aliases: vec![],
+            product_name: dev.product_name().to_string(),
+            block_size: dev.block_size(),
+            num_blocks: dev.num_blocks(),
+            preferred_write_alignment: 0,
+            preferred_write_granularity: 0,
+            optimal_write_size: 0,
+            preferred_unmap_alignment: 0,
+            preferred_unmap_granularity: 0,
+            uuid: RpcUuid(dev.uuid().0),
+            assigned_rate_limits: RateLimits::default(),
+            claimed,
+            claim_type: claimed.then(|| "exclusive_write".to_string()),
+            zoned: false,
+            supported_io_types: SupportedIoTypes {
+                read: io(DevOp::Read),
+                write: io(DevOp::Write),
+                unmap: io(DevOp::Unmap),
+                flush: io(DevOp::Flush),
+                reset: io(DevOp::Reset),
+                write_zeroes: io(DevOp::WriteZeroes),
+                ..Default::default()
+            },
+            driver_specific: driver,
+        })
+    }
+
+    fn array_bdev_info(&self, a: &ArrayRecord) -> BdevInfo {
+        BdevInfo {
+            name: a.name.clone(),
+            aliases: vec![],
+            product_name: "mdraid".into(),
+            block_size: a.array.block_size(),
+            num_blocks: a.array.num_blocks(),
+            preferred_write_alignment: 0,
+            preferred_write_granularity: 0,
+            optimal_write_size: 0,
+            preferred_unmap_alignment: 0,
+            preferred_unmap_granularity: 0,
+            uuid: RpcUuid(a.uuid),
+            assigned_rate_limits: RateLimits::default(),
+            claimed: false,
+            claim_type: None,
+            zoned: false,
+            supported_io_types: SupportedIoTypes {
+                read: true,
+                write: true,
+                unmap: true,
+                flush: true,
+                reset: true,
+                write_zeroes: true,
+                ..Default::default()
+            },
+            driver_specific: json!({ "mdraid": self.array_info(a) }),
+        }
+    }
+
+    fn get_bdevs(&self, p: BdevGetBdevs) -> Result<Value, RpcError> {
+        let mut v: Vec<BdevInfo> = self
+            .devices
+            .iter()
+            .filter_map(|d| self.dev_info(d))
+            .collect();
+        v.extend(self.arrays.iter().map(|a| self.array_bdev_info(a)));
+        if let Some(n) = &p.name {
+            v.retain(|b| b.name == n.as_str() || b.uuid.to_string() == n.as_str());
+            if v.is_empty() {
+                return Err(no_device(n.as_str()));
+            }
+        }
+        reply(v)
+    }
+
+    // ---- arrays
+
+    fn array_info(&self, a: &ArrayRecord) -> MdraidBdevInfo {
+        let st = a.array.state();
+        let snap = a
+            .snap
+            .as_ref()
+            .map(|s| *s.lock().unwrap_or_else(|e| e.into_inner()));
+        let geom = a.array.geometry();
+        let bs = geom.block_size();
+        let strip_kb = if matches!(geom.level(), Level::Raid1) {
+            0
+        } else {
+            (geom.strip_blocks() * bs as u64 / 1024) as u32
+        };
+        let offline = st.offline || snap.is_some_and(|s| s.offline);
+        let members: Vec<MdraidBaseBdevInfo> = a
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(r, name)| {
+                let ms = st.members.get(r).copied().unwrap_or(MemberState::Missing);
+                let dev = name.as_ref().and_then(|n| self.reg.get(n));
+                MdraidBaseBdevInfo {
+                    name: if ms == MemberState::Missing {
+                        None
+                    } else {
+                        name.clone()
+                    },
+                    uuid: RpcUuid(a.role_uuids.get(r).copied().unwrap_or([0; 16])),
+                    is_configured: ms == MemberState::InSync,
+                    data_offset: a.array.data_offset_blocks(),
+                    data_size: dev.map_or(0, |_| geom.member_blocks(r)),
+                    role: Some(r as u32),
+                    state: Some(
+                        match ms {
+                            MemberState::InSync => "in_sync",
+                            MemberState::Faulty => "faulty",
+                            MemberState::Missing => "missing",
+                        }
+                        .into(),
+                    ),
+                    write_mostly: false,
+                }
+            })
+            .collect();
+        let present = st
+            .members
+            .iter()
+            .filter(|m| **m != MemberState::Missing)
+            .count() as u32;
+        let operational = st.members.iter().filter(|m| m.in_service()).count() as u32;
+        let array_state = if offline {
+            "inactive"
+        } else if snap.is_some_and(|s| s.blocked) {
+            "blocked"
+        } else if snap.map_or(st.writable, |s| s.dirty || s.writable) {
+            "active"
+        } else {
+            "clean"
+        };
+        let layout = match geom.level() {
+            Level::Raid4 | Level::Raid5 | Level::Raid6 | Level::Raid10 => {
+                Some(layout_name(geom.level().md_level(), geom.layout()))
+            }
+            _ => None,
+        };
+        MdraidBdevInfo {
+            name: a.name.clone(),
+            uuid: RpcUuid(a.uuid),
+            strip_size_kb: strip_kb,
+            state: if offline {
+                RaidState::Offline
+            } else {
+                RaidState::Online
+            },
+            raid_level: a.level,
+            superblock: a.superblock,
+            num_base_bdevs: a.roles.len() as u32,
+            num_base_bdevs_discovered: present,
+            num_base_bdevs_operational: operational,
+            process: None,
+            base_bdevs_list: members,
+            layout,
+            events: snap.map_or(st.events, |s| s.events.max(st.events)),
+            array_state: Some(array_state.into()),
+            degraded: operational < a.roles.len() as u32,
+            sync_action: Some("idle".into()),
+            mismatch_cnt: None,
+            bitmap: None,
+            write_behind: None,
+        }
+    }
+
+    fn mdraid_get_bdevs(&self, p: BdevMdraidGetBdevs) -> Result<Value, RpcError> {
+        let mut v: Vec<MdraidBdevInfo> = self.arrays.iter().map(|a| self.array_info(a)).collect();
+        if let Some(n) = &p.name {
+            v.retain(|a| a.name == n.as_str());
+            if v.is_empty() {
+                return Err(no_device(n.as_str()));
+            }
+        }
+        v.retain(|a| match p.category {
+            RaidCategory::All => true,
+            RaidCategory::Online => a.state == RaidState::Online,
+            RaidCategory::Offline => a.state == RaidState::Offline,
+            RaidCategory::Configuring => a.state == RaidState::Configuring,
+        });
+        reply(v)
+    }
+
+    /// Resolve, probe and claim the members of `p`; returns the devices and
+    /// their probes. On error nothing stays claimed.
+    fn claim_members(&self, p: &BdevMdraidCreate) -> Result<Members, RpcError> {
+        let name = p.name.as_str();
+        let mut devs = Vec::new();
+        for (i, m) in p.base_bdevs.iter().enumerate() {
+            let f = format!("base_bdevs[{i}]");
+            if self.arrays.iter().any(|a| a.name == m.as_str()) {
+                return Err(field(
+                    f,
+                    format!("`{m}` is an mdraid array; arrays cannot be members"),
+                ));
+            }
+            let Some(d) = self.reg.get(m.as_str()) else {
+                return Err(field(f, format!("bdev `{m}` does not exist")));
+            };
+            if let Some(by) = self.reg.claimed_by(m.as_str()) {
+                return Err(field(f, format!("bdev `{m}` is already claimed by `{by}`")));
+            }
+            devs.push(d);
+        }
+        let names: Vec<&str> = p.base_bdevs.iter().map(|n| n.as_str()).collect();
+        self.reg.claim_all(&names, name).map_err(|e| dev_err(&e))?;
+        let mut probes = Vec::new();
+        for (i, d) in devs.iter().enumerate() {
+            let sb = if p.superblock || d.num_blocks() * d.block_size() as u64 >= 8192 {
+                match read_sb_area(&self.rt, d, self.opts.io_timeout) {
+                    Ok(sb) => sb,
+                    Err(e) => {
+                        self.release_all(&names);
+                        return Err(RpcError::errno(
+                            errno::EIO,
+                            format!(
+                                "{CREATE}: base_bdevs[{i}] `{}`: reading its superblock area: {e}",
+                                d.name()
+                            ),
+                        ));
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            probes.push(Probe {
+                block_size: d.block_size(),
+                num_blocks: d.num_blocks(),
+                sb,
+            });
+        }
+        Ok((devs, probes))
+    }
+
+    fn release_all(&self, names: &[&str]) {
+        for n in names {
+            self.reg.release(n);
+        }
+    }
+
+    fn mdraid_create(&mut self, p: BdevMdraidCreate) -> Result<Value, RpcError> {
+        self.check_free(p.name.as_str())?;
+        let (devs, probes) = self.claim_members(&p)?;
+        let names: Vec<String> = p.base_bdevs.iter().map(|n| n.to_string()).collect();
+        let release = |d: &Daemon| {
+            for n in &names {
+                d.reg.release(n);
+            }
+        };
+        let plan = match plan_array(&p, &probes) {
+            Ok(plan) => plan,
+            Err(e) => {
+                release(self);
+                return Err(e);
+            }
+        };
+        let res = match plan {
+            Plan::Create {
+                uuid,
+                geom,
+                strip_kb,
+                data_offset,
+                layouts,
+                member_data_blocks,
+            } => self.start_new(
+                &p,
+                &devs,
+                uuid,
+                geom,
+                strip_kb,
+                data_offset,
+                layouts,
+                member_data_blocks,
+            ),
+            Plan::Assemble {
+                asm,
+                data_offset,
+                member_data_blocks,
+            } => self.start_assembled(&p, &devs, *asm, data_offset, member_data_blocks),
+            Plan::Bare { geom, strip_kb } => self.start_bare(&p, &devs, geom, strip_kb),
+        };
+        match res {
+            Ok(rec) => {
+                // Claims of members assembly did not use go back.
+                for n in &names {
+                    if !rec.roles.iter().flatten().any(|r| r == n) {
+                        self.reg.release(n);
+                    }
+                }
+                self.arrays.push(rec);
+                Ok(json!(true))
+            }
+            Err(e) => {
+                release(self);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_new(
+        &mut self,
+        p: &BdevMdraidCreate,
+        devs: &[Arc<dyn Device>],
+        uuid: [u8; 16],
+        geom: Geometry,
+        strip_kb: u32,
+        data_offset: u64,
+        layouts: Vec<MemberLayout>,
+        member_data_blocks: u64,
+    ) -> Result<ArrayRecord, RpcError> {
+        let bs = geom.block_size() as u64;
+        let mut sbs = create_superblocks(
+            &geom,
+            &CreateParams {
+                set_uuid: uuid,
+                name: p.name.as_str(),
+                device_uuids: devs.iter().map(|d| d.uuid().0).collect(),
+                member_sectors: layouts.iter().map(|l| l.member_sectors).collect(),
+                data_offset,
+                now_secs: now_secs(),
+            },
+        );
+        for (sb, l) in sbs.iter_mut().zip(&layouts) {
+            l.apply(sb);
+        }
+        let mut written = Vec::new();
+        for (i, (d, sb)) in devs.iter().zip(&sbs).enumerate() {
+            if let Err(e) = write_sb_area(&self.rt, d, &sb.encode(), self.opts.io_timeout) {
+                self.wipe(&written);
+                return Err(RpcError::errno(
+                    errno::EIO,
+                    format!(
+                        "{CREATE}: base_bdevs[{i}] `{}`: writing the superblock: {e}",
+                        d.name()
+                    ),
+                ));
+            }
+            written.push(d.clone());
+        }
+        let snap = Arc::new(Mutex::new(MetaSnap::default()));
+        let mut ap = ArrayParams::new(p.name.as_str(), geom.level(), strip_kb, devs.to_vec());
+        ap.layout = Some(geom.layout());
+        ap.data_offset_blocks = data_offset * 512 / bs;
+        ap.member_data_blocks = Some(member_data_blocks);
+        ap.meta_reactor = 0;
+        let role_uuids: Vec<[u8; 16]> = sbs.iter().map(|s| s.device_uuid).collect();
+        let array = self.start_array(ap, sbs.into_iter().map(Some).collect(), false, &snap);
+        let array = match array {
+            Ok(a) => a,
+            Err(e) => {
+                self.wipe(&written);
+                return Err(e);
+            }
+        };
+        let mut saved = p.clone();
+        saved.uuid = Some(RpcUuid(uuid));
+        if !matches!(p.raid_level, RaidLevel::Raid1) {
+            saved.strip_size_kb = Some(strip_kb);
+        }
+        self.log(format!(
+            "created {} array {} ({}) on {}",
+            p.raid_level,
+            p.name,
+            md_uuid(&uuid),
+            devs.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+        ));
+        Ok(ArrayRecord {
+            name: p.name.to_string(),
+            array,
+            uuid,
+            level: p.raid_level,
+            superblock: true,
+            saved,
+            roles: devs.iter().map(|d| Some(d.name().to_string())).collect(),
+            role_uuids,
+            snap: Some(snap),
+        })
+    }
+
+    fn start_assembled(
+        &mut self,
+        p: &BdevMdraidCreate,
+        devs: &[Arc<dyn Device>],
+        asm: Assembled,
+        data_offset: u64,
+        member_data_blocks: u64,
+    ) -> Result<ArrayRecord, RpcError> {
+        let bs = asm.geometry.block_size() as u64;
+        let members: Vec<Option<Arc<dyn Device>>> = asm
+            .member_of_role
+            .iter()
+            .map(|c| c.map(|i| devs[i].clone()))
+            .collect();
+        for (_, why) in &asm.refused {
+            self.log(format!("array {}: member refused: {why}", p.name));
+        }
+        let strip_kb = asm
+            .superblocks
+            .iter()
+            .flatten()
+            .next()
+            .map_or(0, |s| s.chunksize)
+            / 2;
+        let snap = Arc::new(Mutex::new(MetaSnap::default()));
+        let ap = ArrayParams {
+            name: p.name.to_string(),
+            level: asm.geometry.level(),
+            layout: Some(asm.geometry.layout()),
+            strip_size_kb: strip_kb,
+            members: members.clone(),
+            data_offset_blocks: data_offset * 512 / bs,
+            member_data_blocks: Some(member_data_blocks),
+            channel: Default::default(),
+            meta_reactor: 0,
+            state: Some(asm.state.clone()),
+        };
+        let role_uuids: Vec<[u8; 16]> = asm
+            .superblocks
+            .iter()
+            .map(|s| s.as_ref().map_or([0; 16], |s| s.device_uuid))
+            .collect();
+        let array = self.start_array(ap, asm.superblocks.clone(), asm.dirty, &snap)?;
+        let roles: Vec<Option<String>> = members
+            .iter()
+            .map(|m| m.as_ref().map(|d| d.name().to_string()))
+            .collect();
+        let mut saved = p.clone();
+        saved.uuid = Some(RpcUuid(asm.set_uuid));
+        saved.base_bdevs = NameList(
+            roles
+                .iter()
+                .flatten()
+                .map(|n| BdevName::new(n.as_str()).expect("a registered name is valid"))
+                .collect(),
+        );
+        if !matches!(asm.geometry.level(), Level::Raid1) {
+            saved.strip_size_kb = Some(strip_kb);
+        }
+        let degraded = asm.state.out_of_service() != 0;
+        self.log(format!(
+            "assembled {} array {} ({}) at events {}{}{}",
+            asm.geometry.level().name(),
+            p.name,
+            md_uuid(&asm.set_uuid),
+            asm.state.events,
+            if degraded { ", degraded" } else { "" },
+            if asm.dirty {
+                "; it was not shut down cleanly and needs a resync, which this version cannot do yet (reads of in-sync members are correct; parity/copies of stripes written at the crash may differ)"
+            } else {
+                ""
+            }
+        ));
+        Ok(ArrayRecord {
+            name: p.name.to_string(),
+            array,
+            uuid: asm.set_uuid,
+            level: p.raid_level,
+            superblock: true,
+            saved,
+            roles,
+            role_uuids,
+            snap: Some(snap),
+        })
+    }
+
+    fn start_bare(
+        &mut self,
+        p: &BdevMdraidCreate,
+        devs: &[Arc<dyn Device>],
+        geom: Geometry,
+        strip_kb: u32,
+    ) -> Result<ArrayRecord, RpcError> {
+        let mut ap = ArrayParams::new(p.name.as_str(), geom.level(), strip_kb, devs.to_vec());
+        ap.layout = Some(geom.layout());
+        let array = Array::create(&self.rt, ap)
+            .map_err(|e| RpcError::errno(errno::EINVAL, format!("{CREATE}: {e}")))?;
+        let uuid = p.uuid.map(|u| u.0).unwrap_or_else(|| Uuid::random().0);
+        let mut saved = p.clone();
+        saved.uuid = Some(RpcUuid(uuid));
+        self.log(format!(
+            "created {} array {} without superblocks (nothing on the members says what they hold)",
+            p.raid_level, p.name
+        ));
+        Ok(ArrayRecord {
+            name: p.name.to_string(),
+            array,
+            uuid,
+            level: p.raid_level,
+            superblock: false,
+            saved,
+            roles: devs.iter().map(|d| Some(d.name().to_string())).collect(),
+            role_uuids: devs.iter().map(|d| d.uuid().0).collect(),
+            snap: None,
+        })
+    }
+
+    fn start_array(
+        &self,
+        ap: ArrayParams,
+        sbs: Vec<Option<Superblock>>,
+        dirty: bool,
+        snap: &Arc<Mutex<MetaSnap>>,
+    ) -> Result<Arc<Array>, RpcError> {
+        let cfg = self.opts.meta;
+        let snap2 = snap.clone();
+        Array::create_with_meta(&self.rt, ap, move |init| {
+            let mut meta = Meta::new(init.geom, init.shared, init.state, sbs, cfg, 0);
+            meta.set_wall_clock(now_secs());
+            let dm = DaemonMeta {
+                inner: MdMeta::new(meta),
+                snap: snap2,
+                resync_pending: dirty,
+                shutdown: false,
+                writes: HashSet::new(),
+            };
+            dm.update();
+            Box::new(dm) as Box<dyn MetaPath + Send>
+        })
+        .map_err(|e| RpcError::errno(errno::EINVAL, format!("{CREATE}: {e}")))
+    }
+
+    /// Zero the superblock area of `devs` (best effort; logged).
+    fn wipe(&self, devs: &[Arc<dyn Device>]) {
+        for d in devs {
+            if let Err(e) = write_sb_area(&self.rt, d, &[0u8; SB_BLOCK_BYTES], self.opts.io_timeout)
+            {
+                self.log(format!("{}: wiping the superblock: {e}", d.name()));
+            }
+        }
+    }
+
+    fn mdraid_delete(&mut self, p: BdevMdraidDelete) -> Result<Value, RpcError> {
+        let name = p.name.as_str();
+        let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
+            return Err(no_device(name));
+        };
+        if let Some(e) = self.exports.iter().find(|e| e.bdev_name.as_str() == name) {
+            return Err(RpcError::errno(
+                errno::EBUSY,
+                format!(
+                    "array {name} is exported over NBD as `{}`; remove the export first (mdraid_nbd_export_remove)",
+                    e.export_name()
+                ),
+            ));
+        }
+        let a = &self.arrays[idx];
+        a.array
+            .stop(self.opts.stop_timeout)
+            .map_err(|e| RpcError::errno(errno::EBUSY, format!("bdev_mdraid_delete: {e}")))?;
+        let rec = self.arrays.remove(idx);
+        let devs: Vec<Arc<dyn Device>> = rec
+            .roles
+            .iter()
+            .flatten()
+            .filter_map(|n| self.reg.get(n))
+            .collect();
+        if p.clear_sb && rec.superblock {
+            self.wipe(&devs);
+        }
+        for n in rec.roles.iter().flatten() {
+            self.reg.release(n);
+        }
+        self.log(format!(
+            "deleted array {name}{}",
+            if p.clear_sb {
+                " and cleared its superblocks"
+            } else {
+                ""
+            }
+        ));
+        Ok(json!(true))
+    }
+
+    fn examine_dev(&self, dev: &Arc<dyn Device>) -> Result<MdraidExamineInfo, String> {
+        let mut info = MdraidExamineInfo {
+            bdev: dev.name().to_string(),
+            has_superblock: false,
+            array_uuid: None,
+            array_name: None,
+            raid_level: None,
+            raid_devices: None,
+            layout: None,
+            strip_size_kb: None,
+            device_uuid: None,
+            device_role: None,
+            events: None,
+            data_offset: None,
+            data_size: None,
+            array_state: None,
+            bitmap: None,
+        };
+        let buf = read_sb_area(&self.rt, dev, self.opts.io_timeout)?;
+        if buf.len() < SB_BLOCK_BYTES {
+            return Ok(info);
+        }
+        let sectors = dev.num_blocks() * dev.block_size() as u64 / 512;
+        let sb = match Superblock::decode(&buf, sectors) {
+            Ok(sb) => sb,
+            Err(SbError::BadMagic { .. }) => return Ok(info),
+            Err(e) => return Err(format!("md superblock: {e}")),
+        };
+        let ex = examine_sb(&sb);
+        info.has_superblock = true;
+        info.array_uuid = Some(RpcUuid(sb.set_uuid));
+        info.array_name = Some(sb.name());
+        info.raid_level = raid_level_of(sb.level);
+        info.raid_devices = Some(sb.raid_disks);
+        info.layout = Some(layout_name(sb.level, sb.layout));
+        info.strip_size_kb = (sb.chunksize != 0).then_some(sb.chunksize / 2);
+        info.device_uuid = Some(RpcUuid(sb.device_uuid));
+        info.device_role = ex.get("Device Role").map(str::to_string);
+        info.events = Some(sb.events);
+        info.data_offset = Some(sb.data_offset);
+        info.data_size = Some(sb.data_size);
+        info.array_state = ex
+            .get("Array State")
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string);
+        Ok(info)
+    }
+
+    fn mdraid_examine(&self, p: BdevMdraidExamine) -> Result<Value, RpcError> {
+        match &p.name {
+            Some(n) => {
+                let d = self
+                    .reg
+                    .get(n.as_str())
+                    .ok_or_else(|| no_device(n.as_str()))?;
+                let info = self.examine_dev(&d).map_err(|e| {
+                    RpcError::errno(errno::EINVAL, format!("bdev_mdraid_examine: bdev {n}: {e}"))
+                })?;
+                reply(vec![info])
+            }
+            None => {
+                let mut v = Vec::new();
+                for rec in &self.devices {
+                    if let Some(d) = self.reg.get(&rec.name) {
+                        match self.examine_dev(&d) {
+                            Ok(i) => v.push(i),
+                            Err(e) => {
+                                self.log(format!("examine {}: {e}", rec.name));
+                                v.push(MdraidExamineInfo {
+                                    bdev: rec.name.clone(),
+                                    has_superblock: false,
+                                    array_uuid: None,
+                                    array_name: None,
+                                    raid_level: None,
+                                    raid_devices: None,
+                                    layout: None,
+                                    strip_size_kb: None,
+                                    device_uuid: None,
+                                    device_role: None,
+                                    events: None,
+                                    data_offset: None,
+                                    data_size: None,
+                                    array_state: None,
+                                    bitmap: None,
+                                });
+                            }
+                        }
+                    }
+                }
+                reply(v)
+            }
+        }
+    }
+
+    // ---- NBD
+
+    /// Run `f` on the export server; a server that cannot serve (a build
+    /// without it) answers "not supported" instead of taking the daemon down.
+    fn nbd<T>(
+        &mut self,
+        f: impl FnOnce(&ExportServer) -> Result<T, crate::export::ExportError>,
+    ) -> Result<T, RpcError> {
+        let srv = self.export.clone();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(&srv))) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(export_err(&e)),
+            Err(_) => Err(RpcError::errno(
+                errno::ENOTSUP,
+                "the NBD export server is not available in this build",
+            )),
+        }
+    }
+
+    /// Open an NBD listener. `saved`: written by `save_config` (false for
+    /// `serve`'s command-line listeners).
+    pub fn add_listener(&mut self, p: MdraidNbdListener, saved: bool) -> Result<Value, RpcError> {
+        const M: &str = "mdraid_nbd_listener_add";
+        if let Some(l) = self.listeners.iter_mut().find(|l| l.params == p) {
+            // The same listener from the command line and the config.
+            l.saved |= saved;
+            return Ok(json!(true));
+        }
+        let view = if let Some(path) = &p.unix_path {
+            let path = PathBuf::from(path);
+            self.nbd(|s| s.add_unix_listener(&path))?;
+            ListenerView::Unix(path)
+        } else {
+            let (ip, port) = p.tcp().ok_or_else(|| {
+                RpcError::invalid_field(M, "address", "not an IP address literal")
+            })?;
+            if !ip.is_loopback() {
+                return Err(RpcError::invalid_field(
+                    M,
+                    "address",
+                    format!("{ip} is not a loopback address; NBD has no authentication, so only 127.0.0.0/8 and ::1 are served"),
+                ));
+            }
+            let bound = self.nbd(|s| s.add_tcp_listener(SocketAddr::new(ip, port)))?;
+            ListenerView::Tcp(bound)
+        };
+        self.export_used = true;
+        self.listeners.push(ListenerRecord {
+            params: p,
+            view,
+            saved,
+        });
+        Ok(json!(true))
+    }
+
+    fn remove_listener(&mut self, p: MdraidNbdListener) -> Result<Value, RpcError> {
+        let Some(idx) = self.listeners.iter().position(|l| {
+            l.params == p
+                || match (&l.view, p.tcp()) {
+                    (ListenerView::Tcp(a), Some((ip, port))) => a.ip() == ip && a.port() == port,
+                    _ => false,
+                }
+        }) else {
+            return Err(RpcError::errno(errno::ENOENT, "no such NBD listener"));
+        };
+        let view = self.listeners[idx].view.clone();
+        self.nbd(|s| s.remove_listener(&view))?;
+        self.listeners.remove(idx);
+        Ok(json!(true))
+    }
+
+    fn export_add(&mut self, p: MdraidNbdExportAdd) -> Result<Value, RpcError> {
+        const M: &str = "mdraid_nbd_export_add";
+        let Some(a) = self.arrays.iter().find(|a| a.name == p.bdev_name.as_str()) else {
+            if self.reg.get(p.bdev_name.as_str()).is_some() {
+                return Err(RpcError::invalid_field(
+                    M,
+                    "bdev_name",
+                    format!(
+                        "`{}` is not an mdraid array; only arrays are exported",
+                        p.bdev_name
+                    ),
+                ));
+            }
+            return Err(no_device(p.bdev_name.as_str()));
+        };
+        let name = p.export_name().to_string();
+        if self.exports.iter().any(|e| e.export_name() == name) {
+            return Err(RpcError::errno(
+                errno::EEXIST,
+                format!("NBD export `{name}` already exists"),
+            ));
+        }
+        let array = a.array.clone();
+        let opts = ExportOptions {
+            read_only: p.read_only,
+            description: p.description.clone(),
+        };
+        self.nbd(|s| s.add_export(&name, array, opts))?;
+        self.export_used = true;
+        self.exports.push(p);
+        Ok(json!(name))
+    }
+
+    fn export_remove(&mut self, p: MdraidNbdExportRemove) -> Result<Value, RpcError> {
+        let Some(idx) = self
+            .exports
+            .iter()
+            .position(|e| e.export_name() == p.export_name)
+        else {
+            return Err(RpcError::errno(
+                errno::ENODEV,
+                format!("no NBD export `{}`", p.export_name),
+            ));
+        };
+        let n = p.export_name.clone();
+        self.nbd(|s| s.remove_export(&n))?;
+        self.exports.remove(idx);
+        Ok(json!(true))
+    }
+
+    fn get_exports(&mut self, p: MdraidNbdGetExports) -> Result<Value, RpcError> {
+        if self.exports.is_empty() {
+            return reply(Vec::<NbdExportInfo>::new());
+        }
+        let views = self.nbd(|s| Ok(s.exports()))?;
+        let mut v: Vec<NbdExportInfo> = views
+            .into_iter()
+            .map(|x| NbdExportInfo {
+                description: self
+                    .exports
+                    .iter()
+                    .find(|e| e.export_name() == x.export_name)
+                    .and_then(|e| e.description.clone()),
+                export_name: x.export_name,
+                bdev_name: x.bdev_name,
+                read_only: x.read_only,
+                size_bytes: x.size_bytes,
+                block_size: x.block_size,
+                connections: x.connections as u32,
+            })
+            .collect();
+        if let Some(n) = &p.export_name {
+            v.retain(|e| &e.export_name == n);
+            if v.is_empty() {
+                return Err(RpcError::errno(
+                    errno::ENODEV,
+                    format!("no NBD export `{n}`"),
+                ));
+            }
+        }
+        reply(v)
+    }
+
+    fn get_listeners(&self) -> Result<Value, RpcError> {
+        let v: Vec<MdraidNbdListener> = self
+            .listeners
+            .iter()
+            .map(|l| match &l.view {
+                ListenerView::Unix(p) => MdraidNbdListener {
+                    unix_path: Some(p.display().to_string()),
+                    address: None,
+                    port: None,
+                },
+                ListenerView::Tcp(a) => MdraidNbdListener {
+                    unix_path: None,
+                    address: Some(a.ip().to_string()),
+                    port: Some(a.port()),
+                },
+            })
+            .collect();
+        reply(v)
+    }
+
+    /// Where NBD clients connect, for the user (`nbd+unix:///?socket=..`,
+    /// `nbd://127.0.0.1:10809/`).
+    pub fn nbd_uris(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .map(|l| listener_text(&l.view))
+            .collect()
+    }
+
+    fn log(&self, msg: String) {
+        tracing::info!("{msg}");
+    }
+
+    /// Orderly stop: close NBD (in-flight requests finish), stop every
+    /// array (drain, mark clean), newest first. Returns the arrays that
+    /// did not stop cleanly.
+    pub fn shutdown(&mut self) -> Vec<String> {
+        if self.export_used {
+            let srv = self.export.clone();
+            if std::panic::catch_unwind(AssertUnwindSafe(|| srv.stop())).is_err() {
+                tracing::warn!("the NBD export server did not stop cleanly");
+            }
+            self.export_used = false;
+        }
+        self.exports.clear();
+        self.listeners.clear();
+        let mut failed = Vec::new();
+        while let Some(a) = self.arrays.pop() {
+            match a.array.stop(self.opts.stop_timeout) {
+                Ok(()) => {
+                    let snap = a
+                        .snap
+                        .as_ref()
+                        .map(|s| *s.lock().unwrap_or_else(|e| e.into_inner()));
+                    if snap.is_some_and(|s| s.dirty) {
+                        tracing::warn!(
+                            "array {}: stopped, left dirty (it needs a resync after an unclean shutdown)",
+                            a.name
+                        );
+                    } else {
+                        tracing::info!("array {}: stopped clean", a.name);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("array {}: {e}", a.name);
+                    failed.push(a.name.clone());
+                }
+            }
+            for n in a.roles.iter().flatten() {
+                self.reg.release(n);
+            }
+        }
+        failed
+    }
+}
+
+fn listener_text(v: &ListenerView) -> String {
+    match v {
+        ListenerView::Unix(p) => format!("nbd+unix:///?socket={}", p.display()),
+        ListenerView::Tcp(a) => match a.ip() {
+            IpAddr::V6(_) => format!("nbd://[{}]:{}/", a.ip(), a.port()),
+            IpAddr::V4(_) => format!("nbd://{a}/"),
+        },
+    }
+}
+
+fn export_err(e: &crate::export::ExportError) -> RpcError {
+    use crate::export::ExportError as E;
+    match e {
+        E::Exists(_) => RpcError::errno(errno::EEXIST, e.to_string()),
+        E::NoSuchExport(_) | E::NoSuchListener(_) => RpcError::errno(errno::ENODEV, e.to_string()),
+        E::Listen(_, io) => RpcError::errno(io.raw_os_error().unwrap_or(errno::EIO), e.to_string()),
+        E::Stopped => RpcError::errno(errno::ECANCELED, e.to_string()),
+        E::Invalid(_) => RpcError::invalid_params(format!("mdraid_nbd_export_add: {e}")),
+    }
+}
+
+fn not_yet(method: &str, why: &str) -> RpcError {
+    RpcError::errno(
+        errno::ENOTSUP,
+        format!("{method}: not supported yet ({why}): Operation not supported"),
+    )
+}
+
+impl Host for Daemon {
+    fn call(&mut self, call: Call) -> Result<Value, RpcError> {
+        match call {
+            Call::BdevMdraidCreate(p) => self.mdraid_create(p),
+            Call::BdevMdraidDelete(p) => self.mdraid_delete(p),
+            Call::BdevMdraidGetBdevs(p) => self.mdraid_get_bdevs(p),
+            Call::BdevMdraidExamine(p) => self.mdraid_examine(p),
+            Call::BdevMdraidAddBaseBdev(_) => Err(not_yet(
+                "bdev_mdraid_add_base_bdev",
+                "adding a member needs recovery, which the engine does not have yet",
+            )),
+            Call::BdevMdraidRemoveBaseBdev(_) => Err(not_yet(
+                "bdev_mdraid_remove_base_bdev",
+                "hot removal of a member is not implemented yet",
+            )),
+            Call::BdevMdraidSetOptions(_) => Err(not_yet(
+                "bdev_mdraid_set_options",
+                "there are no background processes to tune yet",
+            )),
+            Call::BdevMdraidSyncAction(_) => Err(not_yet(
+                "bdev_mdraid_sync_action",
+                "resync, check and repair are not implemented yet",
+            )),
+            Call::BdevMallocCreate(p) => self.malloc_create(p),
+            Call::BdevAioCreate(p) => self.aio_create(p),
+            Call::BdevUringCreate(p) => self.uring_create(p),
+            Call::BdevErrorCreate(p) => self.error_create(p),
+            Call::BdevDelayCreate(p) => self.delay_create(p),
+            Call::BdevErrorInjectError(p) => self.inject_error(p),
+            Call::BdevMallocDelete(p) => {
+                self.delete_device(Method::BdevMallocDelete, p.name.as_str())
+            }
+            Call::BdevAioDelete(p) => self.delete_device(Method::BdevAioDelete, p.name.as_str()),
+            Call::BdevUringDelete(p) => {
+                self.delete_device(Method::BdevUringDelete, p.name.as_str())
+            }
+            Call::BdevErrorDelete(p) => {
+                self.delete_device(Method::BdevErrorDelete, p.name.as_str())
+            }
+            Call::BdevDelayDelete(p) => {
+                self.delete_device(Method::BdevDelayDelete, p.name.as_str())
+            }
+            Call::BdevGetBdevs(p) => self.get_bdevs(p),
+            Call::BdevWaitForExamine(_) => Ok(json!(true)),
+            Call::MdraidNbdExportAdd(p) => self.export_add(p),
+            Call::MdraidNbdExportRemove(p) => self.export_remove(p),
+            Call::MdraidNbdGetExports(p) => self.get_exports(p),
+            Call::MdraidNbdListenerAdd(p) => self.add_listener(p, true),
+            Call::MdraidNbdListenerRemove(p) => self.remove_listener(p),
+            Call::MdraidNbdGetListeners(_) => self.get_listeners(),
+            Call::FrameworkWaitInit(_) => Ok(json!(true)),
+            Call::SpdkKillInstance(p) => {
+                let sig = match p.sig_name {
+                    KillSignal::Sigint => libc::SIGINT,
+                    KillSignal::Sigterm => libc::SIGTERM,
+                    KillSignal::Sigquit => libc::SIGQUIT,
+                    KillSignal::Sighup => libc::SIGHUP,
+                    KillSignal::Sigkill => libc::SIGKILL,
+                    KillSignal::Sigusr1 => libc::SIGUSR1,
+                };
+                self.kill = Some(sig);
+                Ok(json!(true))
+            }
+            // Answered by mdraid_rpc's dispatch before they get here.
+            Call::RpcGetMethods(_)
+            | Call::SpdkGetVersion(_)
+            | Call::SaveConfig(_)
+            | Call::FrameworkGetSubsystems(_)
+            | Call::FrameworkGetConfig(_) => Err(RpcError::method_not_found()),
+        }
+    }
+
+    fn saved_config(&mut self) -> Result<Vec<Call>, RpcError> {
+        let mut v: Vec<Call> = self.devices.iter().map(|d| d.call.clone()).collect();
+        v.extend(
+            self.arrays
+                .iter()
+                .map(|a| Call::BdevMdraidCreate(a.saved.clone())),
+        );
+        v.push(Call::BdevWaitForExamine(NoParams {}));
+        v.extend(
+            self.listeners
+                .iter()
+                .filter(|l| l.saved)
+                .map(|l| Call::MdraidNbdListenerAdd(l.params.clone())),
+        );
+        v.extend(
+            self.exports
+                .iter()
+                .map(|e| Call::MdraidNbdExportAdd(e.clone())),
+        );
+        Ok(v)
+    }
+}
+
+// ------------------------------------------------------------ preflight
+
+/// A device as the preflight sees it.
+struct ShadowDev {
+    block_size: u32,
+    num_blocks: u64,
+    /// The file holding its bytes (`None`: memory, all zero).
+    file: Option<PathBuf>,
+    kind: Method,
+    claimed: bool,
+}
+
+fn file_probe(path: &Path, block_size: Option<u32>) -> Result<(u32, u64), String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let ft = md.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(format!(
+            "{}: not a regular file or block device",
+            path.display()
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let size = if ft.is_block_device() {
+        let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
+            .map_err(|e| format!("{}: {e}", path.display()))?
+    } else {
+        md.len()
+    };
+    let bs = block_size.filter(|b| *b != 0).unwrap_or(512);
+    if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+        return Err(format!(
+            "block_size {bs} is not a power of two between 512 and 65536"
+        ));
+    }
+    let blocks = size / bs as u64;
+    if blocks == 0 {
+        return Err(format!(
+            "{}: smaller than one block of {bs} bytes",
+            path.display()
+        ));
+    }
+    Ok((bs, blocks))
+}
+
+fn read_file_sb(path: &Path) -> Vec<u8> {
+    let mut buf = vec![0u8; SB_BLOCK_BYTES];
+    match std::fs::File::open(path).and_then(|f| f.read_exact_at(&mut buf, SB_OFFSET_BYTES)) {
+        Ok(()) => buf,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Check a whole config against this machine before anything is created:
+/// names, files, member claims, and what the members' superblocks say
+/// (create, assemble, or refuse). Reads only. `Err` names the entry.
+pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
+    let mut devs: BTreeMap<String, ShadowDev> = BTreeMap::new();
+    let mut arrays: HashSet<String> = HashSet::new();
+    let mut exports: HashSet<String> = HashSet::new();
+    let mut malloc_next = 0u32;
+    let mut malloc_used = 0u64;
+    for e in &cfg.entries {
+        let at = |err: RpcError| ConfigError {
+            location: Some(e.location.clone()),
+            method: Some(e.call.method().name().to_string()),
+            error: err,
+        };
+        let taken = |devs: &BTreeMap<String, ShadowDev>, arrays: &HashSet<String>, n: &str| {
+            if devs.contains_key(n) || arrays.contains(n) {
+                Err(RpcError::errno(
+                    errno::EEXIST,
+                    format!("bdev {n} already exists (defined earlier in the file)"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match &e.call {
+            Call::BdevMallocCreate(p) => {
+                let name = match &p.name {
+                    Some(n) => n.to_string(),
+                    None => loop {
+                        let n = format!("Malloc{malloc_next}");
+                        malloc_next += 1;
+                        if !devs.contains_key(&n) && !arrays.contains(&n) {
+                            break n;
+                        }
+                    },
+                };
+                taken(&devs, &arrays, &name).map_err(at)?;
+                check_malloc(p, malloc_used).map_err(at)?;
+                malloc_used += p.num_blocks * p.block_size as u64;
+                devs.insert(
+                    name,
+                    ShadowDev {
+                        block_size: p.block_size,
+                        num_blocks: p.num_blocks,
+                        file: None,
+                        kind: Method::BdevMallocCreate,
+                        claimed: false,
+                    },
+                );
+            }
+            Call::BdevAioCreate(BdevAioCreate {
+                name,
+                filename,
+                block_size,
+                ..
+            })
+            | Call::BdevUringCreate(BdevUringCreate {
+                name,
+                filename,
+                block_size,
+                ..
+            }) => {
+                let m = e.call.method().name();
+                taken(&devs, &arrays, name.as_str()).map_err(at)?;
+                if let Call::BdevAioCreate(p) = &e.call {
+                    if p.readonly {
+                        return Err(at(RpcError::invalid_field(
+                            m,
+                            "readonly",
+                            "read-only members are not supported",
+                        )));
+                    }
+                }
+                let (bs, blocks) = file_probe(Path::new(filename), *block_size)
+                    .map_err(|msg| at(RpcError::invalid_field(m, "filename", msg)))?;
+                devs.insert(
+                    name.to_string(),
+                    ShadowDev {
+                        block_size: bs,
+                        num_blocks: blocks,
+                        file: Some(PathBuf::from(filename)),
+                        kind: e.call.method(),
+                        claimed: false,
+                    },
+                );
+            }
+            Call::BdevErrorCreate(p) => {
+                let name = p.bdev_name();
+                taken(&devs, &arrays, &name).map_err(at)?;
+                let b = shadow_claim(
+                    &mut devs,
+                    p.base_name.as_str(),
+                    "base_name",
+                    e.call.method(),
+                )
+                .map_err(at)?;
+                devs.insert(
+                    name,
+                    ShadowDev {
+                        kind: Method::BdevErrorCreate,
+                        claimed: false,
+                        ..b
+                    },
+                );
+            }
+            Call::BdevDelayCreate(p) => {
+                taken(&devs, &arrays, p.name.as_str()).map_err(at)?;
+                if p.p99_read_latency < p.avg_read_latency
+                    || p.p99_write_latency < p.avg_write_latency
+                {
+                    return Err(at(RpcError::invalid_field(
+                        "bdev_delay_create",
+                        "p99_read_latency",
+                        "p99 latency must not be smaller than the average latency",
+                    )));
+                }
+                let b = shadow_claim(
+                    &mut devs,
+                    p.base_bdev_name.as_str(),
+                    "base_bdev_name",
+                    e.call.method(),
+                )
+                .map_err(at)?;
+                devs.insert(
+                    p.name.to_string(),
+                    ShadowDev {
+                        kind: Method::BdevDelayCreate,
+                        claimed: false,
+                        ..b
+                    },
+                );
+            }
+            Call::BdevMallocDelete(p)
+            | Call::BdevAioDelete(p)
+            | Call::BdevUringDelete(p)
+            | Call::BdevErrorDelete(p)
+            | Call::BdevDelayDelete(p) => {
+                let create = match e.call.method() {
+                    Method::BdevMallocDelete => Method::BdevMallocCreate,
+                    Method::BdevAioDelete => Method::BdevAioCreate,
+                    Method::BdevUringDelete => Method::BdevUringCreate,
+                    Method::BdevErrorDelete => Method::BdevErrorCreate,
+                    _ => Method::BdevDelayCreate,
+                };
+                match devs.get(p.name.as_str()) {
+                    Some(d) if d.kind == create && !d.claimed => {
+                        devs.remove(p.name.as_str());
+                    }
+                    Some(d) if d.claimed => {
+                        return Err(at(RpcError::errno(
+                            errno::EBUSY,
+                            format!("bdev {} is claimed", p.name),
+                        )))
+                    }
+                    _ => return Err(at(no_device(p.name.as_str()))),
+                }
+            }
+            Call::BdevErrorInjectError(p) => match devs.get(p.name.as_str()) {
+                Some(d) if d.kind == Method::BdevErrorCreate => {}
+                _ => return Err(at(no_device(p.name.as_str()))),
+            },
+            Call::BdevMdraidCreate(p) => {
+                taken(&devs, &arrays, p.name.as_str()).map_err(at)?;
+                let mut probes = Vec::new();
+                for (i, m) in p.base_bdevs.iter().enumerate() {
+                    let f = format!("base_bdevs[{i}]");
+                    if arrays.contains(m.as_str()) {
+                        return Err(at(field(
+                            f,
+                            format!("`{m}` is an mdraid array; arrays cannot be members"),
+                        )));
+                    }
+                    let Some(d) = devs.get(m.as_str()) else {
+                        return Err(at(field(f, format!("bdev `{m}` does not exist"))));
+                    };
+                    if d.claimed {
+                        return Err(at(field(f, format!("bdev `{m}` is already claimed"))));
+                    }
+                    let sb = match &d.file {
+                        Some(path) if d.num_blocks * d.block_size as u64 >= 8192 => {
+                            read_file_sb(path)
+                        }
+                        Some(_) => Vec::new(),
+                        None => vec![0; SB_BLOCK_BYTES],
+                    };
+                    probes.push(Probe {
+                        block_size: d.block_size,
+                        num_blocks: d.num_blocks,
+                        sb,
+                    });
+                }
+                plan_array(p, &probes).map_err(at)?;
+                for m in p.base_bdevs.iter() {
+                    if let Some(d) = devs.get_mut(m.as_str()) {
+                        d.claimed = true;
+                    }
+                }
+                arrays.insert(p.name.to_string());
+            }
+            Call::BdevMdraidDelete(p) if !arrays.remove(p.name.as_str()) => {
+                return Err(at(no_device(p.name.as_str())));
+            }
+            Call::MdraidNbdListenerAdd(p) => {
+                if let Some((ip, _)) = p.tcp() {
+                    if !ip.is_loopback() {
+                        return Err(at(RpcError::invalid_field(
+                            "mdraid_nbd_listener_add",
+                            "address",
+                            format!("{ip} is not a loopback address"),
+                        )));
+                    }
+                }
+                if let Some(path) = &p.unix_path {
+                    let parent = Path::new(path)
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty());
+                    if let Some(dir) = parent {
+                        if !dir.is_dir() {
+                            return Err(at(RpcError::invalid_field(
+                                "mdraid_nbd_listener_add",
+                                "unix_path",
+                                format!("directory {} does not exist", dir.display()),
+                            )));
+                        }
+                    }
+                }
+            }
+            Call::MdraidNbdExportAdd(p) => {
+                if !arrays.contains(p.bdev_name.as_str()) {
+                    return Err(at(RpcError::invalid_field(
+                        "mdraid_nbd_export_add",
+                        "bdev_name",
+                        format!(
+                            "`{}` is not an mdraid array defined earlier in the file",
+                            p.bdev_name
+                        ),
+                    )));
+                }
+                if !exports.insert(p.export_name().to_string()) {
+                    return Err(at(RpcError::errno(
+                        errno::EEXIST,
+                        format!("NBD export `{}` defined twice", p.export_name()),
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn shadow_claim(
+    devs: &mut BTreeMap<String, ShadowDev>,
+    base: &str,
+    f: &str,
+    m: Method,
+) -> Result<ShadowDev, RpcError> {
+    let Some(b) = devs.get_mut(base) else {
+        return Err(RpcError::invalid_field(
+            m.name(),
+            f,
+            format!("bdev `{base}` does not exist"),
+        ));
+    };
+    if b.claimed {
+        return Err(RpcError::invalid_field(
+            m.name(),
+            f,
+            format!("bdev `{base}` is already claimed"),
+        ));
+    }
+    b.claimed = true;
+    Ok(ShadowDev {
+        block_size: b.block_size,
+        num_blocks: b.num_blocks,
+        file: b.file.clone(),
+        kind: b.kind,
+        claimed: false,
+    })
+}
+
+// ------------------------------------------------------------ RPC server
+
+/// JSON-RPC on a unix socket (SPDK's framing), one thread per connection.
+pub struct RpcServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    conns: Arc<AtomicUsize>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Serve `host` on a connected stream until it closes or `stop` is set.
+fn serve_conn<H: Host + Send + 'static>(
+    mut s: UnixStream,
+    host: &Mutex<H>,
+    stop: &AtomicBool,
+    on_answer: &(dyn Fn(&mut H) + Sync),
+) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut conn = Connection::with_limit(RPC_MAX_REQUEST);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        let mut out = Vec::new();
+        let st = {
+            let mut h = host.lock().unwrap_or_else(|e| e.into_inner());
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                conn.feed(&mut *h, &buf[..n], &mut out)
+            }));
+            match r {
+                Ok(st) => {
+                    if !out.is_empty() {
+                        let _ = s.write_all(&out);
+                        out.clear();
+                    }
+                    on_answer(&mut h);
+                    st
+                }
+                Err(_) => {
+                    tracing::error!("an RPC handler panicked; closing its connection");
+                    ConnState::Close
+                }
+            }
+        };
+        if st == ConnState::Close {
+            return;
+        }
+    }
+}
+
+impl RpcServer {
+    /// Listen on `path` (a stale socket file is replaced; a live one is an
+    /// error) and serve `host`. `on_answer` runs under the host's lock after
+    /// each batch of answers is written (the daemon raises the signal
+    /// `spdk_kill_instance` asked for there).
+    pub fn start<H: Host + Send + 'static>(
+        path: &Path,
+        host: Arc<Mutex<H>>,
+        on_answer: Arc<dyn Fn(&mut H) + Send + Sync>,
+    ) -> std::io::Result<RpcServer> {
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "{}: another process is serving this RPC socket",
+                        path.display()
+                    ),
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (st, cn) = (stop.clone(), conns.clone());
+        let accept = std::thread::Builder::new()
+            .name("rpc_accept".into())
+            .spawn(move || loop {
+                if st.load(Ordering::Acquire) {
+                    return;
+                }
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        if cn.load(Ordering::Acquire) >= RPC_MAX_CONNECTIONS {
+                            tracing::warn!("RPC: too many connections; closing a new one");
+                            continue;
+                        }
+                        let _ = s.set_nonblocking(false);
+                        cn.fetch_add(1, Ordering::AcqRel);
+                        let (h, st2, cn2, oa) =
+                            (host.clone(), st.clone(), cn.clone(), on_answer.clone());
+                        let spawned =
+                            std::thread::Builder::new()
+                                .name("rpc_conn".into())
+                                .spawn(move || {
+                                    serve_conn(s, &h, &st2, &*oa);
+                                    cn2.fetch_sub(1, Ordering::AcqRel);
+                                });
+                        if spawned.is_err() {
+                            cn.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        tracing::warn!("RPC accept: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })?;
+        Ok(RpcServer {
+            path: path.to_path_buf(),
+            stop,
+            conns,
+            accept: Some(accept),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stop accepting, let calls in progress answer, close every
+    /// connection (waiting at most `timeout`), remove the socket file.
+    pub fn stop(&mut self, timeout: Duration) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        let deadline = Instant::now() + timeout;
+        while self.conns.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        if self.accept.is_some() {
+            self.stop(Duration::from_secs(1));
+        }
+    }
+}
+
+// ------------------------------------------------------------ client
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Rpc(RpcError),
+}
+
+/// Call `method` on the daemon at `sock` and wait (at most `timeout`) for
+/// its answer.
+pub fn rpc_call(
+    sock: &Path,
+    method: &str,
+    params: Option<Value>,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
+    let io = |what: &str, e| ClientError::Io(format!("{}: {what}", sock.display()), e);
+    let mut s = UnixStream::connect(sock).map_err(|e| io("connect", e))?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| io("socket", e))?;
+    let mut req = json!({"jsonrpc": "2.0", "method": method, "id": 1});
+    if let Some(p) = params {
+        req["params"] = p;
+    }
+    let bytes = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    s.write_all(&bytes).map_err(|e| io("send", e))?;
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut it = serde_json::Deserializer::from_slice(&got).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                if let Some(e) = v.get("error") {
+                    let e: RpcError = serde_json::from_value(e.clone()).map_err(|x| {
+                        ClientError::Protocol(format!("malformed error response {e}: {x}"))
+                    })?;
+                    return Err(ClientError::Rpc(e));
+                }
+                return v
+                    .get("result")
+                    .cloned()
+                    .ok_or_else(|| ClientError::Protocol(format!("response without result: {v}")));
+            }
+            Some(Err(e)) if !e.is_eof() => {
+                return Err(ClientError::Protocol(format!("malformed response: {e}")))
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(ClientError::Protocol(format!(
+                "no answer to {method} within {timeout:?}"
+            )));
+        }
+        match s.read(&mut buf) {
+            Ok(0) => {
+                return Err(ClientError::Protocol(
+                    "the daemon closed the connection without answering".into(),
+                ))
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(io("receive", e)),
+        }
+    }
+}
+
+/// Location of a config entry, for messages (re-exported for the CLI).
+pub fn describe_location(l: &Location) -> String {
+    l.to_string()
+}
