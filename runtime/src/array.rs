@@ -28,13 +28,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bdev_raid::channel::{
     Action, Busy, Channel, ChannelConfig, ChannelStats, ChildOp, ChildStatus, ChildToken, IoStatus,
-    MemberStats, ParentIo,
+    IoType, MemberStats, ParentIo,
 };
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
@@ -125,6 +125,8 @@ pub struct Array {
     /// looks at it).
     state: Mutex<Arc<ArrayState>>,
     stopped: AtomicBool,
+    /// Next block a running resync submits; u64::MAX when none runs.
+    resync_at: AtomicU64,
 }
 
 /// Token bit of metadata writes (child tokens are slot indices).
@@ -225,6 +227,7 @@ impl Array {
             rt: rt.clone(),
             state: Mutex::new(state.clone()),
             stopped: AtomicBool::new(false),
+            resync_at: AtomicU64::new(u64::MAX),
         });
         // One engine channel per reactor; channel index = reactor index.
         let shared = Arc::new(Shared::new(rt.reactors()));
@@ -308,6 +311,34 @@ impl Array {
         match self.channel(r) {
             Some(ch) => ch.submit(r, io, done),
             None => Err(Busy(io)),
+        }
+    }
+
+    /// Resync the whole array (after an unclean shutdown): windows of
+    /// `window_blocks`, one at a time, through the metadata reactor's
+    /// channel beside user I/O; when the last one ends the metadata path may
+    /// mark the array clean. Progress is [`Array::resync_progress`].
+    pub fn start_resync(self: &Arc<Self>, window_blocks: u64) {
+        let a = self.clone();
+        let window = window_blocks.max(1);
+        self.resync_at.store(0, Ordering::Relaxed);
+        self.rt.send(self.meta_reactor, move |r| {
+            let drv = Rc::new(ResyncDriver {
+                array: a.clone(),
+                window,
+                this: RefCell::new(None),
+            });
+            // The driver keeps itself alive until the resync ends.
+            *drv.this.borrow_mut() = Some(drv.clone());
+            resync_next(r, &drv);
+        });
+    }
+
+    /// Blocks resynced so far, or `None` when no resync runs.
+    pub fn resync_progress(&self) -> Option<u64> {
+        match self.resync_at.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n.min(self.geom.array_blocks())),
         }
     }
 
@@ -932,5 +963,75 @@ fn meta_pump(r: &mut Reactor, key: u64) {
                 }
             }
         }
+    }
+}
+
+/// Drives a whole-array resync on the metadata reactor, one window at a
+/// time: each completion submits the next.
+struct ResyncDriver {
+    array: Arc<Array>,
+    window: u64,
+    /// Itself, while the resync runs.
+    this: RefCell<Option<Rc<ResyncDriver>>>,
+}
+
+impl IoDone for ResyncDriver {
+    fn io_done(&self, r: &mut Reactor, _tag: u64, status: IoStatus, buf: Option<AlignedBuf>) {
+        if let Some(b) = buf {
+            r.buf_pool().put(b);
+        }
+        if status != IoStatus::Success {
+            tracing::warn!(
+                "array {}: resync window failed; the array stays dirty",
+                self.array.name
+            );
+            self.array.resync_at.store(u64::MAX, Ordering::Relaxed);
+            self.this.borrow_mut().take();
+            return;
+        }
+        let me = self.this.borrow().clone();
+        if let Some(me) = me {
+            resync_next(r, &me);
+        }
+    }
+}
+
+/// Submit the resync window at the array's resync position, or finish.
+fn resync_next(r: &mut Reactor, drv: &Rc<ResyncDriver>) {
+    let a = &drv.array;
+    let at = a.resync_at.load(Ordering::Relaxed);
+    let size = a.geom.array_blocks();
+    if a.stopped.load(Ordering::Relaxed) || at == u64::MAX {
+        drv.this.borrow_mut().take();
+        return;
+    }
+    if at >= size {
+        a.resync_at.store(u64::MAX, Ordering::Relaxed);
+        tracing::info!("array {}: resync done", a.name);
+        meta_with(r, a.meta_key, |m| m.path.mark_synced());
+        drv.this.borrow_mut().take();
+        return;
+    }
+    let blocks = drv.window.min(size - at);
+    a.resync_at.store(at + blocks, Ordering::Relaxed);
+    let bs = a.geom.block_size() as usize;
+    let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(blocks as usize * bs));
+    let io = ParentIo {
+        tag: at,
+        op: IoType::Resync,
+        lba: at,
+        blocks,
+        fua: false,
+        buf,
+    };
+    let done: Rc<dyn IoDone> = drv.clone();
+    if let Err(Busy(io)) = a.submit(r, io, &done) {
+        // No parent slot now: try again shortly.
+        if let Some(b) = io.buf {
+            r.buf_pool().put(b);
+        }
+        a.resync_at.store(at, Ordering::Relaxed);
+        let d2 = drv.clone();
+        r.after(Duration::from_millis(1), move |r| resync_next(r, &d2));
     }
 }

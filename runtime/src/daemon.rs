@@ -717,9 +717,9 @@ fn plan_assemble(
 struct DaemonMeta {
     inner: MdMeta,
     snap: Arc<Mutex<MetaSnap>>,
-    /// Assembled after an unclean shutdown: the engine cannot resync yet,
-    /// so the superblocks stay dirty (correctly) and a stop does not wait
-    /// for a clean that cannot come.
+    /// Assembled after an unclean shutdown and not yet resynced: the
+    /// superblocks stay dirty (correctly) and a stop does not wait for a
+    /// clean that cannot come before the resync ends.
     resync_pending: bool,
     shutdown: bool,
     writes: HashSet<u64>,
@@ -763,6 +763,11 @@ impl MetaPath for DaemonMeta {
     fn shutdown(&mut self) {
         self.shutdown = true;
         self.inner.shutdown();
+        self.update();
+    }
+    fn mark_synced(&mut self) {
+        self.resync_pending = false;
+        self.inner.mark_synced();
         self.update();
     }
     fn is_clean(&self) -> bool {
@@ -1224,13 +1229,27 @@ impl Daemon {
             num_base_bdevs: a.roles.len() as u32,
             num_base_bdevs_discovered: present,
             num_base_bdevs_operational: operational,
-            process: None,
+            process: a.array.resync_progress().map(|blocks| MdraidProcess {
+                kind: "resync".into(),
+                target: None,
+                progress: MdraidProgress {
+                    blocks,
+                    percent: (blocks * 100 / a.array.num_blocks().max(1)) as u32,
+                },
+            }),
             base_bdevs_list: members,
             layout,
             events: snap.map_or(st.events, |s| s.events.max(st.events)),
             array_state: Some(array_state.into()),
             degraded: operational < a.roles.len() as u32,
-            sync_action: Some("idle".into()),
+            sync_action: Some(
+                if a.array.resync_progress().is_some() {
+                    "resync"
+                } else {
+                    "idle"
+                }
+                .into(),
+            ),
             mismatch_cnt: None,
             bitmap: None,
             write_behind: None,
@@ -1494,6 +1513,22 @@ impl Daemon {
             .map(|s| s.as_ref().map_or([0; 16], |s| s.device_uuid))
             .collect();
         let array = self.start_array(ap, asm.superblocks.clone(), asm.dirty, &snap)?;
+        if asm.dirty {
+            // Not shut down cleanly: make copies/parity agree (whole array,
+            // no bitmap yet), then the array may be marked clean again.
+            let g = array.geometry();
+            let unit = if g.level().is_parity() {
+                g.stripe_data_blocks()
+            } else {
+                g.strip_blocks()
+            };
+            let mib = (1u64 << 20) / u64::from(g.block_size());
+            array.start_resync(mib.div_ceil(unit).max(1) * unit);
+            self.log(format!(
+                "array {}: assembled dirty; resync started",
+                p.name.as_str()
+            ));
+        }
         let roles: Vec<Option<String>> = members
             .iter()
             .map(|m| m.as_ref().map(|d| d.name().to_string()))

@@ -78,6 +78,8 @@ pub trait MetaPath {
     fn tick(&mut self, _now: Instant) {}
     /// Orderly stop: the array's I/O has drained; mark it clean.
     fn shutdown(&mut self) {}
+    /// A resync of the whole array finished: it may be marked clean again.
+    fn mark_synced(&mut self) {}
     /// Nothing in flight and clean on disk (checked after `shutdown`).
     fn is_clean(&self) -> bool {
         true
@@ -181,6 +183,10 @@ impl MdMeta {
 impl MetaPath for MdMeta {
     fn request(&mut self, req: MetaRequest) {
         self.meta.request(req);
+    }
+
+    fn mark_synced(&mut self) {
+        self.meta.mark_synced();
     }
 
     fn applied(&mut self, state: &Arc<ArrayState>) {

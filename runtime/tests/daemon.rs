@@ -1658,6 +1658,27 @@ fn kill9_during_writes_then_restart_keeps_acknowledged_writes() {
     }
     assert!(checked > 100, "only {checked} regions checked");
     eprintln!("kill -9 after {total} acknowledged writes: {checked} regions read back intact");
+    // Assembled dirty, the arrays resync by themselves and end clean.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = d.ok("bdev_mdraid_get_bdevs", json!({"category": "all"}));
+        let busy = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["sync_action"] != "idle" || !a["process"].is_null());
+        if !busy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "resync never finished: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        d.stderr().contains("array md5: resync done")
+            && d.stderr().contains("array md1: resync done"),
+        "{}",
+        d.stderr()
+    );
     // An exported array is not deleted; after the export goes, it is.
     assert_eq!(
         d.err("bdev_mdraid_delete", json!({"name": "md5"})).code,
@@ -1666,4 +1687,19 @@ fn kill9_during_writes_then_restart_keeps_acknowledged_writes() {
     d.ok("mdraid_nbd_export_remove", json!({"export_name": "md5"}));
     d.ok("bdev_mdraid_delete", json!({"name": "md5"}));
     assert!(d.term().success(), "{}", d.stderr());
+    // md1 was stopped by SIGTERM after its resync: clean on its members.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mdraid"))
+        .arg("examine")
+        .arg("--json")
+        .arg(dir.path("k4.img"))
+        .arg(dir.path("k5.img"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.matches("\"state\": \"clean\"").count() + text.matches("\"state\":\"clean\"").count()
+            >= 2,
+        "md1 members not clean after resync and stop: {text}"
+    );
 }
