@@ -537,7 +537,7 @@ fn status_text(arrays: &[Value], bdevs: &[Value]) -> String {
             .and_then(Value::as_str)
             .unwrap_or("idle");
         let _ = writeln!(out, "    sync_action: {sync}");
-        if let Some(p) = a.get("process") {
+        if let Some(p) = a.get("process").filter(|p| !p.is_null()) {
             let pct = p
                 .pointer("/progress/percent")
                 .and_then(Value::as_u64)
