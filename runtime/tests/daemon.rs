@@ -1703,3 +1703,110 @@ fn kill9_during_writes_then_restart_keeps_acknowledged_writes() {
         "md1 members not clean after resync and stop: {text}"
     );
 }
+
+/// fio with crc32c verify through the daemon's NBD export over file
+/// members, every level; on the redundant ones a member is failed through
+/// `bdev_error_inject_error` while fio writes: zero I/O errors, zero verify
+/// failures, the member recorded faulty.
+#[test]
+fn fio_verify_over_files_with_a_member_failing() {
+    let _g = serial();
+    let Some(fio) = require_tool("fio_verify_over_files_with_a_member_failing", "fio") else {
+        return;
+    };
+    let dir = TempDir::new("fiofail");
+    let mut d = Daemon::start(&dir, "d", None);
+    let nbd = dir.path("nbd.sock");
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    let levels: [(&str, usize, bool); 5] = [
+        ("raid0", 2, false),
+        ("raid1", 2, true),
+        ("raid5", 3, true),
+        ("raid6", 4, true),
+        ("raid10", 4, true),
+    ];
+    for (level, n, fail) in levels {
+        let mut members = Vec::new();
+        for i in 0..n {
+            let name = format!("{level}f{i}");
+            aio(&d, &name, &dir.member(&format!("{name}.img"), MEMBER_BYTES));
+            d.ok("bdev_error_create", json!({"base_name": name}));
+            members.push(format!("EE_{name}"));
+        }
+        let array = format!("fio_{level}");
+        d.ok(
+            "bdev_mdraid_create",
+            json!({"name": array, "raid_level": level, "base_bdevs": members, "strip_size_kb": 64}),
+        );
+        d.ok("mdraid_nbd_export_add", json!({"bdev_name": array}));
+        let uri = format!("nbd+unix:///{array}?socket={}", nbd.display());
+        let out = dir.path(&format!("{array}.json"));
+        let mut job = Command::new(&fio)
+            .args([
+                "--name=v",
+                "--ioengine=nbd",
+                &format!("--uri={uri}"),
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=16",
+                "--size=16M",
+                "--verify=crc32c",
+                "--do_verify=1",
+                "--output-format=json",
+                &format!("--output={}", out.display()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if fail {
+            // Fail member 1's writes while fio runs.
+            std::thread::sleep(Duration::from_millis(150));
+            d.ok(
+                "bdev_error_inject_error",
+                json!({"name": format!("EE_{level}f1"), "io_type": "write", "error_type": "failure", "num": 1000000}),
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = job.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{level}: fio did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let j: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let job0 = &j["jobs"][0];
+        assert!(status.success(), "{level}: fio failed: {job0}");
+        assert_eq!(job0["error"], 0, "{level}: fio error");
+        assert_eq!(
+            job0["write"]["io_bytes"].as_u64(),
+            Some(16 << 20),
+            "{level}: not all written"
+        );
+        assert!(
+            job0["read"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20,
+            "{level}: not all verified: {}",
+            job0["read"]
+        );
+        let a = self::array(&d, &array);
+        if fail {
+            let states: Vec<String> = a["base_bdevs_list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["state"].as_str().unwrap_or("").to_string())
+                .collect();
+            assert!(
+                states.iter().filter(|s| s.contains("faulty")).count() == 1,
+                "{level}: member states {states:?}"
+            );
+            assert_eq!(a["degraded"], true, "{level}: {a}");
+        }
+        eprintln!("{level}: fio wrote and verified 16 MiB, member failed: {fail}");
+    }
+    assert!(d.term().success(), "{}", d.stderr());
+}
