@@ -1810,3 +1810,76 @@ fn fio_verify_over_files_with_a_member_failing() {
     }
     assert!(d.term().success(), "{}", d.stderr());
 }
+
+/// Protocol abuse on the daemon's NBD socket: each bad client gets an error
+/// or a closed connection, and the daemon keeps serving a good one.
+#[test]
+fn malformed_nbd_clients_leave_the_daemon_serving() {
+    use mdraid_nbd::client::Client;
+    use std::io::{Read, Write};
+    let _g = serial();
+    let dir = TempDir::new("nbdabuse");
+    let mut d = Daemon::start(&dir, "d", None);
+    let nbd = dir.path("nbd.sock");
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    for i in 0..2 {
+        aio(
+            &d,
+            &format!("b{i}"),
+            &dir.member(&format!("b{i}.img"), MEMBER_BYTES),
+        );
+    }
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "mb", "raid_level": "raid1", "base_bdevs": ["b0", "b1"]}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "mb"}));
+    let mut good = Client::connect(UnixStream::connect(&nbd).unwrap(), "mb").unwrap();
+    good.write(0, &[0x5a; 4096], false).unwrap();
+    let abuse: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0xff; 300],
+        // Client flags, then an option with a bad magic.
+        [
+            &[0, 0, 0, 1][..],
+            &[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1][..],
+            &[0; 8][..],
+        ]
+        .concat(),
+        // Client flags, then an option announcing 1 GiB of data.
+        [
+            &[0, 0, 0, 1][..],
+            b"IHAVEOPT",
+            &[0, 0, 0, 7][..],
+            &[0x40, 0, 0, 0][..],
+        ]
+        .concat(),
+        Vec::new(), // connect and half-close at once
+    ];
+    for bytes in &abuse {
+        let mut s = UnixStream::connect(&nbd).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[..8], b"NBDMAGIC");
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        // The daemon answers or closes; it never hangs the client forever.
+        let mut sink = Vec::new();
+        let r = s.read_to_end(&mut sink);
+        assert!(r.is_ok(), "no close after {bytes:?}: {r:?}");
+        // ... and keeps serving the good client.
+        assert_eq!(good.read(0, 4096).unwrap(), vec![0x5a; 4096]);
+        assert!(d.alive(), "daemon died: {}", d.stderr());
+    }
+    // A request past the end gets an error, the connection stays usable.
+    let end = 64 << 20;
+    assert!(good.read(end, 4096).is_err());
+    assert_eq!(good.read(0, 4096).unwrap(), vec![0x5a; 4096]);
+    let mut again = Client::connect(UnixStream::connect(&nbd).unwrap(), "mb").unwrap();
+    assert_eq!(again.read(0, 4096).unwrap(), vec![0x5a; 4096]);
+    assert!(d.term().success(), "{}", d.stderr());
+}
