@@ -223,6 +223,9 @@ struct InFlight {
     charge: usize,
 }
 
+/// Most bytes of recycled write payloads a connection keeps.
+pub const SPARE_BYTES: usize = 4 << 20;
+
 /// The server side of one NBD connection, without I/O.
 ///
 /// Typical host loop:
@@ -241,6 +244,10 @@ pub struct ServerConn {
     hdr: [u8; REQUEST_HEADER_LEN],
     hdr_len: usize,
     opt_buf: Vec<u8>,
+    /// Write payload buffers handed back by the host ([`ServerConn::recycle`]),
+    /// reused so a steady stream of writes allocates nothing.
+    spare: Vec<Vec<u8>>,
+    spare_bytes: usize,
     fixed_newstyle: bool,
     no_zeroes: bool,
     options_seen: u32,
@@ -310,6 +317,8 @@ impl ServerConn {
             events: VecDeque::new(),
             event_bytes: 0,
             output: Vec::with_capacity(256),
+            spare: Vec::new(),
+            spare_bytes: 0,
             out_pos: 0,
             disconnected: false,
         };
@@ -360,7 +369,7 @@ impl ServerConn {
     /// replies; read data still to be returned). Never above
     /// [`memory_bound`](Self::memory_bound).
     pub fn memory_in_use(&self) -> usize {
-        self.unsent() + self.hdr_len + self.opt_buf.len() + self.inflight_bytes
+        self.unsent() + self.hdr_len + self.opt_buf.len() + self.inflight_bytes + self.spare_bytes
     }
 
     /// Upper bound of [`memory_in_use`](Self::memory_in_use) (and so of
@@ -370,6 +379,7 @@ impl ServerConn {
         let c = &self.config;
         c.output_high_water
             + OUTPUT_SLACK
+            + SPARE_BYTES
             + c.max_inflight_bytes
             + c.max_payload as usize
             + SIMPLE_REPLY_HEADER_LEN * (c.max_inflight + 1)
@@ -997,10 +1007,27 @@ impl ServerConn {
         };
         if command == Command::Write {
             let mut req = req;
-            req.data = Vec::with_capacity((len as usize).min(256 * 1024));
+            req.data = match self.spare.pop() {
+                Some(v) => {
+                    self.spare_bytes -= v.capacity();
+                    v
+                }
+                None => Vec::with_capacity((len as usize).min(256 * 1024)),
+            };
             self.phase = Phase::WriteData { req };
         } else {
             self.events.push_back(Event::Request(req));
+        }
+    }
+
+    /// Hand back the `data` of a write [`Request`] once the host is done
+    /// with it; the next write's payload reuses it instead of allocating.
+    /// At most [`SPARE_BYTES`] are kept.
+    pub fn recycle(&mut self, mut data: Vec<u8>) {
+        if self.spare_bytes + data.capacity() <= SPARE_BYTES {
+            data.clear();
+            self.spare_bytes += data.capacity();
+            self.spare.push(data);
         }
     }
 

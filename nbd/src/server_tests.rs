@@ -647,6 +647,34 @@ fn write_payload_split_and_fua() {
 }
 
 #[test]
+fn recycled_write_payloads_are_reused() {
+    let mut c = go_default("disk");
+    let mut last = None;
+    for h in 0..4u64 {
+        push_all(&mut c, &encode_request(0, CMD_WRITE, h, 0, 4096));
+        push_all(&mut c, &[h as u8; 4096]);
+        // Taken by value (one_request clones), so its buffer is the one
+        // the connection filled.
+        let Some(Event::Request(r)) = c.poll_event() else {
+            panic!("no write request");
+        };
+        assert_eq!(r.data, vec![h as u8; 4096]);
+        let ptr = r.data.as_ptr();
+        if let Some(p) = last {
+            assert_eq!(ptr, p, "write {h} did not reuse the recycled payload");
+        }
+        last = Some(ptr);
+        c.recycle(r.data);
+        c.reply(h, Ok(None)).unwrap();
+        assert_eq!(one_reply(&mut c), (h, 0));
+    }
+    assert!(c.memory_in_use() <= c.memory_bound());
+    // Beyond the cap nothing more is kept.
+    c.recycle(Vec::with_capacity(SPARE_BYTES));
+    assert!(c.memory_in_use() <= c.memory_bound());
+}
+
+#[test]
 fn flush_trim_write_zeroes() {
     let mut c = go_default("disk");
     req(&mut c, 0, CMD_FLUSH, 1, 0, 0);

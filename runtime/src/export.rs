@@ -1254,6 +1254,7 @@ impl Conn {
                 Command::Write => {
                     let mut b = r.buf_pool().get(len);
                     b.as_mut().copy_from_slice(&req.data);
+                    st.sc.recycle(req.data);
                     (IoType::Write, Some(b))
                 }
                 Command::Flush => (IoType::Flush, None),
