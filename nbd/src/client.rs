@@ -332,3 +332,46 @@ impl<S: Read + Write> Client<S> {
         Ok(self.stream)
     }
 }
+
+/// Read from `s` until the server closes the connection (end of file,
+/// reset or broken pipe); `Err` if it has not within `limit`. The caller
+/// sets a short read timeout on `s` so the deadline is checked. Returns the
+/// bytes received before the close (at most `keep` of them are kept).
+pub fn read_until_closed<S: Read>(
+    s: &mut S,
+    limit: std::time::Duration,
+    keep: usize,
+) -> Result<Vec<u8>, String> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => {
+                if got.len() < keep {
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Ok(got)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "server did not close the connection within {limit:?}"
+            ));
+        }
+    }
+}

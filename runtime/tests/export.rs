@@ -362,37 +362,7 @@ impl Write for Sock {
 /// Returns what was received before the close.
 fn expect_closed(s: &mut Sock, limit: Duration) -> Vec<u8> {
     s.set_timeouts(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + limit;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => {
-                if got.len() < 64 << 20 {
-                    got.extend_from_slice(&buf[..n]);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                return got
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("read: {e}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not close the connection within {limit:?}"
-        );
-    }
+    mdraid_nbd::client::read_until_closed(s, limit, 64 << 20).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Greet and enter transmission on `export` with NBD_OPT_GO.

@@ -328,39 +328,8 @@ impl std::io::Write for Sock {
 /// Read until the server closes the connection; fail if it does not
 /// within `limit`. Returns the bytes received before the close.
 pub fn expect_closed(s: &mut Sock, limit: Duration) -> Vec<u8> {
-    use std::io::Read;
     s.set_timeouts(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + limit;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => {
-                if got.len() < 1 << 20 {
-                    got.extend_from_slice(&buf[..n]);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                return got
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("read: {e}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not close the connection within {limit:?}"
-        );
-    }
+    mdraid_nbd::client::read_until_closed(s, limit, 1 << 20).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Wait until `cond` holds, failing after `limit`.
