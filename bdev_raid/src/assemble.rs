@@ -15,6 +15,7 @@
 //!   parity may not match the data, and the missing member's blocks would
 //!   be reconstructed from it).
 
+use crate::bitmap::{BitmapGeom, DiskBitmap};
 use crate::layout::{Geometry, GeometryParams, Level};
 use crate::ondisk::{DevRole, Superblock, SB_BLOCK_BYTES};
 use crate::state::{survives, ArrayState, MemberState};
@@ -55,6 +56,20 @@ pub struct Assembled {
     pub refused: Vec<(usize, String)>,
     /// The freshest superblock says the array was not shut down cleanly.
     pub dirty: bool,
+    /// The write-intent bitmap, when the superblock records one.
+    pub bitmap: Option<AssembledBitmap>,
+}
+
+/// The bitmap read at assembly: the members' bits OR'ed (a bitmap write cut
+/// short by a crash may have reached some members only), the superblock of
+/// the freshest.
+#[derive(Clone, Debug)]
+pub struct AssembledBitmap {
+    pub disk: DiskBitmap,
+    pub geom: BitmapGeom,
+    /// The bitmap was out of date (older than the superblocks, or marked
+    /// stale): every bit is set, as md does, so a dirty array resyncs fully.
+    pub stale: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +92,8 @@ pub enum AssembleError {
     Level { uuid: String, level: i32 },
     #[error("array {uuid}: bad geometry in its superblock: {err}")]
     Geometry { uuid: String, err: String },
+    #[error("array {uuid}: no usable write-intent bitmap: {detail}")]
+    Bitmap { uuid: String, detail: String },
 }
 
 /// Format a UUID as mdadm prints it (`xxxxxxxx:xxxxxxxx:xxxxxxxx:xxxxxxxx`).
@@ -273,6 +290,18 @@ pub fn assemble(
             uuid: uuid_s,
         });
     }
+    let bitmap = if fresh.has_bitmap() {
+        Some(
+            load_bitmap(cands, &member_of_role, &role_sb, &geometry, &fresh).map_err(|detail| {
+                AssembleError::Bitmap {
+                    uuid: uuid_s.clone(),
+                    detail,
+                }
+            })?,
+        )
+    } else {
+        None
+    };
     Ok(Assembled {
         set_uuid: uuid,
         name: fresh.name(),
@@ -282,7 +311,84 @@ pub fn assemble(
         member_of_role,
         refused,
         dirty,
+        bitmap,
     })
+}
+
+/// Read the bitmap of every member used: OR the bits, keep the freshest
+/// superblock. Members whose bitmap does not decode are skipped (their data
+/// is still used); with none left it is an error naming why.
+fn load_bitmap(
+    cands: &[Candidate<'_>],
+    member_of_role: &[Option<usize>],
+    role_sb: &[Option<Superblock>],
+    geometry: &Geometry,
+    fresh: &Superblock,
+) -> Result<AssembledBitmap, String> {
+    if fresh.bitmap_offset != 8 {
+        return Err(format!(
+            "bitmap_offset {}: only an internal bitmap right after the superblock (8 sectors) is supported",
+            fresh.bitmap_offset
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut best: Option<(DiskBitmap, BitmapGeom)> = None;
+    let mut bits: Vec<u8> = Vec::new();
+    for (r, m) in member_of_role.iter().enumerate() {
+        let (Some(i), Some(sb)) = (m, &role_sb[r]) else {
+            continue;
+        };
+        let c = &cands[*i];
+        let area = c.sb.get(SB_BLOCK_BYTES..).unwrap_or(&[]);
+        let decoded = DiskBitmap::decode(area, geometry).and_then(|(b, g)| {
+            b.sb.check_against(sb).map_err(|e| e.to_string())?;
+            Ok((b, g))
+        });
+        match decoded {
+            Ok((b, g)) => {
+                if let Some((f, fg)) = &best {
+                    if fg != &g {
+                        errors.push(format!(
+                            "{}: bitmap chunk {} differs from {}",
+                            c.name,
+                            g.chunk_bytes(),
+                            fg.chunk_bytes()
+                        ));
+                        continue;
+                    }
+                    if b.sb.events <= f.sb.events {
+                        for (o, x) in bits.iter_mut().zip(&b.bits) {
+                            *o |= x;
+                        }
+                        continue;
+                    }
+                }
+                let merged: Vec<u8> = b
+                    .bits
+                    .iter()
+                    .zip(bits.iter().copied().chain(std::iter::repeat(0)))
+                    .map(|(a, o)| a | o)
+                    .collect();
+                bits = merged;
+                best = Some((b, g));
+            }
+            Err(e) => errors.push(format!("{}: {e}", c.name)),
+        }
+    }
+    let Some((mut disk, geom)) = best else {
+        return Err(errors.join("; "));
+    };
+    disk.bits = bits;
+    // md's tolerance: a superblock one event behind is a commit a crash cut
+    // short; the bitmap travels with the superblock, so the same holds.
+    let stale = disk.sb.is_stale() || disk.sb.events + 1 < fresh.events;
+    if stale {
+        for c in 0..geom.chunks() {
+            disk.set(c, true);
+        }
+        disk.sb.state &= !crate::ondisk::BITMAP_STATE_STALE;
+    }
+    Ok(AssembledBitmap { disk, geom, stale })
 }
 
 #[cfg(test)]
@@ -312,6 +418,7 @@ mod tests {
                 member_sectors: vec![SECTORS; n],
                 data_offset: 16,
                 now_secs: 1,
+                bitmap: false,
             },
         )
         .iter()
@@ -484,5 +591,108 @@ mod tests {
             edit(b, |sb| sb.resync_offset = 0);
         }
         assert!(assemble(&cands(&r1[..1], &ns[..1]), &opts()).is_ok());
+    }
+
+    /// Members of a raid1 of 2 with a bitmap of 64 KiB chunks: each gets
+    /// its superblock (events `ev[m]`), then its bitmap with bits `bits[m]`
+    /// and bitmap events `bev[m]`.
+    fn with_bitmap(ev: [u64; 2], bev: [u64; 2], bits: [u8; 2]) -> Vec<Vec<u8>> {
+        let g = Geometry::new(&GeometryParams {
+            level: Level::Raid1,
+            layout: None,
+            strip_size_kb: 4,
+            block_size: 512,
+            member_blocks: vec![4096; 2],
+        })
+        .unwrap();
+        let sbs = create_superblocks(
+            &g,
+            &CreateParams {
+                set_uuid: [9; 16],
+                name: "b",
+                device_uuids: vec![[1; 16], [2; 16]],
+                member_sectors: vec![SECTORS + 8; 2],
+                data_offset: 24,
+                now_secs: 1,
+                bitmap: true,
+            },
+        );
+        let bg = BitmapGeom::new(&g, 64 << 10).unwrap();
+        (0..2)
+            .map(|m| {
+                let mut sb = sbs[m].clone();
+                sb.events = ev[m];
+                let mut d = DiskBitmap::new(&bg, [9; 16], 1000);
+                d.bits[0] = bits[m];
+                let mut out = sb.encode();
+                out.extend_from_slice(&d.encode_area(bev[m]));
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bitmaps_of_all_members_are_merged() {
+        let bufs = with_bitmap([5, 5], [5, 5], [0b0010, 0b1000]);
+        let n = names(2);
+        let mut c = cands(&bufs, &n);
+        for x in &mut c {
+            x.sectors = SECTORS + 8;
+        }
+        let a = assemble(&c, &AssembleOptions::default()).unwrap();
+        let b = a.bitmap.unwrap();
+        assert!(!b.stale);
+        assert_eq!(b.disk.bits[0], 0b1010);
+        assert_eq!(b.geom.chunks(), 32);
+    }
+
+    #[test]
+    fn an_out_of_date_bitmap_sets_every_bit() {
+        let bufs = with_bitmap([7, 7], [5, 5], [0, 0]);
+        let n = names(2);
+        let mut c = cands(&bufs, &n);
+        for x in &mut c {
+            x.sectors = SECTORS + 8;
+        }
+        let b = assemble(&c, &AssembleOptions::default())
+            .unwrap()
+            .bitmap
+            .unwrap();
+        assert!(b.stale);
+        assert_eq!(b.disk.dirty(), 32);
+        // One event behind is a commit cut short, not a stale bitmap.
+        let bufs = with_bitmap([7, 7], [6, 7], [0, 1]);
+        let c: Vec<_> = cands(&bufs, &n)
+            .into_iter()
+            .map(|mut x| {
+                x.sectors = SECTORS + 8;
+                x
+            })
+            .collect();
+        let b = assemble(&c, &AssembleOptions::default())
+            .unwrap()
+            .bitmap
+            .unwrap();
+        assert!(!b.stale);
+        assert_eq!(b.disk.dirty(), 1);
+    }
+
+    #[test]
+    fn a_bitmap_that_does_not_decode_anywhere_is_an_error() {
+        let mut bufs = with_bitmap([3, 3], [3, 3], [0, 0]);
+        for b in &mut bufs {
+            b[SB_BLOCK_BYTES] ^= 0xff; // bitmap magic
+        }
+        let n = names(2);
+        let c: Vec<_> = cands(&bufs, &n)
+            .into_iter()
+            .map(|mut x| {
+                x.sectors = SECTORS + 8;
+                x
+            })
+            .collect();
+        let e = assemble(&c, &AssembleOptions::default()).unwrap_err();
+        assert!(matches!(e, AssembleError::Bitmap { .. }), "{e}");
+        assert!(e.to_string().contains("bitmap magic"), "{e}");
     }
 }

@@ -148,6 +148,9 @@ pub enum MetaRequest {
     MemberFailed { member: u16, events: u64 },
     /// Writes are waiting: mark the array dirty and make it writable.
     MarkDirty { channel: u16 },
+    /// Writes are waiting for bitmap bits to be durable (R4): write every
+    /// bit some chunk's in-flight writes need, then broadcast a new state.
+    BitsNeeded { channel: u16 },
     /// In the not-writable state of publication `seq`, this channel has no
     /// write in flight (the metadata path may mark the array clean once all
     /// channels said so for the same publication).
@@ -215,6 +218,8 @@ pub struct ChannelStats {
     pub waits_for_resources: u64,
     pub waits_for_stripe: u64,
     pub nomem_retries: u64,
+    /// Writes that waited for their bitmap bits to be written (R4).
+    pub waits_for_bits: u64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -248,6 +253,8 @@ struct Parent<B> {
     queued: bool,
     /// Counted in `writes_in_flight`.
     write_started: bool,
+    /// Counted in the bitmap's chunk words (R4).
+    bits_counted: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,6 +398,9 @@ pub struct Channel<B: IoBuf> {
     /// Writes waiting for the array to be marked dirty.
     dirty_wait: VecDeque<u32>,
     dirty_requested: bool,
+    /// Writes waiting for their chunks' bitmap bits to be durable (R4).
+    bits_wait: VecDeque<u32>,
+    bits_requested: bool,
     /// Write parents issued (past the dirty gate) and not completed.
     writes_in_flight: u32,
     /// Publication of the last not-writable state this channel reported idle
@@ -480,6 +490,8 @@ impl<B: IoBuf> Channel<B> {
             index,
             dirty_wait: VecDeque::with_capacity(cfg.max_parents),
             dirty_requested: false,
+            bits_wait: VecDeque::with_capacity(cfg.max_parents),
+            bits_requested: false,
             writes_in_flight: 0,
             idle_reported: None,
             cfg,
@@ -526,6 +538,9 @@ impl<B: IoBuf> Channel<B> {
     pub fn state(&self) -> &Arc<ArrayState> {
         &self.state
     }
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
     pub fn stats(&self) -> ChannelStats {
         self.stats
     }
@@ -544,12 +559,13 @@ impl<B: IoBuf> Channel<B> {
     /// One line on what the channel holds, for diagnosing a stuck host.
     pub fn describe(&self) -> String {
         format!(
-            "parents {} (waiting {}, parked {}, dirty wait {}), children free {}/{}, stripes free {}/{}, \
+            "parents {} (waiting {}, parked {}, dirty wait {}, bits wait {}), children free {}/{}, stripes free {}/{}, \
              pieces free {}, recon queue {}, fix queue {}, nomem {}, actions {}, failed {:#b}",
             self.parents_in_flight(),
             self.waiters.len(),
             self.parked.len(),
             self.dirty_wait.len(),
+            self.bits_wait.len(),
             self.free_children.len(),
             self.cfg.max_children,
             self.free_stripes.len(),
@@ -631,6 +647,7 @@ impl<B: IoBuf> Channel<B> {
             wait_members: 0,
             queued: false,
             write_started: false,
+            bits_counted: false,
         });
         if self.geom.level().is_parity() && io.op.writes() {
             let (s, _, _) = self.geom.locate(io.lba);
@@ -654,12 +671,68 @@ impl<B: IoBuf> Channel<B> {
             p.write_started = true;
             self.writes_in_flight += 1;
             self.shared.note_write(self.index);
+            if let Some(bm) = &self.shared.bitmap {
+                // R4: count the write in its chunks first, then issue it
+                // only if every chunk's bit is already on disk.
+                p.bits_counted = true;
+                if !bm.start_write(p.lba, p.blocks) {
+                    self.stats.waits_for_bits += 1;
+                    self.bits_wait.push_back(slot);
+                    self.request_bits();
+                    return;
+                }
+            }
         }
+        self.go(slot);
+    }
+
+    /// Run a parent now, or queue it behind others waiting for resources.
+    fn go(&mut self, slot: u32) {
         if !self.waiters.is_empty() {
             // Others wait for resources: keep their order.
             self.enqueue(slot);
         } else {
             self.run_parent(slot);
+        }
+    }
+
+    fn request_bits(&mut self) {
+        if !self.bits_requested {
+            self.bits_requested = true;
+            self.actions
+                .push_back(Action::Meta(MetaRequest::BitsNeeded {
+                    channel: self.index as u16,
+                }));
+        }
+    }
+
+    /// Issue the writes whose bits became durable; ask again for the rest
+    /// (a request answered before their chunks were counted wrote nothing
+    /// for them).
+    fn recheck_bits(&mut self) {
+        // Any answer to the last request has arrived with this state.
+        self.bits_requested = false;
+        if self.bits_wait.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let Some(bm) = shared.bitmap.as_ref() else {
+            return;
+        };
+        let offline = self.state.offline;
+        for _ in 0..self.bits_wait.len() {
+            let slot = self.bits_wait.pop_front().unwrap();
+            let p = self.parents[slot as usize].as_ref().unwrap();
+            if offline {
+                self.complete(slot);
+            } else if bm.durable(p.lba, p.blocks) {
+                self.go(slot);
+            } else {
+                self.bits_wait.push_back(slot);
+            }
+        }
+        if !self.bits_wait.is_empty() {
+            self.request_bits();
         }
     }
 
@@ -710,6 +783,7 @@ impl<B: IoBuf> Channel<B> {
             }
             self.maybe_report_idle();
         }
+        self.recheck_bits();
         self.run_waiters();
     }
 
@@ -880,6 +954,11 @@ impl<B: IoBuf> Channel<B> {
         let p = self.parents[slot as usize].take().unwrap();
         if p.write_started {
             self.writes_in_flight -= 1;
+        }
+        if p.bits_counted {
+            if let Some(bm) = &self.shared.bitmap {
+                bm.end_write(p.lba, p.blocks);
+            }
         }
         let status = if p.error || self.state.offline {
             IoStatus::Error

@@ -3,6 +3,7 @@
 //! carry out the actions it emits.
 
 pub mod assemble;
+pub mod bitmap;
 pub mod channel;
 pub mod examine;
 pub mod layout;
@@ -10,3 +11,4 @@ pub mod meta;
 pub mod ondisk;
 pub mod parity;
 pub mod state;
+pub mod sync;

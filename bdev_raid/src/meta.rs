@@ -32,9 +32,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::bitmap::{DiskBitmap, DURABLE, IDLE, NEEDED};
 use crate::channel::MetaRequest;
 use crate::layout::{Geometry, MAX_MEMBERS};
-use crate::ondisk::{DevRole, MdTime, Superblock, SB_OFFSET_BYTES};
+use crate::ondisk::{DevRole, MdTime, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
 use crate::state::{survives, ArrayState, MemberState, Shared};
 
 /// Tunables of the metadata path.
@@ -45,6 +46,9 @@ pub struct MetaConfig {
     /// First and longest wait before retrying a commit no member took.
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
+    /// Time between two passes of the bitmap daemon: a chunk idle for two
+    /// passes has its bit cleared (md's daemon_sleep).
+    pub daemon_sleep_ms: u64,
 }
 
 impl Default for MetaConfig {
@@ -53,6 +57,7 @@ impl Default for MetaConfig {
             safemode_ms: 200,
             retry_min_ms: 10,
             retry_max_ms: 5_000,
+            daemon_sleep_ms: 5_000,
         }
     }
 }
@@ -61,8 +66,12 @@ impl Default for MetaConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetaAction {
     /// Write `data` at byte `offset` of member `member` (absolute on the
-    /// device, not in its data area), durably (FUA or write + flush), then
-    /// call [`Meta::sb_write_done`] with `token`.
+    /// device, not in its data area), durably, and only once every write
+    /// the member completed before is durable too (a flush, then the write
+    /// with FUA; clearing a bitmap bit relies on it), then call
+    /// [`Meta::sb_write_done`] with `token`. The data is a superblock,
+    /// followed directly by the bitmap area when the array has one, or the
+    /// bitmap area alone.
     WriteSb {
         member: u16,
         token: u64,
@@ -85,6 +94,19 @@ pub struct MetaStatus {
     pub dirty: bool,
     pub writable: bool,
     pub members: Vec<MemberState>,
+    pub bitmap: Option<BitmapStatus>,
+}
+
+/// The write-intent bitmap, for the status API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitmapStatus {
+    pub chunk_bytes: u64,
+    pub chunks: u64,
+    /// Bits set on disk (or in the write in flight).
+    pub dirty: u64,
+    /// Chunks still to be resynced.
+    pub needed: u64,
+    pub events_cleared: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,10 +120,21 @@ enum Quiesce {
     Draining { seq: u64, idle: u64 },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A new superblock (and the bitmap) on every member in service.
+    Sb,
+    /// Only bringing lagging superblocks up to the current events.
+    Refresh,
+    /// Only the bitmap, on every member in service.
+    Bits,
+}
+
 struct Commit {
     seq: u64,
-    /// Only bringing lagging superblocks up to the current events.
-    refresh: bool,
+    kind: Kind,
+    /// Chunks whose bits this write makes durable.
+    bits: Vec<u64>,
     target: ArrayState,
     /// The target marks the superblocks dirty.
     dirty: bool,
@@ -139,24 +172,57 @@ pub struct Meta {
     /// Assembled dirty: the copies/parity must be resynced before the
     /// array may be marked clean again.
     resync_needed: bool,
+    /// The bitmap as on disk (or as the write in flight makes it).
+    bitmap: Option<DiskBitmap>,
+    /// Chunks set in `bitmap` by a write that did not land anywhere yet.
+    bits_pending: Vec<u64>,
+    /// A channel waits for bits: look for chunks that need theirs.
+    bits_wanted: bool,
+    /// Chunks cleared in memory, to clear on disk with the next write.
+    to_clear: Vec<u64>,
+    next_pass: u64,
+    /// The bitmap was flushed for an orderly stop.
+    stop_flushed: bool,
     actions: VecDeque<MetaAction>,
 }
 
 impl Meta {
     /// The metadata path of an array in `state` whose members carry `sbs`
-    /// (one per role; `None` for a missing member). `disk_dirty` says what
-    /// the superblocks say now.
+    /// (one per role; `None` for a missing member), and `bitmap` as read from
+    /// them (its words live in `shared`). Whether the array is dirty is what
+    /// the superblocks say; a dirty array's set bits are the chunks to
+    /// resync.
     pub fn new(
         geom: Arc<Geometry>,
         shared: Arc<Shared>,
         state: Arc<ArrayState>,
         sbs: Vec<Option<Superblock>>,
+        bitmap: Option<DiskBitmap>,
         cfg: MetaConfig,
         now_ms: u64,
     ) -> Meta {
         assert_eq!(sbs.len(), geom.members(), "one superblock slot per role");
         assert!(geom.members() <= MAX_MEMBERS);
         let disk_dirty = sbs.iter().flatten().any(|sb| !sb.is_clean());
+        assert_eq!(
+            bitmap.is_some(),
+            shared.bitmap.is_some(),
+            "a bitmap needs its shared words and the words their bitmap"
+        );
+        // The bits read may be a merge of several members' (a bitmap write
+        // a crash cut short): none counts as durable until the merged bitmap
+        // has been written to every member, which is the first thing done.
+        let mut bits_pending = Vec::new();
+        if let (Some(b), Some(words)) = (&bitmap, &shared.bitmap) {
+            for c in 0..words.geom().chunks() {
+                if b.get(c) {
+                    if disk_dirty {
+                        words.set_flags(c, NEEDED);
+                    }
+                    bits_pending.push(c);
+                }
+            }
+        }
         // A member whose superblock lags the array's (a commit cut short by
         // a crash) is brought up to date at once, so it never falls two
         // events behind without having missed anything.
@@ -197,6 +263,12 @@ impl Meta {
             actions: VecDeque::new(),
             state,
             refresh: lagging,
+            bits_wanted: !bits_pending.is_empty(),
+            bitmap,
+            bits_pending,
+            to_clear: Vec::new(),
+            next_pass: now_ms + cfg.daemon_sleep_ms,
+            stop_flushed: false,
         };
         m.step();
         m
@@ -214,6 +286,16 @@ impl Meta {
             dirty: self.disk_dirty,
             writable: self.state.writable,
             members: self.state.members.clone(),
+            bitmap: self.bitmap.as_ref().map(|b| {
+                let words = self.shared.bitmap.as_ref().unwrap();
+                BitmapStatus {
+                    chunk_bytes: words.geom().chunk_bytes(),
+                    chunks: words.geom().chunks(),
+                    dirty: b.dirty(),
+                    needed: words.needed_count(),
+                    events_cleared: b.sb.events_cleared,
+                }
+            }),
         }
     }
 
@@ -225,7 +307,7 @@ impl Meta {
             self.state.writable,
             self.disk_dirty,
             self.quiesce,
-            self.commit.as_ref().map_or("none".to_string(), |c| format!("seq {} writing {:#b}", c.seq, c.writing)),
+            self.commit.as_ref().map_or("none".to_string(), |c| format!("{:?} seq {} writing {:#b}", c.kind, c.seq, c.writing)),
             self.pending_fail,
             self.want_dirty,
             self.want_clean,
@@ -239,6 +321,11 @@ impl Meta {
     /// The superblock last written to role `member` (what `examine` shows).
     pub fn superblock(&self, member: usize) -> Option<&Superblock> {
         self.sbs[member].as_ref()
+    }
+
+    /// The bitmap as last written (or being written).
+    pub fn bitmap(&self) -> Option<&DiskBitmap> {
+        self.bitmap.as_ref()
     }
 
     pub fn poll_action(&mut self) -> Option<MetaAction> {
@@ -266,6 +353,7 @@ impl Meta {
                     self.want_clean = false;
                 }
             }
+            MetaRequest::BitsNeeded { .. } => self.bits_wanted = true,
             MetaRequest::WritesIdle { channel, seq } => {
                 if let Quiesce::Draining { seq: q, idle } = self.quiesce {
                     if q == seq {
@@ -315,6 +403,10 @@ impl Meta {
         if a != self.activity_seen {
             self.activity_seen = a;
             self.last_activity = now_ms;
+        }
+        if self.bitmap.is_some() && now_ms >= self.next_pass {
+            self.next_pass = now_ms + self.cfg.daemon_sleep_ms;
+            self.daemon_pass();
         }
         self.step();
     }
@@ -375,8 +467,28 @@ impl Meta {
         } else if self.refresh {
             self.refresh = false;
             self.start_refresh();
+        } else if self.bitmap.is_some() && (self.bits_wanted || !self.to_clear.is_empty()) {
+            self.start_bits();
         } else if self.want_clean && self.disk_dirty && !self.resync_needed {
+            if self.shutting_down {
+                // md flushes the bitmap on an orderly stop: every idle chunk
+                // is cleared with the clean superblock.
+                self.stop_flushed = true;
+                self.daemon_pass();
+                self.daemon_pass();
+            }
             self.start_commit(false);
+        } else if self.shutting_down
+            && !self.stop_flushed
+            && !self.disk_dirty
+            && !self.state.writable
+            && self.bitmap.is_some()
+        {
+            // Already clean (no write since): flush the bitmap alone.
+            self.stop_flushed = true;
+            self.daemon_pass();
+            self.daemon_pass();
+            self.start_bits();
         } else if self.want_clean {
             self.want_clean = false;
         }
@@ -387,6 +499,116 @@ impl Meta {
         let s = Arc::new(s);
         self.state = s.clone();
         self.actions.push_back(MetaAction::Broadcast(s));
+        if let Quiesce::Draining { .. } = self.quiesce {
+            // Idle reports count only in the newest publication.
+            self.quiesce = Quiesce::Draining {
+                seq: self.state.seq,
+                idle: 0,
+            };
+        }
+    }
+
+    /// Whether bits may be cleared: no member out of service or failing
+    /// (a member that comes back is recovered from the bits set meanwhile).
+    fn degraded(&self) -> bool {
+        self.state.out_of_service() != 0 || self.shared.failed() != 0 || self.pending_fail != 0
+    }
+
+    /// md's bitmap daemon: a chunk with its bit on disk, no write in flight
+    /// and no resync owed is marked idle; one already idle since the last
+    /// pass is cleared in memory, and on disk with the next bitmap write.
+    fn daemon_pass(&mut self) {
+        if self.degraded() {
+            return;
+        }
+        let Some(words) = self.shared.bitmap.as_ref() else {
+            return;
+        };
+        for c in 0..words.geom().chunks() {
+            let w = words.word(c);
+            if w == DURABLE {
+                words.swap_if(c, DURABLE, DURABLE | IDLE);
+            } else if w == DURABLE | IDLE && words.swap_if(c, DURABLE | IDLE, 0) {
+                self.to_clear.push(c);
+            }
+        }
+    }
+
+    /// Fold the pending clears and the bits channels wait for into the
+    /// bitmap; returns the chunks whose bits the next write makes durable,
+    /// and whether any bit was cleared.
+    fn prepare_bits(&mut self) -> (Vec<u64>, bool) {
+        self.bits_wanted = false;
+        let (Some(b), Some(words)) = (self.bitmap.as_mut(), self.shared.bitmap.as_ref()) else {
+            return (Vec::new(), false);
+        };
+        let cleared = !self.to_clear.is_empty();
+        if cleared {
+            for c in self.to_clear.drain(..) {
+                b.set(c, false);
+            }
+            // Everything cleared was in sync on every member at these
+            // events: a member that left later may come back by the bitmap.
+            b.sb.events_cleared = self.state.events;
+        }
+        let mut bits = std::mem::take(&mut self.bits_pending);
+        for c in 0..words.geom().chunks() {
+            let w = words.word(c);
+            // A bit already set here and not durable is one of `bits`.
+            if w & DURABLE == 0 && words.writes(c) > 0 && !b.get(c) {
+                b.set(c, true);
+                bits.push(c);
+            }
+        }
+        (bits, cleared)
+    }
+
+    /// Write the bitmap alone: bits channels wait for, bits to clear.
+    fn start_bits(&mut self) {
+        let (bits, cleared) = self.prepare_bits();
+        let target = (*self.state).clone();
+        let survivors = self.survivors(&target);
+        if survivors == 0 || (bits.is_empty() && !cleared) {
+            return;
+        }
+        self.seq += 1;
+        let area = self.bitmap.as_ref().unwrap().encode_area(target.events);
+        for m in 0..self.geom.members() {
+            if survivors & 1 << m != 0 {
+                self.actions.push_back(MetaAction::WriteSb {
+                    member: m as u16,
+                    token: self.seq << 8 | m as u64,
+                    offset: SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64,
+                    data: area.clone(),
+                });
+            }
+        }
+        self.commit = Some(Commit {
+            seq: self.seq,
+            kind: Kind::Bits,
+            bits,
+            dirty: self.disk_dirty,
+            writing: survivors,
+            ok: 0,
+            failed: 0,
+            target,
+        });
+    }
+
+    /// Members a commit to `target` writes to.
+    fn survivors(&self, target: &ArrayState) -> u64 {
+        (0..self.geom.members())
+            .filter(|&m| target.members[m].in_service() && self.sbs[m].is_some())
+            .fold(0, |a, m| a | 1 << m)
+    }
+
+    /// The bytes of a commit for member `m`: its superblock, then the bitmap.
+    fn commit_data(&self, m: usize, target: &ArrayState, dirty: bool) -> Vec<u8> {
+        let mut data = self.superblock_for(m, target, dirty).encode();
+        if let Some(b) = &self.bitmap {
+            data.extend_from_slice(&b.encode_area(target.events));
+        }
+        data
     }
 
     /// Write a superblock recording the pending failures and the dirty flag
@@ -402,12 +624,12 @@ impl Meta {
         target.offline = !survives(&self.geom, target.out_of_service());
         target.writable = dirty && !target.offline && (self.want_dirty || self.state.writable);
         self.seq += 1;
-        let survivors: u64 = (0..self.geom.members())
-            .filter(|&m| target.members[m].in_service() && self.sbs[m].is_some())
-            .fold(0, |a, m| a | 1 << m);
+        let (bits, _) = self.prepare_bits();
+        let survivors = self.survivors(&target);
         let commit = Commit {
             seq: self.seq,
-            refresh: false,
+            kind: Kind::Sb,
+            bits,
             dirty,
             writing: survivors,
             ok: 0,
@@ -418,12 +640,11 @@ impl Meta {
             if survivors & 1 << m == 0 {
                 continue;
             }
-            let sb = self.superblock_for(m, &commit.target, dirty);
             self.actions.push_back(MetaAction::WriteSb {
                 member: m as u16,
                 token: commit.seq << 8 | m as u64,
                 offset: SB_OFFSET_BYTES,
-                data: sb.encode(),
+                data: self.commit_data(m, &commit.target, dirty),
             });
         }
         self.commit = Some(commit);
@@ -453,18 +674,18 @@ impl Meta {
         let dirty = self.disk_dirty;
         for m in 0..self.geom.members() {
             if lagging & 1 << m != 0 {
-                let sb = self.superblock_for(m, &target, dirty);
                 self.actions.push_back(MetaAction::WriteSb {
                     member: m as u16,
                     token: self.seq << 8 | m as u64,
                     offset: SB_OFFSET_BYTES,
-                    data: sb.encode(),
+                    data: self.commit_data(m, &target, dirty),
                 });
             }
         }
         self.commit = Some(Commit {
             seq: self.seq,
-            refresh: true,
+            kind: Kind::Refresh,
+            bits: Vec::new(),
             target,
             dirty,
             writing: lagging,
@@ -496,7 +717,34 @@ impl Meta {
 
     fn finish_commit(&mut self) {
         let c = self.commit.take().expect("commit in flight");
-        if c.refresh {
+        if c.ok == 0 && c.failed != 0 && c.kind != Kind::Refresh {
+            // Nothing landed: the bits are still owed.
+            self.bits_pending.extend_from_slice(&c.bits);
+        } else if !c.bits.is_empty() {
+            let words = self.shared.bitmap.as_ref().unwrap();
+            for &b in &c.bits {
+                words.set_flags(b, DURABLE);
+            }
+            if c.kind == Kind::Bits {
+                // The writes waiting for these bits may go.
+                let s = (*self.state).clone();
+                self.publish(s);
+            }
+        }
+        if c.kind == Kind::Bits {
+            if c.ok == 0 && c.failed != 0 {
+                self.blocked = true;
+                self.retry_at = self.now + self.backoff;
+                self.backoff = (self.backoff * 2).min(self.cfg.retry_max_ms);
+                self.bits_wanted = true;
+                return;
+            }
+            self.blocked = false;
+            self.backoff = self.cfg.retry_min_ms;
+            self.fail_writers(c.failed);
+            return;
+        }
+        if c.kind == Kind::Refresh {
             // The others already hold this superblock: a member that cannot
             // take it is failed like any superblock write failure.
             for m in 0..self.geom.members() {
@@ -504,12 +752,7 @@ impl Meta {
                     self.sbs[m] = Some(self.superblock_for(m, &c.target, c.dirty));
                 }
             }
-            self.pending_fail |= c.failed;
-            for m in 0..self.geom.members() {
-                if c.failed & 1 << m != 0 {
-                    self.shared.set_failed(m);
-                }
-            }
+            self.fail_writers(c.failed);
             return;
         }
         if c.ok == 0 && c.writing == 0 && c.failed != 0 {
@@ -534,13 +777,7 @@ impl Meta {
                 self.pending_fail &= !(1 << m);
             }
         }
-        self.pending_fail |= c.failed;
-        for m in 0..self.geom.members() {
-            if c.failed & 1 << m != 0 {
-                // Channels stop using it now, as for a failure they saw.
-                self.shared.set_failed(m);
-            }
-        }
+        self.fail_writers(c.failed);
         self.disk_dirty = c.dirty;
         if c.dirty && c.target.writable {
             self.want_dirty = false;
@@ -550,16 +787,16 @@ impl Meta {
         if !c.dirty {
             self.want_clean = false;
         }
-        let draining = !c.target.writable && c.dirty;
         self.publish(c.target);
-        if draining {
-            // Still draining towards clean: wait for idle reports in the
-            // new publication.
-            if let Quiesce::Draining { .. } = self.quiesce {
-                self.quiesce = Quiesce::Draining {
-                    seq: self.state.seq,
-                    idle: 0,
-                };
+    }
+
+    /// Members whose metadata write failed are failed in the next commit;
+    /// channels stop using them now, as for a failure they saw.
+    fn fail_writers(&mut self, failed: u64) {
+        self.pending_fail |= failed;
+        for m in 0..self.geom.members() {
+            if failed & 1 << m != 0 {
+                self.shared.set_failed(m);
             }
         }
     }
@@ -578,6 +815,9 @@ pub struct CreateParams<'a> {
     /// Data offset in sectors (same on every member).
     pub data_offset: u64,
     pub now_secs: u64,
+    /// An internal bitmap right after the superblock (`bitmap_offset` 8);
+    /// `data_offset` must leave room for it.
+    pub bitmap: bool,
 }
 
 /// The superblocks of a new array laid out as `geom` says.
@@ -609,6 +849,10 @@ pub fn create_superblocks(geom: &Geometry, p: &CreateParams<'_>) -> Vec<Superblo
             sb.data_size = p.member_sectors[m] - p.data_offset;
             sb.device_uuid = p.device_uuids[m];
             sb.resync_offset = u64::MAX;
+            if p.bitmap {
+                sb.feature_map |= crate::ondisk::MD_FEATURE_BITMAP_OFFSET;
+                sb.bitmap_offset = 8;
+            }
             for r in 0..n {
                 sb.dev_roles[r] = DevRole::Active(r as u16);
             }
@@ -632,6 +876,11 @@ mod tests {
     }
 
     fn t(level: Level, n: usize) -> T {
+        tb(level, n, None)
+    }
+
+    /// With a bitmap of `chunk` bytes (chunks of the 4096-block members).
+    fn tb(level: Level, n: usize, chunk: Option<u64>) -> T {
         let geom = Arc::new(
             Geometry::new(&GeometryParams {
                 level,
@@ -651,14 +900,18 @@ mod tests {
                 member_sectors: vec![4096 + 2048; n],
                 data_offset: 2048,
                 now_secs: 1,
+                bitmap: chunk.is_some(),
             },
         );
         let state = Arc::new(ArrayState::new_in_sync(n));
+        let bg = chunk.map(|c| crate::bitmap::BitmapGeom::new(&geom, c).unwrap());
+        let disk = bg.as_ref().map(|g| DiskBitmap::new(g, [7; 16], 1000));
         let meta = Meta::new(
             geom,
-            Arc::new(Shared::new(1)),
+            Arc::new(Shared::with_bitmap(1, bg.map(crate::bitmap::Bitmap::new))),
             state,
             sbs.into_iter().map(Some).collect(),
+            disk,
             MetaConfig::default(),
             0,
         );
@@ -680,8 +933,8 @@ mod tests {
                         offset,
                         data,
                     } => {
-                        assert_eq!(offset, 4096);
-                        assert_eq!(data.len(), SB_BLOCK_BYTES);
+                        assert!(offset == 4096 || offset == 8192);
+                        assert!(offset == 8192 || data.len() >= SB_BLOCK_BYTES);
                         self.writes.push((member, token, data));
                     }
                     MetaAction::Broadcast(s) => self.broadcasts.push(s),
@@ -753,7 +1006,8 @@ mod tests {
         t2.meta.pending_fail = 0;
         t2.meta.commit = Some(Commit {
             seq: 99,
-            refresh: false,
+            kind: Kind::Sb,
+            bits: Vec::new(),
             target: (*t2.meta.state).clone(),
             dirty: false,
             writing: 1,
@@ -880,5 +1134,136 @@ mod tests {
         t.meta.request(MetaRequest::MarkDirty { channel: 0 });
         t.pump();
         assert_eq!(t.decoded(0).resync_offset, 0);
+    }
+
+    fn words(t: &T) -> &crate::bitmap::Bitmap {
+        t.meta.shared.bitmap.as_ref().unwrap()
+    }
+
+    /// Bits of the last bitmap write to member `m` (either kind of write).
+    fn disk_bits(t: &T, m: u16) -> Vec<u8> {
+        let (_, _, data) = t.writes.iter().rev().find(|w| w.0 == m).unwrap();
+        let area = if data.len() > SB_BLOCK_BYTES && t.is_sb_write(data) {
+            &data[SB_BLOCK_BYTES..]
+        } else {
+            &data[..]
+        };
+        area[256..].to_vec()
+    }
+
+    impl T {
+        fn is_sb_write(&self, data: &[u8]) -> bool {
+            data[..4] == crate::ondisk::MD_SB_MAGIC.to_le_bytes()
+        }
+        fn writable(&mut self) {
+            self.meta.request(MetaRequest::MarkDirty { channel: 0 });
+            self.pump();
+            self.complete(|_| true);
+        }
+    }
+
+    #[test]
+    fn bits_are_written_before_they_count_as_durable() {
+        let mut t = tb(Level::Raid1, 2, Some(64 << 10)); // 128-block chunks
+        t.writable();
+        let bm = words(&t);
+        assert!(!bm.start_write(130, 200), "chunks 1..2 not on disk yet");
+        t.meta.request(MetaRequest::BitsNeeded { channel: 0 });
+        t.pump();
+        assert_eq!(t.writes.len(), 2, "one bitmap write per member");
+        assert!(
+            !words(&t).durable(130, 200),
+            "not durable before the write lands"
+        );
+        let bits = disk_bits(&t, 0);
+        assert_eq!(bits[0], 0b110, "chunks 1 and 2 set");
+        let seq = t.meta.state().seq;
+        t.complete(|_| true);
+        assert!(words(&t).durable(130, 200));
+        assert!(
+            t.meta.state().seq > seq,
+            "a new state wakes the channels that wait"
+        );
+        // Chunks with bits on disk need no write.
+        assert!(words(&t).start_write(140, 10));
+        t.meta.request(MetaRequest::BitsNeeded { channel: 0 });
+        t.pump();
+        assert!(t.writes.is_empty());
+        words(&t).end_write(140, 10);
+        words(&t).end_write(130, 200);
+        // Two idle daemon passes clear them, on disk with events_cleared.
+        t.now = 5_000;
+        t.meta.tick(t.now);
+        t.pump();
+        assert!(t.writes.is_empty(), "one pass only marks them idle");
+        t.now = 10_000;
+        t.meta.tick(t.now);
+        t.pump();
+        assert_eq!(t.writes.len(), 2);
+        assert_eq!(disk_bits(&t, 1)[0], 0);
+        t.complete(|_| true);
+        let st = t.meta.status().bitmap.unwrap();
+        assert_eq!((st.dirty, st.events_cleared), (0, t.meta.state().events));
+    }
+
+    #[test]
+    fn no_clearing_while_degraded() {
+        let mut t = tb(Level::Raid1, 3, Some(64 << 10));
+        t.writable();
+        assert!(!words(&t).start_write(0, 1));
+        t.meta.request(MetaRequest::BitsNeeded { channel: 0 });
+        t.pump();
+        t.complete(|_| true);
+        words(&t).end_write(0, 1);
+        t.fail(2);
+        t.complete(|_| true);
+        for i in 1..5 {
+            t.now = 5_000 * i;
+            t.meta.tick(t.now);
+            t.pump();
+        }
+        assert!(t.writes.is_empty());
+        assert_eq!(t.meta.status().bitmap.unwrap().dirty, 1);
+        assert_eq!(words(&t).word(0), crate::bitmap::DURABLE);
+    }
+
+    #[test]
+    fn bitmap_write_taken_by_no_member_holds_and_retries() {
+        let mut t = tb(Level::Raid1, 2, Some(64 << 10));
+        t.writable();
+        assert!(!words(&t).start_write(0, 1));
+        t.meta.request(MetaRequest::BitsNeeded { channel: 0 });
+        t.pump();
+        t.complete(|_| false);
+        assert!(t.meta.status().blocked);
+        assert!(
+            !words(&t).durable(0, 1),
+            "R3: nothing durable, the write holds"
+        );
+        t.now += 100;
+        t.meta.shared.note_write(0);
+        t.meta.tick(t.now);
+        t.pump();
+        assert_eq!(t.writes.len(), 2, "retried");
+        t.complete(|m| m == 1);
+        assert!(words(&t).durable(0, 1));
+        assert!(!t.meta.status().blocked);
+        // Member 0 refused the bitmap: it is failed next.
+        assert_eq!(t.writes.len(), 1);
+        assert_eq!(t.decoded(1).dev_roles[0], DevRole::Faulty);
+    }
+
+    #[test]
+    fn failure_commits_carry_the_bitmap_with_the_new_events() {
+        let mut t = tb(Level::Raid5, 4, Some(64 << 10));
+        t.fail(3);
+        let (_, _, data) = &t.writes[0];
+        assert!(
+            data.len() > SB_BLOCK_BYTES,
+            "superblock and bitmap in one write"
+        );
+        let bsb = crate::ondisk::BitmapSuper::decode(&data[SB_BLOCK_BYTES..]).unwrap();
+        assert_eq!(bsb.events, 1);
+        t.complete(|_| true);
     }
 }

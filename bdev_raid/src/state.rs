@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::bitmap::Bitmap;
 use crate::layout::{Geometry, Level, MAX_MEMBERS};
 
 /// A member's state as the metadata path has committed it.
@@ -139,6 +140,8 @@ pub struct Shared {
     /// Members some channel saw fail (md's in-memory Faulty flag), set
     /// before the metadata path commits the failure.
     failed: AtomicU64,
+    /// The write-intent bitmap's per-chunk words, when the array has one.
+    pub bitmap: Option<Bitmap>,
 }
 
 #[repr(align(64))]
@@ -147,7 +150,14 @@ struct PaddedCounter(AtomicU64);
 impl Shared {
     /// Shared state for an array with `channels` channels.
     pub fn new(channels: usize) -> Shared {
+        Shared::with_bitmap(channels, None)
+    }
+
+    /// Shared state for an array with `channels` channels and, if given, a
+    /// write-intent bitmap.
+    pub fn with_bitmap(channels: usize, bitmap: Option<Bitmap>) -> Shared {
         Shared {
+            bitmap,
             locks: StripeLocks::default(),
             activity: (0..channels.max(1))
                 .map(|_| PaddedCounter(AtomicU64::new(0)))

@@ -83,6 +83,7 @@ impl Array {
                 member_sectors: vec![MEMBER_SECTORS; n],
                 data_offset: ml.data_offset,
                 now_secs: 1_700_000_000,
+                bitmap: false,
             },
         );
         for sb in &mut sbs {
@@ -104,6 +105,7 @@ impl Array {
             Arc::new(Shared::new(1)),
             Arc::new(ArrayState::new_in_sync(n)),
             sbs.into_iter().map(Some).collect(),
+            None,
             MetaConfig::default(),
             0,
         );

@@ -1432,6 +1432,7 @@ impl Daemon {
                 member_sectors: layouts.iter().map(|l| l.member_sectors).collect(),
                 data_offset,
                 now_secs: now_secs(),
+                bitmap: false,
             },
         );
         for (sb, l) in sbs.iter_mut().zip(&layouts) {
@@ -1634,7 +1635,7 @@ impl Daemon {
         let cfg = self.opts.meta;
         let snap2 = snap.clone();
         Array::create_with_meta(&self.rt, ap, move |init| {
-            let mut meta = Meta::new(init.geom, init.shared, init.state, sbs, cfg, 0);
+            let mut meta = Meta::new(init.geom, init.shared, init.state, sbs, None, cfg, 0);
             meta.set_wall_clock(now_secs());
             let dm = DaemonMeta {
                 inner: MdMeta::new(meta),

@@ -120,7 +120,8 @@ impl MetaPath for StandInMeta {
                         .push_back(MetaOutput::Broadcast(self.state.clone()));
                 }
             }
-            MetaRequest::WritesIdle { .. } => {}
+            // No bitmap here (its arrays are built without one).
+            MetaRequest::WritesIdle { .. } | MetaRequest::BitsNeeded { .. } => {}
             MetaRequest::MemberFailed { member, .. } => {
                 let m = member as usize;
                 if m >= self.state.members.len() || self.state.members[m] == MemberState::Faulty {

@@ -55,6 +55,7 @@ fn md_superblocks_on_members() {
                 member_sectors: vec![MEMBER_BLOCKS; 2],
                 data_offset: DATA_OFFSET,
                 now_secs: 1,
+                bitmap: false,
             },
         );
         let meta = Meta::new(
@@ -62,6 +63,7 @@ fn md_superblocks_on_members() {
             init.shared,
             init.state,
             sbs.into_iter().map(Some).collect(),
+            None,
             MetaConfig {
                 safemode_ms: 20,
                 ..MetaConfig::default()

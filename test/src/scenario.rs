@@ -39,6 +39,10 @@ pub struct Scenario {
     /// Most crashes in the run, and the chance of one per scheduler step.
     pub crashes: u32,
     pub crash_chance: f64,
+    /// Write-intent bitmap chunk in bytes (levels with redundancy only).
+    pub bitmap_chunk: Option<u64>,
+    /// Steps between two passes of the bitmap daemon.
+    pub daemon_sleep: u64,
 }
 
 impl Scenario {
@@ -142,9 +146,23 @@ impl Scenario {
                 slow: 0,
             }
         };
+        let crashes = if r.chance(0.7) {
+            r.range(1, 4) as u32
+        } else {
+            0
+        };
+        // Most arrays with redundancy get a bitmap with small chunks, so a
+        // run sees many bits set, cleared and set again.
+        let bitmap_chunk = (redundancy > 0 && r.chance(0.8)).then(|| {
+            let min = (block_size as u64).max(4096);
+            *r.pick(&[min, min * 2, min * 4, min * 16])
+        });
+        let daemon_sleep = r.range(10, 300);
         Scenario {
             seed,
             ops,
+            bitmap_chunk,
+            daemon_sleep,
             geometry: GeometryParams {
                 level,
                 layout,
@@ -158,11 +176,7 @@ impl Scenario {
             faults,
             max_blocks: strip_blocks * (members as u64 + 2),
             safemode: r.range(20, 400),
-            crashes: if r.chance(0.7) {
-                r.range(1, 4) as u32
-            } else {
-                0
-            },
+            crashes,
             crash_chance: (10.0 / ops.max(1) as f64).min(1.0),
         }
     }

@@ -5,13 +5,17 @@ use std::fmt;
 use std::sync::Arc;
 
 use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
+use bdev_raid::bitmap::{Bitmap, BitmapGeom, DiskBitmap};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChildIo, ChildOp, ChildStatus, IoStatus, IoType, MetaRequest, ParentIo,
 };
 use bdev_raid::layout::{Geometry, Level, StripeMap};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
-use bdev_raid::ondisk::{Superblock, SB_OFFSET_BYTES};
+use bdev_raid::ondisk::{
+    bitmap_count_dirty, bitmap_get, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
+};
 use bdev_raid::state::{ArrayState, MemberState, Shared};
+use bdev_raid::sync::Resync;
 
 use crate::rng::{splitmix, Rng};
 use crate::scenario::Scenario;
@@ -53,8 +57,12 @@ pub struct Outcome {
     pub read_errors_corrected: u64,
     pub pool_waits: u64,
     pub crashes: u64,
-    /// Whole-array resyncs the engine completed after dirty assemblies.
+    /// Resyncs the engine completed after dirty assemblies.
     pub resyncs: u64,
+    /// Array blocks those resyncs covered (only dirty chunks with a bitmap).
+    pub resync_blocks: u64,
+    /// Writes that waited for their bitmap bits.
+    pub bit_waits: u64,
     pub superblock_writes: u64,
     /// The run ended at an assembly md also refuses (dirty and degraded
     /// parity, or too few members left).
@@ -83,6 +91,7 @@ enum InFlight {
     Sb {
         member: u16,
         token: u64,
+        offset: u64,
         data: Vec<u8>,
     },
 }
@@ -151,8 +160,8 @@ struct Sim<'a> {
     last_done: u64,
     crashes_left: u32,
     faults_on: bool,
-    /// Next array block the resync will submit, while one runs.
-    resync_at: Option<u64>,
+    /// The resync running after a dirty assembly.
+    resync: Option<Resync>,
     /// Tag of the resync window in flight.
     resync_tag: Option<u64>,
     out: Outcome,
@@ -193,7 +202,12 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
 /// Data offset of the simulated members, in 512-byte sectors: right after
 /// the superblock (the simulator keeps members small; md accepts any
 /// data offset past the superblock).
-const SIM_DATA_OFFSET: u64 = 16;
+const SIM_DATA_OFFSET: u64 = 24;
+
+/// Byte offset of the bitmap area on a member (right after the superblock).
+const BITMAP_AT: usize = SB_OFFSET_BYTES as usize + SB_BLOCK_BYTES;
+/// Byte offset of the bits.
+const BITS_AT: usize = BITMAP_AT + 256;
 
 fn pattern(id: u64, lba: u64, zero: bool, out: &mut [u8]) {
     if zero {
@@ -230,15 +244,30 @@ impl<'a> Sim<'a> {
                 member_sectors: members.iter().map(|m| m.data.len() as u64 / 512).collect(),
                 data_offset: SIM_DATA_OFFSET,
                 now_secs: 1,
+                bitmap: sc.bitmap_chunk.is_some(),
             },
         );
+        let bitmap = sc.bitmap_chunk.map(|chunk| {
+            let bg = BitmapGeom::new(&geom, chunk).expect("scenario bitmap chunk");
+            (DiskBitmap::new(&bg, sbs[0].set_uuid, 1000), bg)
+        });
         for (m, sb) in sbs.iter().enumerate() {
-            let b = sb.encode();
+            let mut b = sb.encode();
+            if let Some((d, _)) = &bitmap {
+                b.extend_from_slice(&d.encode_area(0));
+            }
             let at = SB_OFFSET_BYTES as usize;
             members[m].data[at..at + b.len()].copy_from_slice(&b);
         }
         let state = Arc::new(ArrayState::new_in_sync(n));
-        let arr = Sim::array(sc, &geom, state, sbs.into_iter().map(Some).collect(), 0);
+        let arr = Sim::array(
+            sc,
+            &geom,
+            state,
+            sbs.into_iter().map(Some).collect(),
+            bitmap,
+            0,
+        );
         let nblocks = geom.array_blocks() as usize;
         Sim {
             sc,
@@ -258,7 +287,7 @@ impl<'a> Sim<'a> {
             last_done: 0,
             crashes_left: sc.crashes,
             faults_on: true,
-            resync_at: None,
+            resync: None,
             resync_tag: None,
             out: Outcome::default(),
             geom,
@@ -270,9 +299,14 @@ impl<'a> Sim<'a> {
         geom: &Arc<Geometry>,
         state: Arc<ArrayState>,
         sbs: Vec<Option<Superblock>>,
+        bitmap: Option<(DiskBitmap, BitmapGeom)>,
         now: u64,
     ) -> Array {
-        let shared = Arc::new(Shared::new(sc.channels));
+        let (disk, words) = match bitmap {
+            Some((d, g)) => (Some(d), Some(Bitmap::new(g))),
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared::with_bitmap(sc.channels, words));
         let channels = (0..sc.channels)
             .map(|i| {
                 Channel::new(
@@ -290,10 +324,12 @@ impl<'a> Sim<'a> {
             shared.clone(),
             state.clone(),
             sbs,
+            disk,
             MetaConfig {
                 safemode_ms: sc.safemode,
                 retry_min_ms: 5,
                 retry_max_ms: 200,
+                daemon_sleep_ms: sc.daemon_sleep,
             },
             now,
         );
@@ -326,10 +362,10 @@ impl<'a> Sim<'a> {
 
     fn describe(&self) -> String {
         format!(
-            "{} children in flight; members {:?}; resync at {:?}; crashes {}; meta {}; inbox {}; channels: {}",
+            "{} children in flight; members {:?}; resync {:?}; crashes {}; meta {}; inbox {}; channels: {}",
             self.inflight.len(),
             self.state().members,
-            self.resync_at,
+            self.resync.as_ref().map(|r| r.progress()),
             self.out.crashes,
             self.arr.meta.describe(),
             self.arr.meta_inbox.len(),
@@ -389,7 +425,7 @@ impl<'a> Sim<'a> {
 
     /// Nothing left anywhere.
     fn quiet(&self) -> bool {
-        self.resync_at.is_none()
+        self.resync.is_none()
             && self.parents.is_empty()
             && self.inflight.is_empty()
             && self.arr.meta_inbox.is_empty()
@@ -444,39 +480,31 @@ impl<'a> Sim<'a> {
     /// parity of every stripe is right again loses the unsynced stripes (the
     /// write hole md documents), which no engine can avoid.
     fn member_faults(&self) -> bool {
-        self.faults_on && self.resync_at.is_none()
+        self.faults_on && self.resync.is_none()
     }
 
-    /// Submit the next resync window when none is in flight; when the whole
-    /// array is done, let the metadata path mark it clean again.
+    /// Submit the next resync window when none is in flight; when every
+    /// window is done, let the metadata path mark the array clean again.
     fn drive_resync(&mut self) -> Result<(), String> {
-        let Some(at) = self.resync_at else {
+        let Some(r) = self.resync.as_mut() else {
             return Ok(());
         };
-        if self
-            .resync_tag
-            .is_some_and(|t| self.parents.contains_key(&t))
-        {
-            return Ok(());
-        }
-        let size = self.geom.array_blocks();
-        if at >= size {
-            self.resync_at = None;
-            self.resync_tag = None;
-            self.out.resyncs += 1;
-            if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
-                eprintln!("step {} resync done", self.step);
+        let shared = self.arr.channels[0].shared().clone();
+        let Some(w) = r.next_window(&shared) else {
+            if r.is_done() {
+                self.out.resyncs += 1;
+                self.out.resync_blocks += r.progress().0;
+                self.resync = None;
+                self.resync_tag = None;
+                if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
+                    eprintln!("step {} resync done", self.step);
+                }
+                self.arr.meta.mark_synced();
+                self.pump_meta();
             }
-            self.arr.meta.mark_synced();
-            self.pump_meta();
             return Ok(());
-        }
-        let window = if self.geom.level().is_parity() {
-            self.geom.stripe_data_blocks() * 2
-        } else {
-            self.sc.max_blocks
         };
-        let blocks = window.min(size - at);
+        let (at, blocks) = (w.lba, w.blocks);
         let tag = self.next_tag;
         self.next_tag += 1;
         self.parents.insert(
@@ -493,7 +521,6 @@ impl<'a> Sim<'a> {
         );
         self.per_channel[0] += 1;
         self.resync_tag = Some(tag);
-        self.resync_at = Some(at + blocks);
         let io = ParentIo {
             tag,
             op: IoType::Resync,
@@ -594,11 +621,19 @@ impl<'a> Sim<'a> {
                     offset,
                     data,
                 } => {
-                    assert_eq!(offset, SB_OFFSET_BYTES);
+                    assert!(
+                        offset == SB_OFFSET_BYTES || offset == BITMAP_AT as u64,
+                        "metadata write at {offset}"
+                    );
+                    assert!(
+                        offset as usize + data.len() <= self.data_off,
+                        "metadata write into the data area"
+                    );
                     self.out.superblock_writes += 1;
                     self.inflight.push(InFlight::Sb {
                         member,
                         token,
+                        offset,
                         data,
                     });
                 }
@@ -744,6 +779,7 @@ impl<'a> Sim<'a> {
                     if io.lba + io.blocks > self.geom.member_blocks(m) {
                         return Err(format!("child past the end of member {m}: {io:?}"));
                     }
+                    self.check_bit_before_data(ch, &io)?;
                     if self.faults_on && self.rng.chance(self.sc.faults.nomem) {
                         self.out.nomem += 1;
                         self.arr.channels[ch].child_done(io.token, ChildStatus::NoMem);
@@ -753,6 +789,38 @@ impl<'a> Sim<'a> {
                 }
                 Action::Complete { tag, status, buf } => self.parent_done(ch, tag, status, buf)?,
                 Action::Meta(r) => self.arr.meta_inbox.push_back(r),
+            }
+        }
+        Ok(())
+    }
+
+    /// R4: a data write is issued only once the bits of every chunk its
+    /// parent touches are on the member's disk (members whose writes fail
+    /// are being failed and are not checked).
+    fn check_bit_before_data(&self, ch: usize, io: &ChildIo) -> Result<(), String> {
+        if !matches!(
+            io.op,
+            ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap
+        ) {
+            return Ok(());
+        }
+        let shared = self.arr.channels[ch].shared();
+        let (Some(bm), Some(rec)) = (&shared.bitmap, self.parents.get(&io.parent)) else {
+            return Ok(());
+        };
+        let m = io.member as usize;
+        // Rewrites of a block that failed a read put back the data the
+        // other copies hold: torn or not, they leave nothing to resync.
+        if self.members[m].broken || rec.op == IoType::Read {
+            return Ok(());
+        }
+        let (c0, c1) = bm.geom().chunks_of(rec.lba, rec.blocks);
+        for c in c0..=c1 {
+            if !bitmap_get(&self.members[m].data[BITS_AT..], c) {
+                return Err(format!(
+                    "R4: {:?} of {}+{} wrote member {m} before chunk {c}'s bit was on its disk",
+                    rec.op, rec.lba, rec.blocks
+                ));
             }
         }
         Ok(())
@@ -782,11 +850,12 @@ impl<'a> Sim<'a> {
             InFlight::Sb {
                 member,
                 token,
+                offset,
                 data,
             } => {
                 let ok = !self.write_fails(m);
                 if ok {
-                    let at = SB_OFFSET_BYTES as usize;
+                    let at = offset as usize;
                     self.members[m].data[at..at + data.len()].copy_from_slice(&data);
                 } else {
                     self.out.child_errors += 1;
@@ -867,9 +936,12 @@ impl<'a> Sim<'a> {
         let unit = bs;
         for f in std::mem::take(&mut self.inflight) {
             let (m, off, data): (usize, usize, Vec<u8>) = match f {
-                InFlight::Sb { member, data, .. } => {
-                    (member as usize, SB_OFFSET_BYTES as usize, data)
-                }
+                InFlight::Sb {
+                    member,
+                    offset,
+                    data,
+                    ..
+                } => (member as usize, offset as usize, data),
                 InFlight::Child { ch, io } => {
                     let len = io.blocks as usize * bs;
                     let data = match io.op {
@@ -952,6 +1024,22 @@ impl<'a> Sim<'a> {
                 ));
             }
         }
+        // More members broke than the level survives and a broken one is
+        // all that is left of some data: md assembles it too, and nothing
+        // can be verified past this point.
+        let used_broken = asm
+            .member_of_role
+            .iter()
+            .flatten()
+            .any(|&c| self.members[idx[c]].broken);
+        if self.broken() > self.redundancy() && used_broken {
+            self.out.ended_by_refusal = Some(format!(
+                "{} members broke (the level survives {}); assembled from one that missed writes",
+                self.broken(),
+                self.redundancy()
+            ));
+            return Ok(());
+        }
         let (a, g) = (&asm.geometry, &self.geom);
         if (a.level(), a.layout(), a.members(), a.array_blocks())
             != (g.level(), g.layout(), g.members(), g.array_blocks())
@@ -982,11 +1070,29 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        if self.sc.bitmap_chunk.is_some() != asm.bitmap.is_some() {
+            return Err("assembly lost or invented the bitmap".into());
+        }
         let state = Arc::new(asm.state);
-        self.arr = Sim::array(self.sc, &self.geom, state, asm.superblocks, self.step);
-        // The engine resyncs the whole array (no bitmap yet), window by
-        // window, beside user I/O; the array may be marked clean after.
-        self.resync_at = asm.dirty.then_some(0);
+        self.arr = Sim::array(
+            self.sc,
+            &self.geom,
+            state,
+            asm.superblocks,
+            asm.bitmap.map(|b| (b.disk, b.geom)),
+            self.step,
+        );
+        // The engine resyncs the dirty chunks (the whole array without a
+        // bitmap), window by window, beside user I/O; the array may be
+        // marked clean after.
+        let window = if self.geom.level().is_parity() {
+            self.geom.stripe_data_blocks() * 2
+        } else {
+            self.sc.max_blocks
+        };
+        self.resync = asm
+            .dirty
+            .then(|| Resync::new(&self.geom, self.arr.channels[0].shared(), window));
         self.resync_tag = None;
         // New channels announce they are idle.
         for ch in 0..self.arr.channels.len() {
@@ -1061,6 +1167,12 @@ impl<'a> Sim<'a> {
             return Err(format!("parent {tag} completed twice (or never submitted)"));
         };
         self.per_channel[ch] -= 1;
+        if self.resync_tag == Some(tag) {
+            let shared = self.arr.channels[0].shared().clone();
+            if let Some(r) = self.resync.as_mut() {
+                r.window_done(&shared, status == IoStatus::Success);
+            }
+        }
         let range = rec.lba as usize..(rec.lba + rec.blocks) as usize;
         let offline = self.state().offline;
         let healthy = !offline && self.broken() <= self.redundancy();
@@ -1208,6 +1320,7 @@ impl<'a> Sim<'a> {
             self.out.reconstruct_reads += s.reconstruct_reads;
             self.out.read_errors_corrected += s.read_errors_corrected;
             self.out.pool_waits += s.waits_for_resources;
+            self.out.bit_waits += s.waits_for_bits;
         }
         Ok(())
     }
@@ -1253,6 +1366,17 @@ impl<'a> Sim<'a> {
                     sb.is_clean(),
                     st.events
                 ));
+            }
+            // An orderly stop of an array with every member in sync
+            // flushes the bitmap: no bit is left set.
+            if let Some(bm) = &self.arr.channels[0].shared().bitmap {
+                let dirty =
+                    bitmap_count_dirty(&self.members[m].data[BITS_AT..], bm.geom().chunks());
+                if st.out_of_service() == 0 && dirty != 0 {
+                    return Err(format!(
+                        "member {m}: {dirty} bitmap bits left set after an orderly stop"
+                    ));
+                }
             }
         }
         Ok(())

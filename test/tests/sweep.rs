@@ -25,7 +25,15 @@ fn sweep() {
                     let mut seed = t;
                     while seed < seeds {
                         let sc = Scenario::from_seed(seed, ops);
-                        out.push((seed, sc.geometry.level, run(&sc)));
+                        let size = bdev_raid::layout::Geometry::new(&sc.geometry)
+                            .map_or(0, |g| g.array_blocks());
+                        out.push((
+                            seed,
+                            sc.geometry.level,
+                            sc.bitmap_chunk.is_some(),
+                            size,
+                            run(&sc),
+                        ));
                         seed += threads;
                     }
                     out
@@ -37,7 +45,9 @@ fn sweep() {
     let mut levels = std::collections::BTreeMap::new();
     let mut failures = Vec::new();
     let (mut faults, mut blocks, mut crashes, mut sbw, mut refused) = (0, 0, 0, 0, 0);
-    for (seed, level, r) in &results {
+    let (mut bitmap_runs, mut bm_resyncs, mut bm_resynced, mut bm_full, mut bit_waits) =
+        (0, 0, 0, 0, 0);
+    for (seed, level, bitmap, size, r) in &results {
         *levels.entry(level.name()).or_insert(0) += 1;
         match r {
             Ok(o) => {
@@ -46,6 +56,13 @@ fn sweep() {
                 crashes += o.crashes;
                 sbw += o.superblock_writes;
                 refused += u64::from(o.ended_by_refusal.is_some());
+                if *bitmap {
+                    bitmap_runs += 1;
+                    bm_resyncs += o.resyncs;
+                    bm_resynced += o.resync_blocks;
+                    bm_full += o.resyncs * size;
+                    bit_waits += o.bit_waits;
+                }
             }
             Err(v) => failures.push(format!("{v}")),
         }
@@ -55,6 +72,12 @@ fn sweep() {
         "sweep: {seeds} seeds x {ops} ops; levels {levels:?}; {faults} child errors injected; \
          {crashes} crashes; {sbw} superblock writes; {refused} runs ended at an assembly md refuses too; \
          {blocks} blocks verified"
+    );
+    println!(
+        "sweep: {bitmap_runs} runs with a bitmap: {bit_waits} writes waited for their bits; \
+         {bm_resyncs} resyncs after dirty assemblies covered {bm_resynced} of {bm_full} array blocks \
+         ({:.1}%: only dirty chunks)",
+        100.0 * bm_resynced as f64 / bm_full.max(1) as f64
     );
     for f in &failures {
         println!("{f}");
@@ -67,4 +90,8 @@ fn sweep() {
     assert_eq!(levels.len(), 7, "every level must be covered");
     assert!(faults > 0, "the sweep injected no faults");
     assert!(crashes > 0, "the sweep crashed nothing");
+    assert!(
+        bitmap_runs > 0 && bit_waits > 0,
+        "no run exercised the bitmap"
+    );
 }
