@@ -142,6 +142,14 @@ impl Resync {
         }
     }
 
+    /// The window in flight could not be submitted (no parent slot): hand
+    /// it out again from the next [`Resync::next_window`].
+    pub fn unsubmit(&mut self) {
+        let w = self.in_flight.take().expect("no resync window in flight");
+        self.at = w.lba;
+        self.finished = false;
+    }
+
     pub fn in_flight(&self) -> Option<Window> {
         self.in_flight
     }
@@ -236,8 +244,10 @@ mod tests {
         bm.set_flags(2, DURABLE | NEEDED);
         let mut r = Resync::new(&g, &shared, 1024);
         let mut n = 0;
-        while let Some(_w) = r.next_window(&shared) {
+        while let Some(w) = r.next_window(&shared) {
             assert!(r.next_window(&shared).is_none(), "one window at a time");
+            r.unsubmit();
+            assert_eq!(r.next_window(&shared), Some(w), "handed out again");
             r.window_done(&shared, n != 0);
             n += 1;
         }

@@ -32,12 +32,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bdev_raid::bitmap::{Bitmap, BitmapGeom};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChannelConfig, ChannelStats, ChildOp, ChildStatus, ChildToken, IoStatus,
     IoType, MemberStats, ParentIo,
 };
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
+use bdev_raid::sync::Resync;
 
 use crate::buf::{AlignedBuf, DevBuf};
 use crate::dev::{DevChannel, DevError, DevIo, DevOp, DevStatus, Device};
@@ -71,6 +73,9 @@ pub struct ArrayParams {
     /// missing; not writable, so the first write asks the metadata path to
     /// mark the array dirty).
     pub state: Option<ArrayState>,
+    /// Chunks of the write-intent bitmap, when the array has one (its
+    /// metadata path must then be built with the bitmap read or created).
+    pub bitmap: Option<BitmapGeom>,
 }
 
 impl ArrayParams {
@@ -91,6 +96,7 @@ impl ArrayParams {
             channel: ChannelConfig::default(),
             meta_reactor: 0,
             state: None,
+            bitmap: None,
         }
     }
 }
@@ -125,8 +131,11 @@ pub struct Array {
     /// looks at it).
     state: Mutex<Arc<ArrayState>>,
     stopped: AtomicBool,
-    /// Next block a running resync submits; u64::MAX when none runs.
-    resync_at: AtomicU64,
+    /// What the channels share (locks, bitmap words).
+    shared: Arc<Shared>,
+    /// Blocks done and to do of the running resync (done u64::MAX: none).
+    resync_done: AtomicU64,
+    resync_total: AtomicU64,
 }
 
 /// Token bit of metadata writes (child tokens are slot indices).
@@ -227,10 +236,15 @@ impl Array {
             rt: rt.clone(),
             state: Mutex::new(state.clone()),
             stopped: AtomicBool::new(false),
-            resync_at: AtomicU64::new(u64::MAX),
+            shared: Arc::new(Shared::with_bitmap(
+                rt.reactors(),
+                p.bitmap.map(Bitmap::new),
+            )),
+            resync_done: AtomicU64::new(u64::MAX),
+            resync_total: AtomicU64::new(0),
         });
         // One engine channel per reactor; channel index = reactor index.
-        let shared = Arc::new(Shared::new(rt.reactors()));
+        let shared = array.shared.clone();
         let mut installed = Vec::new();
         for n in 0..rt.reactors() {
             let (a, s, l, cfg) = (array.clone(), state.clone(), shared.clone(), p.channel);
@@ -314,18 +328,21 @@ impl Array {
         }
     }
 
-    /// Resync the whole array (after an unclean shutdown): windows of
+    /// Resync after an unclean shutdown: the chunks the bitmap marked at
+    /// assembly, or the whole array without one, in windows of
     /// `window_blocks`, one at a time, through the metadata reactor's
     /// channel beside user I/O; when the last one ends the metadata path may
     /// mark the array clean. Progress is [`Array::resync_progress`].
     pub fn start_resync(self: &Arc<Self>, window_blocks: u64) {
         let a = self.clone();
-        let window = window_blocks.max(1);
-        self.resync_at.store(0, Ordering::Relaxed);
+        let resync = Resync::new(&self.geom, &self.shared, window_blocks);
+        self.resync_total
+            .store(resync.progress().1, Ordering::Relaxed);
+        self.resync_done.store(0, Ordering::Relaxed);
         self.rt.send(self.meta_reactor, move |r| {
             let drv = Rc::new(ResyncDriver {
                 array: a.clone(),
-                window,
+                resync: RefCell::new(resync),
                 this: RefCell::new(None),
             });
             // The driver keeps itself alive until the resync ends.
@@ -334,12 +351,18 @@ impl Array {
         });
     }
 
-    /// Blocks resynced so far, or `None` when no resync runs.
-    pub fn resync_progress(&self) -> Option<u64> {
-        match self.resync_at.load(Ordering::Relaxed) {
+    /// Blocks resynced so far and blocks to resync in all, or `None` when
+    /// no resync runs.
+    pub fn resync_progress(&self) -> Option<(u64, u64)> {
+        match self.resync_done.load(Ordering::Relaxed) {
             u64::MAX => None,
-            n => Some(n.min(self.geom.array_blocks())),
+            n => Some((n, self.resync_total.load(Ordering::Relaxed).max(n))),
         }
+    }
+
+    /// What the array's channels share (the bitmap's words among it).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Engine counters of every reactor's channel, in reactor order.
@@ -487,6 +510,10 @@ struct MetaSlot {
     lba: u64,
     blocks: u64,
     fua: bool,
+    /// The member's flush ran: every write it completed before is durable
+    /// (a cleared bitmap bit must never land before the data it covered),
+    /// and the write itself may go.
+    flushed: bool,
     buf: AlignedBuf,
 }
 
@@ -680,7 +707,11 @@ impl ArrayChannel {
                     let n = m.poll(r, &mut |tok, st| {
                         if tok & META_TOKEN != 0 {
                             let slot = (tok & !META_TOKEN) as u32;
+                            let s = meta_slots[slot as usize].as_mut().expect("meta slot");
                             if st == DevStatus::NoMem {
+                                meta_retry.push_back(slot);
+                            } else if !s.flushed && st == DevStatus::Success {
+                                s.flushed = true;
                                 meta_retry.push_back(slot);
                             } else {
                                 let s = meta_slots[slot as usize].take().expect("meta slot");
@@ -789,6 +820,7 @@ impl ArrayChannel {
             lba: w.offset / bs,
             blocks: w.data.len() as u64 / bs,
             fua: w.fua,
+            flushed: !w.fua,
             buf: AlignedBuf::from_slice(&w.data),
         };
         let idx = match self.meta_slots.iter().position(|s| s.is_none()) {
@@ -819,13 +851,24 @@ impl ArrayChannel {
             // SAFETY: the slot owns the buffer and keeps it, untouched, until
             // the device reports this write (the slot is freed only then).
             let buf = unsafe { DevBuf::new(data.as_mut_ptr(), data.len()) };
-            let io = DevIo {
-                op: DevOp::Write,
-                lba: s.lba,
-                blocks: s.blocks,
-                fua: s.fua,
-                buf,
-                token: META_TOKEN | idx as u64,
+            let io = if s.flushed {
+                DevIo {
+                    op: DevOp::Write,
+                    lba: s.lba,
+                    blocks: s.blocks,
+                    fua: s.fua,
+                    buf,
+                    token: META_TOKEN | idx as u64,
+                }
+            } else {
+                DevIo {
+                    op: DevOp::Flush,
+                    lba: 0,
+                    blocks: 0,
+                    fua: false,
+                    buf: DevBuf::EMPTY,
+                    token: META_TOKEN | idx as u64,
+                }
             };
             let dev = self.members[s.member as usize]
                 .as_mut()
@@ -966,11 +1009,11 @@ fn meta_pump(r: &mut Reactor, key: u64) {
     }
 }
 
-/// Drives a whole-array resync on the metadata reactor, one window at a
-/// time: each completion submits the next.
+/// Drives a resync on the metadata reactor, one window at a time: each
+/// completion submits the next.
 struct ResyncDriver {
     array: Arc<Array>,
-    window: u64,
+    resync: RefCell<Resync>,
     /// Itself, while the resync runs.
     this: RefCell<Option<Rc<ResyncDriver>>>,
 }
@@ -980,14 +1023,19 @@ impl IoDone for ResyncDriver {
         if let Some(b) = buf {
             r.buf_pool().put(b);
         }
-        if status != IoStatus::Success {
+        let ok = status == IoStatus::Success;
+        if !ok {
             tracing::warn!(
-                "array {}: resync window failed; the array stays dirty",
+                "array {}: a resync window failed; its chunks stay marked for resync",
                 self.array.name
             );
-            self.array.resync_at.store(u64::MAX, Ordering::Relaxed);
-            self.this.borrow_mut().take();
-            return;
+        }
+        {
+            let mut rs = self.resync.borrow_mut();
+            rs.window_done(&self.array.shared, ok);
+            self.array
+                .resync_done
+                .store(rs.progress().0, Ordering::Relaxed);
         }
         let me = self.this.borrow().clone();
         if let Some(me) = me {
@@ -996,41 +1044,51 @@ impl IoDone for ResyncDriver {
     }
 }
 
-/// Submit the resync window at the array's resync position, or finish.
+/// Submit the next resync window, or finish.
 fn resync_next(r: &mut Reactor, drv: &Rc<ResyncDriver>) {
     let a = &drv.array;
-    let at = a.resync_at.load(Ordering::Relaxed);
-    let size = a.geom.array_blocks();
-    if a.stopped.load(Ordering::Relaxed) || at == u64::MAX {
+    if a.stopped.load(Ordering::Relaxed) {
+        a.resync_done.store(u64::MAX, Ordering::Relaxed);
         drv.this.borrow_mut().take();
         return;
     }
-    if at >= size {
-        a.resync_at.store(u64::MAX, Ordering::Relaxed);
-        tracing::info!("array {}: resync done", a.name);
-        meta_with(r, a.meta_key, |m| m.path.mark_synced());
-        drv.this.borrow_mut().take();
+    let next = drv.resync.borrow_mut().next_window(&a.shared);
+    let Some(w) = next else {
+        let rs = drv.resync.borrow();
+        if rs.is_done() {
+            a.resync_done.store(u64::MAX, Ordering::Relaxed);
+            if rs.failed_windows() == 0 {
+                tracing::info!("array {}: resync done", a.name);
+                meta_with(r, a.meta_key, |m| m.path.mark_synced());
+            } else {
+                tracing::warn!(
+                    "array {}: resync ended with {} failed windows; the array stays dirty",
+                    a.name,
+                    rs.failed_windows()
+                );
+            }
+            drop(rs);
+            drv.this.borrow_mut().take();
+        }
         return;
-    }
-    let blocks = drv.window.min(size - at);
-    a.resync_at.store(at + blocks, Ordering::Relaxed);
+    };
     let bs = a.geom.block_size() as usize;
-    let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(blocks as usize * bs));
+    let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(w.blocks as usize * bs));
     let io = ParentIo {
-        tag: at,
+        tag: w.lba,
         op: IoType::Resync,
-        lba: at,
-        blocks,
+        lba: w.lba,
+        blocks: w.blocks,
         fua: false,
         buf,
     };
     let done: Rc<dyn IoDone> = drv.clone();
     if let Err(Busy(io)) = a.submit(r, io, &done) {
-        // No parent slot now: try again shortly.
+        // No parent slot now: try the same window again shortly.
         if let Some(b) = io.buf {
             r.buf_pool().put(b);
         }
-        a.resync_at.store(at, Ordering::Relaxed);
+        drv.resync.borrow_mut().unsubmit();
         let d2 = drv.clone();
         r.after(Duration::from_millis(1), move |r| resync_next(r, &d2));
     }

@@ -35,12 +35,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bdev_raid::assemble::{assemble, md_uuid, AssembleOptions, Assembled, Candidate};
+use bdev_raid::bitmap::{BitmapGeom, DiskBitmap};
 use bdev_raid::channel::MetaRequest;
 use bdev_raid::examine::{examine_sb, layout_name};
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaConfig};
 use bdev_raid::ondisk::{
-    component_size, MemberLayout, SbError, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
+    bitmap_area_bytes, choose_bm_space, component_size, default_bitmap_chunk, BitmapSuper,
+    MemberLayout, SbError, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
 };
 use bdev_raid::state::{ArrayState, MemberState};
 use mdraid_rpc::config::{ConfigError, LoadedConfig, Location};
@@ -48,8 +50,8 @@ use mdraid_rpc::error::errno;
 use mdraid_rpc::params::*;
 use mdraid_rpc::results::*;
 use mdraid_rpc::types::{
-    BdevName, BitmapSetting, ErrorIoType as RpcIoType, ErrorType as RpcErrorType, KillSignal,
-    NameList, RaidCategory, RaidLevel, RaidState, Uuid as RpcUuid,
+    BdevName, BitmapOptions, BitmapSetting, ErrorIoType as RpcIoType, ErrorType as RpcErrorType,
+    KillSignal, NameList, RaidCategory, RaidLevel, RaidState, Uuid as RpcUuid,
 };
 use mdraid_rpc::{reply, Call, ConnState, Connection, Host, Method, RpcError};
 use serde_json::{json, Value};
@@ -117,6 +119,7 @@ struct MetaSnap {
     dirty: bool,
     writable: bool,
     offline: bool,
+    bitmap: Option<MdraidBitmapInfo>,
 }
 
 /// An array the daemon runs.
@@ -324,51 +327,112 @@ fn dev_sync(
     }
 }
 
-/// The 4 KiB at byte 4096 (where md 1.2 keeps its superblock); empty when
-/// the device is smaller than 8 KiB.
-fn read_sb_area(rt: &RuntimeHandle, dev: &Arc<dyn Device>, t: Duration) -> Result<Vec<u8>, String> {
-    let bs = dev.block_size() as u64;
-    let end = SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64;
-    if dev.num_blocks() * bs < end {
-        return Ok(Vec::new());
-    }
-    let first = SB_OFFSET_BYTES / bs;
-    let last = end.div_ceil(bs);
-    let data = dev_sync(rt, dev, DevOp::Read, first, last - first, None, false, t)?;
-    let skip = (SB_OFFSET_BYTES - first * bs) as usize;
-    Ok(data[skip..skip + SB_BLOCK_BYTES].to_vec())
-}
-
-/// Write 4 KiB at byte 4096, durably (FUA).
-fn write_sb_area(
+/// `len` bytes at byte `offset` of `dev` (whole blocks are read).
+fn read_at(
     rt: &RuntimeHandle,
     dev: &Arc<dyn Device>,
+    offset: u64,
+    len: usize,
+    t: Duration,
+) -> Result<Vec<u8>, String> {
+    let bs = dev.block_size() as u64;
+    let end = offset + len as u64;
+    let first = offset / bs;
+    let last = end.div_ceil(bs);
+    let data = dev_sync(rt, dev, DevOp::Read, first, last - first, None, false, t)?;
+    let skip = (offset - first * bs) as usize;
+    Ok(data[skip..skip + len].to_vec())
+}
+
+/// The md 1.2 metadata of a device of `size` bytes, read with `read(offset,
+/// len)`: the 4 KiB at byte 4096 (its superblock), followed by the bitmap
+/// area when that superblock records an internal bitmap right after it;
+/// empty when the device is smaller than 8 KiB.
+fn read_md_meta(
+    size: u64,
+    mut read: impl FnMut(u64, usize) -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    if size < SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64 {
+        return Ok(Vec::new());
+    }
+    let mut out = read(SB_OFFSET_BYTES, SB_BLOCK_BYTES)?;
+    let Ok(sb) = Superblock::decode(&out, size / 512) else {
+        return Ok(out);
+    };
+    if !sb.has_bitmap() || sb.bitmap_offset != 8 {
+        return Ok(out);
+    }
+    // The bitmap superblock says how long the bit array is; read no
+    // further than the data area.
+    let at = SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64;
+    let limit = (sb.data_offset * 512).min(size).saturating_sub(at);
+    let head = read(at, (BITMAP_SB_BYTES as u64).min(limit) as usize)?;
+    let len = BitmapSuper::decode(&head)
+        .map(|b| b.area_bytes())
+        .unwrap_or(BITMAP_SB_BYTES as u64)
+        .min(limit);
+    out.extend_from_slice(&read(at, len as usize)?);
+    Ok(out)
+}
+
+/// [`read_md_meta`] of a member device.
+fn read_sb_area(rt: &RuntimeHandle, dev: &Arc<dyn Device>, t: Duration) -> Result<Vec<u8>, String> {
+    let size = dev.num_blocks() * dev.block_size() as u64;
+    read_md_meta(size, |off, len| read_at(rt, dev, off, len, t))
+}
+
+/// Write `data` at byte `offset`, durably (FUA); `data.len()` and `offset`
+/// must be whole blocks.
+fn write_at(
+    rt: &RuntimeHandle,
+    dev: &Arc<dyn Device>,
+    offset: u64,
     data: &[u8],
     t: Duration,
 ) -> Result<(), String> {
     let bs = dev.block_size() as u64;
-    if bs > SB_BLOCK_BYTES as u64 || !SB_OFFSET_BYTES.is_multiple_of(bs) {
+    if !offset.is_multiple_of(bs) || !(data.len() as u64).is_multiple_of(bs) {
         return Err(format!(
-            "block size {bs} does not fit md's 4 KiB superblock"
+            "block size {bs} does not fit md's 4 KiB metadata blocks"
         ));
     }
-    let mut buf = data.to_vec();
-    buf.resize(SB_BLOCK_BYTES, 0);
-    let blocks = SB_BLOCK_BYTES as u64 / bs;
     dev_sync(
         rt,
         dev,
         DevOp::Write,
-        SB_OFFSET_BYTES / bs,
-        blocks,
-        Some(buf),
+        offset / bs,
+        data.len() as u64 / bs,
+        Some(data.to_vec()),
         true,
         t,
     )
     .map(|_| ())
 }
 
+/// Write a superblock (padded to 4 KiB), or a superblock followed by its
+/// bitmap area, at byte 4096, durably.
+fn write_sb_area(
+    rt: &RuntimeHandle,
+    dev: &Arc<dyn Device>,
+    data: &[u8],
+    t: Duration,
+) -> Result<(), String> {
+    let mut buf = data.to_vec();
+    buf.resize(data.len().max(SB_BLOCK_BYTES), 0);
+    write_at(rt, dev, SB_OFFSET_BYTES, &buf, t)
+}
+
 // ------------------------------------------------------------ planning
+
+/// The write-intent bitmap of a new array.
+#[derive(Clone, Debug)]
+struct BitmapPlan {
+    geom: BitmapGeom,
+    daemon_sleep_ms: u64,
+}
+
+/// md's default bitmap daemon period.
+pub const DEFAULT_DAEMON_SLEEP_MS: u64 = 5_000;
 
 /// Claimed member devices and their probes.
 type Members = (Vec<Arc<dyn Device>>, Vec<Probe>);
@@ -398,6 +462,7 @@ enum Plan {
         data_offset: u64,
         layouts: Vec<MemberLayout>,
         member_data_blocks: u64,
+        bitmap: Option<BitmapPlan>,
     },
     /// The members carry this array: assemble it.
     Assemble {
@@ -445,12 +510,6 @@ fn strip_for(p: &BdevMdraidCreate) -> u32 {
 /// `p.base_bdevs`, in order). Pure: no I/O.
 fn plan_array(p: &BdevMdraidCreate, probes: &[Probe]) -> Result<Plan, RpcError> {
     // What the engine cannot do yet is refused, not faked.
-    if let BitmapSetting::On(_) = p.bitmap {
-        return Err(field(
-            "bitmap",
-            "write-intent bitmaps are not implemented yet; omit `bitmap` or pass false",
-        ));
-    }
     if p.write_behind.is_some() {
         return Err(field(
             "write_behind",
@@ -568,9 +627,15 @@ fn plan_array(p: &BdevMdraidCreate, probes: &[Probe]) -> Result<Plan, RpcError> 
 
     // A new array.
     let chunk_sectors = strip_kb * 2;
+    let bitmap = bitmap_for(p, level, bs, probes)?;
+    // Room for the bitmap of the largest chunk space the members allow.
+    let bound: u64 = probes.iter().map(|q| q.sectors()).sum();
+    let area = bitmap
+        .as_ref()
+        .map(|b| bitmap_area_bytes(bound, b.0 as u32));
     let mut layouts = Vec::new();
     for (i, pr) in probes.iter().enumerate() {
-        let l = MemberLayout::new(pr.sectors(), chunk_sectors, None)
+        let l = MemberLayout::new(pr.sectors(), chunk_sectors, area)
             .map_err(|e| field(format!("base_bdevs[{i}]"), e))?;
         layouts.push(l);
     }
@@ -608,6 +673,13 @@ fn plan_array(p: &BdevMdraidCreate, probes: &[Probe]) -> Result<Plan, RpcError> 
         member_blocks: vec![member_data_blocks; probes.len()],
     })
     .map_err(|e| geometry_error(&e))?;
+    let bitmap = match bitmap {
+        Some((chunk, daemon_sleep_ms)) => Some(BitmapPlan {
+            geom: BitmapGeom::new(&geom, chunk).map_err(|e| field("bitmap.chunk_kb", e))?,
+            daemon_sleep_ms,
+        }),
+        None => None,
+    };
     let uuid = p.uuid.map(|u| u.0).unwrap_or_else(|| Uuid::random().0);
     Ok(Plan::Create {
         uuid,
@@ -616,7 +688,59 @@ fn plan_array(p: &BdevMdraidCreate, probes: &[Probe]) -> Result<Plan, RpcError> 
         data_offset,
         layouts,
         member_data_blocks,
+        bitmap,
     })
+}
+
+/// The bitmap a new array gets: `(chunk bytes, daemon sleep ms)`, or none.
+/// Levels with redundancy get one unless `bitmap` is false; the default
+/// chunk is mdadm's (at least 64 MiB, larger when the bits would not fit
+/// mdadm's bitmap space).
+fn bitmap_for(
+    p: &BdevMdraidCreate,
+    level: Level,
+    bs: u32,
+    probes: &[Probe],
+) -> Result<Option<(u64, u64)>, RpcError> {
+    let redundant = !matches!(level, Level::Raid0 | Level::Linear);
+    let opts = match p.bitmap {
+        BitmapSetting::Off => return Ok(None),
+        BitmapSetting::Default if !redundant => return Ok(None),
+        BitmapSetting::Default => BitmapOptions::default(),
+        BitmapSetting::On(_) if !redundant => {
+            return Err(field(
+                "bitmap",
+                format!(
+                    "a {} array has no redundancy, so a write-intent bitmap has nothing to resync; omit `bitmap` or pass false",
+                    level.name()
+                ),
+            ))
+        }
+        BitmapSetting::On(o) => o,
+    };
+    let chunk = match opts.chunk_kb {
+        Some(kb) => {
+            let bytes = u64::from(kb) * 1024;
+            if !kb.is_power_of_two() || bytes < 4096 || bytes < u64::from(bs) {
+                return Err(field(
+                    "bitmap.chunk_kb",
+                    format!(
+                        "{kb}: must be a power of two of at least 4 KiB and the block size ({bs} bytes)"
+                    ),
+                ));
+            }
+            bytes
+        }
+        None => {
+            let smallest = probes.iter().map(|q| q.sectors()).min().unwrap_or(0);
+            let bound: u64 = probes.iter().map(|q| q.sectors()).sum();
+            default_bitmap_chunk(bound, choose_bm_space(smallest))
+        }
+    };
+    let daemon = opts
+        .daemon_sleep_ms
+        .map_or(DEFAULT_DAEMON_SLEEP_MS, u64::from);
+    Ok(Some((chunk, daemon)))
 }
 
 fn plan_assemble(
@@ -690,6 +814,41 @@ fn plan_assemble(
             ));
         }
     }
+    match (p.bitmap, &asm.bitmap) {
+        (BitmapSetting::On(_), None) => {
+            return Err(field(
+                "bitmap",
+                format!(
+                    "the members carry array {} without a write-intent bitmap; adding one to an existing array is not supported",
+                    md_uuid(&uuid)
+                ),
+            ))
+        }
+        (BitmapSetting::Off, Some(_)) => {
+            return Err(field(
+                "bitmap",
+                format!(
+                    "the members carry array {} with a write-intent bitmap; removing it is not supported",
+                    md_uuid(&uuid)
+                ),
+            ))
+        }
+        (BitmapSetting::On(o), Some(b)) => {
+            if let Some(kb) = o.chunk_kb {
+                if u64::from(kb) * 1024 != b.geom.chunk_bytes() {
+                    return Err(field(
+                        "bitmap.chunk_kb",
+                        format!(
+                            "the members carry array {} with a bitmap chunk of {} KiB, not {kb}",
+                            md_uuid(&uuid),
+                            b.geom.chunk_bytes() / 1024
+                        ),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
     let data_offset = present[0].data_offset;
     if let Some(sb) = present.iter().find(|sb| sb.data_offset != data_offset) {
         return Err(RpcError::errno(
@@ -723,11 +882,14 @@ struct DaemonMeta {
     resync_pending: bool,
     shutdown: bool,
     writes: HashSet<u64>,
+    /// The bitmap daemon's period, for status.
+    daemon_sleep_ms: u64,
 }
 
 impl DaemonMeta {
     fn update(&self) {
         let s = self.inner.meta().status();
+        let daemon_sleep_ms = self.daemon_sleep_ms;
         let mut g = self.snap.lock().unwrap_or_else(|e| e.into_inner());
         *g = MetaSnap {
             events: s.events,
@@ -735,6 +897,12 @@ impl DaemonMeta {
             dirty: s.dirty,
             writable: s.writable,
             offline: s.offline,
+            bitmap: s.bitmap.map(|b| MdraidBitmapInfo {
+                chunk_kb: (b.chunk_bytes / 1024) as u32,
+                daemon_sleep_ms: daemon_sleep_ms as u32,
+                dirty_chunks: b.dirty,
+                total_chunks: b.chunks,
+            }),
         };
     }
 }
@@ -1250,14 +1418,17 @@ impl Daemon {
             num_base_bdevs: a.roles.len() as u32,
             num_base_bdevs_discovered: present,
             num_base_bdevs_operational: operational,
-            process: a.array.resync_progress().map(|blocks| MdraidProcess {
-                kind: "resync".into(),
-                target: None,
-                progress: MdraidProgress {
-                    blocks,
-                    percent: (blocks * 100 / a.array.num_blocks().max(1)) as u32,
-                },
-            }),
+            process: a
+                .array
+                .resync_progress()
+                .map(|(blocks, total)| MdraidProcess {
+                    kind: "resync".into(),
+                    target: None,
+                    progress: MdraidProgress {
+                        blocks,
+                        percent: (blocks * 100 / total.max(1)) as u32,
+                    },
+                }),
             base_bdevs_list: members,
             layout,
             events: snap.map_or(st.events, |s| s.events.max(st.events)),
@@ -1272,7 +1443,7 @@ impl Daemon {
                 .into(),
             ),
             mismatch_cnt: None,
-            bitmap: None,
+            bitmap: snap.and_then(|s| s.bitmap),
             write_behind: None,
         }
     }
@@ -1375,6 +1546,7 @@ impl Daemon {
                 data_offset,
                 layouts,
                 member_data_blocks,
+                bitmap,
             } => self.start_new(
                 &p,
                 &devs,
@@ -1384,6 +1556,7 @@ impl Daemon {
                 data_offset,
                 layouts,
                 member_data_blocks,
+                bitmap,
             ),
             Plan::Assemble {
                 asm,
@@ -1421,6 +1594,7 @@ impl Daemon {
         data_offset: u64,
         layouts: Vec<MemberLayout>,
         member_data_blocks: u64,
+        bitmap: Option<BitmapPlan>,
     ) -> Result<ArrayRecord, RpcError> {
         let bs = geom.block_size() as u64;
         let mut sbs = create_superblocks(
@@ -1432,15 +1606,23 @@ impl Daemon {
                 member_sectors: layouts.iter().map(|l| l.member_sectors).collect(),
                 data_offset,
                 now_secs: now_secs(),
-                bitmap: false,
+                bitmap: bitmap.is_some(),
             },
         );
         for (sb, l) in sbs.iter_mut().zip(&layouts) {
             l.apply(sb);
         }
+        // A new array is in sync: every bit clear.
+        let disk = bitmap
+            .as_ref()
+            .map(|b| DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms));
         let mut written = Vec::new();
         for (i, (d, sb)) in devs.iter().zip(&sbs).enumerate() {
-            if let Err(e) = write_sb_area(&self.rt, d, &sb.encode(), self.opts.io_timeout) {
+            let mut data = sb.encode();
+            if let Some(b) = &disk {
+                data.extend_from_slice(&b.encode_area(sb.events));
+            }
+            if let Err(e) = write_sb_area(&self.rt, d, &data, self.opts.io_timeout) {
                 self.wipe(&written);
                 return Err(RpcError::errno(
                     errno::EIO,
@@ -1458,8 +1640,17 @@ impl Daemon {
         ap.data_offset_blocks = data_offset * 512 / bs;
         ap.member_data_blocks = Some(member_data_blocks);
         ap.meta_reactor = 0;
+        ap.bitmap = bitmap.as_ref().map(|b| b.geom.clone());
+        let daemon_ms = bitmap.as_ref().map_or(0, |b| b.daemon_sleep_ms);
         let role_uuids: Vec<[u8; 16]> = sbs.iter().map(|s| s.device_uuid).collect();
-        let array = self.start_array(ap, sbs.into_iter().map(Some).collect(), false, &snap);
+        let array = self.start_array(
+            ap,
+            sbs.into_iter().map(Some).collect(),
+            disk,
+            daemon_ms,
+            false,
+            &snap,
+        );
         let array = match array {
             Ok(a) => a,
             Err(e) => {
@@ -1472,6 +1663,13 @@ impl Daemon {
         if !matches!(p.raid_level, RaidLevel::Raid1) {
             saved.strip_size_kb = Some(strip_kb);
         }
+        saved.bitmap = match &bitmap {
+            Some(b) => BitmapSetting::On(BitmapOptions {
+                chunk_kb: Some((b.geom.chunk_bytes() / 1024) as u32),
+                daemon_sleep_ms: Some(b.daemon_sleep_ms as u32),
+            }),
+            None => BitmapSetting::Off,
+        };
         self.log(format!(
             "created {} array {} ({}) on {}",
             p.raid_level,
@@ -1528,16 +1726,36 @@ impl Daemon {
             channel: Default::default(),
             meta_reactor: 0,
             state: Some(asm.state.clone()),
+            bitmap: asm.bitmap.as_ref().map(|b| b.geom.clone()),
+        };
+        let daemon_ms = match (&p.bitmap, &asm.bitmap) {
+            (
+                BitmapSetting::On(BitmapOptions {
+                    daemon_sleep_ms: Some(ms),
+                    ..
+                }),
+                _,
+            ) => u64::from(*ms),
+            (_, Some(b)) => u64::from(b.disk.sb.daemon_sleep) * 1000,
+            _ => 0,
         };
         let role_uuids: Vec<[u8; 16]> = asm
             .superblocks
             .iter()
             .map(|s| s.as_ref().map_or([0; 16], |s| s.device_uuid))
             .collect();
-        let array = self.start_array(ap, asm.superblocks.clone(), asm.dirty, &snap)?;
+        let array = self.start_array(
+            ap,
+            asm.superblocks.clone(),
+            asm.bitmap.as_ref().map(|b| b.disk.clone()),
+            daemon_ms,
+            asm.dirty,
+            &snap,
+        )?;
         if asm.dirty {
-            // Not shut down cleanly: make copies/parity agree (whole array,
-            // no bitmap yet), then the array may be marked clean again.
+            // Not shut down cleanly: make copies/parity agree (the chunks
+            // the bitmap marks, or the whole array without one), then the
+            // array may be marked clean again.
             let g = array.geometry();
             let unit = if g.level().is_parity() {
                 g.stripe_data_blocks()
@@ -1575,10 +1793,16 @@ impl Daemon {
             md_uuid(&asm.set_uuid),
             asm.state.events,
             if degraded { ", degraded" } else { "" },
-            if asm.dirty {
-                "; it was not shut down cleanly and needs a resync, which this version cannot do yet (reads of in-sync members are correct; parity/copies of stripes written at the crash may differ)"
-            } else {
-                ""
+            match (&asm.dirty, &asm.bitmap) {
+                (false, _) => String::new(),
+                (true, Some(b)) =>
+                    format!(
+                    "; it was not shut down cleanly: resyncing the {} chunks its bitmap marks{}",
+                    b.disk.dirty(),
+                    if b.stale { " (the bitmap was out of date: all of them)" } else { "" }
+                ),
+                (true, None) =>
+                    "; it was not shut down cleanly and has no bitmap: resyncing all of it".into(),
             }
         ));
         Ok(ArrayRecord {
@@ -1629,13 +1853,18 @@ impl Daemon {
         &self,
         ap: ArrayParams,
         sbs: Vec<Option<Superblock>>,
+        bitmap: Option<DiskBitmap>,
+        daemon_sleep_ms: u64,
         dirty: bool,
         snap: &Arc<Mutex<MetaSnap>>,
     ) -> Result<Arc<Array>, RpcError> {
-        let cfg = self.opts.meta;
+        let mut cfg = self.opts.meta;
+        if daemon_sleep_ms != 0 {
+            cfg.daemon_sleep_ms = daemon_sleep_ms;
+        }
         let snap2 = snap.clone();
         Array::create_with_meta(&self.rt, ap, move |init| {
-            let mut meta = Meta::new(init.geom, init.shared, init.state, sbs, None, cfg, 0);
+            let mut meta = Meta::new(init.geom, init.shared, init.state, sbs, bitmap, cfg, 0);
             meta.set_wall_clock(now_secs());
             let dm = DaemonMeta {
                 inner: MdMeta::new(meta),
@@ -1643,6 +1872,7 @@ impl Daemon {
                 resync_pending: dirty,
                 shutdown: false,
                 writes: HashSet::new(),
+                daemon_sleep_ms: cfg.daemon_sleep_ms,
             };
             dm.update();
             Box::new(dm) as Box<dyn MetaPath + Send>
@@ -2166,12 +2396,19 @@ fn file_probe(path: &Path, block_size: Option<u32>) -> Result<(u32, u64), String
     Ok((bs, blocks))
 }
 
-fn read_file_sb(path: &Path) -> Vec<u8> {
-    let mut buf = vec![0u8; SB_BLOCK_BYTES];
-    match std::fs::File::open(path).and_then(|f| f.read_exact_at(&mut buf, SB_OFFSET_BYTES)) {
-        Ok(()) => buf,
-        Err(_) => Vec::new(),
-    }
+/// [`read_md_meta`] of a member file or block device of `size` bytes
+/// (empty when it cannot be read).
+fn read_file_sb(path: &Path, size: u64) -> Vec<u8> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    read_md_meta(size, |off, len| {
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off)
+            .map(|()| buf)
+            .map_err(|e| e.to_string())
+    })
+    .unwrap_or_default()
 }
 
 /// Check a whole config against this machine before anything is created:
@@ -2355,7 +2592,7 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                     }
                     let sb = match &d.file {
                         Some(path) if d.num_blocks * d.block_size as u64 >= 8192 => {
-                            read_file_sb(path)
+                            read_file_sb(path, d.num_blocks * d.block_size as u64)
                         }
                         Some(_) => Vec::new(),
                         None => vec![0; SB_BLOCK_BYTES],

@@ -53,6 +53,8 @@ pub struct MetaWrite {
     /// the block size, as is `data.len()`.
     pub offset: u64,
     pub data: Vec<u8>,
+    /// Durable: the member is flushed first (every write it completed
+    /// before becomes durable), then the data is written with FUA.
     pub fua: bool,
 }
 

@@ -511,7 +511,21 @@ fn bad_params_name_the_field_and_create_nothing() {
             r(json!({"base_bdevs": ["m0", "m1", "keep"]})),
             "base_bdevs[2]",
         ),
-        ("bdev_mdraid_create", r(json!({"bitmap": true})), "bitmap"),
+        (
+            "bdev_mdraid_create",
+            r(json!({"raid_level": "raid0", "bitmap": true})),
+            "bitmap",
+        ),
+        (
+            "bdev_mdraid_create",
+            r(json!({"bitmap": {"chunk_kb": 48}})),
+            "bitmap.chunk_kb",
+        ),
+        (
+            "bdev_mdraid_create",
+            r(json!({"bitmap": {"chunk_kb": 2}})),
+            "bitmap.chunk_kb",
+        ),
         (
             "bdev_mdraid_create",
             r(json!({"bitmap": {"chunk_kb": 0}})),
