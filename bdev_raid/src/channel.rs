@@ -198,8 +198,11 @@ impl Default for ChannelConfig {
 /// Per-member counters of this channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemberStats {
+    /// Child reads and writes that succeeded, and the blocks they moved.
     pub reads: u64,
     pub writes: u64,
+    pub read_blocks: u64,
+    pub written_blocks: u64,
     pub errors: u64,
     pub outstanding: u32,
 }
@@ -863,8 +866,14 @@ impl<B: IoBuf> Channel<B> {
             }
             ChildStatus::Error => ms.errors += 1,
             ChildStatus::Success => match io.op {
-                ChildOp::Read => ms.reads += 1,
-                ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap => ms.writes += 1,
+                ChildOp::Read => {
+                    ms.reads += 1;
+                    ms.read_blocks += io.blocks;
+                }
+                ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap => {
+                    ms.writes += 1;
+                    ms.written_blocks += io.blocks;
+                }
                 _ => {}
             },
         }
