@@ -17,7 +17,7 @@
 
 use crate::bitmap::{BitmapGeom, DiskBitmap};
 use crate::layout::{Geometry, GeometryParams, Level};
-use crate::ondisk::{DevRole, Superblock, SB_BLOCK_BYTES};
+use crate::ondisk::{DevRole, Superblock, MD_FEATURE_RECOVERY_OFFSET, SB_BLOCK_BYTES};
 use crate::state::{survives, ArrayState, MemberState};
 
 /// A device that may hold a member.
@@ -252,24 +252,27 @@ pub fn assemble(
         uuid: uuid_s.clone(),
         err: e.to_string(),
     })?;
-    let members: Vec<MemberState> = member_of_role
+    let members: Vec<MemberState> = role_sb
         .iter()
-        .map(|m| {
-            if m.is_some() {
-                MemberState::InSync
-            } else {
-                MemberState::Missing
+        .map(|sb| match sb {
+            // A member being rebuilt holds current data only below its
+            // recovery offset (its own superblock says where).
+            Some(sb) if sb.feature_map & MD_FEATURE_RECOVERY_OFFSET != 0 => {
+                MemberState::Recovering(sb.recovery_offset / (u64::from(bs) / 512))
             }
+            Some(_) => MemberState::InSync,
+            None => MemberState::Missing,
         })
         .collect();
     let state = ArrayState {
+        readded: vec![0; n],
         events: fresh.events,
         seq: 0,
         members,
         offline: false,
         writable: false,
     };
-    let out = state.out_of_service();
+    let out = state.not_in_sync();
     if !survives(&geometry, out) {
         let missing: Vec<String> = (0..n)
             .filter(|r| out & 1 << r != 0)

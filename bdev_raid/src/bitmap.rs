@@ -15,6 +15,8 @@
 //!   assembly); its bit is not cleared until the resync did it.
 //! - `IDLE`: one daemon pass saw the chunk idle. A second pass that finds it
 //!   still idle clears the bit (md's two passes).
+//! - `LOADED`: set on disk when the array was assembled, not yet rewritten
+//!   to every member (dirty, so a rebuild visits it, but not durable yet).
 //!
 //! A channel increments the count of every chunk a write touches before it
 //! looks at `DURABLE`, and the metadata path clears `DURABLE` only by a
@@ -32,6 +34,9 @@ const COUNT: u32 = 0x00ff_ffff;
 pub(crate) const DURABLE: u32 = 1 << 31;
 pub(crate) const NEEDED: u32 = 1 << 30;
 pub(crate) const IDLE: u32 = 1 << 29;
+/// The bit was found set at assembly and is not yet rewritten to every
+/// member: the chunk is dirty (a rebuild must visit it) but not yet durable.
+pub(crate) const LOADED: u32 = 1 << 28;
 
 /// Why a bitmap configuration was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

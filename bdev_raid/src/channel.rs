@@ -145,7 +145,10 @@ pub enum ChildStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetaRequest {
     /// A write (or flush) failed on `member`: record it faulty and broadcast.
-    MemberFailed { member: u16, events: u64 },
+    /// `device` is which device in the role failed (`ArrayState::readded`
+    /// of the state the failed I/O was issued under): a late failure of a
+    /// device replaced since is no failure of its successor.
+    MemberFailed { member: u16, device: u64 },
     /// Writes are waiting: mark the array dirty and make it writable.
     MarkDirty { channel: u16 },
     /// Writes are waiting for bitmap bits to be durable (R4): write every
@@ -253,6 +256,9 @@ struct Parent<B> {
     error: bool,
     /// Members whose failure must be committed before this completes.
     wait_members: u64,
+    /// The newest device (`readded`) among the failures waited for: a state
+    /// that brings a device back later proves those failures committed.
+    wait_inc: u64,
     queued: bool,
     /// Counted in `writes_in_flight`.
     write_started: bool,
@@ -311,6 +317,9 @@ struct Child {
     kind: ChildKind,
     io: ChildIo,
     in_flight: bool,
+    /// Which device in the member's role it was issued to (the `readded`
+    /// of the state applied then): a failure it meets is that device's.
+    inc: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +366,8 @@ struct StripeCtx<B> {
     reading: u64,
     error: bool,
     wait_members: u64,
+    /// Newest device (`readded`) among the unit's failed writes.
+    wait_inc: u64,
     /// Regions: one per member, then one spare, `max_row_bytes` each.
     scratch: B,
     /// Children reserved for this context (one per member).
@@ -403,6 +414,8 @@ pub struct Channel<B: IoBuf> {
     dirty_requested: bool,
     /// Writes waiting for their chunks' bitmap bits to be durable (R4).
     bits_wait: VecDeque<u32>,
+    /// Members being rebuilt in the applied state.
+    rec_mask: u64,
     bits_requested: bool,
     /// Write parents issued (past the dirty gate) and not completed.
     writes_in_flight: u32,
@@ -460,6 +473,7 @@ impl<B: IoBuf> Channel<B> {
                 reading: 0,
                 error: false,
                 wait_members: 0,
+                wait_inc: 0,
                 scratch: {
                     let b = alloc(region * (members + 1));
                     assert!(b.as_ref().len() >= region * (members + 1), "short scratch");
@@ -484,6 +498,7 @@ impl<B: IoBuf> Channel<B> {
                     buf: ChildBuf::None,
                 },
                 in_flight: false,
+                inc: 0,
             })
             .collect();
         let mut ch = Channel {
@@ -494,6 +509,7 @@ impl<B: IoBuf> Channel<B> {
             dirty_wait: VecDeque::with_capacity(cfg.max_parents),
             dirty_requested: false,
             bits_wait: VecDeque::with_capacity(cfg.max_parents),
+            rec_mask: 0,
             bits_requested: false,
             writes_in_flight: 0,
             idle_reported: None,
@@ -530,6 +546,7 @@ impl<B: IoBuf> Channel<B> {
             member_stats: vec![MemberStats::default(); members],
             geom,
         };
+        ch.rec_mask = ch.state.recovering();
         // A new channel of a not-writable array has no write in flight.
         ch.maybe_report_idle();
         ch
@@ -563,7 +580,8 @@ impl<B: IoBuf> Channel<B> {
     pub fn describe(&self) -> String {
         format!(
             "parents {} (waiting {}, parked {}, dirty wait {}, bits wait {}), children free {}/{}, stripes free {}/{}, \
-             pieces free {}, recon queue {}, fix queue {}, nomem {}, actions {}, failed {:#b}",
+             pieces free {}, recon queue {}, fix queue {}, nomem {}, actions {}, failed {:#b}, \
+             parked on {:?}, released seq {} readded {:?}",
             self.parents_in_flight(),
             self.waiters.len(),
             self.parked.len(),
@@ -579,6 +597,15 @@ impl<B: IoBuf> Channel<B> {
             self.nomem.len(),
             self.actions.len(),
             self.shared.failed(),
+            self.parked
+                .iter()
+                .map(|&s| {
+                    let p = self.parents[s as usize].as_ref().unwrap();
+                    (p.wait_members, p.wait_inc)
+                })
+                .collect::<Vec<_>>(),
+            self.released.seq,
+            self.released.readded,
         )
     }
 
@@ -648,6 +675,7 @@ impl<B: IoBuf> Channel<B> {
             dispatched: false,
             error: false,
             wait_members: 0,
+            wait_inc: 0,
             queued: false,
             write_started: false,
             bits_counted: false,
@@ -769,6 +797,7 @@ impl<B: IoBuf> Channel<B> {
             "state broadcast went back in events or publication"
         );
         self.state = state;
+        self.rec_mask = self.state.recovering();
         if self.state.offline {
             while let Some(slot) = self.dirty_wait.pop_front() {
                 self.complete(slot);
@@ -821,7 +850,11 @@ impl<B: IoBuf> Channel<B> {
     /// channels have applied (or the array is offline).
     fn may_complete(&self, slot: u32) -> bool {
         let p = self.parents[slot as usize].as_ref().unwrap();
-        self.released.offline || p.wait_members & !self.released.out_of_service() == 0
+        let r = &self.released;
+        let readded = members_of(p.wait_members)
+            .filter(|&m| r.readded[m] > p.wait_inc)
+            .fold(0, |a, m| a | bit(m));
+        r.offline || p.wait_members & !r.out_of_service() & !readded == 0
     }
 
     /// Members in `mask` were skipped by a write because they failed: the
@@ -829,7 +862,27 @@ impl<B: IoBuf> Channel<B> {
     /// that has not heard of it yet could still read those members).
     fn wait_for(&mut self, slot: u32, mask: u64) {
         let mask = mask & !self.released.out_of_service();
-        self.parents[slot as usize].as_mut().unwrap().wait_members |= mask;
+        let failed = self.shared.failed();
+        for m in members_of(mask) {
+            // Skipped for a failure some channel saw (that device's), or
+            // because the state records the member out of service.
+            let inc = if failed & bit(m) != 0 {
+                self.shared.failed_inc(m)
+            } else {
+                self.state.readded[m]
+            };
+            self.note_wait(slot, bit(m), inc);
+        }
+    }
+
+    /// The parent must wait for the failure of the members in `mask`, of
+    /// the device brought in at publication `inc` (`readded`).
+    fn note_wait(&mut self, slot: u32, mask: u64, inc: u64) {
+        let p = self.parents[slot as usize].as_mut().unwrap();
+        if mask != 0 {
+            p.wait_inc = p.wait_inc.max(inc);
+        }
+        p.wait_members |= mask;
     }
 
     /// Resubmit children the host had no memory for and retry waiters.
@@ -999,6 +1052,26 @@ impl<B: IoBuf> Channel<B> {
         }
     }
 
+    /// Members among `mask` that do not hold current data in member blocks
+    /// `[lba, lba+blocks)` (being rebuilt and not there yet): never read
+    /// there, still written.
+    fn stale(&self, mask: u64, lba: u64, blocks: u64) -> u64 {
+        if self.rec_mask & mask == 0 {
+            0
+        } else {
+            self.state.stale_in(mask, lba, blocks)
+        }
+    }
+
+    /// Members of a unit's stripe that are stale in its rows.
+    fn unit_stale(&self, u: &StripeCtx<B>) -> u64 {
+        self.stale(
+            Self::data_mask(&u.map, (1u64 << u.map.ndata) - 1) | Self::parity_mask(&u.map),
+            u.map.member_lba + u.row,
+            u.rows,
+        )
+    }
+
     /// Members that take no I/O now: out of service in the state, or seen
     /// failing by any channel (md's in-memory Faulty flag: every channel
     /// stops using a failed member at once, before the commit, so no
@@ -1007,16 +1080,19 @@ impl<B: IoBuf> Channel<B> {
         self.state.out_of_service() | self.shared.failed()
     }
 
-    fn fail_member(&mut self, member: u16) {
-        if self.state.out_of_service() & bit(member as usize) != 0 {
+    /// A child to `member` of device `inc` failed.
+    fn fail_member(&mut self, member: u16, inc: u64) {
+        let m = member as usize;
+        if self.state.out_of_service() & bit(m) != 0 || self.state.readded[m] != inc {
+            // Out already, or an I/O of a device that left since.
             return;
         }
         // The first channel to see it reports it.
-        if self.shared.set_failed(member as usize) {
+        if self.shared.set_failed(m, inc) {
             self.actions
                 .push_back(Action::Meta(MetaRequest::MemberFailed {
                     member,
-                    events: self.state.events,
+                    device: inc,
                 }));
         }
     }
@@ -1058,6 +1134,7 @@ impl<B: IoBuf> Channel<B> {
         let parent = self.parents[slot as usize].as_ref().unwrap().tag;
         let c = &mut self.children[idx as usize];
         c.gen = c.gen.wrapping_add(1);
+        c.inc = self.state.readded[member as usize];
         c.io = ChildIo {
             token: ChildToken { idx, gen: c.gen },
             parent,
@@ -1177,7 +1254,15 @@ impl<B: IoBuf> Channel<B> {
                     .iter()
                     .filter(|l| dead & bit(l.member as usize) == 0)
                     .count();
-                if live >= 2 {
+                let readable = m.copies().iter().any(|l| {
+                    dead & bit(l.member as usize) == 0
+                        && self.stale(bit(l.member as usize), l.lba, m.len) == 0
+                });
+                if !readable {
+                    // No current copy left to resync from (a rebuild whose
+                    // source failed): the window fails.
+                    self.parents[slot as usize].as_mut().unwrap().error = true;
+                } else if live >= 2 {
                     // Read one copy and write it over the others, all under
                     // the range lock user writes take.
                     if self.free_children.is_empty() {
@@ -1289,7 +1374,10 @@ impl<B: IoBuf> Channel<B> {
         let best = m
             .copies()
             .iter()
-            .filter(|l| dead & bit(l.member as usize) == 0)
+            .filter(|l| {
+                dead & bit(l.member as usize) == 0
+                    && self.stale(bit(l.member as usize), l.lba, blocks) == 0
+            })
             .min_by_key(|l| self.member_stats[l.member as usize].outstanding)
             .copied();
         match best {
@@ -1430,15 +1518,15 @@ impl<B: IoBuf> Channel<B> {
             ChildKind::MirrorFix { .. } => {
                 if !ok {
                     // The data the read returned is good; this member is not.
-                    self.fail_member(member);
+                    self.fail_member(member, self.children[c as usize].inc);
                 }
                 self.mirror_fix_next(slot, c);
             }
             ChildKind::Piece(piece) => {
                 if !ok {
-                    self.fail_member(member);
-                    self.parents[slot as usize].as_mut().unwrap().wait_members |=
-                        bit(member as usize);
+                    let inc = self.children[c as usize].inc;
+                    self.fail_member(member, inc);
+                    self.note_wait(slot, bit(member as usize), inc);
                 }
                 self.free_child(c);
                 self.piece_done(piece);
@@ -1461,9 +1549,9 @@ impl<B: IoBuf> Channel<B> {
             ChildKind::Plain => {
                 let op = self.children[c as usize].io.op;
                 if !ok && op != ChildOp::Reset {
-                    self.fail_member(member);
-                    self.parents[slot as usize].as_mut().unwrap().wait_members |=
-                        bit(member as usize);
+                    let inc = self.children[c as usize].inc;
+                    self.fail_member(member, inc);
+                    self.note_wait(slot, bit(member as usize), inc);
                 }
                 self.free_child(c);
                 self.unit_done(slot);
@@ -1486,7 +1574,8 @@ impl<B: IoBuf> Channel<B> {
                 .min(end - cursor);
             let map = self.geom.stripe(stripe);
             let member = map.data[d];
-            if self.dead() & bit(member as usize) != 0 {
+            let m = bit(member as usize);
+            if (self.dead() | self.stale(m, map.member_lba + row, rows)) & m != 0 {
                 match self.try_start_unit(
                     slot,
                     stripe,
@@ -1698,6 +1787,7 @@ impl<B: IoBuf> Channel<B> {
         u.reading = 0;
         u.error = false;
         u.wait_members = 0;
+        u.wait_inc = 0;
         self.parents[slot as usize].as_mut().unwrap().pending += 1;
         if matches!(kind, UnitKind::Recon { .. }) {
             self.stats.reconstruct_reads += 1;
@@ -1724,12 +1814,21 @@ impl<B: IoBuf> Channel<B> {
         let all_data = Self::data_mask(map, (1u64 << map.ndata) - 1);
         let par = Self::parity_mask(map);
         let dead_w = self.dead();
-        let dead_r = dead_w | u.bad;
+        let dead_r = dead_w | u.bad | self.unit_stale(u);
         let missing = |want: u64| want & !u.have;
         match u.kind {
             UnitKind::Resync => {
-                // Read every data strip; parity is recomputed, not read.
-                let reads = all_data & !dead_r;
+                // Read every data strip; parity is recomputed, not read. A
+                // data strip that cannot be read (a member being rebuilt)
+                // is recovered from the rest and the parity.
+                let unknown = all_data & dead_r;
+                let reads = if unknown == 0 {
+                    all_data
+                } else if ((all_data | par) & dead_r).count_ones() <= nparity {
+                    (all_data | par) & !dead_r
+                } else {
+                    return Plan::Fail;
+                };
                 if missing(reads) != 0 {
                     Plan::Read(missing(reads))
                 } else {
@@ -1889,6 +1988,7 @@ impl<B: IoBuf> Channel<B> {
     /// to write.
     fn compute(&mut self, ctx: u32, method: Method) -> u64 {
         let dead_w = self.dead();
+        let stale = self.unit_stale(&self.stripes[ctx as usize]);
         let region = self.region();
         let bs = self.bs;
         let sdb = self.geom.stripe_data_blocks();
@@ -1917,7 +2017,7 @@ impl<B: IoBuf> Channel<B> {
         }
         let par = Self::parity_mask(&map);
         let all_data = Self::data_mask(&map, (1u64 << map.ndata) - 1);
-        let dead_r = dead_w | u.bad;
+        let dead_r = dead_w | u.bad | stale;
         // Slot order of data strips for Q.
         let mut by_slot = [0usize; MAX_MEMBERS];
         for i in 0..map.ndata {
@@ -1927,9 +2027,13 @@ impl<B: IoBuf> Channel<B> {
             |i: usize| ((u.stripe * sdb + i as u64 * strip + u.row - parent.lba) * bs) as usize;
         match u.kind {
             UnitKind::Resync => {
-                if all_data & dead_r != 0 {
-                    // Degraded: parity cannot be recomputed (recovery's job).
-                    return 0;
+                let unknown = (all_data | par) & dead_r;
+                if all_data & unknown != 0 {
+                    // A data strip of a member being rebuilt: recover it
+                    // (and the parity) and write what is writable of it.
+                    recover(&mut regs, &map, unknown);
+                    stats.resync_units += 1;
+                    return unknown & !dead_w;
                 }
                 let mut data: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
                 let (pq, rest) = take_parity(&mut regs, &map);
@@ -2025,6 +2129,7 @@ impl<B: IoBuf> Channel<B> {
 
     fn unit_child_done(&mut self, ctx: u32, c: u32, ok: bool) {
         let m = self.children[c as usize].io.member as usize;
+        let child_inc = self.children[c as usize].inc;
         let ch = &mut self.children[c as usize];
         ch.owner = Owner::Free;
         ch.gen = ch.gen.wrapping_add(1);
@@ -2046,8 +2151,9 @@ impl<B: IoBuf> Channel<B> {
                     let is_read = matches!(u.kind, UnitKind::Recon { .. });
                     if !is_read {
                         u.wait_members |= bit(m);
+                        u.wait_inc = u.wait_inc.max(child_inc);
                     }
-                    self.fail_member(m as u16);
+                    self.fail_member(m as u16, child_inc);
                 }
             }
             Phase::Idle => unreachable!("child of an idle stripe context"),
@@ -2066,12 +2172,12 @@ impl<B: IoBuf> Channel<B> {
         debug_assert!(u.busy && u.pending == 0);
         u.busy = false;
         u.phase = Phase::Idle;
-        let (slot, error, wait, lock) = (u.parent, u.error, u.wait_members, u.lock);
+        let (slot, error, wait, wait_inc, lock) =
+            (u.parent, u.error, u.wait_members, u.wait_inc, u.lock);
         self.shared.locks.unlock(lock);
         self.free_stripes.push(ctx);
-        let p = self.parents[slot as usize].as_mut().unwrap();
-        p.error |= error;
-        p.wait_members |= wait;
+        self.parents[slot as usize].as_mut().unwrap().error |= error;
+        self.note_wait(slot, wait, wait_inc);
         self.unit_done(slot);
     }
 }

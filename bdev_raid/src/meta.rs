@@ -32,10 +32,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::bitmap::{DiskBitmap, DURABLE, IDLE, NEEDED};
+use crate::bitmap::{DiskBitmap, DURABLE, IDLE, LOADED, NEEDED};
 use crate::channel::MetaRequest;
 use crate::layout::{Geometry, MAX_MEMBERS};
-use crate::ondisk::{DevRole, MdTime, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
+use crate::ondisk::{
+    DevRole, MdTime, Superblock, MD_FEATURE_RECOVERY_BITMAP, MD_FEATURE_RECOVERY_OFFSET,
+    SB_BLOCK_BYTES, SB_OFFSET_BYTES,
+};
 use crate::state::{survives, ArrayState, MemberState, Shared};
 
 /// Tunables of the metadata path.
@@ -49,6 +52,9 @@ pub struct MetaConfig {
     /// Time between two passes of the bitmap daemon: a chunk idle for two
     /// passes has its bit cleared (md's daemon_sleep).
     pub daemon_sleep_ms: u64,
+    /// Time between two writes of a rebuild's progress to the member's
+    /// superblock (a crash resumes the rebuild from there).
+    pub checkpoint_ms: u64,
 }
 
 impl Default for MetaConfig {
@@ -58,6 +64,7 @@ impl Default for MetaConfig {
             retry_min_ms: 10,
             retry_max_ms: 5_000,
             daemon_sleep_ms: 5_000,
+            checkpoint_ms: 1_000,
         }
     }
 }
@@ -81,6 +88,48 @@ pub enum MetaAction {
     /// Apply this state on every channel; when all have, release it on
     /// every channel.
     Broadcast(Arc<ArrayState>),
+}
+
+/// How a member brought in by [`Meta::add_member`] is made current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Only the chunks the bitmap marks (written since it left).
+    Bitmap,
+    /// Every block.
+    Full,
+}
+
+/// A rebuild to run (see [`Meta::recovery`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryInfo {
+    pub kind: Recovery,
+    /// Member block to start from (its recovery offset).
+    pub from: u64,
+    /// Which device in the role (`readded`): pass it back with progress.
+    pub device: u64,
+}
+
+/// A device to bring into a role.
+#[derive(Clone, Debug)]
+pub struct NewMember {
+    pub device_uuid: [u8; 16],
+    /// Device size in 512-byte sectors.
+    pub sectors: u64,
+    /// The md superblock found on it, if any (a member coming back).
+    pub old_sb: Option<Superblock>,
+}
+
+/// Why [`Meta::add_member`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    #[error("role {role}: the array has {members} roles")]
+    Role { role: usize, members: usize },
+    #[error("role {role} is served ({state:?}); only a faulty or missing role takes a new member")]
+    InUse { role: usize, state: MemberState },
+    #[error("the array is offline: no member holds the data to rebuild from")]
+    Offline,
+    #[error("device of {sectors} sectors is smaller than the {needed} a member needs")]
+    TooSmall { sectors: u64, needed: u64 },
 }
 
 /// The metadata path's view, for the status API.
@@ -128,6 +177,9 @@ enum Kind {
     Refresh,
     /// Only the bitmap, on every member in service.
     Bits,
+    /// Only the superblocks of members being rebuilt, with their recovery
+    /// offsets.
+    Checkpoint,
 }
 
 struct Commit {
@@ -183,6 +235,23 @@ pub struct Meta {
     next_pass: u64,
     /// The bitmap was flushed for an orderly stop.
     stop_flushed: bool,
+    /// Members added (superblock prepared), to be recorded recovering.
+    pending_add: u64,
+    /// Members whose rebuild reached the end, to be recorded in sync.
+    pending_insync: u64,
+    /// How far each member's rebuild got (member blocks), as reported.
+    rec_progress: Vec<u64>,
+    /// How each member being rebuilt is recovered.
+    rec_kind: Vec<Option<Recovery>>,
+    /// When the recovery offsets are next written to disk.
+    next_checkpoint: u64,
+    /// Publication that first recorded each member recovering: its rebuild
+    /// may start once every channel has it (writes reach the member).
+    rec_seq: Vec<u64>,
+    /// Newest publication every channel has applied.
+    released_seq: u64,
+    /// Members added back whose failed flag is cleared at that release.
+    unfail: u64,
     actions: VecDeque<MetaAction>,
 }
 
@@ -216,9 +285,7 @@ impl Meta {
         if let (Some(b), Some(words)) = (&bitmap, &shared.bitmap) {
             for c in 0..words.geom().chunks() {
                 if b.get(c) {
-                    if disk_dirty {
-                        words.set_flags(c, NEEDED);
-                    }
+                    words.set_flags(c, LOADED | if disk_dirty { NEEDED } else { 0 });
                     bits_pending.push(c);
                 }
             }
@@ -269,7 +336,36 @@ impl Meta {
             to_clear: Vec::new(),
             next_pass: now_ms + cfg.daemon_sleep_ms,
             stop_flushed: false,
+            pending_add: 0,
+            pending_insync: 0,
+            rec_progress: Vec::new(),
+            rec_kind: Vec::new(),
+            next_checkpoint: 0,
+            rec_seq: Vec::new(),
+            released_seq: 0,
+            unfail: 0,
         };
+        let n = m.geom.members();
+        m.rec_progress = (0..n)
+            .map(|r| match m.state.members[r] {
+                MemberState::Recovering(o) => o,
+                _ => 0,
+            })
+            .collect();
+        m.rec_seq = vec![m.state.seq; n];
+        m.released_seq = m.state.seq;
+        m.rec_kind = (0..n)
+            .map(|r| {
+                let sb = m.sbs[r].as_ref()?;
+                matches!(m.state.members[r], MemberState::Recovering(_)).then_some(
+                    if sb.feature_map & MD_FEATURE_RECOVERY_BITMAP != 0 {
+                        Recovery::Bitmap
+                    } else {
+                        Recovery::Full
+                    },
+                )
+            })
+            .collect();
         m.step();
         m
     }
@@ -341,9 +437,12 @@ impl Meta {
     /// A request from a channel.
     pub fn request(&mut self, req: MetaRequest) {
         match req {
-            MetaRequest::MemberFailed { member, .. } => {
+            MetaRequest::MemberFailed { member, device } => {
                 let m = member as usize;
-                if m < self.geom.members() && self.state.members[m].in_service() {
+                if m < self.geom.members()
+                    && self.state.members[m].in_service()
+                    && self.state.readded[m] == device
+                {
                     self.pending_fail |= 1 << m;
                 }
             }
@@ -424,6 +523,184 @@ impl Meta {
         self.step();
     }
 
+    /// Bring a device into role `role` (faulty or missing): a member that
+    /// left and comes back (its superblock `old_sb`, events at least the
+    /// bitmap's `events_cleared`) is recovered from the bitmap, anything
+    /// else fully. The member is recorded recovering (offset 0) by a commit
+    /// like a failure's; it takes writes from then on and is read only below
+    /// the offset the rebuild reports with [`Meta::recovery_progress`].
+    pub fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
+        let n = self.geom.members();
+        if role >= n {
+            return Err(AddError::Role { role, members: n });
+        }
+        if self.state.offline {
+            return Err(AddError::Offline);
+        }
+        let st = self.state.members[role];
+        if st.in_service() || self.pending_add & 1 << role != 0 {
+            return Err(AddError::InUse { role, state: st });
+        }
+        let template = (0..n)
+            .filter(|&r| self.state.members[r] == MemberState::InSync)
+            .find_map(|r| self.sbs[r].clone())
+            .ok_or(AddError::Offline)?;
+        if dev.sectors < template.data_offset + template.size {
+            return Err(AddError::TooSmall {
+                sectors: dev.sectors,
+                needed: template.data_offset + template.size,
+            });
+        }
+        let readd = dev.old_sb.as_ref().filter(|o| {
+            o.set_uuid == template.set_uuid
+                && o.device_uuid == dev.device_uuid
+                && o.dev_roles.get(o.dev_number as usize) == Some(&DevRole::Active(role as u16))
+                && self
+                    .bitmap
+                    .as_ref()
+                    .is_some_and(|b| o.events >= b.sb.events_cleared && !b.sb.is_stale())
+        });
+        let (kind, dev_number) = match readd {
+            Some(o) => (Recovery::Bitmap, o.dev_number),
+            None => {
+                // A new device takes the first free slot of dev_roles.
+                let used: Vec<u32> = self.sbs.iter().flatten().map(|s| s.dev_number).collect();
+                let dn = (0..template.dev_roles.len() as u32 + 1)
+                    .find(|d| {
+                        !used.contains(d)
+                            && template
+                                .dev_roles
+                                .get(*d as usize)
+                                .is_none_or(|r| *r == DevRole::Spare)
+                    })
+                    .unwrap();
+                (Recovery::Full, dn)
+            }
+        };
+        let mut sb = template;
+        sb.device_uuid = dev.device_uuid;
+        sb.dev_number = dev_number;
+        sb.data_size = dev.sectors - sb.data_offset;
+        sb.devflags = 0;
+        sb.cnt_corrected_read = 0;
+        self.sbs[role] = Some(sb);
+        self.rec_kind[role] = Some(kind);
+        self.rec_progress[role] = 0;
+        self.pending_add |= 1 << role;
+        self.step();
+        Ok(kind)
+    }
+
+    /// The rebuild of member `role` has made member blocks `[0, offset)`
+    /// current. At the end of the member it is recorded in sync (a commit);
+    /// before, the new offset is broadcast (reads may use the member below
+    /// it) and written to its superblock now and then.
+    /// `device` is the `device` of the [`Meta::recovery`] the rebuild
+    /// started from: progress of a rebuild of a device that has left since
+    /// is ignored.
+    pub fn recovery_progress(&mut self, role: usize, device: u64, offset: u64) {
+        if role < self.rec_progress.len()
+            && self.state.readded[role] == device
+            && offset > self.rec_progress[role]
+        {
+            self.rec_progress[role] = offset;
+            self.step();
+        }
+    }
+
+    /// How member `role` is being rebuilt and from which member block, once
+    /// it may be: every channel has applied a state recording it recovering
+    /// (so every write now reaches it; a rebuild started earlier could be
+    /// overtaken by a write that skipped it).
+    pub fn recovery(&self, role: usize) -> Option<RecoveryInfo> {
+        match self.state.members.get(role) {
+            Some(MemberState::Recovering(o)) if self.released_seq >= self.rec_seq[role] => {
+                self.rec_kind[role].map(|kind| RecoveryInfo {
+                    kind,
+                    from: *o,
+                    device: self.state.readded[role],
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Every channel has applied the state of publication `seq` (the host
+    /// calls this where it starts the second phase of a broadcast).
+    pub fn released(&mut self, seq: u64) {
+        self.released_seq = self.released_seq.max(seq);
+        for m in 0..self.geom.members() {
+            if self.unfail & 1 << m != 0 && self.released_seq >= self.rec_seq[m] {
+                // Every channel records the member recovering now: it may
+                // take writes again (a channel still on an older state would
+                // take it for the member that failed, and read it).
+                self.unfail &= !(1 << m);
+                self.shared.clear_failed(m);
+            }
+        }
+    }
+
+    /// Apply reported rebuild progress: a finished member goes in sync by a
+    /// commit, others by a broadcast. True if something was started.
+    fn publish_progress(&mut self) -> bool {
+        let mut s = (*self.state).clone();
+        let mut moved = false;
+        for r in 0..self.geom.members() {
+            if let MemberState::Recovering(o) = s.members[r] {
+                let p = self.rec_progress[r];
+                if p >= self.geom.member_blocks(r) {
+                    self.pending_insync |= 1 << r;
+                } else if p > o {
+                    s.members[r] = MemberState::Recovering(p);
+                    moved = true;
+                }
+            }
+        }
+        if self.pending_insync != 0 {
+            self.start_commit(self.disk_dirty || self.want_dirty);
+            return true;
+        }
+        if moved {
+            self.publish(s);
+        }
+        false
+    }
+
+    /// Write the recovery offsets of the members being rebuilt into their
+    /// own superblocks (md keeps it there), at the current events.
+    fn start_checkpoint(&mut self) {
+        let target = (*self.state).clone();
+        let members = target.recovering()
+            & (0..self.geom.members())
+                .filter(|&m| self.sbs[m].is_some())
+                .fold(0, |a, m| a | 1 << m);
+        if members == 0 {
+            return;
+        }
+        self.seq += 1;
+        let dirty = self.disk_dirty;
+        for m in 0..self.geom.members() {
+            if members & 1 << m != 0 {
+                self.actions.push_back(MetaAction::WriteSb {
+                    member: m as u16,
+                    token: self.seq << 8 | m as u64,
+                    offset: SB_OFFSET_BYTES,
+                    data: self.commit_data(m, &target, dirty),
+                });
+            }
+        }
+        self.commit = Some(Commit {
+            seq: self.seq,
+            kind: Kind::Checkpoint,
+            bits: Vec::new(),
+            target,
+            dirty,
+            writing: members,
+            ok: 0,
+            failed: 0,
+        });
+    }
+
     /// Decide what to do next.
     fn step(&mut self) {
         if self.commit.is_some() {
@@ -452,6 +729,13 @@ impl Meta {
             };
             return;
         }
+        if self.pending_fail == 0 && (self.pending_add != 0 || self.pending_insync != 0) {
+            self.start_commit(self.disk_dirty || self.want_dirty);
+            return;
+        }
+        if self.pending_fail == 0 && self.publish_progress() {
+            return;
+        }
         if self.want_dirty && !self.disk_dirty && self.pending_fail == 0 {
             self.start_commit(true);
         } else if self.want_dirty && self.disk_dirty && self.pending_fail == 0 {
@@ -469,6 +753,9 @@ impl Meta {
             self.start_refresh();
         } else if self.bitmap.is_some() && (self.bits_wanted || !self.to_clear.is_empty()) {
             self.start_bits();
+        } else if self.state.recovering() != 0 && self.now >= self.next_checkpoint {
+            self.next_checkpoint = self.now + self.cfg.checkpoint_ms;
+            self.start_checkpoint();
         } else if self.want_clean && self.disk_dirty && !self.resync_needed {
             if self.shutting_down {
                 // md flushes the bitmap on an orderly stop: every idle chunk
@@ -511,7 +798,7 @@ impl Meta {
     /// Whether bits may be cleared: no member out of service or failing
     /// (a member that comes back is recovered from the bits set meanwhile).
     fn degraded(&self) -> bool {
-        self.state.out_of_service() != 0 || self.shared.failed() != 0 || self.pending_fail != 0
+        self.state.not_in_sync() != 0 || self.shared.failed() != 0 || self.pending_fail != 0
     }
 
     /// md's bitmap daemon: a chunk with its bit on disk, no write in flight
@@ -621,7 +908,19 @@ impl Meta {
             }
         }
         target.events += 1;
-        target.offline = !survives(&self.geom, target.out_of_service());
+        for m in 0..self.geom.members() {
+            if self.pending_add & 1 << m != 0 && self.pending_fail & 1 << m == 0 {
+                target.members[m] = MemberState::Recovering(0);
+                // Published as the next state (nothing else is published
+                // while a commit is in flight).
+                target.readded[m] = self.state.seq + 1;
+            } else if self.pending_insync & 1 << m != 0
+                && matches!(target.members[m], MemberState::Recovering(_))
+            {
+                target.members[m] = MemberState::InSync;
+            }
+        }
+        target.offline = !survives(&self.geom, target.not_in_sync());
         target.writable = dirty && !target.offline && (self.want_dirty || self.state.writable);
         self.seq += 1;
         let (bits, _) = self.prepare_bits();
@@ -704,26 +1003,51 @@ impl Meta {
             sb.utime = MdTime::new(self.wall_secs, 0);
         }
         for (role, st) in target.members.iter().enumerate() {
-            if *st == MemberState::Faulty {
-                if let Some(dn) = self.sbs[role].as_ref().map(|s| s.dev_number as usize) {
-                    if dn < sb.dev_roles.len() {
-                        sb.dev_roles[dn] = DevRole::Faulty;
+            let Some(dn) = self.sbs[role].as_ref().map(|s| s.dev_number as usize) else {
+                continue;
+            };
+            let r = match st {
+                MemberState::Faulty => DevRole::Faulty,
+                MemberState::InSync | MemberState::Recovering(_) => DevRole::Active(role as u16),
+                MemberState::Missing => continue,
+            };
+            if dn >= sb.dev_roles.len() {
+                sb.dev_roles.resize(dn + 1, DevRole::Faulty);
+            }
+            if let DevRole::Active(_) = r {
+                // A device that held the role before (left out at assembly,
+                // replaced) is no longer in the array.
+                for (j, x) in sb.dev_roles.iter_mut().enumerate() {
+                    if j != dn && *x == r {
+                        *x = DevRole::Faulty;
                     }
                 }
             }
+            sb.dev_roles[dn] = r;
+        }
+        let spb = u64::from(self.geom.block_size()) / 512;
+        sb.feature_map &= !(MD_FEATURE_RECOVERY_OFFSET | MD_FEATURE_RECOVERY_BITMAP);
+        sb.recovery_offset = 0;
+        if let MemberState::Recovering(o) = target.members[m] {
+            sb.feature_map |= MD_FEATURE_RECOVERY_OFFSET;
+            if self.rec_kind[m] == Some(Recovery::Bitmap) {
+                sb.feature_map |= MD_FEATURE_RECOVERY_BITMAP;
+            }
+            sb.recovery_offset = o * spb;
         }
         sb
     }
 
     fn finish_commit(&mut self) {
         let c = self.commit.take().expect("commit in flight");
-        if c.ok == 0 && c.failed != 0 && c.kind != Kind::Refresh {
+        if c.ok == 0 && c.failed != 0 && !c.bits.is_empty() {
             // Nothing landed: the bits are still owed.
             self.bits_pending.extend_from_slice(&c.bits);
         } else if !c.bits.is_empty() {
             let words = self.shared.bitmap.as_ref().unwrap();
             for &b in &c.bits {
                 words.set_flags(b, DURABLE);
+                words.clear_flags(b, LOADED);
             }
             if c.kind == Kind::Bits {
                 // The writes waiting for these bits may go.
@@ -744,7 +1068,7 @@ impl Meta {
             self.fail_writers(c.failed);
             return;
         }
-        if c.kind == Kind::Refresh {
+        if matches!(c.kind, Kind::Refresh | Kind::Checkpoint) {
             // The others already hold this superblock: a member that cannot
             // take it is failed like any superblock write failure.
             for m in 0..self.geom.members() {
@@ -773,8 +1097,24 @@ impl Meta {
             }
         }
         for m in 0..self.geom.members() {
-            if c.target.members[m] == MemberState::Faulty {
-                self.pending_fail &= !(1 << m);
+            match c.target.members[m] {
+                MemberState::Faulty => {
+                    self.pending_fail &= !(1 << m);
+                    self.pending_add &= !(1 << m);
+                    self.pending_insync &= !(1 << m);
+                }
+                MemberState::Recovering(_) if self.pending_add & 1 << m != 0 => {
+                    self.pending_add &= !(1 << m);
+                    // Channels take the member back once all of them have
+                    // this state (see `released`).
+                    self.rec_seq[m] = self.state.seq + 1;
+                    self.unfail |= 1 << m;
+                }
+                MemberState::InSync => {
+                    self.pending_insync &= !(1 << m);
+                    self.rec_kind[m] = None;
+                }
+                _ => {}
             }
         }
         self.fail_writers(c.failed);
@@ -796,7 +1136,7 @@ impl Meta {
         self.pending_fail |= failed;
         for m in 0..self.geom.members() {
             if failed & 1 << m != 0 {
-                self.shared.set_failed(m);
+                self.shared.set_failed(m, self.state.readded[m]);
             }
         }
     }
@@ -944,7 +1284,7 @@ mod tests {
         fn fail(&mut self, m: u16) {
             self.meta.request(MetaRequest::MemberFailed {
                 member: m,
-                events: 0,
+                device: 0,
             });
             self.pump();
         }

@@ -15,6 +15,9 @@ use crate::layout::{Geometry, Level, MAX_MEMBERS};
 pub enum MemberState {
     /// Holds current data for the whole array.
     InSync,
+    /// Being rebuilt: takes every write, but holds current data only below
+    /// this member block (md's `recovery_offset`), and is read only there.
+    Recovering(u64),
     /// Recorded as faulty (role 0xfffe) on the survivors; never used.
     Faulty,
     /// No device in this role.
@@ -22,9 +25,18 @@ pub enum MemberState {
 }
 
 impl MemberState {
-    /// Whether the member takes I/O.
+    /// Whether the member takes I/O (writes, and reads where in sync).
     pub fn in_service(self) -> bool {
-        matches!(self, MemberState::InSync)
+        matches!(self, MemberState::InSync | MemberState::Recovering(_))
+    }
+
+    /// Whether member blocks `[lba, lba+blocks)` hold current data.
+    pub fn readable(self, lba: u64, blocks: u64) -> bool {
+        match self {
+            MemberState::InSync => true,
+            MemberState::Recovering(o) => lba + blocks <= o,
+            _ => false,
+        }
     }
 }
 
@@ -44,6 +56,12 @@ pub struct ArrayState {
     /// may be issued. While false, a channel parks writes and asks the
     /// metadata path to mark the array dirty first.
     pub writable: bool,
+    /// Per role: publication that last brought a device back into it (0:
+    /// never). A write parked on a member's failure may complete once a
+    /// state is released that records the member out of service, or
+    /// brought back after the write parked (which needed the failure
+    /// committed first).
+    pub readded: Vec<u64>,
 }
 
 impl ArrayState {
@@ -58,6 +76,7 @@ impl ArrayState {
             members: vec![MemberState::InSync; members],
             offline: false,
             writable: false,
+            readded: vec![0; members],
         }
     }
 
@@ -77,6 +96,36 @@ impl ArrayState {
             .enumerate()
             .filter(|(_, s)| !s.in_service())
             .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Bit mask of members being rebuilt.
+    pub fn recovering(&self) -> u64 {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, MemberState::Recovering(_)))
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Members that cannot serve every read: out of service or being
+    /// rebuilt. The array survives while the others hold all the data.
+    pub fn not_in_sync(&self) -> u64 {
+        self.out_of_service() | self.recovering()
+    }
+
+    /// Members (among `mask`) that do not hold current data in member blocks
+    /// `[lba, lba+blocks)`: being rebuilt and not there yet.
+    pub fn stale_in(&self, mask: u64, lba: u64, blocks: u64) -> u64 {
+        let mut out = 0;
+        let mut r = self.recovering() & mask;
+        while r != 0 {
+            let m = r.trailing_zeros() as usize;
+            r &= r - 1;
+            if !self.members[m].readable(lba, blocks) {
+                out |= 1 << m;
+            }
+        }
+        out
     }
 
     /// Bit mask of members recorded faulty.
@@ -140,6 +189,9 @@ pub struct Shared {
     /// Members some channel saw fail (md's in-memory Faulty flag), set
     /// before the metadata path commits the failure.
     failed: AtomicU64,
+    /// Per member: `readded` of the device that failed (which device in
+    /// the role the failed flag is about).
+    failed_inc: Box<[AtomicU64]>,
     /// The write-intent bitmap's per-chunk words, when the array has one.
     pub bitmap: Option<Bitmap>,
 }
@@ -163,6 +215,7 @@ impl Shared {
                 .map(|_| PaddedCounter(AtomicU64::new(0)))
                 .collect(),
             failed: AtomicU64::new(0),
+            failed_inc: (0..MAX_MEMBERS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -171,9 +224,26 @@ impl Shared {
         self.failed.load(Ordering::Acquire)
     }
 
+    /// Member `m` was brought back (a new device in its role): channels may
+    /// use it again as the state says.
+    pub fn clear_failed(&self, m: usize) {
+        self.failed.fetch_and(!(1 << m), Ordering::AcqRel);
+    }
+
     /// Record member `m` as failing; true if this call set it first.
-    pub fn set_failed(&self, m: usize) -> bool {
+    /// `inc` says which device in the role failed (the `readded` of the
+    /// state the failed I/O was issued under).
+    pub fn set_failed(&self, m: usize, inc: u64) -> bool {
+        if self.failed() & 1 << m != 0 {
+            return false;
+        }
+        self.failed_inc[m].store(inc, Ordering::Release);
         self.failed.fetch_or(1 << m, Ordering::AcqRel) & 1 << m == 0
+    }
+
+    /// Which device in role `m` the failed flag is about (see `set_failed`).
+    pub fn failed_inc(&self, m: usize) -> u64 {
+        self.failed_inc[m].load(Ordering::Acquire)
     }
 
     pub fn channels(&self) -> usize {

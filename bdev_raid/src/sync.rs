@@ -170,6 +170,194 @@ impl Resync {
     }
 }
 
+/// A rebuild of one member (md's recovery), window by window over the
+/// member's blocks from its recovery offset on. Each window is handed out
+/// as array ranges to submit as [`IoType::Resync`] parents (one per strip
+/// on raid10, whose member blocks are not contiguous in the array; one
+/// per window elsewhere): a resync reads a current copy (or the other
+/// strips and parity) and writes every other copy, the member being rebuilt
+/// among them. When every range of a window succeeded, the member is
+/// current up to the window's end: report [`Rebuild::offset`] to the
+/// metadata path. With `bitmap`, windows whose chunks have no bit set are
+/// skipped (nothing was written there since the member left).
+///
+/// [`IoType::Resync`]: crate::channel::IoType::Resync
+#[derive(Clone, Debug)]
+pub struct Rebuild {
+    member: usize,
+    /// The device being rebuilt (`readded` of its role).
+    device: u64,
+    /// Member blocks rebuilt: `[0, done)` is current.
+    done: u64,
+    end: u64,
+    window: u64,
+    bitmap: bool,
+    /// The window being handed out: `[done, win_end)`, next piece at `at`.
+    at: u64,
+    win_end: u64,
+    outstanding: u32,
+    failed: bool,
+    skipped: u64,
+    rebuilt: u64,
+}
+
+impl Rebuild {
+    /// Rebuild `member` of `geom` from member block `from` on, in windows of
+    /// about `window_blocks` member blocks (whole strips).
+    pub fn new(
+        geom: &Geometry,
+        member: usize,
+        device: u64,
+        from: u64,
+        window_blocks: u64,
+        bitmap: bool,
+    ) -> Rebuild {
+        let strip = geom.strip_blocks();
+        let window = window_blocks.div_ceil(strip).max(1) * strip;
+        let end = geom.member_blocks(member);
+        Rebuild {
+            member,
+            device,
+            done: from.min(end),
+            end,
+            window,
+            bitmap,
+            at: from.min(end),
+            win_end: from.min(end),
+            outstanding: 0,
+            failed: false,
+            skipped: 0,
+            rebuilt: 0,
+        }
+    }
+
+    pub fn member(&self) -> usize {
+        self.member
+    }
+
+    /// The device being rebuilt (pass it with the progress).
+    pub fn device(&self) -> u64 {
+        self.device
+    }
+
+    /// Member blocks `[0, offset)` are current.
+    pub fn offset(&self) -> u64 {
+        self.done
+    }
+
+    /// The array range holding member block `x` and the member blocks it
+    /// covers from `x` (up to `lim`); `None` range for blocks holding no
+    /// array data (raid10's unused tail).
+    fn piece(&self, geom: &Geometry, x: u64, lim: u64) -> (Option<(u64, u64)>, u64) {
+        let strip = geom.strip_blocks();
+        if geom.level().is_parity() {
+            let dps = geom.stripe_data_blocks();
+            let (s0, s1) = (x / strip, lim.div_ceil(strip).min(geom.stripes()));
+            let r = (s1 > s0).then(|| (s0 * dps, (s1 - s0) * dps));
+            return (r, lim - x);
+        }
+        let len = if geom.level() == crate::layout::Level::Raid1 {
+            lim - x
+        } else {
+            (strip - x % strip).min(lim - x)
+        };
+        (geom.member_to_array(self.member, x).map(|a| (a, len)), len)
+    }
+
+    /// Whether any chunk of member blocks `[x, lim)` has its bit set.
+    fn dirty(&self, geom: &Geometry, shared: &Shared, mut x: u64, lim: u64) -> bool {
+        let Some(bm) = &shared.bitmap else {
+            return true;
+        };
+        while x < lim {
+            let (r, n) = self.piece(geom, x, lim);
+            if let Some((a, len)) = r {
+                let (c0, c1) = bm.geom().chunks_of(a, len);
+                if (c0..=c1).any(|c| bm.word(c) != 0) {
+                    return true;
+                }
+            }
+            x += n;
+        }
+        false
+    }
+
+    /// The next array range to resync; `None` while the window's ranges are
+    /// in flight, after a failure, or at the end.
+    pub fn next_window(&mut self, geom: &Geometry, shared: &Shared) -> Option<Window> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if self.at >= self.win_end {
+                if self.outstanding > 0 || self.done >= self.end {
+                    return None;
+                }
+                // A new window.
+                self.win_end = (self.done + self.window).min(self.end);
+                self.at = self.done;
+                if self.bitmap && !self.dirty(geom, shared, self.at, self.win_end) {
+                    self.skipped += self.win_end - self.done;
+                    self.done = self.win_end;
+                    self.at = self.win_end;
+                    continue;
+                }
+            }
+            let (r, n) = self.piece(geom, self.at, self.win_end);
+            self.at += n;
+            if let Some((lba, blocks)) = r {
+                self.outstanding += 1;
+                return Some(Window { lba, blocks });
+            }
+            if self.at >= self.win_end && self.outstanding == 0 {
+                self.done = self.win_end;
+            }
+        }
+    }
+
+    /// A range handed out ended; `ok` false if its resync failed (the
+    /// rebuild stops there: a member it reads from or the one it rebuilds
+    /// failed).
+    pub fn window_done(&mut self, ok: bool) {
+        assert!(self.outstanding > 0, "no rebuild range in flight");
+        self.outstanding -= 1;
+        if !ok {
+            self.failed = true;
+        }
+        if self.outstanding == 0 && self.at >= self.win_end && !self.failed {
+            self.rebuilt += self.win_end - self.done;
+            self.done = self.win_end;
+        }
+    }
+
+    /// A range handed out could not be submitted: hand the window out again.
+    pub fn unsubmit(&mut self) {
+        assert!(self.outstanding > 0, "no rebuild range in flight");
+        self.outstanding -= 1;
+        if self.outstanding == 0 {
+            self.at = self.done;
+            self.win_end = self.done;
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.outstanding
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done >= self.end && self.outstanding == 0
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Member blocks rebuilt, and skipped as clean in the bitmap.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.rebuilt, self.skipped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +442,114 @@ mod tests {
         assert!(r.is_done());
         assert_eq!(r.failed_windows(), 1);
         assert!(bm.needed(1) && !bm.needed(2));
+    }
+
+    fn rebuild_all(r: &mut Rebuild, g: &Geometry, shared: &Shared) -> Vec<Window> {
+        let mut out = Vec::new();
+        let mut guard = 0;
+        while !r.is_done() {
+            guard += 1;
+            assert!(guard < 100_000, "rebuild does not end");
+            let mut batch = Vec::new();
+            while let Some(w) = r.next_window(g, shared) {
+                batch.push(w);
+            }
+            for w in batch {
+                out.push(w);
+                r.window_done(true);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rebuild_covers_every_member_block_once() {
+        use crate::layout::raid10_layout;
+        for (level, n, layout) in [
+            (Level::Raid1, 3, None),
+            (Level::Raid5, 4, None),
+            (Level::Raid6, 5, None),
+            (Level::Raid10, 4, Some(raid10_layout::NEAR2)),
+            (Level::Raid10, 3, Some(raid10_layout::FAR2)),
+            (Level::Raid10, 4, Some(raid10_layout::OFFSET2)),
+        ] {
+            let g = Geometry::new(&GeometryParams {
+                level,
+                layout,
+                strip_size_kb: 64,
+                block_size: 512,
+                member_blocks: vec![1 << 14; n],
+            })
+            .unwrap();
+            let shared = Shared::new(1);
+            let member = n - 1;
+            let mut r = Rebuild::new(&g, member, 0, 0, 1000, false);
+            let ws = rebuild_all(&mut r, &g, &shared);
+            // Every member block holding array data lies in some window.
+            let mut covered = vec![false; g.member_blocks(member) as usize];
+            for w in &ws {
+                if level.is_parity() {
+                    let dps = g.stripe_data_blocks();
+                    for st in w.lba / dps..(w.lba + w.blocks).div_ceil(dps) {
+                        let m0 = g.stripe(st).member_lba;
+                        for b in m0..m0 + g.strip_blocks() {
+                            covered[b as usize] = true;
+                        }
+                    }
+                    continue;
+                }
+                let mut at = w.lba;
+                while at < w.lba + w.blocks {
+                    let m = g.map(at, w.lba + w.blocks - at);
+                    for l in m.copies() {
+                        if l.member as usize == member {
+                            for b in l.lba..l.lba + m.len {
+                                covered[b as usize] = true;
+                            }
+                        }
+                    }
+                    at += m.len;
+                }
+            }
+            for b in 0..g.member_blocks(member) {
+                let used = g.member_to_array(member, b).is_some()
+                    || (level.is_parity() && b / g.strip_blocks() < g.stripes());
+                assert!(
+                    !used || covered[b as usize],
+                    "{level:?}: member block {b} not rebuilt"
+                );
+            }
+            assert_eq!(r.offset(), g.member_blocks(member));
+        }
+    }
+
+    #[test]
+    fn bitmap_rebuild_skips_clean_windows_and_stops_on_failure() {
+        let g = geom(Level::Raid1, 2);
+        let bg = BitmapGeom::new(&g, 1 << 20).unwrap(); // 2048 blocks a chunk
+        let shared = Shared::with_bitmap(1, Some(Bitmap::new(bg)));
+        shared.bitmap.as_ref().unwrap().set_flags(5, DURABLE);
+        let mut r = Rebuild::new(&g, 1, 0, 0, 1024, true);
+        let ws = rebuild_all(&mut r, &g, &shared);
+        assert_eq!(
+            ws,
+            vec![
+                Window {
+                    lba: 5 * 2048,
+                    blocks: 1024
+                },
+                Window {
+                    lba: 5 * 2048 + 1024,
+                    blocks: 1024
+                }
+            ]
+        );
+        assert_eq!(r.counts(), (2048, (1 << 16) - 2048));
+        let mut r = Rebuild::new(&g, 1, 0, 4096, 1024, false);
+        let w = r.next_window(&g, &shared).unwrap();
+        assert_eq!(w.lba, 4096, "resumes from the offset");
+        r.window_done(false);
+        assert!(r.failed() && r.next_window(&g, &shared).is_none());
+        assert_eq!(r.offset(), 4096);
     }
 }

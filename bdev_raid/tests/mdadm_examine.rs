@@ -154,7 +154,7 @@ impl Array {
             self.dead |= 1 << m;
             self.meta.request(MetaRequest::MemberFailed {
                 member: m,
-                events: 0,
+                device: 0,
             });
             self.run();
         }

@@ -1374,6 +1374,7 @@ impl Daemon {
                     state: Some(
                         match ms {
                             MemberState::InSync => "in_sync",
+                            MemberState::Recovering(_) => "rebuilding",
                             MemberState::Faulty => "faulty",
                             MemberState::Missing => "missing",
                         }

@@ -193,6 +193,7 @@ impl MetaPath for MdMeta {
     }
 
     fn applied(&mut self, state: &Arc<ArrayState>) {
+        self.meta.released(state.seq);
         self.out.push_back(MetaOutput::Release(state.clone()));
     }
 

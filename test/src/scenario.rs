@@ -43,6 +43,9 @@ pub struct Scenario {
     pub bitmap_chunk: Option<u64>,
     /// Steps between two passes of the bitmap daemon.
     pub daemon_sleep: u64,
+    /// Failed members come back (re-add) or are replaced by blank devices,
+    /// and are rebuilt beside user I/O.
+    pub readd: bool,
 }
 
 impl Scenario {
@@ -158,11 +161,13 @@ impl Scenario {
             *r.pick(&[min, min * 2, min * 4, min * 16])
         });
         let daemon_sleep = r.range(10, 300);
+        let readd = redundancy > 0 && r.chance(0.7);
         Scenario {
             seed,
             ops,
             bitmap_chunk,
             daemon_sleep,
+            readd,
             geometry: GeometryParams {
                 level,
                 layout,

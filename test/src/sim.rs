@@ -11,11 +11,12 @@ use bdev_raid::channel::{
 };
 use bdev_raid::layout::{Geometry, Level, StripeMap};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
+use bdev_raid::meta::{NewMember, Recovery};
 use bdev_raid::ondisk::{
     bitmap_count_dirty, bitmap_get, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
 };
 use bdev_raid::state::{ArrayState, MemberState, Shared};
-use bdev_raid::sync::Resync;
+use bdev_raid::sync::{Rebuild, Resync};
 
 use crate::rng::{splitmix, Rng};
 use crate::scenario::Scenario;
@@ -59,6 +60,13 @@ pub struct Outcome {
     pub crashes: u64,
     /// Resyncs the engine completed after dirty assemblies.
     pub resyncs: u64,
+    /// Members brought back (from the bitmap / fully) and rebuilds finished.
+    pub readds_bitmap: u64,
+    pub readds_full: u64,
+    pub rebuilds: u64,
+    /// Member blocks rebuilt and skipped as clean in the bitmap.
+    pub rebuilt_blocks: u64,
+    pub rebuild_skipped_blocks: u64,
     /// Array blocks those resyncs covered (only dirty chunks with a bitmap).
     pub resync_blocks: u64,
     /// Writes that waited for their bitmap bits.
@@ -75,6 +83,11 @@ struct Member {
     data: Vec<u8>,
     dead: bool,
     broken: bool,
+    /// Brought back into the array and not in sync yet: assembly may leave
+    /// it out (its superblock may predate the commit that added it).
+    added: bool,
+    /// Bumped when the device is replaced.
+    gen: u64,
 }
 
 /// A message from the metadata path to one channel.
@@ -83,20 +96,30 @@ enum Bcast {
     Release(Arc<ArrayState>),
 }
 
+/// An I/O handed to a member device; `gen` is the device's generation
+/// then (a replaced device's I/O fails and never lands on its successor).
 enum InFlight {
     Child {
         ch: usize,
         io: ChildIo,
+        gen: u64,
     },
     Sb {
         member: u16,
         token: u64,
         offset: u64,
         data: Vec<u8>,
+        gen: u64,
     },
 }
 
 impl InFlight {
+    fn gen(&self) -> u64 {
+        match self {
+            InFlight::Child { gen, .. } | InFlight::Sb { gen, .. } => *gen,
+        }
+    }
+
     fn member(&self) -> usize {
         match self {
             InFlight::Child { io, .. } => io.member as usize,
@@ -125,6 +148,9 @@ struct ParentRec {
     id: u64,
     snap: Vec<BlockState>,
     final_check: bool,
+    /// Members not in sync in some state a channel may have routed this
+    /// parent by when it was submitted (being rebuilt, out of service).
+    out_seen: u64,
 }
 
 /// One incarnation of the array: what a crash throws away.
@@ -164,6 +190,11 @@ struct Sim<'a> {
     resync: Option<Resync>,
     /// Tag of the resync window in flight.
     resync_tag: Option<u64>,
+    /// The rebuild running, its ranges in flight, and where one stopped
+    /// (member, events) so it is not restarted before something changes.
+    rebuild: Option<Rebuild>,
+    rebuild_tags: Vec<u64>,
+    rebuild_stopped: Option<(usize, u64)>,
     out: Outcome,
 }
 
@@ -233,6 +264,8 @@ impl<'a> Sim<'a> {
                 data: vec![0; data_off + sc.geometry.member_blocks[m] as usize * bs],
                 dead: false,
                 broken: false,
+                added: false,
+                gen: 0,
             })
             .collect();
         let sbs = create_superblocks(
@@ -289,6 +322,9 @@ impl<'a> Sim<'a> {
             faults_on: true,
             resync: None,
             resync_tag: None,
+            rebuild: None,
+            rebuild_tags: Vec::new(),
+            rebuild_stopped: None,
             out: Outcome::default(),
             geom,
         }
@@ -330,6 +366,7 @@ impl<'a> Sim<'a> {
                 retry_min_ms: 5,
                 retry_max_ms: 200,
                 daemon_sleep_ms: sc.daemon_sleep,
+                checkpoint_ms: 200,
             },
             now,
         );
@@ -342,6 +379,17 @@ impl<'a> Sim<'a> {
             meta,
             meta_inbox: VecDeque::new(),
         }
+    }
+
+    /// Members not in sync in the newest state or any state a channel
+    /// still routes by.
+    fn out_now(&self) -> u64 {
+        self.arr
+            .channels
+            .iter()
+            .fold(self.state().not_in_sync(), |a, c| {
+                a | c.state().not_in_sync()
+            })
     }
 
     fn broken_mask(&self) -> u64 {
@@ -392,6 +440,7 @@ impl<'a> Sim<'a> {
                 ));
             }
             self.drive_resync()?;
+            self.drive_rebuild()?;
             let r = self.rng.below(100);
             if submitted < self.sc.ops && r < 35 {
                 let ch = self.rng.below(self.sc.channels as u64) as usize;
@@ -426,6 +475,7 @@ impl<'a> Sim<'a> {
     /// Nothing left anywhere.
     fn quiet(&self) -> bool {
         self.resync.is_none()
+            && self.rebuild.is_none()
             && self.parents.is_empty()
             && self.inflight.is_empty()
             && self.arr.meta_inbox.is_empty()
@@ -517,6 +567,7 @@ impl<'a> Sim<'a> {
                 id: 0,
                 snap: Vec::new(),
                 final_check: false,
+                out_seen: self.out_now(),
             },
         );
         self.per_channel[0] += 1;
@@ -538,6 +589,170 @@ impl<'a> Sim<'a> {
         self.drain(0)
     }
 
+    /// Bring a failed member back: one that is not dead is re-added (from
+    /// the bitmap if its events allow), a dead one is replaced by a blank
+    /// device. Not while a resync or a rebuild runs.
+    fn maybe_readd(&mut self) -> Result<(), String> {
+        if !self.sc.readd
+            || !self.faults_on
+            || self.resync.is_some()
+            || self.rebuild.is_some()
+            || !self.rng.chance(0.3)
+        {
+            return Ok(());
+        }
+        let st = self.state().clone();
+        let Some(r) = (0..st.members.len())
+            .find(|&r| matches!(st.members[r], MemberState::Faulty | MemberState::Missing))
+        else {
+            return Ok(());
+        };
+        let sectors = self.members[r].data.len() as u64 / 512;
+        let at = SB_OFFSET_BYTES as usize;
+        let nm = if self.members[r].dead {
+            // A new blank device in its place.
+            self.members[r].data.fill(0);
+            self.members[r].dead = false;
+            self.members[r].gen += 1;
+            NewMember {
+                device_uuid: [0x40 | (self.step as u8 & 0x3f); 16],
+                sectors,
+                old_sb: None,
+            }
+        } else {
+            let old = Superblock::decode(&self.members[r].data[at..at + 4096], sectors).ok();
+            NewMember {
+                device_uuid: old.as_ref().map_or([0x70; 16], |s| s.device_uuid),
+                sectors,
+                old_sb: old,
+            }
+        };
+        let trace = std::env::var_os("MDRAID_SIM_TRACE").is_some();
+        match self.arr.meta.add_member(r, nm) {
+            Ok(kind) => {
+                self.members[r].broken = false;
+                self.members[r].added = true;
+                match kind {
+                    Recovery::Bitmap => self.out.readds_bitmap += 1,
+                    Recovery::Full => self.out.readds_full += 1,
+                }
+                if trace {
+                    eprintln!("step {} member {r} added: {kind:?}", self.step);
+                }
+            }
+            Err(e) if trace => eprintln!("step {} member {r} not added: {e}", self.step),
+            Err(_) => {}
+        }
+        self.pump_meta();
+        Ok(())
+    }
+
+    /// Rebuild members the state records recovering, after any resync:
+    /// submit every range of the current window; a rebuild that failed is
+    /// restarted only once the state changed.
+    fn drive_rebuild(&mut self) -> Result<(), String> {
+        if self.resync.is_some() {
+            return Ok(());
+        }
+        let st = self.state().clone();
+        if let Some(r) = &self.rebuild {
+            let m = r.member();
+            // Still rebuilding the same device (not one that left since).
+            let still =
+                matches!(st.members[m], MemberState::Recovering(_)) && st.readded[m] == r.device();
+            if (!still || r.failed() || r.is_done()) && r.in_flight() == 0 {
+                if r.is_done() && still {
+                    // Waiting for the commit that records it in sync.
+                    return Ok(());
+                }
+                if r.is_done() {
+                    self.out.rebuilds += 1;
+                    let (a, b) = r.counts();
+                    self.out.rebuilt_blocks += a;
+                    self.out.rebuild_skipped_blocks += b;
+                    self.members[m].added = false;
+                }
+                if r.failed() {
+                    self.rebuild_stopped = Some((m, st.events));
+                }
+                self.rebuild = None;
+                return Ok(());
+            }
+        }
+        if self.rebuild.is_none() {
+            let Some(m) = (0..st.members.len())
+                .find(|&m| matches!(st.members[m], MemberState::Recovering(_)))
+            else {
+                return Ok(());
+            };
+            if self.rebuild_stopped == Some((m, st.events)) {
+                return Ok(());
+            }
+            let Some(info) = self.arr.meta.recovery(m) else {
+                return Ok(());
+            };
+            let window = if self.geom.level().is_parity() {
+                self.geom.strip_blocks()
+            } else {
+                self.sc.max_blocks
+            };
+            self.rebuild = Some(Rebuild::new(
+                &self.geom,
+                m,
+                info.device,
+                info.from,
+                window,
+                info.kind == Recovery::Bitmap,
+            ));
+        }
+        let shared = self.arr.channels[0].shared().clone();
+        loop {
+            let Some(r) = self.rebuild.as_mut() else {
+                return Ok(());
+            };
+            let Some(w) = r.next_window(&self.geom, &shared) else {
+                if r.in_flight() == 0 {
+                    let (m, dev, off) = (r.member(), r.device(), r.offset());
+                    self.arr.meta.recovery_progress(m, dev, off);
+                    self.pump_meta();
+                }
+                return Ok(());
+            };
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            self.parents.insert(
+                tag,
+                ParentRec {
+                    read_errors: 0,
+                    op: IoType::Resync,
+                    lba: w.lba,
+                    blocks: w.blocks,
+                    id: 0,
+                    snap: Vec::new(),
+                    final_check: false,
+                    out_seen: self.out_now(),
+                },
+            );
+            self.per_channel[0] += 1;
+            self.rebuild_tags.push(tag);
+            let io = ParentIo {
+                tag,
+                op: IoType::Resync,
+                lba: w.lba,
+                blocks: w.blocks,
+                fua: false,
+                buf: Some(vec![0; w.blocks as usize * self.bs]),
+            };
+            let a = &mut self.arr;
+            if !a.retry[0].is_empty() {
+                a.retry[0].push_back(io);
+            } else if let Err(Busy(io)) = a.channels[0].submit(io) {
+                a.retry[0].push_back(io);
+            }
+            self.drain(0)?;
+        }
+    }
+
     fn tick(&mut self) -> Result<(), String> {
         self.arr.meta.tick(self.step);
         self.pump_meta();
@@ -545,7 +760,8 @@ impl<'a> Sim<'a> {
     }
 
     fn misc(&mut self) -> Result<(), String> {
-        match self.rng.below(6) {
+        match self.rng.below(7) {
+            6 => self.maybe_readd()?,
             0 => {
                 if let Some(r) = self.arr.meta_inbox.pop_front() {
                     self.arr.meta.request(r);
@@ -631,6 +847,7 @@ impl<'a> Sim<'a> {
                     );
                     self.out.superblock_writes += 1;
                     self.inflight.push(InFlight::Sb {
+                        gen: self.members[member as usize].gen,
                         member,
                         token,
                         offset,
@@ -666,6 +883,7 @@ impl<'a> Sim<'a> {
                 if Arc::ptr_eq(&s, &a.newest) {
                     a.applied += 1;
                     if a.applied == a.channels.len() {
+                        a.meta.released(s.seq);
                         for q in &mut a.bcast {
                             q.push_back(Bcast::Release(s.clone()));
                         }
@@ -723,6 +941,7 @@ impl<'a> Sim<'a> {
             id: 0,
             snap: Vec::new(),
             final_check: false,
+            out_seen: self.out_now(),
         };
         let buf = match op {
             IoType::Read => {
@@ -784,7 +1003,8 @@ impl<'a> Sim<'a> {
                         self.out.nomem += 1;
                         self.arr.channels[ch].child_done(io.token, ChildStatus::NoMem);
                     } else {
-                        self.inflight.push(InFlight::Child { ch, io });
+                        let gen = self.members[m].gen;
+                        self.inflight.push(InFlight::Child { ch, io, gen });
                     }
                 }
                 Action::Complete { tag, status, buf } => self.parent_done(ch, tag, status, buf)?,
@@ -846,14 +1066,16 @@ impl<'a> Sim<'a> {
         if self.sc.faults.slow & (1 << m) != 0 && self.rng.chance(0.7) {
             return Ok(());
         }
+        let gone = self.inflight[i].gen() != self.members[m].gen;
         let (ch, io) = match self.inflight.swap_remove(i) {
             InFlight::Sb {
                 member,
                 token,
                 offset,
                 data,
+                ..
             } => {
-                let ok = !self.write_fails(m);
+                let ok = !gone && !self.write_fails(m);
                 if ok {
                     let at = offset as usize;
                     self.members[m].data[at..at + data.len()].copy_from_slice(&data);
@@ -865,7 +1087,13 @@ impl<'a> Sim<'a> {
                 self.pump_meta();
                 return Ok(());
             }
-            InFlight::Child { ch, io } => (ch, io),
+            InFlight::Child { ch, io, .. } if gone => {
+                // The device it went to was replaced: it fails.
+                self.out.child_errors += 1;
+                self.arr.channels[ch].child_done(io.token, ChildStatus::Error);
+                return self.drain(ch);
+            }
+            InFlight::Child { ch, io, .. } => (ch, io),
         };
         if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
             let what = self
@@ -935,6 +1163,9 @@ impl<'a> Sim<'a> {
         // The atomic write unit: a logical block (512 for 512-byte blocks).
         let unit = bs;
         for f in std::mem::take(&mut self.inflight) {
+            if f.gen() != self.members[f.member()].gen {
+                continue;
+            }
             let (m, off, data): (usize, usize, Vec<u8>) = match f {
                 InFlight::Sb {
                     member,
@@ -942,7 +1173,7 @@ impl<'a> Sim<'a> {
                     data,
                     ..
                 } => (member as usize, offset as usize, data),
-                InFlight::Child { ch, io } => {
+                InFlight::Child { ch, io, .. } => {
                     let len = io.blocks as usize * bs;
                     let data = match io.op {
                         ChildOp::Write => self.arr.channels[ch].child_data(io.buf).to_vec(),
@@ -1017,7 +1248,7 @@ impl<'a> Sim<'a> {
         // R6: only members that missed something may be left out.
         for (r, m) in asm.member_of_role.iter().enumerate() {
             let used = m.map(|c| idx[c]);
-            if used != Some(r) && !self.members[r].broken {
+            if used != Some(r) && !self.members[r].broken && !self.members[r].added {
                 return Err(format!(
                     "assembly left out healthy member {r}: {:?}",
                     asm.refused
@@ -1052,7 +1283,7 @@ impl<'a> Sim<'a> {
                 self.step, asm.dirty, asm.state.events, asm.refused
             );
         }
-        if !asm.dirty && self.geom.level().is_parity() && asm.state.out_of_service() == 0 {
+        if !asm.dirty && self.geom.level().is_parity() && asm.state.not_in_sync() == 0 {
             // Clean means every stripe's parity matches its data on all
             // members (including ones assembly left out).
             let g = self.geom.clone();
@@ -1090,6 +1321,9 @@ impl<'a> Sim<'a> {
         } else {
             self.sc.max_blocks
         };
+        self.rebuild = None;
+        self.rebuild_tags.clear();
+        self.rebuild_stopped = None;
         self.resync = asm
             .dirty
             .then(|| Resync::new(&self.geom, self.arr.channels[0].shared(), window));
@@ -1173,9 +1407,21 @@ impl<'a> Sim<'a> {
                 r.window_done(&shared, status == IoStatus::Success);
             }
         }
+        if let Some(i) = self.rebuild_tags.iter().position(|t| *t == tag) {
+            self.rebuild_tags.swap_remove(i);
+            if let Some(r) = self.rebuild.as_mut() {
+                r.window_done(status == IoStatus::Success);
+                let (m, dev, off) = (r.member(), r.device(), r.offset());
+                self.arr.meta.recovery_progress(m, dev, off);
+                self.pump_meta();
+            }
+        }
         let range = rec.lba as usize..(rec.lba + rec.blocks) as usize;
         let offline = self.state().offline;
-        let healthy = !offline && self.broken() <= self.redundancy();
+        // Members that cannot serve all reads: broken, or not in sync in the
+        // state (being rebuilt, brought back and not yet recorded).
+        let out = self.broken_mask() | self.out_now() | rec.out_seen;
+        let healthy = !offline && out.count_ones() as usize <= self.redundancy();
         if status == IoStatus::Invalid {
             return Err(format!("valid parent {:?} refused as invalid", rec.op));
         }
@@ -1184,7 +1430,7 @@ impl<'a> Sim<'a> {
             // Read errors on more members than the level survives (broken
             // members included) lose the data this parent needed; md fails
             // there too. Anything less must not fail.
-            let lost = (rec.read_errors | self.broken_mask()).count_ones() as usize;
+            let lost = (rec.read_errors | out).count_ones() as usize;
             let survivable = match self.geom.level() {
                 Level::Raid1 | Level::Raid10 => self.geom.copies() - 1,
                 _ => self.geom.redundancy(),
@@ -1193,13 +1439,15 @@ impl<'a> Sim<'a> {
             if !legit {
                 return Err(format!(
                     "{:?} of {}+{} failed although the array keeps its data \
-                     (faulty {:#b}, broken {}, dead {:?})",
+                     (read errors {:#b}, faulty {:#b}, broken {}, dead {:?}; {})",
                     rec.op,
                     rec.lba,
                     rec.blocks,
+                    rec.read_errors,
                     self.state().faulty(),
                     self.broken(),
-                    self.members.iter().map(|m| m.dead).collect::<Vec<_>>()
+                    self.members.iter().map(|m| m.dead).collect::<Vec<_>>(),
+                    self.describe()
                 ));
             }
         }
@@ -1273,6 +1521,7 @@ impl<'a> Sim<'a> {
                         id: 0,
                         snap: self.blocks[range].to_vec(),
                         final_check: true,
+                        out_seen: self.out_now(),
                     },
                 );
                 self.per_channel[0] += 1;
