@@ -22,3 +22,7 @@ if ! python3 -c 'import spdk.rpc.client' >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check spdk==26.5
 fi
 mkdir -p target
+# Building the SPDK host (only when SPDK_DIR names an SPDK tree).
+if [ -n "${SPDK_DIR:-}" ]; then
+  bash "$(dirname "$0")/install-spdk-deps.sh"
+fi

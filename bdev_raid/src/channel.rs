@@ -892,7 +892,14 @@ impl<B: IoBuf> Channel<B> {
             let c = &mut self.children[idx as usize];
             c.in_flight = true;
             let io = c.io;
-            self.member_stats[io.member as usize].outstanding += 1;
+            let m = io.member as usize;
+            self.member_stats[m].outstanding += 1;
+            if self.state.readded[m] != c.inc || self.dead() & bit(m) != 0 {
+                // The device it was for failed or was replaced meanwhile:
+                // it fails rather than reach another device.
+                self.child_done(io.token, ChildStatus::Error);
+                continue;
+            }
             self.actions.push_back(Action::Submit(io));
         }
         self.run_waiters();

@@ -1282,10 +1282,9 @@ mod tests {
             }
         }
         fn fail(&mut self, m: u16) {
-            self.meta.request(MetaRequest::MemberFailed {
-                member: m,
-                device: 0,
-            });
+            let device = self.meta.state().readded[m as usize];
+            self.meta
+                .request(MetaRequest::MemberFailed { member: m, device });
             self.pump();
         }
         /// Complete every pending write; `ok(member)` decides success.
@@ -1605,5 +1604,142 @@ mod tests {
         let bsb = crate::ondisk::BitmapSuper::decode(&data[SB_BLOCK_BYTES..]).unwrap();
         assert_eq!(bsb.events, 1);
         t.complete(|_| true);
+    }
+
+    /// A member that left and comes back with events at least the bitmap's
+    /// events_cleared is rebuilt from the bitmap: only the chunks written
+    /// since it left (and those still dirty when it left).
+    #[test]
+    fn readd_recovers_from_the_bitmap_only() {
+        use crate::sync::Rebuild;
+        let mut t = tb(Level::Raid1, 2, Some(64 << 10)); // 128-block chunks, 32 of them
+        t.writable();
+        // Chunk 3 written and cleared again (in sync on both), then chunk 7
+        // written and still dirty when member 1 fails.
+        for (lba, clear) in [(3 * 128, true), (7 * 128, false)] {
+            assert!(!words(&t).start_write(lba, 8));
+            t.meta.request(MetaRequest::BitsNeeded { channel: 0 });
+            t.pump();
+            t.complete(|_| true);
+            words(&t).end_write(lba, 8);
+            if clear {
+                for _ in 0..2 {
+                    t.now += 5_000;
+                    t.meta.tick(t.now);
+                    t.pump();
+                }
+                t.complete(|_| true);
+            }
+        }
+        let cleared_at = t.meta.status().bitmap.unwrap().events_cleared;
+        let old = t.meta.superblock(1).unwrap().clone();
+        assert!(old.events >= cleared_at);
+        t.fail(1);
+        t.complete(|_| true);
+        // Chunk 12 written while it is away.
+        assert!(!words(&t).start_write(12 * 128, 8));
+        t.meta.request(MetaRequest::BitsNeeded { channel: 0 });
+        t.pump();
+        t.complete(|_| true);
+        words(&t).end_write(12 * 128, 8);
+        // No bit is cleared while degraded, however long it stays idle.
+        for _ in 0..4 {
+            t.now += 5_000;
+            t.meta.tick(t.now);
+            t.pump();
+        }
+        assert!(t.writes.is_empty());
+        let kind = t
+            .meta
+            .add_member(
+                1,
+                NewMember {
+                    device_uuid: old.device_uuid,
+                    sectors: 4096 + 2048,
+                    old_sb: Some(old.clone()),
+                },
+            )
+            .unwrap();
+        assert_eq!(kind, Recovery::Bitmap);
+        t.pump();
+        let sb1 = t.decoded(1);
+        assert_ne!(sb1.feature_map & MD_FEATURE_RECOVERY_BITMAP, 0);
+        assert_eq!(sb1.recovery_offset, 0);
+        t.complete(|_| true);
+        assert_eq!(t.meta.state().members[1], MemberState::Recovering(0));
+        assert!(
+            t.meta.recovery(1).is_none(),
+            "not before every channel has the state"
+        );
+        t.meta.released(t.meta.state().seq);
+        let info = t.meta.recovery(1).unwrap();
+        assert_eq!((info.kind, info.from), (Recovery::Bitmap, 0));
+        let geom = t.meta.geom.clone();
+        let shared = t.meta.shared.clone();
+        let mut r = Rebuild::new(&geom, 1, info.device, info.from, 128, true);
+        let mut windows = Vec::new();
+        while let Some(w) = r.next_window(&geom, &shared) {
+            windows.push(w.lba / 128);
+            r.window_done(true);
+            t.meta.recovery_progress(1, info.device, r.offset());
+            t.pump();
+        }
+        assert!(r.is_done());
+        t.meta.recovery_progress(1, info.device, r.offset());
+        t.pump();
+        assert_eq!(windows, vec![7, 12], "only the chunks dirty since it left");
+        assert_eq!(r.counts(), (256, 4096 - 256));
+        while !t.writes.is_empty() {
+            t.complete(|_| true);
+        }
+        assert_eq!(t.meta.state().members[1], MemberState::InSync);
+        let sb1 = t.meta.superblock(1).unwrap();
+        assert_eq!(sb1.feature_map & MD_FEATURE_RECOVERY_OFFSET, 0);
+
+        // A device that left before the last clear is rebuilt fully.
+        t.fail(1);
+        t.complete(|_| true);
+        let mut stale = old;
+        stale.events = cleared_at - 1;
+        let kind = t
+            .meta
+            .add_member(
+                1,
+                NewMember {
+                    device_uuid: stale.device_uuid,
+                    sectors: 4096 + 2048,
+                    old_sb: Some(stale),
+                },
+            )
+            .unwrap();
+        assert_eq!(kind, Recovery::Full);
+    }
+
+    #[test]
+    fn add_member_refuses_what_it_cannot_take() {
+        let mut t = tb(Level::Raid5, 3, Some(64 << 10));
+        let nm = |s| NewMember {
+            device_uuid: [9; 16],
+            sectors: s,
+            old_sb: None,
+        };
+        assert!(matches!(
+            t.meta.add_member(1, nm(1 << 20)),
+            Err(AddError::InUse { role: 1, .. })
+        ));
+        assert!(matches!(
+            t.meta.add_member(5, nm(1 << 20)),
+            Err(AddError::Role {
+                role: 5,
+                members: 3
+            })
+        ));
+        t.fail(1);
+        t.complete(|_| true);
+        assert!(matches!(
+            t.meta.add_member(1, nm(100)),
+            Err(AddError::TooSmall { .. })
+        ));
+        assert_eq!(t.meta.add_member(1, nm(1 << 20)), Ok(Recovery::Full));
     }
 }

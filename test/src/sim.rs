@@ -410,10 +410,11 @@ impl<'a> Sim<'a> {
 
     fn describe(&self) -> String {
         format!(
-            "{} children in flight; members {:?}; resync {:?}; crashes {}; meta {}; inbox {}; channels: {}",
+            "{} children in flight; members {:?}; resync {:?}; rebuild {:?}; crashes {}; meta {}; inbox {}; channels: {}",
             self.inflight.len(),
             self.state().members,
             self.resync.as_ref().map(|r| r.progress()),
+            self.rebuild.as_ref(),
             self.out.crashes,
             self.arr.meta.describe(),
             self.arr.meta_inbox.len(),
@@ -658,8 +659,9 @@ impl<'a> Sim<'a> {
         if let Some(r) = &self.rebuild {
             let m = r.member();
             // Still rebuilding the same device (not one that left since).
-            let still =
-                matches!(st.members[m], MemberState::Recovering(_)) && st.readded[m] == r.device();
+            let still = matches!(st.members[m], MemberState::Recovering(_))
+                && st.readded[m] == r.device()
+                && !st.offline;
             if (!still || r.failed() || r.is_done()) && r.in_flight() == 0 {
                 if r.is_done() && still {
                     // Waiting for the commit that records it in sync.
@@ -679,7 +681,7 @@ impl<'a> Sim<'a> {
                 return Ok(());
             }
         }
-        if self.rebuild.is_none() {
+        if self.rebuild.is_none() && !st.offline {
             let Some(m) = (0..st.members.len())
                 .find(|&m| matches!(st.members[m], MemberState::Recovering(_)))
             else {
@@ -1240,6 +1242,14 @@ impl<'a> Sim<'a> {
                 return Ok(());
             }
             Err(e @ (AssembleError::DirtyDegraded { .. } | AssembleError::NotEnough { .. })) => {
+                self.out.ended_by_refusal = Some(e.to_string());
+                return Ok(());
+            }
+            Err(e @ AssembleError::NoSuperblock(_))
+                if self.members.iter().filter(|m| m.broken || m.added).count()
+                    > self.redundancy() =>
+            {
+                // Only blank replacements are left of the members.
                 self.out.ended_by_refusal = Some(e.to_string());
                 return Ok(());
             }

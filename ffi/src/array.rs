@@ -1,0 +1,1225 @@
+//! One mdraid array as an SPDK bdev: its io_device, the per-thread
+//! channels that drive the engine, and the bdev function table.
+//!
+//! - **io_device**: the [`Array`] itself (its address). Every SPDK thread
+//!   that does I/O on the array gets one channel ([`ChanCtx`], in the
+//!   io_channel's context): an engine [`Channel`] plus that thread's
+//!   channels of the members, a table of child slots (the `cb_arg` of each
+//!   member I/O) and a poller.
+//! - **submit_request** turns the bdev_io into a [`ParentIo`] (tag = the
+//!   bdev_io's address). Its data is the bdev_io's single iovec, wrapped
+//!   ([`IoBuf::User`]), or — with several iovecs — a DMA bounce buffer.
+//!   Engine actions become member I/Os; their completions go back with
+//!   `child_done`. Finished parents are completed with no borrow of the
+//!   channel held, because the caller's completion callback may submit
+//!   again on the same channel.
+//! - **`-ENOMEM` from a member** (R2): the child is reported `NoMem`, the
+//!   channel waits with `spdk_bdev_queue_io_wait` and then lets the engine
+//!   resubmit (`Channel::poll`). Never a failure.
+//! - **FUA** does not exist in SPDK's bdev API: a FUA child write is a
+//!   write followed by a flush of the member (when it has a write cache
+//!   to flush).
+//! - **Metadata requests** go to the array's metadata thread by message;
+//!   its broadcasts come back through `spdk_for_each_channel` in two
+//!   phases (`apply_state` everywhere, then `release` everywhere), see
+//!   [`crate::meta`].
+//!
+//! Channel indices: the engine numbers its channels `0..n` with `n` fixed
+//! when the array is made, and the metadata path waits for every index to
+//! report "no write in flight" before marking the array clean. SPDK makes
+//! channels as threads come and go, so the array has [`MAX_CHANNELS`]
+//! indices, a channel takes a free one, and the metadata host reports the
+//! vacant ones idle itself (a vacant index has no write in flight).
+//!
+//! A new channel starts from the newest state every channel has applied
+//! (`released`) and then applies the newest published one: it then never
+//! routes to a member another channel may still read, and never completes
+//! a write on a failure not every channel has applied (R1).
+
+use std::cell::{RefCell, UnsafeCell};
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bdev_raid::channel::{
+    Action, Busy, Channel, ChannelConfig, ChildIo, ChildOp, ChildStatus, ChildToken, IoStatus,
+    IoType, MetaRequest, ParentIo,
+};
+use bdev_raid::layout::{Geometry, Level};
+use bdev_raid::state::{ArrayState, MemberState, Shared};
+use mdraid_rpc::params::BdevMdraidCreate;
+use mdraid_rpc::results::{MdraidBaseBdevInfo, MdraidBdevInfo};
+use mdraid_rpc::types::{RaidLevel, RaidState, Uuid as RpcUuid};
+
+use crate::meta::{self, Owned};
+use crate::spdk::{
+    fatal_guard, guard, log_error, log_warn, submit_raw, Bdev, BdevOp, DmaBuf, IoChannel, OnThread,
+    Poller, Thread,
+};
+use crate::sys;
+
+/// Channel indices an array has (the engine's idle mask is a u64 and
+/// `1 << n` must not overflow).
+pub const MAX_CHANNELS: usize = 63;
+
+const ENOMEM: c_int = 12;
+/// Alignment of DMA buffers the module allocates.
+const DMA_ALIGN: usize = 4096;
+
+// ------------------------------------------------------------ buffers
+
+/// A parent's data, or a stripe context's scratch, as the engine holds it.
+pub enum IoBuf {
+    /// Memory the module allocated (scratch, bounce buffers).
+    Dma(DmaBuf),
+    /// The bdev_io's own single data buffer.
+    User { ptr: NonNull<u8>, len: usize },
+}
+
+impl IoBuf {
+    /// The data buffer of `io` (`len` bytes): its single iovec when it has
+    /// one big enough, else a DMA bounce buffer (filled from the iovecs
+    /// when `gather`). None when no DMA memory is left.
+    ///
+    /// # Safety
+    /// `io` must be a live READ or WRITE bdev_io with its buffers set;
+    /// the returned value must be dropped before `io` is completed.
+    unsafe fn for_bdev_io(io: *mut sys::spdk_bdev_io, len: usize, gather: bool) -> Option<IoBuf> {
+        // SAFETY: the caller's contract: a live block bdev_io.
+        let (iovs, cnt) = unsafe { ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt) };
+        if cnt == 1 && !iovs.is_null() {
+            // SAFETY: one iovec, set by the bdev layer.
+            let v = unsafe { *iovs };
+            if v.iov_len >= len {
+                if let Some(ptr) = NonNull::new(v.iov_base as *mut u8) {
+                    return Some(IoBuf::User { ptr, len });
+                }
+            }
+        }
+        let mut b = DmaBuf::zeroed(len, DMA_ALIGN)?;
+        if gather {
+            let dst = b.as_mut();
+            let mut at = 0;
+            for i in 0..cnt.max(0) as usize {
+                // SAFETY: iovs has iovcnt entries describing readable memory.
+                let v = unsafe { *iovs.add(i) };
+                let n = v.iov_len.min(len - at);
+                // SAFETY: as above; n bytes of the iovec are readable.
+                let src = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, n) };
+                dst[at..at + n].copy_from_slice(src);
+                at += n;
+                if at == len {
+                    break;
+                }
+            }
+        }
+        Some(IoBuf::Dma(b))
+    }
+
+    /// Copy a bounce buffer into the bdev_io's iovecs (after a read).
+    ///
+    /// # Safety
+    /// `io` must be the live bdev_io this buffer was made for.
+    unsafe fn scatter(&self, io: *mut sys::spdk_bdev_io) {
+        let IoBuf::Dma(b) = self else { return };
+        // SAFETY: the caller's contract.
+        let (iovs, cnt) = unsafe { ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt) };
+        let src = b.as_ref();
+        let mut at = 0;
+        for i in 0..cnt.max(0) as usize {
+            // SAFETY: iovs has iovcnt entries describing writable memory.
+            let v = unsafe { *iovs.add(i) };
+            let n = v.iov_len.min(src.len() - at);
+            // SAFETY: as above; n bytes of the iovec are writable and do not
+            // overlap our own buffer.
+            unsafe { std::ptr::copy_nonoverlapping(src[at..].as_ptr(), v.iov_base as *mut u8, n) };
+            at += n;
+            if at == src.len() {
+                break;
+            }
+        }
+    }
+}
+
+impl AsRef<[u8]> for IoBuf {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_ref(),
+            // SAFETY: made by `for_bdev_io` from the bdev_io's iovec, which
+            // stays valid until the bdev_io completes, and we drop this
+            // value before completing it.
+            IoBuf::User { ptr, len } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
+        }
+    }
+}
+
+impl AsMut<[u8]> for IoBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_mut(),
+            // SAFETY: as in as_ref; the engine holds the only IoBuf of this
+            // bdev_io, and the caller does not touch its buffer while the
+            // I/O is in flight (SPDK's contract).
+            IoBuf::User { ptr, len } => unsafe {
+                std::slice::from_raw_parts_mut(ptr.as_ptr(), *len)
+            },
+        }
+    }
+}
+
+// ------------------------------------------------------------ the array
+
+/// One member: what every thread needs to do I/O on it.
+pub struct Member {
+    pub name: String,
+    /// Open for the array's lifetime (closed in the teardown, after the
+    /// io_device is gone and with it every channel of the member).
+    pub desc: *mut sys::spdk_bdev_desc,
+    pub bdev: Bdev,
+    /// It has a write cache worth flushing (and takes flushes).
+    pub flush: bool,
+    pub unmap: bool,
+    /// Device UUID its superblock records (or the bdev's).
+    pub uuid: [u8; 16],
+}
+
+/// What the array was made from, for RPCs and `save_config`.
+pub struct Info {
+    pub level: RaidLevel,
+    pub superblock: bool,
+    /// The call `save_config` writes: uuid set, members in role order.
+    pub saved: BdevMdraidCreate,
+}
+
+/// What the metadata path last reported, for status queries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Snap {
+    pub events: u64,
+    pub blocked: bool,
+    pub dirty: bool,
+    pub writable: bool,
+    pub offline: bool,
+}
+
+pub struct Array {
+    pub name: String,
+    pub uuid: [u8; 16],
+    pub geom: Arc<Geometry>,
+    pub shared: Arc<Shared>,
+    /// One per role (`None`: missing).
+    pub members: Vec<Option<Member>>,
+    /// Start of the data area on every member, in blocks.
+    pub data_offset: u64,
+    pub meta_thread: Thread,
+    pub info: Info,
+    pub chan_cfg: ChannelConfig,
+    bdev: Box<UnsafeCell<sys::spdk_bdev>>,
+    _cname: CString,
+    /// (published, released): the newest state broadcast, and the newest
+    /// every channel has applied.
+    states: Mutex<(Arc<ArrayState>, Arc<ArrayState>)>,
+    /// Channel indices in use (bit mask).
+    slots: Mutex<u64>,
+    /// Broadcasts not finished (both phases).
+    pub broadcasts: AtomicUsize,
+    pub snap: Mutex<Snap>,
+    /// Descriptors, the metadata host and its members' channels: only on
+    /// the metadata thread.
+    pub owned: OnThread<Owned>,
+    /// Wipe the superblocks when the bdev goes (bdev_mdraid_delete clear_sb).
+    pub clear_sb: std::sync::atomic::AtomicBool,
+}
+
+// SAFETY: the raw pointers are descriptors (usable from any thread to get
+// channels; closed only on the metadata thread in the teardown) and the
+// bdev struct, which SPDK owns while registered; the rest is Sync.
+unsafe impl Send for Array {}
+// SAFETY: as for Send.
+unsafe impl Sync for Array {}
+
+static PRODUCT: &std::ffi::CStr = c"mdraid";
+
+impl Array {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        uuid: [u8; 16],
+        geom: Arc<Geometry>,
+        members: Vec<Option<Member>>,
+        data_offset: u64,
+        state: Arc<ArrayState>,
+        info: Info,
+        owned: Owned,
+        meta_thread: Thread,
+    ) -> Arc<Array> {
+        let cname = CString::new(name).expect("bdev names have no NUL");
+        let present: Vec<&Member> = members.iter().flatten().collect();
+        let align = present
+            .iter()
+            .map(|m| m.bdev.buf_align())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut b = sys::spdk_bdev {
+            name: cname.as_ptr() as *mut c_char,
+            product_name: PRODUCT.as_ptr() as *mut c_char,
+            blocklen: geom.block_size(),
+            blockcnt: geom.array_blocks(),
+            write_cache: present.iter().any(|m| m.bdev.write_cache()) as c_int,
+            required_alignment: align.trailing_zeros() as u8,
+            ..Default::default()
+        };
+        b.uuid.u.raw = uuid;
+        Arc::new(Array {
+            name: name.to_string(),
+            uuid,
+            shared: Arc::new(Shared::new(MAX_CHANNELS)),
+            geom,
+            members,
+            data_offset,
+            meta_thread,
+            info,
+            chan_cfg: ChannelConfig::default(),
+            bdev: Box::new(UnsafeCell::new(b)),
+            _cname: cname,
+            states: Mutex::new((state.clone(), state)),
+            slots: Mutex::new(0),
+            broadcasts: AtomicUsize::new(0),
+            snap: Mutex::new(Snap::default()),
+            owned: OnThread::new(meta_thread, owned),
+            clear_sb: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The io_device key (the array's address).
+    pub fn io_device(self: &Arc<Self>) -> *mut c_void {
+        Arc::as_ptr(self) as *mut c_void
+    }
+
+    pub fn bdev_ptr(&self) -> *mut sys::spdk_bdev {
+        self.bdev.get()
+    }
+
+    /// Register the io_device (on the metadata thread, before anything can
+    /// broadcast).
+    pub fn register_io_device(self: &Arc<Self>) {
+        let name = CString::new(format!("mdraid_{}", self.name)).unwrap_or_default();
+        // SAFETY: the key is this array's address, unique while it lives;
+        // it stays registered until the teardown unregisters it, and the
+        // callbacks below cast the key back to this array.
+        unsafe {
+            sys::spdk_io_device_register(
+                self.io_device(),
+                Some(chan_create),
+                Some(chan_destroy),
+                std::mem::size_of::<*mut ChanCtx>() as u32,
+                name.as_ptr(),
+            )
+        }
+    }
+
+    /// Register the bdev. The bdev holds one strong reference to the array
+    /// (its `ctxt`) until `destruct` finishes.
+    pub fn register_bdev(self: &Arc<Self>) -> Result<(), c_int> {
+        let ctxt = Arc::into_raw(self.clone()) as *mut c_void;
+        // SAFETY: the bdev struct lives in this array, which the ctxt
+        // reference keeps alive; SPDK owns the struct while registered.
+        let rc = unsafe {
+            let b = &mut *self.bdev.get();
+            b.ctxt = ctxt;
+            b.fn_table = sys::mdraid_shim_fn_table();
+            b.module = sys::mdraid_shim_module();
+            sys::spdk_bdev_register(b)
+        };
+        if rc != 0 {
+            // SAFETY: not registered: the reference is ours again.
+            drop(unsafe { Arc::from_raw(ctxt as *const Array) });
+            return Err(rc);
+        }
+        Ok(())
+    }
+
+    /// Newest state broadcast.
+    pub fn state(&self) -> Arc<ArrayState> {
+        self.states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    pub fn publish(&self, s: &Arc<ArrayState>) {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).0 = s.clone();
+    }
+
+    pub fn set_released(&self, s: &Arc<ArrayState>) {
+        let mut g = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if s.seq >= g.1.seq {
+            g.1 = s.clone();
+        }
+    }
+
+    /// Channel indices in use.
+    pub fn slots_in_use(&self) -> u64 {
+        *self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_slot(&self) -> Option<usize> {
+        let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let i = (0..MAX_CHANNELS).find(|i| *g & 1 << i == 0)?;
+        *g |= 1 << i;
+        Some(i)
+    }
+
+    fn free_slot(&self, i: usize) {
+        *self.slots.lock().unwrap_or_else(|e| e.into_inner()) &= !(1 << i);
+    }
+
+    /// `bdev_mdraid_get_bdevs` element (and `dump_info_json`).
+    pub fn rpc_info(&self) -> MdraidBdevInfo {
+        let st = self.state();
+        let snap = *self.snap.lock().unwrap_or_else(|e| e.into_inner());
+        let geom = &self.geom;
+        let bs = geom.block_size();
+        let strip_kb = if matches!(geom.level(), Level::Raid1) {
+            0
+        } else {
+            (geom.strip_blocks() * u64::from(bs) / 1024) as u32
+        };
+        let offline = st.offline || snap.offline;
+        let base_bdevs_list = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(r, m)| {
+                let ms = st.members.get(r).copied().unwrap_or(MemberState::Missing);
+                MdraidBaseBdevInfo {
+                    name: match (ms, m) {
+                        (MemberState::Missing, _) | (_, None) => None,
+                        (_, Some(m)) => Some(m.name.clone()),
+                    },
+                    uuid: RpcUuid(m.as_ref().map_or([0; 16], |m| m.uuid)),
+                    is_configured: ms == MemberState::InSync,
+                    data_offset: self.data_offset,
+                    data_size: if m.is_some() {
+                        geom.member_blocks(r)
+                    } else {
+                        0
+                    },
+                    role: Some(r as u32),
+                    state: Some(member_state_name(ms).into()),
+                    write_mostly: false,
+                }
+            })
+            .collect();
+        let present = st
+            .members
+            .iter()
+            .filter(|m| **m != MemberState::Missing)
+            .count() as u32;
+        let operational = st.members.iter().filter(|m| m.in_service()).count() as u32;
+        let array_state = if offline {
+            "inactive"
+        } else if snap.blocked {
+            "blocked"
+        } else if !self.info.superblock || snap.dirty || snap.writable {
+            "active"
+        } else {
+            "clean"
+        };
+        let layout = match geom.level() {
+            Level::Raid4 | Level::Raid5 | Level::Raid6 | Level::Raid10 => Some(
+                bdev_raid::examine::layout_name(geom.level().md_level(), geom.layout()),
+            ),
+            _ => None,
+        };
+        MdraidBdevInfo {
+            name: self.name.clone(),
+            uuid: RpcUuid(self.uuid),
+            strip_size_kb: strip_kb,
+            state: if offline {
+                RaidState::Offline
+            } else {
+                RaidState::Online
+            },
+            raid_level: self.info.level,
+            superblock: self.info.superblock,
+            num_base_bdevs: self.members.len() as u32,
+            num_base_bdevs_discovered: present,
+            num_base_bdevs_operational: operational,
+            process: None,
+            base_bdevs_list,
+            layout,
+            events: snap.events.max(st.events),
+            array_state: Some(array_state.into()),
+            degraded: operational < self.members.len() as u32,
+            sync_action: Some("idle".into()),
+            mismatch_cnt: None,
+            bitmap: None,
+            write_behind: None,
+        }
+    }
+}
+
+/// A member state as `bdev_mdraid_get_bdevs` names it.
+fn member_state_name(ms: MemberState) -> &'static str {
+    // Comparisons, not a match: states the engine adds later (a member
+    // being rebuilt) read as "recovering" without touching this host.
+    if ms == MemberState::InSync {
+        "in_sync"
+    } else if ms == MemberState::Faulty {
+        "faulty"
+    } else if ms == MemberState::Missing {
+        "missing"
+    } else {
+        "recovering"
+    }
+}
+
+// ------------------------------------------------------------ channels
+
+/// Where a member I/O's completion finds its channel and slot.
+struct SlotId {
+    ctx: *const ChanCtx,
+    idx: u32,
+}
+
+/// A member I/O in flight.
+#[derive(Clone, Copy)]
+struct Slot {
+    token: ChildToken,
+    member: u16,
+    /// A FUA write: flush the member once the write is done.
+    flush_after: bool,
+}
+
+type Done = (*mut sys::spdk_bdev_io, IoStatus, Option<IoBuf>);
+
+struct ChanInner {
+    engine: Channel<IoBuf>,
+    index: usize,
+    /// This thread's channel of each member.
+    chans: Vec<Option<IoChannel>>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    done: Vec<Done>,
+    spare: Vec<Done>,
+    /// Metadata requests SPDK could not queue; sent again by the poller.
+    meta_retry: VecDeque<MetaRequest>,
+    /// An io_wait entry is queued (R2).
+    waiting: bool,
+    poller: Option<Poller>,
+}
+
+/// The context of one array channel (one per SPDK thread).
+pub struct ChanCtx {
+    array: Arc<Array>,
+    inner: RefCell<ChanInner>,
+    /// `cb_arg` of each member I/O slot (fixed once the box exists).
+    slot_ids: Box<[SlotId]>,
+    /// SPDK links this into its wait queue while `waiting`.
+    wait: UnsafeCell<sys::spdk_bdev_io_wait_entry>,
+}
+
+impl ChanCtx {
+    /// # Safety
+    /// `ch` must be a live io_channel of an mdraid array.
+    unsafe fn from_io_channel<'a>(ch: *mut sys::spdk_io_channel) -> &'a ChanCtx {
+        // SAFETY: the channel's context holds the ChanCtx pointer written
+        // by `chan_create`, valid until `chan_destroy`.
+        unsafe { &**(sys::mdraid_shim_io_channel_get_ctx(ch) as *mut *mut ChanCtx) }
+    }
+
+    fn new(array: Arc<Array>) -> Result<Box<ChanCtx>, c_int> {
+        let index = array.take_slot().ok_or_else(|| {
+            log_error!(
+                "mdraid {}: more than {MAX_CHANNELS} threads use the array",
+                array.name
+            );
+            -ENOMEM
+        })?;
+        let mut chans = Vec::with_capacity(array.members.len());
+        for m in &array.members {
+            chans.push(match m {
+                None => None,
+                Some(m) => {
+                    // SAFETY: the descriptor is open while the array lives.
+                    match NonNull::new(unsafe { sys::spdk_bdev_get_io_channel(m.desc) }) {
+                        Some(c) => Some(IoChannel::from_raw(c)),
+                        None => {
+                            array.free_slot(index);
+                            log_error!(
+                                "mdraid {}: no I/O channel for member {}",
+                                array.name,
+                                m.name
+                            );
+                            return Err(-ENOMEM);
+                        }
+                    }
+                }
+            });
+        }
+        let (published, released) = {
+            let g = array.states.lock().unwrap_or_else(|e| e.into_inner());
+            (g.0.clone(), g.1.clone())
+        };
+        let (geom, shared, cfg) = (array.geom.clone(), array.shared.clone(), array.chan_cfg);
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Channel::new(geom, released.clone(), shared, index, cfg, |len| {
+                IoBuf::Dma(DmaBuf::zeroed(len, DMA_ALIGN).expect("DMA memory for channel scratch"))
+            })
+        }));
+        let mut engine = match made {
+            Ok(e) => e,
+            Err(_) => {
+                array.free_slot(index);
+                log_error!("mdraid {}: no DMA memory for a channel", array.name);
+                return Err(-ENOMEM);
+            }
+        };
+        if published.seq > released.seq {
+            engine.apply_state(published);
+        }
+        let nslots = cfg.max_children + cfg.stripe_ctxs * array.members.len();
+        let mut ctx = Box::new(ChanCtx {
+            array,
+            inner: RefCell::new(ChanInner {
+                engine,
+                index,
+                chans,
+                slots: vec![None; nslots],
+                free: (0..nslots as u32).rev().collect(),
+                done: Vec::with_capacity(cfg.max_parents),
+                spare: Vec::with_capacity(cfg.max_parents),
+                meta_retry: VecDeque::new(),
+                waiting: false,
+                poller: None,
+            }),
+            slot_ids: Box::new([]),
+            wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
+        });
+        let me: *const ChanCtx = &*ctx;
+        ctx.slot_ids = (0..nslots as u32)
+            .map(|idx| SlotId { ctx: me, idx })
+            .collect();
+        Ok(ctx)
+    }
+
+    /// Start the poller and carry out what the new engine channel asks.
+    fn start(&self) {
+        let me = self as *const ChanCtx as usize;
+        let poller = Poller::new(c"mdraid_channel", 0, move || {
+            // SAFETY: the poller is unregistered in `chan_destroy` before
+            // the ChanCtx is freed.
+            let ctx = unsafe { &*(me as *const ChanCtx) };
+            ctx.poll()
+        });
+        if poller.is_none() {
+            log_warn!(
+                "mdraid {}: no poller for a channel; stripe waits resume only on completions",
+                self.array.name
+            );
+        }
+        self.inner.borrow_mut().poller = poller;
+        self.drive();
+    }
+
+    fn poll(&self) -> bool {
+        let mut work = false;
+        {
+            let mut c = self.inner.borrow_mut();
+            while let Some(req) = c.meta_retry.pop_front() {
+                if !send_meta(&self.array, req) {
+                    c.meta_retry.push_front(req);
+                    break;
+                }
+                work = true;
+            }
+            if !c.waiting && !c.engine.is_idle() {
+                c.engine.poll();
+            }
+        }
+        work | self.drive()
+    }
+
+    /// Move work between the engine and the members until nothing moves;
+    /// complete finished parents with no borrow held.
+    fn drive(&self) -> bool {
+        let mut work = false;
+        loop {
+            let mut done = {
+                let mut c = self.inner.borrow_mut();
+                work |= c.pump(self);
+                if c.done.is_empty() {
+                    break;
+                }
+                let spare = std::mem::take(&mut c.spare);
+                std::mem::replace(&mut c.done, spare)
+            };
+            for (io, status, buf) in done.drain(..) {
+                finish_parent(io, status, buf);
+            }
+            let mut c = self.inner.borrow_mut();
+            if c.spare.capacity() < done.capacity() {
+                c.spare = done;
+            }
+        }
+        work
+    }
+
+    /// A parent bdev_io whose buffers are ready.
+    fn submit(&self, io: *mut sys::spdk_bdev_io) {
+        // SAFETY: io is the live bdev_io SPDK handed to submit_request.
+        let (ty, lba, blocks) = unsafe {
+            (
+                (*io).type_ as u32,
+                (*io).u.bdev.offset_blocks,
+                (*io).u.bdev.num_blocks,
+            )
+        };
+        let op = match ty {
+            sys::SPDK_BDEV_IO_TYPE_READ => IoType::Read,
+            sys::SPDK_BDEV_IO_TYPE_WRITE => IoType::Write,
+            sys::SPDK_BDEV_IO_TYPE_FLUSH => IoType::Flush,
+            sys::SPDK_BDEV_IO_TYPE_UNMAP => IoType::Unmap,
+            sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES => IoType::WriteZeroes,
+            sys::SPDK_BDEV_IO_TYPE_RESET => IoType::Reset,
+            _ => {
+                complete_io(io, sys::SPDK_BDEV_IO_STATUS_FAILED);
+                return;
+            }
+        };
+        let (lba, blocks) = if op == IoType::Reset {
+            (0, 0)
+        } else {
+            (lba, blocks)
+        };
+        let buf = if matches!(op, IoType::Read | IoType::Write) {
+            let len = (blocks * u64::from(self.array.geom.block_size())) as usize;
+            // SAFETY: a READ (after get_buf) or WRITE bdev_io with its
+            // buffers; the IoBuf is dropped in finish_parent before the
+            // bdev_io is completed.
+            match unsafe { IoBuf::for_bdev_io(io, len, op == IoType::Write) } {
+                Some(b) => Some(b),
+                None => {
+                    complete_io(io, sys::SPDK_BDEV_IO_STATUS_NOMEM);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let res = self.inner.borrow_mut().engine.submit(ParentIo {
+            tag: io as u64,
+            op,
+            lba,
+            blocks,
+            fua: false,
+            buf,
+        });
+        if let Err(Busy(p)) = res {
+            // Every parent slot is taken: the bdev layer retries it when
+            // one of ours completes.
+            drop(p);
+            complete_io(io, sys::SPDK_BDEV_IO_STATUS_NOMEM);
+            return;
+        }
+        self.drive();
+    }
+
+    /// A member I/O of slot `idx` ended.
+    fn child_done(&self, idx: u32, ok: bool) {
+        {
+            let mut c = self.inner.borrow_mut();
+            let slot = c.slots[idx as usize]
+                .take()
+                .expect("completion of a free slot");
+            let mut status = if ok {
+                ChildStatus::Success
+            } else {
+                ChildStatus::Error
+            };
+            if ok && slot.flush_after {
+                // FUA: the write is done; now make it durable.
+                let m = slot.member as usize;
+                let member = self.array.members[m]
+                    .as_ref()
+                    .expect("member of an issued child");
+                let ch = c.chans[m]
+                    .as_ref()
+                    .expect("channel of an issued child")
+                    .raw();
+                c.slots[idx as usize] = Some(Slot {
+                    flush_after: false,
+                    ..slot
+                });
+                // SAFETY: desc/ch are live on this thread; a flush has no
+                // buffer; `child_cb` frees the bdev_io.
+                let rc = unsafe {
+                    submit_raw(
+                        member.desc,
+                        ch,
+                        BdevOp::Flush,
+                        std::ptr::null_mut(),
+                        self.array.data_offset,
+                        self.array.geom.member_blocks(m),
+                        Some(child_cb),
+                        &self.slot_ids[idx as usize] as *const SlotId as *mut c_void,
+                    )
+                };
+                if rc == 0 {
+                    return;
+                }
+                c.slots[idx as usize] = None;
+                status = if rc == -ENOMEM {
+                    // The whole write is issued again (writes are idempotent).
+                    c.arm_wait(self, m);
+                    ChildStatus::NoMem
+                } else {
+                    ChildStatus::Error
+                };
+            }
+            c.free.push(idx);
+            c.engine.child_done(slot.token, status);
+        }
+        self.drive();
+    }
+
+    fn wait_done(&self) {
+        {
+            let mut c = self.inner.borrow_mut();
+            c.waiting = false;
+            c.engine.poll();
+        }
+        self.drive();
+    }
+
+    fn apply(&self, s: Arc<ArrayState>) {
+        self.inner.borrow_mut().engine.apply_state(s);
+        self.drive();
+    }
+
+    fn release(&self, s: Arc<ArrayState>) {
+        self.inner.borrow_mut().engine.release(s);
+        self.drive();
+    }
+}
+
+impl ChanInner {
+    /// Carry out the engine's actions; true if there were any.
+    fn pump(&mut self, ctx: &ChanCtx) -> bool {
+        let mut any = false;
+        while let Some(a) = self.engine.poll_action() {
+            any = true;
+            match a {
+                Action::Submit(io) => self.submit_child(ctx, io),
+                Action::Complete { tag, status, buf } => {
+                    self.done.push((tag as *mut sys::spdk_bdev_io, status, buf))
+                }
+                Action::Meta(req) => {
+                    if !send_meta(&ctx.array, req) {
+                        self.meta_retry.push_back(req);
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    fn submit_child(&mut self, ctx: &ChanCtx, io: ChildIo) {
+        let a = &ctx.array;
+        let m = io.member as usize;
+        let (Some(member), Some(ch)) = (
+            a.members.get(m).and_then(|x| x.as_ref()),
+            self.chans.get(m).and_then(|x| x.as_ref()).map(|c| c.raw()),
+        ) else {
+            self.engine.child_done(io.token, ChildStatus::Error);
+            return;
+        };
+        let (op, flush_after) = match io.op {
+            ChildOp::Read => (BdevOp::Read, false),
+            ChildOp::Write => (BdevOp::Write, io.fua && member.flush),
+            ChildOp::Flush => {
+                if !member.flush {
+                    // Nothing volatile to flush.
+                    self.engine.child_done(io.token, ChildStatus::Success);
+                    return;
+                }
+                (BdevOp::Flush, false)
+            }
+            ChildOp::Unmap => (BdevOp::Unmap, false),
+            ChildOp::WriteZeroes => (BdevOp::WriteZeroes, false),
+            ChildOp::Reset => (BdevOp::Reset, false),
+        };
+        let (lba, blocks) = if op == BdevOp::Flush {
+            (a.data_offset, a.geom.member_blocks(m))
+        } else {
+            (io.lba + a.data_offset, io.blocks)
+        };
+        let Some(idx) = self.free.pop() else {
+            // Cannot happen: there is a slot per engine child.
+            self.engine.child_done(io.token, ChildStatus::NoMem);
+            return;
+        };
+        let data = self.engine.child_data(io.buf).as_mut_ptr();
+        self.slots[idx as usize] = Some(Slot {
+            token: io.token,
+            member: io.member,
+            flush_after,
+        });
+        // SAFETY: desc/ch are live on this thread; `data` is part of a
+        // parent's or a stripe context's buffer, which the engine keeps in
+        // place and untouched until child_done for this token (called only
+        // from child_cb, or below when SPDK refuses the I/O); child_cb frees
+        // the bdev_io; the slot id lives as long as the channel, which SPDK
+        // destroys only with no I/O in flight.
+        let rc = unsafe {
+            submit_raw(
+                member.desc,
+                ch,
+                op,
+                data,
+                lba,
+                blocks,
+                Some(child_cb),
+                &ctx.slot_ids[idx as usize] as *const SlotId as *mut c_void,
+            )
+        };
+        if rc != 0 {
+            self.slots[idx as usize] = None;
+            self.free.push(idx);
+            if rc == -ENOMEM {
+                self.arm_wait(ctx, m);
+                self.engine.child_done(io.token, ChildStatus::NoMem);
+            } else {
+                log_error!(
+                    "mdraid {}: member {} refused an I/O ({rc})",
+                    a.name,
+                    member.name
+                );
+                self.engine.child_done(io.token, ChildStatus::Error);
+            }
+        }
+    }
+
+    /// Wait for a free bdev_io on this thread (R2).
+    fn arm_wait(&mut self, ctx: &ChanCtx, m: usize) {
+        if self.waiting {
+            return;
+        }
+        let (Some(member), Some(ch)) = (ctx.array.members[m].as_ref(), self.chans[m].as_ref())
+        else {
+            return;
+        };
+        let e = ctx.wait.get();
+        // SAFETY: the entry is ours while not queued (`waiting` false); it
+        // lives in the ChanCtx, which is not freed while I/O (and so a
+        // queued wait) is outstanding.
+        let rc = unsafe {
+            (*e).bdev = member.bdev.raw();
+            (*e).cb_fn = Some(wait_cb);
+            (*e).cb_arg = ctx as *const ChanCtx as *mut c_void;
+            sys::spdk_bdev_queue_io_wait(member.bdev.raw(), ch.raw(), e)
+        };
+        // When SPDK will not queue it (the -ENOMEM came from elsewhere),
+        // the poller retries instead.
+        self.waiting = rc == 0;
+    }
+}
+
+/// Send a channel's request to the metadata thread; false if SPDK could
+/// not queue the message.
+fn send_meta(array: &Arc<Array>, req: MetaRequest) -> bool {
+    let a = array.clone();
+    array
+        .meta_thread
+        .send(move || meta::request(&a, req))
+        .is_ok()
+}
+
+fn complete_io(io: *mut sys::spdk_bdev_io, status: sys::spdk_bdev_io_status) {
+    // SAFETY: io is a live bdev_io of ours, completed once.
+    unsafe { sys::spdk_bdev_io_complete(io, status) }
+}
+
+fn finish_parent(io: *mut sys::spdk_bdev_io, status: IoStatus, buf: Option<IoBuf>) {
+    if let Some(b) = &buf {
+        // SAFETY: io is the live parent this buffer was made for.
+        if status == IoStatus::Success
+            && unsafe { (*io).type_ as u32 } == sys::SPDK_BDEV_IO_TYPE_READ
+        {
+            // SAFETY: as above.
+            unsafe { b.scatter(io) };
+        }
+    }
+    drop(buf);
+    complete_io(
+        io,
+        match status {
+            IoStatus::Success => sys::SPDK_BDEV_IO_STATUS_SUCCESS,
+            IoStatus::Error | IoStatus::Invalid => sys::SPDK_BDEV_IO_STATUS_FAILED,
+        },
+    );
+}
+
+unsafe extern "C" fn child_cb(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    fatal_guard("a member I/O completion", || {
+        // SAFETY: bio is ours to free; arg is a SlotId of a live channel
+        // (channels are destroyed only with no I/O in flight).
+        let sid = unsafe {
+            sys::spdk_bdev_free_io(bio);
+            &*(arg as *const SlotId)
+        };
+        // SAFETY: as above.
+        let ctx = unsafe { &*sid.ctx };
+        ctx.child_done(sid.idx, ok);
+    })
+}
+
+unsafe extern "C" fn wait_cb(arg: *mut c_void) {
+    fatal_guard("an io_wait callback", || {
+        // SAFETY: arg is the ChanCtx that queued the wait (alive, see arm_wait).
+        let ctx = unsafe { &*(arg as *const ChanCtx) };
+        ctx.wait_done();
+    })
+}
+
+unsafe extern "C" fn chan_create(io_device: *mut c_void, ctx_buf: *mut c_void) -> c_int {
+    guard("channel create", -ENOMEM, || {
+        // SAFETY: io_device is the address of an Array registered as an
+        // io_device; it is alive (the bdev or the creator holds a strong
+        // reference until the io_device is unregistered), so we may take
+        // another reference.
+        let array = unsafe {
+            Arc::increment_strong_count(io_device as *const Array);
+            Arc::from_raw(io_device as *const Array)
+        };
+        match ChanCtx::new(array) {
+            Ok(ctx) => {
+                let p = Box::into_raw(ctx);
+                // SAFETY: ctx_buf has room for one pointer (ctx_size); p is
+                // freed in chan_destroy.
+                unsafe {
+                    *(ctx_buf as *mut *mut ChanCtx) = p;
+                    (*p).start();
+                }
+                0
+            }
+            Err(rc) => rc,
+        }
+    })
+}
+
+unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void) {
+    fatal_guard("channel destroy", || {
+        // SAFETY: written by chan_create; SPDK destroys each channel once.
+        let ctx = unsafe { Box::from_raw(*(ctx_buf as *mut *mut ChanCtx)) };
+        let poller = ctx.inner.borrow_mut().poller.take();
+        drop(poller);
+        let (index, waiting, busy) = {
+            let c = ctx.inner.borrow();
+            (c.index, c.waiting, !c.engine.is_idle())
+        };
+        if waiting || busy {
+            // SPDK destroys channels with no I/O in flight; if one still
+            // holds work, freeing it would leave SPDK pointing into it.
+            log_error!(
+                "mdraid {}: channel destroyed with work in flight; leaking it",
+                ctx.array.name
+            );
+            std::mem::forget(ctx);
+            return;
+        }
+        let array = ctx.array.clone();
+        array.free_slot(index);
+        drop(ctx);
+        // A vacant index has no write in flight: tell the metadata path.
+        let a = array.clone();
+        let _ = array.meta_thread.send(move || meta::vacated(&a, index));
+    })
+}
+
+// ------------------------------------------------------------ bdev callbacks
+
+/// # Safety
+/// `ctx` must be the `ctxt` of a registered mdraid bdev.
+unsafe fn array_of<'a>(ctx: *mut c_void) -> &'a Array {
+    // SAFETY: ctxt is Arc::into_raw of the array (register_bdev), a
+    // reference SPDK holds until destruct, so the array outlives the
+    // callback this is called from.
+    unsafe { &*(ctx as *const Array) }
+}
+
+/// Bdev callback (the shim's function table).
+///
+/// # Safety
+/// `ch` must be an io_channel of an mdraid array and `io` a bdev_io submitted on it.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_bdev_submit_request(
+    ch: *mut sys::spdk_io_channel,
+    io: *mut sys::spdk_bdev_io,
+) {
+    fatal_guard("submit_request", || {
+        // SAFETY: ch is one of our io_channels; io a live bdev_io on it.
+        let (ctx, ty) = unsafe { (ChanCtx::from_io_channel(ch), (*io).type_ as u32) };
+        if ty == sys::SPDK_BDEV_IO_TYPE_READ {
+            // SAFETY: as above.
+            let blocks = unsafe { (*io).u.bdev.num_blocks };
+            let len = blocks * u64::from(ctx.array.geom.block_size());
+            // SAFETY: get_buf calls get_buf_done (now or later) with io.
+            unsafe { sys::spdk_bdev_io_get_buf(io, Some(get_buf_done), len) };
+        } else {
+            ctx.submit(io);
+        }
+    })
+}
+
+unsafe extern "C" fn get_buf_done(
+    ch: *mut sys::spdk_io_channel,
+    io: *mut sys::spdk_bdev_io,
+    ok: bool,
+) {
+    fatal_guard("get_buf", || {
+        if !ok {
+            complete_io(io, sys::SPDK_BDEV_IO_STATUS_FAILED);
+            return;
+        }
+        // SAFETY: ch is the io_channel the READ was submitted on.
+        unsafe { ChanCtx::from_io_channel(ch) }.submit(io);
+    })
+}
+
+/// Bdev callback (the shim's function table).
+///
+/// # Safety
+/// `ctx` must be the `ctxt` of an mdraid bdev.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_bdev_io_type_supported(
+    ctx: *mut c_void,
+    t: sys::spdk_bdev_io_type,
+) -> bool {
+    guard("io_type_supported", false, || {
+        // SAFETY: ctx is our bdev's ctxt.
+        let a = unsafe { array_of(ctx) };
+        match t {
+            sys::SPDK_BDEV_IO_TYPE_READ
+            | sys::SPDK_BDEV_IO_TYPE_WRITE
+            | sys::SPDK_BDEV_IO_TYPE_FLUSH
+            | sys::SPDK_BDEV_IO_TYPE_RESET
+            | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES => true,
+            sys::SPDK_BDEV_IO_TYPE_UNMAP => a.members.iter().flatten().all(|m| m.unmap),
+            _ => false,
+        }
+    })
+}
+
+/// Bdev callback (the shim's function table).
+///
+/// # Safety
+/// `ctx` must be the `ctxt` of an mdraid bdev.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_bdev_get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_channel {
+    guard("get_io_channel", std::ptr::null_mut(), || {
+        // SAFETY: ctx is our bdev's ctxt = the io_device key.
+        unsafe { sys::spdk_get_io_channel(ctx) }
+    })
+}
+
+/// Bdev callback (the shim's function table).
+///
+/// # Safety
+/// `ctx` must be the `ctxt` of an mdraid bdev, `w` a live JSON write context.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_bdev_dump_info_json(
+    ctx: *mut c_void,
+    w: *mut sys::spdk_json_write_ctx,
+) -> c_int {
+    guard("dump_info_json", -1, || {
+        // SAFETY: ctx is our bdev's ctxt; w is live for this call.
+        let (a, w) = unsafe { (array_of(ctx), crate::spdk::JsonWriter::new(w)) };
+        let Some(mut w) = w else { return -1 };
+        let info = serde_json::to_string(&a.rpc_info()).unwrap_or_else(|_| "{}".into());
+        w.named_raw("mdraid", &info);
+        0
+    })
+}
+
+/// Bdev callback (the shim's function table).
+///
+/// # Safety
+/// `bdev` must be an mdraid bdev, `w` a live JSON write context.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_bdev_write_config_json(
+    bdev: *mut sys::spdk_bdev,
+    w: *mut sys::spdk_json_write_ctx,
+) {
+    guard("write_config_json", (), || {
+        // SAFETY: bdev is ours (its ctxt is the array); w is live.
+        let (a, w) = unsafe { (array_of((*bdev).ctxt), crate::spdk::JsonWriter::new(w)) };
+        let Some(mut w) = w else { return };
+        let params = serde_json::to_string(&a.info.saved).unwrap_or_else(|_| "{}".into());
+        w.object_begin();
+        w.named_raw("method", "\"bdev_mdraid_create\"");
+        w.named_raw("params", &params);
+        w.object_end();
+    })
+}
+
+/// Bdev callback (the shim's function table).
+///
+/// # Safety
+/// `ctx` must be the `ctxt` of an mdraid bdev being destructed (called once).
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_bdev_destruct(ctx: *mut c_void) -> c_int {
+    guard("destruct", 0, || {
+        // SAFETY: ctx is the ctxt reference register_bdev made; from here
+        // the teardown owns it and drops it after spdk_bdev_destruct_done.
+        let a = unsafe { Arc::from_raw(ctx as *const Array) };
+        let t = a.meta_thread;
+        if t.is_current() {
+            meta::begin_shutdown(a);
+        } else if let Err(crate::spdk::MsgRefused) = t.send({
+            let a = a.clone();
+            move || meta::begin_shutdown(a)
+        }) {
+            log_error!(
+                "mdraid {}: cannot reach the metadata thread to stop",
+                a.name
+            );
+            return 0;
+        }
+        1
+    })
+}
+
+/// Apply a state on every channel, then release it on every channel.
+pub fn broadcast(array: &Arc<Array>, s: Arc<ArrayState>) {
+    array.publish(&s);
+    array.broadcasts.fetch_add(1, Ordering::AcqRel);
+    let s1 = s.clone();
+    let apply = move |ch: *mut sys::spdk_io_channel| {
+        // SAFETY: ch is a live channel of this array's io_device.
+        unsafe { ChanCtx::from_io_channel(ch) }.apply(s1.clone())
+    };
+    let a2 = array.clone();
+    let applied = move |_| {
+        a2.set_released(&s);
+        crate::meta::released(&a2, s.seq);
+        let s2 = s.clone();
+        let release = move |ch: *mut sys::spdk_io_channel| {
+            // SAFETY: as above.
+            unsafe { ChanCtx::from_io_channel(ch) }.release(s2.clone())
+        };
+        let a3 = a2.clone();
+        let released = move |_| {
+            a3.broadcasts.fetch_sub(1, Ordering::AcqRel);
+        };
+        // SAFETY: as below (this broadcast still counts).
+        unsafe { crate::spdk::for_each_channel(a2.io_device(), release, released) };
+    };
+    // SAFETY: the io_device stays registered until the teardown, which
+    // waits for `broadcasts` to drop to zero; its channels are ChanCtxs.
+    unsafe { crate::spdk::for_each_channel(array.io_device(), apply, applied) };
+}

@@ -1,0 +1,774 @@
+//! The metadata host: runs an array's `bdev_raid::meta::Meta` on its
+//! metadata thread (the SPDK thread that created the array).
+//!
+//! In: channels' requests (by `spdk_thread_send_msg`, [`request`]), a
+//! 10 ms tick poller (clean/dirty timing, retries), superblock write
+//! completions, vacated channel indices ([`vacated`]).
+//! Out: superblock writes to the members through this thread's channels of
+//! them — flush, write, flush, since SPDK's bdev API has no FUA (the first
+//! flush makes every write the member completed before durable first) —
+//! and state broadcasts ([`crate::array::broadcast`]: apply on every
+//! channel, then release on every channel).
+//!
+//! Arrays without superblocks (`superblock: false`) get a stand-in with no
+//! metadata on disk: writable from the start, a failed member recorded
+//! faulty in memory only.
+//!
+//! Stopping ([`begin_shutdown`], from the bdev's `destruct`): the metadata
+//! path shuts down (writes drain, the superblocks are marked clean), the
+//! superblocks are wiped if `bdev_mdraid_delete` asked, broadcasts finish,
+//! then the io_device is unregistered, the members released and closed,
+//! and SPDK told the bdev is destructed.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bdev_raid::channel::MetaRequest;
+use bdev_raid::layout::Geometry;
+use bdev_raid::meta::{Meta, MetaAction, MetaConfig};
+use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
+use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
+
+use crate::array::{broadcast, Array, Snap, MAX_CHANNELS};
+use crate::spdk::{
+    fatal_guard, io_once, log_error, log_notice, log_warn, now_ms, BdevOp, Desc, DmaBuf, IoChannel,
+    Poller,
+};
+use crate::sys;
+
+const ENOMEM: i32 = 12;
+/// How long a stopping array waits for its metadata path to mark it clean.
+const STOP_TIMEOUT_MS: u64 = 10_000;
+
+/// Build the metadata path of an md array (the one place that knows
+/// `Meta::new`'s signature).
+pub fn new_meta(
+    geom: Arc<Geometry>,
+    shared: Arc<Shared>,
+    state: Arc<ArrayState>,
+    sbs: Vec<Option<Superblock>>,
+) -> Meta {
+    Meta::new(geom, shared, state, sbs, None, MetaConfig::default(), 0)
+}
+
+/// What lives on the metadata thread.
+pub struct Owned {
+    /// Member descriptors, by role (closed last, in the teardown).
+    pub descs: Vec<Option<Desc>>,
+    /// This thread's channels of the members, by role.
+    pub chans: Vec<Option<IoChannel>>,
+    pub host: Option<MetaHost>,
+    pub tick: Option<Poller>,
+    stop: Option<Stop>,
+}
+
+impl Owned {
+    pub fn new(descs: Vec<Option<Desc>>, chans: Vec<Option<IoChannel>>) -> Owned {
+        Owned {
+            descs,
+            chans,
+            host: None,
+            tick: None,
+            stop: None,
+        }
+    }
+}
+
+enum Path {
+    Md(Box<Meta>),
+    Bare(StandIn),
+}
+
+/// A superblock-less array's metadata path: state in memory only.
+struct StandIn {
+    geom: Arc<Geometry>,
+    state: Arc<ArrayState>,
+    out: VecDeque<Arc<ArrayState>>,
+}
+
+impl StandIn {
+    fn request(&mut self, req: MetaRequest) {
+        if let MetaRequest::MemberFailed { member, .. } = req {
+            let m = member as usize;
+            if m >= self.state.members.len() || !self.state.members[m].in_service() {
+                return;
+            }
+            let mut s = (*self.state).clone();
+            s.members[m] = MemberState::Faulty;
+            s.events += 1;
+            s.seq += 1;
+            s.offline = s.offline || !survives(&self.geom, s.out_of_service());
+            self.state = Arc::new(s);
+            self.out.push_back(self.state.clone());
+        }
+        // Writable from the start and never made clean: nothing else to do.
+    }
+}
+
+/// The metadata path of one array and its writes in flight.
+pub struct MetaHost {
+    path: Path,
+    start_ms: u64,
+    writes: usize,
+    /// Writes SPDK had no memory for, retried by the tick.
+    retry: VecDeque<SbJob>,
+    /// Assembled dirty and not resynced (no resync in this host yet): a
+    /// stop does not wait for a clean that cannot come.
+    resync_pending: bool,
+}
+
+impl MetaHost {
+    pub fn md(meta: Meta, resync_pending: bool) -> MetaHost {
+        MetaHost {
+            path: Path::Md(Box::new(meta)),
+            start_ms: now_ms(),
+            writes: 0,
+            retry: VecDeque::new(),
+            resync_pending,
+        }
+    }
+
+    pub fn bare(geom: Arc<Geometry>, state: Arc<ArrayState>) -> MetaHost {
+        MetaHost {
+            path: Path::Bare(StandIn {
+                geom,
+                state,
+                out: VecDeque::new(),
+            }),
+            start_ms: now_ms(),
+            writes: 0,
+            retry: VecDeque::new(),
+            resync_pending: false,
+        }
+    }
+
+    fn request(&mut self, req: MetaRequest) {
+        match &mut self.path {
+            Path::Md(m) => m.request(req),
+            Path::Bare(b) => b.request(req),
+        }
+    }
+
+    fn released(&mut self, seq: u64) {
+        if let Path::Md(m) = &mut self.path {
+            m.released(seq);
+        }
+    }
+
+    fn poll_action(&mut self) -> Option<MetaAction> {
+        match &mut self.path {
+            Path::Md(m) => m.poll_action(),
+            Path::Bare(b) => b.out.pop_front().map(MetaAction::Broadcast),
+        }
+    }
+
+    fn state(&self) -> Arc<ArrayState> {
+        match &self.path {
+            Path::Md(m) => m.state().clone(),
+            Path::Bare(b) => b.state.clone(),
+        }
+    }
+
+    fn snap(&self) -> Snap {
+        match &self.path {
+            Path::Md(m) => {
+                let s = m.status();
+                Snap {
+                    events: s.events,
+                    blocked: s.blocked,
+                    dirty: s.dirty,
+                    writable: s.writable,
+                    offline: s.offline,
+                }
+            }
+            Path::Bare(b) => Snap {
+                events: b.state.events,
+                blocked: false,
+                dirty: true,
+                writable: true,
+                offline: b.state.offline,
+            },
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Path::Md(m) = &mut self.path {
+            if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+                m.set_wall_clock(d.as_secs());
+            }
+            m.tick(now_ms().saturating_sub(self.start_ms));
+        }
+    }
+
+    fn sb_write_done(&mut self, token: u64, ok: bool) {
+        self.writes -= 1;
+        if let Path::Md(m) = &mut self.path {
+            m.sb_write_done(token, ok);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Path::Md(m) = &mut self.path {
+            m.shutdown();
+        }
+    }
+
+    /// Nothing more to wait for before the array may go.
+    fn stopped(&self) -> bool {
+        match &self.path {
+            Path::Bare(_) => true,
+            Path::Md(m) => {
+                if m.is_clean() {
+                    return true;
+                }
+                let s = m.status();
+                self.resync_pending && self.writes == 0 && !s.writable && !s.blocked
+            }
+        }
+    }
+}
+
+/// Start the metadata path of a registered io_device (on the metadata
+/// thread): its tick poller, and what it asks for at once.
+pub fn install(array: &Arc<Array>, host: MetaHost) {
+    let a = array.clone();
+    let tick = Poller::new(c"mdraid_meta", 10_000, move || tick(&a));
+    if tick.is_none() {
+        log_error!("mdraid {}: no poller for the metadata path", array.name);
+    }
+    array.owned.with(|o| {
+        o.tick = tick;
+        o.host = Some(host);
+        let seq = o.host.as_ref().map(|h| h.state());
+        if let Some(s) = seq {
+            report_vacant(array, o, &s);
+        }
+        pump(array, o);
+    });
+}
+
+/// A channel's request.
+pub fn request(array: &Arc<Array>, req: MetaRequest) {
+    array.owned.with(|o| {
+        if let Some(h) = o.host.as_mut() {
+            h.request(req);
+            pump(array, o);
+        }
+    })
+}
+
+/// Every channel applied the state of publication `seq` (the first phase
+/// of its broadcast completed).
+pub fn released(array: &Arc<Array>, seq: u64) {
+    array.owned.with(|o| {
+        if let Some(h) = o.host.as_mut() {
+            h.released(seq);
+            pump(array, o);
+        }
+    })
+}
+
+/// Channel index `index` has no channel any more (it has no write in
+/// flight, whatever the state).
+pub fn vacated(array: &Arc<Array>, index: usize) {
+    array.owned.with(|o| {
+        let Some(h) = o.host.as_mut() else { return };
+        let s = h.state();
+        if !s.writable && array.slots_in_use() & 1 << index == 0 {
+            h.request(MetaRequest::WritesIdle {
+                channel: index as u16,
+                seq: s.seq,
+            });
+            pump(array, o);
+        }
+    })
+}
+
+/// In a not-writable state, the vacant channel indices have no write in
+/// flight: say so for them.
+fn report_vacant(array: &Arc<Array>, o: &mut Owned, s: &ArrayState) {
+    if s.writable {
+        return;
+    }
+    let Some(h) = o.host.as_mut() else { return };
+    let used = array.slots_in_use();
+    for i in 0..MAX_CHANNELS {
+        if used & 1 << i == 0 {
+            h.request(MetaRequest::WritesIdle {
+                channel: i as u16,
+                seq: s.seq,
+            });
+        }
+    }
+}
+
+/// Carry out what the metadata path asks for.
+fn pump(array: &Arc<Array>, o: &mut Owned) {
+    while let Some(a) = o.host.as_mut().and_then(|h| h.poll_action()) {
+        match a {
+            MetaAction::WriteSb {
+                member,
+                token,
+                offset,
+                data,
+            } => start_write(array, o, member, token, offset, data),
+            MetaAction::Broadcast(s) => {
+                broadcast(array, s.clone());
+                report_vacant(array, o, &s);
+            }
+        }
+    }
+    if let Some(h) = o.host.as_ref() {
+        *array.snap.lock().unwrap_or_else(|e| e.into_inner()) = h.snap();
+    }
+}
+
+fn tick(array: &Arc<Array>) -> bool {
+    let next = array.owned.with(|o| {
+        if let Some(h) = o.host.as_mut() {
+            h.tick();
+        }
+        let retry: Vec<SbJob> = o
+            .host
+            .as_mut()
+            .map(|h| h.retry.drain(..).collect())
+            .unwrap_or_default();
+        for j in retry {
+            issue(array, o, j);
+        }
+        pump(array, o);
+        check_stop(array, o)
+    });
+    if next {
+        let a = array.clone();
+        // Not from inside the tick poller: the teardown drops it.
+        if array.meta_thread.send(move || teardown(&a)).is_err() {
+            log_error!("mdraid {}: cannot queue the teardown; retrying", array.name);
+            array.owned.with(|o| {
+                if let Some(s) = o.stop.as_mut() {
+                    s.phase = Phase::Quiesce;
+                }
+            });
+        }
+    }
+    false
+}
+
+// ------------------------------------------------------------ superblock writes
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    FlushBefore,
+    Write,
+    FlushAfter,
+}
+
+struct SbJob {
+    member: u16,
+    token: u64,
+    lba: u64,
+    blocks: u64,
+    step: Step,
+    data: Vec<u8>,
+    buf: Option<DmaBuf>,
+}
+
+fn start_write(
+    array: &Arc<Array>,
+    o: &mut Owned,
+    member: u16,
+    token: u64,
+    offset: u64,
+    data: Vec<u8>,
+) {
+    let Some(h) = o.host.as_mut() else { return };
+    h.writes += 1;
+    let m = member as usize;
+    let bs = array.geom.block_size() as u64;
+    let ok = o.descs.get(m).is_some_and(|d| d.is_some())
+        && o.chans.get(m).is_some_and(|c| c.is_some())
+        && offset % bs == 0
+        && !data.is_empty()
+        && data.len() as u64 % bs == 0;
+    if !ok {
+        h.sb_write_done(token, false);
+        return;
+    }
+    let job = SbJob {
+        member,
+        token,
+        lba: offset / bs,
+        blocks: data.len() as u64 / bs,
+        step: Step::FlushBefore,
+        data,
+        buf: None,
+    };
+    issue(array, o, job);
+}
+
+/// Submit the job's current step (skipping flushes a member does not
+/// need); completions continue in `step_done`.
+fn issue(array: &Arc<Array>, o: &mut Owned, mut job: SbJob) {
+    let m = job.member as usize;
+    let flush = array.members[m].as_ref().is_some_and(|x| x.flush);
+    if !flush && job.step != Step::Write {
+        if job.step == Step::FlushAfter {
+            if let Some(h) = o.host.as_mut() {
+                h.sb_write_done(job.token, true);
+            }
+            return;
+        }
+        job.step = Step::Write;
+    }
+    let buf = match job.buf.take() {
+        Some(b) => b,
+        None => match DmaBuf::from_slice(&job.data, 4096) {
+            Some(b) => b,
+            None => {
+                if let Some(h) = o.host.as_mut() {
+                    h.retry.push_back(job);
+                }
+                return;
+            }
+        },
+    };
+    let (Some(desc), Some(ch)) = (o.descs[m].as_ref(), o.chans[m].as_ref()) else {
+        if let Some(h) = o.host.as_mut() {
+            h.sb_write_done(job.token, false);
+        }
+        return;
+    };
+    let (op, lba, blocks) = match job.step {
+        Step::Write => (BdevOp::Write, job.lba, job.blocks),
+        _ => (BdevOp::Flush, 0, desc.bdev().num_blocks()),
+    };
+    let a = array.clone();
+    let (member, token, jlba, jblocks, step) =
+        (job.member, job.token, job.lba, job.blocks, job.step);
+    let data = std::mem::take(&mut job.data);
+    let res = io_once(desc, ch, op, lba, blocks, buf, move |ok, buf| {
+        step_done(
+            &a,
+            SbJob {
+                member,
+                token,
+                lba: jlba,
+                blocks: jblocks,
+                step,
+                data,
+                buf: Some(buf),
+            },
+            ok,
+        )
+    });
+    match res {
+        Ok(()) => {}
+        Err((rc, buf)) => {
+            if let Some(h) = o.host.as_mut() {
+                if rc == -ENOMEM {
+                    // R2: retried by the tick, never a failure. (The data
+                    // went into the closure; the buffer holds it.)
+                    job.data = buf.as_ref().to_vec();
+                    job.buf = Some(buf);
+                    h.retry.push_back(job);
+                } else {
+                    log_warn!(
+                        "mdraid {}: superblock write to role {m} refused ({rc})",
+                        array.name
+                    );
+                    h.sb_write_done(job.token, false);
+                }
+            }
+        }
+    }
+}
+
+fn step_done(array: &Arc<Array>, mut job: SbJob, ok: bool) {
+    array.owned.with(|o| {
+        if o.host.is_none() {
+            return;
+        }
+        if !ok {
+            log_warn!(
+                "mdraid {}: superblock {} on role {} failed",
+                array.name,
+                if job.step == Step::Write {
+                    "write"
+                } else {
+                    "flush"
+                },
+                job.member
+            );
+            o.host.as_mut().unwrap().sb_write_done(job.token, false);
+        } else if job.step == Step::FlushAfter {
+            o.host.as_mut().unwrap().sb_write_done(job.token, true);
+        } else {
+            job.step = if job.step == Step::FlushBefore {
+                Step::Write
+            } else {
+                Step::FlushAfter
+            };
+            if job.data.is_empty() {
+                job.data = job
+                    .buf
+                    .as_ref()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default();
+            }
+            issue(array, o, job);
+        }
+        pump(array, o);
+    })
+}
+
+/// A callback run once, shared by the completions that may run it.
+type Once = Rc<RefCell<Option<Box<dyn FnOnce()>>>>;
+
+/// Zero md's superblock area (4 KiB at byte 4096) on every given member,
+/// then flush it; `done` runs once all ended. Returns how many were
+/// submitted (`done` is called only if that is not 0, and never before
+/// this returns).
+pub fn wipe_all(targets: &[(&Desc, &IoChannel)], done: impl FnOnce() + 'static) -> usize {
+    let left = Rc::new(Cell::new(0usize));
+    let done: Once = Rc::new(RefCell::new(Some(Box::new(done))));
+    let mut n = 0;
+    for (d, ch) in targets {
+        let bs = u64::from(d.bdev().block_size());
+        if bs > SB_BLOCK_BYTES as u64
+            || d.bdev().num_blocks() * bs < SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64
+        {
+            continue;
+        }
+        let Some(buf) = DmaBuf::zeroed(SB_BLOCK_BYTES, 4096) else {
+            continue;
+        };
+        let (l2, d2) = (left.clone(), done.clone());
+        let finish = move || {
+            l2.set(l2.get() - 1);
+            if l2.get() == 0 {
+                if let Some(f) = d2.borrow_mut().take() {
+                    f()
+                }
+            }
+        };
+        let nb = d.bdev().num_blocks();
+        // The flush is issued from the write's completion, with the
+        // descriptor and channel found again through raw pointers: both
+        // outlive the wipe (the caller keeps them until `done`).
+        let (desc_raw, ch_raw) = (d.raw(), ch.raw());
+        let r = io_once(
+            d,
+            ch,
+            BdevOp::Write,
+            SB_OFFSET_BYTES / bs,
+            SB_BLOCK_BYTES as u64 / bs,
+            buf,
+            move |_ok, buf| {
+                flush_raw(desc_raw, ch_raw, nb, buf, finish);
+            },
+        );
+        if r.is_ok() {
+            n += 1;
+        }
+    }
+    left.set(n);
+    n
+}
+
+/// Flush a member after a wipe; `finish` runs when it ends (or at once if
+/// it cannot be submitted).
+fn flush_raw(
+    desc: *mut sys::spdk_bdev_desc,
+    ch: *mut sys::spdk_io_channel,
+    blocks: u64,
+    buf: DmaBuf,
+    finish: impl FnOnce() + 'static,
+) {
+    struct Ctx {
+        _buf: DmaBuf,
+        finish: Box<dyn FnOnce()>,
+    }
+    unsafe extern "C" fn cb(io: *mut sys::spdk_bdev_io, _ok: bool, arg: *mut c_void) {
+        fatal_guard("a wipe flush completion", || {
+            // SAFETY: io is ours to free; arg is the Ctx box, handed back once.
+            let ctx = unsafe {
+                sys::spdk_bdev_free_io(io);
+                Box::from_raw(arg as *mut Ctx)
+            };
+            (ctx.finish)()
+        })
+    }
+    let ctx = Box::into_raw(Box::new(Ctx {
+        _buf: buf,
+        finish: Box::new(finish),
+    }));
+    // SAFETY: desc/ch are live on this thread (the wipe's caller keeps
+    // them until every wipe ended); cb frees io and the ctx box.
+    let rc = unsafe { sys::spdk_bdev_flush_blocks(desc, ch, 0, blocks, Some(cb), ctx.cast()) };
+    if rc != 0 {
+        // SAFETY: not submitted: the box is ours again.
+        let ctx = unsafe { Box::from_raw(ctx) };
+        (ctx.finish)()
+    }
+}
+
+// ------------------------------------------------------------ stopping
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The metadata path marks the array clean.
+    Drain,
+    /// Superblocks being wiped.
+    Wipe,
+    /// Waiting for broadcasts to finish.
+    Quiesce,
+    /// The teardown message is queued.
+    Teardown,
+}
+
+struct Stop {
+    /// The bdev's reference to the array (from `destruct`), dropped after
+    /// `spdk_bdev_destruct_done`. None when a create failed before the bdev
+    /// was registered.
+    ctxt: Option<Arc<Array>>,
+    deadline_ms: u64,
+    phase: Phase,
+    wipe: bool,
+    /// Run after the io_device is unregistered and the members closed
+    /// (a failed create answers its RPC here).
+    on_done: Option<Box<dyn FnOnce()>>,
+}
+
+/// `destruct`: stop the array (see the module docs).
+pub fn begin_shutdown(array: Arc<Array>) {
+    let wipe = array.clear_sb.load(Ordering::Acquire) && array.info.superblock;
+    let a = array.clone();
+    a.owned.with(|o| {
+        if let Some(h) = o.host.as_mut() {
+            h.shutdown();
+        }
+        o.stop = Some(Stop {
+            ctxt: Some(array),
+            deadline_ms: now_ms() + STOP_TIMEOUT_MS,
+            phase: Phase::Drain,
+            wipe,
+            on_done: None,
+        });
+        pump(&a, o);
+    });
+}
+
+/// A create that registered the io_device but not the bdev: undo it
+/// (wiping the superblocks it wrote if `wipe`), then run `on_done`.
+pub fn abort_create(array: &Arc<Array>, wipe: bool, on_done: impl FnOnce() + 'static) {
+    array.owned.with(|o| {
+        o.stop = Some(Stop {
+            ctxt: None,
+            deadline_ms: now_ms(),
+            phase: Phase::Drain,
+            wipe,
+            on_done: Some(Box::new(on_done)),
+        });
+    });
+}
+
+/// Advance a stop; true when the teardown may run.
+fn check_stop(array: &Arc<Array>, o: &mut Owned) -> bool {
+    let now = now_ms();
+    let Some(stop) = o.stop.as_ref() else {
+        return false;
+    };
+    let (phase, deadline, wipe) = (stop.phase, stop.deadline_ms, stop.wipe);
+    match phase {
+        Phase::Drain => {
+            let stopped = o.host.as_ref().is_none_or(|h| h.stopped());
+            if !stopped && now < deadline {
+                return false;
+            }
+            if !stopped {
+                log_warn!(
+                    "mdraid {}: not marked clean within {} ms; stopping anyway",
+                    array.name,
+                    STOP_TIMEOUT_MS
+                );
+            }
+            // The metadata path is done: nothing may write superblocks now.
+            o.host = None;
+            if wipe {
+                let a = array.clone();
+                let targets: Vec<(&Desc, &IoChannel)> = o
+                    .descs
+                    .iter()
+                    .zip(&o.chans)
+                    .filter_map(|(d, c)| Some((d.as_ref()?, c.as_ref()?)))
+                    .collect();
+                let n = wipe_all(&targets, move || {
+                    a.owned.with(|o| {
+                        if let Some(s) = o.stop.as_mut() {
+                            s.phase = Phase::Quiesce;
+                        }
+                    })
+                });
+                o.stop.as_mut().unwrap().phase = if n == 0 { Phase::Quiesce } else { Phase::Wipe };
+            } else {
+                o.stop.as_mut().unwrap().phase = Phase::Quiesce;
+            }
+            false
+        }
+        Phase::Wipe | Phase::Teardown => false,
+        Phase::Quiesce => {
+            if array.broadcasts.load(Ordering::Acquire) != 0 {
+                return false;
+            }
+            o.stop.as_mut().unwrap().phase = Phase::Teardown;
+            true
+        }
+    }
+}
+
+/// Unregister the io_device (every channel goes first), then close the
+/// members and finish `destruct`.
+fn teardown(array: &Arc<Array>) {
+    array.owned.with(|o| {
+        o.tick = None;
+        o.host = None;
+        o.chans.clear();
+    });
+    unsafe extern "C" fn unregistered(io_device: *mut c_void) {
+        fatal_guard("io_device unregister", || {
+            // SAFETY: the reference `teardown` leaked for this callback.
+            let a = unsafe { Arc::from_raw(io_device as *const Array) };
+            finish_teardown(&a);
+        })
+    }
+    // A reference for `unregistered`, which gets only the key.
+    let key = Arc::into_raw(array.clone()) as *mut c_void;
+    // SAFETY: registered by this thread (the metadata thread) in the
+    // create, with this key; `unregistered` runs once every channel is
+    // destroyed and takes the reference back.
+    unsafe { sys::spdk_io_device_unregister(key, Some(unregistered)) };
+}
+
+fn finish_teardown(array: &Array) {
+    let stop = array.owned.with(|o| {
+        // Members: release the claims, close the descriptors.
+        o.descs.clear();
+        o.stop.take()
+    });
+    crate::module::remove(&array.name);
+    log_notice!("mdraid {}: stopped", array.name);
+    let Some(stop) = stop else { return };
+    if let Some(ctxt) = stop.ctxt {
+        // SAFETY: the bdev's destruct returned 1 (asynchronous); this is
+        // its completion. SPDK does not touch the bdev after it.
+        unsafe { sys::spdk_bdev_destruct_done(array.bdev_ptr(), 0) };
+        drop(ctxt);
+    }
+    if let Some(f) = stop.on_done {
+        f()
+    }
+}

@@ -1,0 +1,533 @@
+//! The SPDK host against real SPDK apps: the cdylib `LD_PRELOAD`ed into
+//! stock bdevperf and spdk_tgt, one SPDK process per test, every process
+//! under `timeout`.
+//!
+//! They run when `SPDK_DIR` points at an SPDK tree built with shared
+//! libraries (the crate is then built with SPDK); without it each test
+//! prints "SPDK tests skipped: SPDK_DIR not set" and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One SPDK process at a time: they poll a core each, and this machine
+/// may have few.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Env {
+    spdk: PathBuf,
+    so: PathBuf,
+    dir: PathBuf,
+}
+
+impl Env {
+    fn libdir(&self) -> PathBuf {
+        self.spdk.join("build/lib")
+    }
+
+    /// `timeout SECS env LD_PRELOAD=<cdylib> PROG ARGS...` (the preload
+    /// goes to the SPDK app only, not to `timeout`).
+    fn spdk_app(&self, secs: u32, prog: &Path) -> Command {
+        let mut c = Command::new("timeout");
+        c.arg("-k")
+            .arg("5")
+            .arg(secs.to_string())
+            .arg("env")
+            .arg(format!("LD_PRELOAD={}", self.so.display()))
+            .arg(prog)
+            .env("LD_LIBRARY_PATH", self.libdir());
+        c
+    }
+}
+
+fn spdk_env(test: &str) -> Option<Env> {
+    let Some(dir) = std::env::var_os("SPDK_DIR").filter(|d| !d.is_empty()) else {
+        println!("SPDK tests skipped: SPDK_DIR not set");
+        return None;
+    };
+    if !cfg!(mdraid_spdk) {
+        panic!("SPDK_DIR is set but mdraid-spdk was built without SPDK");
+    }
+    let spdk = PathBuf::from(dir);
+    // The cdylib `cargo test` built with this test, beside it in
+    // target/<profile>/deps (target/<profile> has the one `cargo build`
+    // made, which may be older).
+    let exe = std::env::current_exe().expect("test executable");
+    let deps = exe.parent().expect("target directory");
+    let so = [deps, deps.parent().unwrap_or(deps)]
+        .iter()
+        .map(|d| d.join("libmdraid_spdk.so"))
+        .find(|p| p.exists())
+        .expect("libmdraid_spdk.so not built");
+    let dir = std::env::temp_dir().join(format!("mdraid-spdk-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test directory");
+    Some(Env { spdk, so, dir })
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// bdevperf's `Total` line: (IOPS, Fail/s, TO/s).
+fn totals(out: &str) -> Option<(f64, f64, f64)> {
+    let line = out.lines().find(|l| l.trim_start().starts_with("Total"))?;
+    let nums: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // IOPS, MiB/s, Fail/s, TO/s, avg, min, max
+    (nums.len() >= 4).then(|| (nums[0], nums[2], nums[3]))
+}
+
+fn malloc_members(n: usize, blocks: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"method":"bdev_malloc_create","params":{{"name":"m{i}","num_blocks":{blocks},"block_size":512}}}}"#
+            )
+        })
+        .collect()
+}
+
+fn config(entries: &[String]) -> String {
+    format!(
+        r#"{{"subsystems":[{{"subsystem":"bdev","config":[{}]}}]}}"#,
+        entries.join(",")
+    )
+}
+
+/// bdevperf `-w verify` for 3 s over array `r` (queue depth `qd`, I/O
+/// size `io`); checks the run and returns bdevperf's output.
+fn bdevperf_verify(env: &Env, cfg: &str, what: &str, qd: u32, io: u32) -> String {
+    let path = env.dir.join("bdevperf.json");
+    std::fs::write(&path, cfg).unwrap();
+    let out = env
+        .spdk_app(60, &env.spdk.join("build/examples/bdevperf"))
+        .args(["--no-huge", "-s", "2048", "--no-pci", "--json"])
+        .arg(&path)
+        .args(["-q", &qd.to_string(), "-o", &io.to_string()])
+        .args(["-w", "verify", "-t", "3", "-T", "r"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bdevperf");
+    let t = text(&out);
+    assert!(
+        out.status.success(),
+        "{what}: bdevperf failed ({}):\n{t}",
+        out.status
+    );
+    let (iops, fails, timeouts) =
+        totals(&t).unwrap_or_else(|| panic!("{what}: no Total line:\n{t}"));
+    for l in t
+        .lines()
+        .filter(|l| l.contains("Total") || l.contains("mdraid"))
+    {
+        println!("{what}: {}", l.trim());
+    }
+    assert!(iops > 0.0, "{what}: no I/O done:\n{t}");
+    assert_eq!(fails, 0.0, "{what}: I/O errors:\n{t}");
+    assert_eq!(timeouts, 0.0, "{what}: I/O timeouts:\n{t}");
+    assert!(!t.contains("*ERROR*"), "{what}: SPDK logged errors:\n{t}");
+    assert!(
+        t.contains("mdraid r: stopped"),
+        "{what}: the array did not stop cleanly:\n{t}"
+    );
+    t
+}
+
+/// A verify run over `level` on `members` malloc bdevs; `first` config
+/// entries go before them.
+fn verify_on_malloc(level: &str, members: usize, test: &str, first: &[String], qd: u32, io: u32) {
+    let Some(env) = spdk_env(test) else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut entries = first.to_vec();
+    entries.extend(malloc_members(members, 65536));
+    let names: Vec<String> = (0..members).map(|i| format!("\"m{i}\"")).collect();
+    entries.push(format!(
+        r#"{{"method":"bdev_mdraid_create","params":{{"name":"r","raid_level":"{level}","base_bdevs":[{}],"strip_size_kb":64}}}}"#,
+        names.join(",")
+    ));
+    let out = bdevperf_verify(&env, &config(&entries), test, qd, io);
+    assert!(out.contains(&format!("created {level} array")), "{out}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+#[test]
+fn bdevperf_verify_raid1() {
+    verify_on_malloc("raid1", 2, "raid1", &[], 32, 4096);
+}
+
+#[test]
+fn bdevperf_verify_raid10() {
+    verify_on_malloc("raid10", 4, "raid10", &[], 32, 4096);
+}
+
+#[test]
+fn bdevperf_verify_raid6() {
+    verify_on_malloc("raid6", 4, "raid6", &[], 32, 4096);
+}
+
+/// R2: a bdev_io pool smaller than the parents in flight plus their
+/// children, so member submissions keep failing with -ENOMEM and wait
+/// with spdk_bdev_queue_io_wait; not one I/O may fail.
+#[test]
+fn bdevperf_verify_raid5_bdev_io_pool_exhausted() {
+    let opts = r#"{"method":"bdev_set_options","params":{"bdev_io_pool_size":256,"bdev_io_cache_size":16}}"#;
+    verify_on_malloc("raid5", 4, "raid5-enomem", &[opts.to_string()], 128, 65536);
+}
+
+/// raid5 on aio file members: verify, then the files carry md superblocks
+/// marked clean; a second run assembles the same array from them.
+#[test]
+fn bdevperf_verify_raid5_files_superblocks() {
+    use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
+    let Some(env) = spdk_env("raid5") else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let files: Vec<PathBuf> = (0..4).map(|i| env.dir.join(format!("f{i}"))).collect();
+    for f in &files {
+        let fd = std::fs::File::create(f).unwrap();
+        fd.set_len(32 << 20).unwrap();
+    }
+    let mut entries: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                r#"{{"method":"bdev_aio_create","params":{{"name":"a{i}","filename":"{}","block_size":512}}}}"#,
+                f.display()
+            )
+        })
+        .collect();
+    entries.push(
+        r#"{"method":"bdev_mdraid_create","params":{"name":"r","raid_level":"raid5","base_bdevs":"a0 a1 a2 a3","strip_size_kb":64}}"#
+            .to_string(),
+    );
+    let cfg = config(&entries);
+    let out = bdevperf_verify(&env, &cfg, "raid5", 32, 4096);
+    assert!(out.contains("created raid5 array"), "{out}");
+    let read_sbs = || -> Vec<Superblock> {
+        files
+            .iter()
+            .map(|f| {
+                let data = std::fs::read(f).unwrap();
+                let off = SB_OFFSET_BYTES as usize;
+                Superblock::decode(&data[off..off + SB_BLOCK_BYTES], data.len() as u64 / 512)
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            })
+            .collect()
+    };
+    let sbs = read_sbs();
+    for (role, sb) in sbs.iter().enumerate() {
+        assert!(sb.is_clean(), "role {role} not marked clean: {sb:?}");
+        assert_eq!(sb.set_uuid, sbs[0].set_uuid);
+        assert_eq!(sb.events, sbs[0].events);
+        assert!(sb.events > 0, "the array never went dirty");
+    }
+    let events = sbs[0].events;
+    let out = bdevperf_verify(&env, &cfg, "raid5 again", 32, 4096);
+    assert!(out.contains("assembled raid5 array"), "{out}");
+    let sbs = read_sbs();
+    assert!(sbs.iter().all(|sb| sb.is_clean() && sb.events > events));
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+// ------------------------------------------------------------ spdk_tgt
+
+/// An spdk_tgt process, killed if a test fails before it stops it.
+struct Tgt {
+    child: std::process::Child,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tgt {
+    fn start(env: &Env) -> Tgt {
+        let sock = env.dir.join("tgt.sock");
+        let log = env.dir.join("tgt.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = env
+            .spdk_app(120, &env.spdk.join("build/bin/spdk_tgt"))
+            .args(["--no-huge", "-s", "2048", "--no-pci", "-r"])
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start spdk_tgt");
+        let t = Tgt { child, sock, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !t.sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "spdk_tgt did not open its RPC socket:\n{}",
+                t.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// rpc.py with the mdraid plugin; (success, stdout+stderr).
+    fn rpc(&self, env: &Env, args: &[&str]) -> (bool, String) {
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+        let out = Command::new("timeout")
+            .args(["30", "python3"])
+            .arg(env.spdk.join("scripts/rpc.py"))
+            .arg("-s")
+            .arg(&self.sock)
+            .args(["-r", "50", "--plugin", "rpc_mdraid_plugin"])
+            .args(args)
+            .env("PYTHONPATH", scripts)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rpc.py");
+        (out.status.success(), text(&out))
+    }
+
+    fn ok(&self, env: &Env, args: &[&str]) -> String {
+        let (ok, out) = self.rpc(env, args);
+        assert!(
+            ok,
+            "rpc.py {args:?} failed:\n{out}\nspdk_tgt log:\n{}",
+            self.log_text()
+        );
+        out
+    }
+
+    /// The call fails with `code` and a message containing `needle`.
+    fn fails(&self, env: &Env, args: &[&str], code: i32, needle: &str) {
+        let (ok, out) = self.rpc(env, args);
+        assert!(!ok, "rpc.py {args:?} succeeded:\n{out}");
+        assert!(
+            out.contains(&format!("\"code\": {code}")) && out.contains(needle),
+            "rpc.py {args:?}: expected code {code} and `{needle}`:\n{out}"
+        );
+    }
+
+    fn claimed(&self, env: &Env, bdev: &str) -> bool {
+        let out = self.ok(env, &["bdev_get_bdevs", "-b", bdev]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v[0]["claimed"].as_bool().expect("claimed")
+    }
+}
+
+#[test]
+fn spdk_tgt_rpc_create_get_delete() {
+    let Some(env) = spdk_env("tgt") else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tgt = Tgt::start(&env);
+    for m in ["m0", "m1", "m2", "m3"] {
+        tgt.ok(&env, &["bdev_malloc_create", "-b", m, "32", "512"]);
+    }
+
+    // Create, as the issue's example has it.
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r1",
+            "-r",
+            "raid1",
+            "-b",
+            "m0 m1",
+        ],
+    );
+    let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let arrays = v.as_array().expect("a list");
+    assert_eq!(arrays.len(), 1, "{out}");
+    let r1 = &arrays[0];
+    assert_eq!(r1["name"], "r1");
+    assert_eq!(r1["raid_level"], "raid1");
+    assert_eq!(r1["state"], "online");
+    assert_eq!(r1["superblock"], true);
+    let members = r1["base_bdevs_list"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().all(|m| m["state"] == "in_sync"), "{out}");
+    assert!(tgt.claimed(&env, "m0") && tgt.claimed(&env, "m1"));
+    // The array is a bdev with its mdraid details.
+    let out = tgt.ok(&env, &["bdev_get_bdevs", "-b", "r1"]);
+    assert!(
+        out.contains("\"product_name\": \"mdraid\"") && out.contains("\"mdraid\""),
+        "{out}"
+    );
+
+    // Bad params: -32602 naming the field; nothing is left behind.
+    tgt.fails(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r2",
+            "-r",
+            "raid0",
+            "-b",
+            "m2 m3",
+            "-z",
+            "3",
+        ],
+        -32602,
+        "field `strip_size_kb`",
+    );
+    tgt.fails(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r2",
+            "-r",
+            "raid7",
+            "-b",
+            "m2 m3",
+        ],
+        -32602,
+        "field `raid_level`",
+    );
+    tgt.fails(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r2",
+            "-r",
+            "raid1",
+            "-b",
+            "m2 nosuch",
+        ],
+        -32602,
+        "field `base_bdevs[1]`",
+    );
+    tgt.fails(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r2",
+            "-r",
+            "raid1",
+            "-b",
+            "m2 m0",
+        ],
+        -32602,
+        "field `base_bdevs[1]`",
+    );
+    assert!(
+        !tgt.claimed(&env, "m2") && !tgt.claimed(&env, "m3"),
+        "a failed create left a claim"
+    );
+    let (_, out) = tgt.rpc(&env, &["bdev_get_bdevs", "-b", "r2"]);
+    assert!(
+        out.contains("\"code\": -19"),
+        "a failed create left a bdev: {out}"
+    );
+    // No superblock either: an array without one may be made on them
+    // (it is refused on members that carry one).
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r2",
+            "-r",
+            "raid0",
+            "-b",
+            "m2 m3",
+            "-z",
+            "64",
+            "--no-superblock",
+        ],
+    );
+    tgt.ok(&env, &["bdev_mdraid_delete", "r2"]);
+
+    // Delete without clear_sb: the members keep the array, and a create
+    // on them assembles it (same uuid).
+    let uuid = r1["uuid"].as_str().unwrap().to_string();
+    tgt.ok(&env, &["bdev_mdraid_delete", "r1"]);
+    assert!(!tgt.claimed(&env, "m0"));
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r1",
+            "-r",
+            "raid1",
+            "-b",
+            "m0 m1",
+        ],
+    );
+    let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r1"]);
+    assert!(
+        out.contains(&uuid),
+        "not assembled from the superblocks: {out}"
+    );
+    tgt.fails(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r1",
+            "-r",
+            "raid1",
+            "-b",
+            "m2 m3",
+        ],
+        -17,
+        "bdev r1 already exists",
+    );
+    // Delete with clear_sb: the superblocks are gone.
+    tgt.ok(&env, &["bdev_mdraid_delete", "r1", "-c"]);
+    assert_eq!(tgt.ok(&env, &["bdev_mdraid_get_bdevs"]).trim(), "[]");
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r1",
+            "-r",
+            "raid1",
+            "-b",
+            "m0 m1",
+            "--no-superblock",
+        ],
+    );
+    tgt.fails(&env, &["bdev_mdraid_delete", "nosuch"], -19, "nosuch");
+
+    tgt.ok(&env, &["spdk_kill_instance", "SIGTERM"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = tgt.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spdk_tgt did not stop:\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = tgt.log_text();
+    println!("spdk_tgt log:\n{log}");
+    assert!(status.success(), "spdk_tgt exited with {status}:\n{log}");
+    assert!(!log.contains("mdraid: panic"), "{log}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}

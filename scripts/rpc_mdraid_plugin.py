@@ -1,0 +1,83 @@
+#  SPDX-License-Identifier: GPL-2.0-or-later
+"""mdraid's methods for SPDK's rpc.py.
+
+    PYTHONPATH=scripts $SPDK_DIR/scripts/rpc.py --plugin rpc_mdraid_plugin \\
+        bdev_mdraid_create -n r1 -r raid1 -b "m0 m1"
+
+Options follow SPDK's bdev_raid_* commands where they have one (-n, -r,
+-b, -z, --uuid); md's own are long options. Only the options given are
+sent, so the defaults are the server's (superblock on, md's layout and
+strip size).
+"""
+
+import json
+
+try:
+    from spdk.rpc.cmd_parser import print_json
+except ImportError:  # older or newer SPDK trees
+    def print_json(obj):
+        print(json.dumps(obj, indent=2))
+
+
+def _call(args, method, params):
+    return args.client.call(method, {k: v for k, v in params.items() if v is not None})
+
+
+def bdev_mdraid_create(args):
+    bitmap = None
+    if args.bitmap_chunk_kb is not None or args.bitmap:
+        bitmap = {"chunk_kb": args.bitmap_chunk_kb} if args.bitmap_chunk_kb else True
+    _call(args, 'bdev_mdraid_create', {
+        'name': args.name,
+        'raid_level': args.raid_level,
+        'base_bdevs': args.base_bdevs,
+        'strip_size_kb': args.strip_size_kb,
+        'uuid': args.uuid,
+        'superblock': False if args.no_superblock else None,
+        'layout': args.layout,
+        'bitmap': bitmap,
+    })
+
+
+def bdev_mdraid_delete(args):
+    _call(args, 'bdev_mdraid_delete', {
+        'name': args.name,
+        'clear_sb': True if args.clear_sb else None,
+    })
+
+
+def bdev_mdraid_get_bdevs(args):
+    print_json(_call(args, 'bdev_mdraid_get_bdevs', {
+        'category': args.category,
+        'name': args.name,
+    }))
+
+
+def spdk_rpc_plugin_initialize(subparsers):
+    p = subparsers.add_parser('bdev_mdraid_create',
+                              help='Create an mdraid array (md v1.2 superblocks on the members)')
+    p.add_argument('-n', '--name', help='array bdev name', required=True)
+    p.add_argument('-r', '--raid-level', required=True,
+                   help='linear, raid0, raid1, raid4, raid5, raid6 or raid10')
+    p.add_argument('-b', '--base-bdevs', required=True, type=str.split,
+                   help='member bdev names in role order, whitespace separated, in quotes')
+    p.add_argument('-z', '--strip-size-kb', type=int, help='strip (md chunk) size in KiB')
+    p.add_argument('--uuid', help='array UUID (default: a new one)')
+    p.add_argument('--no-superblock', action='store_true',
+                   help='write no md superblock on the members')
+    p.add_argument('--layout', help="md layout (e.g. left-symmetric, n2, f2)")
+    p.add_argument('--bitmap', action='store_true', help='internal write-intent bitmap')
+    p.add_argument('--bitmap-chunk-kb', type=int, help='bitmap chunk size in KiB')
+    p.set_defaults(func=bdev_mdraid_create)
+
+    p = subparsers.add_parser('bdev_mdraid_delete', help='Delete an mdraid array')
+    p.add_argument('name', help='array bdev name')
+    p.add_argument('-c', '--clear-sb', action='store_true',
+                   help='wipe the md superblock on every member')
+    p.set_defaults(func=bdev_mdraid_delete)
+
+    p = subparsers.add_parser('bdev_mdraid_get_bdevs', help='List mdraid arrays')
+    p.add_argument('category', nargs='?', choices=['all', 'online', 'configuring', 'offline'],
+                   help='which arrays (default: all)')
+    p.add_argument('-n', '--name', help='only this array')
+    p.set_defaults(func=bdev_mdraid_get_bdevs)
