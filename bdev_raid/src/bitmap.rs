@@ -101,6 +101,15 @@ impl BitmapGeom {
     pub fn chunk_bytes(&self) -> u64 {
         self.chunk_bytes
     }
+    /// Blocks of the chunk space one bit covers.
+    pub fn chunk_blocks(&self) -> u64 {
+        self.chunk_blocks
+    }
+    /// Whether the chunk space is the members' blocks (raid1, parity
+    /// levels), not the array's (raid10).
+    pub fn member_space(&self) -> bool {
+        self.level != Level::Raid10
+    }
     /// md's `sync_size`: sectors of the chunk space.
     pub fn sync_sectors(&self) -> u64 {
         self.space_blocks * u64::from(self.block_size) / 512

@@ -551,8 +551,11 @@ impl Meta {
                 needed: template.data_offset + template.size,
             });
         }
+        // A device that was itself being rebuilt when it left was never in
+        // sync beyond its recovery offset: the bitmap does not cover that.
         let readd = dev.old_sb.as_ref().filter(|o| {
-            o.set_uuid == template.set_uuid
+            o.feature_map & MD_FEATURE_RECOVERY_OFFSET == 0
+                && o.set_uuid == template.set_uuid
                 && o.device_uuid == dev.device_uuid
                 && o.dev_roles.get(o.dev_number as usize) == Some(&DevRole::Active(role as u16))
                 && self

@@ -293,8 +293,16 @@ impl Rebuild {
                 if self.outstanding > 0 || self.done >= self.end {
                     return None;
                 }
-                // A new window.
+                // A new window; recovering from the bitmap, windows end at
+                // chunk boundaries where chunks are member blocks, so clean
+                // chunks next to dirty ones are skipped too.
                 self.win_end = (self.done + self.window).min(self.end);
+                if let Some(bg) = shared.bitmap.as_ref().map(|b| b.geom()) {
+                    if self.bitmap && bg.member_space() {
+                        let next = (self.done / bg.chunk_blocks() + 1) * bg.chunk_blocks();
+                        self.win_end = self.win_end.min(next);
+                    }
+                }
                 self.at = self.done;
                 if self.bitmap && !self.dirty(geom, shared, self.at, self.win_end) {
                     self.skipped += self.win_end - self.done;

@@ -28,7 +28,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,9 @@ use bdev_raid::channel::{
     IoType, MemberStats, ParentIo,
 };
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
+use bdev_raid::meta::{NewMember, Recovery};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
-use bdev_raid::sync::Resync;
+use bdev_raid::sync::{Rebuild, Resync, Window};
 
 use crate::buf::{AlignedBuf, DevBuf};
 use crate::dev::{DevChannel, DevError, DevIo, DevOp, DevStatus, Device};
@@ -76,6 +77,8 @@ pub struct ArrayParams {
     /// Chunks of the write-intent bitmap, when the array has one (its
     /// metadata path must then be built with the bitmap read or created).
     pub bitmap: Option<BitmapGeom>,
+    /// Window and bandwidth of resyncs and rebuilds.
+    pub process: ProcessOptions,
 }
 
 impl ArrayParams {
@@ -97,6 +100,7 @@ impl ArrayParams {
             meta_reactor: 0,
             state: None,
             bitmap: None,
+            process: ProcessOptions::default(),
         }
     }
 }
@@ -123,7 +127,7 @@ pub struct Array {
     meta_key: u64,
     name: String,
     geom: Arc<Geometry>,
-    members: Vec<Option<Arc<dyn Device>>>,
+    members: Mutex<Vec<Option<Arc<dyn Device>>>>,
     data_offset: u64,
     meta_reactor: usize,
     rt: RuntimeHandle,
@@ -133,9 +137,54 @@ pub struct Array {
     stopped: AtomicBool,
     /// What the channels share (locks, bitmap words).
     shared: Arc<Shared>,
-    /// Blocks done and to do of the running resync (done u64::MAX: none).
-    resync_done: AtomicU64,
-    resync_total: AtomicU64,
+    /// The background process running: none, resync, rebuild (see
+    /// `SYNC_*`), the member a rebuild targets, blocks done and to do.
+    sync_kind: AtomicU8,
+    sync_target: AtomicU64,
+    sync_done: AtomicU64,
+    sync_total: AtomicU64,
+    /// Window and bandwidth of background processes.
+    process: Mutex<ProcessOptions>,
+}
+
+const SYNC_NONE: u8 = 0;
+const SYNC_RESYNC: u8 = 1;
+const SYNC_REBUILD: u8 = 2;
+
+/// Window and bandwidth of background processes (resync, rebuild), like
+/// SPDK's `bdev_raid_set_options` and md's `sync_speed_max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessOptions {
+    /// Member data a rebuild window covers, in KiB.
+    pub window_kb: u32,
+    /// Most bytes a process moves per second, in MiB (0: no cap).
+    pub max_mb_per_sec: u32,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            window_kb: 1024,
+            max_mb_per_sec: 0,
+        }
+    }
+}
+
+/// What a background process is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncKind {
+    Resync,
+    /// Rebuilding the member in this role.
+    Rebuild(usize),
+}
+
+/// Progress of the background process running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncProgress {
+    pub kind: SyncKind,
+    /// Blocks done (array blocks for a resync, member blocks for a rebuild).
+    pub done: u64,
+    pub total: u64,
 }
 
 /// Token bit of metadata writes (child tokens are slot indices).
@@ -230,7 +279,7 @@ impl Array {
             meta_key: next_object_id(),
             name: p.name,
             geom: geom.clone(),
-            members: p.members,
+            members: Mutex::new(p.members),
             data_offset: p.data_offset_blocks,
             meta_reactor: p.meta_reactor,
             rt: rt.clone(),
@@ -240,8 +289,11 @@ impl Array {
                 rt.reactors(),
                 p.bitmap.map(Bitmap::new),
             )),
-            resync_done: AtomicU64::new(u64::MAX),
-            resync_total: AtomicU64::new(0),
+            sync_kind: AtomicU8::new(SYNC_NONE),
+            sync_target: AtomicU64::new(0),
+            sync_done: AtomicU64::new(0),
+            sync_total: AtomicU64::new(0),
+            process: Mutex::new(p.process),
         });
         // One engine channel per reactor; channel index = reactor index.
         let shared = array.shared.clone();
@@ -288,8 +340,12 @@ impl Array {
     pub fn geometry(&self) -> &Arc<Geometry> {
         &self.geom
     }
-    pub fn members(&self) -> &[Option<Arc<dyn Device>>] {
-        &self.members
+    /// The device of each role.
+    pub fn members(&self) -> Vec<Option<Arc<dyn Device>>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub fn block_size(&self) -> u32 {
         self.geom.block_size()
@@ -332,32 +388,114 @@ impl Array {
     /// assembly, or the whole array without one, in windows of
     /// `window_blocks`, one at a time, through the metadata reactor's
     /// channel beside user I/O; when the last one ends the metadata path may
-    /// mark the array clean. Progress is [`Array::resync_progress`].
+    /// mark the array clean. Rebuilds wait for it. Progress is
+    /// [`Array::sync_progress`].
     pub fn start_resync(self: &Arc<Self>, window_blocks: u64) {
-        let a = self.clone();
         let resync = Resync::new(&self.geom, &self.shared, window_blocks);
-        self.resync_total
-            .store(resync.progress().1, Ordering::Relaxed);
-        self.resync_done.store(0, Ordering::Relaxed);
+        if !self.claim_sync(SYNC_RESYNC, 0, resync.progress().1) {
+            tracing::warn!("array {}: a background process runs; no resync", self.name);
+            return;
+        }
+        let a = self.clone();
         self.rt.send(self.meta_reactor, move |r| {
-            let drv = Rc::new(ResyncDriver {
-                array: a.clone(),
-                resync: RefCell::new(resync),
-                this: RefCell::new(None),
-            });
-            // The driver keeps itself alive until the resync ends.
-            *drv.this.borrow_mut() = Some(drv.clone());
-            resync_next(r, &drv);
+            start_driver(r, &a, Job::Resync(resync));
         });
     }
 
-    /// Blocks resynced so far and blocks to resync in all, or `None` when
-    /// no resync runs.
-    pub fn resync_progress(&self) -> Option<(u64, u64)> {
-        match self.resync_done.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            n => Some((n, self.resync_total.load(Ordering::Relaxed).max(n))),
+    /// Take the background process slot; false if something runs.
+    fn claim_sync(&self, kind: u8, target: u64, total: u64) -> bool {
+        if self
+            .sync_kind
+            .compare_exchange(SYNC_NONE, kind, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
         }
+        self.sync_target.store(target, Ordering::Relaxed);
+        self.sync_done.store(0, Ordering::Relaxed);
+        self.sync_total.store(total, Ordering::Relaxed);
+        true
+    }
+
+    /// The background process running, if any.
+    pub fn sync_progress(&self) -> Option<SyncProgress> {
+        let kind = match self.sync_kind.load(Ordering::Acquire) {
+            SYNC_RESYNC => SyncKind::Resync,
+            SYNC_REBUILD => SyncKind::Rebuild(self.sync_target.load(Ordering::Relaxed) as usize),
+            _ => return None,
+        };
+        let done = self.sync_done.load(Ordering::Relaxed);
+        Some(SyncProgress {
+            kind,
+            done,
+            total: self.sync_total.load(Ordering::Relaxed).max(done),
+        })
+    }
+
+    /// Change the window and bandwidth of background processes (a running
+    /// one picks the bandwidth up at its next window).
+    pub fn set_process_options(&self, o: ProcessOptions) {
+        *self.process.lock().unwrap_or_else(|e| e.into_inner()) = o;
+    }
+
+    fn process_options(&self) -> ProcessOptions {
+        *self.process.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bring `dev` into role `role` (faulty or missing): if it is another
+    /// device than the role's, every reactor's channel of it is replaced
+    /// first (the old one must have nothing in flight). Then the metadata
+    /// path records it recovering; the rebuild starts by itself once every
+    /// channel has that state. Call from a non-reactor thread.
+    pub fn add_member(
+        self: &Arc<Self>,
+        role: usize,
+        dev: Arc<dyn Device>,
+        nm: NewMember,
+    ) -> Result<Recovery, String> {
+        if role >= self.geom.members() {
+            return Err(format!("role {role} is not a role of this array"));
+        }
+        let same = self.members()[role]
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(d, &dev));
+        if !same {
+            for n in 0..self.rt.reactors() {
+                let (a, d) = (self.clone(), dev.clone());
+                let r = self
+                    .rt
+                    .call(n, move |r| {
+                        let Some(l) = r.local::<ArrayLocal>(a.id) else {
+                            return Err("array not installed".to_string());
+                        };
+                        let busy = l.ch.borrow().members[role]
+                            .as_ref()
+                            .is_some_and(|c| c.outstanding() != 0);
+                        if busy {
+                            return Err(format!(
+                                "the device it replaces in role {role} still has I/O in flight; try again"
+                            ));
+                        }
+                        let c = d.create_channel(r).map_err(|e| e.to_string())?;
+                        l.ch.borrow_mut().members[role] = Some(c);
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?;
+                r?;
+            }
+            self.members.lock().unwrap_or_else(|e| e.into_inner())[role] = Some(dev);
+        }
+        let key = self.meta_key;
+        self.rt
+            .call(self.meta_reactor, move |r| {
+                let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
+                    return Err("the metadata path is not running".to_string());
+                };
+                let res = h.borrow_mut().path.add_member(role, nm);
+                meta_pump(r, key);
+                res.map_err(|e| e.to_string())
+            })
+            .map_err(|e| e.to_string())?
     }
 
     /// What the array's channels share (the bitmap's words among it).
@@ -566,8 +704,9 @@ fn install_channel(
     shared: Arc<Shared>,
     cfg: ChannelConfig,
 ) -> Result<(), ArrayError> {
-    let mut members = Vec::with_capacity(a.members.len());
-    for (i, m) in a.members.iter().enumerate() {
+    let devs = a.members();
+    let mut members = Vec::with_capacity(devs.len());
+    for (i, m) in devs.iter().enumerate() {
         members.push(match m {
             Some(d) => Some(
                 d.create_channel(r)
@@ -578,7 +717,7 @@ fn install_channel(
     }
     let engine = Channel::new(a.geom.clone(), state, shared, r.id(), cfg, AlignedBuf::new);
     let nparents = cfg.max_parents * 2;
-    let ntokens = cfg.max_children + cfg.stripe_ctxs * a.members.len();
+    let ntokens = cfg.max_children + cfg.stripe_ctxs * devs.len();
     let ch = ArrayChannel {
         meta_key: a.meta_key,
         meta_reactor: a.meta_reactor,
@@ -901,6 +1040,7 @@ fn install_meta(r: &mut Reactor, array: Arc<Array>, path: Box<dyn MetaPath + Sen
     let pid = r.register_timed_poller(META_TICK, move |r: &mut Reactor| {
         let now = r.now();
         meta_with(r, key, move |m| m.path.tick(now));
+        maybe_start_rebuild(r, key);
         false
     });
     host.borrow_mut().tick = Some(pid);
@@ -1009,87 +1149,266 @@ fn meta_pump(r: &mut Reactor, key: u64) {
     }
 }
 
-/// Drives a resync on the metadata reactor, one window at a time: each
-/// completion submits the next.
-struct ResyncDriver {
-    array: Arc<Array>,
-    resync: RefCell<Resync>,
-    /// Itself, while the resync runs.
-    this: RefCell<Option<Rc<ResyncDriver>>>,
+/// A background process's plan.
+enum Job {
+    Resync(Resync),
+    Rebuild(Rebuild),
 }
 
-impl IoDone for ResyncDriver {
+/// Drives a resync or a rebuild on the metadata reactor: each completion
+/// submits what comes next, paced to the bandwidth cap.
+struct SyncDriver {
+    array: Arc<Array>,
+    job: RefCell<Job>,
+    started: Instant,
+    /// Bytes the process has moved.
+    bytes: Cell<u64>,
+    /// Itself, while the process runs.
+    this: RefCell<Option<Rc<SyncDriver>>>,
+}
+
+fn start_driver(r: &mut Reactor, a: &Arc<Array>, job: Job) {
+    let drv = Rc::new(SyncDriver {
+        array: a.clone(),
+        job: RefCell::new(job),
+        started: Instant::now(),
+        bytes: Cell::new(0),
+        this: RefCell::new(None),
+    });
+    // The driver keeps itself alive until the process ends.
+    *drv.this.borrow_mut() = Some(drv.clone());
+    sync_next(r, &drv);
+}
+
+impl SyncDriver {
+    fn end(&self) {
+        self.array.sync_kind.store(SYNC_NONE, Ordering::Release);
+        self.this.borrow_mut().take();
+    }
+}
+
+impl IoDone for SyncDriver {
     fn io_done(&self, r: &mut Reactor, _tag: u64, status: IoStatus, buf: Option<AlignedBuf>) {
         if let Some(b) = buf {
             r.buf_pool().put(b);
         }
+        let a = &self.array;
         let ok = status == IoStatus::Success;
-        if !ok {
-            tracing::warn!(
-                "array {}: a resync window failed; its chunks stay marked for resync",
-                self.array.name
-            );
+        let progress = match &mut *self.job.borrow_mut() {
+            Job::Resync(rs) => {
+                if !ok {
+                    tracing::warn!(
+                        "array {}: a resync window failed; its chunks stay marked for resync",
+                        a.name
+                    );
+                }
+                rs.window_done(&a.shared, ok);
+                a.sync_done.store(rs.progress().0, Ordering::Relaxed);
+                None
+            }
+            Job::Rebuild(rb) => {
+                rb.window_done(ok);
+                let (rebuilt, skipped) = rb.counts();
+                a.sync_done.store(rebuilt + skipped, Ordering::Relaxed);
+                Some((rb.member(), rb.device(), rb.offset()))
+            }
+        };
+        if let Some((m, dev, off)) = progress {
+            meta_with(r, a.meta_key, move |h| {
+                h.path.recovery_progress(m, dev, off)
+            });
         }
-        {
-            let mut rs = self.resync.borrow_mut();
-            rs.window_done(&self.array.shared, ok);
-            self.array
-                .resync_done
-                .store(rs.progress().0, Ordering::Relaxed);
-        }
+        // Pace to the bandwidth cap: the bytes moved so far may not take less
+        // than they would at the cap.
+        let cap = a.process_options().max_mb_per_sec;
         let me = self.this.borrow().clone();
-        if let Some(me) = me {
-            resync_next(r, &me);
+        let Some(me) = me else { return };
+        if cap > 0 {
+            let due = Duration::from_secs_f64(me.bytes.get() as f64 / (f64::from(cap) * 1048576.0));
+            let spent = me.started.elapsed();
+            if due > spent {
+                r.after(due - spent, move |r| sync_next(r, &me));
+                return;
+            }
+        }
+        sync_next(r, &me);
+    }
+}
+
+/// What a background process does next.
+enum Next {
+    Submit(Window),
+    /// Wait for what is in flight.
+    Wait,
+    Finished,
+}
+
+/// The process's next step (the job is borrowed only here: a submission
+/// may complete at once and re-enter the driver).
+fn next_step(r: &mut Reactor, drv: &Rc<SyncDriver>) -> Next {
+    let a = &drv.array;
+    let mut job = drv.job.borrow_mut();
+    let w = match &mut *job {
+        Job::Resync(rs) => {
+            if rs.in_flight().is_some() {
+                return Next::Wait;
+            }
+            rs.next_window(&a.shared)
+        }
+        Job::Rebuild(rb) => {
+            // The member left (or the array went offline): stop.
+            let st = a.state();
+            let m = rb.member();
+            if !matches!(st.members[m], MemberState::Recovering(_))
+                || st.readded[m] != rb.device()
+                || st.offline
+            {
+                if rb.in_flight() > 0 {
+                    return Next::Wait;
+                }
+                tracing::warn!("array {}: rebuild of member {m} stopped", a.name);
+                return Next::Finished;
+            }
+            rb.next_window(&a.geom, &a.shared)
+        }
+    };
+    if let Some(w) = w {
+        return Next::Submit(w);
+    }
+    let (done, failed, idle) = match &*job {
+        Job::Resync(rs) => (
+            rs.is_done(),
+            rs.failed_windows() > 0,
+            rs.in_flight().is_none(),
+        ),
+        Job::Rebuild(rb) => (
+            rb.is_done() || rb.failed(),
+            rb.failed(),
+            rb.in_flight() == 0,
+        ),
+    };
+    if !(done && idle) {
+        return Next::Wait;
+    }
+    match &*job {
+        Job::Resync(_) if !failed => {
+            tracing::info!("array {}: resync done", a.name);
+            drop(job);
+            meta_with(r, a.meta_key, |m| m.path.mark_synced());
+        }
+        Job::Resync(rs) => tracing::warn!(
+            "array {}: resync ended with {} failed windows; the array stays dirty",
+            a.name,
+            rs.failed_windows()
+        ),
+        Job::Rebuild(rb) => {
+            let (m, dev, off) = (rb.member(), rb.device(), rb.offset());
+            let (rebuilt, skipped) = rb.counts();
+            if failed {
+                tracing::warn!(
+                    "array {}: rebuild of member {m} failed at block {off}",
+                    a.name
+                );
+            } else {
+                tracing::info!(
+                    "array {}: member {m} rebuilt ({rebuilt} blocks copied, {skipped} clean in the bitmap)",
+                    a.name
+                );
+            }
+            drop(job);
+            meta_with(r, a.meta_key, move |h| {
+                h.path.recovery_progress(m, dev, off)
+            });
+        }
+    }
+    Next::Finished
+}
+
+/// Submit what the process needs next, or finish it.
+fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
+    let a = &drv.array;
+    let bs = a.geom.block_size() as usize;
+    loop {
+        if a.stopped.load(Ordering::Relaxed) {
+            drv.end();
+            return;
+        }
+        let w = match next_step(r, drv) {
+            Next::Submit(w) => w,
+            Next::Wait => return,
+            Next::Finished => {
+                drv.end();
+                return;
+            }
+        };
+        let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(w.blocks as usize * bs));
+        let io = ParentIo {
+            tag: w.lba,
+            op: IoType::Resync,
+            lba: w.lba,
+            blocks: w.blocks,
+            fua: false,
+            buf,
+        };
+        drv.bytes.set(drv.bytes.get() + w.blocks * bs as u64);
+        let done: Rc<dyn IoDone> = drv.clone();
+        if let Err(Busy(io)) = a.submit(r, io, &done) {
+            // No parent slot now: hand the window out again shortly.
+            if let Some(b) = io.buf {
+                r.buf_pool().put(b);
+            }
+            drv.bytes.set(drv.bytes.get() - w.blocks * bs as u64);
+            match &mut *drv.job.borrow_mut() {
+                Job::Resync(rs) => rs.unsubmit(),
+                Job::Rebuild(rb) => rb.unsubmit(),
+            }
+            let d2 = drv.clone();
+            r.after(Duration::from_millis(1), move |r| sync_next(r, &d2));
+            return;
+        }
+        if drv.this.borrow().is_none() {
+            return; // it completed and finished meanwhile
         }
     }
 }
 
-/// Submit the next resync window, or finish.
-fn resync_next(r: &mut Reactor, drv: &Rc<ResyncDriver>) {
-    let a = &drv.array;
-    if a.stopped.load(Ordering::Relaxed) {
-        a.resync_done.store(u64::MAX, Ordering::Relaxed);
-        drv.this.borrow_mut().take();
-        return;
-    }
-    let next = drv.resync.borrow_mut().next_window(&a.shared);
-    let Some(w) = next else {
-        let rs = drv.resync.borrow();
-        if rs.is_done() {
-            a.resync_done.store(u64::MAX, Ordering::Relaxed);
-            if rs.failed_windows() == 0 {
-                tracing::info!("array {}: resync done", a.name);
-                meta_with(r, a.meta_key, |m| m.path.mark_synced());
-            } else {
-                tracing::warn!(
-                    "array {}: resync ended with {} failed windows; the array stays dirty",
-                    a.name,
-                    rs.failed_windows()
-                );
-            }
-            drop(rs);
-            drv.this.borrow_mut().take();
-        }
+/// Start the rebuild of the first member the metadata path says may be
+/// rebuilt, unless a background process runs.
+fn maybe_start_rebuild(r: &mut Reactor, key: u64) {
+    let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
         return;
     };
-    let bs = a.geom.block_size() as usize;
-    let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(w.blocks as usize * bs));
-    let io = ParentIo {
-        tag: w.lba,
-        op: IoType::Resync,
-        lba: w.lba,
-        blocks: w.blocks,
-        fua: false,
-        buf,
-    };
-    let done: Rc<dyn IoDone> = drv.clone();
-    if let Err(Busy(io)) = a.submit(r, io, &done) {
-        // No parent slot now: try the same window again shortly.
-        if let Some(b) = io.buf {
-            r.buf_pool().put(b);
+    let (a, found) = {
+        let h = h.borrow();
+        let a = h.array.clone();
+        if a.stopped.load(Ordering::Relaxed) || a.sync_kind.load(Ordering::Acquire) != SYNC_NONE {
+            return;
         }
-        drv.resync.borrow_mut().unsubmit();
-        let d2 = drv.clone();
-        r.after(Duration::from_millis(1), move |r| resync_next(r, &d2));
+        let found = (0..a.geom.members()).find_map(|m| h.path.recovery(m).map(|i| (m, i)));
+        (a, found)
+    };
+    let Some((m, info)) = found else {
+        return;
+    };
+    let o = a.process_options();
+    let window = (u64::from(o.window_kb) * 1024 / u64::from(a.geom.block_size())).max(1);
+    let rb = Rebuild::new(
+        &a.geom,
+        m,
+        info.device,
+        info.from,
+        window,
+        info.kind == Recovery::Bitmap,
+    );
+    let total = a.geom.member_blocks(m) - info.from.min(a.geom.member_blocks(m));
+    if !a.claim_sync(SYNC_REBUILD, m as u64, total) {
+        return;
     }
+    tracing::info!(
+        "array {}: rebuilding member {m} from block {} ({:?})",
+        a.name,
+        info.from,
+        info.kind
+    );
+    start_driver(r, &a, Job::Rebuild(rb));
 }

@@ -39,7 +39,9 @@ use bdev_raid::bitmap::{BitmapGeom, DiskBitmap};
 use bdev_raid::channel::MetaRequest;
 use bdev_raid::examine::{examine_sb, layout_name};
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
-use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaConfig};
+use bdev_raid::meta::{
+    create_superblocks, AddError, CreateParams, Meta, MetaConfig, NewMember, Recovery, RecoveryInfo,
+};
 use bdev_raid::ondisk::{
     bitmap_area_bytes, choose_bm_space, component_size, default_bitmap_chunk, BitmapSuper,
     MemberLayout, SbError, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
@@ -56,7 +58,7 @@ use mdraid_rpc::types::{
 use mdraid_rpc::{reply, Call, ConnState, Connection, Host, Method, RpcError};
 use serde_json::{json, Value};
 
-use crate::array::{Array, ArrayParams};
+use crate::array::{Array, ArrayParams, ProcessOptions, SyncKind};
 use crate::buf::{AlignedBuf, DevBuf};
 use crate::dev::delay::{DelayDevice, Latencies};
 use crate::dev::error::{ErrorDevice, ErrorIoType, ErrorType, InjectOpts};
@@ -160,6 +162,8 @@ pub struct Daemon {
     export_used: bool,
     malloc_next: u32,
     opts: DaemonOptions,
+    /// Window and bandwidth of resyncs and rebuilds (bdev_mdraid_set_options).
+    process: ProcessOptions,
     /// Set by `spdk_kill_instance`: the signal to raise after answering.
     kill: Option<i32>,
 }
@@ -938,6 +942,18 @@ impl MetaPath for DaemonMeta {
         self.inner.mark_synced();
         self.update();
     }
+    fn recovery(&self, role: usize) -> Option<RecoveryInfo> {
+        self.inner.recovery(role)
+    }
+    fn recovery_progress(&mut self, role: usize, device: u64, offset: u64) {
+        self.inner.recovery_progress(role, device, offset);
+        self.update();
+    }
+    fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
+        let r = self.inner.add_member(role, dev);
+        self.update();
+        r
+    }
     fn is_clean(&self) -> bool {
         if self.inner.is_clean() {
             return true;
@@ -993,6 +1009,7 @@ impl Daemon {
             exports: Vec::new(),
             export_used: false,
             malloc_next: 0,
+            process: ProcessOptions::default(),
             opts,
             kill: None,
         }
@@ -1341,6 +1358,7 @@ impl Daemon {
 
     fn array_info(&self, a: &ArrayRecord) -> MdraidBdevInfo {
         let st = a.array.state();
+        let sync = a.array.sync_progress();
         let snap = a
             .snap
             .as_ref()
@@ -1419,27 +1437,31 @@ impl Daemon {
             num_base_bdevs: a.roles.len() as u32,
             num_base_bdevs_discovered: present,
             num_base_bdevs_operational: operational,
-            process: a
-                .array
-                .resync_progress()
-                .map(|(blocks, total)| MdraidProcess {
-                    kind: "resync".into(),
-                    target: None,
-                    progress: MdraidProgress {
-                        blocks,
-                        percent: (blocks * 100 / total.max(1)) as u32,
-                    },
-                }),
+            process: sync.map(|p| MdraidProcess {
+                kind: match p.kind {
+                    SyncKind::Resync => "resync",
+                    SyncKind::Rebuild(_) => "rebuild",
+                }
+                .into(),
+                target: match p.kind {
+                    SyncKind::Rebuild(m) => a.roles.get(m).cloned().flatten(),
+                    SyncKind::Resync => None,
+                },
+                progress: MdraidProgress {
+                    blocks: p.done,
+                    percent: (p.done * 100 / p.total.max(1)) as u32,
+                },
+            }),
             base_bdevs_list: members,
             layout,
             events: snap.map_or(st.events, |s| s.events.max(st.events)),
             array_state: Some(array_state.into()),
             degraded: operational < a.roles.len() as u32,
             sync_action: Some(
-                if a.array.resync_progress().is_some() {
-                    "resync"
-                } else {
-                    "idle"
+                match sync.map(|p| p.kind) {
+                    Some(SyncKind::Resync) => "resync",
+                    Some(SyncKind::Rebuild(_)) => "recover",
+                    None => "idle",
                 }
                 .into(),
             ),
@@ -1642,6 +1664,7 @@ impl Daemon {
         ap.member_data_blocks = Some(member_data_blocks);
         ap.meta_reactor = 0;
         ap.bitmap = bitmap.as_ref().map(|b| b.geom.clone());
+        ap.process = self.process;
         let daemon_ms = bitmap.as_ref().map_or(0, |b| b.daemon_sleep_ms);
         let role_uuids: Vec<[u8; 16]> = sbs.iter().map(|s| s.device_uuid).collect();
         let array = self.start_array(
@@ -1728,6 +1751,7 @@ impl Daemon {
             meta_reactor: 0,
             state: Some(asm.state.clone()),
             bitmap: asm.bitmap.as_ref().map(|b| b.geom.clone()),
+            process: self.process,
         };
         let daemon_ms = match (&p.bitmap, &asm.bitmap) {
             (
@@ -1887,6 +1911,122 @@ impl Daemon {
             if let Err(e) = write_sb_area(&self.rt, d, &[0u8; SB_BLOCK_BYTES], self.opts.io_timeout)
             {
                 self.log(format!("{}: wiping the superblock: {e}", d.name()));
+            }
+        }
+    }
+
+    fn mdraid_set_options(&mut self, p: BdevMdraidSetOptions) -> Result<Value, RpcError> {
+        if let Some(kb) = p.process_window_size_kb {
+            self.process.window_kb = kb;
+        }
+        if let Some(mb) = p.process_max_bandwidth_mb_sec {
+            self.process.max_mb_per_sec = mb;
+        }
+        for a in &self.arrays {
+            a.array.set_process_options(self.process);
+        }
+        Ok(json!(true))
+    }
+
+    /// `bdev_mdraid_add_base_bdev`: bring a bdev into the first faulty or
+    /// missing role (the role it served, if it comes back). A device that
+    /// left with events at least the bitmap's events_cleared is recovered
+    /// from the bitmap, anything else rebuilt fully.
+    fn mdraid_add_base_bdev(&mut self, p: BdevMdraidAddBaseBdev) -> Result<Value, RpcError> {
+        const M: &str = "bdev_mdraid_add_base_bdev";
+        let name = p.raid_bdev.as_str();
+        let bname = p.base_bdev.as_str();
+        let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
+            return Err(no_device(name));
+        };
+        if p.write_mostly {
+            return Err(RpcError::invalid_field(
+                M,
+                "write_mostly",
+                "write-mostly members are not implemented yet",
+            ));
+        }
+        let a = &self.arrays[idx];
+        if !a.superblock {
+            return Err(RpcError::invalid_field(
+                M,
+                "raid_bdev",
+                format!(
+                    "array `{name}` has no superblocks, so a member cannot be brought back into it"
+                ),
+            ));
+        }
+        let Some(dev) = self.reg.get(bname) else {
+            return Err(RpcError::invalid_field(
+                M,
+                "base_bdev",
+                format!("bdev `{bname}` does not exist"),
+            ));
+        };
+        let st = a.array.state();
+        let out = |r: usize| matches!(st.members[r], MemberState::Faulty | MemberState::Missing);
+        // The role it served (it comes back), else the first free one.
+        let role = (0..st.members.len())
+            .find(|&r| out(r) && a.roles[r].as_deref() == Some(bname))
+            .or_else(|| (0..st.members.len()).find(|&r| out(r)));
+        let Some(role) = role else {
+            return Err(RpcError::errno(
+                errno::EBUSY,
+                format!("{M}: array `{name}` has no faulty or missing member to replace"),
+            ));
+        };
+        let ours = a.roles[role].as_deref() == Some(bname);
+        match self.reg.claimed_by(bname) {
+            Some(by) if !(ours && by == name) => {
+                return Err(RpcError::invalid_field(
+                    M,
+                    "base_bdev",
+                    format!("bdev `{bname}` is already claimed by `{by}`"),
+                ))
+            }
+            _ => {}
+        }
+        let sectors = dev.num_blocks() * u64::from(dev.block_size()) / 512;
+        let sb = read_sb_area(&self.rt, &dev, self.opts.io_timeout)
+            .map_err(|e| RpcError::errno(errno::EIO, format!("{M}: `{bname}`: {e}")))?;
+        let old_sb = Superblock::decode(&sb, sectors).ok();
+        let nm = NewMember {
+            device_uuid: old_sb.as_ref().map_or(dev.uuid().0, |s| s.device_uuid),
+            sectors,
+            old_sb,
+        };
+        if !ours {
+            self.reg.claim(bname, name).map_err(|e| dev_err(&e))?;
+        }
+        let a = &self.arrays[idx];
+        match a.array.add_member(role, dev.clone(), nm) {
+            Ok(kind) => {
+                let old = self.arrays[idx].roles[role].replace(bname.to_string());
+                if let Some(o) = old.filter(|o| o != bname) {
+                    self.reg.release(&o);
+                }
+                let rec = &mut self.arrays[idx];
+                rec.saved.base_bdevs = NameList(
+                    rec.roles
+                        .iter()
+                        .flatten()
+                        .map(|n| BdevName::new(n.as_str()).expect("a registered name is valid"))
+                        .collect(),
+                );
+                self.log(format!(
+                    "array {name}: `{bname}` brought into role {role}, {}",
+                    match kind {
+                        Recovery::Bitmap => "recovering from the bitmap",
+                        Recovery::Full => "rebuilding fully",
+                    }
+                ));
+                Ok(json!(true))
+            }
+            Err(e) => {
+                if !ours {
+                    self.reg.release(bname);
+                }
+                Err(RpcError::errno(errno::EINVAL, format!("{M}: {e}")))
             }
         }
     }
@@ -2260,21 +2400,15 @@ impl Host for Daemon {
             Call::BdevMdraidDelete(p) => self.mdraid_delete(p),
             Call::BdevMdraidGetBdevs(p) => self.mdraid_get_bdevs(p),
             Call::BdevMdraidExamine(p) => self.mdraid_examine(p),
-            Call::BdevMdraidAddBaseBdev(_) => Err(not_yet(
-                "bdev_mdraid_add_base_bdev",
-                "adding a member needs recovery, which the engine does not have yet",
-            )),
+            Call::BdevMdraidAddBaseBdev(p) => self.mdraid_add_base_bdev(p),
             Call::BdevMdraidRemoveBaseBdev(_) => Err(not_yet(
                 "bdev_mdraid_remove_base_bdev",
                 "hot removal of a member is not implemented yet",
             )),
-            Call::BdevMdraidSetOptions(_) => Err(not_yet(
-                "bdev_mdraid_set_options",
-                "there are no background processes to tune yet",
-            )),
+            Call::BdevMdraidSetOptions(p) => self.mdraid_set_options(p),
             Call::BdevMdraidSyncAction(_) => Err(not_yet(
                 "bdev_mdraid_sync_action",
-                "resync, check and repair are not implemented yet",
+                "check and repair are not implemented yet; resync and rebuild start by themselves",
             )),
             Call::BdevMallocCreate(p) => self.malloc_create(p),
             Call::BdevAioCreate(p) => self.aio_create(p),

@@ -201,7 +201,8 @@ struct ExportEntry {
 fn export_info(name: &str, array: &Array, opts: &ExportOptions) -> ExportInfo {
     let bs = array.block_size();
     let geom = array.geometry();
-    let present: Vec<_> = array.members().iter().flatten().collect();
+    let members = array.members();
+    let present: Vec<_> = members.iter().flatten().collect();
     let zeroes = present.iter().all(|d| d.supports(DevOp::WriteZeroes));
     let trim = zeroes && present.iter().all(|d| d.supports(DevOp::Unmap));
     let floor = bs.max(512);

@@ -30,7 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bdev_raid::channel::MetaRequest;
 use bdev_raid::layout::Geometry;
-use bdev_raid::meta::{Meta, MetaAction};
+use bdev_raid::meta::{AddError, Meta, MetaAction, NewMember, Recovery, RecoveryInfo};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
 
 /// What a metadata path is built from when an array is created.
@@ -82,6 +82,17 @@ pub trait MetaPath {
     fn shutdown(&mut self) {}
     /// A resync of the whole array finished: it may be marked clean again.
     fn mark_synced(&mut self) {}
+    /// The rebuild member `role` needs, once it may start.
+    fn recovery(&self, _role: usize) -> Option<RecoveryInfo> {
+        None
+    }
+    /// A rebuild of `role` (device `device`) made member blocks
+    /// `[0, offset)` current.
+    fn recovery_progress(&mut self, _role: usize, _device: u64, _offset: u64) {}
+    /// Bring a device into a faulty or missing role.
+    fn add_member(&mut self, _role: usize, _dev: NewMember) -> Result<Recovery, AddError> {
+        Err(AddError::Offline)
+    }
     /// Nothing in flight and clean on disk (checked after `shutdown`).
     fn is_clean(&self) -> bool {
         true
@@ -190,6 +201,18 @@ impl MetaPath for MdMeta {
 
     fn mark_synced(&mut self) {
         self.meta.mark_synced();
+    }
+
+    fn recovery(&self, role: usize) -> Option<RecoveryInfo> {
+        self.meta.recovery(role)
+    }
+
+    fn recovery_progress(&mut self, role: usize, device: u64, offset: u64) {
+        self.meta.recovery_progress(role, device, offset);
+    }
+
+    fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
+        self.meta.add_member(role, dev)
     }
 
     fn applied(&mut self, state: &Arc<ArrayState>) {

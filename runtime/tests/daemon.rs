@@ -628,20 +628,24 @@ fn bad_params_name_the_field_and_create_nothing() {
             "bdev_mdraid_sync_action",
             json!({"name": "keep", "action": "check"}),
         ),
-        (
-            "bdev_mdraid_add_base_bdev",
-            json!({"raid_bdev": "keep", "base_bdev": "m0"}),
-        ),
         ("bdev_mdraid_remove_base_bdev", json!({"name": "m2"})),
-        (
-            "bdev_mdraid_set_options",
-            json!({"process_window_size_kb": 1024}),
-        ),
     ] {
         let e = d.err(m, p);
         assert_eq!(e.code, -95, "{m}: {e}");
         assert!(e.message.contains("not supported yet"), "{e}");
     }
+    // Adding a member to an array with every role served is refused.
+    let e = d.err(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "keep", "base_bdev": "m0"}),
+    );
+    assert_eq!(e.code, -16, "{e}");
+    assert!(e.message.contains("no faulty or missing member"), "{e}");
+    let e = d.err(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "keep", "base_bdev": "nope"}),
+    );
+    assert!(e.message.contains("base_bdev"), "{e}");
     // The CLI client: result on stdout and exit 0; errors exit 1.
     let out = Command::new(BIN)
         .args(["rpc", "-s"])

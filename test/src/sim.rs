@@ -1631,7 +1631,7 @@ impl<'a> Sim<'a> {
             if let Some(bm) = &self.arr.channels[0].shared().bitmap {
                 let dirty =
                     bitmap_count_dirty(&self.members[m].data[BITS_AT..], bm.geom().chunks());
-                if st.out_of_service() == 0 && dirty != 0 {
+                if st.not_in_sync() == 0 && dirty != 0 {
                     return Err(format!(
                         "member {m}: {dirty} bitmap bits left set after an orderly stop"
                     ));
