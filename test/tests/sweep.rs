@@ -47,6 +47,7 @@ fn sweep() {
     let (mut faults, mut blocks, mut crashes, mut sbw, mut refused) = (0, 0, 0, 0, 0);
     let (mut bitmap_runs, mut bm_resyncs, mut bm_resynced, mut bm_full, mut bit_waits) =
         (0, 0, 0, 0, 0);
+    let (mut readd_bm, mut readd_full, mut rebuilds, mut rebuilt, mut skipped) = (0, 0, 0, 0, 0);
     for (seed, level, bitmap, size, r) in &results {
         *levels.entry(level.name()).or_insert(0) += 1;
         match r {
@@ -56,6 +57,11 @@ fn sweep() {
                 crashes += o.crashes;
                 sbw += o.superblock_writes;
                 refused += u64::from(o.ended_by_refusal.is_some());
+                readd_bm += o.readds_bitmap;
+                readd_full += o.readds_full;
+                rebuilds += o.rebuilds;
+                rebuilt += o.rebuilt_blocks;
+                skipped += o.rebuild_skipped_blocks;
                 if *bitmap {
                     bitmap_runs += 1;
                     bm_resyncs += o.resyncs;
@@ -79,6 +85,10 @@ fn sweep() {
          ({:.1}%: only dirty chunks)",
         100.0 * bm_resynced as f64 / bm_full.max(1) as f64
     );
+    println!(
+        "sweep: {readd_bm} members re-added from the bitmap, {readd_full} rebuilt fully; \
+         {rebuilds} rebuilds finished: {rebuilt} member blocks copied, {skipped} skipped as clean"
+    );
     for f in &failures {
         println!("{f}");
     }
@@ -93,5 +103,9 @@ fn sweep() {
     assert!(
         bitmap_runs > 0 && bit_waits > 0,
         "no run exercised the bitmap"
+    );
+    assert!(
+        readd_bm > 0 && readd_full > 0 && rebuilds > 0 && skipped > 0,
+        "no run exercised recovery"
     );
 }
