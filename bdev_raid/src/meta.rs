@@ -224,6 +224,10 @@ pub struct Meta {
     /// Assembled dirty: the copies/parity must be resynced before the
     /// array may be marked clean again.
     resync_needed: bool,
+    /// How far the resync got, in md's resync sectors (array sectors for
+    /// raid1/10, member sectors for parity levels): an orderly stop before
+    /// it ends records it as `resync_offset`, where the next start resumes.
+    resync_cp: u64,
     /// The bitmap as on disk (or as the write in flight makes it).
     bitmap: Option<DiskBitmap>,
     /// Chunks set in `bitmap` by a write that did not land anywhere yet.
@@ -308,6 +312,13 @@ impl Meta {
         };
         let mut m = Meta {
             resync_needed: disk_dirty,
+            resync_cp: sbs
+                .iter()
+                .flatten()
+                .map(|sb| sb.resync_offset)
+                .min()
+                .filter(|_| disk_dirty)
+                .unwrap_or(0),
             quiesce,
             geom,
             cfg,
@@ -515,6 +526,31 @@ impl Meta {
     pub fn mark_synced(&mut self) {
         self.resync_needed = false;
         self.step();
+    }
+
+    /// Array block the resync of a dirty array starts from: 0 after a
+    /// crash, where an orderly stop left it otherwise (`resync_offset`).
+    pub fn resync_from(&self) -> u64 {
+        let spb = u64::from(self.geom.block_size()) / 512;
+        let b = self.resync_cp / spb;
+        if self.geom.level().is_parity() {
+            (b / self.geom.strip_blocks()) * self.geom.stripe_data_blocks()
+        } else {
+            b
+        }
+        .min(self.geom.array_blocks())
+    }
+
+    /// The resync has made everything below array block `lba` agree (an
+    /// orderly stop records it; a crash restarts from 0).
+    pub fn resync_progress(&mut self, lba: u64) {
+        let spb = u64::from(self.geom.block_size()) / 512;
+        let b = if self.geom.level().is_parity() {
+            (lba / self.geom.stripe_data_blocks()) * self.geom.strip_blocks()
+        } else {
+            lba
+        };
+        self.resync_cp = self.resync_cp.max(b * spb);
     }
 
     /// Orderly shutdown: stop writes, and mark clean once they drained.
@@ -759,7 +795,8 @@ impl Meta {
         } else if self.state.recovering() != 0 && self.now >= self.next_checkpoint {
             self.next_checkpoint = self.now + self.cfg.checkpoint_ms;
             self.start_checkpoint();
-        } else if self.want_clean && self.disk_dirty && !self.resync_needed {
+        } else if self.want_clean && self.disk_dirty && (!self.resync_needed || self.shutting_down)
+        {
             if self.shutting_down {
                 // md flushes the bitmap on an orderly stop: every idle chunk
                 // is cleared with the clean superblock.
@@ -1001,7 +1038,13 @@ impl Meta {
             .clone()
             .expect("superblock of a member in service");
         sb.events = target.events;
-        sb.resync_offset = if dirty { 0 } else { u64::MAX };
+        sb.resync_offset = if dirty {
+            0
+        } else if self.resync_needed {
+            self.resync_cp
+        } else {
+            u64::MAX
+        };
         if self.wall_secs != 0 {
             sb.utime = MdTime::new(self.wall_secs, 0);
         }
@@ -1744,5 +1787,65 @@ mod tests {
             Err(AddError::TooSmall { .. })
         ));
         assert_eq!(t.meta.add_member(1, nm(1 << 20)), Ok(Recovery::Full));
+    }
+
+    /// An orderly stop in the middle of a resync records how far it got in
+    /// `resync_offset`; the next start resumes there instead of at 0.
+    #[test]
+    fn orderly_stop_mid_resync_checkpoints_resync_offset() {
+        let mut t = t(Level::Raid5, 4); // 4096-block members, strip 128
+        t.writable();
+        // A crash: the superblocks say dirty.
+        let sbs: Vec<Option<Superblock>> = (0..4).map(|m| t.meta.superblock(m).cloned()).collect();
+        assert!(sbs.iter().flatten().all(|sb| sb.resync_offset == 0));
+        let geom = t.meta.geom.clone();
+        let state = |events| {
+            let mut s = ArrayState::new_in_sync(4);
+            s.events = events;
+            Arc::new(s)
+        };
+        let mut meta = Meta::new(
+            geom.clone(),
+            Arc::new(Shared::new(1)),
+            state(1),
+            sbs,
+            None,
+            MetaConfig::default(),
+            0,
+        );
+        assert_eq!(meta.resync_from(), 0, "after a crash: from the start");
+        // The resync gets through 10 stripes (3 data strips each), then the
+        // array is stopped.
+        meta.resync_progress(10 * 384);
+        meta.shutdown();
+        let seq = meta.state().seq;
+        meta.request(MetaRequest::WritesIdle { channel: 0, seq });
+        let mut t2 = T {
+            meta,
+            writes: Vec::new(),
+            broadcasts: Vec::new(),
+            now: 0,
+        };
+        t2.pump();
+        assert_eq!(t2.writes.len(), 4, "a clean superblock for every member");
+        let sb = t2.decoded(0);
+        assert_eq!(
+            sb.resync_offset,
+            10 * 128,
+            "member sectors of the stripes done"
+        );
+        t2.complete(|_| true);
+        assert!(t2.meta.is_clean());
+        let sbs: Vec<Option<Superblock>> = (0..4).map(|m| t2.meta.superblock(m).cloned()).collect();
+        let meta = Meta::new(
+            geom,
+            Arc::new(Shared::new(1)),
+            state(2),
+            sbs,
+            None,
+            MetaConfig::default(),
+            0,
+        );
+        assert_eq!(meta.resync_from(), 10 * 384, "resumes where it stopped");
     }
 }

@@ -34,6 +34,10 @@ pub struct Resync {
     end: u64,
     /// Next chunk to look at (bitmap mode).
     next_chunk: u64,
+    /// Array block it started from.
+    from: u64,
+    /// Start of the first window that failed (the checkpoint stays there).
+    first_failed: Option<u64>,
     bitmap: bool,
     in_flight: Option<Window>,
     chunk_failed: bool,
@@ -48,28 +52,45 @@ impl Resync {
     /// at assembly), or of the whole array without a bitmap. `window_blocks`
     /// is rounded to whole stripes on parity levels.
     pub fn new(geom: &Geometry, shared: &Shared, window_blocks: u64) -> Resync {
+        Resync::from(geom, shared, window_blocks, 0)
+    }
+
+    /// A resync that starts at array block `from` (where an orderly stop
+    /// left one): what lies below is in sync already.
+    pub fn from(geom: &Geometry, shared: &Shared, window_blocks: u64, from: u64) -> Resync {
         let window = if geom.level().is_parity() {
             let s = geom.stripe_data_blocks();
             window_blocks.div_ceil(s).max(1) * s
         } else {
             window_blocks.max(1)
         };
+        let from = from.min(geom.array_blocks());
         let (bitmap, total_blocks) = match &shared.bitmap {
-            Some(bm) => (
-                true,
-                (0..bm.geom().chunks())
-                    .filter(|&c| bm.needed(c))
-                    .map(|c| bm.geom().array_range(c).1)
-                    .sum(),
-            ),
-            None => (false, geom.array_blocks()),
+            Some(bm) => {
+                for c in 0..bm.geom().chunks() {
+                    let (lba, blocks) = bm.geom().array_range(c);
+                    if lba + blocks <= from {
+                        bm.mark_synced(c);
+                    }
+                }
+                (
+                    true,
+                    (0..bm.geom().chunks())
+                        .filter(|&c| bm.needed(c))
+                        .map(|c| bm.geom().array_range(c).1)
+                        .sum(),
+                )
+            }
+            None => (false, geom.array_blocks() - from),
         };
         Resync {
             window,
             array_blocks: geom.array_blocks(),
             chunk: None,
-            at: 0,
-            end: if bitmap { 0 } else { geom.array_blocks() },
+            at: from,
+            end: if bitmap { from } else { geom.array_blocks() },
+            from,
+            first_failed: None,
             next_chunk: 0,
             bitmap,
             in_flight: None,
@@ -116,7 +137,7 @@ impl Resync {
                 }
                 self.chunk = Some(c);
                 self.chunk_failed = false;
-                self.at = lba;
+                self.at = lba.max(self.from);
                 self.end = (lba + blocks).min(self.array_blocks);
                 return true;
             }
@@ -131,6 +152,7 @@ impl Resync {
         if !ok {
             self.failed_windows += 1;
             self.chunk_failed = true;
+            self.first_failed.get_or_insert(w.lba);
         }
         if let (Some(c), Some(bm)) = (self.chunk, &shared.bitmap) {
             if self.at >= self.end {
@@ -152,6 +174,13 @@ impl Resync {
 
     pub fn in_flight(&self) -> Option<Window> {
         self.in_flight
+    }
+
+    /// Everything below this array block is in sync (or was not needed):
+    /// what an orderly stop records as `resync_offset`.
+    pub fn checkpoint(&self) -> u64 {
+        let at = self.in_flight.map_or(self.at, |w| w.lba);
+        self.first_failed.map_or(at, |f| f.min(at))
     }
 
     /// Every window was submitted and ended.

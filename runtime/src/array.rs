@@ -391,13 +391,21 @@ impl Array {
     /// mark the array clean. Rebuilds wait for it. Progress is
     /// [`Array::sync_progress`].
     pub fn start_resync(self: &Arc<Self>, window_blocks: u64) {
-        let resync = Resync::new(&self.geom, &self.shared, window_blocks);
-        if !self.claim_sync(SYNC_RESYNC, 0, resync.progress().1) {
+        if !self.claim_sync(SYNC_RESYNC, 0, 0) {
             tracing::warn!("array {}: a background process runs; no resync", self.name);
             return;
         }
         let a = self.clone();
         self.rt.send(self.meta_reactor, move |r| {
+            // Where an orderly stop left a resync, if it did.
+            let from = r
+                .local::<RefCell<MetaHost>>(a.meta_key)
+                .map_or(0, |h| h.borrow().path.resync_from());
+            let resync = Resync::from(&a.geom, &a.shared, window_blocks, from);
+            a.sync_total.store(resync.progress().1, Ordering::Relaxed);
+            if from > 0 {
+                tracing::info!("array {}: resync resumes at block {from}", a.name);
+            }
             start_driver(r, &a, Job::Resync(resync));
         });
     }
@@ -1204,6 +1212,10 @@ impl IoDone for SyncDriver {
                 }
                 rs.window_done(&a.shared, ok);
                 a.sync_done.store(rs.progress().0, Ordering::Relaxed);
+                if ok {
+                    let cp = rs.checkpoint();
+                    meta_with(r, a.meta_key, move |h| h.path.resync_progress(cp));
+                }
                 None
             }
             Job::Rebuild(rb) => {

@@ -945,6 +945,12 @@ impl MetaPath for DaemonMeta {
     fn recovery(&self, role: usize) -> Option<RecoveryInfo> {
         self.inner.recovery(role)
     }
+    fn resync_from(&self) -> u64 {
+        self.inner.resync_from()
+    }
+    fn resync_progress(&mut self, lba: u64) {
+        self.inner.resync_progress(lba);
+    }
     fn recovery_progress(&mut self, role: usize, device: u64, offset: u64) {
         self.inner.recovery_progress(role, device, offset);
         self.update();

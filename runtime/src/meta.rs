@@ -82,6 +82,12 @@ pub trait MetaPath {
     fn shutdown(&mut self) {}
     /// A resync of the whole array finished: it may be marked clean again.
     fn mark_synced(&mut self) {}
+    /// Array block a resync starts from (where an orderly stop left one).
+    fn resync_from(&self) -> u64 {
+        0
+    }
+    /// The resync made everything below array block `lba` agree.
+    fn resync_progress(&mut self, _lba: u64) {}
     /// The rebuild member `role` needs, once it may start.
     fn recovery(&self, _role: usize) -> Option<RecoveryInfo> {
         None
@@ -205,6 +211,14 @@ impl MetaPath for MdMeta {
 
     fn recovery(&self, role: usize) -> Option<RecoveryInfo> {
         self.meta.recovery(role)
+    }
+
+    fn resync_from(&self) -> u64 {
+        self.meta.resync_from()
+    }
+
+    fn resync_progress(&mut self, lba: u64) {
+        self.meta.resync_progress(lba);
     }
 
     fn recovery_progress(&mut self, role: usize, device: u64, offset: u64) {

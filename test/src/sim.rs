@@ -1334,9 +1334,14 @@ impl<'a> Sim<'a> {
         self.rebuild = None;
         self.rebuild_tags.clear();
         self.rebuild_stopped = None;
-        self.resync = asm
-            .dirty
-            .then(|| Resync::new(&self.geom, self.arr.channels[0].shared(), window));
+        self.resync = asm.dirty.then(|| {
+            Resync::from(
+                &self.geom,
+                self.arr.channels[0].shared(),
+                window,
+                self.arr.meta.resync_from(),
+            )
+        });
         self.resync_tag = None;
         // New channels announce they are idle.
         for ch in 0..self.arr.channels.len() {
@@ -1415,6 +1420,9 @@ impl<'a> Sim<'a> {
             let shared = self.arr.channels[0].shared().clone();
             if let Some(r) = self.resync.as_mut() {
                 r.window_done(&shared, status == IoStatus::Success);
+                if status == IoStatus::Success {
+                    self.arr.meta.resync_progress(r.checkpoint());
+                }
             }
         }
         if let Some(i) = self.rebuild_tags.iter().position(|t| *t == tag) {
