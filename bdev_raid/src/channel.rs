@@ -41,6 +41,16 @@ pub enum IoType {
     /// block_size` bytes); parity levels rewrite P/Q from the data of whole
     /// stripes touching the range. Levels without redundancy do nothing.
     Resync,
+    /// md's `check`: read every copy (mirrored levels) or the data and the
+    /// parity (parity levels) of `[lba, lba+blocks)` and count the blocks
+    /// that disagree (`ChannelStats::mismatch_blocks`); fenced like a
+    /// resync. Mirrored levels pass a buffer of `copies * blocks *
+    /// block_size` bytes (one region per copy). Degraded stripes are not
+    /// checked.
+    Check,
+    /// md's `repair`: a check that rewrites what disagrees (the parity from
+    /// the data; the other copies from the first readable one).
+    Repair,
 }
 
 impl IoType {
@@ -50,8 +60,11 @@ impl IoType {
     fn writes(self) -> bool {
         matches!(
             self,
-            IoType::Write | IoType::Unmap | IoType::WriteZeroes | IoType::Resync
+            IoType::Write | IoType::Unmap | IoType::WriteZeroes | IoType::Resync | IoType::Repair
         )
+    }
+    fn checks(self) -> bool {
+        matches!(self, IoType::Check | IoType::Repair)
     }
 }
 
@@ -226,6 +239,9 @@ pub struct ChannelStats {
     pub nomem_retries: u64,
     /// Writes that waited for their bitmap bits to be written (R4).
     pub waits_for_bits: u64,
+    /// Blocks a check or repair found disagreeing (md's mismatch_cnt
+    /// counts them in sectors).
+    pub mismatch_blocks: u64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -293,6 +309,9 @@ enum ChildKind {
         row: u64,
         rows: u64,
     },
+    /// Mirrored check: the read of one copy of a check piece into region
+    /// `region` of the parent's buffer.
+    CheckRead { piece: u32, region: u16 },
     /// Flush or reset of one member, counted once on its parent.
     Plain,
     /// One copy of a mapped write piece.
@@ -306,6 +325,21 @@ struct Piece {
     parent: u32,
     pending: u32,
     lock: Option<usize>,
+    /// A mirrored check piece.
+    check: Option<CheckPiece>,
+}
+
+/// What a mirrored check piece compares: the copies of `[lba, lba+blocks)`
+/// on the members in `members` (region i = the i-th of them by index).
+#[derive(Clone, Copy, Debug)]
+struct CheckPiece {
+    lba: u64,
+    blocks: u64,
+    members: u64,
+    /// Members whose read failed (left out of the comparison).
+    bad: u64,
+    /// The repair writes are in flight.
+    writing: bool,
 }
 
 /// raid1 has no strip; its writes and read rewrites lock ranges this big.
@@ -330,6 +364,8 @@ enum UnitKind {
     Recon { target: usize, fix: Option<u16> },
     /// Rewrite P (and Q) from the data (resync).
     Resync,
+    /// Compare P (and Q) with the data; rewrite them if `repair`.
+    Check { repair: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -530,6 +566,7 @@ impl<B: IoBuf> Channel<B> {
                     parent: NONE,
                     pending: 0,
                     lock: None,
+                    check: None,
                 })
                 .collect(),
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
@@ -644,7 +681,13 @@ impl<B: IoBuf> Channel<B> {
                 && io
                     .buf
                     .as_ref()
-                    .is_none_or(|b| (b.as_ref().len() as u64) < io.blocks * bs));
+                    .is_none_or(|b| (b.as_ref().len() as u64) < io.blocks * bs))
+            || (io.op.checks()
+                && !self.geom.level().is_parity()
+                && self.geom.copies() > 1
+                && io.buf.as_ref().is_none_or(|b| {
+                    (b.as_ref().len() as u64) < io.blocks * bs * self.geom.copies() as u64
+                }));
         if invalid || self.state.offline {
             let status = if invalid {
                 IoStatus::Invalid
@@ -680,7 +723,7 @@ impl<B: IoBuf> Channel<B> {
             write_started: false,
             bits_counted: false,
         });
-        if self.geom.level().is_parity() && io.op.writes() {
+        if self.geom.level().is_parity() && (io.op.writes() || io.op.checks()) {
             let (s, _, _) = self.geom.locate(io.lba);
             let p = self.parents[slot as usize].as_mut().unwrap();
             p.cursor_stripe = s;
@@ -1159,7 +1202,12 @@ impl<B: IoBuf> Channel<B> {
 
     fn parent_buf(&self, slot: u32, lba: u64, blocks: u64) -> ChildBuf {
         let p = self.parents[slot as usize].as_ref().unwrap();
-        if p.buf.is_none() || !matches!(p.op, IoType::Read | IoType::Write | IoType::Resync) {
+        if p.buf.is_none()
+            || !matches!(
+                p.op,
+                IoType::Read | IoType::Write | IoType::Resync | IoType::Check | IoType::Repair
+            )
+        {
             return ChildBuf::None;
         }
         ChildBuf::Parent {
@@ -1167,6 +1215,127 @@ impl<B: IoBuf> Channel<B> {
             off: ((lba - p.lba) * self.bs) as usize,
             len: (blocks * self.bs) as usize,
         }
+    }
+
+    /// The parent buffer region of copy `region` of `[lba, lba+blocks)`
+    /// (mirrored check: one region of the parent's length per copy).
+    fn region_buf(&self, slot: u32, region: usize, lba: u64, blocks: u64) -> ChildBuf {
+        let p = self.parents[slot as usize].as_ref().unwrap();
+        ChildBuf::Parent {
+            slot,
+            off: ((region as u64 * p.blocks + lba - p.lba) * self.bs) as usize,
+            len: (blocks * self.bs) as usize,
+        }
+    }
+
+    /// Mirrored check of one mapped piece: read every current copy under
+    /// the range lock. Fewer than two copies: nothing to compare.
+    fn start_check_piece(
+        &mut self,
+        slot: u32,
+        lba: u64,
+        m: &crate::layout::Mapping,
+    ) -> Result<(), Step> {
+        let dead = self.dead();
+        let members: u64 = m
+            .copies()
+            .iter()
+            .filter(|l| {
+                let b = bit(l.member as usize);
+                dead & b == 0 && self.stale(b, l.lba, m.len) == 0
+            })
+            .fold(0, |a, l| a | bit(l.member as usize));
+        if members.count_ones() < 2 {
+            return Ok(());
+        }
+        if self.free_children.len() < members.count_ones() as usize {
+            return Err(Step::WaitPool);
+        }
+        let Some(&piece) = self.free_pieces.last() else {
+            return Err(Step::WaitPool);
+        };
+        let lock = self.range_lock(lba);
+        if let Some(k) = lock {
+            if !self.shared.locks.try_lock(k) {
+                return Err(Step::WaitLock);
+            }
+        }
+        self.free_pieces.pop();
+        self.pieces[piece as usize] = Piece {
+            parent: slot,
+            pending: 1,
+            lock,
+            check: Some(CheckPiece {
+                lba,
+                blocks: m.len,
+                members,
+                bad: 0,
+                writing: false,
+            }),
+        };
+        self.parents[slot as usize].as_mut().unwrap().pending += 1;
+        for l in m.copies().iter().copied() {
+            if members & bit(l.member as usize) == 0 {
+                continue;
+            }
+            let region = (members & (bit(l.member as usize) - 1)).count_ones() as u16;
+            let c = self.alloc_child(Owner::Parent(slot), ChildKind::CheckRead { piece, region });
+            self.pieces[piece as usize].pending += 1;
+            let buf = self.region_buf(slot, region as usize, lba, m.len);
+            self.issue(c, l.member, ChildOp::Read, l.lba, m.len, false, buf);
+        }
+        self.piece_done(piece); // drop the piece's own bias
+        Ok(())
+    }
+
+    /// Every copy of a check piece has been read: count the blocks where
+    /// they disagree; on repair write the first copy over the others.
+    /// True if repair writes were issued.
+    fn compare_piece(&mut self, piece: u32) -> bool {
+        let pc = &self.pieces[piece as usize];
+        let ck = pc.check.unwrap();
+        let slot = pc.parent;
+        let read = ck.members & !ck.bad;
+        if read.count_ones() < 2 {
+            return false;
+        }
+        let p = self.parents[slot as usize].as_ref().unwrap();
+        let repair = p.op == IoType::Repair;
+        let (bs, plen) = (self.bs as usize, p.blocks as usize);
+        let buf = p.buf.as_ref().unwrap().as_ref();
+        let rank = |m: usize| (ck.members & (bit(m) - 1)).count_ones() as usize;
+        let first = members_of(read).next().unwrap();
+        let off = |m: usize, b: usize| (rank(m) * plen + (ck.lba - p.lba) as usize + b) * bs;
+        let mut differ = 0u64;
+        let mut mismatched = 0;
+        for b in 0..ck.blocks as usize {
+            let a = &buf[off(first, b)..off(first, b) + bs];
+            let mut any = false;
+            for m in members_of(read & !bit(first)) {
+                if buf[off(m, b)..off(m, b) + bs] != *a {
+                    any = true;
+                    differ |= bit(m);
+                }
+            }
+            mismatched += u64::from(any);
+        }
+        self.stats.mismatch_blocks += mismatched;
+        if !repair || differ == 0 || self.free_children.len() < differ.count_ones() as usize {
+            return false;
+        }
+        // Write the first copy's data over the copies that differ.
+        let map = self.geom.map(ck.lba, ck.blocks);
+        self.pieces[piece as usize].check.as_mut().unwrap().writing = true;
+        let src = self.region_buf(slot, rank(first), ck.lba, ck.blocks);
+        for l in map.copies().iter().copied() {
+            if differ & bit(l.member as usize) == 0 {
+                continue;
+            }
+            let c = self.alloc_child(Owner::Parent(slot), ChildKind::Piece(piece));
+            self.pieces[piece as usize].pending += 1;
+            self.issue(c, l.member, ChildOp::Write, l.lba, ck.blocks, false, src);
+        }
+        true
     }
 
     /// Issue as much of the parent as resources allow.
@@ -1177,7 +1346,9 @@ impl<B: IoBuf> Channel<B> {
         };
         match op {
             IoType::Flush | IoType::Reset => self.dispatch_all_members(slot, op),
-            IoType::Resync if !self.geom.level().is_parity() && self.geom.copies() == 1 => {
+            IoType::Resync | IoType::Check | IoType::Repair
+                if !self.geom.level().is_parity() && self.geom.copies() == 1 =>
+            {
                 Step::Done
             }
             _ if !self.geom.level().is_parity() => self.dispatch_mapped(slot, op, lba + blocks),
@@ -1255,6 +1426,11 @@ impl<B: IoBuf> Channel<B> {
                 );
                 self.parents[slot as usize].as_mut().unwrap().pending += 1;
                 self.mirror_read_next(slot, c);
+            } else if op.checks() {
+                match self.start_check_piece(slot, cursor, &m) {
+                    Ok(()) => {}
+                    Err(step) => return step,
+                }
             } else if op == IoType::Resync {
                 let live = m
                     .copies()
@@ -1315,6 +1491,7 @@ impl<B: IoBuf> Channel<B> {
                     parent: slot,
                     pending: 1,
                     lock,
+                    check: None,
                 };
                 self.parents[slot as usize].as_mut().unwrap().pending += 1;
                 if live == 0 {
@@ -1349,7 +1526,12 @@ impl<B: IoBuf> Channel<B> {
         let pc = &mut self.pieces[piece as usize];
         assert!(pc.pending > 0, "piece completion count underflow");
         pc.pending -= 1;
+        if pc.pending == 0 && pc.check.is_some_and(|c| !c.writing) && self.compare_piece(piece) {
+            return; // repair writes issued
+        }
+        let pc = &mut self.pieces[piece as usize];
         if pc.pending == 0 {
+            pc.check = None;
             let (slot, lock) = (pc.parent, pc.lock);
             if let Some(k) = lock {
                 self.shared.locks.unlock(k);
@@ -1528,6 +1710,17 @@ impl<B: IoBuf> Channel<B> {
                     self.fail_member(member, self.children[c as usize].inc);
                 }
                 self.mirror_fix_next(slot, c);
+            }
+            ChildKind::CheckRead { piece, .. } => {
+                if !ok {
+                    // Left out of the comparison; a read error does not
+                    // fail a member (as for any read).
+                    if let Some(c) = self.pieces[piece as usize].check.as_mut() {
+                        c.bad |= bit(member as usize);
+                    }
+                }
+                self.free_child(c);
+                self.piece_done(piece);
             }
             ChildKind::Piece(piece) => {
                 if !ok {
@@ -1726,7 +1919,8 @@ impl<B: IoBuf> Channel<B> {
                 let p = self.parents[slot as usize].as_ref().unwrap();
                 (p.lba, p.cursor_stripe, p.cursor_row)
             };
-            let resync = self.parents[slot as usize].as_ref().unwrap().op == IoType::Resync;
+            let op = self.parents[slot as usize].as_ref().unwrap().op;
+            let resync = op == IoType::Resync || op.checks();
             let next = if resync {
                 self.next_resync_unit(end, s, r)
             } else {
@@ -1735,7 +1929,11 @@ impl<B: IoBuf> Channel<B> {
             let Some((stripe, row, rows, cov)) = next else {
                 return Step::Done;
             };
-            let kind = if resync {
+            let kind = if op.checks() {
+                UnitKind::Check {
+                    repair: op == IoType::Repair,
+                }
+            } else if resync {
                 UnitKind::Resync
             } else {
                 UnitKind::Write { cov }
@@ -1838,6 +2036,19 @@ impl<B: IoBuf> Channel<B> {
                 };
                 if missing(reads) != 0 {
                     Plan::Read(missing(reads))
+                } else {
+                    Plan::Go(Method::Rcw)
+                }
+            }
+            UnitKind::Check { .. } => {
+                // Everything is read and compared; a degraded stripe is not
+                // checked (nothing to compare the parity with).
+                let all = all_data | par;
+                if all & dead_r != 0 {
+                    return Plan::Go(Method::Rcw);
+                }
+                if missing(all) != 0 {
+                    Plan::Read(missing(all))
                 } else {
                     Plan::Go(Method::Rcw)
                 }
@@ -2051,6 +2262,49 @@ impl<B: IoBuf> Channel<B> {
                 stats.resync_units += 1;
                 par & !dead_w
             }
+            UnitKind::Check { repair } => {
+                if (all_data | par) & dead_r != 0 {
+                    return 0; // degraded: not checked
+                }
+                let rows = u.rows as usize;
+                let bsz = bs as usize;
+                assert!(rows <= 64 * 64, "check unit over 4096 rows");
+                let mut flags = [0u64; 64];
+                let spare = std::mem::take(&mut regs[nmem]);
+                let ((p_old, q_old), rest) = take_parity(&mut regs, &map);
+                let mut data: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
+                for sl in 0..map.ndata {
+                    data[sl] = &*rest[map.data[by_slot[sl]] as usize];
+                }
+                let data = &data[..map.ndata];
+                // P: the data XORed, in the spare, against what P holds.
+                parity::xor_gen(spare, data);
+                let p_bad = mark_rows(rows, bsz, spare, p_old, &mut flags);
+                let mut writes = 0;
+                match q_old {
+                    None => {
+                        if repair && p_bad {
+                            p_old.copy_from_slice(spare);
+                            writes |= bit(map.p as usize);
+                        }
+                    }
+                    Some(q_old) => {
+                        // P's region takes the new P (compared already),
+                        // the spare the new Q.
+                        parity::gen_pq(data, p_old, spare);
+                        let q_bad = mark_rows(rows, bsz, spare, q_old, &mut flags);
+                        if repair && p_bad {
+                            writes |= bit(map.p as usize);
+                        }
+                        if repair && q_bad {
+                            q_old.copy_from_slice(spare);
+                            writes |= bit(map.q.unwrap() as usize);
+                        }
+                    }
+                }
+                stats.mismatch_blocks += flags.iter().map(|f| u64::from(f.count_ones())).sum::<u64>();
+                writes & !dead_w
+            }
             UnitKind::Recon { target, fix } => {
                 let unknown = ((all_data | par) & dead_r) | bit(map.data[target] as usize);
                 recover(&mut regs, &map, unknown);
@@ -2213,6 +2467,19 @@ fn take_parity<'a, 'b>(
     let p = std::mem::take(&mut regs[map.p as usize]);
     let q = map.q.map(|q| std::mem::take(&mut regs[q as usize]));
     ((p, q), regs)
+}
+
+/// Flag (in `flags`, one bit per row) the rows of `rows` blocks of `bs`
+/// bytes where `a` and `b` differ; true if any does.
+fn mark_rows(rows: usize, bs: usize, a: &[u8], b: &[u8], flags: &mut [u64; 64]) -> bool {
+    let mut any = false;
+    for r in 0..rows {
+        if a[r * bs..(r + 1) * bs] != b[r * bs..(r + 1) * bs] {
+            flags[r / 64] |= 1 << (r % 64);
+            any = true;
+        }
+    }
+    any
 }
 
 /// Parity of `data` (in Q-slot order) into P (and Q).

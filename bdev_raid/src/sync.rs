@@ -55,6 +55,14 @@ impl Resync {
         Resync::from(geom, shared, window_blocks, 0)
     }
 
+    /// A pass over the whole array whatever the bitmap says: for md's
+    /// `check` and `repair`.
+    pub fn whole(geom: &Geometry, window_blocks: u64) -> Resync {
+        let mut r = Resync::from(geom, &Shared::new(1), window_blocks, 0);
+        r.total_blocks = geom.array_blocks();
+        r
+    }
+
     /// A resync that starts at array block `from` (where an orderly stop
     /// left one): what lies below is in sync already.
     pub fn from(geom: &Geometry, shared: &Shared, window_blocks: u64, from: u64) -> Resync {

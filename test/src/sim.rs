@@ -1574,6 +1574,9 @@ impl<'a> Sim<'a> {
                 lba += blocks;
             }
             self.check_members()?;
+            if self.state().not_in_sync() == 0 && self.geom.redundancy() > 0 {
+                self.check_and_repair()?;
+            }
             self.shutdown()?;
         }
         self.out.steps = self.step;
@@ -1590,6 +1593,115 @@ impl<'a> Sim<'a> {
             self.out.bit_waits += s.waits_for_bits;
         }
         Ok(())
+    }
+
+    /// Run a check or repair over the whole array on channel 0 (faults off)
+    /// and return the blocks it found disagreeing.
+    fn sync_pass(&mut self, op: IoType) -> Result<u64, String> {
+        let before = self.arr.channels[0].stats().mismatch_blocks;
+        let window = if self.geom.level().is_parity() {
+            self.geom.stripe_data_blocks()
+        } else {
+            self.sc.max_blocks
+        };
+        let shared = self.arr.channels[0].shared().clone();
+        let mut pass = Resync::whole(&self.geom, window);
+        let copies = if self.geom.level().is_parity() {
+            1
+        } else {
+            self.geom.copies()
+        };
+        while let Some(w) = pass.next_window(&shared) {
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            self.parents.insert(
+                tag,
+                ParentRec {
+                    read_errors: 0,
+                    op,
+                    lba: w.lba,
+                    blocks: w.blocks,
+                    id: 0,
+                    snap: Vec::new(),
+                    final_check: true,
+                    out_seen: self.out_now(),
+                },
+            );
+            self.per_channel[0] += 1;
+            let io = ParentIo {
+                tag,
+                op,
+                lba: w.lba,
+                blocks: w.blocks,
+                fua: false,
+                buf: Some(vec![0; w.blocks as usize * self.bs * copies]),
+            };
+            if let Err(Busy(io)) = self.arr.channels[0].submit(io) {
+                self.arr.retry[0].push_back(io);
+            }
+            self.drain(0)?;
+            let mut spins = 0;
+            while !self.parents.is_empty() {
+                self.step += 1;
+                spins += 1;
+                if spins > 100_000 {
+                    return Err(format!("hang in a {op:?} pass; {}", self.describe()));
+                }
+                if self.inflight.is_empty() {
+                    self.tick()?;
+                    self.poll_channel(0);
+                    self.drain(0)?;
+                    self.flush_meta()?;
+                } else {
+                    self.complete_random()?;
+                }
+            }
+            pass.window_done(&shared, true);
+        }
+        Ok(self.arr.channels[0].stats().mismatch_blocks - before)
+    }
+
+    /// md's check finds nothing on members that agree; after blocks of a
+    /// copy (not the first) or of the parity are damaged it counts exactly
+    /// those, repair rewrites them, and a second check finds nothing.
+    fn check_and_repair(&mut self) -> Result<(), String> {
+        let found = self.sync_pass(IoType::Check)?;
+        if found != 0 {
+            return Err(format!("check found {found} mismatched blocks on agreeing members"));
+        }
+        let bs = self.bs;
+        let mut damaged = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let lba = self.rng.below(self.geom.array_blocks());
+            let (m, mlba, key) = if self.geom.level().is_parity() {
+                let (st, _, row) = self.geom.locate(lba);
+                let map = self.geom.stripe(st);
+                (map.p as usize, map.member_lba + row, (st, row))
+            } else {
+                let map = self.geom.map(lba, 1);
+                let l = *map.copies().iter().max_by_key(|l| l.member).unwrap();
+                (l.member as usize, l.lba, (lba, 0))
+            };
+            let at = self.data_off + mlba as usize * bs;
+            self.members[m].data[at + 17] ^= 0x5a;
+            if !damaged.insert(key) {
+                // Damaged twice: flipped back.
+                damaged.remove(&key);
+            }
+        }
+        let found = self.sync_pass(IoType::Check)?;
+        if found != damaged.len() as u64 {
+            return Err(format!(
+                "check found {found} mismatched blocks, {} were damaged",
+                damaged.len()
+            ));
+        }
+        self.sync_pass(IoType::Repair)?;
+        let found = self.sync_pass(IoType::Check)?;
+        if found != 0 {
+            return Err(format!("{found} mismatched blocks left after repair"));
+        }
+        self.check_members()
     }
 
     /// Orderly shutdown: the array must end clean, and every member in
