@@ -2302,7 +2302,8 @@ impl<B: IoBuf> Channel<B> {
                         }
                     }
                 }
-                stats.mismatch_blocks += flags.iter().map(|f| u64::from(f.count_ones())).sum::<u64>();
+                stats.mismatch_blocks +=
+                    flags.iter().map(|f| u64::from(f.count_ones())).sum::<u64>();
                 writes & !dead_w
             }
             UnitKind::Recon { target, fix } => {

@@ -145,11 +145,20 @@ pub struct Array {
     sync_total: AtomicU64,
     /// Window and bandwidth of background processes.
     process: Mutex<ProcessOptions>,
+    /// Sectors the last check or repair found disagreeing (u64::MAX: none
+    /// ran yet), md's mismatch_cnt.
+    mismatch_cnt: AtomicU64,
+    /// `sync_action idle/frozen`: stop the pass running; frozen also holds
+    /// back new rebuilds until `idle`.
+    stop_pass: AtomicBool,
+    frozen: AtomicBool,
 }
 
 const SYNC_NONE: u8 = 0;
 const SYNC_RESYNC: u8 = 1;
 const SYNC_REBUILD: u8 = 2;
+const SYNC_CHECK: u8 = 3;
+const SYNC_REPAIR: u8 = 4;
 
 /// Window and bandwidth of background processes (resync, rebuild), like
 /// SPDK's `bdev_raid_set_options` and md's `sync_speed_max`.
@@ -176,6 +185,8 @@ pub enum SyncKind {
     Resync,
     /// Rebuilding the member in this role.
     Rebuild(usize),
+    Check,
+    Repair,
 }
 
 /// Progress of the background process running.
@@ -294,6 +305,9 @@ impl Array {
             sync_done: AtomicU64::new(0),
             sync_total: AtomicU64::new(0),
             process: Mutex::new(p.process),
+            mismatch_cnt: AtomicU64::new(u64::MAX),
+            stop_pass: AtomicBool::new(false),
+            frozen: AtomicBool::new(false),
         });
         // One engine channel per reactor; channel index = reactor index.
         let shared = array.shared.clone();
@@ -430,6 +444,8 @@ impl Array {
         let kind = match self.sync_kind.load(Ordering::Acquire) {
             SYNC_RESYNC => SyncKind::Resync,
             SYNC_REBUILD => SyncKind::Rebuild(self.sync_target.load(Ordering::Relaxed) as usize),
+            SYNC_CHECK => SyncKind::Check,
+            SYNC_REPAIR => SyncKind::Repair,
             _ => return None,
         };
         let done = self.sync_done.load(Ordering::Relaxed);
@@ -438,6 +454,62 @@ impl Array {
             done,
             total: self.sync_total.load(Ordering::Relaxed).max(done),
         })
+    }
+
+    /// md's `sync_action`: start a check, repair or resync pass over the
+    /// whole array (`Err` names what runs already), or (`None`) stop the
+    /// pass running; `freeze` also holds back rebuilds until the next call.
+    pub fn sync_action(self: &Arc<Self>, op: Option<IoType>, freeze: bool) -> Result<(), String> {
+        let Some(op) = op else {
+            self.frozen.store(freeze, Ordering::Release);
+            if matches!(
+                self.sync_progress().map(|p| p.kind),
+                Some(SyncKind::Check | SyncKind::Repair)
+            ) || freeze
+            {
+                self.stop_pass.store(true, Ordering::Release);
+            }
+            return Ok(());
+        };
+        let kind = match op {
+            IoType::Check => SYNC_CHECK,
+            IoType::Repair => SYNC_REPAIR,
+            _ => SYNC_RESYNC,
+        };
+        if self.frozen.load(Ordering::Acquire) {
+            return Err("sync is frozen (sync_action idle first)".into());
+        }
+        if !self.claim_sync(kind, 0, self.geom.array_blocks()) {
+            let what = match self.sync_progress().map(|p| p.kind) {
+                Some(SyncKind::Rebuild(m)) => format!("a rebuild of member {m}"),
+                Some(k) => format!("a {k:?}").to_lowercase(),
+                None => "another process".into(),
+            };
+            return Err(format!("{what} is running"));
+        }
+        self.stop_pass.store(false, Ordering::Release);
+        let a = self.clone();
+        let o = self.process_options();
+        let window = (u64::from(o.window_kb) * 1024 / u64::from(self.geom.block_size())).max(1);
+        self.rt.send(self.meta_reactor, move |r| {
+            let base = a.channel(r).map_or(0, |c| c.stats().mismatch_blocks);
+            let pass = Resync::whole(&a.geom, window);
+            start_driver(r, &a, Job::Pass { pass, op, base });
+        });
+        Ok(())
+    }
+
+    /// `sync_action frozen` holds back background processes.
+    pub fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
+
+    /// Sectors the last check or repair found disagreeing.
+    pub fn mismatch_cnt(&self) -> Option<u64> {
+        match self.mismatch_cnt.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n),
+        }
     }
 
     /// Change the window and bandwidth of background processes (a running
@@ -615,6 +687,11 @@ impl ArrayChannelRef {
         }
         run_callbacks(&self.0, r);
         Ok(())
+    }
+
+    /// The engine channel's counters.
+    pub fn stats(&self) -> ChannelStats {
+        self.0.ch.borrow().engine.stats()
     }
 
     /// One line on what the channel holds (diagnosing a stuck host).
@@ -1161,6 +1238,13 @@ fn meta_pump(r: &mut Reactor, key: u64) {
 enum Job {
     Resync(Resync),
     Rebuild(Rebuild),
+    /// A pass over the whole array asked for by `sync_action`: check,
+    /// repair or resync; `base` is the channel's mismatch count before it.
+    Pass {
+        pass: Resync,
+        op: IoType,
+        base: u64,
+    },
 }
 
 /// Drives a resync or a rebuild on the metadata reactor: each completion
@@ -1218,6 +1302,11 @@ impl IoDone for SyncDriver {
                 }
                 None
             }
+            Job::Pass { pass, .. } => {
+                pass.window_done(&a.shared, ok);
+                a.sync_done.store(pass.progress().0, Ordering::Relaxed);
+                None
+            }
             Job::Rebuild(rb) => {
                 rb.window_done(ok);
                 let (rebuilt, skipped) = rb.counts();
@@ -1261,7 +1350,13 @@ fn next_step(r: &mut Reactor, drv: &Rc<SyncDriver>) -> Next {
     let a = &drv.array;
     let mut job = drv.job.borrow_mut();
     let w = match &mut *job {
-        Job::Resync(rs) => {
+        Job::Pass { pass, .. }
+            if pass.in_flight().is_none() && a.stop_pass.load(Ordering::Acquire) =>
+        {
+            tracing::info!("array {}: sync action stopped", a.name);
+            return Next::Finished;
+        }
+        Job::Resync(rs) | Job::Pass { pass: rs, .. } => {
             if rs.in_flight().is_some() {
                 return Next::Wait;
             }
@@ -1288,7 +1383,7 @@ fn next_step(r: &mut Reactor, drv: &Rc<SyncDriver>) -> Next {
         return Next::Submit(w);
     }
     let (done, failed, idle) = match &*job {
-        Job::Resync(rs) => (
+        Job::Resync(rs) | Job::Pass { pass: rs, .. } => (
             rs.is_done(),
             rs.failed_windows() > 0,
             rs.in_flight().is_none(),
@@ -1313,6 +1408,18 @@ fn next_step(r: &mut Reactor, drv: &Rc<SyncDriver>) -> Next {
             a.name,
             rs.failed_windows()
         ),
+        Job::Pass { op, base, .. } => {
+            let found = a.channel(r).map_or(0, |c| c.stats().mismatch_blocks) - base;
+            let sectors = found * u64::from(a.geom.block_size()) / 512;
+            if *op != IoType::Resync {
+                a.mismatch_cnt.store(sectors, Ordering::Relaxed);
+            }
+            tracing::info!(
+                "array {}: {op:?} done: {sectors} sectors mismatched{}",
+                a.name,
+                if failed { " (some windows failed)" } else { "" }
+            );
+        }
         Job::Rebuild(rb) => {
             let (m, dev, off) = (rb.member(), rb.device(), rb.offset());
             let (rebuilt, skipped) = rb.counts();
@@ -1353,10 +1460,21 @@ fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
                 return;
             }
         };
-        let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(w.blocks as usize * bs));
+        let op = match &*drv.job.borrow() {
+            Job::Pass { op, .. } => *op,
+            _ => IoType::Resync,
+        };
+        // A mirrored check reads every copy: one buffer region each.
+        let regions = if matches!(op, IoType::Check | IoType::Repair) && !a.geom.level().is_parity()
+        {
+            a.geom.copies()
+        } else {
+            1
+        };
+        let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(w.blocks as usize * bs * regions));
         let io = ParentIo {
             tag: w.lba,
-            op: IoType::Resync,
+            op,
             lba: w.lba,
             blocks: w.blocks,
             fua: false,
@@ -1371,7 +1489,7 @@ fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
             }
             drv.bytes.set(drv.bytes.get() - w.blocks * bs as u64);
             match &mut *drv.job.borrow_mut() {
-                Job::Resync(rs) => rs.unsubmit(),
+                Job::Resync(rs) | Job::Pass { pass: rs, .. } => rs.unsubmit(),
                 Job::Rebuild(rb) => rb.unsubmit(),
             }
             let d2 = drv.clone();
@@ -1393,7 +1511,10 @@ fn maybe_start_rebuild(r: &mut Reactor, key: u64) {
     let (a, found) = {
         let h = h.borrow();
         let a = h.array.clone();
-        if a.stopped.load(Ordering::Relaxed) || a.sync_kind.load(Ordering::Acquire) != SYNC_NONE {
+        if a.stopped.load(Ordering::Relaxed)
+            || a.frozen.load(Ordering::Acquire)
+            || a.sync_kind.load(Ordering::Acquire) != SYNC_NONE
+        {
             return;
         }
         let found = (0..a.geom.members()).find_map(|m| h.path.recovery(m).map(|i| (m, i)));

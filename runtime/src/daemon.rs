@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bdev_raid::assemble::{assemble, md_uuid, AssembleOptions, Assembled, Candidate};
 use bdev_raid::bitmap::{BitmapGeom, DiskBitmap};
-use bdev_raid::channel::MetaRequest;
+use bdev_raid::channel::{IoType, MetaRequest};
 use bdev_raid::examine::{examine_sb, layout_name};
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
 use bdev_raid::meta::{
@@ -53,7 +53,7 @@ use mdraid_rpc::params::*;
 use mdraid_rpc::results::*;
 use mdraid_rpc::types::{
     BdevName, BitmapOptions, BitmapSetting, ErrorIoType as RpcIoType, ErrorType as RpcErrorType,
-    KillSignal, NameList, RaidCategory, RaidLevel, RaidState, Uuid as RpcUuid,
+    KillSignal, NameList, RaidCategory, RaidLevel, RaidState, SyncAction, Uuid as RpcUuid,
 };
 use mdraid_rpc::{reply, Call, ConnState, Connection, Host, Method, RpcError};
 use serde_json::{json, Value};
@@ -1447,11 +1447,13 @@ impl Daemon {
                 kind: match p.kind {
                     SyncKind::Resync => "resync",
                     SyncKind::Rebuild(_) => "rebuild",
+                    SyncKind::Check => "check",
+                    SyncKind::Repair => "repair",
                 }
                 .into(),
                 target: match p.kind {
                     SyncKind::Rebuild(m) => a.roles.get(m).cloned().flatten(),
-                    SyncKind::Resync => None,
+                    _ => None,
                 },
                 progress: MdraidProgress {
                     blocks: p.done,
@@ -1467,11 +1469,14 @@ impl Daemon {
                 match sync.map(|p| p.kind) {
                     Some(SyncKind::Resync) => "resync",
                     Some(SyncKind::Rebuild(_)) => "recover",
+                    Some(SyncKind::Check) => "check",
+                    Some(SyncKind::Repair) => "repair",
+                    None if a.array.frozen() => "frozen",
                     None => "idle",
                 }
                 .into(),
             ),
-            mismatch_cnt: None,
+            mismatch_cnt: a.array.mismatch_cnt(),
             bitmap: snap.and_then(|s| s.bitmap),
             write_behind: None,
         }
@@ -1919,6 +1924,28 @@ impl Daemon {
                 self.log(format!("{}: wiping the superblock: {e}", d.name()));
             }
         }
+    }
+
+    /// md's `sync_action`: check, repair, resync (whole array), idle,
+    /// frozen.
+    fn mdraid_sync_action(&mut self, p: BdevMdraidSyncAction) -> Result<Value, RpcError> {
+        let name = p.name.as_str();
+        let Some(a) = self.arrays.iter().find(|a| a.name == name) else {
+            return Err(no_device(name));
+        };
+        let r = match p.action {
+            SyncAction::Check => a.array.sync_action(Some(IoType::Check), false),
+            SyncAction::Repair => a.array.sync_action(Some(IoType::Repair), false),
+            SyncAction::Resync => a.array.sync_action(Some(IoType::Resync), false),
+            SyncAction::Idle => a.array.sync_action(None, false),
+            SyncAction::Frozen => a.array.sync_action(None, true),
+        };
+        r.map(|()| json!(true)).map_err(|e| {
+            RpcError::errno(
+                errno::EBUSY,
+                format!("bdev_mdraid_sync_action: array `{name}`: {e}"),
+            )
+        })
     }
 
     fn mdraid_set_options(&mut self, p: BdevMdraidSetOptions) -> Result<Value, RpcError> {
@@ -2412,10 +2439,7 @@ impl Host for Daemon {
                 "hot removal of a member is not implemented yet",
             )),
             Call::BdevMdraidSetOptions(p) => self.mdraid_set_options(p),
-            Call::BdevMdraidSyncAction(_) => Err(not_yet(
-                "bdev_mdraid_sync_action",
-                "check and repair are not implemented yet; resync and rebuild start by themselves",
-            )),
+            Call::BdevMdraidSyncAction(p) => self.mdraid_sync_action(p),
             Call::BdevMallocCreate(p) => self.malloc_create(p),
             Call::BdevAioCreate(p) => self.aio_create(p),
             Call::BdevUringCreate(p) => self.uring_create(p),

@@ -623,17 +623,32 @@ fn bad_params_name_the_field_and_create_nothing() {
         -2
     );
     assert_eq!(d.err("bdev_get_bdevs", json!({"name": "nope"})).code, -19);
-    for (m, p) in [
-        (
-            "bdev_mdraid_sync_action",
-            json!({"name": "keep", "action": "check"}),
-        ),
-        ("bdev_mdraid_remove_base_bdev", json!({"name": "m2"})),
-    ] {
-        let e = d.err(m, p);
-        assert_eq!(e.code, -95, "{m}: {e}");
-        assert!(e.message.contains("not supported yet"), "{e}");
-    }
+    // md's check over a raid1 whose copies agree: no mismatch.
+    d.ok(
+        "bdev_mdraid_sync_action",
+        json!({"name": "keep", "action": "check"}),
+    );
+    let t0 = std::time::Instant::now();
+    let info = loop {
+        let v = d.ok("bdev_mdraid_get_bdevs", json!({"name": "keep"}));
+        if v[0]["sync_action"] == "idle" && v[0]["mismatch_cnt"].is_u64() {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "check never ended: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(info[0]["mismatch_cnt"], 0, "{info}");
+    let e = d.err(
+        "bdev_mdraid_sync_action",
+        json!({"name": "nope", "action": "check"}),
+    );
+    assert_eq!(e.code, -19, "{e}");
+    let e = d.err("bdev_mdraid_remove_base_bdev", json!({"name": "m2"}));
+    assert_eq!(e.code, -95, "{e}");
+    assert!(e.message.contains("not supported yet"), "{e}");
     // Adding a member to an array with every role served is refused.
     let e = d.err(
         "bdev_mdraid_add_base_bdev",

@@ -1667,7 +1667,9 @@ impl<'a> Sim<'a> {
     fn check_and_repair(&mut self) -> Result<(), String> {
         let found = self.sync_pass(IoType::Check)?;
         if found != 0 {
-            return Err(format!("check found {found} mismatched blocks on agreeing members"));
+            return Err(format!(
+                "check found {found} mismatched blocks on agreeing members"
+            ));
         }
         let bs = self.bs;
         let mut damaged = std::collections::BTreeSet::new();

@@ -536,16 +536,35 @@ fn status_text(arrays: &[Value], bdevs: &[Value]) -> String {
             .get("sync_action")
             .and_then(Value::as_str)
             .unwrap_or("idle");
-        let _ = writeln!(out, "    sync_action: {sync}");
+        let mismatch = a
+            .get("mismatch_cnt")
+            .and_then(Value::as_u64)
+            .map_or(String::new(), |m| format!(", mismatch_cnt {m}"));
+        let bitmap = a
+            .get("bitmap")
+            .filter(|b| !b.is_null())
+            .map_or(String::new(), |b| {
+                format!(
+                    ", bitmap {}/{} chunks dirty ({} KiB each)",
+                    n(b, "dirty_chunks"),
+                    n(b, "total_chunks"),
+                    n(b, "chunk_kb")
+                )
+            });
+        let _ = writeln!(out, "    sync_action: {sync}{mismatch}{bitmap}");
         if let Some(p) = a.get("process").filter(|p| !p.is_null()) {
             let pct = p
                 .pointer("/progress/percent")
                 .and_then(Value::as_u64)
                 .unwrap_or(0)
                 .min(100) as usize;
+            let target = p
+                .get("target")
+                .and_then(Value::as_str)
+                .map_or(String::new(), |t| format!(" {t}"));
             let _ = writeln!(
                 out,
-                "    {} [{}{}] {pct}%",
+                "    {}{target} [{}{}] {pct}%",
                 s(p, "type"),
                 "=".repeat(pct / 5),
                 " ".repeat(20 - pct / 5)
