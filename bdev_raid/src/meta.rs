@@ -708,14 +708,20 @@ impl Meta {
     /// Write the recovery offsets of the members being rebuilt into their
     /// own superblocks (md keeps it there), at the current events.
     fn start_checkpoint(&mut self) {
-        let target = (*self.state).clone();
-        let members = target.recovering()
+        let members = self.state.recovering()
             & (0..self.geom.members())
                 .filter(|&m| self.sbs[m].is_some())
                 .fold(0, |a, m| a | 1 << m);
+        self.rewrite_superblocks(Kind::Checkpoint, members);
+    }
+
+    /// Write the current state's superblocks (and bitmap) to `members`
+    /// only, at the current events.
+    fn rewrite_superblocks(&mut self, kind: Kind, members: u64) {
         if members == 0 {
             return;
         }
+        let target = (*self.state).clone();
         self.seq += 1;
         let dirty = self.disk_dirty;
         for m in 0..self.geom.members() {
@@ -730,7 +736,7 @@ impl Meta {
         }
         self.commit = Some(Commit {
             seq: self.seq,
-            kind: Kind::Checkpoint,
+            kind,
             bits: Vec::new(),
             target,
             dirty,
@@ -997,40 +1003,15 @@ impl Meta {
     /// short by a crash) with the current ones, without a new event: a
     /// crash during this leaves them no further behind than they were.
     fn start_refresh(&mut self) {
-        let target = (*self.state).clone();
         let lagging: u64 = (0..self.geom.members())
             .filter(|&m| {
-                target.members[m].in_service()
+                self.state.members[m].in_service()
                     && self.sbs[m]
                         .as_ref()
-                        .is_some_and(|sb| sb.events != target.events)
+                        .is_some_and(|sb| sb.events != self.state.events)
             })
             .fold(0, |a, m| a | 1 << m);
-        if lagging == 0 {
-            return;
-        }
-        self.seq += 1;
-        let dirty = self.disk_dirty;
-        for m in 0..self.geom.members() {
-            if lagging & 1 << m != 0 {
-                self.actions.push_back(MetaAction::WriteSb {
-                    member: m as u16,
-                    token: self.seq << 8 | m as u64,
-                    offset: SB_OFFSET_BYTES,
-                    data: self.commit_data(m, &target, dirty),
-                });
-            }
-        }
-        self.commit = Some(Commit {
-            seq: self.seq,
-            kind: Kind::Refresh,
-            bits: Vec::new(),
-            target,
-            dirty,
-            writing: lagging,
-            ok: 0,
-            failed: 0,
-        });
+        self.rewrite_superblocks(Kind::Refresh, lagging);
     }
 
     fn superblock_for(&self, m: usize, target: &ArrayState, dirty: bool) -> Superblock {

@@ -38,6 +38,7 @@ use crate::spdk::{
     Request, Thread,
 };
 use crate::sys;
+use mdraid_rpc::types::BitmapSetting;
 
 const ENODEV: i32 = 19;
 const EPERM: i32 = 1;
@@ -387,7 +388,14 @@ fn planned(c: &Ctx) {
             .iter()
             .map(|x| x.clone().expect("every probe"))
             .collect();
-        (plan_array(&g.p, &probes, random_uuid()), g.p.clone())
+        // This host has no write-intent bitmap yet: arrays are created
+        // without one unless asked (and asking is refused before this).
+        let mut p = g.p.clone();
+        if p.bitmap == BitmapSetting::Default {
+            p.bitmap = BitmapSetting::Off;
+        }
+        let uuid = random_uuid();
+        (plan_array(&p, &probes, move || uuid), g.p.clone())
     };
     match plan {
         Err(e) => c.borrow_mut().fail(e),
@@ -398,6 +406,7 @@ fn planned(c: &Ctx) {
             data_offset,
             layouts,
             member_data_blocks: _,
+            bitmap: _,
         }) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

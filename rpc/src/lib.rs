@@ -40,6 +40,7 @@ pub mod error;
 pub mod framing;
 pub mod method;
 pub mod params;
+pub mod plan;
 pub mod results;
 pub mod types;
 

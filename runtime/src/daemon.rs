@@ -34,22 +34,24 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bdev_raid::assemble::{assemble, md_uuid, AssembleOptions, Assembled, Candidate};
-use bdev_raid::bitmap::{BitmapGeom, DiskBitmap};
+use bdev_raid::assemble::{md_uuid, Assembled};
+use bdev_raid::bitmap::DiskBitmap;
 use bdev_raid::channel::{IoType, MetaRequest};
 use bdev_raid::examine::{examine_sb, layout_name};
-use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
+use bdev_raid::layout::{Geometry, Level};
 use bdev_raid::meta::{
     create_superblocks, AddError, CreateParams, Meta, MetaConfig, NewMember, Recovery, RecoveryInfo,
 };
 use bdev_raid::ondisk::{
-    bitmap_area_bytes, choose_bm_space, component_size, default_bitmap_chunk, BitmapSuper,
-    MemberLayout, SbError, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
+    BitmapSuper, MemberLayout, SbError, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES,
+    SB_OFFSET_BYTES,
 };
 use bdev_raid::state::{ArrayState, MemberState};
 use mdraid_rpc::config::{ConfigError, LoadedConfig, Location};
 use mdraid_rpc::error::errno;
 use mdraid_rpc::params::*;
+use mdraid_rpc::plan::{field, plan_array, BitmapPlan, Plan, Probe, CREATE};
+pub use mdraid_rpc::plan::{DEFAULT_DAEMON_SLEEP_MS, DEFAULT_STRIP_KB};
 use mdraid_rpc::results::*;
 use mdraid_rpc::types::{
     BdevName, BitmapOptions, BitmapSetting, ErrorIoType as RpcIoType, ErrorType as RpcErrorType,
@@ -72,9 +74,6 @@ use crate::reactor::{PollerId, Reactor, RuntimeHandle};
 
 /// Where `mdraid serve` listens for JSON-RPC unless told (`-r`).
 pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/mdraid.sock";
-
-/// Strip (md chunk) size when `strip_size_kb` is absent: mdadm's default.
-pub const DEFAULT_STRIP_KB: u32 = 512;
 
 /// Largest JSON-RPC request one connection may send.
 pub const RPC_MAX_REQUEST: usize = 1 << 20;
@@ -173,10 +172,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn level_of(l: RaidLevel) -> Level {
-    Level::from_md(l.md_level()).expect("every RaidLevel is an engine level")
 }
 
 fn raid_level_of(md_level: i32) -> Option<RaidLevel> {
@@ -428,450 +423,8 @@ fn write_sb_area(
 
 // ------------------------------------------------------------ planning
 
-/// The write-intent bitmap of a new array.
-#[derive(Clone, Debug)]
-struct BitmapPlan {
-    geom: BitmapGeom,
-    daemon_sleep_ms: u64,
-}
-
-/// md's default bitmap daemon period.
-pub const DEFAULT_DAEMON_SLEEP_MS: u64 = 5_000;
-
 /// Claimed member devices and their probes.
 type Members = (Vec<Arc<dyn Device>>, Vec<Probe>);
-
-/// What planning knows about one member.
-struct Probe {
-    block_size: u32,
-    num_blocks: u64,
-    /// The 4 KiB at byte 4096 (empty: device too small).
-    sb: Vec<u8>,
-}
-
-impl Probe {
-    fn sectors(&self) -> u64 {
-        self.num_blocks * self.block_size as u64 / 512
-    }
-}
-
-/// How `bdev_mdraid_create` will bring an array up.
-enum Plan {
-    /// New md array: superblocks to write, then start.
-    Create {
-        uuid: [u8; 16],
-        geom: Geometry,
-        strip_kb: u32,
-        /// In 512-byte sectors, the same on every member.
-        data_offset: u64,
-        layouts: Vec<MemberLayout>,
-        member_data_blocks: u64,
-        bitmap: Option<BitmapPlan>,
-    },
-    /// The members carry this array: assemble it.
-    Assemble {
-        asm: Box<Assembled>,
-        data_offset: u64,
-        member_data_blocks: u64,
-    },
-    /// `superblock: false`: no metadata on the members.
-    Bare { geom: Geometry, strip_kb: u32 },
-}
-
-const CREATE: &str = "bdev_mdraid_create";
-
-fn field(f: impl AsRef<str>, msg: impl std::fmt::Display) -> RpcError {
-    RpcError::invalid_field(CREATE, f.as_ref(), msg)
-}
-
-fn geometry_error(e: &GeometryError) -> RpcError {
-    let f = match e {
-        GeometryError::BlockSize(_) => "base_bdevs".to_string(),
-        GeometryError::StripNotPowerOfTwo(_) | GeometryError::StripTooSmall { .. } => {
-            "strip_size_kb".to_string()
-        }
-        GeometryError::TooFewMembers { .. } | GeometryError::TooManyMembers { .. } => {
-            "base_bdevs".to_string()
-        }
-        GeometryError::UnequalMembers { member, .. }
-        | GeometryError::MemberTooSmall { member, .. } => {
-            format!("base_bdevs[{member}]")
-        }
-        GeometryError::BadLayout { .. } => "layout".to_string(),
-    };
-    field(f, e)
-}
-
-fn strip_for(p: &BdevMdraidCreate) -> u32 {
-    match p.raid_level {
-        RaidLevel::Raid1 => 0,
-        RaidLevel::Linear => p.strip_size_kb.unwrap_or(0),
-        _ => p.strip_size_kb.unwrap_or(DEFAULT_STRIP_KB),
-    }
-}
-
-/// Decide how to bring up the array `p` describes over `probes` (one per
-/// `p.base_bdevs`, in order). Pure: no I/O.
-fn plan_array(p: &BdevMdraidCreate, probes: &[Probe]) -> Result<Plan, RpcError> {
-    // What the engine cannot do yet is refused, not faked.
-    if p.write_behind.is_some() {
-        return Err(field(
-            "write_behind",
-            "write-behind needs a write-intent bitmap, which is not implemented yet",
-        ));
-    }
-    if !p.write_mostly.is_empty() {
-        return Err(field(
-            "write_mostly",
-            "write-mostly members are not implemented yet",
-        ));
-    }
-    if p.uuid.is_some_and(|u| u.is_nil()) {
-        return Err(field("uuid", "must not be the nil UUID"));
-    }
-    let bs = probes[0].block_size;
-    for (i, pr) in probes.iter().enumerate().skip(1) {
-        if pr.block_size != bs {
-            return Err(field(
-                format!("base_bdevs[{i}]"),
-                format!(
-                    "block size {} differs from base_bdevs[0]'s {bs}",
-                    pr.block_size
-                ),
-            ));
-        }
-    }
-    let level = level_of(p.raid_level);
-    let strip_kb = strip_for(p);
-    let layout = p.layout.map(|l| l.md_number());
-
-    // What the members carry.
-    let mut found: Vec<Option<Superblock>> = Vec::new();
-    for (i, pr) in probes.iter().enumerate() {
-        if pr.sb.len() < SB_BLOCK_BYTES {
-            found.push(None);
-            continue;
-        }
-        match Superblock::decode(&pr.sb, pr.sectors()) {
-            Ok(sb) => found.push(Some(sb)),
-            Err(SbError::BadMagic { .. }) => found.push(None),
-            Err(e) => {
-                // md's magic with something wrong: assembly judges it if the
-                // others belong to one array; alone it is refused below.
-                if !p.superblock {
-                    return Err(field(
-                        format!("base_bdevs[{i}]"),
-                        format!("`{}` carries a damaged md superblock ({e}); superblock=false would overwrite it", p.base_bdevs.0[i]),
-                    ));
-                }
-                found.push(None);
-                if probes.iter().enumerate().all(|(j, q)| {
-                    j == i
-                        || q.sb.len() < SB_BLOCK_BYTES
-                        || matches!(
-                            Superblock::decode(&q.sb, q.sectors()),
-                            Err(SbError::BadMagic { .. })
-                        )
-                }) {
-                    return Err(field(
-                        format!("base_bdevs[{i}]"),
-                        format!(
-                            "`{}` carries a damaged md superblock ({e}); wipe it before creating an array on it",
-                            p.base_bdevs.0[i]
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-
-    if !p.superblock {
-        if let Some(i) = found.iter().position(Option::is_some) {
-            return Err(field(
-                format!("base_bdevs[{i}]"),
-                format!(
-                    "`{}` carries an md superblock; superblock=false would overwrite it",
-                    p.base_bdevs.0[i]
-                ),
-            ));
-        }
-        let smallest = probes.iter().map(|q| q.num_blocks).min().unwrap_or(0);
-        let geom = Geometry::new(&GeometryParams {
-            level,
-            layout,
-            strip_size_kb: strip_kb,
-            block_size: bs,
-            member_blocks: vec![smallest; probes.len()],
-        })
-        .map_err(|e| geometry_error(&e))?;
-        return Ok(Plan::Bare { geom, strip_kb });
-    }
-
-    // Which array the members belong to.
-    let uuids: Vec<[u8; 16]> = found.iter().flatten().map(|sb| sb.set_uuid).collect();
-    if let Some(first) = uuids.first() {
-        let target = p.uuid.map(|u| u.0).unwrap_or(*first);
-        for (i, sb) in found.iter().enumerate() {
-            if let Some(sb) = sb {
-                if sb.set_uuid != target {
-                    return Err(field(
-                        format!("base_bdevs[{i}]"),
-                        format!(
-                            "`{}` carries the md superblock of another array ({} `{}`); delete that array with clear_sb or wipe the member first",
-                            p.base_bdevs.0[i],
-                            md_uuid(&sb.set_uuid),
-                            sb.name()
-                        ),
-                    ));
-                }
-            }
-        }
-        return plan_assemble(p, probes, target, bs);
-    }
-
-    // A new array.
-    let chunk_sectors = strip_kb * 2;
-    let bitmap = bitmap_for(p, level, bs, probes)?;
-    // Room for the bitmap of the largest chunk space the members allow.
-    let bound: u64 = probes.iter().map(|q| q.sectors()).sum();
-    let area = bitmap
-        .as_ref()
-        .map(|b| bitmap_area_bytes(bound, b.0 as u32));
-    let mut layouts = Vec::new();
-    for (i, pr) in probes.iter().enumerate() {
-        let l = MemberLayout::new(pr.sectors(), chunk_sectors, area)
-            .map_err(|e| field(format!("base_bdevs[{i}]"), e))?;
-        layouts.push(l);
-    }
-    let data_offset = layouts.iter().map(|l| l.data_offset).max().unwrap_or(0);
-    for (i, l) in layouts.iter_mut().enumerate() {
-        if l.member_sectors <= data_offset {
-            return Err(field(
-                format!("base_bdevs[{i}]"),
-                format!(
-                    "{} sectors leave no room for data after md's data offset {data_offset}",
-                    l.member_sectors
-                ),
-            ));
-        }
-        l.data_offset = data_offset;
-        l.data_size = l.member_sectors - data_offset;
-    }
-    let min_data = layouts.iter().map(|l| l.data_size).min().unwrap_or(0);
-    let sb_chunk = if matches!(level, Level::Raid1) {
-        0
-    } else {
-        chunk_sectors
-    };
-    let used = component_size(level.md_level(), sb_chunk, min_data);
-    let spb = bs as u64 / 512;
-    let member_data_blocks = used / spb;
-    if member_data_blocks == 0 {
-        return Err(field("base_bdevs", "members too small for any data"));
-    }
-    let geom = Geometry::new(&GeometryParams {
-        level,
-        layout,
-        strip_size_kb: strip_kb,
-        block_size: bs,
-        member_blocks: vec![member_data_blocks; probes.len()],
-    })
-    .map_err(|e| geometry_error(&e))?;
-    let bitmap = match bitmap {
-        Some((chunk, daemon_sleep_ms)) => Some(BitmapPlan {
-            geom: BitmapGeom::new(&geom, chunk).map_err(|e| field("bitmap.chunk_kb", e))?,
-            daemon_sleep_ms,
-        }),
-        None => None,
-    };
-    let uuid = p.uuid.map(|u| u.0).unwrap_or_else(|| Uuid::random().0);
-    Ok(Plan::Create {
-        uuid,
-        geom,
-        strip_kb,
-        data_offset,
-        layouts,
-        member_data_blocks,
-        bitmap,
-    })
-}
-
-/// The bitmap a new array gets: `(chunk bytes, daemon sleep ms)`, or none.
-/// Levels with redundancy get one unless `bitmap` is false; the default
-/// chunk is mdadm's (at least 64 MiB, larger when the bits would not fit
-/// mdadm's bitmap space).
-fn bitmap_for(
-    p: &BdevMdraidCreate,
-    level: Level,
-    bs: u32,
-    probes: &[Probe],
-) -> Result<Option<(u64, u64)>, RpcError> {
-    let redundant = !matches!(level, Level::Raid0 | Level::Linear);
-    let opts = match p.bitmap {
-        BitmapSetting::Off => return Ok(None),
-        BitmapSetting::Default if !redundant => return Ok(None),
-        BitmapSetting::Default => BitmapOptions::default(),
-        BitmapSetting::On(_) if !redundant => {
-            return Err(field(
-                "bitmap",
-                format!(
-                    "a {} array has no redundancy, so a write-intent bitmap has nothing to resync; omit `bitmap` or pass false",
-                    level.name()
-                ),
-            ))
-        }
-        BitmapSetting::On(o) => o,
-    };
-    let chunk = match opts.chunk_kb {
-        Some(kb) => {
-            let bytes = u64::from(kb) * 1024;
-            if !kb.is_power_of_two() || bytes < 4096 || bytes < u64::from(bs) {
-                return Err(field(
-                    "bitmap.chunk_kb",
-                    format!(
-                        "{kb}: must be a power of two of at least 4 KiB and the block size ({bs} bytes)"
-                    ),
-                ));
-            }
-            bytes
-        }
-        None => {
-            let smallest = probes.iter().map(|q| q.sectors()).min().unwrap_or(0);
-            let bound: u64 = probes.iter().map(|q| q.sectors()).sum();
-            default_bitmap_chunk(bound, choose_bm_space(smallest))
-        }
-    };
-    let daemon = opts
-        .daemon_sleep_ms
-        .map_or(DEFAULT_DAEMON_SLEEP_MS, u64::from);
-    Ok(Some((chunk, daemon)))
-}
-
-fn plan_assemble(
-    p: &BdevMdraidCreate,
-    probes: &[Probe],
-    uuid: [u8; 16],
-    bs: u32,
-) -> Result<Plan, RpcError> {
-    let names: Vec<&str> = p.base_bdevs.iter().map(|n| n.as_str()).collect();
-    let cands: Vec<Candidate> = probes
-        .iter()
-        .zip(&names)
-        .map(|(pr, n)| Candidate {
-            name: n,
-            sb: &pr.sb,
-            sectors: pr.sectors(),
-        })
-        .collect();
-    let asm = assemble(
-        &cands,
-        &AssembleOptions {
-            uuid: Some(uuid),
-            force: false,
-            block_size: bs,
-        },
-    )
-    .map_err(|e| {
-        RpcError::errno(
-            errno::EINVAL,
-            format!(
-                "{CREATE}: the members carry md array {}, which cannot be started: {e}",
-                md_uuid(&uuid)
-            ),
-        )
-    })?;
-    let lvl = asm.geometry.level();
-    if lvl.md_level() != p.raid_level.md_level() {
-        return Err(field(
-            "raid_level",
-            format!(
-                "the members carry {} array {} (`{}`), not {}",
-                lvl.name(),
-                md_uuid(&uuid),
-                asm.name,
-                p.raid_level
-            ),
-        ));
-    }
-    let present: Vec<&Superblock> = asm.superblocks.iter().flatten().collect();
-    let strip_kb = present[0].chunksize / 2;
-    if let Some(s) = p.strip_size_kb {
-        if s != strip_kb && !matches!(lvl, Level::Raid1) {
-            return Err(field(
-                "strip_size_kb",
-                format!(
-                    "the members carry array {} with a strip of {strip_kb} KiB, not {s}",
-                    md_uuid(&uuid)
-                ),
-            ));
-        }
-    }
-    if let Some(l) = p.layout {
-        if l.md_number() != asm.geometry.layout() {
-            return Err(field(
-                "layout",
-                format!(
-                    "the members carry array {} with layout {}, not {l}",
-                    md_uuid(&uuid),
-                    layout_name(lvl.md_level(), asm.geometry.layout())
-                ),
-            ));
-        }
-    }
-    match (p.bitmap, &asm.bitmap) {
-        (BitmapSetting::On(_), None) => {
-            return Err(field(
-                "bitmap",
-                format!(
-                    "the members carry array {} without a write-intent bitmap; adding one to an existing array is not supported",
-                    md_uuid(&uuid)
-                ),
-            ))
-        }
-        (BitmapSetting::Off, Some(_)) => {
-            return Err(field(
-                "bitmap",
-                format!(
-                    "the members carry array {} with a write-intent bitmap; removing it is not supported",
-                    md_uuid(&uuid)
-                ),
-            ))
-        }
-        (BitmapSetting::On(o), Some(b)) => {
-            if let Some(kb) = o.chunk_kb {
-                if u64::from(kb) * 1024 != b.geom.chunk_bytes() {
-                    return Err(field(
-                        "bitmap.chunk_kb",
-                        format!(
-                            "the members carry array {} with a bitmap chunk of {} KiB, not {kb}",
-                            md_uuid(&uuid),
-                            b.geom.chunk_bytes() / 1024
-                        ),
-                    ));
-                }
-            }
-        }
-        _ => {}
-    }
-    let data_offset = present[0].data_offset;
-    if let Some(sb) = present.iter().find(|sb| sb.data_offset != data_offset) {
-        return Err(RpcError::errno(
-            errno::ENOTSUP,
-            format!(
-                "{CREATE}: members of array {} have different data offsets ({} and {data_offset} sectors); not supported",
-                md_uuid(&uuid),
-                sb.data_offset
-            ),
-        ));
-    }
-    let spb = bs as u64 / 512;
-    let member_data_blocks = present[0].size / spb;
-    Ok(Plan::Assemble {
-        asm: Box::new(asm),
-        data_offset,
-        member_data_blocks,
-    })
-}
 
 // ------------------------------------------------------------ metadata path
 
@@ -1565,7 +1118,7 @@ impl Daemon {
                 d.reg.release(n);
             }
         };
-        let plan = match plan_array(&p, &probes) {
+        let plan = match plan_array(&p, &probes, || Uuid::random().0) {
             Ok(plan) => plan,
             Err(e) => {
                 release(self);
@@ -2768,7 +2321,7 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                         sb,
                     });
                 }
-                plan_array(p, &probes).map_err(at)?;
+                plan_array(p, &probes, || Uuid::random().0).map_err(at)?;
                 for m in p.base_bdevs.iter() {
                     if let Some(d) = devs.get_mut(m.as_str()) {
                         d.claimed = true;

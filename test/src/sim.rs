@@ -1551,26 +1551,7 @@ impl<'a> Sim<'a> {
                     fua: false,
                     buf: Some(vec![0x5a; blocks as usize * self.bs]),
                 };
-                if let Err(Busy(io)) = self.arr.channels[0].submit(io) {
-                    self.arr.retry[0].push_back(io);
-                }
-                self.drain(0)?;
-                let mut spins = 0;
-                while !self.parents.is_empty() {
-                    self.step += 1;
-                    spins += 1;
-                    if spins > 100_000 {
-                        return Err(format!("hang in the final read-back; {}", self.describe()));
-                    }
-                    if self.inflight.is_empty() {
-                        self.tick()?;
-                        self.poll_channel(0);
-                        self.drain(0)?;
-                        self.flush_meta()?;
-                    } else {
-                        self.complete_random()?;
-                    }
-                }
+                self.submit_and_wait(io, "the final read-back")?;
                 lba += blocks;
             }
             self.check_members()?;
@@ -1591,6 +1572,32 @@ impl<'a> Sim<'a> {
             self.out.read_errors_corrected += s.read_errors_corrected;
             self.out.pool_waits += s.waits_for_resources;
             self.out.bit_waits += s.waits_for_bits;
+        }
+        Ok(())
+    }
+
+    /// Submit `io` on channel 0 and run until no parent is outstanding
+    /// (after the run: faults are off).
+    fn submit_and_wait(&mut self, io: ParentIo<Buf>, what: &str) -> Result<(), String> {
+        if let Err(Busy(io)) = self.arr.channels[0].submit(io) {
+            self.arr.retry[0].push_back(io);
+        }
+        self.drain(0)?;
+        let mut spins = 0;
+        while !self.parents.is_empty() {
+            self.step += 1;
+            spins += 1;
+            if spins > 100_000 {
+                return Err(format!("hang in {what}; {}", self.describe()));
+            }
+            if self.inflight.is_empty() {
+                self.tick()?;
+                self.poll_channel(0);
+                self.drain(0)?;
+                self.flush_meta()?;
+            } else {
+                self.complete_random()?;
+            }
         }
         Ok(())
     }
@@ -1636,26 +1643,7 @@ impl<'a> Sim<'a> {
                 fua: false,
                 buf: Some(vec![0; w.blocks as usize * self.bs * copies]),
             };
-            if let Err(Busy(io)) = self.arr.channels[0].submit(io) {
-                self.arr.retry[0].push_back(io);
-            }
-            self.drain(0)?;
-            let mut spins = 0;
-            while !self.parents.is_empty() {
-                self.step += 1;
-                spins += 1;
-                if spins > 100_000 {
-                    return Err(format!("hang in a {op:?} pass; {}", self.describe()));
-                }
-                if self.inflight.is_empty() {
-                    self.tick()?;
-                    self.poll_channel(0);
-                    self.drain(0)?;
-                    self.flush_meta()?;
-                } else {
-                    self.complete_random()?;
-                }
-            }
+            self.submit_and_wait(io, "a check or repair pass")?;
             pass.window_done(&shared, true);
         }
         Ok(self.arr.channels[0].stats().mismatch_blocks - before)
