@@ -163,6 +163,25 @@ pub struct MdraidBaseBdevInfo {
     pub state: Option<String>,
     #[serde(default)]
     pub write_mostly: bool,
+    /// I/O the array sent this member, summed over the array's channels
+    /// (one per reactor); absent when the host cannot say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<MdraidMemberIo>,
+}
+
+/// Per-member I/O counters (md's per-device view of the data path): child
+/// reads and writes the array issued to the member and that succeeded, the
+/// blocks they moved, the ones that failed, and those in flight now.
+/// Superblock and bitmap writes of the metadata path are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdraidMemberIo {
+    pub reads: u64,
+    pub writes: u64,
+    /// In blocks of the array's block size.
+    pub read_blocks: u64,
+    pub written_blocks: u64,
+    pub errors: u64,
+    pub outstanding: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

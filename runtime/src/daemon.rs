@@ -930,6 +930,21 @@ impl Daemon {
             (geom.strip_blocks() * bs as u64 / 1024) as u32
         };
         let offline = st.offline || snap.is_some_and(|s| s.offline);
+        // Per-member I/O, summed over the array's channels (one per reactor).
+        let io: Option<Vec<MdraidMemberIo>> = a.array.stats().ok().map(|chans| {
+            let mut sum = vec![MdraidMemberIo::default(); a.roles.len()];
+            for (_, members) in &chans {
+                for (t, m) in sum.iter_mut().zip(members) {
+                    t.reads += m.reads;
+                    t.writes += m.writes;
+                    t.read_blocks += m.read_blocks;
+                    t.written_blocks += m.written_blocks;
+                    t.errors += m.errors;
+                    t.outstanding += u64::from(m.outstanding);
+                }
+            }
+            sum
+        });
         let members: Vec<MdraidBaseBdevInfo> = a
             .roles
             .iter()
@@ -958,6 +973,7 @@ impl Daemon {
                         .into(),
                     ),
                     write_mostly: false,
+                    io: io.as_ref().and_then(|v| v.get(r).copied()),
                 }
             })
             .collect();

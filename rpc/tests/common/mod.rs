@@ -197,6 +197,7 @@ impl Host for FakeDaemon {
                                 role: Some(i as u32),
                                 state: Some("in_sync".into()),
                                 write_mostly: a.write_mostly.contains(m.as_str()),
+                                io: None,
                             })
                             .collect(),
                         layout: a.layout.map(|l| l.to_string()),
