@@ -163,6 +163,16 @@ impl Bitmap {
         }
     }
 
+    /// A bitmap whose every bit is already on disk (the steady state of a
+    /// working set that is being written: what benchmarks measure).
+    pub fn new_durable(geom: BitmapGeom) -> Bitmap {
+        let b = Bitmap::new(geom);
+        for c in 0..b.geom.chunks() {
+            b.set_flags(c, DURABLE);
+        }
+        b
+    }
+
     pub fn geom(&self) -> &BitmapGeom {
         &self.geom
     }

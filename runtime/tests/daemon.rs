@@ -1596,6 +1596,8 @@ fn fio_verify_over_files_with_a_member_failing() {
                 "--size=16M",
                 "--verify=crc32c",
                 "--do_verify=1",
+                // No verify-state file in the working directory.
+                "--verify_state_save=0",
                 "--output-format=json",
                 &format!("--output={}", out.display()),
             ])
