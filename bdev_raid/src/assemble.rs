@@ -698,4 +698,23 @@ mod tests {
         assert!(matches!(e, AssembleError::Bitmap { .. }), "{e}");
         assert!(e.to_string().contains("bitmap magic"), "{e}");
     }
+
+    /// A member whose own superblock says it was being rebuilt comes back
+    /// recovering from its recovery offset (a crash resumes the rebuild),
+    /// and is not counted as holding the data.
+    #[test]
+    fn a_member_being_rebuilt_resumes_from_its_recovery_offset() {
+        let mut bufs = array(Level::Raid1, 2, 5);
+        let mut sb = Superblock::decode(&bufs[1], SECTORS).unwrap();
+        sb.feature_map |= crate::ondisk::MD_FEATURE_RECOVERY_OFFSET;
+        sb.recovery_offset = 1024;
+        bufs[1] = sb.encode();
+        let n = names(2);
+        let a = assemble(&cands(&bufs, &n), &AssembleOptions::default()).unwrap();
+        assert_eq!(a.state.members[1], MemberState::Recovering(1024));
+        assert_eq!(a.state.not_in_sync(), 0b10);
+        // Alone, it cannot start the array.
+        let e = assemble(&cands(&bufs[1..], &n[1..]), &AssembleOptions::default()).unwrap_err();
+        assert!(matches!(e, AssembleError::NotEnough { .. }), "{e}");
+    }
 }

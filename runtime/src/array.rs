@@ -1255,6 +1255,8 @@ struct SyncDriver {
     started: Instant,
     /// Bytes the process has moved.
     bytes: Cell<u64>,
+    /// Held back by the bandwidth cap: a timer continues it.
+    paused: Cell<bool>,
     /// Itself, while the process runs.
     this: RefCell<Option<Rc<SyncDriver>>>,
 }
@@ -1265,6 +1267,7 @@ fn start_driver(r: &mut Reactor, a: &Arc<Array>, job: Job) {
         job: RefCell::new(job),
         started: Instant::now(),
         bytes: Cell::new(0),
+        paused: Cell::new(false),
         this: RefCell::new(None),
     });
     // The driver keeps itself alive until the process ends.
@@ -1328,7 +1331,11 @@ impl IoDone for SyncDriver {
             let due = Duration::from_secs_f64(me.bytes.get() as f64 / (f64::from(cap) * 1048576.0));
             let spent = me.started.elapsed();
             if due > spent {
-                r.after(due - spent, move |r| sync_next(r, &me));
+                me.paused.set(true);
+                r.after(due - spent, move |r| {
+                    me.paused.set(false);
+                    sync_next(r, &me)
+                });
                 return;
             }
         }
@@ -1451,6 +1458,9 @@ fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
         if a.stopped.load(Ordering::Relaxed) {
             drv.end();
             return;
+        }
+        if drv.paused.get() {
+            return; // a completion met the bandwidth cap; its timer goes on
         }
         let w = match next_step(r, drv) {
             Next::Submit(w) => w,

@@ -21,7 +21,9 @@ pub mod meta;
 pub mod reactor;
 pub mod uring;
 
-pub use array::{Array, ArrayChannelRef, ArrayError, ArrayParams, IoDone};
+pub use array::{
+    Array, ArrayChannelRef, ArrayError, ArrayParams, IoDone, ProcessOptions, SyncKind, SyncProgress,
+};
 pub use buf::{AlignedBuf, BufPool, DevBuf};
 pub use cores::{parse_core_list, parse_core_mask, parse_cores};
 pub use dev::{DevChannel, DevError, DevIo, DevOp, DevStatus, Device, DeviceKind, NoMem, Uuid};

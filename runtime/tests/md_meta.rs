@@ -214,6 +214,12 @@ fn readd_rebuilds_only_dirty_chunks() {
             .sum()
     };
     let before = written(&a);
+    // Capped at 1 MiB/s: 5 chunks of 64 KiB cannot take less than 0.25 s
+    // (the cap is checked before each window after the first).
+    a.set_process_options(mdraid_runtime::ProcessOptions {
+        window_kb: 64,
+        max_mb_per_sec: 1,
+    });
     let kind = a
         .add_member(
             0,
@@ -237,6 +243,12 @@ fn readd_rebuilds_only_dirty_chunks() {
     }
     // Chunks 0, 5 (still dirty: the daemon never ran), 10, 20, 30.
     assert_eq!(written(&a) - before, 5 * cb, "only the dirty chunks");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(240),
+        "the bandwidth cap was not applied: {:?}",
+        t0.elapsed()
+    );
+    a.set_process_options(mdraid_runtime::ProcessOptions::default());
     let sb = superblock(&rt, &m0);
     assert_eq!(sb.dev_roles[sb.dev_number as usize], DevRole::Active(0));
     // Both copies agree over the whole data area.
