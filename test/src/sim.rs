@@ -60,6 +60,8 @@ pub struct Outcome {
     pub crashes: u64,
     /// Resyncs the engine completed after dirty assemblies.
     pub resyncs: u64,
+    /// Members compared byte for byte right after a resync or rebuild.
+    pub sync_checks: u64,
     /// Members brought back (from the bitmap / fully) and rebuilds finished.
     pub readds_bitmap: u64,
     pub readds_full: u64,
@@ -195,6 +197,9 @@ struct Sim<'a> {
     rebuild: Option<Rebuild>,
     rebuild_tags: Vec<u64>,
     rebuild_stopped: Option<(usize, u64)>,
+    /// A resync or rebuild just ended: hold new user I/O until everything
+    /// in flight is done, then compare the members byte for byte.
+    sync_check: bool,
     out: Outcome,
 }
 
@@ -325,6 +330,7 @@ impl<'a> Sim<'a> {
             rebuild: None,
             rebuild_tags: Vec::new(),
             rebuild_stopped: None,
+            sync_check: false,
             out: Outcome::default(),
             geom,
         }
@@ -442,8 +448,9 @@ impl<'a> Sim<'a> {
             }
             self.drive_resync()?;
             self.drive_rebuild()?;
+            self.check_after_sync()?;
             let r = self.rng.below(100);
-            if submitted < self.sc.ops && r < 35 {
+            if submitted < self.sc.ops && r < 35 && !self.sync_check {
                 let ch = self.rng.below(self.sc.channels as u64) as usize;
                 if self.per_channel[ch] < self.sc.queue_depth {
                     self.submit_random(ch)?;
@@ -471,6 +478,18 @@ impl<'a> Sim<'a> {
             }
         }
         self.final_check()
+    }
+
+    /// After a resync or rebuild, once nothing is in flight: every member
+    /// in sync must agree with the others (copies, parity) byte for byte.
+    fn check_after_sync(&mut self) -> Result<(), String> {
+        if !self.sync_check || !self.quiet() {
+            return Ok(());
+        }
+        self.sync_check = false;
+        self.out.sync_checks += 1;
+        self.check_members()
+            .map_err(|e| format!("after a resync or rebuild: {e}"))
     }
 
     /// Nothing left anywhere.
@@ -544,6 +563,7 @@ impl<'a> Sim<'a> {
         let Some(w) = r.next_window(&shared) else {
             if r.is_done() {
                 self.out.resyncs += 1;
+                self.sync_check = true;
                 self.out.resync_blocks += r.progress().0;
                 self.resync = None;
                 self.resync_tag = None;
@@ -669,6 +689,7 @@ impl<'a> Sim<'a> {
                 }
                 if r.is_done() {
                     self.out.rebuilds += 1;
+                    self.sync_check = true;
                     let (a, b) = r.counts();
                     self.out.rebuilt_blocks += a;
                     self.out.rebuild_skipped_blocks += b;

@@ -48,6 +48,7 @@ fn sweep() {
     let (mut bitmap_runs, mut bm_resyncs, mut bm_resynced, mut bm_full, mut bit_waits) =
         (0, 0, 0, 0, 0);
     let (mut readd_bm, mut readd_full, mut rebuilds, mut rebuilt, mut skipped) = (0, 0, 0, 0, 0);
+    let mut sync_checks = 0;
     for (seed, level, bitmap, size, r) in &results {
         *levels.entry(level.name()).or_insert(0) += 1;
         match r {
@@ -58,6 +59,7 @@ fn sweep() {
                 sbw += o.superblock_writes;
                 refused += u64::from(o.ended_by_refusal.is_some());
                 readd_bm += o.readds_bitmap;
+                sync_checks += o.sync_checks;
                 readd_full += o.readds_full;
                 rebuilds += o.rebuilds;
                 rebuilt += o.rebuilt_blocks;
@@ -87,7 +89,8 @@ fn sweep() {
     );
     println!(
         "sweep: {readd_bm} members re-added from the bitmap, {readd_full} rebuilt fully; \
-         {rebuilds} rebuilds finished: {rebuilt} member blocks copied, {skipped} skipped as clean"
+         {rebuilds} rebuilds finished: {rebuilt} member blocks copied, {skipped} skipped as clean; \
+         members compared byte for byte after {sync_checks} of the resyncs and rebuilds"
     );
     for f in &failures {
         println!("{f}");
@@ -105,7 +108,7 @@ fn sweep() {
         "no run exercised the bitmap"
     );
     assert!(
-        readd_bm > 0 && readd_full > 0 && rebuilds > 0 && skipped > 0,
+        readd_bm > 0 && readd_full > 0 && rebuilds > 0 && skipped > 0 && sync_checks > 0,
         "no run exercised recovery"
     );
 }
