@@ -411,6 +411,7 @@ impl Array {
                     role: Some(r as u32),
                     state: Some(member_state_name(ms).into()),
                     write_mostly: false,
+                    io: None,
                 }
             })
             .collect();
