@@ -250,8 +250,16 @@ fn bit(m: usize) -> u64 {
     1u64 << m
 }
 
+/// The members in `mask`, lowest first (one step per set bit).
 fn members_of(mask: u64) -> impl Iterator<Item = usize> {
-    (0..MAX_MEMBERS).filter(move |m| mask & bit(*m) != 0)
+    let mut rest = mask;
+    std::iter::from_fn(move || {
+        (rest != 0).then(|| {
+            let m = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            m
+        })
+    })
 }
 
 struct Parent<B> {
@@ -905,6 +913,9 @@ impl<B: IoBuf> Channel<B> {
     /// that has not heard of it yet could still read those members).
     fn wait_for(&mut self, slot: u32, mask: u64) {
         let mask = mask & !self.released.out_of_service();
+        if mask == 0 {
+            return; // the common case: every copy was written
+        }
         let failed = self.shared.failed();
         for m in members_of(mask) {
             // Skipped for a failure some channel saw (that device's), or

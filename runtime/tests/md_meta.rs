@@ -33,6 +33,65 @@ fn superblock(rt: &Runtime, d: &Arc<dyn Device>) -> Superblock {
     Superblock::decode(&data, MEMBER_BLOCKS).expect("a valid md superblock")
 }
 
+/// A raid1 of `members` with md superblocks (metadata path on reactor 1,
+/// 20 ms safe mode) and, with `bitmap_chunk`, a bitmap of that many bytes
+/// per bit whose daemon never clears within a test.
+fn md_raid1(
+    rt: &Runtime,
+    name: &'static str,
+    set_uuid: [u8; 16],
+    members: &[Arc<dyn Device>],
+    bitmap_chunk: Option<u64>,
+) -> Arc<Array> {
+    use bdev_raid::bitmap::{BitmapGeom, DiskBitmap};
+    use bdev_raid::layout::{Geometry, GeometryParams};
+    let geom = Geometry::new(&GeometryParams {
+        level: Level::Raid1,
+        layout: None,
+        strip_size_kb: 0,
+        block_size: 512,
+        member_blocks: vec![MEMBER_BLOCKS - DATA_OFFSET; members.len()],
+    })
+    .unwrap();
+    let bg = bitmap_chunk.map(|c| BitmapGeom::new(&geom, c).unwrap());
+    let mut p = ArrayParams::new(name, Level::Raid1, 0, members.to_vec());
+    p.data_offset_blocks = DATA_OFFSET;
+    p.meta_reactor = 1;
+    p.bitmap = bg.clone();
+    let uuids: Vec<[u8; 16]> = members.iter().map(|d| d.uuid().0).collect();
+    let n = members.len();
+    Array::create_with_meta(rt, p, move |init| {
+        let sbs = create_superblocks(
+            &init.geom,
+            &CreateParams {
+                set_uuid,
+                name,
+                device_uuids: uuids,
+                member_sectors: vec![MEMBER_BLOCKS; n],
+                data_offset: DATA_OFFSET,
+                now_secs: 1,
+                bitmap: bg.is_some(),
+            },
+        );
+        let disk = bg.as_ref().map(|g| DiskBitmap::new(g, set_uuid, 60_000));
+        let meta = Meta::new(
+            init.geom,
+            init.shared,
+            init.state,
+            sbs.into_iter().map(Some).collect(),
+            disk,
+            MetaConfig {
+                safemode_ms: 20,
+                daemon_sleep_ms: 60_000,
+                ..MetaConfig::default()
+            },
+            0,
+        );
+        Box::new(MdMeta::new(meta)) as Box<dyn MetaPath + Send>
+    })
+    .unwrap()
+}
+
 #[test]
 fn md_superblocks_on_members() {
     let _g = serial();
@@ -41,38 +100,7 @@ fn md_superblocks_on_members() {
     let m1: Arc<dyn Device> = MallocDevice::new("sb1", MEMBER_BLOCKS, 512, None).unwrap();
     let ee = ErrorDevice::new(m0.clone(), None);
     let members: Vec<Arc<dyn Device>> = vec![ee.clone(), m1.clone()];
-    let mut p = ArrayParams::new("md1", Level::Raid1, 0, members.clone());
-    p.data_offset_blocks = DATA_OFFSET;
-    p.meta_reactor = 1;
-    let uuids: Vec<[u8; 16]> = members.iter().map(|d| d.uuid().0).collect();
-    let a = Array::create_with_meta(&rt, p, move |init| {
-        let sbs = create_superblocks(
-            &init.geom,
-            &CreateParams {
-                set_uuid: [7; 16],
-                name: "md1",
-                device_uuids: uuids,
-                member_sectors: vec![MEMBER_BLOCKS; 2],
-                data_offset: DATA_OFFSET,
-                now_secs: 1,
-                bitmap: false,
-            },
-        );
-        let meta = Meta::new(
-            init.geom,
-            init.shared,
-            init.state,
-            sbs.into_iter().map(Some).collect(),
-            None,
-            MetaConfig {
-                safemode_ms: 20,
-                ..MetaConfig::default()
-            },
-            0,
-        );
-        Box::new(MdMeta::new(meta)) as Box<dyn MetaPath + Send>
-    })
-    .unwrap();
+    let a = md_raid1(&rt, "md1", [7; 16], &members, None);
     let bs = 512;
 
     // The first write marks the superblocks dirty before it is issued.
@@ -124,8 +152,6 @@ fn md_superblocks_on_members() {
 /// copied to it, and afterwards it holds what its mirror holds.
 #[test]
 fn readd_rebuilds_only_dirty_chunks() {
-    use bdev_raid::bitmap::{Bitmap, BitmapGeom, DiskBitmap};
-    use bdev_raid::layout::{Geometry, GeometryParams};
     use bdev_raid::meta::{NewMember, Recovery};
     use mdraid_runtime::dev::error::ErrorIoType;
 
@@ -137,52 +163,7 @@ fn readd_rebuilds_only_dirty_chunks() {
     let ee_dev: Arc<dyn Device> = ee.clone();
     let members: Vec<Arc<dyn Device>> = vec![ee_dev.clone(), m1.clone()];
     let data_blocks = MEMBER_BLOCKS - DATA_OFFSET;
-    let geom = Geometry::new(&GeometryParams {
-        level: Level::Raid1,
-        layout: None,
-        strip_size_kb: 0,
-        block_size: 512,
-        member_blocks: vec![data_blocks; 2],
-    })
-    .unwrap();
-    let chunk = 64 << 10; // 128 blocks
-    let bg = BitmapGeom::new(&geom, chunk).unwrap();
-    let mut p = ArrayParams::new("rb", Level::Raid1, 0, members.clone());
-    p.data_offset_blocks = DATA_OFFSET;
-    p.meta_reactor = 1;
-    p.bitmap = Some(bg.clone());
-    let uuids: Vec<[u8; 16]> = members.iter().map(|d| d.uuid().0).collect();
-    let a = Array::create_with_meta(&rt, p, move |init| {
-        let sbs = create_superblocks(
-            &init.geom,
-            &CreateParams {
-                set_uuid: [8; 16],
-                name: "rb",
-                device_uuids: uuids,
-                member_sectors: vec![MEMBER_BLOCKS; 2],
-                data_offset: DATA_OFFSET,
-                now_secs: 1,
-                bitmap: true,
-            },
-        );
-        let disk = DiskBitmap::new(&bg, [8; 16], 60_000);
-        let meta = Meta::new(
-            init.geom,
-            init.shared,
-            init.state,
-            sbs.into_iter().map(Some).collect(),
-            Some(disk),
-            MetaConfig {
-                safemode_ms: 20,
-                daemon_sleep_ms: 60_000,
-                ..MetaConfig::default()
-            },
-            0,
-        );
-        Box::new(MdMeta::new(meta)) as Box<dyn MetaPath + Send>
-    })
-    .unwrap();
-    let _ = Bitmap::new; // the array builds the shared words from `p.bitmap`
+    let a = md_raid1(&rt, "rb", [8; 16], &members, Some(64 << 10)); // 128-block chunks
     let bs = 512;
     let cb = 128; // blocks per chunk
     let w = |id: u64, chunk: u64| Req::write(id, chunk * cb + 3, pattern(id, 8 * bs), bs);
