@@ -271,6 +271,8 @@ pub fn assemble(
         members,
         offline: false,
         writable: false,
+        write_mostly: crate::meta::write_mostly_of(&role_sb),
+        write_behind: 0,
     };
     let out = state.not_in_sync();
     if !survives(&geometry, out) {
@@ -305,6 +307,8 @@ pub fn assemble(
     } else {
         None
     };
+    let mut state = state;
+    state.write_behind = bitmap.as_ref().map_or(0, |b| b.disk.sb.write_behind);
     Ok(Assembled {
         set_uuid: uuid,
         name: fresh.name(),

@@ -127,6 +127,12 @@ pub enum ChildBuf {
         off: usize,
         len: usize,
     },
+    /// A write-behind copy of a write's data (the parent may have
+    /// completed already).
+    Behind {
+        buf: u32,
+        len: usize,
+    },
 }
 
 /// A child op the host must carry out on member `member`.
@@ -198,6 +204,10 @@ pub struct ChannelConfig {
     pub stripe_ctxs: usize,
     /// Largest row range one stripe context handles (bytes per member).
     pub max_row_bytes: usize,
+    /// Write-behind copies this channel can hold (mirrored levels), of
+    /// `max_row_bytes` each: a write piece larger than that, or one that
+    /// finds none free, writes its write-mostly copies synchronously.
+    pub behind_bufs: usize,
 }
 
 impl Default for ChannelConfig {
@@ -207,6 +217,7 @@ impl Default for ChannelConfig {
             max_children: 1024,
             stripe_ctxs: 16,
             max_row_bytes: 64 * 1024,
+            behind_bufs: 32,
         }
     }
 }
@@ -242,6 +253,11 @@ pub struct ChannelStats {
     /// Blocks a check or repair found disagreeing (md's mismatch_cnt
     /// counts them in sectors).
     pub mismatch_blocks: u64,
+    /// Write pieces whose write-mostly copies were written behind.
+    pub behind_writes: u64,
+    /// Reads that had to go to a write-mostly member and waited for the
+    /// range lock (no write-behind over their range in flight, R5).
+    pub write_mostly_reads: u64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -295,6 +311,8 @@ enum Owner {
     Free,
     Parent(u32),
     Stripe(u32),
+    /// A write-behind child of piece `.0`: outlives its parent.
+    Behind(u32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,6 +325,9 @@ enum ChildKind {
         locked: bool,
         /// A resync read: once read, write it to every other live copy.
         resync: bool,
+        /// Waits for the range lock to read a write-mostly member (counted
+        /// in `Shared::behind_reader`).
+        wm_wait: bool,
     },
     /// Rewrite of a piece on members that failed to read it.
     MirrorFix { lba: u64, blocks: u64, todo: u64 },
@@ -324,17 +345,52 @@ enum ChildKind {
     Plain,
     /// One copy of a mapped write piece.
     Piece(u32),
+    /// A write-mostly copy of a mapped write piece, written behind.
+    Behind(u32),
     /// Owned by a stripe context.
     Unit,
 }
 
 /// A mapped write piece: its copies' children and its range lock.
 struct Piece {
+    /// NONE once a write-behind piece let its parent go.
     parent: u32,
     pending: u32,
     lock: Option<usize>,
     /// A mirrored check piece.
     check: Option<CheckPiece>,
+    /// Write-behind children in flight; the piece keeps its range lock,
+    /// its bitmap count and its place among the array's write-behind
+    /// pieces until they are done.
+    behind: u32,
+    /// The write-behind copy of the data (NONE: not written behind).
+    behind_buf: u32,
+    /// Members written behind.
+    behind_mask: u64,
+    /// A non-write-mostly copy was written: the parent need not wait for
+    /// the write-behind children.
+    fast_ok: bool,
+    tag: u64,
+    lba: u64,
+    blocks: u64,
+}
+
+impl Piece {
+    fn new(parent: u32, tag: u64, lock: Option<usize>) -> Piece {
+        Piece {
+            parent,
+            pending: 1,
+            lock,
+            check: None,
+            behind: 0,
+            behind_buf: NONE,
+            behind_mask: 0,
+            fast_ok: false,
+            tag,
+            lba: 0,
+            blocks: 0,
+        }
+    }
 }
 
 /// What a mirrored check piece compares: the copies of `[lba, lba+blocks)`
@@ -351,7 +407,7 @@ struct CheckPiece {
 }
 
 /// raid1 has no strip; its writes and read rewrites lock ranges this big.
-const RAID1_LOCK_BYTES: u64 = 1 << 20;
+const RAID1_LOCK_BYTES: u64 = 64 << 10;
 
 struct Child {
     gen: u32,
@@ -468,6 +524,12 @@ pub struct Channel<B: IoBuf> {
     idle_reported: Option<u64>,
     stats: ChannelStats,
     member_stats: Vec<MemberStats>,
+    /// Write-behind copies (mirrored levels) and the free ones.
+    behind_bufs: Vec<B>,
+    free_behind: Vec<u32>,
+    /// Per member: the member block after this channel's last read there
+    /// (a read starting there continues a sequential stream).
+    next_read: Vec<u64>,
 }
 
 impl<B: IoBuf> Channel<B> {
@@ -571,12 +633,23 @@ impl<B: IoBuf> Channel<B> {
             fix_queue: VecDeque::with_capacity(cfg.max_children),
             pieces: (0..cfg.max_children)
                 .map(|_| Piece {
-                    parent: NONE,
                     pending: 0,
-                    lock: None,
-                    check: None,
+                    ..Piece::new(NONE, 0, None)
                 })
                 .collect(),
+            behind_bufs: if geom.copies() > 1 {
+                (0..cfg.behind_bufs)
+                    .map(|_| {
+                        let b = alloc(cfg.max_row_bytes);
+                        assert!(b.as_ref().len() >= cfg.max_row_bytes, "short buffer");
+                        b
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            free_behind: Vec::new(),
+            next_read: vec![u64::MAX; members],
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
             lock_blocks: if geom.level() == crate::layout::Level::Raid1 {
                 (RAID1_LOCK_BYTES / bs).max(1)
@@ -592,6 +665,7 @@ impl<B: IoBuf> Channel<B> {
             geom,
         };
         ch.rec_mask = ch.state.recovering();
+        ch.free_behind = (0..ch.behind_bufs.len() as u32).rev().collect();
         // A new channel of a not-writable array has no write in flight.
         ch.maybe_report_idle();
         ch
@@ -618,7 +692,15 @@ impl<B: IoBuf> Channel<B> {
     }
     /// Whether the channel holds no work at all.
     pub fn is_idle(&self) -> bool {
-        self.parents_in_flight() == 0 && self.actions.is_empty()
+        self.parents_in_flight() == 0
+            && self.actions.is_empty()
+            && self.free_behind.len() == self.behind_bufs.len()
+    }
+
+    /// Write-behind pieces of this channel still writing their
+    /// write-mostly copies (their parents may have completed).
+    pub fn behind_in_flight(&self) -> usize {
+        self.behind_bufs.len() - self.free_behind.len()
     }
 
     /// One line on what the channel holds, for diagnosing a stuck host.
@@ -672,6 +754,7 @@ impl<B: IoBuf> Channel<B> {
             ChildBuf::Scratch { ctx, off, len } => {
                 &mut self.stripes[ctx as usize].scratch.as_mut()[off..off + len]
             }
+            ChildBuf::Behind { buf, len } => &mut self.behind_bufs[buf as usize].as_mut()[..len],
         }
     }
 
@@ -943,17 +1026,24 @@ impl<B: IoBuf> Channel<B> {
     pub fn poll(&mut self) {
         while let Some(idx) = self.nomem.pop_front() {
             self.stats.nomem_retries += 1;
-            let c = &mut self.children[idx as usize];
-            c.in_flight = true;
-            let io = c.io;
+            let c = &self.children[idx as usize];
+            let (io, inc, kind, owner) = (c.io, c.inc, c.kind, c.owner);
             let m = io.member as usize;
-            self.member_stats[m].outstanding += 1;
-            if self.state.readded[m] != c.inc || self.dead() & bit(m) != 0 {
+            if self.state.readded[m] != inc || self.dead() & bit(m) != 0 {
+                if let (ChildKind::MirrorRead { .. }, Owner::Parent(slot)) = (kind, owner) {
+                    // A mirrored read: pick a copy again (no read failed).
+                    self.mirror_read_next(slot, idx);
+                    continue;
+                }
+                self.children[idx as usize].in_flight = true;
+                self.member_stats[m].outstanding += 1;
                 // The device it was for failed or was replaced meanwhile:
                 // it fails rather than reach another device.
                 self.child_done(io.token, ChildStatus::Error);
                 continue;
             }
+            self.children[idx as usize].in_flight = true;
+            self.member_stats[m].outstanding += 1;
             self.actions.push_back(Action::Submit(io));
         }
         self.run_waiters();
@@ -996,6 +1086,7 @@ impl<B: IoBuf> Channel<B> {
             Owner::Free => unreachable!(),
             Owner::Stripe(ctx) => self.unit_child_done(ctx, idx as u32, ok),
             Owner::Parent(slot) => self.parent_child_done(slot, idx as u32, ok),
+            Owner::Behind(piece) => self.behind_child_done(piece, idx as u32, ok),
         }
         self.run_waiters();
     }
@@ -1187,12 +1278,15 @@ impl<B: IoBuf> Channel<B> {
         fua: bool,
         buf: ChildBuf,
     ) {
-        let slot = match self.children[idx as usize].owner {
-            Owner::Parent(slot) => slot,
-            Owner::Stripe(ctx) => self.stripes[ctx as usize].parent,
+        let parent = match self.children[idx as usize].owner {
+            Owner::Parent(slot) => self.parents[slot as usize].as_ref().unwrap().tag,
+            Owner::Stripe(ctx) => {
+                let slot = self.stripes[ctx as usize].parent;
+                self.parents[slot as usize].as_ref().unwrap().tag
+            }
+            Owner::Behind(piece) => self.pieces[piece as usize].tag,
             Owner::Free => unreachable!("issue of a free child"),
         };
-        let parent = self.parents[slot as usize].as_ref().unwrap().tag;
         let c = &mut self.children[idx as usize];
         c.gen = c.gen.wrapping_add(1);
         c.inc = self.state.readded[member as usize];
@@ -1272,10 +1366,8 @@ impl<B: IoBuf> Channel<B> {
             }
         }
         self.free_pieces.pop();
+        let tag = self.parents[slot as usize].as_ref().unwrap().tag;
         self.pieces[piece as usize] = Piece {
-            parent: slot,
-            pending: 1,
-            lock,
             check: Some(CheckPiece {
                 lba,
                 blocks: m.len,
@@ -1283,6 +1375,7 @@ impl<B: IoBuf> Channel<B> {
                 bad: 0,
                 writing: false,
             }),
+            ..Piece::new(slot, tag, lock)
         };
         self.parents[slot as usize].as_mut().unwrap().pending += 1;
         for l in m.copies().iter().copied() {
@@ -1433,6 +1526,7 @@ impl<B: IoBuf> Channel<B> {
                         bad: 0,
                         locked: false,
                         resync: false,
+                        wm_wait: false,
                     },
                 );
                 self.parents[slot as usize].as_mut().unwrap().pending += 1;
@@ -1474,6 +1568,7 @@ impl<B: IoBuf> Channel<B> {
                             bad: 0,
                             locked: true,
                             resync: true,
+                            wm_wait: false,
                         },
                     );
                     self.parents[slot as usize].as_mut().unwrap().pending += 1;
@@ -1498,15 +1593,21 @@ impl<B: IoBuf> Channel<B> {
                     }
                 }
                 self.free_pieces.pop();
-                self.pieces[piece as usize] = Piece {
-                    parent: slot,
-                    pending: 1,
-                    lock,
-                    check: None,
-                };
+                let tag = self.parents[slot as usize].as_ref().unwrap().tag;
+                self.pieces[piece as usize] = Piece::new(slot, tag, lock);
                 self.parents[slot as usize].as_mut().unwrap().pending += 1;
                 if live == 0 {
                     self.parents[slot as usize].as_mut().unwrap().error = true;
+                }
+                // Write-behind: the write-mostly copies finish after the
+                // parent from a private copy of the data.
+                let behind = if op == IoType::Write {
+                    self.take_behind(live, m.len)
+                } else {
+                    None
+                };
+                if let Some(b) = behind {
+                    self.start_behind(slot, piece, b, cursor, m.len);
                 }
                 let cop = match op {
                     IoType::Write => ChildOp::Write,
@@ -1521,6 +1622,17 @@ impl<B: IoBuf> Channel<B> {
                 let buf = self.parent_buf(slot, cursor, m.len);
                 for l in m.copies().iter().copied() {
                     if dead & bit(l.member as usize) != 0 {
+                        continue;
+                    }
+                    if let Some((b, wm)) =
+                        behind.filter(|&(_, wm)| wm & bit(l.member as usize) != 0)
+                    {
+                        debug_assert!(wm & bit(l.member as usize) != 0);
+                        let c = self.alloc_child(Owner::Behind(piece), ChildKind::Behind(piece));
+                        self.pieces[piece as usize].behind += 1;
+                        let len = (m.len * self.bs) as usize;
+                        let buf = ChildBuf::Behind { buf: b, len };
+                        self.issue(c, l.member, cop, l.lba, m.len, fua, buf);
                         continue;
                     }
                     let c = self.alloc_child(Owner::Parent(slot), ChildKind::Piece(piece));
@@ -1541,28 +1653,140 @@ impl<B: IoBuf> Channel<B> {
             return; // repair writes issued
         }
         let pc = &mut self.pieces[piece as usize];
-        if pc.pending == 0 {
-            pc.check = None;
-            let (slot, lock) = (pc.parent, pc.lock);
-            if let Some(k) = lock {
-                self.shared.locks.unlock(k);
+        if pc.pending != 0 {
+            return;
+        }
+        if pc.behind == 0 {
+            self.end_piece(piece);
+        } else if pc.fast_ok {
+            // A copy the array reads is written: the parent may complete
+            // while the write-mostly copies finish behind.
+            let slot = std::mem::replace(&mut pc.parent, NONE);
+            self.unit_done(slot);
+        }
+        // Else every fast copy failed: the parent waits for the
+        // write-behind children, the only copies left (no data lost).
+    }
+
+    /// Every child of a piece is done: release its lock and, if written
+    /// behind, its write-behind place, copy and bitmap count.
+    fn end_piece(&mut self, piece: u32) {
+        let pc = &mut self.pieces[piece as usize];
+        debug_assert!(pc.pending == 0 && pc.behind == 0);
+        pc.check = None;
+        let (slot, lock, b) = (pc.parent, pc.lock, pc.behind_buf);
+        pc.behind_buf = NONE;
+        let pc = &self.pieces[piece as usize];
+        if let Some(k) = lock {
+            self.shared.locks.unlock(k);
+        }
+        if b != NONE {
+            let (lba, blocks) = (pc.lba, pc.blocks);
+            self.free_behind.push(b);
+            self.shared.end_behind(pc.behind_mask);
+            if let Some(bm) = &self.shared.bitmap {
+                bm.end_write(lba, blocks);
             }
-            self.free_pieces.push(piece);
+            self.writes_in_flight -= 1;
+            self.maybe_report_idle();
+        }
+        self.free_pieces.push(piece);
+        if slot != NONE {
             self.unit_done(slot);
         }
     }
 
-    /// Pick the next copy for a mirrored read piece (least outstanding on
-    /// this channel among live copies not yet tried) and issue it. After a
-    /// read error the retry runs under the range lock, so the rewrite of the
-    /// bad copy cannot overwrite a newer write. If no copy is left, the
-    /// piece fails.
+    fn write_mostly(&self, member: u16) -> bool {
+        self.state.write_mostly & bit(member as usize) != 0
+    }
+
+    /// A write copy buffer and a place among the array's write-behind
+    /// pieces for a write piece of `blocks` going to the members in `live`,
+    /// if it may be written behind: write-behind is on, the piece has a
+    /// write-mostly copy and another copy the array reads, it fits a
+    /// write-behind copy, and no read waits for a write-mostly member.
+    fn take_behind(&mut self, live: u64, blocks: u64) -> Option<(u32, u64)> {
+        let wm = live & self.state.write_mostly;
+        let max = self.state.write_behind;
+        if max == 0
+            || wm == 0
+            || live & !wm == 0
+            || self.shared.bitmap.is_none()
+            || blocks * self.bs > self.cfg.max_row_bytes as u64
+            || self.free_behind.is_empty()
+            || !self.shared.try_start_behind(max, wm)
+        {
+            return None;
+        }
+        self.free_behind.pop().map(|b| (b, wm))
+    }
+
+    /// Make piece `piece` of parent `slot` a write-behind piece over array
+    /// blocks `[lba, lba+blocks)`: copy the data, and count it in the
+    /// bitmap and among the writes in flight until its write-mostly copies
+    /// are done (the bits stay set: a crash before then resyncs them).
+    fn start_behind(&mut self, slot: u32, piece: u32, (b, wm): (u32, u64), lba: u64, blocks: u64) {
+        let len = (blocks * self.bs) as usize;
+        let p = self.parents[slot as usize].as_ref().unwrap();
+        let off = ((lba - p.lba) * self.bs) as usize;
+        let src = &p.buf.as_ref().expect("write without buffer").as_ref()[off..off + len];
+        self.behind_bufs[b as usize].as_mut()[..len].copy_from_slice(src);
+        if let Some(bm) = &self.shared.bitmap {
+            // The parent holds these chunks counted with their bits durable.
+            let durable = bm.start_write(lba, blocks);
+            debug_assert!(durable, "write-behind piece outside durable bits");
+        }
+        self.writes_in_flight += 1;
+        self.stats.behind_writes += 1;
+        let pc = &mut self.pieces[piece as usize];
+        pc.behind_buf = b;
+        pc.behind_mask = wm;
+        pc.lba = lba;
+        pc.blocks = blocks;
+    }
+
+    /// A write-behind child ended. A failure fails its member (reads of
+    /// write-mostly members wait for this piece's range lock, so none reads
+    /// it before the failed flag is set); a parent still held (its fast
+    /// copies all failed) waits for that failure's commit (R1).
+    fn behind_child_done(&mut self, piece: u32, c: u32, ok: bool) {
+        let member = self.children[c as usize].io.member;
+        let slot = self.pieces[piece as usize].parent;
+        if !ok {
+            let inc = self.children[c as usize].inc;
+            self.fail_member(member, inc);
+            if slot != NONE {
+                self.note_wait(slot, bit(member as usize), inc);
+            }
+        }
+        self.free_child(c);
+        let pc = &mut self.pieces[piece as usize];
+        pc.behind -= 1;
+        if pc.behind == 0 && pc.pending == 0 {
+            self.end_piece(piece);
+        }
+    }
+
+    /// Pick the next copy for a mirrored read piece and issue it: among
+    /// the live, current copies not yet tried, those not write-mostly if
+    /// any; the one continuing this channel's sequential stream on its
+    /// member, else the one with the fewest reads and writes outstanding on
+    /// this channel. After a read error the retry runs under the range
+    /// lock, so the rewrite of the bad copy cannot overwrite a newer write.
+    /// A read of a member with write-behind writes in flight (on any
+    /// channel) also runs under it: write-behind pieces hold their range
+    /// lock until their write-mostly copies are done, so the read cannot
+    /// overtake one of its range (R5: it waits for the overlapping ones
+    /// only, at lock granularity), and while it waits no new write goes
+    /// behind (md's rule, so the wait ends). If no copy is left, the piece
+    /// fails.
     fn mirror_read_next(&mut self, slot: u32, c: u32) {
         let ChildKind::MirrorRead {
             lba,
             blocks,
             bad,
             locked,
+            resync,
             ..
         } = self.children[c as usize].kind
         else {
@@ -1571,21 +1795,47 @@ impl<B: IoBuf> Channel<B> {
         let m = self.geom.map(lba, blocks);
         debug_assert!(m.len >= blocks);
         let dead = self.dead() | bad;
-        let best = m
+        let usable = m
             .copies()
             .iter()
             .filter(|l| {
                 dead & bit(l.member as usize) == 0
                     && self.stale(bit(l.member as usize), l.lba, blocks) == 0
             })
-            .min_by_key(|l| self.member_stats[l.member as usize].outstanding)
+            .fold(0, |a, l| a | bit(l.member as usize));
+        let fast = usable & !self.state.write_mostly;
+        let pick = if fast != 0 { fast } else { usable };
+        let cands = m
+            .copies()
+            .iter()
+            .filter(|l| pick & bit(l.member as usize) != 0);
+        let best = cands
+            .clone()
+            .find(|l| self.next_read[l.member as usize] == l.lba)
+            .or_else(|| cands.min_by_key(|l| self.member_stats[l.member as usize].outstanding))
             .copied();
         match best {
-            Some(_) if bad != 0 && !locked => {
-                // Wait for the range lock before reading again.
+            Some(l) if !locked && (bad != 0 || self.shared.behind_to(l.member as usize) != 0) => {
+                // Wait for the range lock before reading.
+                let wm_wait = bad == 0;
+                if wm_wait {
+                    self.shared.behind_reader(true);
+                }
+                self.children[c as usize].kind = ChildKind::MirrorRead {
+                    lba,
+                    blocks,
+                    bad,
+                    locked,
+                    resync,
+                    wm_wait,
+                };
                 self.fix_queue.push_back(c);
             }
             Some(l) => {
+                if self.write_mostly(l.member) {
+                    self.stats.write_mostly_reads += 1;
+                }
+                self.next_read[l.member as usize] = l.lba + blocks;
                 let buf = self.parent_buf(slot, lba, blocks);
                 self.issue(c, l.member, ChildOp::Read, l.lba, blocks, false, buf);
             }
@@ -1620,6 +1870,7 @@ impl<B: IoBuf> Channel<B> {
                 bad,
                 locked: false,
                 resync,
+                wm_wait,
             } = self.children[c as usize].kind
             else {
                 unreachable!()
@@ -1629,12 +1880,16 @@ impl<B: IoBuf> Channel<B> {
                 .expect("mirror retry on a level without copies");
             if self.shared.locks.try_lock(k) {
                 self.fix_queue.remove(i);
+                if wm_wait {
+                    self.shared.behind_reader(false);
+                }
                 self.children[c as usize].kind = ChildKind::MirrorRead {
                     lba,
                     blocks,
                     bad,
                     locked: true,
                     resync,
+                    wm_wait: false,
                 };
                 let Owner::Parent(slot) = self.children[c as usize].owner else {
                     unreachable!()
@@ -1679,6 +1934,7 @@ impl<B: IoBuf> Channel<B> {
                 bad,
                 locked,
                 resync,
+                ..
             } => {
                 if ok && resync {
                     // Write what was read over every other live copy.
@@ -1711,6 +1967,7 @@ impl<B: IoBuf> Channel<B> {
                         bad: bad | bit(member as usize),
                         locked,
                         resync,
+                        wm_wait: false,
                     };
                     self.mirror_read_next(slot, c);
                 }
@@ -1738,6 +1995,8 @@ impl<B: IoBuf> Channel<B> {
                     let inc = self.children[c as usize].inc;
                     self.fail_member(member, inc);
                     self.note_wait(slot, bit(member as usize), inc);
+                } else {
+                    self.pieces[piece as usize].fast_ok = true;
                 }
                 self.free_child(c);
                 self.piece_done(piece);
@@ -1767,7 +2026,7 @@ impl<B: IoBuf> Channel<B> {
                 self.free_child(c);
                 self.unit_done(slot);
             }
-            ChildKind::Unit => unreachable!(),
+            ChildKind::Unit | ChildKind::Behind(_) => unreachable!(),
         }
     }
 
@@ -2574,24 +2833,43 @@ mod tests {
 
     impl Host {
         fn new(level: Level, n: usize, cfg: ChannelConfig) -> Host {
+            Host::with(level, n, 64, cfg, |_| {}, false)
+        }
+
+        /// A host whose state `edit` adjusts, with a bitmap (every bit
+        /// durable) if `bitmap`.
+        fn with(
+            level: Level,
+            n: usize,
+            member_blocks: u64,
+            cfg: ChannelConfig,
+            edit: impl FnOnce(&mut ArrayState),
+            bitmap: bool,
+        ) -> Host {
             let g = Geometry::new(&GeometryParams {
                 level,
                 layout: None,
                 strip_size_kb: 4,
                 block_size: 512,
-                member_blocks: vec![64; n],
+                member_blocks: vec![member_blocks; n],
             })
             .unwrap();
             let bs = 512;
             let members = (0..n)
                 .map(|m| vec![0; g.member_blocks(m) as usize * bs])
                 .collect();
-            let state = Arc::new(ArrayState::new_writable(n));
+            let mut state = ArrayState::new_writable(n);
+            edit(&mut state);
+            let bm = bitmap.then(|| {
+                crate::bitmap::Bitmap::new_durable(
+                    crate::bitmap::BitmapGeom::new(&g, 4096).unwrap(),
+                )
+            });
             Host {
                 ch: Channel::new(
                     Arc::new(g),
-                    state,
-                    Arc::new(crate::state::Shared::new(1)),
+                    Arc::new(state),
+                    Arc::new(crate::state::Shared::with_bitmap(1, bm)),
                     0,
                     cfg,
                     |l| vec![0; l],
@@ -2690,6 +2968,143 @@ mod tests {
         // Later writes skip the faulty member.
         h.write(8, 0, 8, 0xcd);
         assert!(h.held.iter().all(|c| c.member == 0));
+    }
+
+    /// raid1 of 2, member 1 write-mostly, write-behind `wb`, bitmap on.
+    fn wm_host(wb: u32) -> Host {
+        Host::with(
+            Level::Raid1,
+            2,
+            1024,
+            ChannelConfig::default(),
+            |s| {
+                s.write_mostly = bit(1);
+                s.write_behind = wb;
+            },
+            true,
+        )
+    }
+
+    fn read(h: &mut Host, tag: u64, lba: u64, blocks: u64) {
+        let io = ParentIo {
+            tag,
+            op: IoType::Read,
+            lba,
+            blocks,
+            fua: false,
+            buf: Some(vec![0; blocks as usize * 512]),
+        };
+        assert!(h.ch.submit(io).is_ok());
+        h.pump();
+    }
+
+    /// Held children going to `member`.
+    fn to(h: &Host, member: u16) -> Vec<usize> {
+        (0..h.held.len())
+            .filter(|&i| h.held[i].member == member)
+            .collect()
+    }
+
+    #[test]
+    fn reads_avoid_write_mostly_members_and_balance_the_others() {
+        let mut h = wm_host(0);
+        for t in 0..8 {
+            read(&mut h, t, t * 8, 8);
+        }
+        assert!(to(&h, 1).is_empty(), "read a write-mostly member");
+        h.finish_all();
+        // Without write-mostly, reads spread over both copies.
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        for t in 0..8 {
+            read(&mut h, t, t * 8, 4); // not sequential: gaps between
+        }
+        assert_eq!((to(&h, 0).len(), to(&h, 1).len()), (4, 4));
+        h.finish_all();
+        // A sequential stream stays on one member even when the other has
+        // fewer reads outstanding.
+        read(&mut h, 20, 40, 4);
+        let m = h.held[0].member;
+        read(&mut h, 21, 44, 4);
+        assert_eq!(h.held[1].member, m, "stream left its member");
+        h.finish_all();
+        assert_eq!(h.done.len(), 10);
+    }
+
+    #[test]
+    fn write_behind_completes_before_the_write_mostly_copy() {
+        let mut h = wm_host(4);
+        h.write(1, 0, 8, 0x5a);
+        assert_eq!(h.held.len(), 2);
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert_eq!(h.done.len(), 1, "the write waited for the slow copy");
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        assert_eq!(h.ch.stats().behind_writes, 1);
+        assert_eq!(h.ch.shared().behind_in_flight(), 1);
+        let bm = h.ch.shared().bitmap.as_ref().unwrap();
+        assert_eq!(bm.writes(0), 1, "the bitmap chunk stays counted");
+        // The behind copy is the data, though the parent buffer is gone.
+        h.finish_all();
+        assert!(h.members[1][..8 * 512].iter().all(|b| *b == 0x5a));
+        assert_eq!(h.ch.shared().behind_in_flight(), 0);
+        assert_eq!(h.ch.shared().bitmap.as_ref().unwrap().writes(0), 0);
+        // At most `write_behind` pieces in flight: the fifth waits (each
+        // in its own range lock granule).
+        for t in 0..5 {
+            h.write(10 + t, t * 128, 8, 1);
+        }
+        for i in to(&h, 0).into_iter().rev() {
+            h.finish(i);
+        }
+        assert_eq!(h.done.len(), 5, "only four writes may go behind");
+        assert_eq!(h.ch.stats().behind_writes, 5);
+        h.finish_all();
+        assert_eq!(h.done.len(), 6);
+    }
+
+    #[test]
+    fn r5_read_of_a_write_mostly_member_waits_for_write_behind() {
+        let mut h = wm_host(8);
+        h.write(1, 0, 8, 0x77);
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert_eq!(h.done.len(), 1);
+        // The fast member fails: reads must go to the write-mostly one.
+        h.commit_faulty(&[0]);
+        read(&mut h, 2, 0, 8);
+        assert!(
+            h.held.iter().all(|c| c.op == ChildOp::Write),
+            "read issued while a write-behind write of its range was in flight"
+        );
+        // No new write goes behind while the reader waits.
+        h.write(3, 512, 8, 0x11);
+        assert_eq!(h.ch.stats().behind_writes, 1);
+        h.finish_all();
+        let (_, st, buf) = h.done.iter().find(|d| d.0 == 2).unwrap();
+        assert_eq!(*st, IoStatus::Success);
+        assert!(
+            buf.as_ref().unwrap().iter().all(|b| *b == 0x77),
+            "stale read"
+        );
+        assert_eq!(h.ch.stats().write_mostly_reads, 1);
+    }
+
+    #[test]
+    fn write_behind_parent_waits_when_every_fast_copy_failed() {
+        let mut h = wm_host(8);
+        h.failing = bit(0);
+        h.write(1, 0, 8, 0x42);
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert_eq!(h.meta, vec![0]);
+        h.commit_faulty(&[0]);
+        assert!(
+            h.done.is_empty(),
+            "acknowledged with only a write-behind copy in flight"
+        );
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        assert!(h.members[1][..8 * 512].iter().all(|b| *b == 0x42));
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct NewMember {
     pub sectors: u64,
     /// The md superblock found on it, if any (a member coming back).
     pub old_sb: Option<Superblock>,
+    /// Bring it in write-mostly (md's `--add --write-mostly`).
+    pub write_mostly: bool,
 }
 
 /// Why [`Meta::add_member`] refused.
@@ -130,6 +132,21 @@ pub enum AddError {
     Offline,
     #[error("device of {sectors} sectors is smaller than the {needed} a member needs")]
     TooSmall { sectors: u64, needed: u64 },
+}
+
+/// Why [`Meta::set_write_mostly`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FlagError {
+    #[error("role {role}: the array has {members} roles")]
+    Role { role: usize, members: usize },
+    #[error("role {role} has no member in service ({state:?})")]
+    NotInService { role: usize, state: MemberState },
+    #[error("write-mostly applies to mirrored levels (raid1, raid10), not {level}")]
+    NotMirrored { level: &'static str },
+    #[error(
+        "role {role} is the only in-sync copy of some data: write-mostly would leave it readable only from write-mostly members"
+    )]
+    LastReadable { role: usize },
 }
 
 /// The metadata path's view, for the status API.
@@ -256,6 +273,8 @@ pub struct Meta {
     released_seq: u64,
     /// Members added back whose failed flag is cleared at that release.
     unfail: u64,
+    /// Write-mostly members as asked; recorded by the next commit.
+    wm_want: u64,
     actions: VecDeque<MetaAction>,
 }
 
@@ -276,6 +295,16 @@ impl Meta {
     ) -> Meta {
         assert_eq!(sbs.len(), geom.members(), "one superblock slot per role");
         assert!(geom.members() <= MAX_MEMBERS);
+        assert_eq!(
+            state.write_mostly,
+            write_mostly_of(&sbs),
+            "the state's write-mostly members are the superblocks' (see `write_mostly_of`)"
+        );
+        assert_eq!(
+            state.write_behind,
+            bitmap.as_ref().map_or(0, |b| b.sb.write_behind),
+            "the state's write-behind is the bitmap's"
+        );
         let disk_dirty = sbs.iter().flatten().any(|sb| !sb.is_clean());
         assert_eq!(
             bitmap.is_some(),
@@ -355,7 +384,9 @@ impl Meta {
             rec_seq: Vec::new(),
             released_seq: 0,
             unfail: 0,
+            wm_want: 0,
         };
+        m.wm_want = m.state.write_mostly;
         let n = m.geom.members();
         m.rec_progress = (0..n)
             .map(|r| match m.state.members[r] {
@@ -604,7 +635,10 @@ impl Meta {
             None => {
                 // A new device takes the first free slot of dev_roles.
                 let used: Vec<u32> = self.sbs.iter().flatten().map(|s| s.dev_number).collect();
-                let dn = (0..template.dev_roles.len() as u32 + 1)
+                // (Past the end of the template's dev_roles when every slot
+                // there is taken, by members or by the faulty devices they
+                // replaced; another member's number may already be there.)
+                let dn = (0..)
                     .find(|d| {
                         !used.contains(d)
                             && template
@@ -623,11 +657,54 @@ impl Meta {
         sb.devflags = 0;
         sb.cnt_corrected_read = 0;
         self.sbs[role] = Some(sb);
+        if dev.write_mostly && self.geom.copies() > 1 {
+            self.wm_want |= 1 << role;
+        } else {
+            self.wm_want &= !(1 << role);
+        }
         self.rec_kind[role] = Some(kind);
         self.rec_progress[role] = 0;
         self.pending_add |= 1 << role;
         self.step();
         Ok(kind)
+    }
+
+    /// Make member `role` write-mostly or not (md's `writemostly` /
+    /// `-writemostly` in the member's state): recorded in its superblock's
+    /// devflags by a commit, then broadcast. Refused on levels without
+    /// mirrors, for a role with no member in service, and where the
+    /// members left to read (in sync, not write-mostly) would not hold all
+    /// the data.
+    pub fn set_write_mostly(&mut self, role: usize, on: bool) -> Result<(), FlagError> {
+        let n = self.geom.members();
+        if role >= n {
+            return Err(FlagError::Role { role, members: n });
+        }
+        if self.geom.copies() < 2 {
+            return Err(FlagError::NotMirrored {
+                level: self.geom.level().name(),
+            });
+        }
+        let st = self.state.members[role];
+        if !st.in_service() || self.pending_fail & 1 << role != 0 {
+            return Err(FlagError::NotInService { role, state: st });
+        }
+        let want = if on {
+            self.wm_want | 1 << role
+        } else {
+            self.wm_want & !(1 << role)
+        };
+        if on
+            && !survives(
+                &self.geom,
+                self.state.not_in_sync() | self.shared.failed() | want,
+            )
+        {
+            return Err(FlagError::LastReadable { role });
+        }
+        self.wm_want = want;
+        self.step();
+        Ok(())
     }
 
     /// The rebuild of member `role` has made member blocks `[0, offset)`
@@ -774,7 +851,11 @@ impl Meta {
             };
             return;
         }
-        if self.pending_fail == 0 && (self.pending_add != 0 || self.pending_insync != 0) {
+        if self.pending_fail == 0
+            && (self.pending_add != 0
+                || self.pending_insync != 0
+                || self.wm_want != self.state.write_mostly)
+        {
             self.start_commit(self.disk_dirty || self.want_dirty);
             return;
         }
@@ -966,6 +1047,7 @@ impl Meta {
                 target.members[m] = MemberState::InSync;
             }
         }
+        target.write_mostly = self.wm_want;
         target.offline = !survives(&self.geom, target.not_in_sync());
         target.writable = dirty && !target.offline && (self.want_dirty || self.state.writable);
         self.seq += 1;
@@ -1029,6 +1111,7 @@ impl Meta {
         if self.wall_secs != 0 {
             sb.utime = MdTime::new(self.wall_secs, 0);
         }
+        sb.set_write_mostly(target.write_mostly & 1 << m != 0);
         for (role, st) in target.members.iter().enumerate() {
             let Some(dn) = self.sbs[role].as_ref().map(|s| s.dev_number as usize) else {
                 continue;
@@ -1167,6 +1250,16 @@ impl Meta {
             }
         }
     }
+}
+
+/// The write-mostly members the superblocks record (md's `WriteMostly1`
+/// devflag): what [`ArrayState::write_mostly`] must say when a metadata
+/// path starts over them.
+pub fn write_mostly_of(sbs: &[Option<Superblock>]) -> u64 {
+    sbs.iter()
+        .enumerate()
+        .filter(|(_, sb)| sb.as_ref().is_some_and(|sb| sb.write_mostly()))
+        .fold(0, |a, (r, _)| a | 1 << r)
 }
 
 /// Build the superblocks of a new array: one per member, role = index,
@@ -1326,6 +1419,59 @@ mod tests {
             let (_, _, data) = self.writes.iter().find(|w| w.0 == m).unwrap();
             Superblock::decode(data, 4096 + 2048).unwrap()
         }
+    }
+
+    #[test]
+    fn write_mostly_is_committed_to_devflags_then_broadcast() {
+        let mut t = t(Level::Raid1, 3);
+        t.pump();
+        t.broadcasts.clear();
+        t.meta.set_write_mostly(2, true).unwrap();
+        t.pump();
+        assert!(t.broadcasts.is_empty(), "broadcast before the commit");
+        assert_eq!(t.writes.len(), 3);
+        assert!(t.decoded(2).write_mostly());
+        assert!(!t.decoded(0).write_mostly());
+        let events = t.decoded(0).events;
+        assert_eq!(events, t.meta.state().events + 1);
+        t.complete(|_| true);
+        assert_eq!(t.broadcasts.last().unwrap().write_mostly, 1 << 2);
+        assert_eq!(
+            write_mostly_of(
+                &(0..3)
+                    .map(|m| t.meta.superblock(m).cloned())
+                    .collect::<Vec<_>>()
+            ),
+            1 << 2
+        );
+        // Refusals: the last copy readable outside write-mostly members,
+        // a role out of range, a level without mirrors.
+        t.meta.set_write_mostly(1, true).unwrap();
+        t.pump();
+        t.complete(|_| true);
+        assert_eq!(
+            t.meta.set_write_mostly(0, true),
+            Err(FlagError::LastReadable { role: 0 })
+        );
+        assert!(matches!(
+            t.meta.set_write_mostly(3, true),
+            Err(FlagError::Role { .. })
+        ));
+        t.fail(1);
+        t.complete(|_| true);
+        assert!(matches!(
+            t.meta.set_write_mostly(1, false),
+            Err(FlagError::NotInService { role: 1, .. })
+        ));
+        t.meta.set_write_mostly(2, false).unwrap();
+        t.pump();
+        t.complete(|_| true);
+        assert_eq!(t.meta.state().write_mostly, 1 << 1);
+        let mut t5 = super::tests::t(Level::Raid5, 3);
+        assert!(matches!(
+            t5.meta.set_write_mostly(0, true),
+            Err(FlagError::NotMirrored { .. })
+        ));
     }
 
     #[test]
@@ -1684,6 +1830,7 @@ mod tests {
                     device_uuid: old.device_uuid,
                     sectors: 4096 + 2048,
                     old_sb: Some(old.clone()),
+                    write_mostly: false,
                 },
             )
             .unwrap();
@@ -1736,6 +1883,7 @@ mod tests {
                     device_uuid: stale.device_uuid,
                     sectors: 4096 + 2048,
                     old_sb: Some(stale),
+                    write_mostly: false,
                 },
             )
             .unwrap();
@@ -1749,6 +1897,7 @@ mod tests {
             device_uuid: [9; 16],
             sectors: s,
             old_sb: None,
+            write_mostly: false,
         };
         assert!(matches!(
             t.meta.add_member(1, nm(1 << 20)),

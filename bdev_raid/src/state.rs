@@ -5,7 +5,7 @@
 //! shared mutable state on the I/O path is [`StripeLocks`], a table of
 //! atomics that serialises parity updates of one stripe across channels.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::bitmap::Bitmap;
 use crate::layout::{Geometry, Level, MAX_MEMBERS};
@@ -62,6 +62,13 @@ pub struct ArrayState {
     /// brought back after the write parked (which needed the failure
     /// committed first).
     pub readded: Vec<u64>,
+    /// Write-mostly members (md's `WriteMostly1` devflag): they take every
+    /// write but are read only when no other copy can serve the range.
+    pub write_mostly: u64,
+    /// md's max write-behind: writes to write-mostly members that may
+    /// still be in flight after the array acknowledged them (0: off; needs
+    /// the bitmap and a mirrored level).
+    pub write_behind: u32,
 }
 
 impl ArrayState {
@@ -77,6 +84,8 @@ impl ArrayState {
             offline: false,
             writable: false,
             readded: vec![0; members],
+            write_mostly: 0,
+            write_behind: 0,
         }
     }
 
@@ -194,6 +203,16 @@ pub struct Shared {
     failed_inc: Box<[AtomicU64]>,
     /// The write-intent bitmap's per-chunk words, when the array has one.
     pub bitmap: Option<Bitmap>,
+    /// Write-behind pieces in flight on all channels (md's
+    /// `behind_writes`), at most `ArrayState::write_behind`.
+    behind: AtomicU32,
+    /// Per member: write-behind pieces in flight to it. A read of a member
+    /// with any waits for the range lock (write-behind pieces hold theirs
+    /// until done), whatever the channel's state says of write-mostly.
+    behind_to: Box<[AtomicU32]>,
+    /// Reads waiting to read a member with write-behind writes in flight:
+    /// while any waits, no new write goes behind (R5, md's rule).
+    behind_readers: AtomicU32,
 }
 
 #[repr(align(64))]
@@ -216,6 +235,61 @@ impl Shared {
                 .collect(),
             failed: AtomicU64::new(0),
             failed_inc: (0..MAX_MEMBERS).map(|_| AtomicU64::new(0)).collect(),
+            behind: AtomicU32::new(0),
+            behind_to: (0..MAX_MEMBERS).map(|_| AtomicU32::new(0)).collect(),
+            behind_readers: AtomicU32::new(0),
+        }
+    }
+
+    /// Take one of the array's `max` write-behind places for a piece
+    /// written behind to the members in `members`; false when all are
+    /// taken or a read waits for a member with write-behind in flight.
+    pub fn try_start_behind(&self, max: u32, members: u64) -> bool {
+        if self.behind_readers.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let took = self
+            .behind
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if took {
+            for m in (0..MAX_MEMBERS).filter(|m| members & 1 << m != 0) {
+                self.behind_to[m].fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        took
+    }
+
+    /// A write-behind piece is done on the members in `members`.
+    pub fn end_behind(&self, members: u64) {
+        for m in (0..MAX_MEMBERS).filter(|m| members & 1 << m != 0) {
+            let was = self.behind_to[m].fetch_sub(1, Ordering::AcqRel);
+            assert!(was > 0, "write-behind count underflow");
+        }
+        let was = self.behind.fetch_sub(1, Ordering::AcqRel);
+        assert!(was > 0, "write-behind count underflow");
+    }
+
+    /// Write-behind pieces in flight to member `m`.
+    pub fn behind_to(&self, m: usize) -> u32 {
+        self.behind_to[m].load(Ordering::Acquire)
+    }
+
+    /// Write-behind pieces in flight on all channels.
+    pub fn behind_in_flight(&self) -> u32 {
+        self.behind.load(Ordering::Acquire)
+    }
+
+    /// A read starts (`true`) or stops (`false`) waiting to read a
+    /// write-mostly member.
+    pub fn behind_reader(&self, waits: bool) {
+        if waits {
+            self.behind_readers.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let was = self.behind_readers.fetch_sub(1, Ordering::AcqRel);
+            assert!(was > 0, "write-mostly reader count underflow");
         }
     }
 

@@ -1596,6 +1596,7 @@ impl Daemon {
             device_uuid: old_sb.as_ref().map_or(dev.uuid().0, |s| s.device_uuid),
             sectors,
             old_sb,
+            write_mostly: p.write_mostly,
         };
         if !ours {
             self.reg.claim(bname, name).map_err(|e| dev_err(&e))?;

@@ -582,6 +582,7 @@ fn backlog_when_parent_slots_run_out() {
         max_children: 16,
         stripe_ctxs: 2,
         max_row_bytes: 16 * 1024,
+        behind_bufs: 4,
     };
     let a = Array::create(&rt, p).unwrap();
     let bs = 512;

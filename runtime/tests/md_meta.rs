@@ -209,6 +209,7 @@ fn readd_rebuilds_only_dirty_chunks() {
                 device_uuid: old.device_uuid,
                 sectors: MEMBER_BLOCKS,
                 old_sb: Some(old),
+                write_mostly: false,
             },
         )
         .unwrap();

@@ -1,16 +1,21 @@
 //! Simulator command line: replay one seed or sweep a range.
 //!
 //! ```text
-//! mdraid-sim --seed N [--ops M] [--verbose]
-//! mdraid-sim --sweep FROM..TO [--ops M]
+//! mdraid-sim --seed N [--ops M] [--verbose] [--write-behind]
+//! mdraid-sim --sweep FROM..TO [--ops M] [--write-behind]
 //! ```
+//!
+//! `--write-behind` runs the write-mostly workload's scenario of each seed
+//! (`Scenario::write_behind`) instead of the general one.
 
 use std::process::ExitCode;
 
 use mdraid_sim::{run, Scenario};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: mdraid-sim (--seed N | --sweep FROM..TO) [--ops M] [--verbose]");
+    eprintln!(
+        "usage: mdraid-sim (--seed N | --sweep FROM..TO) [--ops M] [--verbose] [--write-behind]"
+    );
     ExitCode::from(2)
 }
 
@@ -19,6 +24,7 @@ fn main() -> ExitCode {
     let mut seeds = None;
     let mut ops = 5000;
     let mut verbose = false;
+    let mut wb = false;
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1);
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
                 i += 1;
             }
             ("--verbose", _) => verbose = true,
+            ("--write-behind", _) => wb = true,
             _ => return usage(),
         }
         i += 1;
@@ -61,7 +68,11 @@ fn main() -> ExitCode {
     let mut failed = 0;
     let total = seeds.end - seeds.start;
     for seed in seeds {
-        let sc = Scenario::from_seed(seed, ops);
+        let sc = if wb {
+            Scenario::write_behind(seed, ops)
+        } else {
+            Scenario::from_seed(seed, ops)
+        };
         if verbose {
             println!("{sc:#?}");
         }
@@ -69,13 +80,15 @@ fn main() -> ExitCode {
             Ok(o) => {
                 if verbose || total == 1 {
                     println!(
-                        "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed{}",
+                        "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed, {} written behind, {} write-mostly reads{}",
                         sc.geometry.level.name(),
                         sc.geometry.member_blocks.len(),
                         o.parents,
                         o.blocks_verified,
                         o.child_errors,
                         o.members_failed,
+                        o.behind_writes,
+                        o.write_mostly_reads,
                         if o.offline { ", offline" } else { "" }
                     );
                 }

@@ -20,6 +20,11 @@ pub struct Faults {
     pub max_broken: usize,
     /// Members that complete slowly (bit mask).
     pub slow: u64,
+    /// Chance that a slow member's completion is put off at a step.
+    pub slow_skip: f64,
+    /// Members no fault is injected into (writes, deaths): the write-mostly
+    /// workload keeps its slow member so reads are forced onto it.
+    pub protect: u64,
 }
 
 /// Everything about one simulator run.
@@ -46,23 +51,43 @@ pub struct Scenario {
     /// Failed members come back (re-add) or are replaced by blank devices,
     /// and are rebuilt beside user I/O.
     pub readd: bool,
+    /// Write-mostly members (mirrored levels) and md's max write-behind
+    /// (with a bitmap).
+    pub write_mostly: u64,
+    pub write_behind: u32,
 }
 
 impl Scenario {
     /// The scenario of `seed`, with `ops` parent I/Os.
     pub fn from_seed(seed: u64, ops: u64) -> Scenario {
+        Scenario::generate(seed, ops, false)
+    }
+
+    /// The write-mostly workload of `seed`: raid1 or raid10 with a bitmap,
+    /// a slow write-mostly member that no fault touches, write-behind on,
+    /// and the other members failing at random moments, so reads are
+    /// forced onto the write-mostly member while writes to it are behind.
+    pub fn write_behind(seed: u64, ops: u64) -> Scenario {
+        Scenario::generate(seed, ops, true)
+    }
+
+    fn generate(seed: u64, ops: u64, wb: bool) -> Scenario {
         let mut r = Rng::new(seed ^ 0x5ce9_a810);
-        let level = *r.pick(&[
-            Level::Linear,
-            Level::Raid0,
-            Level::Raid1,
-            Level::Raid10,
-            Level::Raid4,
-            Level::Raid5,
-            Level::Raid5,
-            Level::Raid6,
-            Level::Raid6,
-        ]);
+        let level = if wb {
+            *r.pick(&[Level::Raid1, Level::Raid1, Level::Raid10])
+        } else {
+            *r.pick(&[
+                Level::Linear,
+                Level::Raid0,
+                Level::Raid1,
+                Level::Raid10,
+                Level::Raid4,
+                Level::Raid5,
+                Level::Raid5,
+                Level::Raid6,
+                Level::Raid6,
+            ])
+        };
         let (members, layout) = match level {
             Level::Linear => (r.range(1, 4) as usize, None),
             Level::Raid0 => (r.range(2, 5) as usize, None),
@@ -115,8 +140,9 @@ impl Scenario {
             },
             stripe_ctxs: if small { r.range(1, 2) as usize } else { 8 },
             max_row_bytes: (*r.pick(&[1u64, 2, 4, 16]) * 4096).max(block_size as u64) as usize,
+            behind_bufs: if small { r.range(1, 3) as usize } else { 16 },
         };
-        let faulty = r.chance(0.75);
+        let faulty = wb || r.chance(0.75);
         let redundancy = match level {
             Level::Linear | Level::Raid0 => 0,
             Level::Raid1 => members - 1,
@@ -138,6 +164,8 @@ impl Scenario {
                     redundancy
                 },
                 slow: r.below(1 << members),
+                slow_skip: 0.7,
+                protect: 0,
             }
         } else {
             Faults {
@@ -147,6 +175,8 @@ impl Scenario {
                 nomem: 0.0,
                 max_broken: 0,
                 slow: 0,
+                slow_skip: 0.7,
+                protect: 0,
             }
         };
         let crashes = if r.chance(0.7) {
@@ -156,13 +186,54 @@ impl Scenario {
         };
         // Most arrays with redundancy get a bitmap with small chunks, so a
         // run sees many bits set, cleared and set again.
-        let bitmap_chunk = (redundancy > 0 && r.chance(0.8)).then(|| {
+        let bitmap_chunk = (redundancy > 0 && (wb || r.chance(0.8))).then(|| {
             let min = (block_size as u64).max(4096);
             *r.pick(&[min, min * 2, min * 4, min * 16])
         });
         let daemon_sleep = r.range(10, 300);
         let readd = redundancy > 0 && r.chance(0.7);
+        // Write-mostly members of mirrored levels: drawn from a stream of
+        // their own, so the rest of every seed's scenario stays as it was.
+        let mut w = Rng::new(seed ^ 0x3b1d_77e5);
+        let mut faults = faults;
+        let (mut write_mostly, mut write_behind) = (0, 0);
+        let mirrored = matches!(level, Level::Raid1 | Level::Raid10);
+        if mirrored && (wb || w.chance(0.4)) {
+            // raid1: up to all members but one; raid10: one member (its
+            // copies' partners stay readable).
+            let k = if level == Level::Raid1 {
+                w.range(1, members as u64 - 1) as usize
+            } else {
+                1
+            };
+            let mut roles: Vec<usize> = (0..members).collect();
+            for _ in 0..k {
+                let i = w.below(roles.len() as u64) as usize;
+                write_mostly |= 1 << roles.swap_remove(i);
+            }
+            if bitmap_chunk.is_some() && (wb || w.chance(0.7)) {
+                write_behind = *w.pick(&[1u32, 2, 4, 16, 256]);
+            }
+            if wb || w.chance(0.7) {
+                faults.slow |= write_mostly;
+                faults.slow_skip = if wb { 0.9 } else { 0.7 };
+            }
+            if wb {
+                // Faults hit the fast members only, as many as the level
+                // survives: reads end up on the write-mostly member.
+                faults.protect = write_mostly;
+                faults.max_broken = if level == Level::Raid1 {
+                    members - k
+                } else {
+                    1
+                };
+                faults.write_error = faults.write_error.max(0.001);
+                faults.member_death = faults.member_death.max(0.0002);
+            }
+        }
         Scenario {
+            write_mostly,
+            write_behind,
             seed,
             ops,
             bitmap_chunk,

@@ -74,6 +74,10 @@ pub struct Outcome {
     /// Writes that waited for their bitmap bits.
     pub bit_waits: u64,
     pub superblock_writes: u64,
+    /// Write pieces written behind to write-mostly members, and reads that
+    /// had to go to a write-mostly member (R5).
+    pub behind_writes: u64,
+    pub write_mostly_reads: u64,
     /// The run ended at an assembly md also refuses (dirty and degraded
     /// parity, or too few members left).
     pub ended_by_refusal: Option<String>,
@@ -90,6 +94,9 @@ struct Member {
     added: bool,
     /// Bumped when the device is replaced.
     gen: u64,
+    /// Publication that brought the current device into its role (the
+    /// state's `readded`); None until a state records it.
+    joined: Option<u64>,
 }
 
 /// A message from the metadata path to one channel.
@@ -271,9 +278,10 @@ impl<'a> Sim<'a> {
                 broken: false,
                 added: false,
                 gen: 0,
+                joined: Some(0),
             })
             .collect();
-        let sbs = create_superblocks(
+        let mut sbs = create_superblocks(
             &geom,
             &CreateParams {
                 set_uuid: (sc.seed as u128 | 1 << 100).to_le_bytes(),
@@ -285,9 +293,14 @@ impl<'a> Sim<'a> {
                 bitmap: sc.bitmap_chunk.is_some(),
             },
         );
+        for (m, sb) in sbs.iter_mut().enumerate() {
+            sb.set_write_mostly(sc.write_mostly & 1 << m != 0);
+        }
         let bitmap = sc.bitmap_chunk.map(|chunk| {
             let bg = BitmapGeom::new(&geom, chunk).expect("scenario bitmap chunk");
-            (DiskBitmap::new(&bg, sbs[0].set_uuid, 1000), bg)
+            let mut d = DiskBitmap::new(&bg, sbs[0].set_uuid, 1000);
+            d.sb.write_behind = sc.write_behind;
+            (d, bg)
         });
         for (m, sb) in sbs.iter().enumerate() {
             let mut b = sb.encode();
@@ -297,7 +310,15 @@ impl<'a> Sim<'a> {
             let at = SB_OFFSET_BYTES as usize;
             members[m].data[at..at + b.len()].copy_from_slice(&b);
         }
-        let state = Arc::new(ArrayState::new_in_sync(n));
+        let state = Arc::new(ArrayState {
+            write_mostly: sc.write_mostly,
+            write_behind: if sc.bitmap_chunk.is_some() {
+                sc.write_behind
+            } else {
+                0
+            },
+            ..ArrayState::new_in_sync(n)
+        });
         let arr = Sim::array(
             sc,
             &geom,
@@ -492,12 +513,14 @@ impl<'a> Sim<'a> {
             .map_err(|e| format!("after a resync or rebuild: {e}"))
     }
 
-    /// Nothing left anywhere.
+    /// Nothing left anywhere (write-behind children outlive their parents,
+    /// and one the host had no memory for waits in its channel).
     fn quiet(&self) -> bool {
         self.resync.is_none()
             && self.rebuild.is_none()
             && self.parents.is_empty()
             && self.inflight.is_empty()
+            && self.arr.channels.iter().all(|c| c.behind_in_flight() == 0)
             && self.arr.meta_inbox.is_empty()
             && self.arr.bcast.iter().all(|q| q.is_empty())
     }
@@ -630,15 +653,15 @@ impl<'a> Sim<'a> {
         };
         let sectors = self.members[r].data.len() as u64 / 512;
         let at = SB_OFFSET_BYTES as usize;
-        let nm = if self.members[r].dead {
-            // A new blank device in its place.
-            self.members[r].data.fill(0);
-            self.members[r].dead = false;
-            self.members[r].gen += 1;
+        let blank = self.members[r].dead;
+        let nm = if blank {
+            // A new blank device in its place (put there once the add is
+            // accepted: a refused add leaves the role as it was).
             NewMember {
                 device_uuid: [0x40 | (self.step as u8 & 0x3f); 16],
                 sectors,
                 old_sb: None,
+                write_mostly: self.sc.write_mostly & 1 << r != 0,
             }
         } else {
             let old = Superblock::decode(&self.members[r].data[at..at + 4096], sectors).ok();
@@ -646,13 +669,20 @@ impl<'a> Sim<'a> {
                 device_uuid: old.as_ref().map_or([0x70; 16], |s| s.device_uuid),
                 sectors,
                 old_sb: old,
+                write_mostly: self.sc.write_mostly & 1 << r != 0,
             }
         };
         let trace = std::env::var_os("MDRAID_SIM_TRACE").is_some();
         match self.arr.meta.add_member(r, nm) {
             Ok(kind) => {
+                if blank {
+                    self.members[r].data.fill(0);
+                    self.members[r].dead = false;
+                    self.members[r].gen += 1;
+                }
                 self.members[r].broken = false;
                 self.members[r].added = true;
+                self.members[r].joined = None;
                 match kind {
                     Recovery::Bitmap => self.out.readds_bitmap += 1,
                     Recovery::Full => self.out.readds_full += 1,
@@ -831,8 +861,10 @@ impl<'a> Sim<'a> {
                     && self.broken() < self.sc.faults.max_broken
                 {
                     let m = self.rng.below(self.members.len() as u64) as usize;
-                    self.members[m].dead = true;
-                    self.members[m].broken = true;
+                    if self.sc.faults.protect & 1 << m == 0 {
+                        self.members[m].dead = true;
+                        self.members[m].broken = true;
+                    }
                 }
             }
         }
@@ -885,6 +917,11 @@ impl<'a> Sim<'a> {
                             s,
                             self.arr.meta.describe()
                         );
+                    }
+                    for (m, member) in self.members.iter_mut().enumerate() {
+                        if s.readded[m] != self.arr.newest.readded[m] {
+                            member.joined = Some(s.readded[m]);
+                        }
                     }
                     self.arr.newest = s.clone();
                     self.arr.applied = 0;
@@ -1057,6 +1094,13 @@ impl<'a> Sim<'a> {
         if self.members[m].broken || rec.op == IoType::Read {
             return Ok(());
         }
+        // A channel still on a state from before the device in the role
+        // joined writes for its predecessor: the device is no member yet
+        // (its superblock says so) and is rebuilt once it is.
+        let st = self.arr.channels[ch].state();
+        if self.members[m].joined.is_none_or(|j| st.readded[m] < j) {
+            return Ok(());
+        }
         let (c0, c1) = bm.geom().chunks_of(rec.lba, rec.blocks);
         for c in c0..=c1 {
             if !bitmap_get(&self.members[m].data[BITS_AT..], c) {
@@ -1073,6 +1117,7 @@ impl<'a> Sim<'a> {
     fn write_fails(&mut self, m: usize) -> bool {
         let f = &self.sc.faults;
         let inject = self.member_faults()
+            && f.protect & 1 << m == 0
             && (self.members[m].broken || self.broken() < f.max_broken)
             && self.rng.chance(f.write_error);
         if self.members[m].dead || inject {
@@ -1086,7 +1131,7 @@ impl<'a> Sim<'a> {
     fn complete_random(&mut self) -> Result<(), String> {
         let i = self.rng.below(self.inflight.len() as u64) as usize;
         let m = self.inflight[i].member();
-        if self.sc.faults.slow & (1 << m) != 0 && self.rng.chance(0.7) {
+        if self.sc.faults.slow & (1 << m) != 0 && self.rng.chance(self.sc.faults.slow_skip) {
             return Ok(());
         }
         let gone = self.inflight[i].gen() != self.members[m].gen;
@@ -1336,6 +1381,11 @@ impl<'a> Sim<'a> {
             return Err("assembly lost or invented the bitmap".into());
         }
         let state = Arc::new(asm.state);
+        self.add_stats();
+        // The assembled state numbers publications afresh.
+        for m in &mut self.members {
+            m.joined = Some(0);
+        }
         self.arr = Sim::array(
             self.sc,
             &self.geom,
@@ -1576,7 +1626,12 @@ impl<'a> Sim<'a> {
                 lba += blocks;
             }
             self.check_members()?;
-            if self.state().not_in_sync() == 0 && self.geom.redundancy() > 0 {
+            // (A dead member the state still counts in sync fails every
+            // read: a check cannot compare its copies.)
+            if self.state().not_in_sync() == 0
+                && self.geom.redundancy() > 0
+                && self.members.iter().all(|m| !m.dead)
+            {
                 self.check_and_repair()?;
             }
             self.shutdown()?;
@@ -1584,6 +1639,13 @@ impl<'a> Sim<'a> {
         self.out.steps = self.step;
         self.out.members_failed = self.state().faulty().count_ones() as usize;
         self.out.offline = self.state().offline;
+        self.add_stats();
+        Ok(())
+    }
+
+    /// Add the channels' counters to the outcome (at the end, and before a
+    /// crash replaces the channels).
+    fn add_stats(&mut self) {
         for c in &self.arr.channels {
             let s = c.stats();
             self.out.rmw += s.rmw;
@@ -1593,8 +1655,9 @@ impl<'a> Sim<'a> {
             self.out.read_errors_corrected += s.read_errors_corrected;
             self.out.pool_waits += s.waits_for_resources;
             self.out.bit_waits += s.waits_for_bits;
+            self.out.behind_writes += s.behind_writes;
+            self.out.write_mostly_reads += s.write_mostly_reads;
         }
-        Ok(())
     }
 
     /// Submit `io` on channel 0 and run until no parent is outstanding
@@ -1722,7 +1785,12 @@ impl<'a> Sim<'a> {
         self.arr.meta.shutdown();
         self.pump_meta();
         let mut spins = 0;
-        while !self.arr.meta.is_clean() {
+        // Until clean and every metadata write (the bitmap flush of an
+        // array already clean) has landed.
+        while !self.arr.meta.is_clean()
+            || !self.inflight.is_empty()
+            || !self.arr.meta_inbox.is_empty()
+        {
             spins += 1;
             if spins > 100_000 {
                 return Err(format!(

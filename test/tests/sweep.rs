@@ -112,3 +112,60 @@ fn sweep() {
         "no run exercised recovery"
     );
 }
+
+/// The write-mostly workload (R5): raid1/raid10 with a slow write-mostly
+/// member, write-behind on, the fast members failing at random moments;
+/// zero reads older than an acknowledged write.
+#[test]
+fn write_behind_sweep() {
+    let seeds = env_u64("MDRAID_SIM_WB_SEEDS", 500);
+    let ops = env_u64("MDRAID_SIM_OPS", 5000);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut seed = t;
+                    while seed < seeds {
+                        out.push(run(&Scenario::write_behind(seed, ops)));
+                        seed += threads;
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let (mut behind, mut wm_reads, mut failed, mut blocks, mut crashes) = (0, 0, 0, 0, 0);
+    let mut failures = Vec::new();
+    for r in &results {
+        match r {
+            Ok(o) => {
+                behind += o.behind_writes;
+                wm_reads += o.write_mostly_reads;
+                failed += o.members_failed;
+                blocks += o.blocks_verified;
+                crashes += o.crashes;
+            }
+            Err(v) => failures.push(format!("{v}")),
+        }
+    }
+    println!(
+        "sweep: write-behind: {seeds} seeds x {ops} ops; {behind} writes written behind; \
+         {wm_reads} reads served by write-mostly members; {failed} members failed at the end; \
+         {crashes} crashes; {blocks} blocks verified"
+    );
+    for f in &failures {
+        println!("{f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed",
+        failures.len()
+    );
+    assert!(
+        behind > 0 && wm_reads > 0,
+        "no run wrote behind or read a write-mostly member"
+    );
+}
