@@ -243,6 +243,7 @@ fn main() {
         "spdk_bdev_queue_io_wait",
         "spdk_bdev_module_claim_bdev",
         "spdk_bdev_module_release_bdev",
+        "spdk_bdev_module_examine_done",
         "spdk_bdev_register",
         "spdk_bdev_unregister",
         "spdk_bdev_destruct_done",

@@ -53,6 +53,27 @@ def bdev_mdraid_get_bdevs(args):
     }))
 
 
+def bdev_mdraid_add_base_bdev(args):
+    _call(args, 'bdev_mdraid_add_base_bdev', {
+        'raid_bdev': args.raid_bdev,
+        'base_bdev': args.base_bdev,
+    })
+
+
+def bdev_mdraid_set_options(args):
+    _call(args, 'bdev_mdraid_set_options', {
+        'process_window_size_kb': args.process_window_size_kb,
+        'process_max_bandwidth_mb_sec': args.process_max_bandwidth_mb_sec,
+    })
+
+
+def bdev_mdraid_sync_action(args):
+    _call(args, 'bdev_mdraid_sync_action', {
+        'name': args.name,
+        'action': args.action,
+    })
+
+
 def spdk_rpc_plugin_initialize(subparsers):
     p = subparsers.add_parser('bdev_mdraid_create',
                               help='Create an mdraid array (md v1.2 superblocks on the members)')
@@ -81,3 +102,22 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='which arrays (default: all)')
     p.add_argument('-n', '--name', help='only this array')
     p.set_defaults(func=bdev_mdraid_get_bdevs)
+
+    p = subparsers.add_parser('bdev_mdraid_add_base_bdev',
+                              help='Bring a bdev into a faulty or missing role (it is rebuilt)')
+    p.add_argument('raid_bdev', help='array bdev name')
+    p.add_argument('base_bdev', help='the bdev to add')
+    p.set_defaults(func=bdev_mdraid_add_base_bdev)
+
+    p = subparsers.add_parser('bdev_mdraid_set_options',
+                              help='Window and bandwidth of resyncs and rebuilds')
+    p.add_argument('-w', '--process-window-size-kb', type=int,
+                   help='member data a rebuild window covers, in KiB')
+    p.add_argument('-b', '--process-max-bandwidth-mb-sec', type=int,
+                   help='bandwidth cap of a background process in MiB/s (0: none)')
+    p.set_defaults(func=bdev_mdraid_set_options)
+
+    p = subparsers.add_parser('bdev_mdraid_sync_action', help="md's sync_action")
+    p.add_argument('name', help='array bdev name')
+    p.add_argument('action', choices=['check', 'repair', 'resync', 'idle', 'frozen'])
+    p.set_defaults(func=bdev_mdraid_sync_action)

@@ -40,9 +40,12 @@ use std::cell::{RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::ptr::NonNull;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::sync::SyncKind;
+use bdev_raid::bitmap::{Bitmap, BitmapGeom};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChannelConfig, ChildIo, ChildOp, ChildStatus, ChildToken, IoStatus,
     IoType, MetaRequest, ParentIo,
@@ -50,7 +53,9 @@ use bdev_raid::channel::{
 use bdev_raid::layout::{Geometry, Level};
 use bdev_raid::state::{ArrayState, MemberState, Shared};
 use mdraid_rpc::params::BdevMdraidCreate;
-use mdraid_rpc::results::{MdraidBaseBdevInfo, MdraidBdevInfo};
+use mdraid_rpc::results::{
+    MdraidBaseBdevInfo, MdraidBdevInfo, MdraidBitmapInfo, MdraidProcess, MdraidProgress,
+};
 use mdraid_rpc::types::{RaidLevel, RaidState, Uuid as RpcUuid};
 
 use crate::meta::{self, Owned};
@@ -172,6 +177,7 @@ impl AsMut<[u8]> for IoBuf {
 // ------------------------------------------------------------ the array
 
 /// One member: what every thread needs to do I/O on it.
+#[derive(Clone)]
 pub struct Member {
     pub name: String,
     /// Open for the array's lifetime (closed in the teardown, after the
@@ -185,12 +191,21 @@ pub struct Member {
     pub uuid: [u8; 16],
 }
 
+// SAFETY: `desc` is an open descriptor: any thread may get its own
+// channel of it (spdk_bdev_get_io_channel), which is all other threads do
+// with it; it is closed only on the metadata thread in the teardown. The
+// bdev's getters read fields fixed at registration.
+unsafe impl Send for Member {}
+// SAFETY: as for Send: shared references only read the plain fields.
+unsafe impl Sync for Member {}
+
 /// What the array was made from, for RPCs and `save_config`.
 pub struct Info {
     pub level: RaidLevel,
     pub superblock: bool,
-    /// The call `save_config` writes: uuid set, members in role order.
-    pub saved: BdevMdraidCreate,
+    /// The call `save_config` writes: uuid set, members in role order
+    /// (`bdev_mdraid_add_base_bdev` changes them).
+    pub saved: Mutex<BdevMdraidCreate>,
 }
 
 /// What the metadata path last reported, for status queries.
@@ -201,6 +216,7 @@ pub struct Snap {
     pub dirty: bool,
     pub writable: bool,
     pub offline: bool,
+    pub bitmap: Option<MdraidBitmapInfo>,
 }
 
 pub struct Array {
@@ -208,8 +224,10 @@ pub struct Array {
     pub uuid: [u8; 16],
     pub geom: Arc<Geometry>,
     pub shared: Arc<Shared>,
-    /// One per role (`None`: missing).
-    pub members: Vec<Option<Member>>,
+    /// One per role (`None`: missing). Replaced by
+    /// `bdev_mdraid_add_base_bdev` (on the metadata thread, then on every
+    /// channel); the data path reads its channel's copy ([`MemberRef`]).
+    members: Mutex<Vec<Option<Member>>>,
     /// Start of the data area on every member, in blocks.
     pub data_offset: u64,
     pub meta_thread: Thread,
@@ -230,6 +248,8 @@ pub struct Array {
     pub owned: OnThread<Owned>,
     /// Wipe the superblocks when the bdev goes (bdev_mdraid_delete clear_sb).
     pub clear_sb: std::sync::atomic::AtomicBool,
+    /// The background process (resync, rebuild, check, repair), for status.
+    pub sync: crate::sync::SyncStatus,
 }
 
 // SAFETY: the raw pointers are descriptors (usable from any thread to get
@@ -250,6 +270,7 @@ impl Array {
         members: Vec<Option<Member>>,
         data_offset: u64,
         state: Arc<ArrayState>,
+        bitmap: Option<BitmapGeom>,
         info: Info,
         owned: Owned,
         meta_thread: Thread,
@@ -275,9 +296,9 @@ impl Array {
         Arc::new(Array {
             name: name.to_string(),
             uuid,
-            shared: Arc::new(Shared::new(MAX_CHANNELS)),
+            shared: Arc::new(Shared::with_bitmap(MAX_CHANNELS, bitmap.map(Bitmap::new))),
             geom,
-            members,
+            members: Mutex::new(members),
             data_offset,
             meta_thread,
             info,
@@ -290,7 +311,29 @@ impl Array {
             snap: Mutex::new(Snap::default()),
             owned: OnThread::new(meta_thread, owned),
             clear_sb: std::sync::atomic::AtomicBool::new(false),
+            sync: crate::sync::SyncStatus::default(),
         })
+    }
+
+    /// The member of each role now.
+    pub fn members(&self) -> Vec<Option<Member>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Put `m` in role `role` (on the metadata thread, before every
+    /// channel takes it with [`ChanCtx::set_member`]).
+    pub fn set_member(&self, role: usize, m: Option<Member>) {
+        if let Some(slot) = self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(role)
+        {
+            *slot = m;
+        }
     }
 
     /// The io_device key (the array's address).
@@ -389,8 +432,9 @@ impl Array {
             (geom.strip_blocks() * u64::from(bs) / 1024) as u32
         };
         let offline = st.offline || snap.offline;
-        let base_bdevs_list = self
-            .members
+        let members = self.members();
+        let sync = self.sync.progress();
+        let base_bdevs_list = members
             .iter()
             .enumerate()
             .map(|(r, m)| {
@@ -447,18 +491,35 @@ impl Array {
             },
             raid_level: self.info.level,
             superblock: self.info.superblock,
-            num_base_bdevs: self.members.len() as u32,
+            num_base_bdevs: members.len() as u32,
             num_base_bdevs_discovered: present,
             num_base_bdevs_operational: operational,
-            process: None,
+            process: sync.map(|p| MdraidProcess {
+                kind: p.kind.process_name().into(),
+                target: match p.kind {
+                    SyncKind::Rebuild(m) => members.get(m).cloned().flatten().map(|m| m.name),
+                    _ => None,
+                },
+                progress: MdraidProgress {
+                    blocks: p.done,
+                    percent: (p.done * 100 / p.total.max(1)) as u32,
+                },
+            }),
             base_bdevs_list,
             layout,
             events: snap.events.max(st.events),
             array_state: Some(array_state.into()),
-            degraded: operational < self.members.len() as u32,
-            sync_action: Some("idle".into()),
-            mismatch_cnt: None,
-            bitmap: None,
+            degraded: operational < members.len() as u32,
+            sync_action: Some(
+                match sync.map(|p| p.kind) {
+                    Some(k) => k.action_name(),
+                    None if self.sync.frozen() => "frozen",
+                    None => "idle",
+                }
+                .into(),
+            ),
+            mismatch_cnt: self.sync.mismatch_cnt(),
+            bitmap: snap.bitmap,
             write_behind: None,
         }
     }
@@ -466,8 +527,8 @@ impl Array {
 
 /// A member state as `bdev_mdraid_get_bdevs` names it.
 fn member_state_name(ms: MemberState) -> &'static str {
-    // Comparisons, not a match: states the engine adds later (a member
-    // being rebuilt) read as "recovering" without touching this host.
+    // Comparisons, not a match: a member being rebuilt (Recovering, with
+    // its offset) reads as "rebuilding", as in the embedded host.
     if ms == MemberState::InSync {
         "in_sync"
     } else if ms == MemberState::Faulty {
@@ -475,7 +536,7 @@ fn member_state_name(ms: MemberState) -> &'static str {
     } else if ms == MemberState::Missing {
         "missing"
     } else {
-        "recovering"
+        "rebuilding"
     }
 }
 
@@ -498,11 +559,43 @@ struct Slot {
 
 type Done = (*mut sys::spdk_bdev_io, IoStatus, Option<IoBuf>);
 
+/// Tag bit of parents the module submits itself (resync and rebuild
+/// windows, see [`crate::sync`]); a bdev_io's address never has it.
+pub const INTERNAL_TAG: u64 = 1;
+
+/// Completion of an internal parent: (tag, status, buffer).
+pub type InternalDone = Rc<dyn Fn(u64, IoStatus, Option<IoBuf>)>;
+
+/// What a channel needs of a member for its I/O (its copy of [`Member`]).
+#[derive(Clone, Copy)]
+struct MemberRef {
+    desc: *mut sys::spdk_bdev_desc,
+    bdev: Bdev,
+    flush: bool,
+}
+
+impl MemberRef {
+    fn of(m: &Member) -> MemberRef {
+        MemberRef {
+            desc: m.desc,
+            bdev: m.bdev,
+            flush: m.flush,
+        }
+    }
+}
+
 struct ChanInner {
     engine: Channel<IoBuf>,
     index: usize,
+    /// The member of each role, as this channel uses it.
+    refs: Vec<Option<MemberRef>>,
     /// This thread's channel of each member.
     chans: Vec<Option<IoChannel>>,
+    /// Channels of members replaced by `bdev_mdraid_add_base_bdev`, kept
+    /// until the channel goes (an I/O of the old member may be in flight).
+    retired: Vec<IoChannel>,
+    /// Internal parents finished, for `ChanCtx::internal`.
+    internal_done: Vec<(u64, IoStatus, Option<IoBuf>)>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     done: Vec<Done>,
@@ -522,6 +615,8 @@ pub struct ChanCtx {
     slot_ids: Box<[SlotId]>,
     /// SPDK links this into its wait queue while `waiting`.
     wait: UnsafeCell<sys::spdk_bdev_io_wait_entry>,
+    /// Where internal parents' completions go (the sync driver).
+    internal: RefCell<Option<InternalDone>>,
 }
 
 impl ChanCtx {
@@ -541,8 +636,13 @@ impl ChanCtx {
             );
             -ENOMEM
         })?;
-        let mut chans = Vec::with_capacity(array.members.len());
-        for m in &array.members {
+        let members = array.members();
+        let refs: Vec<Option<MemberRef>> = members
+            .iter()
+            .map(|m| m.as_ref().map(MemberRef::of))
+            .collect();
+        let mut chans = Vec::with_capacity(members.len());
+        for m in &members {
             chans.push(match m {
                 None => None,
                 Some(m) => {
@@ -583,13 +683,16 @@ impl ChanCtx {
         if published.seq > released.seq {
             engine.apply_state(published);
         }
-        let nslots = cfg.max_children + cfg.stripe_ctxs * array.members.len();
+        let nslots = cfg.max_children + cfg.stripe_ctxs * members.len();
         let mut ctx = Box::new(ChanCtx {
             array,
             inner: RefCell::new(ChanInner {
                 engine,
                 index,
+                refs,
                 chans,
+                retired: Vec::new(),
+                internal_done: Vec::new(),
                 slots: vec![None; nslots],
                 free: (0..nslots as u32).rev().collect(),
                 done: Vec::with_capacity(cfg.max_parents),
@@ -600,6 +703,7 @@ impl ChanCtx {
             }),
             slot_ids: Box::new([]),
             wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
+            internal: RefCell::new(None),
         });
         let me: *const ChanCtx = &*ctx;
         ctx.slot_ids = (0..nslots as u32)
@@ -650,17 +754,29 @@ impl ChanCtx {
     fn drive(&self) -> bool {
         let mut work = false;
         loop {
-            let mut done = {
+            let (mut done, internal) = {
                 let mut c = self.inner.borrow_mut();
                 work |= c.pump(self);
-                if c.done.is_empty() {
+                if c.done.is_empty() && c.internal_done.is_empty() {
                     break;
                 }
                 let spare = std::mem::take(&mut c.spare);
-                std::mem::replace(&mut c.done, spare)
+                (
+                    std::mem::replace(&mut c.done, spare),
+                    std::mem::take(&mut c.internal_done),
+                )
             };
             for (io, status, buf) in done.drain(..) {
                 finish_parent(io, status, buf);
+            }
+            if !internal.is_empty() {
+                let f = self.internal.borrow().clone();
+                for (tag, status, buf) in internal {
+                    match &f {
+                        Some(f) => f(tag, status, buf),
+                        None => drop(buf),
+                    }
+                }
             }
             let mut c = self.inner.borrow_mut();
             if c.spare.capacity() < done.capacity() {
@@ -745,9 +861,7 @@ impl ChanCtx {
             if ok && slot.flush_after {
                 // FUA: the write is done; now make it durable.
                 let m = slot.member as usize;
-                let member = self.array.members[m]
-                    .as_ref()
-                    .expect("member of an issued child");
+                let member = c.refs[m].expect("member of an issued child");
                 let ch = c.chans[m]
                     .as_ref()
                     .expect("channel of an issued child")
@@ -806,6 +920,94 @@ impl ChanCtx {
         self.inner.borrow_mut().engine.release(s);
         self.drive();
     }
+
+    /// Use `m` in role `role` from now on (`bdev_mdraid_add_base_bdev`).
+    /// The old member's channel is kept until this channel goes. False
+    /// when no channel of the new member could be had.
+    fn set_member(&self, role: usize, m: Option<&Member>) -> bool {
+        let mut c = self.inner.borrow_mut();
+        if role >= c.refs.len() {
+            return false;
+        }
+        let ch = match m {
+            None => None,
+            // SAFETY: the descriptor is open (the metadata thread keeps it
+            // until the io_device is gone).
+            Some(m) => match NonNull::new(unsafe { sys::spdk_bdev_get_io_channel(m.desc) }) {
+                Some(ch) => Some(IoChannel::from_raw(ch)),
+                None => return false,
+            },
+        };
+        if let Some(old) = std::mem::replace(&mut c.chans[role], ch) {
+            c.retired.push(old);
+        }
+        c.refs[role] = m.map(MemberRef::of);
+        true
+    }
+}
+
+/// Put `m` in role `role` on the channel `ch` of an array (see
+/// [`ChanCtx::set_member`]).
+///
+/// # Safety
+/// `ch` must be a live channel of an mdraid array, on the calling thread.
+pub unsafe fn channel_set_member(
+    ch: *mut sys::spdk_io_channel,
+    role: usize,
+    m: Option<&Member>,
+) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { ChanCtx::from_io_channel(ch) }.set_member(role, m)
+}
+
+/// The array's channel on the calling thread, for the module's own I/O
+/// (resync and rebuild windows): parents tagged with [`INTERNAL_TAG`]
+/// whose completions go to the callback given.
+pub struct ArrayChannel {
+    ch: IoChannel,
+    done: InternalDone,
+}
+
+impl ArrayChannel {
+    pub fn get(array: &Arc<Array>, done: InternalDone) -> Option<ArrayChannel> {
+        // SAFETY: the io_device is registered (the caller holds the array
+        // between register and the teardown, which drops this first).
+        let ch = NonNull::new(unsafe { sys::spdk_get_io_channel(array.io_device()) })?;
+        let ch = IoChannel::from_raw(ch);
+        // SAFETY: a channel of an mdraid io_device, on this thread.
+        let ctx = unsafe { ChanCtx::from_io_channel(ch.raw()) };
+        *ctx.internal.borrow_mut() = Some(done.clone());
+        Some(ArrayChannel { ch, done })
+    }
+
+    fn ctx(&self) -> &ChanCtx {
+        // SAFETY: our own live channel of an mdraid io_device.
+        unsafe { ChanCtx::from_io_channel(self.ch.raw()) }
+    }
+
+    /// Submit an internal parent (`io.tag` must have [`INTERNAL_TAG`]).
+    pub fn submit(&self, io: ParentIo<IoBuf>) -> Result<(), Busy<IoBuf>> {
+        debug_assert!(io.tag & INTERNAL_TAG != 0);
+        let ctx = self.ctx();
+        ctx.inner.borrow_mut().engine.submit(io)?;
+        ctx.drive();
+        Ok(())
+    }
+
+    /// Blocks the engine channel found disagreeing by checks and repairs.
+    pub fn mismatch_blocks(&self) -> u64 {
+        self.ctx().inner.borrow().engine.stats().mismatch_blocks
+    }
+}
+
+impl Drop for ArrayChannel {
+    fn drop(&mut self) {
+        // Only its own callback: a newer driver may share the channel.
+        let mut g = self.ctx().internal.borrow_mut();
+        if g.as_ref().is_some_and(|f| Rc::ptr_eq(f, &self.done)) {
+            *g = None;
+        }
+    }
 }
 
 impl ChanInner {
@@ -816,6 +1018,9 @@ impl ChanInner {
             any = true;
             match a {
                 Action::Submit(io) => self.submit_child(ctx, io),
+                Action::Complete { tag, status, buf } if tag & INTERNAL_TAG != 0 => {
+                    self.internal_done.push((tag, status, buf))
+                }
                 Action::Complete { tag, status, buf } => {
                     self.done.push((tag as *mut sys::spdk_bdev_io, status, buf))
                 }
@@ -833,7 +1038,7 @@ impl ChanInner {
         let a = &ctx.array;
         let m = io.member as usize;
         let (Some(member), Some(ch)) = (
-            a.members.get(m).and_then(|x| x.as_ref()),
+            self.refs.get(m).copied().flatten(),
             self.chans.get(m).and_then(|x| x.as_ref()).map(|c| c.raw()),
         ) else {
             self.engine.child_done(io.token, ChildStatus::Error);
@@ -898,7 +1103,7 @@ impl ChanInner {
                 log_error!(
                     "mdraid {}: member {} refused an I/O ({rc})",
                     a.name,
-                    member.name
+                    member.bdev.name()
                 );
                 self.engine.child_done(io.token, ChildStatus::Error);
             }
@@ -910,8 +1115,7 @@ impl ChanInner {
         if self.waiting {
             return;
         }
-        let (Some(member), Some(ch)) = (ctx.array.members[m].as_ref(), self.chans[m].as_ref())
-        else {
+        let (Some(member), Some(ch)) = (self.refs[m], self.chans[m].as_ref()) else {
             return;
         };
         let e = ctx.wait.get();
@@ -1110,7 +1314,7 @@ pub unsafe extern "C" fn mdraid_bdev_io_type_supported(
             | sys::SPDK_BDEV_IO_TYPE_FLUSH
             | sys::SPDK_BDEV_IO_TYPE_RESET
             | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES => true,
-            sys::SPDK_BDEV_IO_TYPE_UNMAP => a.members.iter().flatten().all(|m| m.unmap),
+            sys::SPDK_BDEV_IO_TYPE_UNMAP => a.members().iter().flatten().all(|m| m.unmap),
             _ => false,
         }
     })
@@ -1160,7 +1364,13 @@ pub unsafe extern "C" fn mdraid_bdev_write_config_json(
         // SAFETY: bdev is ours (its ctxt is the array); w is live.
         let (a, w) = unsafe { (array_of((*bdev).ctxt), crate::spdk::JsonWriter::new(w)) };
         let Some(mut w) = w else { return };
-        let params = serde_json::to_string(&a.info.saved).unwrap_or_else(|_| "{}".into());
+        let saved = a
+            .info
+            .saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let params = serde_json::to_string(&saved).unwrap_or_else(|_| "{}".into());
         w.object_begin();
         w.named_raw("method", "\"bdev_mdraid_create\"");
         w.named_raw("params", &params);

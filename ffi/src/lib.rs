@@ -10,7 +10,11 @@
 //!   buffers, JSON) and the panic guards of every `extern "C"` callback;
 //! - [`array`]: an array's io_device, channels and data path;
 //! - [`meta`]: the metadata host on the array's metadata thread;
-//! - [`rpc`]: `bdev_mdraid_create` / `_delete` / `_get_bdevs`;
+//! - [`rpc`]: `bdev_mdraid_create` / `_delete` / `_get_bdevs` /
+//!   `_add_base_bdev` / `_set_options` / `_sync_action`;
+//! - [`probe`]: reading a bdev's md metadata (superblock and bitmap);
+//! - [`examine`]: arrays assembled by themselves when their members appear;
+//! - [`sync`]: resync, rebuild and check/repair passes;
 //! - [`module`]: the bdev module and the registry of arrays.
 
 pub mod plan;
@@ -27,8 +31,14 @@ pub mod spdk;
 #[cfg(all(mdraid_spdk, not(test)))]
 pub mod array;
 #[cfg(all(mdraid_spdk, not(test)))]
+pub mod examine;
+#[cfg(all(mdraid_spdk, not(test)))]
 pub mod meta;
 #[cfg(all(mdraid_spdk, not(test)))]
 pub mod module;
 #[cfg(all(mdraid_spdk, not(test)))]
+pub mod probe;
+#[cfg(all(mdraid_spdk, not(test)))]
 pub mod rpc;
+#[cfg(all(mdraid_spdk, not(test)))]
+pub mod sync;

@@ -10,6 +10,15 @@
 //! and state broadcasts ([`crate::array::broadcast`]: apply on every
 //! channel, then release on every channel).
 //!
+//! The write-intent bitmap (when the array has one) is the engine's: the
+//! channels ask for bits (`MetaRequest::BitsNeeded`), the metadata path
+//! writes them (superblock + bitmap area, or the bitmap area alone) before
+//! the writes go, and its daemon pass, run from the tick every
+//! `daemon_sleep_ms`, clears idle chunks lazily. The tick also drives the
+//! background processes (`crate::sync`): it resumes a paced driver,
+//! starts the resync of an array assembled dirty, and starts a rebuild
+//! once the metadata path says a member may be rebuilt.
+//!
 //! Arrays without superblocks (`superblock: false`) get a stand-in with no
 //! metadata on disk: writable from the start, a failed member recorded
 //! faulty in memory only.
@@ -27,17 +36,20 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bdev_raid::bitmap::DiskBitmap;
 use bdev_raid::channel::MetaRequest;
 use bdev_raid::layout::Geometry;
-use bdev_raid::meta::{Meta, MetaAction, MetaConfig};
+use bdev_raid::meta::{AddError, Meta, MetaAction, MetaConfig, NewMember, Recovery, RecoveryInfo};
 use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
+use mdraid_rpc::results::MdraidBitmapInfo;
 
 use crate::array::{broadcast, Array, Snap, MAX_CHANNELS};
 use crate::spdk::{
     fatal_guard, io_once, log_error, log_notice, log_warn, now_ms, BdevOp, Desc, DmaBuf, IoChannel,
     Poller,
 };
+use crate::sync::Driver;
 use crate::sys;
 
 const ENOMEM: i32 = 12;
@@ -51,8 +63,18 @@ pub fn new_meta(
     shared: Arc<Shared>,
     state: Arc<ArrayState>,
     sbs: Vec<Option<Superblock>>,
+    bitmap: Option<DiskBitmap>,
+    daemon_sleep_ms: u64,
 ) -> Meta {
-    Meta::new(geom, shared, state, sbs, None, MetaConfig::default(), 0)
+    let mut cfg = MetaConfig::default();
+    if daemon_sleep_ms != 0 {
+        cfg.daemon_sleep_ms = daemon_sleep_ms;
+    }
+    let mut m = Meta::new(geom, shared, state, sbs, bitmap, cfg, 0);
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        m.set_wall_clock(d.as_secs());
+    }
+    m
 }
 
 /// What lives on the metadata thread.
@@ -63,6 +85,15 @@ pub struct Owned {
     pub chans: Vec<Option<IoChannel>>,
     pub host: Option<MetaHost>,
     pub tick: Option<Poller>,
+    /// The background process running (resync, rebuild, check, repair).
+    pub sync: Option<Rc<Driver>>,
+    /// The resync of an array assembled dirty was started (once).
+    resync_started: bool,
+    /// Descriptors of members replaced by `bdev_mdraid_add_base_bdev`,
+    /// closed in the teardown (channels of them may live until then).
+    pub retired: Vec<Desc>,
+    /// This thread's channels of those members.
+    pub retired_chans: Vec<IoChannel>,
     stop: Option<Stop>,
 }
 
@@ -73,6 +104,10 @@ impl Owned {
             chans,
             host: None,
             tick: None,
+            sync: None,
+            resync_started: false,
+            retired: Vec::new(),
+            retired_chans: Vec::new(),
             stop: None,
         }
     }
@@ -116,19 +151,69 @@ pub struct MetaHost {
     writes: usize,
     /// Writes SPDK had no memory for, retried by the tick.
     retry: VecDeque<SbJob>,
-    /// Assembled dirty and not resynced (no resync in this host yet): a
-    /// stop does not wait for a clean that cannot come.
+    /// Assembled dirty and not resynced yet: a stop does not wait for a
+    /// clean that cannot come before the resync ends.
     resync_pending: bool,
+    /// The bitmap daemon's period, for status.
+    daemon_sleep_ms: u64,
 }
 
 impl MetaHost {
-    pub fn md(meta: Meta, resync_pending: bool) -> MetaHost {
+    pub fn md(meta: Meta, resync_pending: bool, daemon_sleep_ms: u64) -> MetaHost {
         MetaHost {
             path: Path::Md(Box::new(meta)),
             start_ms: now_ms(),
             writes: 0,
             retry: VecDeque::new(),
             resync_pending,
+            daemon_sleep_ms,
+        }
+    }
+
+    /// Whether a resync must run (assembled dirty, not resynced yet).
+    pub fn resync_pending(&self) -> bool {
+        self.resync_pending
+    }
+
+    /// Array block a resync starts from.
+    pub fn resync_from(&self) -> u64 {
+        match &self.path {
+            Path::Md(m) => m.resync_from(),
+            Path::Bare(_) => 0,
+        }
+    }
+
+    pub fn resync_progress(&mut self, lba: u64) {
+        if let Path::Md(m) = &mut self.path {
+            m.resync_progress(lba);
+        }
+    }
+
+    /// The resync of a dirty array ended: it may be marked clean again.
+    pub fn mark_synced(&mut self) {
+        self.resync_pending = false;
+        if let Path::Md(m) = &mut self.path {
+            m.mark_synced();
+        }
+    }
+
+    pub fn recovery(&self, role: usize) -> Option<RecoveryInfo> {
+        match &self.path {
+            Path::Md(m) => m.recovery(role),
+            Path::Bare(_) => None,
+        }
+    }
+
+    pub fn recovery_progress(&mut self, role: usize, device: u64, offset: u64) {
+        if let Path::Md(m) = &mut self.path {
+            m.recovery_progress(role, device, offset);
+        }
+    }
+
+    pub fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
+        match &mut self.path {
+            Path::Md(m) => m.add_member(role, dev),
+            Path::Bare(_) => Err(AddError::Offline),
         }
     }
 
@@ -143,6 +228,7 @@ impl MetaHost {
             writes: 0,
             retry: VecDeque::new(),
             resync_pending: false,
+            daemon_sleep_ms: 0,
         }
     }
 
@@ -183,6 +269,12 @@ impl MetaHost {
                     dirty: s.dirty,
                     writable: s.writable,
                     offline: s.offline,
+                    bitmap: s.bitmap.map(|b| MdraidBitmapInfo {
+                        chunk_kb: (b.chunk_bytes / 1024) as u32,
+                        daemon_sleep_ms: self.daemon_sleep_ms as u32,
+                        dirty_chunks: b.dirty,
+                        total_chunks: b.chunks,
+                    }),
                 }
             }
             Path::Bare(b) => Snap {
@@ -191,6 +283,7 @@ impl MetaHost {
                 dirty: true,
                 writable: true,
                 offline: b.state.offline,
+                bitmap: None,
             },
         }
     }
@@ -249,6 +342,16 @@ pub fn install(array: &Arc<Array>, host: MetaHost) {
         }
         pump(array, o);
     });
+}
+
+/// Run `f` on the metadata host (on the metadata thread), then carry out
+/// what it asks for. Nothing when the host is gone (the array stops).
+pub fn with_host<R>(array: &Arc<Array>, f: impl FnOnce(&mut MetaHost) -> R) -> Option<R> {
+    array.owned.with(|o| {
+        let r = o.host.as_mut().map(f);
+        pump(array, o);
+        r
+    })
 }
 
 /// A channel's request.
@@ -327,7 +430,60 @@ fn pump(array: &Arc<Array>, o: &mut Owned) {
     }
 }
 
+/// What the tick does about background processes, decided under the
+/// borrow of `Owned` and carried out after it (starting a driver gets a
+/// channel of the array, which must not run inside that borrow).
+enum SyncStep {
+    None,
+    Resume(Rc<Driver>),
+    Finished(Rc<Driver>),
+    Resync(u64),
+    Rebuild(usize, RecoveryInfo),
+}
+
+fn sync_step(array: &Arc<Array>, o: &mut Owned) -> SyncStep {
+    if let Some(d) = o.sync.clone() {
+        if d.finished() {
+            o.sync = None;
+            return SyncStep::Finished(d);
+        }
+        return SyncStep::Resume(d);
+    }
+    let Some(h) = o.host.as_ref() else {
+        return SyncStep::None;
+    };
+    if array.sync.stopping() || array.sync.progress().is_some() {
+        return SyncStep::None;
+    }
+    if h.resync_pending() && !o.resync_started {
+        o.resync_started = true;
+        return SyncStep::Resync(h.resync_from());
+    }
+    if array.sync.frozen() {
+        return SyncStep::None;
+    }
+    match (0..array.geom.members()).find_map(|m| h.recovery(m).map(|i| (m, i))) {
+        Some((m, info)) => SyncStep::Rebuild(m, info),
+        None => SyncStep::None,
+    }
+}
+
+/// Install a driver just started and let it submit.
+pub fn run_driver(array: &Arc<Array>, d: Option<Rc<Driver>>) {
+    let Some(d) = d else { return };
+    array.owned.with(|o| o.sync = Some(d.clone()));
+    d.next();
+}
+
 fn tick(array: &Arc<Array>) -> bool {
+    let step = array.owned.with(|o| sync_step(array, o));
+    match step {
+        SyncStep::None => {}
+        SyncStep::Resume(d) => d.next(),
+        SyncStep::Finished(d) => d.close(),
+        SyncStep::Resync(from) => run_driver(array, crate::sync::start_resync(array, from)),
+        SyncStep::Rebuild(m, info) => run_driver(array, crate::sync::start_rebuild(array, m, info)),
+    }
     let next = array.owned.with(|o| {
         if let Some(h) = o.host.as_mut() {
             h.tick();
@@ -414,7 +570,7 @@ fn start_write(
 /// need); completions continue in `step_done`.
 fn issue(array: &Arc<Array>, o: &mut Owned, mut job: SbJob) {
     let m = job.member as usize;
-    let flush = array.members[m].as_ref().is_some_and(|x| x.flush);
+    let flush = array.members()[m].as_ref().is_some_and(|x| x.flush);
     if !flush && job.step != Step::Write {
         if job.step == Step::FlushAfter {
             if let Some(h) = o.host.as_mut() {
@@ -645,6 +801,8 @@ struct Stop {
 
 /// `destruct`: stop the array (see the module docs).
 pub fn begin_shutdown(array: Arc<Array>) {
+    // No new window or process; the teardown waits for the driver.
+    array.sync.stop();
     let wipe = array.clear_sb.load(Ordering::Acquire) && array.info.superblock;
     let a = array.clone();
     a.owned.with(|o| {
@@ -685,6 +843,10 @@ fn check_stop(array: &Arc<Array>, o: &mut Owned) -> bool {
     let (phase, deadline, wipe) = (stop.phase, stop.deadline_ms, stop.wipe);
     match phase {
         Phase::Drain => {
+            // Windows in flight end first (the tick retires the driver).
+            if o.sync.is_some() && now < deadline {
+                return false;
+            }
             let stopped = o.host.as_ref().is_none_or(|h| h.stopped());
             if !stopped && now < deadline {
                 return false;
@@ -733,11 +895,16 @@ fn check_stop(array: &Arc<Array>, o: &mut Owned) -> bool {
 /// Unregister the io_device (every channel goes first), then close the
 /// members and finish `destruct`.
 fn teardown(array: &Arc<Array>) {
-    array.owned.with(|o| {
+    let drv = array.owned.with(|o| {
         o.tick = None;
         o.host = None;
         o.chans.clear();
+        o.retired_chans.clear();
+        o.sync.take()
     });
+    if let Some(d) = drv {
+        d.close();
+    }
     unsafe extern "C" fn unregistered(io_device: *mut c_void) {
         fatal_guard("io_device unregister", || {
             // SAFETY: the reference `teardown` leaked for this callback.
@@ -757,6 +924,7 @@ fn finish_teardown(array: &Array) {
     let stop = array.owned.with(|o| {
         // Members: release the claims, close the descriptors.
         o.descs.clear();
+        o.retired.clear();
         o.stop.take()
     });
     crate::module::remove(&array.name);

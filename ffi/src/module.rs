@@ -78,7 +78,7 @@ pub fn member_event(ty: sys::spdk_bdev_event_type, bdev: *mut sys::spdk_bdev) {
         return;
     }
     for a in all() {
-        for (role, m) in a.members.iter().enumerate() {
+        for (role, m) in a.members().iter().enumerate() {
             if m.as_ref().is_some_and(|m| m.bdev.raw() == bdev) {
                 let name = m.as_ref().map(|m| m.name.clone()).unwrap_or_default();
                 log_warn!(

@@ -2,34 +2,22 @@
 //! members are (block size, size, the 4 KiB where md keeps its superblock).
 //! Pure: no I/O, no SPDK, so it is tested on machines without SPDK.
 //!
-//! The planning itself is the embedded daemon's (`mdraid_rpc::plan`): a new array on blank members, assembly when the members
-//! carry one array's md superblocks, refusal of members that carry another
-//! array's (or a damaged) superblock, no superblock when asked. Errors are
-//! the same `-32602` texts naming the field.
+//! The planning itself is the embedded daemon's (`mdraid_rpc::plan`): a
+//! new array on blank members (with a write-intent bitmap by default on
+//! levels with redundancy), assembly when the members carry one array's md
+//! superblocks, refusal of members that carry another array's (or a
+//! damaged) superblock, no superblock when asked. Errors are the same
+//! `-32602` texts naming the field.
 
 use bdev_raid::layout::Geometry;
 use bdev_raid::meta::{create_superblocks, CreateParams};
 use bdev_raid::ondisk::{MemberLayout, Superblock};
-use mdraid_rpc::params::BdevMdraidCreate;
-use mdraid_rpc::types::BitmapSetting;
-use mdraid_rpc::RpcError;
 
 pub use mdraid_rpc::plan::{field, plan_array, Plan, Probe, CREATE, DEFAULT_STRIP_KB};
 
-/// What this host cannot do yet (the write-intent bitmap), refused before
-/// any member is touched; the rest is `plan_array`'s.
-pub fn check_supported(p: &BdevMdraidCreate) -> Result<(), RpcError> {
-    if let BitmapSetting::On(_) = p.bitmap {
-        return Err(field(
-            "bitmap",
-            "write-intent bitmaps are not implemented yet in the SPDK host; omit `bitmap` or pass false",
-        ));
-    }
-    Ok(())
-}
-
 /// The superblocks of a new array `Plan::Create` describes: one per member,
-/// laid out as `layouts` say.
+/// laid out as `layouts` say, recording an internal bitmap when `bitmap`.
+#[allow(clippy::too_many_arguments)]
 pub fn new_superblocks(
     geom: &Geometry,
     uuid: [u8; 16],
@@ -38,6 +26,7 @@ pub fn new_superblocks(
     layouts: &[MemberLayout],
     data_offset: u64,
     now_secs: u64,
+    bitmap: bool,
 ) -> Vec<Superblock> {
     let mut sbs = create_superblocks(
         geom,
@@ -48,7 +37,7 @@ pub fn new_superblocks(
             member_sectors: layouts.iter().map(|l| l.member_sectors).collect(),
             data_offset,
             now_secs,
-            bitmap: false,
+            bitmap,
         },
     );
     for (sb, l) in sbs.iter_mut().zip(layouts) {
@@ -61,6 +50,7 @@ pub fn new_superblocks(
 mod tests {
     use super::*;
     use mdraid_rpc::method::decode;
+    use mdraid_rpc::params::BdevMdraidCreate;
     use serde_json::value::RawValue;
 
     fn params(json: &str) -> BdevMdraidCreate {
@@ -68,10 +58,50 @@ mod tests {
         decode(CREATE, Some(&raw)).unwrap()
     }
 
+    fn blank(n: usize) -> Vec<Probe> {
+        (0..n)
+            .map(|_| Probe {
+                block_size: 512,
+                num_blocks: 65536,
+                sb: vec![0; 4096],
+            })
+            .collect()
+    }
+
+    /// A redundant array gets a bitmap by default (as in the daemon), and
+    /// its superblocks record it; `bitmap: false` makes none.
     #[test]
-    fn bitmap_is_refused_before_any_io() {
-        let p = params(r#"{"name":"r","raid_level":"raid1","base_bdevs":"a b","bitmap":true}"#);
-        let e = check_supported(&p).unwrap_err();
-        assert!(e.message.contains("field `bitmap`"), "{}", e.message);
+    fn bitmap_is_on_by_default_and_recorded() {
+        let p = params(r#"{"name":"r","raid_level":"raid1","base_bdevs":"a b"}"#);
+        let Plan::Create {
+            uuid,
+            geom,
+            data_offset,
+            layouts,
+            bitmap,
+            ..
+        } = plan_array(&p, &blank(2), || [5; 16]).unwrap()
+        else {
+            panic!("not a create")
+        };
+        assert!(bitmap.is_some(), "no default bitmap");
+        let sbs = new_superblocks(
+            &geom,
+            uuid,
+            "r",
+            vec![[1; 16], [2; 16]],
+            &layouts,
+            data_offset,
+            1,
+            true,
+        );
+        assert!(sbs
+            .iter()
+            .all(|sb| sb.has_bitmap() && sb.bitmap_offset == 8));
+        let p = params(r#"{"name":"r","raid_level":"raid1","base_bdevs":"a b","bitmap":false}"#);
+        let Plan::Create { bitmap, .. } = plan_array(&p, &blank(2), || [5; 16]).unwrap() else {
+            panic!("not a create")
+        };
+        assert!(bitmap.is_none());
     }
 }

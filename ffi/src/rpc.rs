@@ -8,12 +8,23 @@
 //! `spdk_jsonrpc_send_error_response`.
 //!
 //! `bdev_mdraid_create` runs on the app thread, asynchronously: open and
-//! claim the members, read the 4 KiB where md keeps its superblock on each,
-//! plan (`crate::plan`), write new superblocks (write, then flush), then
-//! register the io_device, start the metadata path and register the bdev.
+//! claim the members, read their md metadata (superblock and bitmap area,
+//! `crate::probe`), plan (`crate::plan`: a new array gets a write-intent
+//! bitmap by default on levels with redundancy, as in the daemon), write
+//! new superblocks and bitmaps (write, then flush), then register the
+//! io_device, start the metadata path and register the bdev. An array
+//! assembled dirty is resynced by the metadata thread (`crate::sync`).
 //! Any failure undoes what was done — superblocks written are wiped,
 //! claims released, descriptors closed — before the error is sent: a
-//! failed create leaves no bdev, claim or superblock.
+//! failed create leaves no bdev, claim or superblock. Examine assembles
+//! through the same path ([`create_now`]); a create naming an array that
+//! runs already with the same level, uuid and members (a config replayed
+//! after examine assembled it) succeeds without doing anything, and one
+//! arriving while examine assembles waits for it.
+//!
+//! `bdev_mdraid_add_base_bdev`, `bdev_mdraid_sync_action` run on the
+//! array's metadata thread; `bdev_mdraid_set_options` sets the window and
+//! bandwidth of every array's background processes.
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -21,11 +32,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bdev_raid::assemble::md_uuid;
+use bdev_raid::channel::IoType;
+use bdev_raid::meta::{NewMember, Recovery};
 use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
 use bdev_raid::state::ArrayState;
+use bdev_raid::state::MemberState;
 use mdraid_rpc::error::errno;
 use mdraid_rpc::method::decode;
-use mdraid_rpc::params::{BdevMdraidCreate, BdevMdraidDelete, BdevMdraidGetBdevs};
+use mdraid_rpc::params::{
+    BdevMdraidAddBaseBdev, BdevMdraidCreate, BdevMdraidDelete, BdevMdraidGetBdevs,
+    BdevMdraidSetOptions, BdevMdraidSyncAction,
+};
+use mdraid_rpc::types::SyncAction;
 use mdraid_rpc::types::{BdevName, NameList, RaidCategory, RaidLevel, RaidState, Uuid as RpcUuid};
 use mdraid_rpc::RpcError;
 use serde_json::value::RawValue;
@@ -33,11 +51,14 @@ use serde_json::value::RawValue;
 use crate::array::{Array, Info, Member};
 use crate::meta::{self, MetaHost, Owned};
 use crate::plan::{field, new_superblocks, plan_array, Plan, Probe, CREATE};
+use crate::probe::{read_md_meta, Target};
 use crate::spdk::{
-    guard, io_once, json_text, log_notice, random_uuid, Bdev, BdevOp, Desc, DmaBuf, IoChannel,
-    Request, Thread,
+    guard, io_once, json_text, log_notice, log_warn, random_uuid, Bdev, BdevOp, Desc, DmaBuf,
+    IoChannel, Request, Thread,
 };
 use crate::sys;
+use bdev_raid::bitmap::{BitmapGeom, DiskBitmap};
+use mdraid_rpc::types::BitmapOptions;
 use mdraid_rpc::types::BitmapSetting;
 
 const ENODEV: i32 = 19;
@@ -170,9 +191,30 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_delete(
 
 // ------------------------------------------------------------ create
 
+/// Who hears how a create ended: an RPC client, or examine.
+pub enum Reply {
+    Rpc(Request),
+    Done(Box<dyn FnOnce(Result<(), RpcError>)>),
+}
+
+impl Reply {
+    fn ok(self) {
+        match self {
+            Reply::Rpc(r) => r.result("true"),
+            Reply::Done(f) => f(Ok(())),
+        }
+    }
+    fn err(self, e: &RpcError) {
+        match self {
+            Reply::Rpc(r) => r.rpc_error(e),
+            Reply::Done(f) => f(Err(e.clone())),
+        }
+    }
+}
+
 /// A create in progress (on the app thread).
 struct Creating {
-    req: Option<Request>,
+    req: Option<Reply>,
     p: BdevMdraidCreate,
     thread: Thread,
     /// In `base_bdevs` order.
@@ -192,7 +234,7 @@ impl Creating {
         self.descs.clear();
         crate::module::unreserve(self.p.name.as_str());
         if let Some(r) = self.req.take() {
-            r.rpc_error(&e);
+            r.err(&e);
         }
     }
 }
@@ -212,36 +254,68 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_create(
             Ok(p) => p,
             Err(e) => return r.rpc_error(&e),
         };
-        if let Err(e) = crate::plan::check_supported(&p) {
-            return r.rpc_error(&e);
-        }
-        let name = p.name.as_str().to_string();
-        if Bdev::by_name(&name).is_some() || !crate::module::reserve(&name) {
-            return r.rpc_error(&RpcError::errno(
-                errno::EEXIST,
-                format!("bdev {name} already exists: File exists"),
-            ));
-        }
-        let Some(thread) = Thread::current() else {
-            crate::module::unreserve(&name);
-            return r.rpc_error(&RpcError::internal("not on an SPDK thread"));
-        };
-        let c = Rc::new(RefCell::new(Creating {
-            req: Some(r),
-            p,
-            thread,
-            descs: Vec::new(),
-            chans: Vec::new(),
-            probes: Vec::new(),
-            pending: 0,
-            error: None,
-        }));
-        if let Err(e) = open_members(&c) {
-            c.borrow_mut().fail(e);
-            return;
-        }
-        read_superblocks(&c);
+        create(p, Reply::Rpc(r));
     })
+}
+
+/// Whether array `a` is what `p` asks for: its level, its uuid when `p`
+/// names one, and every member it has among `p`'s (a config replayed
+/// after examine assembled the array).
+fn is_same_array(a: &Array, p: &BdevMdraidCreate) -> bool {
+    a.info.superblock
+        && p.superblock
+        && a.info.level == p.raid_level
+        && p.uuid.is_none_or(|u| u.0 == a.uuid)
+        && a.members()
+            .iter()
+            .flatten()
+            .all(|m| p.base_bdevs.contains(m.name.as_str()))
+}
+
+/// `bdev_mdraid_create` (also examine's assembly): see the module docs.
+pub fn create(p: BdevMdraidCreate, reply: Reply) {
+    // An assembly examine started finishes first: it may be this array.
+    if crate::examine::busy() {
+        crate::examine::after(move || create(p, reply));
+        return;
+    }
+    create_now(p, reply)
+}
+
+/// [`create`], with no examine assembly to wait for.
+pub fn create_now(p: BdevMdraidCreate, reply: Reply) {
+    let name = p.name.as_str().to_string();
+    if let Some(a) = crate::module::find(&name) {
+        if is_same_array(&a, &p) {
+            log_notice!("mdraid {name}: already assembled from its members; nothing to do");
+            return reply.ok();
+        }
+    }
+    if Bdev::by_name(&name).is_some() || !crate::module::reserve(&name) {
+        return reply.err(&RpcError::errno(
+            errno::EEXIST,
+            format!("bdev {name} already exists: File exists"),
+        ));
+    }
+    let Some(thread) = Thread::current() else {
+        crate::module::unreserve(&name);
+        return reply.err(&RpcError::internal("not on an SPDK thread"));
+    };
+    let c = Rc::new(RefCell::new(Creating {
+        req: Some(reply),
+        p,
+        thread,
+        descs: Vec::new(),
+        chans: Vec::new(),
+        probes: Vec::new(),
+        pending: 0,
+        error: None,
+    }));
+    if let Err(e) = open_members(&c) {
+        c.borrow_mut().fail(e);
+        return;
+    }
+    read_superblocks(&c);
 }
 
 /// Open, claim and get a channel of every member.
@@ -293,84 +367,67 @@ fn open_members(c: &Ctx) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// Read the superblock area of every member; then `planned`.
+/// Read the md metadata of every member (superblock and bitmap area,
+/// [`crate::probe`]); then `planned`.
 fn read_superblocks(c: &Ctx) {
     let n = c.borrow().descs.len();
-    let mut submitted = 0;
-    {
-        let mut g = c.borrow_mut();
-        g.probes = vec![None; n];
-        let sb_wanted = g.p.superblock;
-        for i in 0..n {
+    c.borrow_mut().probes = vec![None; n];
+    // One count for this loop, so no completion plans before all are issued.
+    c.borrow_mut().pending = n + 1;
+    for i in 0..n {
+        let (t, name) = {
+            let g = c.borrow();
             let d = g.descs[i].as_ref().unwrap();
             let b = d.bdev();
-            let (bs, nb) = (u64::from(b.block_size()), b.num_blocks());
-            let probe = Probe {
-                block_size: b.block_size(),
-                num_blocks: nb,
-                sb: Vec::new(),
-            };
-            let fits = bs <= SB_BLOCK_BYTES as u64
-                && SB_OFFSET_BYTES % bs == 0
-                && nb * bs >= SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64;
-            if !fits || !(sb_wanted || nb * bs >= 8192) {
-                g.probes[i] = Some(probe);
-                continue;
-            }
-            let Some(buf) = DmaBuf::zeroed(SB_BLOCK_BYTES, 4096) else {
-                g.error = Some(RpcError::errno(
-                    errno::ENOMEM,
-                    format!("{CREATE}: no DMA memory"),
-                ));
-                break;
-            };
-            let c2 = c.clone();
-            let name = b.name();
-            let res = io_once(
-                d,
-                g.chans[i].as_ref().unwrap(),
-                BdevOp::Read,
-                SB_OFFSET_BYTES / bs,
-                SB_BLOCK_BYTES as u64 / bs,
-                buf,
-                move |ok, buf| {
-                    {
-                        let mut g = c2.borrow_mut();
-                        g.pending -= 1;
-                        if ok {
-                            g.probes[i] = Some(Probe {
-                                sb: buf.as_ref().to_vec(),
-                                ..probe
-                            });
-                        } else if g.error.is_none() {
+            (
+                Target {
+                    desc: d.raw(),
+                    ch: g.chans[i].as_ref().unwrap().raw(),
+                    block_size: u64::from(b.block_size()),
+                    num_blocks: b.num_blocks(),
+                },
+                b.name(),
+            )
+        };
+        let c2 = c.clone();
+        let done = move |res: Result<Vec<u8>, String>| {
+            {
+                let mut g = c2.borrow_mut();
+                match res {
+                    Ok(sb) => {
+                        g.probes[i] = Some(Probe {
+                            block_size: t.block_size as u32,
+                            num_blocks: t.num_blocks,
+                            sb,
+                        })
+                    }
+                    Err(e) => {
+                        if g.error.is_none() {
                             g.error = Some(RpcError::errno(
                                 errno::EIO,
-                                format!("{CREATE}: base_bdevs[{i}] `{name}`: reading its superblock area: I/O error"),
+                                format!("{CREATE}: base_bdevs[{i}] `{name}`: {e}"),
                             ));
                         }
                     }
-                    if c2.borrow().pending == 0 {
-                        planned(&c2);
-                    }
-                },
-            );
-            match res {
-                Ok(()) => submitted += 1,
-                Err((rc, _)) => {
-                    g.error = Some(RpcError::errno(
-                        -rc,
-                        format!(
-                            "{CREATE}: base_bdevs[{i}]: reading its superblock area: {}",
-                            errno::strerror(-rc)
-                        ),
-                    ));
-                    break;
                 }
             }
-        }
-        g.pending += submitted;
+            one_probe_done(&c2);
+        };
+        // SAFETY: the descriptor and channel stay in `Creating` until
+        // every read ended (`planned` runs only then, and it alone lets
+        // them go).
+        unsafe { read_md_meta(t, done) };
     }
-    if submitted == 0 {
+    one_probe_done(c);
+}
+
+fn one_probe_done(c: &Ctx) {
+    let left = {
+        let mut g = c.borrow_mut();
+        g.pending -= 1;
+        g.pending
+    };
+    if left == 0 {
         planned(c);
     }
 }
@@ -388,14 +445,8 @@ fn planned(c: &Ctx) {
             .iter()
             .map(|x| x.clone().expect("every probe"))
             .collect();
-        // This host has no write-intent bitmap yet: arrays are created
-        // without one unless asked (and asking is refused before this).
-        let mut p = g.p.clone();
-        if p.bitmap == BitmapSetting::Default {
-            p.bitmap = BitmapSetting::Off;
-        }
         let uuid = random_uuid();
-        (plan_array(&p, &probes, move || uuid), g.p.clone())
+        (plan_array(&g.p, &probes, move || uuid), g.p.clone())
     };
     match plan {
         Err(e) => c.borrow_mut().fail(e),
@@ -406,7 +457,7 @@ fn planned(c: &Ctx) {
             data_offset,
             layouts,
             member_data_blocks: _,
-            bitmap: _,
+            bitmap,
         }) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -426,8 +477,25 @@ fn planned(c: &Ctx) {
                 &layouts,
                 data_offset,
                 now,
+                bitmap.is_some(),
             );
-            write_superblocks(c, sbs, move |c, sbs| {
+            // A new array is in sync: every bit clear.
+            let bm = bitmap.map(|b| StartBitmap {
+                disk: DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms),
+                geom: b.geom,
+                daemon_sleep_ms: b.daemon_sleep_ms,
+            });
+            let areas: Vec<Vec<u8>> = sbs
+                .iter()
+                .map(|sb| {
+                    let mut data = sb.encode();
+                    if let Some(b) = &bm {
+                        data.extend_from_slice(&b.disk.encode_area(sb.events));
+                    }
+                    data
+                })
+                .collect();
+            write_superblocks(c, sbs, areas, move |c, sbs| {
                 let bs = u64::from(geom.block_size());
                 let n = sbs.len();
                 let start = Start {
@@ -440,6 +508,7 @@ fn planned(c: &Ctx) {
                     sbs: Some(sbs.into_iter().map(Some).collect()),
                     created: true,
                     dirty: false,
+                    bitmap: bm,
                 };
                 start_array(c, start);
             });
@@ -460,6 +529,17 @@ fn planned(c: &Ctx) {
                 .next()
                 .map_or(0, |s| s.chunksize)
                 / 2;
+            let bm = asm.bitmap.as_ref().map(|b| StartBitmap {
+                disk: b.disk.clone(),
+                geom: b.geom.clone(),
+                daemon_sleep_ms: match p.bitmap {
+                    BitmapSetting::On(BitmapOptions {
+                        daemon_sleep_ms: Some(ms),
+                        ..
+                    }) => u64::from(ms),
+                    _ => u64::from(b.disk.sb.daemon_sleep) * 1000,
+                },
+            });
             let start = Start {
                 uuid: asm.set_uuid,
                 geom: asm.geometry.clone(),
@@ -470,6 +550,7 @@ fn planned(c: &Ctx) {
                 sbs: Some(asm.superblocks.clone()),
                 created: false,
                 dirty: asm.dirty,
+                bitmap: bm,
             };
             start_array(c, start);
         }
@@ -485,6 +566,7 @@ fn planned(c: &Ctx) {
                 sbs: None,
                 created: false,
                 dirty: false,
+                bitmap: None,
             };
             start_array(c, start);
         }
@@ -501,6 +583,7 @@ type Next = Box<dyn FnOnce(&Ctx, Vec<Superblock>)>;
 fn write_superblocks(
     c: &Ctx,
     sbs: Vec<Superblock>,
+    areas: Vec<Vec<u8>>,
     next: impl FnOnce(&Ctx, Vec<Superblock>) + 'static,
 ) {
     struct W {
@@ -539,12 +622,13 @@ fn write_superblocks(
     };
     let finish: Rc<dyn Fn()> = Rc::new(finish);
     let g = c.borrow();
-    for (i, sb) in sbs.iter().enumerate() {
+    for (i, mut data) in areas.into_iter().enumerate() {
         let d = g.descs[i].as_ref().unwrap();
         let ch = g.chans[i].as_ref().unwrap();
         let bs = u64::from(d.bdev().block_size());
-        let mut data = sb.encode();
-        data.resize(SB_BLOCK_BYTES, 0);
+        // The superblock (4 KiB), then the bitmap area when there is one.
+        let len = (data.len().max(SB_BLOCK_BYTES) as u64).div_ceil(bs) * bs;
+        data.resize(len as usize, 0);
         let name = d.bdev().name();
         let flush = d.bdev().write_cache() && d.bdev().supports(sys::SPDK_BDEV_IO_TYPE_FLUSH);
         let nb = d.bdev().num_blocks();
@@ -576,7 +660,7 @@ fn write_superblocks(
             ch,
             BdevOp::Write,
             SB_OFFSET_BYTES / bs,
-            SB_BLOCK_BYTES as u64 / bs,
+            len / bs,
             buf,
             move |ok, buf| {
                 if !ok || !flush {
@@ -643,6 +727,14 @@ struct Start {
     /// This create wrote the superblocks (wipe them if it fails).
     created: bool,
     dirty: bool,
+    bitmap: Option<StartBitmap>,
+}
+
+/// The write-intent bitmap an array starts with.
+struct StartBitmap {
+    disk: DiskBitmap,
+    geom: BitmapGeom,
+    daemon_sleep_ms: u64,
 }
 
 fn start_array(c: &Ctx, s: Start) {
@@ -687,6 +779,15 @@ fn start_array(c: &Ctx, s: Start) {
     if !matches!(p.raid_level, RaidLevel::Raid1) {
         saved.strip_size_kb = Some(s.strip_kb);
     }
+    if s.created {
+        saved.bitmap = match &s.bitmap {
+            Some(b) => BitmapSetting::On(BitmapOptions {
+                chunk_kb: Some((b.geom.chunk_bytes() / 1024) as u32),
+                daemon_sleep_ms: Some(b.daemon_sleep_ms as u32),
+            }),
+            None => BitmapSetting::Off,
+        };
+    }
     saved.base_bdevs = NameList(
         members
             .iter()
@@ -704,19 +805,26 @@ fn start_array(c: &Ctx, s: Start) {
         members,
         s.data_offset_blocks,
         state.clone(),
+        s.bitmap.as_ref().map(|b| b.geom.clone()),
         Info {
             level: p.raid_level,
             superblock,
-            saved,
+            saved: std::sync::Mutex::new(saved),
         },
         Owned::new(descs, chans),
         thread,
     );
     array.register_io_device();
+    let (disk, daemon_ms) = match s.bitmap {
+        Some(b) => (Some(b.disk), b.daemon_sleep_ms),
+        None => (None, 0),
+    };
+    let dirty_chunks = disk.as_ref().map(|d| d.dirty());
     let host = match s.sbs {
         Some(sbs) => MetaHost::md(
-            meta::new_meta(geom, array.shared.clone(), state, sbs),
+            meta::new_meta(geom, array.shared.clone(), state, sbs, disk, daemon_ms),
             s.dirty,
+            daemon_ms,
         ),
         None => MetaHost::bare(geom, state),
     };
@@ -735,6 +843,7 @@ fn start_array(c: &Ctx, s: Start) {
         return;
     }
     crate::module::insert(array.clone());
+    crate::examine::forget(&s.uuid);
     log_notice!(
         "mdraid {}: {} {} array {} on {}{}",
         p.name,
@@ -746,20 +855,409 @@ fn start_array(c: &Ctx, s: Start) {
         p.raid_level,
         md_uuid(&s.uuid),
         array
-            .members
+            .members()
             .iter()
             .map(|m| m
                 .as_ref()
                 .map_or("(missing)".to_string(), |m| m.name.clone()))
             .collect::<Vec<_>>()
             .join(", "),
-        if s.dirty {
-            "; not shut down cleanly: it needs a resync, which this host cannot do yet"
-        } else {
-            ""
+        match (s.dirty, dirty_chunks) {
+            (false, _) => String::new(),
+            (true, Some(n)) =>
+                format!("; it was not shut down cleanly: resyncing the {n} chunks its bitmap marks"),
+            (true, None) =>
+                "; it was not shut down cleanly and has no bitmap: resyncing all of it".into(),
         }
     );
-    if let Some(r) = c.borrow_mut().req.take() {
-        r.result("true");
+    let r = c.borrow_mut().req.take();
+    if let Some(r) = r {
+        r.ok();
+    }
+}
+
+// ------------------------------------------------------------ set_options
+
+/// RPC method (registered by the shim).
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_set_options(
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+) {
+    run("bdev_mdraid_set_options", req, |r| {
+        // SAFETY: p is this request's params.
+        let p: BdevMdraidSetOptions = match unsafe { params("bdev_mdraid_set_options", p) } {
+            Ok(p) => p,
+            Err(e) => return r.rpc_error(&e),
+        };
+        // Every array reads them at its next window.
+        crate::sync::set_options(p.process_window_size_kb, p.process_max_bandwidth_mb_sec);
+        r.result("true")
+    })
+}
+
+// ------------------------------------------------------------ sync_action
+
+/// RPC method (registered by the shim).
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_sync_action(
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+) {
+    const M: &str = "bdev_mdraid_sync_action";
+    run(M, req, |r| {
+        // SAFETY: p is this request's params.
+        let p: BdevMdraidSyncAction = match unsafe { params(M, p) } {
+            Ok(p) => p,
+            Err(e) => return r.rpc_error(&e),
+        };
+        let name = p.name.as_str().to_string();
+        let Some(a) = crate::module::find(&name) else {
+            return r.rpc_error(&no_device(&name));
+        };
+        let (op, freeze) = match p.action {
+            SyncAction::Check => (Some(IoType::Check), false),
+            SyncAction::Repair => (Some(IoType::Repair), false),
+            SyncAction::Resync => (Some(IoType::Resync), false),
+            SyncAction::Idle => (None, false),
+            SyncAction::Frozen => (None, true),
+        };
+        let a2 = a.clone();
+        on_meta_thread(&a, r, move |r| {
+            match crate::sync::sync_action(&a2, op, freeze) {
+                Ok(d) => {
+                    meta::run_driver(&a2, d);
+                    r.result("true")
+                }
+                Err(e) => r.rpc_error(&RpcError::errno(
+                    errno::EBUSY,
+                    format!("{M}: array `{name}`: {e}"),
+                )),
+            }
+        });
+    })
+}
+
+/// Run `f` with the request on the array's metadata thread.
+fn on_meta_thread(a: &Arc<Array>, r: Request, f: impl FnOnce(Request) + Send + 'static) {
+    if a.meta_thread.is_current() {
+        return f(r);
+    }
+    // The request travels in the message; if SPDK refuses the message it
+    // is dropped unanswered, which answers an internal error.
+    let _ = a.meta_thread.send(move || f(r));
+}
+
+// ------------------------------------------------------------ add_base_bdev
+
+const ADD: &str = "bdev_mdraid_add_base_bdev";
+
+fn add_field(f: &str, msg: impl std::fmt::Display) -> RpcError {
+    RpcError::invalid_field(ADD, f, msg)
+}
+
+/// RPC method (registered by the shim).
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_add_base_bdev(
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+) {
+    run(ADD, req, |r| {
+        // SAFETY: p is this request's params.
+        let p: BdevMdraidAddBaseBdev = match unsafe { params(ADD, p) } {
+            Ok(p) => p,
+            Err(e) => return r.rpc_error(&e),
+        };
+        let name = p.raid_bdev.as_str().to_string();
+        let Some(a) = crate::module::find(&name) else {
+            return r.rpc_error(&no_device(&name));
+        };
+        let a2 = a.clone();
+        on_meta_thread(&a, r, move |r| add_base_bdev(a2, p, r));
+    })
+}
+
+/// A device being brought into a role: what the metadata host needs.
+struct Adding {
+    array: Arc<Array>,
+    role: usize,
+    bname: String,
+    /// A new device (not the role's own): opened and claimed here.
+    new: Option<(Desc, IoChannel)>,
+}
+
+/// `bdev_mdraid_add_base_bdev` on the metadata thread: bring `base_bdev`
+/// into the first faulty or missing role (the role it served, if it comes
+/// back). Checks first, then the device's md metadata is read; a device
+/// that left with events at least the bitmap's events_cleared is recovered
+/// from the bitmap, anything else rebuilt fully (the metadata path
+/// decides). A new device is put in the role on every channel before the
+/// metadata path records it recovering; the rebuild starts by itself once
+/// every channel has that state.
+fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
+    let name = a.name.clone();
+    let bname = p.base_bdev.as_str().to_string();
+    if p.write_mostly {
+        return r.rpc_error(&add_field(
+            "write_mostly",
+            "write-mostly members are not implemented yet",
+        ));
+    }
+    if !a.info.superblock {
+        return r.rpc_error(&add_field(
+            "raid_bdev",
+            format!(
+                "array `{name}` has no superblocks, so a member cannot be brought back into it"
+            ),
+        ));
+    }
+    if crate::module::is_array(&bname) {
+        return r.rpc_error(&add_field(
+            "base_bdev",
+            format!("`{bname}` is an mdraid array; arrays cannot be members"),
+        ));
+    }
+    let Some(b) = Bdev::by_name(&bname) else {
+        return r.rpc_error(&add_field(
+            "base_bdev",
+            format!("bdev `{bname}` does not exist"),
+        ));
+    };
+    let st = a.state();
+    if st.offline {
+        return r.rpc_error(&RpcError::errno(
+            errno::EINVAL,
+            format!("{ADD}: array `{name}` is offline: no member holds the data to rebuild from"),
+        ));
+    }
+    let members = a.members();
+    let out = |r: usize| matches!(st.members[r], MemberState::Faulty | MemberState::Missing);
+    let holds = |r: usize| members[r].as_ref().is_some_and(|m| m.name == bname);
+    if let Some(r2) = (0..members.len()).find(|&r| holds(r) && !out(r)) {
+        return r.rpc_error(&add_field(
+            "base_bdev",
+            format!("bdev `{bname}` already serves role {r2} of `{name}`"),
+        ));
+    }
+    let Some(role) = (0..members.len())
+        .find(|&r| out(r) && holds(r))
+        .or_else(|| (0..members.len()).find(|&r| out(r)))
+    else {
+        return r.rpc_error(&RpcError::errno(
+            errno::EBUSY,
+            format!("{ADD}: array `{name}` has no faulty or missing member to replace"),
+        ));
+    };
+    if b.block_size() != a.geom.block_size() {
+        return r.rpc_error(&add_field(
+            "base_bdev",
+            format!(
+                "bdev `{bname}` has {}-byte blocks, the array {}",
+                b.block_size(),
+                a.geom.block_size()
+            ),
+        ));
+    }
+    // What a member needs: the data offset plus the data size the array's
+    // superblocks record (the metadata path checks it again).
+    let needed = a.data_offset + a.geom.member_blocks(role);
+    if b.num_blocks() < needed {
+        return r.rpc_error(&add_field(
+            "base_bdev",
+            format!(
+                "bdev `{bname}` has {} blocks; a member of `{name}` needs {needed}",
+                b.num_blocks()
+            ),
+        ));
+    }
+    let ours = holds(role);
+    let new = if ours {
+        None
+    } else {
+        let mut d = match Desc::open(&bname) {
+            Ok(d) => d,
+            Err(rc) => {
+                return r.rpc_error(&add_field(
+                    "base_bdev",
+                    format!("bdev `{bname}` cannot be opened: {}", errno::strerror(-rc)),
+                ))
+            }
+        };
+        if d.claim().is_err() {
+            return r.rpc_error(&add_field(
+                "base_bdev",
+                format!("bdev `{bname}` is already claimed"),
+            ));
+        }
+        let Some(ch) = d.channel() else {
+            return r.rpc_error(&RpcError::errno(
+                errno::ENOMEM,
+                format!("{ADD}: `{bname}`: no I/O channel"),
+            ));
+        };
+        Some((d, ch))
+    };
+    // The device's md metadata: read through the new descriptor, or the
+    // role's own (kept by the metadata thread).
+    let t = match &new {
+        Some((d, ch)) => Some((d.raw(), ch.raw())),
+        None => a.owned.with(|o| {
+            Some((
+                o.descs.get(role)?.as_ref()?.raw(),
+                o.chans.get(role)?.as_ref()?.raw(),
+            ))
+        }),
+    };
+    let Some((desc, ch)) = t else {
+        return r.rpc_error(&RpcError::internal(format!(
+            "{ADD}: role {role} of `{name}` has no descriptor"
+        )));
+    };
+    let t = Target {
+        desc,
+        ch,
+        block_size: u64::from(b.block_size()),
+        num_blocks: b.num_blocks(),
+    };
+    let adding = Adding {
+        array: a,
+        role,
+        bname,
+        new,
+    };
+    // SAFETY: a new device's descriptor and channel live in `adding`,
+    // which the completion owns; the role's own live on the metadata
+    // thread until the array's teardown, which cannot finish before the
+    // read (the array's io_device keeps the members open until then, and
+    // the read's completion runs on this thread).
+    unsafe {
+        read_md_meta(t, move |res| match res {
+            Err(e) => r.rpc_error(&RpcError::errno(
+                errno::EIO,
+                format!("{ADD}: `{}`: {e}", adding.bname),
+            )),
+            Ok(meta) => add_read(adding, meta, r),
+        })
+    }
+}
+
+/// The device's md metadata is in: put it in the role, then tell the
+/// metadata path.
+fn add_read(ad: Adding, meta: Vec<u8>, r: Request) {
+    let Adding {
+        array: a,
+        role,
+        bname,
+        new,
+    } = ad;
+    if a.sync.stopping() {
+        return r.rpc_error(&RpcError::errno(
+            errno::ENODEV,
+            format!("{ADD}: array `{}` is being deleted", a.name),
+        ));
+    }
+    let b = match &new {
+        Some((d, _)) => d.bdev(),
+        None => match a.members()[role].as_ref() {
+            Some(m) => m.bdev,
+            None => return r.rpc_error(&RpcError::internal("the role lost its member")),
+        },
+    };
+    let sectors = b.num_blocks() * u64::from(b.block_size()) / 512;
+    let old_sb = Superblock::decode(&meta, sectors).ok();
+    let nm = NewMember {
+        device_uuid: old_sb.as_ref().map_or(b.uuid(), |s| s.device_uuid),
+        sectors,
+        old_sb,
+    };
+    let Some((d, ch)) = new else {
+        // The role's own device comes back: nothing to swap.
+        return add_commit(a, role, bname, nm, r);
+    };
+    let member = Member {
+        name: bname.clone(),
+        desc: d.raw(),
+        bdev: b,
+        flush: b.write_cache() && b.supports(sys::SPDK_BDEV_IO_TYPE_FLUSH),
+        unmap: b.supports(sys::SPDK_BDEV_IO_TYPE_UNMAP),
+        uuid: nm.device_uuid,
+    };
+    a.set_member(role, Some(member.clone()));
+    a.owned.with(|o| {
+        if let Some(old) = o.chans[role].replace(ch) {
+            o.retired_chans.push(old);
+        }
+        if let Some(old) = o.descs[role].replace(d) {
+            o.retired.push(old);
+        }
+    });
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f2 = failed.clone();
+    let m2 = member.clone();
+    let per = move |ch: *mut sys::spdk_io_channel| {
+        // SAFETY: a live channel of this array's io_device, on its thread.
+        if !unsafe { crate::array::channel_set_member(ch, role, Some(&m2)) } {
+            f2.store(true, std::sync::atomic::Ordering::Release);
+        }
+    };
+    a.broadcasts
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let a2 = a.clone();
+    let done = move |_| {
+        a2.broadcasts
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if failed.load(std::sync::atomic::Ordering::Acquire) {
+            log_warn!(
+                "mdraid {}: a channel got no I/O channel of `{bname}`; its writes to role {role} fail",
+                a2.name
+            );
+        }
+        add_commit(a2, role, bname, nm, r)
+    };
+    // SAFETY: the io_device stays registered until the teardown, which
+    // waits for `broadcasts` to drop to zero; its channels are ChanCtxs.
+    unsafe { crate::spdk::for_each_channel(a.io_device(), per, done) };
+}
+
+/// Record the device in the role (the metadata path commits it
+/// recovering) and answer.
+fn add_commit(a: Arc<Array>, role: usize, bname: String, nm: NewMember, r: Request) {
+    let res = meta::with_host(&a, |h| h.add_member(role, nm));
+    match res {
+        None => r.rpc_error(&RpcError::errno(
+            errno::ENODEV,
+            format!("{ADD}: array `{}` is being deleted", a.name),
+        )),
+        Some(Err(e)) => r.rpc_error(&RpcError::errno(errno::EINVAL, format!("{ADD}: {e}"))),
+        Some(Ok(kind)) => {
+            {
+                let mut saved = a.info.saved.lock().unwrap_or_else(|e| e.into_inner());
+                saved.base_bdevs = NameList(
+                    a.members()
+                        .iter()
+                        .flatten()
+                        .filter_map(|m| BdevName::new(m.name.as_str()).ok())
+                        .collect(),
+                );
+            }
+            log_notice!(
+                "mdraid {}: `{bname}` brought into role {role}, {}",
+                a.name,
+                match kind {
+                    Recovery::Bitmap => "recovering from the bitmap",
+                    Recovery::Full => "rebuilding fully",
+                }
+            );
+            r.result("true")
+        }
     }
 }

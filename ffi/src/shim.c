@@ -12,6 +12,8 @@
 /* Module callbacks (Rust). */
 int mdraid_module_init(void);
 void mdraid_module_fini(void);
+void mdraid_examine_config(struct spdk_bdev *bdev);
+void mdraid_examine_disk(struct spdk_bdev *bdev);
 
 /* Bdev callbacks (Rust). */
 int mdraid_bdev_destruct(void *ctx);
@@ -28,11 +30,19 @@ void mdraid_rpc_bdev_mdraid_delete(struct spdk_jsonrpc_request *request,
 				   const struct spdk_json_val *params);
 void mdraid_rpc_bdev_mdraid_get_bdevs(struct spdk_jsonrpc_request *request,
 				      const struct spdk_json_val *params);
+void mdraid_rpc_bdev_mdraid_add_base_bdev(struct spdk_jsonrpc_request *request,
+		const struct spdk_json_val *params);
+void mdraid_rpc_bdev_mdraid_set_options(struct spdk_jsonrpc_request *request,
+					const struct spdk_json_val *params);
+void mdraid_rpc_bdev_mdraid_sync_action(struct spdk_jsonrpc_request *request,
+					const struct spdk_json_val *params);
 
 static struct spdk_bdev_module g_mdraid_if = {
 	.name = "mdraid",
 	.module_init = mdraid_module_init,
 	.module_fini = mdraid_module_fini,
+	.examine_config = mdraid_examine_config,
+	.examine_disk = mdraid_examine_disk,
 };
 
 SPDK_BDEV_MODULE_REGISTER(mdraid, &g_mdraid_if)
@@ -49,6 +59,12 @@ static const struct spdk_bdev_fn_table g_mdraid_fn_table = {
 SPDK_RPC_REGISTER("bdev_mdraid_create", mdraid_rpc_bdev_mdraid_create, SPDK_RPC_RUNTIME)
 SPDK_RPC_REGISTER("bdev_mdraid_delete", mdraid_rpc_bdev_mdraid_delete, SPDK_RPC_RUNTIME)
 SPDK_RPC_REGISTER("bdev_mdraid_get_bdevs", mdraid_rpc_bdev_mdraid_get_bdevs, SPDK_RPC_RUNTIME)
+SPDK_RPC_REGISTER("bdev_mdraid_add_base_bdev", mdraid_rpc_bdev_mdraid_add_base_bdev,
+		  SPDK_RPC_RUNTIME)
+SPDK_RPC_REGISTER("bdev_mdraid_set_options", mdraid_rpc_bdev_mdraid_set_options,
+		  SPDK_RPC_STARTUP | SPDK_RPC_RUNTIME)
+SPDK_RPC_REGISTER("bdev_mdraid_sync_action", mdraid_rpc_bdev_mdraid_sync_action,
+		  SPDK_RPC_RUNTIME)
 
 struct spdk_bdev_module *
 mdraid_shim_module(void)

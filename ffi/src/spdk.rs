@@ -379,13 +379,22 @@ unsafe extern "C" fn desc_event(
 impl Desc {
     /// `spdk_bdev_open_ext(name, write=true)`; the error is a negative errno.
     pub fn open(name: &str) -> Result<Desc, c_int> {
+        Desc::open_with(name, true)
+    }
+
+    /// A read-only descriptor (examine).
+    pub fn open_ro(name: &str) -> Result<Desc, c_int> {
+        Desc::open_with(name, false)
+    }
+
+    fn open_with(name: &str, write: bool) -> Result<Desc, c_int> {
         let c = CString::new(name).map_err(|_| -libc_einval())?;
         let mut d: *mut sys::spdk_bdev_desc = std::ptr::null_mut();
         // SAFETY: c outlives the call; d receives the descriptor.
         let rc = unsafe {
             sys::spdk_bdev_open_ext(
                 c.as_ptr(),
-                true,
+                write,
                 Some(desc_event),
                 std::ptr::null_mut(),
                 &mut d,

@@ -531,3 +531,399 @@ fn spdk_tgt_rpc_create_get_delete() {
     assert!(!log.contains("mdraid: panic"), "{log}");
     let _ = std::fs::remove_dir_all(&env.dir);
 }
+
+// ------------------------------------------------------------ examine, bitmap, resync, rebuild
+
+fn aio_entries(files: &[PathBuf], prefix: &str) -> Vec<String> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                r#"{{"method":"bdev_aio_create","params":{{"name":"{prefix}{i}","filename":"{}","block_size":512}}}}"#,
+                f.display()
+            )
+        })
+        .collect()
+}
+
+fn new_files(env: &Env, prefix: &str, n: usize, bytes: u64) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let f = env.dir.join(format!("{prefix}{i}"));
+            std::fs::File::create(&f).unwrap().set_len(bytes).unwrap();
+            f
+        })
+        .collect()
+}
+
+fn read_sb(f: &Path) -> bdev_raid::ondisk::Superblock {
+    use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
+    let data = std::fs::read(f).unwrap();
+    let off = SB_OFFSET_BYTES as usize;
+    Superblock::decode(&data[off..off + SB_BLOCK_BYTES], data.len() as u64 / 512)
+        .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+}
+
+/// The data area of a member file (md's data_offset, data_size).
+fn data_area(f: &Path) -> Vec<u8> {
+    let sb = read_sb(f);
+    let data = std::fs::read(f).unwrap();
+    let at = (sb.data_offset * 512) as usize;
+    data[at..at + (sb.size * 512) as usize].to_vec()
+}
+
+/// spdk_dd with `cfg`; `args` are its copy arguments. Returns its output.
+fn spdk_dd(env: &Env, cfg: &str, what: &str, args: &[&str]) -> String {
+    let path = env.dir.join("dd.json");
+    std::fs::write(&path, cfg).unwrap();
+    let out = env
+        .spdk_app(60, &env.spdk.join("build/bin/spdk_dd"))
+        .args(["--no-huge", "-s", "2048", "--no-pci", "--json"])
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run spdk_dd");
+    let t = text(&out);
+    assert!(
+        out.status.success(),
+        "{what}: spdk_dd failed ({}):\n{t}",
+        out.status
+    );
+    assert!(!t.contains("*ERROR*"), "{what}: SPDK logged errors:\n{t}");
+    t
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Task: an array made in one run comes back by itself (examine) in the
+/// next, whose config has only the members: same uuid, same data (read
+/// back with spdk_dd), and bdevperf verify runs on it.
+#[test]
+fn examine_reassembles_raid5_and_raid1() {
+    let Some(env) = spdk_env("examine") else {
+        return;
+    };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (level, n) in [("raid5", 4), ("raid1", 2)] {
+        let files = new_files(&env, &format!("{level}-f"), n, 32 << 20);
+        let members: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
+        let mut entries = aio_entries(&files, "a");
+        let create = format!(
+            r#"{{"method":"bdev_mdraid_create","params":{{"name":"r","raid_level":"{level}","base_bdevs":"{}","strip_size_kb":64}}}}"#,
+            members.join(" ")
+        );
+        entries.push(create);
+        let data = random_bytes(4 << 20, 7 + n as u64);
+        let input = env.dir.join("in");
+        std::fs::write(&input, &data).unwrap();
+        let out = spdk_dd(
+            &env,
+            &config(&entries),
+            &format!("{level} write"),
+            &[
+                "--if",
+                input.to_str().unwrap(),
+                "--ob",
+                "r",
+                "--bs",
+                "65536",
+            ],
+        );
+        assert!(out.contains(&format!("created {level} array")), "{out}");
+        let uuid = read_sb(&files[0]).set_uuid;
+        assert!(
+            files.iter().all(|f| read_sb(f).is_clean()),
+            "not stopped clean"
+        );
+
+        // Only the members in the config: examine assembles the array.
+        let only = config(&aio_entries(&files, "a"));
+        let back = env.dir.join("back");
+        let out = spdk_dd(
+            &env,
+            &only,
+            &format!("{level} read back"),
+            &[
+                "--ib",
+                "r",
+                "--of",
+                back.to_str().unwrap(),
+                "--bs",
+                "65536",
+                "--count",
+                "64",
+            ],
+        );
+        assert!(
+            out.contains("examine: md array") && out.contains(&format!("assembled {level} array")),
+            "{level}: not assembled by examine:\n{out}"
+        );
+        let got = std::fs::read(&back).unwrap();
+        assert!(got == data, "{level}: the data read back differs");
+        let out = bdevperf_verify(&env, &only, &format!("{level} examined"), 32, 4096);
+        assert!(out.contains(&format!("assembled {level} array")), "{out}");
+        for f in &files {
+            let sb = read_sb(f);
+            assert_eq!(sb.set_uuid, uuid, "{level}: another array");
+            assert!(sb.is_clean(), "{level}: not clean after the verify run");
+            assert!(sb.has_bitmap(), "{level}: created without a bitmap");
+        }
+        // A missing member: examine waits (no degraded start by itself).
+        let out = spdk_dd(
+            &env,
+            &config(&aio_entries(&files[..n - 1], "a")),
+            &format!("{level} incomplete"),
+            &[
+                "--ib",
+                &members[0],
+                "--of",
+                back.to_str().unwrap(),
+                "--count",
+                "1",
+            ],
+        );
+        assert!(out.contains("waiting for the others"), "{out}");
+        assert!(!out.contains(&format!("assembled {level} array")), "{out}");
+    }
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// An unclean stop (kill -9 in a verify run) of a bitmap array on files:
+/// the next run assembles it dirty (examine), resyncs the chunks the
+/// bitmap marks, verifies, and stops clean; raid1's mirrors then match.
+fn unclean_stop_then_resync(level: &str, n: usize, test: &str) {
+    let Some(env) = spdk_env(test) else { return };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let files = new_files(&env, "f", n, 32 << 20);
+    let names: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
+    let mut entries = aio_entries(&files, "a");
+    entries.push(format!(
+        r#"{{"method":"bdev_mdraid_create","params":{{"name":"r","raid_level":"{level}","base_bdevs":"{}","strip_size_kb":64,"bitmap":{{"chunk_kb":1024}}}}}}"#,
+        names.join(" ")
+    ));
+    let path = env.dir.join("crash.json");
+    std::fs::write(&path, config(&entries)).unwrap();
+    // kill -9 four seconds in, writes in flight.
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "4", "env"])
+        .arg(format!("LD_PRELOAD={}", env.so.display()))
+        .arg(env.spdk.join("build/examples/bdevperf"))
+        .env("LD_LIBRARY_PATH", env.libdir())
+        .args(["--no-huge", "-s", "2048", "--no-pci", "--json"])
+        .arg(&path)
+        .args([
+            "-q", "32", "-o", "4096", "-w", "verify", "-t", "30", "-T", "r",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bdevperf");
+    let t = text(&out);
+    assert!(!out.status.success(), "bdevperf was not killed:\n{t}");
+    assert!(t.contains(&format!("created {level} array")), "{t}");
+    let sbs: Vec<_> = files.iter().map(|f| read_sb(f)).collect();
+    assert!(
+        sbs.iter().any(|sb| !sb.is_clean()),
+        "the killed array is marked clean"
+    );
+    let out = bdevperf_verify(&env, &config(&aio_entries(&files, "a")), test, 32, 4096);
+    assert!(
+        out.contains("not shut down cleanly: resyncing the"),
+        "no bitmap resync:\n{out}"
+    );
+    assert!(
+        out.contains("mdraid r: resync done"),
+        "resync did not end:\n{out}"
+    );
+    for f in &files {
+        let sb = read_sb(f);
+        assert!(sb.is_clean(), "not clean after the resync: {sb:?}");
+    }
+    if level == "raid1" {
+        let a = data_area(&files[0]);
+        assert!(
+            files[1..].iter().all(|f| data_area(f) == a),
+            "raid1 mirrors differ after the resync"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+#[test]
+fn unclean_stop_resync_raid1() {
+    unclean_stop_then_resync("raid1", 2, "crash-raid1");
+}
+
+#[test]
+fn unclean_stop_resync_raid5() {
+    unclean_stop_then_resync("raid5", 3, "crash-raid5");
+}
+
+/// bdevperf verify on a raid5 with an explicit bitmap over malloc.
+#[test]
+fn bdevperf_verify_raid5_bitmap() {
+    let Some(env) = spdk_env("raid5-bitmap") else {
+        return;
+    };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut entries = malloc_members(4, 65536);
+    entries.push(
+        r#"{"method":"bdev_mdraid_create","params":{"name":"r","raid_level":"raid5","base_bdevs":"m0 m1 m2 m3","strip_size_kb":64,"bitmap":{"chunk_kb":256,"daemon_sleep_ms":100}}}"#
+            .to_string(),
+    );
+    bdevperf_verify(&env, &config(&entries), "raid5 bitmap", 32, 4096);
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// A degraded raid1 (one member present) through spdk_tgt: a blank bdev
+/// added with bdev_mdraid_add_base_bdev is rebuilt fully (progress shown
+/// in get_bdevs) and ends in sync, its data the same as the other's.
+#[test]
+fn spdk_tgt_add_base_bdev_rebuild() {
+    let Some(env) = spdk_env("rebuild") else {
+        return;
+    };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let files = new_files(&env, "f", 3, 32 << 20);
+    // Data on a raid1 of f0 and f1 (spdk_dd), then stopped clean.
+    let mut entries = aio_entries(&files[..2], "a");
+    entries.push(
+        r#"{"method":"bdev_mdraid_create","params":{"name":"r","raid_level":"raid1","base_bdevs":"a0 a1"}}"#
+            .to_string(),
+    );
+    let data = random_bytes(8 << 20, 99);
+    let input = env.dir.join("in");
+    std::fs::write(&input, &data).unwrap();
+    spdk_dd(
+        &env,
+        &config(&entries),
+        "raid1 write",
+        &[
+            "--if",
+            input.to_str().unwrap(),
+            "--ob",
+            "r",
+            "--bs",
+            "65536",
+        ],
+    );
+    let mut tgt = Tgt::start(&env);
+    let aio = |t: &Tgt, name: &str, f: &Path| {
+        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
+    };
+    aio(&tgt, "a0", &files[0]);
+    aio(&tgt, "a2", &files[2]);
+    // a1 is gone: examine waits; the array is started degraded explicitly.
+    assert_eq!(tgt.ok(&env, &["bdev_mdraid_get_bdevs"]).trim(), "[]");
+    tgt.ok(
+        &env,
+        &["bdev_mdraid_create", "-n", "r", "-r", "raid1", "-b", "a0"],
+    );
+    let get = |t: &Tgt| -> serde_json::Value {
+        let out = t.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))[0]
+            .clone()
+    };
+    let r = get(&tgt);
+    assert_eq!(r["degraded"], true, "{r}");
+    assert_eq!(r["base_bdevs_list"][1]["state"], "missing", "{r}");
+    assert!(r["bitmap"]["chunk_kb"].as_u64().is_some(), "no bitmap: {r}");
+    // Bad input changes nothing.
+    tgt.fails(
+        &env,
+        &["bdev_mdraid_add_base_bdev", "r", "nosuch"],
+        -32602,
+        "field `base_bdev`",
+    );
+    tgt.fails(
+        &env,
+        &["bdev_mdraid_add_base_bdev", "nosuch", "a2"],
+        -19,
+        "nosuch",
+    );
+    tgt.fails(
+        &env,
+        &["bdev_mdraid_add_base_bdev", "r", "a0"],
+        -32602,
+        "already serves role 0",
+    );
+    assert!(!tgt.claimed(&env, "a2"));
+    // Slow enough to be seen rebuilding.
+    tgt.ok(&env, &["bdev_mdraid_set_options", "-b", "8"]);
+    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "r", "a2"]);
+    assert!(tgt.claimed(&env, "a2"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_progress = false;
+    loop {
+        let r = get(&tgt);
+        if r["process"]["type"] == "rebuild" {
+            assert_eq!(r["process"]["target"], "a2", "{r}");
+            assert_eq!(r["sync_action"], "recover", "{r}");
+            seen_progress = true;
+        }
+        let members = r["base_bdevs_list"].as_array().unwrap().clone();
+        if r["process"].is_null() && members.iter().all(|m| m["state"] == "in_sync") {
+            assert_eq!(r["degraded"], false, "{r}");
+            assert_eq!(members[1]["name"], "a2", "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rebuild did not end: {r}\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(seen_progress, "no rebuild progress seen");
+    // Already in sync: nothing to replace.
+    tgt.fails(
+        &env,
+        &["bdev_mdraid_add_base_bdev", "r", "a2"],
+        -32602,
+        "already serves",
+    );
+    tgt.ok(&env, &["bdev_mdraid_sync_action", "r", "check"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = get(&tgt);
+        if r["process"].is_null() && r["mismatch_cnt"].as_u64().is_some() {
+            assert_eq!(r["mismatch_cnt"], 0, "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "check did not end: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tgt.ok(&env, &["spdk_kill_instance", "SIGTERM"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = tgt.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "spdk_tgt did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = tgt.log_text();
+    assert!(status.success(), "spdk_tgt exited with {status}:\n{log}");
+    assert!(log.contains("role 1 rebuilt"), "{log}");
+    assert!(!log.contains("mdraid: panic"), "{log}");
+    let (s0, s2) = (read_sb(&files[0]), read_sb(&files[2]));
+    assert!(s0.is_clean() && s2.is_clean(), "not clean: {s0:?} {s2:?}");
+    assert_eq!(s0.events, s2.events);
+    assert_eq!(s0.set_uuid, s2.set_uuid);
+    assert!(
+        data_area(&files[2]) == data_area(&files[0]),
+        "rebuilt member differs"
+    );
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
