@@ -55,8 +55,8 @@ use mdraid_rpc::types::{RaidLevel, RaidState, Uuid as RpcUuid};
 
 use crate::meta::{self, Owned};
 use crate::spdk::{
-    fatal_guard, guard, log_error, log_warn, submit_raw, Bdev, BdevOp, DmaBuf, IoChannel, OnThread,
-    Poller, Thread,
+    fatal_guard, guard, log_error, log_notice, log_warn, submit_raw, Bdev, BdevOp, DmaBuf,
+    IoChannel, OnThread, Poller, Thread,
 };
 use crate::sys;
 
@@ -185,6 +185,17 @@ pub struct Member {
     pub uuid: [u8; 16],
 }
 
+/// Hot-removal of one member (see [`Array::member_removed`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Removal {
+    /// Its bdev is going (SPDK_BDEV_EVENT_REMOVE): no new channels of it.
+    removed: bool,
+    /// Array channels that still hold a channel of it.
+    chans: usize,
+    /// Its descriptor is closed.
+    closed: bool,
+}
+
 /// What the array was made from, for RPCs and `save_config`.
 pub struct Info {
     pub level: RaidLevel,
@@ -230,6 +241,10 @@ pub struct Array {
     pub owned: OnThread<Owned>,
     /// Wipe the superblocks when the bdev goes (bdev_mdraid_delete clear_sb).
     pub clear_sb: std::sync::atomic::AtomicBool,
+    /// Hot-removal, by role; `removals` counts the removals so far (the
+    /// channels' pollers look at it).
+    removal: Mutex<Vec<Removal>>,
+    removals: AtomicUsize,
 }
 
 // SAFETY: the raw pointers are descriptors (usable from any thread to get
@@ -255,6 +270,7 @@ impl Array {
         meta_thread: Thread,
     ) -> Arc<Array> {
         let cname = CString::new(name).expect("bdev names have no NUL");
+        let roles = members.len();
         let present: Vec<&Member> = members.iter().flatten().collect();
         let align = present
             .iter()
@@ -290,6 +306,8 @@ impl Array {
             snap: Mutex::new(Snap::default()),
             owned: OnThread::new(meta_thread, owned),
             clear_sb: std::sync::atomic::AtomicBool::new(false),
+            removal: Mutex::new(vec![Removal::default(); roles]),
+            removals: AtomicUsize::new(0),
         })
     }
 
@@ -375,6 +393,63 @@ impl Array {
 
     fn free_slot(&self, i: usize) {
         *self.slots.lock().unwrap_or_else(|e| e.into_inner()) &= !(1 << i);
+    }
+
+    // -------------------------------------------------- hot-removal
+    //
+    // SPDK_BDEV_EVENT_REMOVE on a member's descriptor (on the metadata
+    // thread, which opened it): the member fails through the metadata path
+    // like a member with I/O errors (R1: the failure is committed to the
+    // survivors before any write that failed on it completes), no new
+    // channel of it is taken, each array channel puts its channel of it
+    // once that channel applied a state with the member out of service and
+    // has no I/O on it in flight (its poller checks), and the metadata
+    // tick closes the descriptor (with the metadata thread's channel) once
+    // no array channel holds one and no superblock write is in flight.
+    // The bdev's unregistration, which waits for that close, then ends.
+
+    /// This thread's channel of member `m`, for a new array channel: None
+    /// when the role is empty or the member was hot-removed.
+    fn member_channel(&self, m: usize) -> Result<Option<IoChannel>, ()> {
+        let Some(member) = self.members[m].as_ref() else {
+            return Ok(None);
+        };
+        let mut r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        if r[m].removed {
+            return Ok(None);
+        }
+        // SAFETY: the descriptor is open: it is closed only after the
+        // member was marked removed (checked under this lock) or in the
+        // teardown, after every array channel is gone.
+        let ch = NonNull::new(unsafe { sys::spdk_bdev_get_io_channel(member.desc) }).ok_or(())?;
+        r[m].chans += 1;
+        Ok(Some(IoChannel::from_raw(ch)))
+    }
+
+    /// An array channel is done with its channel of member `m`.
+    fn put_member_channel(&self, m: usize, ch: IoChannel) {
+        drop(ch);
+        let mut r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        r[m].chans = r[m].chans.saturating_sub(1);
+    }
+
+    /// Member `m`'s bdev is being removed (on the metadata thread).
+    pub fn member_removed(&self, m: usize) {
+        if let Some(r) = self
+            .removal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(m)
+        {
+            r.removed = true;
+        }
+        self.removals.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Roles hot-removed so far.
+    fn removed_roles(&self) -> Vec<usize> {
+        let r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        (0..r.len()).filter(|&m| r[m].removed).collect()
     }
 
     /// `bdev_mdraid_get_bdevs` element (and `dump_info_json`).
@@ -464,6 +539,41 @@ impl Array {
     }
 }
 
+/// Metadata tick: close the descriptors of hot-removed members no array
+/// channel uses any more, with the metadata thread's channels of them —
+/// not while a superblock write may be in flight (`sb_writes`), nor once
+/// the array is stopping (`o.host` gone: the teardown closes them all).
+pub fn close_removed(array: &Array, o: &mut Owned) {
+    if o.host.as_ref().is_none_or(|h| h.sb_writes() > 0) {
+        return;
+    }
+    let done: Vec<usize> = {
+        let mut r = array.removal.lock().unwrap_or_else(|e| e.into_inner());
+        (0..r.len())
+            .filter(|&m| {
+                let x = &mut r[m];
+                let now = x.removed && !x.closed && x.chans == 0;
+                x.closed |= now;
+                now
+            })
+            .collect()
+    };
+    for m in done {
+        if let Some(c) = o.chans.get_mut(m) {
+            *c = None;
+        }
+        // Releases the claim and closes the descriptor.
+        if let Some(d) = o.descs.get_mut(m) {
+            *d = None;
+        }
+        let name = array.members[m].as_ref().map_or("?", |x| x.name.as_str());
+        log_notice!(
+            "mdraid {}: member {name} (role {m}) removed; its descriptor is closed",
+            array.name
+        );
+    }
+}
+
 /// A member state as `bdev_mdraid_get_bdevs` names it.
 fn member_state_name(ms: MemberState) -> &'static str {
     // Comparisons, not a match: states the engine adds later (a member
@@ -512,6 +622,10 @@ struct ChanInner {
     /// An io_wait entry is queued (R2).
     waiting: bool,
     poller: Option<Poller>,
+    /// Hot-removed members whose channel is still to be put, and the
+    /// array's removal count last looked at.
+    detach: Vec<usize>,
+    removals_seen: usize,
 }
 
 /// The context of one array channel (one per SPDK thread).
@@ -541,26 +655,28 @@ impl ChanCtx {
             );
             -ENOMEM
         })?;
-        let mut chans = Vec::with_capacity(array.members.len());
-        for m in &array.members {
-            chans.push(match m {
-                None => None,
-                Some(m) => {
-                    // SAFETY: the descriptor is open while the array lives.
-                    match NonNull::new(unsafe { sys::spdk_bdev_get_io_channel(m.desc) }) {
-                        Some(c) => Some(IoChannel::from_raw(c)),
-                        None => {
-                            array.free_slot(index);
-                            log_error!(
-                                "mdraid {}: no I/O channel for member {}",
-                                array.name,
-                                m.name
-                            );
-                            return Err(-ENOMEM);
+        // Read before the members' channels are taken: a removal after
+        // this is seen by the first poll.
+        let removals_seen = array.removals.load(Ordering::Acquire);
+        let mut chans: Vec<Option<IoChannel>> = Vec::with_capacity(array.members.len());
+        for m in 0..array.members.len() {
+            match array.member_channel(m) {
+                Ok(c) => chans.push(c),
+                Err(()) => {
+                    for (r, c) in chans.into_iter().enumerate() {
+                        if let Some(c) = c {
+                            array.put_member_channel(r, c);
                         }
                     }
+                    array.free_slot(index);
+                    log_error!(
+                        "mdraid {}: no I/O channel for member {}",
+                        array.name,
+                        array.members[m].as_ref().map_or("?", |x| x.name.as_str())
+                    );
+                    return Err(-ENOMEM);
                 }
-            });
+            }
         }
         let (published, released) = {
             let g = array.states.lock().unwrap_or_else(|e| e.into_inner());
@@ -575,6 +691,11 @@ impl ChanCtx {
         let mut engine = match made {
             Ok(e) => e,
             Err(_) => {
+                for (r, c) in chans.into_iter().enumerate() {
+                    if let Some(c) = c {
+                        array.put_member_channel(r, c);
+                    }
+                }
                 array.free_slot(index);
                 log_error!("mdraid {}: no DMA memory for a channel", array.name);
                 return Err(-ENOMEM);
@@ -597,6 +718,8 @@ impl ChanCtx {
                 meta_retry: VecDeque::new(),
                 waiting: false,
                 poller: None,
+                detach: Vec::new(),
+                removals_seen,
             }),
             slot_ids: Box::new([]),
             wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
@@ -631,6 +754,7 @@ impl ChanCtx {
         let mut work = false;
         {
             let mut c = self.inner.borrow_mut();
+            c.detach_removed(&self.array);
             while let Some(req) = c.meta_retry.pop_front() {
                 if !send_meta(&self.array, req) {
                     c.meta_retry.push_front(req);
@@ -809,6 +933,36 @@ impl ChanCtx {
 }
 
 impl ChanInner {
+    /// Put this thread's channels of hot-removed members once they are out
+    /// of service in the applied state, with no member I/O (or io_wait) on
+    /// them in flight.
+    fn detach_removed(&mut self, array: &Array) {
+        let n = array.removals.load(Ordering::Acquire);
+        if n != self.removals_seen {
+            self.removals_seen = n;
+            for m in array.removed_roles() {
+                if self.chans[m].is_some() && !self.detach.contains(&m) {
+                    self.detach.push(m);
+                }
+            }
+        }
+        if self.detach.is_empty() || self.waiting {
+            return;
+        }
+        let state = self.engine.state().clone();
+        let slots = &self.slots;
+        let (ready, rest): (Vec<usize>, Vec<usize>) = self.detach.iter().partition(|&&m| {
+            !state.members.get(m).is_some_and(|s| s.in_service())
+                && !slots.iter().flatten().any(|s| s.member as usize == m)
+        });
+        self.detach = rest;
+        for m in ready {
+            if let Some(ch) = self.chans[m].take() {
+                array.put_member_channel(m, ch);
+            }
+        }
+    }
+
     /// Carry out the engine's actions; true if there were any.
     fn pump(&mut self, ctx: &ChanCtx) -> bool {
         let mut any = false;
@@ -1034,6 +1188,12 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
             return;
         }
         let array = ctx.array.clone();
+        let chans = std::mem::take(&mut ctx.inner.borrow_mut().chans);
+        for (m, c) in chans.into_iter().enumerate() {
+            if let Some(c) = c {
+                array.put_member_channel(m, c);
+            }
+        }
         array.free_slot(index);
         drop(ctx);
         // A vacant index has no write in flight: tell the metadata path.

@@ -211,6 +211,11 @@ impl MetaHost {
         }
     }
 
+    /// Superblock writes in flight (or waiting to be retried).
+    pub fn sb_writes(&self) -> usize {
+        self.writes
+    }
+
     fn shutdown(&mut self) {
         if let Path::Md(m) = &mut self.path {
             m.shutdown();
@@ -341,6 +346,7 @@ fn tick(array: &Arc<Array>) -> bool {
             issue(array, o, j);
         }
         pump(array, o);
+        crate::array::close_removed(array, o);
         check_stop(array, o)
     });
     if next {

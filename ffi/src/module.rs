@@ -69,10 +69,11 @@ pub fn all() -> Vec<Arc<Array>> {
     registry().arrays.clone()
 }
 
-/// An event on a member's descriptor (on the thread that opened it).
-/// Hot-remove: the member has failed; the metadata path records it faulty
-/// and the channels stop using it. (Closing the descriptor, so the
-/// removal can finish before the array is deleted, is still to come.)
+/// An event on a member's descriptor (on the thread that opened it: the
+/// array's metadata thread). Hot-remove: the member has failed; the
+/// metadata path records it faulty, the channels stop using it and put
+/// their channels of it, and its descriptor is closed once nothing uses
+/// it (see `Array::member_removed`), so the removal completes.
 pub fn member_event(ty: sys::spdk_bdev_event_type, bdev: *mut sys::spdk_bdev) {
     if ty != sys::SPDK_BDEV_EVENT_REMOVE {
         return;
@@ -89,8 +90,17 @@ pub fn member_event(ty: sys::spdk_bdev_event_type, bdev: *mut sys::spdk_bdev) {
                     member: role as u16,
                     device: a.state().readded[role],
                 };
+                a.member_removed(role);
                 let a2 = a.clone();
-                let _ = a.meta_thread.send(move || crate::meta::request(&a2, req));
+                if a.meta_thread
+                    .send(move || crate::meta::request(&a2, req))
+                    .is_err()
+                {
+                    log_warn!(
+                        "mdraid {}: cannot queue the failure of {name}; it fails on its next I/O",
+                        a.name
+                    );
+                }
             }
         }
     }
