@@ -39,6 +39,29 @@ const HEADERS: &[&str] = &[
     "util.h",
     "uuid.h",
     "string.h",
+    "event.h",
+];
+
+/// pkg-config packages (SPDK's `.pc` files) the `mdraid_tgt` app links:
+/// SPDK's app framework with its subsystems (bdev, NVMe-oF, sock, accel,
+/// keyring, scheduler, vmd), every bdev/accel/sock/keyring/scheduler
+/// module spdk_tgt has, the DPDK environment and DPDK itself, and the
+/// system libraries. All linked with `--no-as-needed`: modules and
+/// subsystems register from constructors, nothing refers to them.
+const APP_PACKAGES: &[&str] = &[
+    "spdk_event",
+    "spdk_event_bdev",
+    "spdk_event_nvmf",
+    "spdk_event_vmd",
+    "spdk_event_nbd",
+    "spdk_bdev_modules",
+    "spdk_accel_modules",
+    "spdk_sock_modules",
+    "spdk_keyring_modules",
+    "spdk_scheduler_modules",
+    "spdk_env_dpdk",
+    "spdk_env_dpdk_rpc",
+    "spdk_syslibs",
 ];
 
 struct Spdk {
@@ -145,9 +168,12 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
 
     // The C shim: the module and RPC registration constructors, and
-    // wrappers of SPDK's `static inline` helpers. Linked into the cdylib
-    // only, whole-archive, so the constructors are kept although nothing
-    // refers to them.
+    // wrappers of SPDK's `static inline` helpers. A static library the
+    // crate links (bundled into the rlib): the Rust code refers to its
+    // wrappers, so wherever the host's code is linked (the cdylib, the
+    // `mdraid_tgt` binary) the shim's one object file comes with it,
+    // constructors included; where nothing of the host is used (test
+    // executables) it is left out, and SPDK is not needed.
     let mut build = cc::Build::new();
     build
         .file("src/shim.c")
@@ -158,10 +184,8 @@ fn main() {
         build.include(i);
     }
     build.compile("mdraid_spdk_shim");
-    let shim = out.join("libmdraid_spdk_shim.a");
-    println!("cargo::rustc-link-arg-cdylib=-Wl,--whole-archive");
-    println!("cargo::rustc-link-arg-cdylib={}", shim.display());
-    println!("cargo::rustc-link-arg-cdylib=-Wl,--no-whole-archive");
+    println!("cargo::rustc-link-search=native={}", out.display());
+    println!("cargo::rustc-link-lib=static=mdraid_spdk_shim");
 
     // SPDK's libraries, kept although the linker might think them
     // unneeded; the cdylib finds them by its runpath (or the app's
@@ -176,6 +200,8 @@ fn main() {
         "cargo::rustc-link-arg-cdylib=-Wl,-rpath,{}",
         spdk.libdir.display()
     );
+
+    app_link_args(&spdk);
 
     // Bindings, from the public headers only.
     let mut header = String::new();
@@ -269,6 +295,12 @@ fn main() {
         "spdk_log",
         "spdk_uuid_generate",
         "spdk_uuid_fmt_lower",
+        // the app framework (mdraid_tgt)
+        "spdk_app_opts_init",
+        "spdk_app_parse_args",
+        "spdk_app_start",
+        "spdk_app_fini",
+        "spdk_app_stop",
         // the shim
         "mdraid_shim_.*",
     ] {
@@ -286,6 +318,8 @@ fn main() {
         "spdk_json_val_type",
         "spdk_log_level",
         "spdk_thread_poller_rc",
+        "spdk_app_opts",
+        "spdk_app_parse_args_rvals",
     ] {
         b = b.allowlist_type(t);
     }
@@ -297,6 +331,7 @@ fn main() {
         "SPDK_JSON_VAL_.*",
         "SPDK_ENV_.*",
         "SPDK_UUID_STRING_LEN",
+        "SPDK_APP_PARSE_ARGS_.*",
     ] {
         b = b.allowlist_var(v);
     }
@@ -304,4 +339,65 @@ fn main() {
     bindings
         .write_to_file(out.join("spdk.rs"))
         .expect("write bindings");
+}
+
+/// Link arguments of the `mdraid_tgt` binary: [`APP_PACKAGES`] as
+/// pkg-config lists them (search paths, libraries, runpaths).
+fn app_link_args(spdk: &Spdk) {
+    let mut paths: Vec<PathBuf> = vec![spdk.libdir.clone()];
+    let mut libs: Vec<String> = Vec::new();
+    let mut flags: Vec<String> = Vec::new();
+    for p in APP_PACKAGES {
+        let lib = match pkg_config::Config::new()
+            .cargo_metadata(false)
+            .env_metadata(false)
+            .print_system_libs(true)
+            .probe(p)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                println!(
+                    "cargo::warning=pkg-config has no {p} ({}): mdraid_tgt may not link",
+                    e.to_string().lines().next().unwrap_or_default()
+                );
+                continue;
+            }
+        };
+        for lp in lib.link_paths {
+            if !paths.contains(&lp) {
+                paths.push(lp);
+            }
+        }
+        for l in lib.libs {
+            if !libs.contains(&l) {
+                libs.push(l);
+            }
+        }
+        for f in lib.ld_args.into_iter().flatten() {
+            if !flags.contains(&f) {
+                flags.push(f);
+            }
+        }
+    }
+    // Runpaths: SPDK's lib directory and the others pkg-config named
+    // (isa-l's, in an SPDK tree), not the system's.
+    // System directories go last, so an SPDK tree's own isa-l wins over
+    // an older system one.
+    let system = |p: &Path| p.starts_with("/usr/lib") || p.starts_with("/lib");
+    paths.sort_by_key(|p| system(p));
+    for p in &paths {
+        println!("cargo::rustc-link-arg-bins=-L{}", p.display());
+    }
+    println!("cargo::rustc-link-arg-bins=-Wl,--no-as-needed");
+    for l in &libs {
+        println!("cargo::rustc-link-arg-bins=-l{l}");
+    }
+    println!("cargo::rustc-link-arg-bins=-Wl,--as-needed");
+    for f in &flags {
+        println!("cargo::rustc-link-arg-bins=-Wl,{f}");
+    }
+    println!("cargo::rustc-link-arg-bins=-pthread");
+    for p in paths.iter().filter(|p| !system(p)) {
+        println!("cargo::rustc-link-arg-bins=-Wl,-rpath,{}", p.display());
+    }
 }

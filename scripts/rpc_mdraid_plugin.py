@@ -57,6 +57,7 @@ def bdev_mdraid_add_base_bdev(args):
     _call(args, 'bdev_mdraid_add_base_bdev', {
         'raid_bdev': args.raid_bdev,
         'base_bdev': args.base_bdev,
+        'write_mostly': True if args.write_mostly else None,
     })
 
 
@@ -107,6 +108,7 @@ def spdk_rpc_plugin_initialize(subparsers):
                               help='Bring a bdev into a faulty or missing role (it is rebuilt)')
     p.add_argument('raid_bdev', help='array bdev name')
     p.add_argument('base_bdev', help='the bdev to add')
+    p.add_argument('--write-mostly', action='store_true', help='add it write-mostly')
     p.set_defaults(func=bdev_mdraid_add_base_bdev)
 
     p = subparsers.add_parser('bdev_mdraid_set_options',

@@ -60,8 +60,8 @@ use mdraid_rpc::types::{RaidLevel, RaidState, Uuid as RpcUuid};
 
 use crate::meta::{self, Owned};
 use crate::spdk::{
-    fatal_guard, guard, log_error, log_warn, submit_raw, Bdev, BdevOp, DmaBuf, IoChannel, OnThread,
-    Poller, Thread,
+    fatal_guard, guard, log_error, log_notice, log_warn, submit_raw, Bdev, BdevOp, DmaBuf,
+    IoChannel, OnThread, Poller, Thread,
 };
 use crate::sys;
 
@@ -193,11 +193,40 @@ pub struct Member {
 
 // SAFETY: `desc` is an open descriptor: any thread may get its own
 // channel of it (spdk_bdev_get_io_channel), which is all other threads do
-// with it; it is closed only on the metadata thread in the teardown. The
+// with it, and only while the array's removal entry for it exists (see
+// `Array::member_channel`); it is closed only on the metadata thread (in
+// the teardown, or once hot-removed and no channel of it is left). The
 // bdev's getters read fields fixed at registration.
 unsafe impl Send for Member {}
 // SAFETY: as for Send: shared references only read the plain fields.
 unsafe impl Sync for Member {}
+
+/// Hot-removal of one member device (see [`Array::bdev_removed`]): one
+/// entry per member descriptor the array holds open, whether the device
+/// serves its role or was replaced by `bdev_mdraid_add_base_bdev`; the
+/// entry goes when the descriptor is closed.
+#[derive(Clone, Copy, Debug)]
+struct Removal {
+    desc: *mut sys::spdk_bdev_desc,
+    bdev: *mut sys::spdk_bdev,
+    role: usize,
+    /// Its bdev is going (SPDK_BDEV_EVENT_REMOVE): no new channels of it.
+    removed: bool,
+    /// Array channels that hold a channel of it.
+    chans: usize,
+}
+
+impl Removal {
+    fn of(role: usize, m: &Member) -> Removal {
+        Removal {
+            desc: m.desc,
+            bdev: m.bdev.raw(),
+            role,
+            removed: false,
+            chans: 0,
+        }
+    }
+}
 
 /// What the array was made from, for RPCs and `save_config`.
 pub struct Info {
@@ -250,6 +279,10 @@ pub struct Array {
     pub clear_sb: std::sync::atomic::AtomicBool,
     /// The background process (resync, rebuild, check, repair), for status.
     pub sync: crate::sync::SyncStatus,
+    /// Hot-removal, by member descriptor; `removals` counts the removals
+    /// so far (the channels' pollers look at it).
+    removal: Mutex<Vec<Removal>>,
+    removals: AtomicUsize,
 }
 
 // SAFETY: the raw pointers are descriptors (usable from any thread to get
@@ -276,6 +309,17 @@ impl Array {
         meta_thread: Thread,
     ) -> Arc<Array> {
         let cname = CString::new(name).expect("bdev names have no NUL");
+        if state.write_behind > 0 {
+            log_notice!(
+                "mdraid {name}: the bitmap sets write-behind {}; this host writes write-mostly members synchronously",
+                state.write_behind
+            );
+        }
+        let removal: Vec<Removal> = members
+            .iter()
+            .enumerate()
+            .filter_map(|(r, m)| Some(Removal::of(r, m.as_ref()?)))
+            .collect();
         let present: Vec<&Member> = members.iter().flatten().collect();
         let align = present
             .iter()
@@ -302,7 +346,15 @@ impl Array {
             data_offset,
             meta_thread,
             info,
-            chan_cfg: ChannelConfig::default(),
+            // No write-behind in this host: write-mostly members are
+            // written synchronously (the engine writes them so with no
+            // write-behind buffer). SPDK destroys an array channel once its
+            // parents have completed; write-behind children would outlive
+            // it (and the broadcasts that reach only live channels).
+            chan_cfg: ChannelConfig {
+                behind_bufs: 0,
+                ..ChannelConfig::default()
+            },
             bdev: Box::new(UnsafeCell::new(b)),
             _cname: cname,
             states: Mutex::new((state.clone(), state)),
@@ -312,6 +364,8 @@ impl Array {
             owned: OnThread::new(meta_thread, owned),
             clear_sb: std::sync::atomic::AtomicBool::new(false),
             sync: crate::sync::SyncStatus::default(),
+            removal: Mutex::new(removal),
+            removals: AtomicUsize::new(0),
         })
     }
 
@@ -324,8 +378,16 @@ impl Array {
     }
 
     /// Put `m` in role `role` (on the metadata thread, before every
-    /// channel takes it with [`ChanCtx::set_member`]).
+    /// channel takes it with [`ChanCtx::set_member`]). A new device gets
+    /// its own removal entry; the one it replaces keeps its entry until its
+    /// descriptor is closed.
     pub fn set_member(&self, role: usize, m: Option<Member>) {
+        if let Some(new) = &m {
+            let mut r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+            if !r.iter().any(|x| x.desc == new.desc) {
+                r.push(Removal::of(role, new));
+            }
+        }
         if let Some(slot) = self
             .members
             .lock()
@@ -420,6 +482,96 @@ impl Array {
         *self.slots.lock().unwrap_or_else(|e| e.into_inner()) &= !(1 << i);
     }
 
+    // -------------------------------------------------- hot-removal
+    //
+    // SPDK_BDEV_EVENT_REMOVE on a member's descriptor (on the metadata
+    // thread, which opened it): the member fails through the metadata path
+    // like a member with I/O errors (R1: the failure is committed to the
+    // survivors before any write that failed on it completes), no new
+    // channel of it is taken, each array channel puts its channel of it
+    // once that channel applied a state with the member out of service and
+    // has no I/O on it in flight (its poller checks), and the metadata
+    // tick closes the descriptor (with the metadata thread's channel) once
+    // no array channel holds one and no superblock write is in flight.
+    // The bdev's unregistration, which waits for that close, then ends.
+    //
+    // The entries are by descriptor, not by role: a device that
+    // `bdev_mdraid_add_base_bdev` replaced may still be open (its channels
+    // are kept while I/O of it may be in flight) and be removed in turn,
+    // and the device that replaced a removed one is tracked afresh.
+
+    /// This thread's channel of the member whose descriptor is `desc`, for
+    /// an array channel: None when it was hot-removed (or is closed).
+    fn member_channel(&self, desc: *mut sys::spdk_bdev_desc) -> Result<Option<IoChannel>, ()> {
+        let mut r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(x) = r.iter_mut().find(|x| x.desc == desc && !x.removed) else {
+            return Ok(None);
+        };
+        // SAFETY: the descriptor is open: it is closed only after its
+        // device was marked removed and no channel of it is left (both
+        // checked under this lock), or in the teardown, after every array
+        // channel is gone.
+        let ch = NonNull::new(unsafe { sys::spdk_bdev_get_io_channel(desc) }).ok_or(())?;
+        x.chans += 1;
+        Ok(Some(IoChannel::from_raw(ch)))
+    }
+
+    /// An array channel is done with its channel of the member whose
+    /// descriptor is `desc`.
+    fn put_member_channel(&self, desc: *mut sys::spdk_bdev_desc, ch: IoChannel) {
+        drop(ch);
+        let mut r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(x) = r.iter_mut().find(|x| x.desc == desc) {
+            x.chans = x.chans.saturating_sub(1);
+        }
+    }
+
+    /// `bdev` is being removed (on the metadata thread): mark the array's
+    /// open descriptors of it. The role it serves, if it serves one (the
+    /// caller fails that member); None also when it was marked already
+    /// (every descriptor of a bdev gets the event).
+    pub fn bdev_removed(&self, bdev: *mut sys::spdk_bdev) -> Option<usize> {
+        let members = self.members();
+        let mut serving = None;
+        let mut any = false;
+        {
+            let mut r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+            for x in r.iter_mut().filter(|x| x.bdev == bdev && !x.removed) {
+                x.removed = true;
+                any = true;
+                let current = members
+                    .get(x.role)
+                    .and_then(|m| m.as_ref())
+                    .is_some_and(|m| m.desc == x.desc);
+                if current {
+                    serving = Some(x.role);
+                }
+            }
+        }
+        if any {
+            self.removals.fetch_add(1, Ordering::AcqRel);
+        }
+        serving
+    }
+
+    /// Whether the member serving `role` now was hot-removed (its device
+    /// is going or gone).
+    pub fn member_gone(&self, role: usize) -> bool {
+        let Some(m) = self.members().get(role).cloned().flatten() else {
+            return false;
+        };
+        let r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter()
+            .find(|x| x.desc == m.desc && x.role == role)
+            .is_none_or(|x| x.removed)
+    }
+
+    /// Descriptors of hot-removed devices not closed yet.
+    fn removed_descs(&self) -> Vec<*mut sys::spdk_bdev_desc> {
+        let r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().filter(|x| x.removed).map(|x| x.desc).collect()
+    }
+
     /// `bdev_mdraid_get_bdevs` element (and `dump_info_json`).
     pub fn rpc_info(&self) -> MdraidBdevInfo {
         let st = self.state();
@@ -454,7 +606,7 @@ impl Array {
                     },
                     role: Some(r as u32),
                     state: Some(member_state_name(ms).into()),
-                    write_mostly: false,
+                    write_mostly: st.write_mostly & 1 << r != 0,
                     io: None,
                 }
             })
@@ -520,8 +672,54 @@ impl Array {
             ),
             mismatch_cnt: self.sync.mismatch_cnt(),
             bitmap: snap.bitmap,
+            // Not done by this host (see `Array::new`).
             write_behind: None,
         }
+    }
+}
+
+/// Metadata tick: close the descriptors of hot-removed members no array
+/// channel uses any more, with the metadata thread's channels of them —
+/// not while a superblock write may be in flight (`sb_writes`), nor once
+/// the array is stopping (`o.host` gone: the teardown closes them all).
+/// A member replaced by `bdev_mdraid_add_base_bdev` is closed the same way
+/// (its descriptor was retired).
+pub fn close_removed(array: &Array, o: &mut Owned) {
+    if o.host.as_ref().is_none_or(|h| h.sb_writes() > 0) {
+        return;
+    }
+    let done: Vec<Removal> = {
+        let mut r = array.removal.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, keep) = r.drain(..).partition(|x| x.removed && x.chans == 0);
+        *r = keep;
+        done
+    };
+    for x in done {
+        let m = x.role;
+        let desc = if o.descs.get(m).and_then(|d| d.as_ref()).map(|d| d.raw()) == Some(x.desc) {
+            if let Some(c) = o.chans.get_mut(m) {
+                *c = None;
+            }
+            o.descs[m].take()
+        } else {
+            o.retired
+                .iter()
+                .position(|(d, _)| d.raw() == x.desc)
+                .map(|i| {
+                    let (d, c) = o.retired.swap_remove(i);
+                    drop(c);
+                    d
+                })
+        };
+        let name = desc
+            .as_ref()
+            .map_or_else(|| "?".into(), |d| d.bdev().name());
+        // Releases the claim and closes the descriptor.
+        drop(desc);
+        log_notice!(
+            "mdraid {}: member {name} (role {m}) removed; its descriptor is closed",
+            array.name
+        );
     }
 }
 
@@ -553,6 +751,8 @@ struct SlotId {
 struct Slot {
     token: ChildToken,
     member: u16,
+    /// The device it went to (the role's member may be replaced since).
+    desc: *mut sys::spdk_bdev_desc,
     /// A FUA write: flush the member once the write is done.
     flush_after: bool,
 }
@@ -592,8 +792,9 @@ struct ChanInner {
     /// This thread's channel of each member.
     chans: Vec<Option<IoChannel>>,
     /// Channels of members replaced by `bdev_mdraid_add_base_bdev`, kept
-    /// until the channel goes (an I/O of the old member may be in flight).
-    retired: Vec<IoChannel>,
+    /// until the channel goes (an I/O of the old member may be in flight)
+    /// or, once the old member is hot-removed, until no I/O of it is.
+    retired: Vec<(MemberRef, IoChannel)>,
     /// Internal parents finished, for `ChanCtx::internal`.
     internal_done: Vec<(u64, IoStatus, Option<IoBuf>)>,
     slots: Vec<Option<Slot>>,
@@ -605,6 +806,10 @@ struct ChanInner {
     /// An io_wait entry is queued (R2).
     waiting: bool,
     poller: Option<Poller>,
+    /// Hot-removed members (by descriptor) whose channel is still to be
+    /// put, and the array's removal count last looked at.
+    detach: Vec<*mut sys::spdk_bdev_desc>,
+    removals_seen: usize,
 }
 
 /// The context of one array channel (one per SPDK thread).
@@ -636,31 +841,30 @@ impl ChanCtx {
             );
             -ENOMEM
         })?;
+        // Read before the members' channels are taken: a removal after
+        // this is seen by the first poll.
+        let removals_seen = array.removals.load(Ordering::Acquire);
         let members = array.members();
         let refs: Vec<Option<MemberRef>> = members
             .iter()
             .map(|m| m.as_ref().map(MemberRef::of))
             .collect();
-        let mut chans = Vec::with_capacity(members.len());
+        let mut chans: Vec<Option<IoChannel>> = Vec::with_capacity(members.len());
         for m in &members {
-            chans.push(match m {
-                None => None,
-                Some(m) => {
-                    // SAFETY: the descriptor is open while the array lives.
-                    match NonNull::new(unsafe { sys::spdk_bdev_get_io_channel(m.desc) }) {
-                        Some(c) => Some(IoChannel::from_raw(c)),
-                        None => {
-                            array.free_slot(index);
-                            log_error!(
-                                "mdraid {}: no I/O channel for member {}",
-                                array.name,
-                                m.name
-                            );
-                            return Err(-ENOMEM);
-                        }
-                    }
+            match m.as_ref().map(|m| array.member_channel(m.desc)) {
+                None => chans.push(None),
+                Some(Ok(c)) => chans.push(c),
+                Some(Err(())) => {
+                    put_channels(&array, &refs, chans);
+                    array.free_slot(index);
+                    log_error!(
+                        "mdraid {}: no I/O channel for member {}",
+                        array.name,
+                        m.as_ref().map_or("?", |x| x.name.as_str())
+                    );
+                    return Err(-ENOMEM);
                 }
-            });
+            }
         }
         let (published, released) = {
             let g = array.states.lock().unwrap_or_else(|e| e.into_inner());
@@ -675,6 +879,7 @@ impl ChanCtx {
         let mut engine = match made {
             Ok(e) => e,
             Err(_) => {
+                put_channels(&array, &refs, chans);
                 array.free_slot(index);
                 log_error!("mdraid {}: no DMA memory for a channel", array.name);
                 return Err(-ENOMEM);
@@ -700,6 +905,8 @@ impl ChanCtx {
                 meta_retry: VecDeque::new(),
                 waiting: false,
                 poller: None,
+                detach: Vec::new(),
+                removals_seen,
             }),
             slot_ids: Box::new([]),
             wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
@@ -735,6 +942,7 @@ impl ChanCtx {
         let mut work = false;
         {
             let mut c = self.inner.borrow_mut();
+            c.detach_removed(&self.array);
             while let Some(req) = c.meta_retry.pop_front() {
                 if !send_meta(&self.array, req) {
                     c.meta_retry.push_front(req);
@@ -861,11 +1069,7 @@ impl ChanCtx {
             if ok && slot.flush_after {
                 // FUA: the write is done; now make it durable.
                 let m = slot.member as usize;
-                let member = c.refs[m].expect("member of an issued child");
-                let ch = c.chans[m]
-                    .as_ref()
-                    .expect("channel of an issued child")
-                    .raw();
+                let (member, ch) = c.channel_of(slot.desc).expect("channel of an issued child");
                 c.slots[idx as usize] = Some(Slot {
                     flush_after: false,
                     ..slot
@@ -890,7 +1094,7 @@ impl ChanCtx {
                 c.slots[idx as usize] = None;
                 status = if rc == -ENOMEM {
                     // The whole write is issued again (writes are idempotent).
-                    c.arm_wait(self, m);
+                    c.arm_wait(self, slot.desc);
                     ChildStatus::NoMem
                 } else {
                     ChildStatus::Error
@@ -922,26 +1126,31 @@ impl ChanCtx {
     }
 
     /// Use `m` in role `role` from now on (`bdev_mdraid_add_base_bdev`).
-    /// The old member's channel is kept until this channel goes. False
-    /// when no channel of the new member could be had.
+    /// The old member's channel is kept until this channel goes (or, if
+    /// the old member was hot-removed, until no I/O of it is in flight).
+    /// False when no channel of the new member could be had.
     fn set_member(&self, role: usize, m: Option<&Member>) -> bool {
+        let array = &self.array;
         let mut c = self.inner.borrow_mut();
         if role >= c.refs.len() {
             return false;
         }
         let ch = match m {
             None => None,
-            // SAFETY: the descriptor is open (the metadata thread keeps it
-            // until the io_device is gone).
-            Some(m) => match NonNull::new(unsafe { sys::spdk_bdev_get_io_channel(m.desc) }) {
-                Some(ch) => Some(IoChannel::from_raw(ch)),
-                None => return false,
+            Some(m) => match array.member_channel(m.desc) {
+                Ok(ch) => ch,
+                Err(()) => return false,
             },
         };
-        if let Some(old) = std::mem::replace(&mut c.chans[role], ch) {
-            c.retired.push(old);
+        let old = std::mem::replace(&mut c.chans[role], ch);
+        let old_ref = std::mem::replace(&mut c.refs[role], m.map(MemberRef::of));
+        if let (Some(old), Some(r)) = (old, old_ref) {
+            c.retired.push((r, old));
+            // A removal seen already: the poller puts it when it can.
+            if array.removed_descs().contains(&r.desc) && !c.detach.contains(&r.desc) {
+                c.detach.push(r.desc);
+            }
         }
-        c.refs[role] = m.map(MemberRef::of);
         true
     }
 }
@@ -1011,6 +1220,67 @@ impl Drop for ArrayChannel {
 }
 
 impl ChanInner {
+    /// Put this thread's channels of hot-removed members once they are out
+    /// of service in the applied state (a replaced member is), with no
+    /// member I/O (or io_wait) on them in flight.
+    fn detach_removed(&mut self, array: &Array) {
+        let n = array.removals.load(Ordering::Acquire);
+        if n != self.removals_seen {
+            self.removals_seen = n;
+            for d in array.removed_descs() {
+                if self.channel_of(d).is_some() && !self.detach.contains(&d) {
+                    self.detach.push(d);
+                }
+            }
+        }
+        if self.detach.is_empty() || self.waiting {
+            return;
+        }
+        let state = self.engine.state().clone();
+        let mut i = 0;
+        while i < self.detach.len() {
+            let d = self.detach[i];
+            // The role it serves on this channel, if it still does.
+            let role = (0..self.refs.len())
+                .find(|&m| self.chans[m].is_some() && self.refs[m].is_some_and(|r| r.desc == d));
+            let busy = role.is_some_and(|m| state.members.get(m).is_some_and(|s| s.in_service()))
+                || self.slots.iter().flatten().any(|s| s.desc == d);
+            if busy {
+                i += 1;
+                continue;
+            }
+            self.detach.swap_remove(i);
+            if let Some(ch) = role.and_then(|m| self.chans[m].take()) {
+                array.put_member_channel(d, ch);
+            }
+            while let Some(j) = self.retired.iter().position(|(r, _)| r.desc == d) {
+                let (_, ch) = self.retired.swap_remove(j);
+                array.put_member_channel(d, ch);
+            }
+        }
+    }
+
+    /// The member whose descriptor is `desc` and this thread's channel of
+    /// it, if this channel holds one (its role's, or a retired one).
+    fn channel_of(
+        &self,
+        desc: *mut sys::spdk_bdev_desc,
+    ) -> Option<(MemberRef, *mut sys::spdk_io_channel)> {
+        self.refs
+            .iter()
+            .zip(&self.chans)
+            .find_map(|(r, c)| match (r, c) {
+                (Some(r), Some(c)) if r.desc == desc => Some((*r, c.raw())),
+                _ => None,
+            })
+            .or_else(|| {
+                self.retired
+                    .iter()
+                    .find(|(r, _)| r.desc == desc)
+                    .map(|(r, c)| (*r, c.raw()))
+            })
+    }
+
     /// Carry out the engine's actions; true if there were any.
     fn pump(&mut self, ctx: &ChanCtx) -> bool {
         let mut any = false;
@@ -1073,6 +1343,7 @@ impl ChanInner {
         self.slots[idx as usize] = Some(Slot {
             token: io.token,
             member: io.member,
+            desc: member.desc,
             flush_after,
         });
         // SAFETY: desc/ch are live on this thread; `data` is part of a
@@ -1097,7 +1368,7 @@ impl ChanInner {
             self.slots[idx as usize] = None;
             self.free.push(idx);
             if rc == -ENOMEM {
-                self.arm_wait(ctx, m);
+                self.arm_wait(ctx, member.desc);
                 self.engine.child_done(io.token, ChildStatus::NoMem);
             } else {
                 log_error!(
@@ -1110,12 +1381,13 @@ impl ChanInner {
         }
     }
 
-    /// Wait for a free bdev_io on this thread (R2).
-    fn arm_wait(&mut self, ctx: &ChanCtx, m: usize) {
+    /// Wait for a free bdev_io on this thread (R2), on the member whose
+    /// descriptor is `desc`.
+    fn arm_wait(&mut self, ctx: &ChanCtx, desc: *mut sys::spdk_bdev_desc) {
         if self.waiting {
             return;
         }
-        let (Some(member), Some(ch)) = (self.refs[m], self.chans[m].as_ref()) else {
+        let Some((member, ch)) = self.channel_of(desc) else {
             return;
         };
         let e = ctx.wait.get();
@@ -1126,11 +1398,21 @@ impl ChanInner {
             (*e).bdev = member.bdev.raw();
             (*e).cb_fn = Some(wait_cb);
             (*e).cb_arg = ctx as *const ChanCtx as *mut c_void;
-            sys::spdk_bdev_queue_io_wait(member.bdev.raw(), ch.raw(), e)
+            sys::spdk_bdev_queue_io_wait(member.bdev.raw(), ch, e)
         };
         // When SPDK will not queue it (the -ENOMEM came from elsewhere),
         // the poller retries instead.
         self.waiting = rc == 0;
+    }
+}
+
+/// Put an array channel's channels of its members (`chans[m]` is one of
+/// `refs[m]`).
+fn put_channels(array: &Array, refs: &[Option<MemberRef>], chans: Vec<Option<IoChannel>>) {
+    for (r, c) in refs.iter().zip(chans) {
+        if let (Some(r), Some(c)) = (r, c) {
+            array.put_member_channel(r.desc, c);
+        }
     }
 }
 
@@ -1238,6 +1520,14 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
             return;
         }
         let array = ctx.array.clone();
+        {
+            let mut c = ctx.inner.borrow_mut();
+            let chans = std::mem::take(&mut c.chans);
+            put_channels(&array, &c.refs, chans);
+            for (r, ch) in c.retired.drain(..) {
+                array.put_member_channel(r.desc, ch);
+            }
+        }
         array.free_slot(index);
         drop(ctx);
         // A vacant index has no write in flight: tell the metadata path.

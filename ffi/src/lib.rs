@@ -1,6 +1,7 @@
 //! mdraid's SPDK host: the `mdraid` bdev module and its `bdev_mdraid_*`
 //! RPCs, built as a cdylib that stock shared-library SPDK apps load with
-//! `LD_PRELOAD` (bdevperf, spdk_tgt).
+//! `LD_PRELOAD` (bdevperf, spdk_tgt), and linked into the `mdraid_tgt`
+//! app (`src/bin/mdraid_tgt.rs`).
 //!
 //! Without SPDK (no `SPDK_DIR`, nothing found by pkg-config) only the
 //! SPDK-free parts build ([`plan`]); `build.rs` says so in a warning.
@@ -19,8 +20,8 @@
 
 pub mod plan;
 
-// The SPDK host exists in the cdylib only: the crate's unit tests (an
-// executable) cannot link SPDK, see Cargo.toml.
+// The SPDK host is left out of the crate's unit tests (an executable that
+// does not link SPDK, see Cargo.toml); the cdylib and `mdraid_tgt` have it.
 
 #[cfg(all(mdraid_spdk, not(test)))]
 pub mod sys;

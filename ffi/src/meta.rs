@@ -90,10 +90,10 @@ pub struct Owned {
     /// The resync of an array assembled dirty was started (once).
     resync_started: bool,
     /// Descriptors of members replaced by `bdev_mdraid_add_base_bdev`,
-    /// closed in the teardown (channels of them may live until then).
-    pub retired: Vec<Desc>,
-    /// This thread's channels of those members.
-    pub retired_chans: Vec<IoChannel>,
+    /// with this thread's channels of them: closed in the teardown
+    /// (channels of them may live until then), or once hot-removed and no
+    /// array channel holds one (`array::close_removed`).
+    pub retired: Vec<(Desc, Option<IoChannel>)>,
     stop: Option<Stop>,
 }
 
@@ -107,7 +107,6 @@ impl Owned {
             sync: None,
             resync_started: false,
             retired: Vec::new(),
-            retired_chans: Vec::new(),
             stop: None,
         }
     }
@@ -304,6 +303,11 @@ impl MetaHost {
         }
     }
 
+    /// Superblock writes in flight (or waiting to be retried).
+    pub fn sb_writes(&self) -> usize {
+        self.writes
+    }
+
     fn shutdown(&mut self) {
         if let Path::Md(m) = &mut self.path {
             m.shutdown();
@@ -497,6 +501,7 @@ fn tick(array: &Arc<Array>) -> bool {
             issue(array, o, j);
         }
         pump(array, o);
+        crate::array::close_removed(array, o);
         check_stop(array, o)
     });
     if next {
@@ -899,7 +904,9 @@ fn teardown(array: &Arc<Array>) {
         o.tick = None;
         o.host = None;
         o.chans.clear();
-        o.retired_chans.clear();
+        for (_, c) in o.retired.iter_mut() {
+            *c = None;
+        }
         o.sync.take()
     });
     if let Some(d) = drv {

@@ -69,29 +69,41 @@ pub fn all() -> Vec<Arc<Array>> {
     registry().arrays.clone()
 }
 
-/// An event on a member's descriptor (on the thread that opened it).
-/// Hot-remove: the member has failed; the metadata path records it faulty
-/// and the channels stop using it. (Closing the descriptor, so the
-/// removal can finish before the array is deleted, is still to come.)
+/// An event on a member's descriptor (on the thread that opened it: the
+/// array's metadata thread). Hot-remove: the member has failed; the
+/// metadata path records it faulty, the channels stop using it and put
+/// their channels of it, and its descriptor is closed once nothing uses
+/// it (see `Array::bdev_removed`), so the removal completes. A device
+/// `bdev_mdraid_add_base_bdev` replaced is only closed the same way.
 pub fn member_event(ty: sys::spdk_bdev_event_type, bdev: *mut sys::spdk_bdev) {
     if ty != sys::SPDK_BDEV_EVENT_REMOVE {
         return;
     }
     for a in all() {
-        for (role, m) in a.members().iter().enumerate() {
-            if m.as_ref().is_some_and(|m| m.bdev.raw() == bdev) {
-                let name = m.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-                log_warn!(
-                    "mdraid {}: member {name} (role {role}) is being removed; failing it",
-                    a.name
-                );
-                let req = MetaRequest::MemberFailed {
-                    member: role as u16,
-                    device: a.state().readded[role],
-                };
-                let a2 = a.clone();
-                let _ = a.meta_thread.send(move || crate::meta::request(&a2, req));
-            }
+        let Some(role) = a.bdev_removed(bdev) else {
+            continue;
+        };
+        let name = a.members()[role]
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        log_warn!(
+            "mdraid {}: member {name} (role {role}) is being removed; failing it",
+            a.name
+        );
+        let req = MetaRequest::MemberFailed {
+            member: role as u16,
+            device: a.state().readded[role],
+        };
+        let a2 = a.clone();
+        if a.meta_thread
+            .send(move || crate::meta::request(&a2, req))
+            .is_err()
+        {
+            log_warn!(
+                "mdraid {}: cannot queue the failure of {name}; it fails on its next I/O",
+                a.name
+            );
         }
     }
 }

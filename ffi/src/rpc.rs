@@ -993,6 +993,8 @@ struct Adding {
     bname: String,
     /// A new device (not the role's own): opened and claimed here.
     new: Option<(Desc, IoChannel)>,
+    /// `mdadm --add --write-mostly` (the engine ignores it without mirrors).
+    write_mostly: bool,
 }
 
 /// `bdev_mdraid_add_base_bdev` on the metadata thread: bring `base_bdev`
@@ -1006,12 +1008,6 @@ struct Adding {
 fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
     let name = a.name.clone();
     let bname = p.base_bdev.as_str().to_string();
-    if p.write_mostly {
-        return r.rpc_error(&add_field(
-            "write_mostly",
-            "write-mostly members are not implemented yet",
-        ));
-    }
     if !a.info.superblock {
         return r.rpc_error(&add_field(
             "raid_bdev",
@@ -1079,7 +1075,9 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
             ),
         ));
     }
-    let ours = holds(role);
+    // The role's own device comes back, unless that device was
+    // hot-removed: a bdev of the same name now is another device.
+    let ours = holds(role) && !a.member_gone(role);
     let new = if ours {
         None
     } else {
@@ -1133,6 +1131,7 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
         role,
         bname,
         new,
+        write_mostly: p.write_mostly,
     };
     // SAFETY: a new device's descriptor and channel live in `adding`,
     // which the completion owns; the role's own live on the metadata
@@ -1158,6 +1157,7 @@ fn add_read(ad: Adding, meta: Vec<u8>, r: Request) {
         role,
         bname,
         new,
+        write_mostly,
     } = ad;
     if a.sync.stopping() {
         return r.rpc_error(&RpcError::errno(
@@ -1178,6 +1178,7 @@ fn add_read(ad: Adding, meta: Vec<u8>, r: Request) {
         device_uuid: old_sb.as_ref().map_or(b.uuid(), |s| s.device_uuid),
         sectors,
         old_sb,
+        write_mostly,
     };
     let Some((d, ch)) = new else {
         // The role's own device comes back: nothing to swap.
@@ -1193,11 +1194,9 @@ fn add_read(ad: Adding, meta: Vec<u8>, r: Request) {
     };
     a.set_member(role, Some(member.clone()));
     a.owned.with(|o| {
-        if let Some(old) = o.chans[role].replace(ch) {
-            o.retired_chans.push(old);
-        }
+        let old_ch = o.chans[role].replace(ch);
         if let Some(old) = o.descs[role].replace(d) {
-            o.retired.push(old);
+            o.retired.push((old, old_ch));
         }
     });
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -787,8 +787,10 @@ fn bdevperf_verify_raid5_bitmap() {
 }
 
 /// A degraded raid1 (one member present) through spdk_tgt: a blank bdev
-/// added with bdev_mdraid_add_base_bdev is rebuilt fully (progress shown
-/// in get_bdevs) and ends in sync, its data the same as the other's.
+/// added with bdev_mdraid_add_base_bdev (write-mostly) is rebuilt fully
+/// (progress shown in get_bdevs) and ends in sync, its data the same as
+/// the other's and its superblock write-mostly; examine then assembles
+/// the array from those superblocks and the data reads back.
 #[test]
 fn spdk_tgt_add_base_bdev_rebuild() {
     let Some(env) = spdk_env("rebuild") else {
@@ -861,7 +863,10 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     assert!(!tgt.claimed(&env, "a2"));
     // Slow enough to be seen rebuilding.
     tgt.ok(&env, &["bdev_mdraid_set_options", "-b", "8"]);
-    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "r", "a2"]);
+    tgt.ok(
+        &env,
+        &["bdev_mdraid_add_base_bdev", "r", "a2", "--write-mostly"],
+    );
     assert!(tgt.claimed(&env, "a2"));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen_progress = false;
@@ -876,6 +881,8 @@ fn spdk_tgt_add_base_bdev_rebuild() {
         if r["process"].is_null() && members.iter().all(|m| m["state"] == "in_sync") {
             assert_eq!(r["degraded"], false, "{r}");
             assert_eq!(members[1]["name"], "a2", "{r}");
+            assert_eq!(members[1]["write_mostly"], true, "{r}");
+            assert_eq!(members[0]["write_mostly"], false, "{r}");
             break;
         }
         assert!(
@@ -924,6 +931,30 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     assert!(
         data_area(&files[2]) == data_area(&files[0]),
         "rebuilt member differs"
+    );
+    assert!(s2.write_mostly() && !s0.write_mostly(), "{s0:?} {s2:?}");
+    // Assembled from superblocks with a write-mostly member.
+    let pair = [files[0].clone(), files[2].clone()];
+    let back = env.dir.join("back");
+    let out = spdk_dd(
+        &env,
+        &config(&aio_entries(&pair, "a")),
+        "raid1 with a write-mostly member read back",
+        &[
+            "--ib",
+            "r",
+            "--of",
+            back.to_str().unwrap(),
+            "--bs",
+            "65536",
+            "--count",
+            "128",
+        ],
+    );
+    assert!(out.contains("assembled raid1 array"), "{out}");
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "data read back differs"
     );
     let _ = std::fs::remove_dir_all(&env.dir);
 }

@@ -1,0 +1,245 @@
+//! Member failures under load in stock bdevperf with the cdylib preloaded:
+//! write errors injected by SPDK's `bdev_error`, and a member's bdev
+//! hot-removed. bdevperf runs `-w verify` with `-z`, driven by
+//! `bdevperf.py perform_tests`, so the failure comes in the middle of the
+//! run and the array can be queried afterwards.
+//!
+//! Without `SPDK_DIR` each test prints "SPDK tests skipped: SPDK_DIR not
+//! set" and passes.
+
+mod common;
+
+use std::time::Duration;
+
+use bdev_raid::ondisk::DevRole;
+use common::*;
+
+/// bdevperf `-z` on the config, RPC socket `bdevperf.sock`.
+fn bdevperf(env: &Env, cfg: &str, qd: u32, io: u32, secs: u32) -> Proc {
+    let path = write_cfg(env, "bdevperf.json", cfg);
+    let sock = env.dir.join("bdevperf.sock");
+    let mut c = env.app(120, &env.bdevperf(), &[&env.so]);
+    c.args(APP_OPTS)
+        .args(["-s", "2048", "-r"])
+        .arg(&sock)
+        .arg("--json")
+        .arg(&path)
+        .args(["-q", &qd.to_string(), "-o", &io.to_string()])
+        .args(["-w", "verify", "-t", &secs.to_string(), "-z"]);
+    Proc::spawn(env, "bdevperf", c, &sock)
+}
+
+/// The survivors' superblocks record role `failed` faulty, with events
+/// past the failed member's own (stale) superblock; all are clean.
+fn check_failure_recorded(files: &[std::path::PathBuf], failed: usize) {
+    let sbs: Vec<_> = files.iter().map(|f| read_sb(f)).collect();
+    let stale = &sbs[failed];
+    let dev = stale.dev_number as usize;
+    for (role, sb) in sbs.iter().enumerate() {
+        if role == failed {
+            continue;
+        }
+        assert_eq!(sb.set_uuid, stale.set_uuid);
+        assert_eq!(
+            sb.dev_roles.get(dev),
+            Some(&DevRole::Faulty),
+            "role {role}'s superblock does not record device {dev} faulty: {sb:?}"
+        );
+        assert!(
+            sb.events > stale.events,
+            "role {role}: events {} not past the failed member's {}",
+            sb.events,
+            stale.events
+        );
+        assert!(sb.is_clean(), "role {role} not marked clean");
+        println!(
+            "role {role}: events {} (failed member's superblock: {}), device {dev} faulty",
+            sb.events, stale.events
+        );
+    }
+}
+
+/// raid5 on aio files, one member behind `bdev_error`: write failures are
+/// injected into it during a verify run. No I/O fails, the member is
+/// failed, and the survivors' superblocks record it. A new bdev then
+/// replaces it (`bdev_mdraid_add_base_bdev`, rebuilt), and the failed
+/// member's bdev, still open as a replaced member, is deleted: it is
+/// closed, so the deletion completes while the array runs.
+#[test]
+fn bdevperf_raid5_write_errors_fail_member() {
+    let Some(env) = spdk_env("fail-error") else {
+        return;
+    };
+    let _g = serial();
+    let files = env.files(5, 32);
+    let mut entries: Vec<String> = files[..4]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| aio(&format!("a{i}"), f))
+        .collect();
+    entries.push(r#"{"method":"bdev_error_create","params":{"base_name":"a1"}}"#.to_string());
+    entries.push(mdraid_create("r", "raid5", &["a0", "EE_a1", "a2", "a3"]));
+    let cfg = config(&[("bdev", &entries)]);
+    let mut bp = bdevperf(&env, &cfg, 32, 4096, 6);
+    let before = array_info(&bp, &env, "r");
+    assert_eq!(member_states(&before), ["in_sync"; 4], "{before}");
+    let events0 = before["events"].as_u64().unwrap();
+
+    let run = perform_tests(&env, &bp.sock, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    bp.ok(
+        &env,
+        &[
+            "bdev_error_inject_error",
+            "EE_a1",
+            "write",
+            "failure",
+            "-n",
+            "1000000",
+        ],
+    );
+    let (res, out) = run.results();
+    println!("raid5 with write errors on role 1: {res:?}");
+    assert_eq!(res.status, "finished", "{out}");
+    assert!(res.iops > 0.0, "{out}");
+    assert_eq!(res.io_failed, 0, "I/O errors reached bdevperf:\n{out}");
+    assert_eq!(res.io_timeout, 0, "{out}");
+
+    let info = array_info(&bp, &env, "r");
+    println!("after: {info}");
+    assert_eq!(
+        member_states(&info),
+        ["in_sync", "faulty", "in_sync", "in_sync"],
+        "{info}"
+    );
+    assert_eq!(info["state"], "online");
+    assert_eq!(info["degraded"], true);
+    assert_eq!(info["num_base_bdevs_operational"], 3);
+    let events = info["events"].as_u64().unwrap();
+    assert!(events > events0, "events {events} not past {events0}");
+
+    // Replace EE_a1 with a new bdev; EE_a1 stays open, retired.
+    let f4 = files[4].to_str().unwrap();
+    bp.ok(&env, &["bdev_aio_create", f4, "a4", "512"]);
+    bp.ok(&env, &["bdev_mdraid_add_base_bdev", "r", "a4"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = array_info(&bp, &env, "r");
+        if info["process"].is_null() && member_states(&info) == ["in_sync"; 4] {
+            assert_eq!(info["base_bdevs_list"][1]["name"], "a4", "{info}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a4 not rebuilt: {info}\n{}",
+            bp.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Answered once EE_a1 is unregistered: its descriptor must close.
+    bp.ok(&env, &["bdev_error_delete", "EE_a1"]);
+    let (gone, out) = bp.rpc(&env, &["bdev_get_bdevs", "-b", "EE_a1"]);
+    assert!(!gone && out.contains("-19"), "EE_a1 still exists: {out}");
+    let info = array_info(&bp, &env, "r");
+    assert_eq!(member_states(&info), ["in_sync"; 4], "{info}");
+
+    let log = bp.stop(&env);
+    assert!(
+        log.contains("member EE_a1 (role 1) removed; its descriptor is closed"),
+        "{log}"
+    );
+    assert!(log.contains("mdraid r: stopped"), "{log}");
+    check_failure_recorded(&files[..4], 1);
+    env.cleanup();
+}
+
+/// raid1 on aio files: a member's bdev is deleted (hot-remove) during a
+/// verify run. No I/O fails, the member is failed and its descriptor
+/// closed, so the deletion completes. A new bdev of the same name on the
+/// same file is then brought back with `bdev_mdraid_add_base_bdev` (a new
+/// device for the role, tracked afresh) and recovered, and deleted in turn
+/// during a second verify run, with the same outcome; the survivor's
+/// superblock records it.
+#[test]
+fn bdevperf_raid1_member_hot_removed() {
+    let Some(env) = spdk_env("fail-remove") else {
+        return;
+    };
+    let _g = serial();
+    let files = env.files(2, 32);
+    let entries = vec![
+        aio("a0", &files[0]),
+        aio("a1", &files[1]),
+        mdraid_create("r", "raid1", &["a0", "a1"]),
+    ];
+    let cfg = config(&[("bdev", &entries)]);
+    let mut bp = bdevperf(&env, &cfg, 32, 4096, 6);
+    let run = perform_tests(&env, &bp.sock, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Answered once a1 is unregistered, which waits for every
+    // descriptor of it to close.
+    bp.ok(&env, &["bdev_aio_delete", "a1"]);
+    let (gone, out) = bp.rpc(&env, &["bdev_get_bdevs", "-b", "a1"]);
+    assert!(!gone && out.contains("-19"), "a1 still exists: {out}");
+    let (res, out) = run.results();
+    println!("raid1 with role 1 hot-removed: {res:?}");
+    assert_eq!(res.status, "finished", "{out}");
+    assert!(res.iops > 0.0, "{out}");
+    assert_eq!(res.io_failed, 0, "I/O errors reached bdevperf:\n{out}");
+    assert_eq!(res.io_timeout, 0, "{out}");
+
+    let info = array_info(&bp, &env, "r");
+    println!("after: {info}");
+    assert_eq!(member_states(&info), ["in_sync", "faulty"], "{info}");
+    assert_eq!(info["state"], "online");
+
+    // The same file under the same name: a new bdev for role 1.
+    let f1 = files[1].to_str().unwrap();
+    bp.ok(&env, &["bdev_aio_create", f1, "a1", "512"]);
+    bp.ok(&env, &["bdev_mdraid_add_base_bdev", "r", "a1"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = array_info(&bp, &env, "r");
+        if info["process"].is_null() && member_states(&info) == ["in_sync", "in_sync"] {
+            println!("a1 back: {info}");
+            assert_eq!(info["base_bdevs_list"][1]["name"], "a1", "{info}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a1 not recovered: {info}\n{}",
+            bp.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let run = perform_tests(&env, &bp.sock, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    bp.ok(&env, &["bdev_aio_delete", "a1"]);
+    let (gone, out) = bp.rpc(&env, &["bdev_get_bdevs", "-b", "a1"]);
+    assert!(!gone && out.contains("-19"), "a1 still exists: {out}");
+    let (res, out) = run.results();
+    println!("raid1 with the new role 1 hot-removed: {res:?}");
+    assert_eq!(res.status, "finished", "{out}");
+    assert!(res.iops > 0.0, "{out}");
+    assert_eq!(res.io_failed, 0, "I/O errors reached bdevperf:\n{out}");
+    assert_eq!(res.io_timeout, 0, "{out}");
+    let info = array_info(&bp, &env, "r");
+    assert_eq!(member_states(&info), ["in_sync", "faulty"], "{info}");
+
+    let log = bp.stop(&env);
+    assert_eq!(
+        log.matches("member a1 (role 1) removed; its descriptor is closed")
+            .count(),
+        2,
+        "{log}"
+    );
+    let back = log
+        .lines()
+        .find(|l| l.contains("`a1` brought into role 1"))
+        .unwrap_or_else(|| panic!("a1 not brought back:\n{log}"));
+    println!("{back}");
+    assert!(log.contains("mdraid r: stopped"), "{log}");
+    check_failure_recorded(&files, 1);
+    env.cleanup();
+}
