@@ -735,6 +735,16 @@ fn bits_clear_lazily_after_writes_stop() {
     assert!(d.term().success(), "{}", d.stderr());
 }
 
+/// The `write_mostly` flags of an array's members, in role order.
+fn write_mostly(info: &Value) -> Vec<bool> {
+    info["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["write_mostly"].as_bool().unwrap())
+        .collect()
+}
+
 /// Write-mostly members and write-behind as mdadm reads them: `mdadm
 /// --examine` prints `Flags : write-mostly` for exactly the members set so
 /// (at create, then changed at runtime), and `-X` the bitmap's write-behind.
@@ -790,13 +800,7 @@ fn write_mostly_and_write_behind_as_mdadm_reads_them() {
         json!({"name": "wm", "base_bdev": "w1", "write_mostly": false}),
     );
     let info = array(&d, "wm");
-    let wm: Vec<bool> = info["base_bdevs_list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["write_mostly"].as_bool().unwrap())
-        .collect();
-    assert_eq!(wm, [false, false, true], "{info}");
+    assert_eq!(write_mostly(&info), [false, false, true], "{info}");
     assert_eq!(flags(&files), [false, false, true]);
     // And they survive a restart: the array assembles with them.
     let saved = dir.path("saved.json");
@@ -804,12 +808,6 @@ fn write_mostly_and_write_behind_as_mdadm_reads_them() {
     d.kill9();
     let d = Daemon::start(&dir, "d2", Some(&saved));
     let info = array(&d, "wm");
-    let wm: Vec<bool> = info["base_bdevs_list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["write_mostly"].as_bool().unwrap())
-        .collect();
-    assert_eq!(wm, [false, false, true], "{info}");
+    assert_eq!(write_mostly(&info), [false, false, true], "{info}");
     assert_eq!(info["write_behind"], 100, "{info}");
 }

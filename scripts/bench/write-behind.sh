@@ -25,23 +25,7 @@ rounds=${BENCH_ROUNDS:-4}
 delay=${BENCH_DELAY_US:-2000}
 wb=${BENCH_WB:-256}
 size_mb=${BENCH_SIZE_MB:-256}
-out=target/bench
-mkdir -p "$out"
-if ! command -v fio >/dev/null; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends fio
-fi
-cargo build --release -q -p mdraid
-bin=${CARGO_TARGET_DIR:-target}/release/mdraid
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-rpc() { "$bin" rpc -s "$tmp/rpc.sock" -t 30 "$@"; }
+. scripts/bench/common.sh
 
 blocks=$((size_mb * 1024 * 1024 / 4096))
 cfg=()
@@ -56,10 +40,7 @@ cfg+=("{\"method\":\"mdraid_nbd_listener_add\",\"params\":{\"unix_path\":\"$tmp/
 for a in wb_on wb_off; do cfg+=("{\"method\":\"mdraid_nbd_export_add\",\"params\":{\"bdev_name\":\"$a\"}}"); done
 (IFS=,; echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[${cfg[*]}]}]}") >"$tmp/cfg.json"
 
-"$bin" serve --json "$tmp/cfg.json" -r "$tmp/rpc.sock" ${BENCH_MDRAID_ARGS:--m 0x1} >"$tmp/mdraid.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 200); do rpc framework_wait_init >/dev/null 2>&1 && break; sleep 0.05; done
-rpc framework_wait_init >/dev/null || { echo "mdraid did not start: $(cat "$tmp/mdraid.log")" >&2; exit 1; }
+start_daemon "$tmp/cfg.json"
 
 # One fio job; prints "IOPS p50_us p99_us".
 run_fio() { # array rw seconds
