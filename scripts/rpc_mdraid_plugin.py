@@ -36,6 +36,8 @@ def bdev_mdraid_create(args):
         'superblock': False if args.no_superblock else None,
         'layout': args.layout,
         'bitmap': bitmap,
+        'write_mostly': args.write_mostly,
+        'write_behind': args.write_behind,
     })
 
 
@@ -58,6 +60,14 @@ def bdev_mdraid_add_base_bdev(args):
         'raid_bdev': args.raid_bdev,
         'base_bdev': args.base_bdev,
         'write_mostly': True if args.write_mostly else None,
+    })
+
+
+def bdev_mdraid_set_write_mostly(args):
+    _call(args, 'bdev_mdraid_set_write_mostly', {
+        'name': args.name,
+        'base_bdev': args.base_bdev,
+        'write_mostly': not args.clear,
     })
 
 
@@ -90,6 +100,10 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--layout', help="md layout (e.g. left-symmetric, n2, f2)")
     p.add_argument('--bitmap', action='store_true', help='internal write-intent bitmap')
     p.add_argument('--bitmap-chunk-kb', type=int, help='bitmap chunk size in KiB')
+    p.add_argument('--write-mostly', type=str.split,
+                   help='members read only when no other copy can serve (raid1, raid10)')
+    p.add_argument('--write-behind', type=int,
+                   help='most writes to write-mostly members left in flight (needs the bitmap)')
     p.set_defaults(func=bdev_mdraid_create)
 
     p = subparsers.add_parser('bdev_mdraid_delete', help='Delete an mdraid array')
@@ -110,6 +124,13 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('base_bdev', help='the bdev to add')
     p.add_argument('--write-mostly', action='store_true', help='add it write-mostly')
     p.set_defaults(func=bdev_mdraid_add_base_bdev)
+
+    p = subparsers.add_parser('bdev_mdraid_set_write_mostly',
+                              help='Make a member write-mostly (or not, with --clear)')
+    p.add_argument('name', help='array bdev name')
+    p.add_argument('base_bdev', help='the member')
+    p.add_argument('--clear', action='store_true', help='no longer write-mostly')
+    p.set_defaults(func=bdev_mdraid_set_write_mostly)
 
     p = subparsers.add_parser('bdev_mdraid_set_options',
                               help='Window and bandwidth of resyncs and rebuilds')

@@ -204,9 +204,10 @@ pub struct ChannelConfig {
     pub stripe_ctxs: usize,
     /// Largest row range one stripe context handles (bytes per member).
     pub max_row_bytes: usize,
-    /// Write-behind copies this channel can hold (mirrored levels), of
-    /// `max_row_bytes` each: a write piece larger than that, or one that
-    /// finds none free, writes its write-mostly copies synchronously.
+    /// Most write-behind copies this channel holds (mirrored levels), of
+    /// `max_row_bytes` each, allocated as write-behind first needs them: a
+    /// write piece larger than that, or one that finds none free, writes
+    /// its write-mostly copies synchronously.
     pub behind_bufs: usize,
 }
 
@@ -217,7 +218,8 @@ impl Default for ChannelConfig {
             max_children: 1024,
             stripe_ctxs: 16,
             max_row_bytes: 64 * 1024,
-            behind_bufs: 32,
+            // md's default max write-behind.
+            behind_bufs: 256,
         }
     }
 }
@@ -527,6 +529,8 @@ pub struct Channel<B: IoBuf> {
     /// Write-behind copies (mirrored levels) and the free ones.
     behind_bufs: Vec<B>,
     free_behind: Vec<u32>,
+    /// The host's allocator (write-behind copies are made as needed).
+    alloc: Option<Box<dyn FnMut(usize) -> B + Send>>,
     /// Per member: the member block after this channel's last read there
     /// (a read starting there continues a sequential stream).
     next_read: Vec<u64>,
@@ -534,14 +538,16 @@ pub struct Channel<B: IoBuf> {
 
 impl<B: IoBuf> Channel<B> {
     /// A channel over `geom` in state `state`. `alloc(len)` gives the host's
-    /// buffers for scratch (DMA-able memory in SPDK, aligned for O_DIRECT).
+    /// buffers for scratch (DMA-able memory in SPDK, aligned for O_DIRECT);
+    /// the channel keeps it to allocate write-behind copies later, on the
+    /// I/O path, as write-behind first needs them.
     pub fn new(
         geom: Arc<Geometry>,
         state: Arc<ArrayState>,
         shared: Arc<Shared>,
         index: usize,
         cfg: ChannelConfig,
-        mut alloc: impl FnMut(usize) -> B,
+        mut alloc: impl FnMut(usize) -> B + Send + 'static,
     ) -> Channel<B> {
         assert!(index < shared.channels(), "channel index out of range");
         let members = geom.members();
@@ -608,6 +614,7 @@ impl<B: IoBuf> Channel<B> {
             })
             .collect();
         let mut ch = Channel {
+            alloc: None,
             released: state.clone(),
             state,
             shared,
@@ -637,17 +644,7 @@ impl<B: IoBuf> Channel<B> {
                     ..Piece::new(NONE, 0, None)
                 })
                 .collect(),
-            behind_bufs: if geom.copies() > 1 {
-                (0..cfg.behind_bufs)
-                    .map(|_| {
-                        let b = alloc(cfg.max_row_bytes);
-                        assert!(b.as_ref().len() >= cfg.max_row_bytes, "short buffer");
-                        b
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            behind_bufs: Vec::new(),
             free_behind: Vec::new(),
             next_read: vec![u64::MAX; members],
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
@@ -665,7 +662,7 @@ impl<B: IoBuf> Channel<B> {
             geom,
         };
         ch.rec_mask = ch.state.recovering();
-        ch.free_behind = (0..ch.behind_bufs.len() as u32).rev().collect();
+        ch.alloc = Some(Box::new(alloc));
         // A new channel of a not-writable array has no write in flight.
         ch.maybe_report_idle();
         ch
@@ -1713,10 +1710,17 @@ impl<B: IoBuf> Channel<B> {
             || live & !wm == 0
             || self.shared.bitmap.is_none()
             || blocks * self.bs > self.cfg.max_row_bytes as u64
-            || self.free_behind.is_empty()
+            || (self.free_behind.is_empty() && self.behind_bufs.len() >= self.cfg.behind_bufs)
             || !self.shared.try_start_behind(max, wm)
         {
             return None;
+        }
+        if self.free_behind.is_empty() {
+            let len = self.cfg.max_row_bytes;
+            let b = (self.alloc.as_mut().expect("allocator kept"))(len);
+            assert!(b.as_ref().len() >= len, "short buffer");
+            self.free_behind.push(self.behind_bufs.len() as u32);
+            self.behind_bufs.push(b);
         }
         self.free_behind.pop().map(|b| (b, wm))
     }

@@ -147,6 +147,8 @@ pub enum FlagError {
         "role {role} is the only in-sync copy of some data: write-mostly would leave it readable only from write-mostly members"
     )]
     LastReadable { role: usize },
+    #[error("write-mostly is recorded in the members' superblocks; this array has none")]
+    NoSuperblock,
 }
 
 /// The metadata path's view, for the status API.

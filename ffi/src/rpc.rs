@@ -285,6 +285,14 @@ pub fn create(p: BdevMdraidCreate, reply: Reply) {
 /// [`create`], with no examine assembly to wait for.
 pub fn create_now(p: BdevMdraidCreate, reply: Reply) {
     let name = p.name.as_str().to_string();
+    if p.write_behind.is_some_and(|n| n > 0) {
+        // See `Array::new`: this host writes write-mostly members
+        // synchronously.
+        return reply.err(&RpcError::errno(
+            errno::ENOTSUP,
+            format!("{CREATE}: `write_behind`: write-behind is not implemented in the SPDK host yet (write-mostly members are written synchronously)"),
+        ));
+    }
     if let Some(a) = crate::module::find(&name) {
         if is_same_array(&a, &p) {
             log_notice!("mdraid {name}: already assembled from its members; nothing to do");
@@ -458,6 +466,8 @@ fn planned(c: &Ctx) {
             layouts,
             member_data_blocks: _,
             bitmap,
+            write_mostly,
+            write_behind,
         }) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -469,7 +479,7 @@ fn planned(c: &Ctx) {
                 .iter()
                 .map(|d| d.as_ref().unwrap().bdev().uuid())
                 .collect();
-            let sbs = new_superblocks(
+            let mut sbs = new_superblocks(
                 &geom,
                 uuid,
                 p.name.as_str(),
@@ -479,12 +489,22 @@ fn planned(c: &Ctx) {
                 now,
                 bitmap.is_some(),
             );
+            // md's WriteMostly1 devflag; write-behind in the bitmap's
+            // superblock (the plan refused it without a bitmap).
+            for (m, sb) in sbs.iter_mut().enumerate() {
+                sb.set_write_mostly(write_mostly & 1 << m != 0);
+            }
             // A new array is in sync: every bit clear.
-            let bm = bitmap.map(|b| StartBitmap {
-                disk: DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms),
-                geom: b.geom,
-                daemon_sleep_ms: b.daemon_sleep_ms,
+            let bm = bitmap.map(|b| {
+                let mut disk = DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms);
+                disk.sb.write_behind = write_behind;
+                StartBitmap {
+                    disk,
+                    geom: b.geom,
+                    daemon_sleep_ms: b.daemon_sleep_ms,
+                }
             });
+            let write_behind = bm.as_ref().map_or(0, |b| b.disk.sb.write_behind);
             let areas: Vec<Vec<u8>> = sbs
                 .iter()
                 .map(|sb| {
@@ -504,7 +524,11 @@ fn planned(c: &Ctx) {
                     strip_kb,
                     data_offset_blocks: data_offset * 512 / bs,
                     role_of: (0..n).map(Some).collect(),
-                    state: ArrayState::new_in_sync(n),
+                    state: ArrayState {
+                        write_mostly,
+                        write_behind,
+                        ..ArrayState::new_in_sync(n)
+                    },
                     sbs: Some(sbs.into_iter().map(Some).collect()),
                     created: true,
                     dirty: false,
@@ -1008,6 +1032,12 @@ struct Adding {
 fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
     let name = a.name.clone();
     let bname = p.base_bdev.as_str().to_string();
+    if p.write_mostly && a.geom.copies() < 2 {
+        return r.rpc_error(&add_field(
+            "write_mostly",
+            format!("array `{name}` is {}: it has no mirrors", a.info.level),
+        ));
+    }
     if !a.info.superblock {
         return r.rpc_error(&add_field(
             "raid_bdev",

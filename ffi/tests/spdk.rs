@@ -371,6 +371,25 @@ fn spdk_tgt_rpc_create_get_delete() {
         "{out}"
     );
 
+    // Not implemented in this host: -95, nothing is left behind.
+    tgt.fails(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "r2",
+            "-r",
+            "raid1",
+            "-b",
+            "m2 m3",
+            "--write-mostly",
+            "m3",
+            "--write-behind",
+            "64",
+        ],
+        -95,
+        "write-behind",
+    );
     // Bad params: -32602 naming the field; nothing is left behind.
     tgt.fails(
         &env,
@@ -783,6 +802,28 @@ fn bdevperf_verify_raid5_bitmap() {
             .to_string(),
     );
     bdevperf_verify(&env, &config(&entries), "raid5 bitmap", 32, 4096);
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// raid1 with a slow write-mostly member (a delay bdev over malloc, named
+/// at create): md's WriteMostly1 devflag on it, reads on the others;
+/// verify sees no error and the array stops cleanly.
+#[test]
+fn bdevperf_verify_raid1_write_mostly() {
+    let Some(env) = spdk_env("raid1-write-mostly") else {
+        return;
+    };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut entries = malloc_members(3, 65536);
+    entries.push(
+        r#"{"method":"bdev_delay_create","params":{"base_bdev_name":"m2","name":"d2","avg_read_latency":0,"p99_read_latency":0,"avg_write_latency":2000,"p99_write_latency":4000}}"#
+            .to_string(),
+    );
+    entries.push(
+        r#"{"method":"bdev_mdraid_create","params":{"name":"r","raid_level":"raid1","base_bdevs":"m0 m1 d2","write_mostly":["d2"],"bitmap":{"chunk_kb":256,"daemon_sleep_ms":100}}}"#
+            .to_string(),
+    );
+    bdevperf_verify(&env, &config(&entries), "raid1 write-mostly", 32, 4096);
     let _ = std::fs::remove_dir_all(&env.dir);
 }
 

@@ -100,6 +100,8 @@ methods! {
     BdevMdraidRemoveBaseBdev = "bdev_mdraid_remove_base_bdev", BdevMdraidRemoveBaseBdev, Bdev;
     /// `bdev_mdraid_set_options` -> `true`.
     BdevMdraidSetOptions = "bdev_mdraid_set_options", BdevMdraidSetOptions, Bdev;
+    /// `bdev_mdraid_set_write_mostly` -> `true`.
+    BdevMdraidSetWriteMostly = "bdev_mdraid_set_write_mostly", BdevMdraidSetWriteMostly, None;
     /// `bdev_mdraid_sync_action` -> `true`.
     BdevMdraidSyncAction = "bdev_mdraid_sync_action", BdevMdraidSyncAction, None;
     /// `bdev_mdraid_examine` -> `[MdraidExamineInfo]`.

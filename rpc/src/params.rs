@@ -172,6 +172,12 @@ impl Validate for BdevMdraidCreate {
                 ));
             }
         }
+        if !self.superblock && !self.write_mostly.is_empty() {
+            return Err(FieldError::new(
+                "write_mostly",
+                "write-mostly is recorded in the members' superblocks; `superblock` is false",
+            ));
+        }
         if !self.superblock {
             if let BitmapSetting::On(_) = self.bitmap {
                 return Err(FieldError::new(
@@ -265,6 +271,18 @@ impl Validate for BdevMdraidSetOptions {
         Ok(())
     }
 }
+
+/// `bdev_mdraid_set_write_mostly`: make member `base_bdev` of array `name`
+/// write-mostly or not (md's `writemostly` / `-writemostly` member state),
+/// recorded in its superblock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdevMdraidSetWriteMostly {
+    pub name: BdevName,
+    pub base_bdev: BdevName,
+    pub write_mostly: bool,
+}
+impl Validate for BdevMdraidSetWriteMostly {}
 
 /// `bdev_mdraid_sync_action`: md's `sync_action` for one array.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -66,8 +66,15 @@ pub enum Plan {
         layouts: Vec<MemberLayout>,
         member_data_blocks: u64,
         bitmap: Option<BitmapPlan>,
+        /// Write-mostly members (bit per role, `write_mostly`): their
+        /// superblocks carry md's WriteMostly1 devflag.
+        write_mostly: u64,
+        /// md's max write-behind (`write_behind`, 0: off), in the bitmap's
+        /// superblock.
+        write_behind: u32,
     },
-    /// The members carry this array: assemble it.
+    /// The members carry this array: assemble it (their superblocks say
+    /// which members are write-mostly and the bitmap the write-behind).
     Assemble {
         asm: Box<Assembled>,
         data_offset: u64,
@@ -117,17 +124,23 @@ pub fn plan_array(
     probes: &[Probe],
     new_uuid: impl FnOnce() -> [u8; 16],
 ) -> Result<Plan, RpcError> {
-    // What the engine cannot do yet is refused, not faked.
-    if p.write_behind.is_some() {
-        return Err(field(
-            "write_behind",
-            "write-behind needs a write-intent bitmap, which is not implemented yet",
-        ));
-    }
-    if !p.write_mostly.is_empty() {
+    let mirrored = matches!(p.raid_level, RaidLevel::Raid1 | RaidLevel::Raid10);
+    if !p.write_mostly.is_empty() && !mirrored {
         return Err(field(
             "write_mostly",
-            "write-mostly members are not implemented yet",
+            format!(
+                "write-mostly members are copies read only when no other copy can serve; {} has no mirrors (raid1, raid10)",
+                p.raid_level
+            ),
+        ));
+    }
+    if p.write_behind.is_some_and(|n| n > 0) && !mirrored {
+        return Err(field(
+            "write_behind",
+            format!(
+                "write-behind lets write-mostly mirrors lag; {} has no mirrors (raid1, raid10)",
+                p.raid_level
+            ),
         ));
     }
     if p.uuid.is_some_and(|u| u.is_nil()) {
@@ -288,6 +301,25 @@ pub fn plan_array(
         }),
         None => None,
     };
+    let write_mostly = p
+        .base_bdevs
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| p.write_mostly.contains(n.as_str()))
+        .fold(0u64, |a, (i, _)| a | 1 << i);
+    if write_mostly != 0 && !bdev_raid::state::survives(&geom, write_mostly) {
+        return Err(field(
+            "write_mostly",
+            "every copy of some data would be on a write-mostly member; leave at least one copy of each block on a member that is not",
+        ));
+    }
+    let write_behind = p.write_behind.unwrap_or(0);
+    if write_behind > 0 && bitmap.is_none() {
+        return Err(field(
+            "write_behind",
+            "write-behind needs the write-intent bitmap (a crash must resync what the write-mostly members missed)",
+        ));
+    }
     let uuid = p.uuid.map(|u| u.0).unwrap_or_else(new_uuid);
     Ok(Plan::Create {
         uuid,
@@ -297,6 +329,8 @@ pub fn plan_array(
         layouts,
         member_data_blocks,
         bitmap,
+        write_mostly,
+        write_behind,
     })
 }
 

@@ -38,7 +38,7 @@ use bdev_raid::channel::{
     IoType, MemberStats, ParentIo,
 };
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
-use bdev_raid::meta::{NewMember, Recovery};
+use bdev_raid::meta::{FlagError, NewMember, Recovery};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
 use bdev_raid::sync::{Rebuild, Resync, Window};
 
@@ -576,6 +576,22 @@ impl Array {
                 res.map_err(|e| e.to_string())
             })
             .map_err(|e| e.to_string())?
+    }
+
+    /// Make member `role` write-mostly or not: the metadata path records it
+    /// in the superblocks, then broadcasts it.
+    pub fn set_write_mostly(self: &Arc<Self>, role: usize, on: bool) -> Result<(), FlagError> {
+        let key = self.meta_key;
+        self.rt
+            .call(self.meta_reactor, move |r| {
+                let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
+                    return Err(FlagError::NoSuperblock);
+                };
+                let res = h.borrow_mut().path.set_write_mostly(role, on);
+                meta_pump(r, key);
+                res
+            })
+            .unwrap_or(Err(FlagError::NoSuperblock))
     }
 
     /// What the array's channels share (the bitmap's words among it).

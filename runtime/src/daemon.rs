@@ -40,7 +40,8 @@ use bdev_raid::channel::{IoType, MetaRequest};
 use bdev_raid::examine::{examine_sb, layout_name};
 use bdev_raid::layout::{Geometry, Level};
 use bdev_raid::meta::{
-    create_superblocks, AddError, CreateParams, Meta, MetaConfig, NewMember, Recovery, RecoveryInfo,
+    create_superblocks, AddError, CreateParams, FlagError, Meta, MetaConfig, NewMember, Recovery,
+    RecoveryInfo,
 };
 use bdev_raid::ondisk::{
     BitmapSuper, MemberLayout, SbError, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES,
@@ -513,6 +514,12 @@ impl MetaPath for DaemonMeta {
         self.update();
         r
     }
+
+    fn set_write_mostly(&mut self, role: usize, on: bool) -> Result<(), FlagError> {
+        let r = self.inner.set_write_mostly(role, on);
+        self.update();
+        r
+    }
     fn is_clean(&self) -> bool {
         if self.inner.is_clean() {
             return true;
@@ -972,7 +979,7 @@ impl Daemon {
                         }
                         .into(),
                     ),
-                    write_mostly: false,
+                    write_mostly: st.write_mostly & 1 << r != 0,
                     io: io.as_ref().and_then(|v| v.get(r).copied()),
                 }
             })
@@ -1047,7 +1054,7 @@ impl Daemon {
             ),
             mismatch_cnt: a.array.mismatch_cnt(),
             bitmap: snap.and_then(|s| s.bitmap),
-            write_behind: None,
+            write_behind: (st.write_behind > 0).then_some(st.write_behind),
         }
     }
 
@@ -1150,6 +1157,8 @@ impl Daemon {
                 layouts,
                 member_data_blocks,
                 bitmap,
+                write_mostly,
+                write_behind,
             } => self.start_new(
                 &p,
                 &devs,
@@ -1160,6 +1169,7 @@ impl Daemon {
                 layouts,
                 member_data_blocks,
                 bitmap,
+                (write_mostly, write_behind),
             ),
             Plan::Assemble {
                 asm,
@@ -1198,6 +1208,7 @@ impl Daemon {
         layouts: Vec<MemberLayout>,
         member_data_blocks: u64,
         bitmap: Option<BitmapPlan>,
+        (write_mostly, write_behind): (u64, u32),
     ) -> Result<ArrayRecord, RpcError> {
         let bs = geom.block_size() as u64;
         let mut sbs = create_superblocks(
@@ -1212,13 +1223,16 @@ impl Daemon {
                 bitmap: bitmap.is_some(),
             },
         );
-        for (sb, l) in sbs.iter_mut().zip(&layouts) {
+        for (m, (sb, l)) in sbs.iter_mut().zip(&layouts).enumerate() {
             l.apply(sb);
+            sb.set_write_mostly(write_mostly & 1 << m != 0);
         }
         // A new array is in sync: every bit clear.
-        let disk = bitmap
-            .as_ref()
-            .map(|b| DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms));
+        let disk = bitmap.as_ref().map(|b| {
+            let mut d = DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms);
+            d.sb.write_behind = write_behind;
+            d
+        });
         let mut written = Vec::new();
         for (i, (d, sb)) in devs.iter().zip(&sbs).enumerate() {
             let mut data = sb.encode();
@@ -1245,6 +1259,11 @@ impl Daemon {
         ap.meta_reactor = 0;
         ap.bitmap = bitmap.as_ref().map(|b| b.geom.clone());
         ap.process = self.process;
+        ap.state = Some(ArrayState {
+            write_mostly,
+            write_behind: disk.as_ref().map_or(0, |d| d.sb.write_behind),
+            ..ArrayState::new_in_sync(devs.len())
+        });
         let daemon_ms = bitmap.as_ref().map_or(0, |b| b.daemon_sleep_ms);
         let role_uuids: Vec<[u8; 16]> = sbs.iter().map(|s| s.device_uuid).collect();
         let array = self.start_array(
@@ -1517,6 +1536,50 @@ impl Daemon {
         })
     }
 
+    /// `bdev_mdraid_set_write_mostly`: md's `writemostly` member state.
+    fn mdraid_set_write_mostly(&mut self, p: BdevMdraidSetWriteMostly) -> Result<Value, RpcError> {
+        const M: &str = "bdev_mdraid_set_write_mostly";
+        let name = p.name.as_str();
+        let bname = p.base_bdev.as_str();
+        let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
+            return Err(no_device(name));
+        };
+        let a = &self.arrays[idx];
+        let Some(role) = a.roles.iter().position(|r| r.as_deref() == Some(bname)) else {
+            return Err(RpcError::invalid_field(
+                M,
+                "base_bdev",
+                format!("`{bname}` is not a member of array `{name}`"),
+            ));
+        };
+        a.array
+            .set_write_mostly(role, p.write_mostly)
+            .map_err(|e| {
+                let f = match e {
+                    FlagError::NotInService { .. } | FlagError::Role { .. } => "base_bdev",
+                    _ => "write_mostly",
+                };
+                RpcError::invalid_field(M, f, format!("`{bname}`: {e}"))
+            })?;
+        let rec = &mut self.arrays[idx];
+        let mut wm: Vec<BdevName> = rec
+            .saved
+            .write_mostly
+            .iter()
+            .filter(|n| n.as_str() != bname)
+            .cloned()
+            .collect();
+        if p.write_mostly {
+            wm.push(p.base_bdev.clone());
+        }
+        rec.saved.write_mostly = NameList(wm);
+        self.log(format!(
+            "array {name}: `{bname}` (role {role}) {} write-mostly",
+            if p.write_mostly { "is" } else { "is no longer" }
+        ));
+        Ok(json!(true))
+    }
+
     fn mdraid_set_options(&mut self, p: BdevMdraidSetOptions) -> Result<Value, RpcError> {
         if let Some(kb) = p.process_window_size_kb {
             self.process.window_kb = kb;
@@ -1541,14 +1604,14 @@ impl Daemon {
         let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
             return Err(no_device(name));
         };
-        if p.write_mostly {
+        let a = &self.arrays[idx];
+        if p.write_mostly && a.array.geometry().copies() < 2 {
             return Err(RpcError::invalid_field(
                 M,
                 "write_mostly",
-                "write-mostly members are not implemented yet",
+                format!("array `{name}` is {}: it has no mirrors", a.level),
             ));
         }
-        let a = &self.arrays[idx];
         if !a.superblock {
             return Err(RpcError::invalid_field(
                 M,
@@ -2010,6 +2073,7 @@ impl Host for Daemon {
             )),
             Call::BdevMdraidSetOptions(p) => self.mdraid_set_options(p),
             Call::BdevMdraidSyncAction(p) => self.mdraid_sync_action(p),
+            Call::BdevMdraidSetWriteMostly(p) => self.mdraid_set_write_mostly(p),
             Call::BdevMallocCreate(p) => self.malloc_create(p),
             Call::BdevAioCreate(p) => self.aio_create(p),
             Call::BdevUringCreate(p) => self.uring_create(p),

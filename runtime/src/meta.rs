@@ -30,7 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bdev_raid::channel::MetaRequest;
 use bdev_raid::layout::Geometry;
-use bdev_raid::meta::{AddError, Meta, MetaAction, NewMember, Recovery, RecoveryInfo};
+use bdev_raid::meta::{AddError, FlagError, Meta, MetaAction, NewMember, Recovery, RecoveryInfo};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
 
 /// What a metadata path is built from when an array is created.
@@ -98,6 +98,10 @@ pub trait MetaPath {
     /// Bring a device into a faulty or missing role.
     fn add_member(&mut self, _role: usize, _dev: NewMember) -> Result<Recovery, AddError> {
         Err(AddError::Offline)
+    }
+    /// Make member `role` write-mostly or not (recorded in superblocks).
+    fn set_write_mostly(&mut self, _role: usize, _on: bool) -> Result<(), FlagError> {
+        Err(FlagError::NoSuperblock)
     }
     /// Nothing in flight and clean on disk (checked after `shutdown`).
     fn is_clean(&self) -> bool {
@@ -227,6 +231,10 @@ impl MetaPath for MdMeta {
 
     fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
         self.meta.add_member(role, dev)
+    }
+
+    fn set_write_mostly(&mut self, role: usize, on: bool) -> Result<(), FlagError> {
+        self.meta.set_write_mostly(role, on)
     }
 
     fn applied(&mut self, state: &Arc<ArrayState>) {

@@ -734,3 +734,80 @@ fn bits_clear_lazily_after_writes_stop() {
     }
     assert!(d.term().success(), "{}", d.stderr());
 }
+
+/// The `write_mostly` flags of an array's members, in role order.
+fn write_mostly(info: &Value) -> Vec<bool> {
+    info["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["write_mostly"].as_bool().unwrap())
+        .collect()
+}
+
+/// Write-mostly members and write-behind as mdadm reads them: `mdadm
+/// --examine` prints `Flags : write-mostly` for exactly the members set so
+/// (at create, then changed at runtime), and `-X` the bitmap's write-behind.
+#[test]
+fn write_mostly_and_write_behind_as_mdadm_reads_them() {
+    let _g = serial();
+    let test = "write_mostly_and_write_behind_as_mdadm_reads_them";
+    let Some(mdadm) = require_tool(test, "mdadm") else {
+        return;
+    };
+    let dir = TempDir::new("wm");
+    let scratch = dir.path("bitmap-copy.bin");
+    let mut d = Daemon::start(&dir, "d1", None);
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let f = dir.member(&format!("w{i}.img"), MEMBER_BYTES);
+        d.ok(
+            "bdev_aio_create",
+            json!({"name": format!("w{i}"), "filename": f.display().to_string()}),
+        );
+        files.push(f);
+    }
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "wm", "raid_level": "raid1", "base_bdevs": ["w0", "w1", "w2"],
+               "write_mostly": ["w1"], "write_behind": 100,
+               "bitmap": {"chunk_kb": CHUNK_KB}}),
+    );
+    let flags = |files: &[PathBuf]| -> Vec<bool> {
+        files
+            .iter()
+            .map(|f| {
+                let (ok, out, err) = run_tool(&mdadm, &["--examine", &f.display().to_string()]);
+                assert!(ok, "mdadm --examine {}: {out}{err}", f.display());
+                out.lines()
+                    .any(|l| l.trim().starts_with("Flags :") && l.contains("write-mostly"))
+            })
+            .collect()
+    };
+    assert_eq!(flags(&files), [false, true, false]);
+    let (_, text, via) = examine_bitmap(&mdadm, &files[0], &scratch);
+    assert!(
+        text.contains("Allow write behind, max 100"),
+        "mdadm -X ({via}):\n{text}"
+    );
+    // At runtime: w2 becomes write-mostly, w1 no longer (each a commit).
+    d.ok(
+        "bdev_mdraid_set_write_mostly",
+        json!({"name": "wm", "base_bdev": "w2", "write_mostly": true}),
+    );
+    d.ok(
+        "bdev_mdraid_set_write_mostly",
+        json!({"name": "wm", "base_bdev": "w1", "write_mostly": false}),
+    );
+    let info = array(&d, "wm");
+    assert_eq!(write_mostly(&info), [false, false, true], "{info}");
+    assert_eq!(flags(&files), [false, false, true]);
+    // And they survive a restart: the array assembles with them.
+    let saved = dir.path("saved.json");
+    std::fs::write(&saved, d.ok("save_config", Value::Null).to_string()).unwrap();
+    d.kill9();
+    let d = Daemon::start(&dir, "d2", Some(&saved));
+    let info = array(&d, "wm");
+    assert_eq!(write_mostly(&info), [false, false, true], "{info}");
+    assert_eq!(info["write_behind"], 100, "{info}");
+}

@@ -1726,3 +1726,151 @@ fn malformed_nbd_clients_leave_the_daemon_serving() {
     assert_eq!(again.read(0, 4096).unwrap(), vec![0x5a; 4096]);
     assert!(d.term().success(), "{}", d.stderr());
 }
+
+// ---------------------------------------------------------------- write-mostly
+
+/// Per-member I/O counters of array `name` (reads, writes) by member name.
+fn member_io(d: &Daemon, name: &str) -> Vec<(String, u64, u64)> {
+    array(d, name)["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_string(),
+                m["io"]["reads"].as_u64().unwrap(),
+                m["io"]["writes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn write_mostly_member_with_write_behind() {
+    use mdraid_nbd::client::Client;
+    use mdraid_nbd::proto::{CMD_READ, CMD_WRITE};
+    let _g = serial();
+    let dir = TempDir::new("wmostly");
+    let nbd = dir.path("nbd.sock");
+    let d = Daemon::start(&dir, "d", None);
+    for n in ["fast", "base", "m5a", "m5b", "m5c"] {
+        malloc(&d, n);
+    }
+    // A slow member: 2 ms per read and write.
+    d.ok(
+        "bdev_delay_create",
+        json!({"base_bdev_name": "base", "name": "slow", "avg_read_latency": 2000,
+               "p99_read_latency": 2000, "avg_write_latency": 2000, "p99_write_latency": 2000}),
+    );
+    let before = d.ok("bdev_mdraid_get_bdevs", Value::Null);
+    // Refused, naming the field, leaving nothing behind.
+    let create = |extra: Value| {
+        let mut p = json!({"name": "r", "raid_level": "raid1", "base_bdevs": ["fast", "slow"]});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        d.err("bdev_mdraid_create", p)
+    };
+    expect_field(
+        &create(json!({"write_behind": 16, "bitmap": false})),
+        "write_behind",
+    );
+    expect_field(
+        &create(json!({"write_mostly": ["fast", "slow"]})),
+        "write_mostly",
+    );
+    let e = d.err(
+        "bdev_mdraid_create",
+        json!({"name": "r5", "raid_level": "raid5", "base_bdevs": ["m5a", "m5b", "m5c"], "write_behind": 16}),
+    );
+    expect_field(&e, "write_behind");
+    let e = d.err(
+        "bdev_mdraid_create",
+        json!({"name": "r5", "raid_level": "raid5", "base_bdevs": ["m5a", "m5b", "m5c"], "write_mostly": ["m5a"]}),
+    );
+    expect_field(&e, "write_mostly");
+    assert_eq!(d.ok("bdev_mdraid_get_bdevs", Value::Null), before);
+
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "r1", "raid_level": "raid1", "base_bdevs": ["fast", "slow"],
+               "write_mostly": ["slow"], "write_behind": 64}),
+    );
+    let a = array(&d, "r1");
+    assert_eq!(a["write_behind"], 64, "{a}");
+    let flags: Vec<bool> = a["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["write_mostly"].as_bool().unwrap())
+        .collect();
+    assert_eq!(flags, [false, true], "{a}");
+    // Write-mostly on the only other in-sync member: refused.
+    let e = d.err(
+        "bdev_mdraid_set_write_mostly",
+        json!({"name": "r1", "base_bdev": "fast", "write_mostly": true}),
+    );
+    expect_field(&e, "write_mostly");
+    let e = d.err(
+        "bdev_mdraid_set_write_mostly",
+        json!({"name": "r1", "base_bdev": "m5a", "write_mostly": true}),
+    );
+    expect_field(&e, "base_bdev");
+
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "r1"}));
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "r1").expect("NBD handshake");
+    // Writes (32 in flight): with write-behind each completes once the
+    // fast copy is written; all must read back.
+    let mut rng = Rng(7);
+    let blocks = 512u64; // 256 KiB regions of 4 KiB writes
+    let mut image = vec![0u8; (blocks * 4096) as usize];
+    let mut inflight = std::collections::HashMap::new();
+    for i in 0..2000u64 {
+        let off = rng.below(blocks) * 4096;
+        let data: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+        let h = c.send(CMD_WRITE, 0, off, 4096, &data).unwrap();
+        inflight.insert(h, (off, data));
+        if inflight.len() >= 32 || i == 1999 {
+            while inflight.len() > if i == 1999 { 0 } else { 16 } {
+                let (h, r) = c.recv(|_| 0).unwrap();
+                r.expect("write failed");
+                let (off, data) = inflight.remove(&h).unwrap();
+                image[off as usize..off as usize + 4096].copy_from_slice(&data);
+            }
+        }
+    }
+    let before_reads = member_io(&d, "r1");
+    for k in 0..blocks {
+        let h = c.send(CMD_READ, 0, k * 4096, 4096, &[]).unwrap();
+        let (rh, r) = c.recv(|_| 4096).unwrap();
+        assert_eq!(rh, h);
+        let got = r.expect("read failed");
+        let at = (k * 4096) as usize;
+        assert!(
+            got == image[at..at + 4096],
+            "block {k} reads back other data"
+        );
+    }
+    let after = member_io(&d, "r1");
+    assert_eq!(after[0].0, "fast");
+    assert_eq!(after[1].0, "slow");
+    assert!(after[0].1 >= before_reads[0].1 + blocks, "{after:?}");
+    assert_eq!(
+        after[1].1, before_reads[1].1,
+        "the write-mostly member was read while the fast one is in sync: {after:?}"
+    );
+    // Every write reached both copies (the last behind ones finish soon).
+    let t0 = Instant::now();
+    loop {
+        let io = member_io(&d, "r1");
+        if io[1].2 == io[0].2 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{io:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

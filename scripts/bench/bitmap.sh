@@ -35,31 +35,7 @@ rounds=${BENCH_ROUNDS:-6}
 size_mb=${BENCH_SIZE_MB:-256}
 ws_mb=${BENCH_WS_MB:-256}
 chunk_kb=${BENCH_CHUNK_KB:-}
-out=target/bench
-mkdir -p "$out"
-if ! command -v fio >/dev/null; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends fio
-fi
-cargo build --release -q -p mdraid
-bin=${CARGO_TARGET_DIR:-target}/release/mdraid
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then
-    if ! kill -0 "$pid" 2>/dev/null; then
-      wait "$pid" 2>/dev/null && st=0 || st=$?
-      echo "mdraid serve (pid $pid) had exited (status $st) before the end; its log:" >&2
-      tail -20 "$tmp/mdraid.log" >&2
-    fi
-    kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-rpc() { "$bin" rpc -s "$tmp/rpc.sock" -t 30 "$@"; }
+. scripts/bench/common.sh
 
 # CPU jiffies: "busy_all daemon" (busy = every CPU's non-idle time).
 cpu_sample() {
@@ -135,10 +111,7 @@ cfg+=("{\"method\":\"mdraid_nbd_listener_add\",\"params\":{\"unix_path\":\"$tmp/
 for a in r1_on r1_off r5_on r5_off; do cfg+=("{\"method\":\"mdraid_nbd_export_add\",\"params\":{\"bdev_name\":\"$a\"}}"); done
 (IFS=,; echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[${cfg[*]}]}]}") >"$tmp/cfg.json"
 
-"$bin" serve --json "$tmp/cfg.json" -r "$tmp/rpc.sock" ${BENCH_MDRAID_ARGS:--m 0x1} >"$tmp/mdraid.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 200); do rpc framework_wait_init >/dev/null 2>&1 && break; sleep 0.05; done
-rpc framework_wait_init >/dev/null || { echo "mdraid did not start: $(cat "$tmp/mdraid.log")" >&2; exit 1; }
+start_daemon "$tmp/cfg.json"
 
 report=$out/bitmap-$(date -u +%Y%m%dT%H%M%SZ).txt
 {

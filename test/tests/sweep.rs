@@ -12,35 +12,39 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[test]
-fn sweep() {
-    let seeds = env_u64("MDRAID_SIM_SEEDS", 500);
-    let ops = env_u64("MDRAID_SIM_OPS", 5000);
+/// `each(seed)` for seeds `0..seeds`, spread over one thread per core.
+fn over_seeds<T: Send>(seeds: u64, each: impl Fn(u64) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let results: Vec<_> = std::thread::scope(|s| {
+    let each = &each;
+    std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    let mut out = Vec::new();
-                    let mut seed = t;
-                    while seed < seeds {
-                        let sc = Scenario::from_seed(seed, ops);
-                        let size = bdev_raid::layout::Geometry::new(&sc.geometry)
-                            .map_or(0, |g| g.array_blocks());
-                        out.push((
-                            seed,
-                            sc.geometry.level,
-                            sc.bitmap_chunk.is_some(),
-                            size,
-                            run(&sc),
-                        ));
-                        seed += threads;
-                    }
-                    out
+                    (t..seeds)
+                        .step_by(threads as usize)
+                        .map(each)
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn sweep() {
+    let seeds = env_u64("MDRAID_SIM_SEEDS", 500);
+    let ops = env_u64("MDRAID_SIM_OPS", 5000);
+    let results = over_seeds(seeds, |seed| {
+        let sc = Scenario::from_seed(seed, ops);
+        let size = bdev_raid::layout::Geometry::new(&sc.geometry).map_or(0, |g| g.array_blocks());
+        (
+            seed,
+            sc.geometry.level,
+            sc.bitmap_chunk.is_some(),
+            size,
+            run(&sc),
+        )
     });
     let mut levels = std::collections::BTreeMap::new();
     let mut failures = Vec::new();
@@ -120,23 +124,7 @@ fn sweep() {
 fn write_behind_sweep() {
     let seeds = env_u64("MDRAID_SIM_WB_SEEDS", 500);
     let ops = env_u64("MDRAID_SIM_OPS", 5000);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    let mut seed = t;
-                    while seed < seeds {
-                        out.push(run(&Scenario::write_behind(seed, ops)));
-                        seed += threads;
-                    }
-                    out
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
+    let results = over_seeds(seeds, |seed| run(&Scenario::write_behind(seed, ops)));
     let (mut behind, mut wm_reads, mut failed, mut blocks, mut crashes) = (0, 0, 0, 0, 0);
     let mut failures = Vec::new();
     for r in &results {

@@ -551,7 +551,11 @@ fn status_text(arrays: &[Value], bdevs: &[Value]) -> String {
                     n(b, "chunk_kb")
                 )
             });
-        let _ = writeln!(out, "    sync_action: {sync}{mismatch}{bitmap}");
+        let behind = a
+            .get("write_behind")
+            .and_then(Value::as_u64)
+            .map_or(String::new(), |w| format!(", write-behind {w}"));
+        let _ = writeln!(out, "    sync_action: {sync}{mismatch}{bitmap}{behind}");
         if let Some(p) = a.get("process").filter(|p| !p.is_null()) {
             let pct = p
                 .pointer("/progress/percent")
@@ -578,12 +582,17 @@ fn status_text(arrays: &[Value], bdevs: &[Value]) -> String {
         {
             let _ = writeln!(
                 out,
-                "    {:>3}  {:<24} {}",
+                "    {:>3}  {:<24} {}{}",
                 m.get("role")
                     .and_then(Value::as_u64)
                     .map_or("-".into(), |r| r.to_string()),
                 m.get("name").and_then(Value::as_str).unwrap_or("(missing)"),
                 s(m, "state"),
+                if m.get("write_mostly").and_then(Value::as_bool) == Some(true) {
+                    " write-mostly"
+                } else {
+                    ""
+                },
             );
         }
     }
