@@ -502,6 +502,38 @@ pub fn plan_assemble(
             ),
         ));
     }
+    // Write-mostly members and write-behind are what the members record
+    // (bdev_mdraid_set_write_mostly changes the former): a create that
+    // asks for others is refused rather than half-honoured.
+    if !p.write_mostly.is_empty() {
+        for (r, c) in asm.member_of_role.iter().enumerate() {
+            let Some(c) = *c else { continue };
+            let name = p.base_bdevs.0[c].as_str();
+            let recorded = asm.state.write_mostly & 1 << r != 0;
+            if p.write_mostly.contains(name) != recorded {
+                return Err(field(
+                    "write_mostly",
+                    format!(
+                        "the members of array {} record `{name}` as {}write-mostly; change it with bdev_mdraid_set_write_mostly",
+                        md_uuid(&uuid),
+                        if recorded { "" } else { "not " }
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(wb) = p.write_behind {
+        if wb != asm.state.write_behind {
+            return Err(field(
+                "write_behind",
+                format!(
+                    "the members of array {} record write-behind {}, not {wb}",
+                    md_uuid(&uuid),
+                    asm.state.write_behind
+                ),
+            ));
+        }
+    }
     let spb = bs as u64 / 512;
     let member_data_blocks = present[0].size / spb;
     Ok(Plan::Assemble {
@@ -604,6 +636,66 @@ mod tests {
         let e = plan_array(&p5, &probes, || [4; 16]).unwrap_err();
         assert_eq!(e.code, -32602);
         assert!(e.message.contains("field `raid_level`"), "{}", e.message);
+    }
+
+    #[test]
+    fn assembly_keeps_the_recorded_write_mostly_members() {
+        let p =
+            params(r#"{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false}"#);
+        let Plan::Create {
+            uuid,
+            geom,
+            data_offset,
+            layouts,
+            ..
+        } = plan_array(&p, &blank(2, 65536), || [3; 16]).unwrap()
+        else {
+            panic!("not a create")
+        };
+        let mut sbs = bdev_raid::meta::create_superblocks(
+            &geom,
+            &bdev_raid::meta::CreateParams {
+                set_uuid: uuid,
+                name: "r",
+                device_uuids: vec![[1; 16], [2; 16]],
+                member_sectors: layouts.iter().map(|l| l.member_sectors).collect(),
+                data_offset,
+                now_secs: 1,
+                bitmap: false,
+            },
+        );
+        for (sb, l) in sbs.iter_mut().zip(&layouts) {
+            l.apply(sb);
+        }
+        sbs[1].set_write_mostly(true);
+        let probes: Vec<Probe> = sbs
+            .iter()
+            .map(|sb| {
+                let mut b = sb.encode();
+                b.resize(SB_BLOCK_BYTES, 0);
+                Probe {
+                    block_size: 512,
+                    num_blocks: 65536,
+                    sb: b,
+                }
+            })
+            .collect();
+        let with = |wm: &str| {
+            params(&format!(
+                r#"{{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false,"write_mostly":{wm}}}"#
+            ))
+        };
+        match plan_array(&with(r#"["b"]"#), &probes, || [4; 16]).unwrap() {
+            Plan::Assemble { asm, .. } => assert_eq!(asm.state.write_mostly, 0b10),
+            other => panic!("not an assembly: {other:?}"),
+        }
+        let e = plan_array(&with(r#"["a"]"#), &probes, || [4; 16]).unwrap_err();
+        assert!(e.message.contains("field `write_mostly`"), "{}", e.message);
+        // Not naming any: the members decide.
+        assert!(matches!(
+            plan_array(&with("[]"), &probes, || [4; 16]).unwrap(),
+            Plan::Assemble { .. }
+        ));
     }
 
     #[test]

@@ -1561,18 +1561,7 @@ impl Daemon {
                 };
                 RpcError::invalid_field(M, f, format!("`{bname}`: {e}"))
             })?;
-        let rec = &mut self.arrays[idx];
-        let mut wm: Vec<BdevName> = rec
-            .saved
-            .write_mostly
-            .iter()
-            .filter(|n| n.as_str() != bname)
-            .cloned()
-            .collect();
-        if p.write_mostly {
-            wm.push(p.base_bdev.clone());
-        }
-        rec.saved.write_mostly = NameList(wm);
+        set_saved_write_mostly(&mut self.arrays[idx], Some(bname), p.write_mostly);
         self.log(format!(
             "array {name}: `{bname}` (role {role}) {} write-mostly",
             if p.write_mostly { "is" } else { "is no longer" }
@@ -1668,8 +1657,8 @@ impl Daemon {
         match a.array.add_member(role, dev.clone(), nm) {
             Ok(kind) => {
                 let old = self.arrays[idx].roles[role].replace(bname.to_string());
-                if let Some(o) = old.filter(|o| o != bname) {
-                    self.reg.release(&o);
+                if let Some(o) = old.as_ref().filter(|o| *o != bname) {
+                    self.reg.release(o);
                 }
                 let rec = &mut self.arrays[idx];
                 rec.saved.base_bdevs = NameList(
@@ -1679,6 +1668,9 @@ impl Daemon {
                         .map(|n| BdevName::new(n.as_str()).expect("a registered name is valid"))
                         .collect(),
                 );
+                // The role's write-mostly flag is the new member's.
+                set_saved_write_mostly(rec, old.as_deref(), false);
+                set_saved_write_mostly(rec, Some(bname), p.write_mostly);
                 self.log(format!(
                     "array {name}: `{bname}` brought into role {role}, {}",
                     match kind {
@@ -2739,4 +2731,21 @@ pub fn rpc_call(
 /// Location of a config entry, for messages (re-exported for the CLI).
 pub fn describe_location(l: &Location) -> String {
     l.to_string()
+}
+
+/// Record in the array's saved create params (what `save_config` writes)
+/// whether member `name` is write-mostly.
+fn set_saved_write_mostly(rec: &mut ArrayRecord, name: Option<&str>, on: bool) {
+    let Some(name) = name else { return };
+    let mut wm: Vec<BdevName> = rec
+        .saved
+        .write_mostly
+        .iter()
+        .filter(|n| n.as_str() != name)
+        .cloned()
+        .collect();
+    if on {
+        wm.push(BdevName::new(name).expect("a registered name is valid"));
+    }
+    rec.saved.write_mostly = NameList(wm);
 }
