@@ -518,6 +518,9 @@ pub struct Channel<B: IoBuf> {
     bits_wait: VecDeque<u32>,
     /// Members being rebuilt in the applied state.
     rec_mask: u64,
+    /// Members out of service in the applied state (`out_of_service()`,
+    /// asked on every piece).
+    oos_mask: u64,
     bits_requested: bool,
     /// Write parents issued (past the dirty gate) and not completed.
     writes_in_flight: u32,
@@ -623,6 +626,7 @@ impl<B: IoBuf> Channel<B> {
             dirty_requested: false,
             bits_wait: VecDeque::with_capacity(cfg.max_parents),
             rec_mask: 0,
+            oos_mask: 0,
             bits_requested: false,
             writes_in_flight: 0,
             idle_reported: None,
@@ -662,6 +666,7 @@ impl<B: IoBuf> Channel<B> {
             geom,
         };
         ch.rec_mask = ch.state.recovering();
+        ch.oos_mask = ch.state.out_of_service();
         ch.alloc = Some(Box::new(alloc));
         // A new channel of a not-writable array has no write in flight.
         ch.maybe_report_idle();
@@ -929,6 +934,7 @@ impl<B: IoBuf> Channel<B> {
         );
         self.state = state;
         self.rec_mask = self.state.recovering();
+        self.oos_mask = self.state.out_of_service();
         if self.state.offline {
             while let Some(slot) = self.dirty_wait.pop_front() {
                 self.complete(slot);
@@ -1226,13 +1232,13 @@ impl<B: IoBuf> Channel<B> {
     /// stops using a failed member at once, before the commit, so no
     /// reconstruction mixes its stale strips with fresh parity).
     fn dead(&self) -> u64 {
-        self.state.out_of_service() | self.shared.failed()
+        self.oos_mask | self.shared.failed()
     }
 
     /// A child to `member` of device `inc` failed.
     fn fail_member(&mut self, member: u16, inc: u64) {
         let m = member as usize;
-        if self.state.out_of_service() & bit(m) != 0 || self.state.readded[m] != inc {
+        if self.oos_mask & bit(m) != 0 || self.state.readded[m] != inc {
             // Out already, or an I/O of a device that left since.
             return;
         }

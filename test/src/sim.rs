@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
 use bdev_raid::bitmap::{Bitmap, BitmapGeom, DiskBitmap};
 use bdev_raid::channel::{
-    Action, Busy, Channel, ChildIo, ChildOp, ChildStatus, IoStatus, IoType, MetaRequest, ParentIo,
+    Action, Busy, Channel, ChildBuf, ChildIo, ChildOp, ChildStatus, ChildToken, IoStatus, IoType,
+    MetaRequest, ParentIo,
 };
 use bdev_raid::layout::{Geometry, Level, StripeMap};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
@@ -78,6 +79,9 @@ pub struct Outcome {
     /// had to go to a write-mostly member (R5).
     pub behind_writes: u64,
     pub write_mostly_reads: u64,
+    /// Write-behind writes a crash cut short while no other copy of their
+    /// range survived (their acknowledged data may be lost, as in md).
+    pub behind_lost: u64,
     /// The run ended at an assembly md also refuses (dirty and degraded
     /// parity, or too few members left).
     pub ended_by_refusal: Option<String>,
@@ -175,6 +179,13 @@ struct Array {
 }
 
 struct Sim<'a> {
+    /// Write-behind children in flight: the array range and write id of
+    /// the parent they write for (which may have completed since).
+    behind: HashMap<ChildToken, (u64, u64, u64)>,
+    /// Write-behind writes a crash cut short, until a resync has made the
+    /// write-mostly copies agree again: their data then lives on the other
+    /// copies only.
+    exposed: Vec<(u64, u64, u64)>,
     sc: &'a Scenario,
     rng: Rng,
     geom: Arc<Geometry>,
@@ -353,6 +364,8 @@ impl<'a> Sim<'a> {
             rebuild_stopped: None,
             sync_check: false,
             out: Outcome::default(),
+            behind: HashMap::new(),
+            exposed: Vec::new(),
             geom,
         }
     }
@@ -585,6 +598,8 @@ impl<'a> Sim<'a> {
         let shared = self.arr.channels[0].shared().clone();
         let Some(w) = r.next_window(&shared) else {
             if r.is_done() {
+                // The write-mostly copies agree with the others again.
+                self.exposed.clear();
                 self.out.resyncs += 1;
                 self.sync_check = true;
                 self.out.resync_blocks += r.progress().0;
@@ -956,6 +971,10 @@ impl<'a> Sim<'a> {
     }
 
     fn submit_random(&mut self, ch: usize) -> Result<(), String> {
+        if !self.exposed.is_empty() {
+            // A fast copy may have died or failed since.
+            self.check_exposed(0);
+        }
         let size = self.geom.array_blocks();
         let r = self.rng.below(100);
         let mut op = match r {
@@ -1059,6 +1078,11 @@ impl<'a> Sim<'a> {
                         return Err(format!("child past the end of member {m}: {io:?}"));
                     }
                     self.check_bit_before_data(ch, &io)?;
+                    if matches!(io.buf, ChildBuf::Behind { .. }) {
+                        if let Some(rec) = self.parents.get(&io.parent) {
+                            self.behind.insert(io.token, (rec.lba, rec.blocks, rec.id));
+                        }
+                    }
                     if self.faults_on && self.rng.chance(self.sc.faults.nomem) {
                         self.out.nomem += 1;
                         self.arr.channels[ch].child_done(io.token, ChildStatus::NoMem);
@@ -1158,6 +1182,7 @@ impl<'a> Sim<'a> {
             InFlight::Child { ch, io, .. } if gone => {
                 // The device it went to was replaced: it fails.
                 self.out.child_errors += 1;
+                self.behind.remove(&io.token);
                 self.arr.channels[ch].child_done(io.token, ChildStatus::Error);
                 return self.drain(ch);
             }
@@ -1217,6 +1242,7 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        self.behind.remove(&io.token);
         self.arr.channels[ch].child_done(io.token, status);
         self.drain(ch)
     }
@@ -1234,6 +1260,10 @@ impl<'a> Sim<'a> {
             if f.gen() != self.members[f.member()].gen {
                 continue;
             }
+            let token = match &f {
+                InFlight::Child { io, .. } => Some(io.token),
+                InFlight::Sb { .. } => None,
+            };
             let (m, off, data): (usize, usize, Vec<u8>) = match f {
                 InFlight::Sb {
                     member,
@@ -1259,6 +1289,11 @@ impl<'a> Sim<'a> {
                 continue;
             }
             let how = self.rng.below(3);
+            if how == 1 {
+                if let Some(t) = token {
+                    self.behind.remove(&t);
+                }
+            }
             for (i, c) in data.chunks(unit).enumerate() {
                 if how == 1 || (how == 2 && self.rng.chance(0.5)) {
                     let at = off + i * unit;
@@ -1266,6 +1301,13 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        // Write-behind writes that did not land whole (or never left their
+        // channel): where no other copy of their range survives, the
+        // acknowledged data is lost with them (md's write-behind risk: a
+        // crash together with the loss of every fast copy).
+        self.exposed
+            .extend(std::mem::take(&mut self.behind).into_values());
+        self.check_exposed(0);
         // Whatever was not acknowledged may or may not have landed.
         for (_, rec) in self.parents.drain() {
             if writes_data(rec.op) {
@@ -1421,6 +1463,47 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// Write-behind writes a crash cut short (`exposed`) whose range has no
+    /// copy left outside the write-mostly members (dead, failed, being
+    /// rebuilt, or among `unreadable`, members a resync read failed on)
+    /// lost their acknowledged data, as md's write-behind does on that
+    /// double fault: the blocks they last wrote may read back any earlier
+    /// write.
+    fn check_exposed(&mut self, unreadable: u64) {
+        let mut i = 0;
+        while i < self.exposed.len() {
+            let (lba, blocks, id) = self.exposed[i];
+            let end = lba + blocks;
+            let mut at = lba;
+            let mut holders = 0u64;
+            while at < end {
+                let m = self.geom.map(at, end - at);
+                for l in m.copies() {
+                    holders |= 1 << l.member;
+                }
+                at += m.len;
+            }
+            let fast_left = (0..self.members.len()).any(|m| {
+                holders & 1 << m != 0
+                    && (self.sc.write_mostly | unreadable) & 1 << m == 0
+                    && !self.members[m].dead
+                    && !self.members[m].broken
+                    && !self.members[m].added
+            });
+            if fast_left {
+                i += 1;
+                continue;
+            }
+            self.exposed.swap_remove(i);
+            self.out.behind_lost += 1;
+            for b in lba as usize..end as usize {
+                if self.blocks[b].cur == id {
+                    self.blocks[b].alt_since = Some(0);
+                }
+            }
+        }
+    }
+
     fn is_zero_id(&self, b: usize, id: u64) -> bool {
         id == 0
             || self.history[b]
@@ -1487,6 +1570,9 @@ impl<'a> Sim<'a> {
             return Err(format!("parent {tag} completed twice (or never submitted)"));
         };
         self.per_channel[ch] -= 1;
+        if self.resync_tag == Some(tag) && rec.read_errors != 0 {
+            self.check_exposed(rec.read_errors);
+        }
         if self.resync_tag == Some(tag) {
             let shared = self.arr.channels[0].shared().clone();
             if let Some(r) = self.resync.as_mut() {

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Benchmark, not a test: the `mdraid` module against SPDK's own `raid`
+# module in the same bdevperf process (one core, malloc members, queue
+# depth 64, 4 KiB unless said):
+#
+#   raid1 of 2      randread, randwrite        mdraid vs SPDK raid1
+#   raid0 of 4      randread, randwrite        mdraid vs SPDK raid0
+#   raid5 of 4      full-stripe seq. write,    mdraid vs SPDK raid5f
+#                   4 KiB randread
+#
+# mdraid with the bitmap off (like for like), and raid1/raid5 again with
+# the bitmap on (its cost). Each job runs alone (bdevperf -T), in rounds
+# alternating SPDK/mdraid (ABBA); the summary gives medians and ratios.
+#
+#   SPDK_DIR=/path/to/spdk bash scripts/bench/spdk.sh   (results in target/bench/spdk-*.txt)
+# Environment: BENCH_SECS (default 4 per job), BENCH_ROUNDS (default 3),
+# BENCH_CORE (default 0x1), BENCH_QD (default 64), BENCH_JOBS (a filter:
+# names of jobs to run, default all).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${SPDK_DIR:?set SPDK_DIR to an SPDK tree built with shared libraries}"
+secs=${BENCH_SECS:-4}
+rounds=${BENCH_ROUNDS:-3}
+qd=${BENCH_QD:-64}
+out=target/bench
+mkdir -p "$out"
+bash scripts/install-spdk-deps.sh >/dev/null
+cargo build --release -q -p mdraid-spdk
+so="$(realpath "${CARGO_TARGET_DIR:-target}/release/libmdraid_spdk.so")"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export LD_LIBRARY_PATH="$SPDK_DIR/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# Members: 32 MiB malloc bdevs with 4 KiB blocks (raid5f needs 4 KiB and a
+# strip the write size fills: 64 KiB strips, 192 KiB full stripes).
+mb=32
+blocks=$((mb * 1024 * 1024 / 4096))
+cfg=()
+malloc() { cfg+=("{\"method\":\"bdev_malloc_create\",\"params\":{\"name\":\"$1\",\"num_blocks\":$blocks,\"block_size\":4096}}"); }
+for set in s1 m1 b1; do for i in 0 1; do malloc "${set}_$i"; done; done
+for set in s0 m0; do for i in 0 1 2 3; do malloc "${set}_$i"; done; done
+for set in s5 m5 b5; do for i in 0 1 2 3; do malloc "${set}_$i"; done; done
+members() { local s=$1 n=$2 i l=(); for i in $(seq 0 $((n - 1))); do l+=("\"${s}_$i\""); done; (IFS=,; echo "[${l[*]}]"); }
+cfg+=("{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"spdk_r1\",\"raid_level\":\"raid1\",\"base_bdevs\":$(members s1 2),\"strip_size_kb\":0}}")
+cfg+=("{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"spdk_r0\",\"raid_level\":\"raid0\",\"base_bdevs\":$(members s0 4),\"strip_size_kb\":64}}")
+cfg+=("{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"spdk_r5\",\"raid_level\":\"raid5f\",\"base_bdevs\":$(members s5 4),\"strip_size_kb\":64}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r1\",\"raid_level\":\"raid1\",\"base_bdevs\":$(members m1 2),\"bitmap\":false}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r0\",\"raid_level\":\"raid0\",\"base_bdevs\":$(members m0 4),\"strip_size_kb\":64}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r5\",\"raid_level\":\"raid5\",\"base_bdevs\":$(members m5 4),\"strip_size_kb\":64,\"bitmap\":false}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"mdbm_r1\",\"raid_level\":\"raid1\",\"base_bdevs\":$(members b1 2)}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"mdbm_r5\",\"raid_level\":\"raid5\",\"base_bdevs\":$(members b5 4),\"strip_size_kb\":64}}")
+(IFS=,; echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[${cfg[*]}]}]}") >"$tmp/cfg.json"
+
+# One bdevperf job on one bdev; prints "IOPS MiB/s avg_lat_us".
+job() { # bdev workload io_size
+  local o
+  o=$(timeout -k 5 $((secs + 60)) env LD_PRELOAD="$so" "$SPDK_DIR/build/examples/bdevperf" \
+      --no-huge -s 2048 --no-pci -m "${BENCH_CORE:-0x1}" --json "$tmp/cfg.json" \
+      -q "$qd" -o "$3" -w "$2" -t "$secs" -T "$1" 2>&1) || { echo "bdevperf failed on $1 $2:" >&2; echo "$o" | tail -5 >&2; echo "- - -"; return; }
+  [ -n "${BENCH_DEBUG:-}" ] && echo "$o" >&2
+  echo "$o" | tr -d '\r' | awk '/^ *Total/ {print $3, $4, $7; found=1} END {if (!found) print "- - -"}'
+}
+
+# name  spdk_bdev  mdraid_bdev  workload  io_size
+jobs=(
+  "raid1-randread spdk_r1 md_r1 randread 4096"
+  "raid1-randwrite spdk_r1 md_r1 randwrite 4096"
+  "raid0-randread spdk_r0 md_r0 randread 4096"
+  "raid0-randwrite spdk_r0 md_r0 randwrite 4096"
+  "raid5-fullstripe-write spdk_r5 md_r5 write 196608"
+  "raid5-randread spdk_r5 md_r5 randread 4096"
+  "bitmap-raid1-randwrite md_r1 mdbm_r1 randwrite 4096"
+  "bitmap-raid5-fullstripe-write md_r5 mdbm_r5 write 196608"
+)
+report=$out/spdk-$(date -u +%Y%m%dT%H%M%SZ).txt
+{
+echo "# $(date -u) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# bdevperf (SPDK $(cd "$SPDK_DIR" && git describe --tags 2>/dev/null || echo '?')), core mask ${BENCH_CORE:-0x1}, qd $qd, ${secs}s per job, malloc members ${mb} MiB 4 KiB blocks, --no-huge -s 2048"
+echo "# bitmap-* rows: A = mdraid bitmap off, B = mdraid bitmap on (64 MiB chunk default)"
+printf '%-28s %-6s %5s %12s %10s %10s\n' job side round IOPS MiB/s lat_us
+for j in "${jobs[@]}"; do
+  read -r name a b w sz <<<"$j"
+  if [ -n "${BENCH_JOBS:-}" ] && [[ " $BENCH_JOBS " != *" $name "* ]]; then continue; fi
+  for r in $(seq 1 "$rounds"); do
+    if [ $((r % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
+    for side in $order; do
+      if [ "$side" = A ]; then dev=$a; else dev=$b; fi
+      read -r iops mibs lat < <(job "$dev" "$w" "$sz")
+      printf '%-28s %-6s %5s %12s %10s %10s\n' "$name" "$side" "$r" "$iops" "$mibs" "$lat"
+    done
+  done
+done
+} | tee "$report.raw"
+python3 - "$report.raw" <<'PY' | tee -a "$report.raw"
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1]) if l[:1] != "#" and not l.startswith("job") and l.split()[3] != "-"]
+for name in dict.fromkeys(r[0] for r in rows):
+    a = [float(r[3]) for r in rows if r[0] == name and r[1] == "A"]
+    b = [float(r[3]) for r in rows if r[0] == name and r[1] == "B"]
+    if a and b:
+        label = "bitmap on/off" if name.startswith("bitmap") else "mdraid/SPDK"
+        print("# %-28s A %12.0f IOPS  B %12.0f IOPS (medians of %d)  %s %.3f"
+              % (name, st.median(a), st.median(b), min(len(a), len(b)), label, st.median(b) / st.median(a)))
+PY
+mv "$report.raw" "$report"
+echo "written: $report"
