@@ -1,5 +1,8 @@
-//! The resync driver: which windows of the array a resync rewrites, in
-//! order, one window in flight at a time.
+//! Background processes: which windows a resync ([`Resync`]) or a rebuild
+//! ([`Rebuild`]) covers, in order, and the [`Driver`] both hosts run them
+//! with (pacing, pauses, progress reports; see its section below).
+//!
+//! A resync rewrites the windows of the array one at a time.
 //!
 //! With a write-intent bitmap only the chunks marked `NEEDED` at assembly
 //! are resynced, and each chunk's mark is dropped once all its windows
@@ -11,8 +14,15 @@
 //!
 //! [`IoType::Resync`]: crate::channel::IoType::Resync
 
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::channel::IoType;
 use crate::layout::Geometry;
-use crate::state::Shared;
+use crate::meta::{Recovery, RecoveryInfo};
+use crate::state::{ArrayState, MemberState, Shared};
 
 /// The next resync window to submit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -403,6 +413,798 @@ impl Rebuild {
     }
 }
 
+// ----- the process driver --------------------------------------------------
+//
+// Resync, rebuild and md's `sync_action` passes as both hosts run them: one
+// process at a time per array (its [`SyncStatus`] holds the slot), window
+// after window through one channel of the array, paced to a bandwidth cap,
+// with progress reported to the metadata path. The [`Driver`] decides; the
+// host submits the [`SyncIo`] it hands out, tells it how each ended, carries
+// out its [`Output`]s (metadata-path calls, log lines) and calls it again
+// when it asked to be (a completion, the end of a pause).
+
+/// What a background process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncKind {
+    Resync,
+    /// Rebuilding the member in this role.
+    Rebuild(usize),
+    Check,
+    Repair,
+}
+
+impl SyncKind {
+    /// `process.type` of `bdev_mdraid_get_bdevs`.
+    pub fn process_name(self) -> &'static str {
+        match self {
+            SyncKind::Resync => "resync",
+            SyncKind::Rebuild(_) => "rebuild",
+            SyncKind::Check => "check",
+            SyncKind::Repair => "repair",
+        }
+    }
+
+    /// md's `sync_action` while it runs.
+    pub fn action_name(self) -> &'static str {
+        match self {
+            SyncKind::Resync => "resync",
+            SyncKind::Rebuild(_) => "recover",
+            SyncKind::Check => "check",
+            SyncKind::Repair => "repair",
+        }
+    }
+}
+
+/// Progress of the background process running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncProgress {
+    pub kind: SyncKind,
+    /// Blocks done (array blocks for a resync, member blocks for a rebuild).
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Window and bandwidth of background processes, like SPDK's
+/// `bdev_raid_set_options` and md's `sync_speed_max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessOptions {
+    /// Member data a rebuild (or `sync_action` pass) window covers, in KiB.
+    pub window_kb: u32,
+    /// Most bytes a process moves per second, in MiB (0: no cap).
+    pub max_mb_per_sec: u32,
+}
+
+impl ProcessOptions {
+    pub const DEFAULT: ProcessOptions = ProcessOptions {
+        window_kb: 1024,
+        max_mb_per_sec: 0,
+    };
+
+    /// The window in blocks of `geom` (at least one).
+    pub fn window_blocks(&self, geom: &Geometry) -> u64 {
+        (u64::from(self.window_kb) * 1024 / u64::from(geom.block_size())).max(1)
+    }
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions::DEFAULT
+    }
+}
+
+/// The window of a resync after an unclean shutdown: 1 MiB, in whole
+/// stripes (parity levels) or strips.
+pub fn resync_window(geom: &Geometry) -> u64 {
+    let unit = if geom.level().is_parity() {
+        geom.stripe_data_blocks()
+    } else {
+        geom.strip_blocks()
+    };
+    let mib = (1u64 << 20) / u64::from(geom.block_size());
+    mib.div_ceil(unit).max(1) * unit
+}
+
+const NONE: u8 = 0;
+const RESYNC: u8 = 1;
+const REBUILD: u8 = 2;
+const CHECK: u8 = 3;
+const REPAIR: u8 = 4;
+
+/// The background process slot of an array, readable from any thread:
+/// what runs and how far it got, md's `mismatch_cnt`, and the requests
+/// (`sync_action idle/frozen`, the array stopping) a driver obeys.
+#[derive(Debug)]
+pub struct SyncStatus {
+    kind: AtomicU8,
+    target: AtomicU64,
+    done: AtomicU64,
+    total: AtomicU64,
+    /// Sectors the last check or repair found disagreeing (MAX: none ran).
+    mismatch: AtomicU64,
+    /// `sync_action idle/frozen`: stop the pass running.
+    stop_pass: AtomicBool,
+    /// `sync_action frozen`: no new process until `idle`.
+    frozen: AtomicBool,
+    /// The array is stopping: no new window, no new process.
+    stopping: AtomicBool,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        SyncStatus {
+            kind: AtomicU8::new(NONE),
+            target: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            mismatch: AtomicU64::new(u64::MAX),
+            stop_pass: AtomicBool::new(false),
+            frozen: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A process [`SyncStatus::select`] says to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The resync of an array assembled dirty, from this array block.
+    Resync { from: u64 },
+    /// The rebuild of this role, as the metadata path describes it.
+    Rebuild { member: usize, info: RecoveryInfo },
+}
+
+impl SyncStatus {
+    /// Take the slot for `kind` with `total` blocks to do; false if a
+    /// process runs.
+    pub fn claim(&self, kind: SyncKind, total: u64) -> bool {
+        let (code, target) = match kind {
+            SyncKind::Resync => (RESYNC, 0),
+            SyncKind::Rebuild(m) => (REBUILD, m as u64),
+            SyncKind::Check => (CHECK, 0),
+            SyncKind::Repair => (REPAIR, 0),
+        };
+        if self
+            .kind
+            .compare_exchange(NONE, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.target.store(target, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+        true
+    }
+
+    /// Free the slot (a driver does it when it ends; a host whose driver
+    /// could not start does it itself).
+    pub fn release(&self) {
+        self.kind.store(NONE, Ordering::Release);
+    }
+
+    /// The process running, if any.
+    pub fn progress(&self) -> Option<SyncProgress> {
+        let kind = match self.kind.load(Ordering::Acquire) {
+            RESYNC => SyncKind::Resync,
+            REBUILD => SyncKind::Rebuild(self.target.load(Ordering::Relaxed) as usize),
+            CHECK => SyncKind::Check,
+            REPAIR => SyncKind::Repair,
+            _ => return None,
+        };
+        let done = self.done.load(Ordering::Relaxed);
+        Some(SyncProgress {
+            kind,
+            done,
+            total: self.total.load(Ordering::Relaxed).max(done),
+        })
+    }
+
+    /// `sync_action frozen` holds back background processes.
+    pub fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
+
+    /// Sectors the last check or repair found disagreeing.
+    pub fn mismatch_cnt(&self) -> Option<u64> {
+        match self.mismatch.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    /// The array is stopping: a driver submits no new window and ends once
+    /// its windows in flight did; no process starts.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// md's `sync_action`. `Some(op)`: claim the slot for a check, repair
+    /// or resync pass over the whole array (`Ok(true)`: start a
+    /// [`Driver::pass`]; `Err` says why not). `None`: stop the pass
+    /// running (`Ok(false)`); `freeze` also holds back new processes until
+    /// the next call.
+    pub fn sync_action(
+        &self,
+        op: Option<IoType>,
+        freeze: bool,
+        array_blocks: u64,
+    ) -> Result<bool, String> {
+        let Some(op) = op else {
+            self.frozen.store(freeze, Ordering::Release);
+            if matches!(
+                self.progress().map(|p| p.kind),
+                Some(SyncKind::Check | SyncKind::Repair)
+            ) || freeze
+            {
+                self.stop_pass.store(true, Ordering::Release);
+            }
+            return Ok(false);
+        };
+        let kind = match op {
+            IoType::Check => SyncKind::Check,
+            IoType::Repair => SyncKind::Repair,
+            _ => SyncKind::Resync,
+        };
+        if self.frozen() {
+            return Err("sync is frozen (sync_action idle first)".into());
+        }
+        if self.stopping() {
+            return Err("the array is stopping".into());
+        }
+        if !self.claim(kind, array_blocks) {
+            let what = match self.progress().map(|p| p.kind) {
+                Some(SyncKind::Rebuild(m)) => format!("a rebuild of role {m}"),
+                Some(k) => format!("a {}", k.process_name()),
+                None => "another process".into(),
+            };
+            return Err(format!("{what} is running"));
+        }
+        self.stop_pass.store(false, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Which process to start now, if any: none while one runs or the
+    /// array stops; the resync of an array assembled dirty (`resync`: where
+    /// it starts, if one is due) first; then, unless frozen, the rebuild of
+    /// the first role `recovery` (the metadata path's) says may be rebuilt.
+    pub fn select(
+        &self,
+        members: usize,
+        resync: Option<u64>,
+        mut recovery: impl FnMut(usize) -> Option<RecoveryInfo>,
+    ) -> Option<Start> {
+        if self.stopping() || self.progress().is_some() {
+            return None;
+        }
+        if let Some(from) = resync {
+            return Some(Start::Resync { from });
+        }
+        if self.frozen() {
+            return None;
+        }
+        (0..members).find_map(|m| recovery(m).map(|info| Start::Rebuild { member: m, info }))
+    }
+}
+
+/// What the host knows when the driver takes a step.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// The host's monotonic clock, in milliseconds.
+    pub now_ms: u64,
+    /// The newest state the metadata path broadcast.
+    pub state: &'a ArrayState,
+    /// Blocks the driver's channel found disagreeing so far (checks and
+    /// repairs); `None` without a channel.
+    pub mismatch_blocks: Option<u64>,
+}
+
+/// A window to submit as a [`ParentIo`](crate::channel::ParentIo) on the
+/// driver's channel (tagged as the host's own I/O).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncIo {
+    pub op: IoType,
+    pub lba: u64,
+    pub blocks: u64,
+    /// Bytes of the buffer to pass (one region per copy for a mirrored
+    /// check or repair); `None`: no buffer (levels that are not mirrored).
+    pub buf_bytes: Option<usize>,
+}
+
+/// What the host does after [`Driver::step`] (having carried out the
+/// driver's outputs first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Submit this window, then step again (unless the driver ended
+    /// meanwhile). A window that cannot be submitted goes back with
+    /// [`Driver::unsubmit`].
+    Submit(SyncIo),
+    /// Step again when a window completes.
+    Wait,
+    /// Held back (the bandwidth cap, or a refused window): step again at
+    /// `until_ms`.
+    Pause { until_ms: u64 },
+    /// The process ended and its slot is free: drop the driver (after
+    /// carrying out its outputs).
+    Finished,
+}
+
+/// A metadata-path call the driver asks for (on the metadata thread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// The resync checkpoint: everything below this array block is in sync.
+    ResyncProgress(u64),
+    /// The resync ended with every window done: the array may be clean.
+    Synced,
+    /// The rebuilt device of `member` is current below member block
+    /// `offset`.
+    Recovery {
+        member: usize,
+        device: u64,
+        offset: u64,
+    },
+}
+
+/// Something worth a log line (the text is its `Display`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    ResyncResumes {
+        from: u64,
+    },
+    RebuildStarts {
+        member: usize,
+        from: u64,
+        kind: Recovery,
+    },
+    ResyncWindowFailed,
+    ResyncDone,
+    ResyncFailed {
+        failed_windows: u64,
+    },
+    PassStopped,
+    PassDone {
+        op: IoType,
+        sectors: u64,
+        failed: bool,
+    },
+    RebuildStopped {
+        member: usize,
+    },
+    RebuildFailed {
+        member: usize,
+        offset: u64,
+    },
+    Rebuilt {
+        member: usize,
+        copied: u64,
+        skipped: u64,
+    },
+}
+
+impl Note {
+    /// Whether it is a warning (else a notice).
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Note::ResyncWindowFailed
+                | Note::ResyncFailed { .. }
+                | Note::RebuildStopped { .. }
+                | Note::RebuildFailed { .. }
+        )
+    }
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Note::ResyncResumes { from } => write!(f, "resync resumes at block {from}"),
+            Note::RebuildStarts { member, from, kind } => {
+                write!(f, "rebuilding role {member} from block {from} ({kind:?})")
+            }
+            Note::ResyncWindowFailed => {
+                f.write_str("a resync window failed; its chunks stay marked for resync")
+            }
+            Note::ResyncDone => f.write_str("resync done"),
+            Note::ResyncFailed { failed_windows } => write!(
+                f,
+                "resync ended with {failed_windows} failed windows; the array stays dirty"
+            ),
+            Note::PassStopped => f.write_str("sync action stopped"),
+            Note::PassDone {
+                op,
+                sectors,
+                failed,
+            } => write!(
+                f,
+                "{op:?} done: {sectors} sectors mismatched{}",
+                if failed { " (some windows failed)" } else { "" }
+            ),
+            Note::RebuildStopped { member } => write!(f, "rebuild of role {member} stopped"),
+            Note::RebuildFailed { member, offset } => {
+                write!(f, "rebuild of role {member} failed at block {offset}")
+            }
+            Note::Rebuilt {
+                member,
+                copied,
+                skipped,
+            } => write!(
+                f,
+                "role {member} rebuilt ({copied} blocks copied, {skipped} clean in the bitmap)"
+            ),
+        }
+    }
+}
+
+/// What the driver asks of its host besides I/O: see [`Driver::poll_output`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Report(Report),
+    Note(Note),
+}
+
+/// A background process's plan.
+#[derive(Clone, Debug)]
+enum Job {
+    Resync(Resync),
+    Rebuild(Rebuild),
+    /// A `sync_action` pass; `base` is the channel's mismatch count before.
+    Pass {
+        pass: Resync,
+        op: IoType,
+        base: u64,
+    },
+}
+
+/// What the process does next.
+enum Next {
+    Submit(Window),
+    Wait,
+    Finished,
+}
+
+/// One background process, driven by its host on the metadata thread: see
+/// the section comment above. Sans-I/O: time comes in as `now_ms`, the
+/// array's state and the channel's counters as [`Facts`].
+pub struct Driver {
+    geom: Arc<Geometry>,
+    shared: Arc<Shared>,
+    job: Job,
+    started_ms: u64,
+    /// Bytes moved so far (for the bandwidth cap).
+    bytes: u64,
+    /// Held back until then (ms; the cap, or a refused submission).
+    paused_until: u64,
+    finished: bool,
+    out: VecDeque<Output>,
+}
+
+impl Driver {
+    fn new(geom: &Arc<Geometry>, shared: &Arc<Shared>, job: Job, now_ms: u64) -> Driver {
+        Driver {
+            geom: geom.clone(),
+            shared: shared.clone(),
+            job,
+            started_ms: now_ms,
+            bytes: 0,
+            paused_until: 0,
+            finished: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The resync of an array assembled dirty (the chunks its bitmap
+    /// marks, or all of it) from array block `from` (where an orderly stop
+    /// left one), in windows of `window_blocks` (see [`resync_window`]).
+    /// The caller claimed the slot ([`SyncKind::Resync`]); this sets its
+    /// total.
+    pub fn resync(
+        geom: &Arc<Geometry>,
+        shared: &Arc<Shared>,
+        status: &SyncStatus,
+        window_blocks: u64,
+        from: u64,
+        now_ms: u64,
+    ) -> Driver {
+        let rs = Resync::from(geom, shared, window_blocks, from);
+        status.total.store(rs.progress().1, Ordering::Relaxed);
+        let mut d = Driver::new(geom, shared, Job::Resync(rs), now_ms);
+        if from > 0 {
+            d.note(Note::ResyncResumes { from });
+        }
+        d
+    }
+
+    /// The rebuild of role `member` as the metadata path describes it, in
+    /// windows of `window_blocks` member blocks; claims the slot (`None`:
+    /// frozen, stopping, or a process runs).
+    pub fn rebuild(
+        geom: &Arc<Geometry>,
+        shared: &Arc<Shared>,
+        status: &SyncStatus,
+        member: usize,
+        info: RecoveryInfo,
+        window_blocks: u64,
+        now_ms: u64,
+    ) -> Option<Driver> {
+        if status.frozen() || status.stopping() {
+            return None;
+        }
+        let size = geom.member_blocks(member);
+        if !status.claim(SyncKind::Rebuild(member), size - info.from.min(size)) {
+            return None;
+        }
+        let rb = Rebuild::new(
+            geom,
+            member,
+            info.device,
+            info.from,
+            window_blocks,
+            info.kind == Recovery::Bitmap,
+        );
+        let mut d = Driver::new(geom, shared, Job::Rebuild(rb), now_ms);
+        d.note(Note::RebuildStarts {
+            member,
+            from: info.from,
+            kind: info.kind,
+        });
+        Some(d)
+    }
+
+    /// A `sync_action` pass (`op`: check, repair or resync) over the whole
+    /// array, whose slot [`SyncStatus::sync_action`] claimed;
+    /// `mismatch_base` is the channel's mismatch count now.
+    pub fn pass(
+        geom: &Arc<Geometry>,
+        shared: &Arc<Shared>,
+        op: IoType,
+        window_blocks: u64,
+        mismatch_base: u64,
+        now_ms: u64,
+    ) -> Driver {
+        let pass = Resync::whole(geom, window_blocks);
+        let job = Job::Pass {
+            pass,
+            op,
+            base: mismatch_base,
+        };
+        Driver::new(geom, shared, job, now_ms)
+    }
+
+    fn note(&mut self, n: Note) {
+        self.out.push_back(Output::Note(n));
+    }
+
+    /// The next metadata-path call or log line to carry out, in order.
+    /// Drain them after every call of the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Whether the process ended (its slot is free).
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// End the process now (the host gives up on it: its array is gone)
+    /// and free the slot; once only.
+    pub fn end(&mut self, status: &SyncStatus) {
+        if !self.finished {
+            self.finished = true;
+            status.release();
+        }
+    }
+
+    /// The window handed out last ended (`ok`: its parent succeeded).
+    /// `max_mb_per_sec` is the bandwidth cap now (0: none): the bytes
+    /// moved so far may not take less than they would at the cap, so the
+    /// driver may pause (see [`Step::Pause`]).
+    pub fn window_done(&mut self, status: &SyncStatus, ok: bool, now_ms: u64, max_mb_per_sec: u32) {
+        let out = &mut self.out;
+        let done = match &mut self.job {
+            Job::Resync(rs) => {
+                if !ok {
+                    out.push_back(Output::Note(Note::ResyncWindowFailed));
+                }
+                rs.window_done(&self.shared, ok);
+                if ok {
+                    out.push_back(Output::Report(Report::ResyncProgress(rs.checkpoint())));
+                }
+                rs.progress().0
+            }
+            Job::Pass { pass, .. } => {
+                pass.window_done(&self.shared, ok);
+                pass.progress().0
+            }
+            Job::Rebuild(rb) => {
+                rb.window_done(ok);
+                out.push_back(Output::Report(Report::Recovery {
+                    member: rb.member(),
+                    device: rb.device(),
+                    offset: rb.offset(),
+                }));
+                let (rebuilt, skipped) = rb.counts();
+                rebuilt + skipped
+            }
+        };
+        if !self.finished {
+            status.done.store(done, Ordering::Relaxed);
+        }
+        if max_mb_per_sec > 0 {
+            let due_ms = self.bytes * 1000 / (u64::from(max_mb_per_sec) << 20);
+            let at = self.started_ms + due_ms;
+            if at > now_ms {
+                self.paused_until = at;
+            }
+        }
+    }
+
+    /// The window [`Step::Submit`] handed out could not be submitted (no
+    /// parent slot, no buffer): it is handed out again after a pause of a
+    /// millisecond.
+    pub fn unsubmit(&mut self, io: SyncIo, now_ms: u64) {
+        match &mut self.job {
+            Job::Resync(rs) | Job::Pass { pass: rs, .. } => rs.unsubmit(),
+            Job::Rebuild(rb) => rb.unsubmit(),
+        }
+        self.bytes -= io.blocks * u64::from(self.geom.block_size());
+        self.paused_until = now_ms + 1;
+    }
+
+    /// What the host does next; see [`Step`]. Carry out the outputs
+    /// ([`Driver::poll_output`]) first.
+    pub fn step(&mut self, status: &SyncStatus, facts: &Facts) -> Step {
+        if self.finished {
+            return Step::Finished;
+        }
+        if self.paused_until > facts.now_ms {
+            return Step::Pause {
+                until_ms: self.paused_until,
+            };
+        }
+        self.paused_until = 0;
+        let w = match self.next_step(status, facts) {
+            Next::Submit(w) => w,
+            Next::Wait => return Step::Wait,
+            Next::Finished => {
+                self.end(status);
+                return Step::Finished;
+            }
+        };
+        let op = match &self.job {
+            Job::Pass { op, .. } => *op,
+            _ => IoType::Resync,
+        };
+        let g = &self.geom;
+        let bs = u64::from(g.block_size());
+        // A mirrored check reads every copy: one buffer region each.
+        let regions = if matches!(op, IoType::Check | IoType::Repair) && !g.level().is_parity() {
+            g.copies() as u64
+        } else {
+            1
+        };
+        self.bytes += w.blocks * bs;
+        Step::Submit(SyncIo {
+            op,
+            lba: w.lba,
+            blocks: w.blocks,
+            buf_bytes: (g.copies() > 1).then(|| (w.blocks * bs * regions) as usize),
+        })
+    }
+
+    fn next_step(&mut self, status: &SyncStatus, facts: &Facts) -> Next {
+        let (geom, shared, out) = (&*self.geom, &*self.shared, &mut self.out);
+        let stopping = status.stopping();
+        let w = match &mut self.job {
+            Job::Resync(rs) | Job::Pass { pass: rs, .. } if stopping => {
+                return if rs.in_flight().is_some() {
+                    Next::Wait
+                } else {
+                    Next::Finished
+                };
+            }
+            Job::Rebuild(rb) if stopping => {
+                return if rb.in_flight() > 0 {
+                    Next::Wait
+                } else {
+                    Next::Finished
+                };
+            }
+            Job::Pass { pass, .. }
+                if pass.in_flight().is_none() && status.stop_pass.load(Ordering::Acquire) =>
+            {
+                out.push_back(Output::Note(Note::PassStopped));
+                return Next::Finished;
+            }
+            Job::Resync(rs) | Job::Pass { pass: rs, .. } => {
+                if rs.in_flight().is_some() {
+                    return Next::Wait;
+                }
+                rs.next_window(shared)
+            }
+            Job::Rebuild(rb) => {
+                // The member left (or the array went offline): stop. A
+                // finished rebuild's member may be recorded in sync by now
+                // (a driver paused by the cap looks again only later): that
+                // is no reason to stop.
+                let st = facts.state;
+                let m = rb.member();
+                if !rb.is_done() && !matches!(st.members[m], MemberState::Recovering(_))
+                    || st.readded[m] != rb.device()
+                    || st.offline
+                {
+                    if rb.in_flight() > 0 {
+                        return Next::Wait;
+                    }
+                    out.push_back(Output::Note(Note::RebuildStopped { member: m }));
+                    return Next::Finished;
+                }
+                rb.next_window(geom, shared)
+            }
+        };
+        if let Some(w) = w {
+            return Next::Submit(w);
+        }
+        let (done, failed, idle) = match &self.job {
+            Job::Resync(rs) | Job::Pass { pass: rs, .. } => (
+                rs.is_done(),
+                rs.failed_windows() > 0,
+                rs.in_flight().is_none(),
+            ),
+            Job::Rebuild(rb) => (
+                rb.is_done() || rb.failed(),
+                rb.failed(),
+                rb.in_flight() == 0,
+            ),
+        };
+        if !(done && idle) {
+            return Next::Wait;
+        }
+        match &self.job {
+            Job::Resync(_) if !failed => {
+                out.push_back(Output::Note(Note::ResyncDone));
+                out.push_back(Output::Report(Report::Synced));
+            }
+            Job::Resync(rs) => out.push_back(Output::Note(Note::ResyncFailed {
+                failed_windows: rs.failed_windows(),
+            })),
+            Job::Pass { op, base, .. } => {
+                let now = facts.mismatch_blocks.unwrap_or(*base);
+                let sectors = now.saturating_sub(*base) * u64::from(geom.block_size()) / 512;
+                if *op != IoType::Resync {
+                    status.mismatch.store(sectors, Ordering::Relaxed);
+                }
+                out.push_back(Output::Note(Note::PassDone {
+                    op: *op,
+                    sectors,
+                    failed,
+                }));
+            }
+            Job::Rebuild(rb) => {
+                let (member, offset) = (rb.member(), rb.offset());
+                let (copied, skipped) = rb.counts();
+                out.push_back(Output::Note(if failed {
+                    Note::RebuildFailed { member, offset }
+                } else {
+                    Note::Rebuilt {
+                        member,
+                        copied,
+                        skipped,
+                    }
+                }));
+                out.push_back(Output::Report(Report::Recovery {
+                    member,
+                    device: rb.device(),
+                    offset,
+                }));
+            }
+        }
+        Next::Finished
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +1398,488 @@ mod tests {
         r.window_done(false);
         assert!(r.failed() && r.next_window(&g, &shared).is_none());
         assert_eq!(r.offset(), 4096);
+    }
+}
+
+#[cfg(test)]
+mod driver_tests {
+    use super::*;
+    use crate::layout::{GeometryParams, Level};
+
+    const MIB: u64 = 1 << 20;
+
+    fn geom(level: Level, n: usize) -> Arc<Geometry> {
+        Arc::new(
+            Geometry::new(&GeometryParams {
+                level,
+                layout: None,
+                strip_size_kb: 64,
+                block_size: 512,
+                member_blocks: vec![1 << 16; n],
+            })
+            .unwrap(),
+        )
+    }
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(1))
+    }
+
+    fn at(now_ms: u64, state: &ArrayState) -> Facts<'_> {
+        Facts {
+            now_ms,
+            state,
+            mismatch_blocks: Some(0),
+        }
+    }
+
+    fn outputs(d: &mut Driver) -> Vec<Output> {
+        std::iter::from_fn(|| d.poll_output()).collect()
+    }
+
+    fn submit(d: &mut Driver, s: &SyncStatus, f: &Facts) -> SyncIo {
+        match d.step(s, f) {
+            Step::Submit(io) => io,
+            other => panic!("expected a window, got {other:?}"),
+        }
+    }
+
+    /// A state with `member` recovering on device `device`.
+    fn recovering(n: usize, member: usize, device: u64) -> ArrayState {
+        let mut st = ArrayState::new_in_sync(n);
+        st.members[member] = MemberState::Recovering(0);
+        st.readded[member] = device;
+        st
+    }
+
+    fn full(device: u64) -> RecoveryInfo {
+        RecoveryInfo {
+            kind: Recovery::Full,
+            from: 0,
+            device,
+        }
+    }
+
+    #[test]
+    fn resync_windows_in_order_one_at_a_time_then_synced() {
+        let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
+        let st = ArrayState::new_in_sync(2);
+        assert!(s.claim(SyncKind::Resync, 0));
+        let mut d = Driver::resync(&g, &sh, &s, 4096, 0, 0);
+        assert_eq!(s.progress().unwrap().total, g.array_blocks());
+        let mut next = 0;
+        while next < g.array_blocks() {
+            let io = submit(&mut d, &s, &at(0, &st));
+            assert_eq!((io.op, io.lba, io.blocks), (IoType::Resync, next, 4096));
+            assert_eq!(io.buf_bytes, Some(4096 * 512), "mirrored: one region");
+            assert_eq!(d.step(&s, &at(0, &st)), Step::Wait, "one in flight");
+            d.window_done(&s, true, 0, 0);
+            next += io.blocks;
+            assert_eq!(
+                outputs(&mut d),
+                vec![Output::Report(Report::ResyncProgress(next))]
+            );
+            assert_eq!(s.progress().unwrap().done, next);
+        }
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(
+            outputs(&mut d),
+            vec![
+                Output::Note(Note::ResyncDone),
+                Output::Report(Report::Synced)
+            ]
+        );
+        assert!(d.finished() && s.progress().is_none(), "slot free");
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+
+        // Resumed where a stop left it; a failed window keeps it dirty.
+        assert!(s.claim(SyncKind::Resync, 0));
+        let mut d = Driver::resync(&g, &sh, &s, 1 << 15, 1 << 15, 0);
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Note(Note::ResyncResumes { from: 1 << 15 })]
+        );
+        let io = submit(&mut d, &s, &at(0, &st));
+        assert_eq!((io.lba, io.blocks), (1 << 15, 1 << 15));
+        d.window_done(&s, false, 0, 0);
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Note(Note::ResyncWindowFailed)]
+        );
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Note(Note::ResyncFailed { failed_windows: 1 })]
+        );
+    }
+
+    #[test]
+    fn paced_to_the_bandwidth_cap() {
+        let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
+        let st = ArrayState::new_in_sync(2);
+        assert_eq!(
+            s.sync_action(Some(IoType::Check), false, g.array_blocks()),
+            Ok(true)
+        );
+        // 1 MiB windows, started at t = 100 ms, capped at 2 MiB/s.
+        let mut d = Driver::pass(&g, &sh, IoType::Check, 2048, 0, 100);
+        let io = submit(&mut d, &s, &at(100, &st));
+        assert_eq!(
+            io.buf_bytes,
+            Some(2 * MIB as usize),
+            "a check reads both copies"
+        );
+        d.window_done(&s, true, 110, 2);
+        // 1 MiB may not take less than 500 ms.
+        for now in [110, 599] {
+            assert_eq!(d.step(&s, &at(now, &st)), Step::Pause { until_ms: 600 });
+        }
+        let io2 = submit(&mut d, &s, &at(600, &st));
+        assert_eq!(io2.lba, io.lba + io.blocks);
+        d.window_done(&s, true, 700, 2);
+        assert_eq!(d.step(&s, &at(700, &st)), Step::Pause { until_ms: 1100 });
+        // The cap is read at each completion: raised, no pause.
+        submit(&mut d, &s, &at(1100, &st));
+        d.window_done(&s, true, 1110, 0);
+        submit(&mut d, &s, &at(1110, &st));
+        // Behind the cap already: no pause either.
+        d.window_done(&s, true, 10_000, 2);
+        submit(&mut d, &s, &at(10_000, &st));
+    }
+
+    #[test]
+    fn a_refused_window_comes_again_after_a_millisecond_and_is_not_counted() {
+        let (g, sh, s) = (geom(Level::Raid5, 3), shared(), SyncStatus::default());
+        let st = ArrayState::new_in_sync(3);
+        assert!(s.claim(SyncKind::Resync, 0));
+        let mut d = Driver::resync(&g, &sh, &s, 2048, 0, 0);
+        let io = submit(&mut d, &s, &at(0, &st));
+        assert_eq!(io.buf_bytes, None, "parity levels take no buffer");
+        d.unsubmit(io, 5);
+        assert_eq!(d.step(&s, &at(5, &st)), Step::Pause { until_ms: 6 });
+        assert_eq!(
+            d.step(&s, &at(6, &st)),
+            Step::Submit(io),
+            "handed out again"
+        );
+        // Only the window that went counts against a cap of 1 MiB/s.
+        d.window_done(&s, true, 6, 1);
+        let due = io.blocks * 512 * 1000 / MIB;
+        assert_eq!(d.step(&s, &at(6, &st)), Step::Pause { until_ms: due });
+    }
+
+    #[test]
+    fn idle_stops_a_pass_and_frozen_holds_back_processes() {
+        let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
+        let st = ArrayState::new_in_sync(2);
+        let blocks = g.array_blocks();
+        assert_eq!(s.sync_action(Some(IoType::Repair), false, blocks), Ok(true));
+        assert_eq!(
+            s.sync_action(Some(IoType::Check), false, blocks),
+            Err("a repair is running".into())
+        );
+        let mut d = Driver::pass(&g, &sh, IoType::Repair, 2048, 0, 0);
+        submit(&mut d, &s, &at(0, &st));
+        // `idle`: the window in flight ends first.
+        assert_eq!(s.sync_action(None, false, blocks), Ok(false));
+        assert!(!s.frozen());
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Wait);
+        d.window_done(&s, true, 0, 0);
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(outputs(&mut d), vec![Output::Note(Note::PassStopped)]);
+        assert_eq!(s.mismatch_cnt(), None, "a stopped pass counts nothing");
+        assert!(s.progress().is_none());
+
+        // `frozen`: no pass, no rebuild, until `idle`.
+        let wants = |m| (m == 1).then_some(full(3));
+        assert_eq!(s.sync_action(None, true, blocks), Ok(false));
+        assert!(s.frozen());
+        assert_eq!(
+            s.sync_action(Some(IoType::Check), false, blocks),
+            Err("sync is frozen (sync_action idle first)".into())
+        );
+        assert_eq!(s.select(2, None, wants), None);
+        assert!(Driver::rebuild(&g, &sh, &s, 1, full(3), 2048, 0).is_none());
+        assert!(s.progress().is_none());
+        // The resync of a dirty array is not held back.
+        assert_eq!(s.select(2, Some(7), wants), Some(Start::Resync { from: 7 }));
+        assert_eq!(s.sync_action(None, false, blocks), Ok(false));
+        assert_eq!(
+            s.select(2, None, wants),
+            Some(Start::Rebuild {
+                member: 1,
+                info: full(3)
+            })
+        );
+        // A freeze stops a pass that was started before it.
+        assert_eq!(s.sync_action(Some(IoType::Check), false, blocks), Ok(true));
+        let mut d = Driver::pass(&g, &sh, IoType::Check, 2048, 0, 0);
+        assert_eq!(s.select(2, Some(0), wants), None, "one process at a time");
+        assert_eq!(s.sync_action(None, true, blocks), Ok(false));
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(s.sync_action(None, false, blocks), Ok(false));
+        // A pass started after an `idle` is not stopped by it.
+        assert_eq!(s.sync_action(Some(IoType::Check), false, blocks), Ok(true));
+        let mut d = Driver::pass(&g, &sh, IoType::Check, 2048, 0, 0);
+        submit(&mut d, &s, &at(0, &st));
+    }
+
+    #[test]
+    fn a_check_counts_the_mismatches_its_channel_found() {
+        let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
+        let st = ArrayState::new_in_sync(2);
+        for (op, want) in [(IoType::Resync, None), (IoType::Check, Some(4))] {
+            assert_eq!(s.sync_action(Some(op), false, g.array_blocks()), Ok(true));
+            let mut d = Driver::pass(&g, &sh, op, 1 << 15, 10, 0);
+            let f = Facts {
+                mismatch_blocks: Some(14),
+                ..at(0, &st)
+            };
+            for _ in 0..2 {
+                submit(&mut d, &s, &f);
+                d.window_done(&s, true, 0, 0);
+            }
+            assert_eq!(s.progress().unwrap().done, g.array_blocks());
+            assert_eq!(d.step(&s, &f), Step::Finished);
+            assert_eq!(
+                outputs(&mut d),
+                vec![Output::Note(Note::PassDone {
+                    op,
+                    sectors: 4,
+                    failed: false
+                })]
+            );
+            assert_eq!(s.mismatch_cnt(), want);
+        }
+    }
+
+    #[test]
+    fn a_rebuild_reports_each_window_and_ends_rebuilt() {
+        let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
+        let st = recovering(2, 1, 9);
+        let info = RecoveryInfo {
+            kind: Recovery::Full,
+            from: 1 << 15,
+            device: 9,
+        };
+        let mut d = Driver::rebuild(&g, &sh, &s, 1, info, 1 << 14, 0).unwrap();
+        assert_eq!(
+            s.progress(),
+            Some(SyncProgress {
+                kind: SyncKind::Rebuild(1),
+                done: 0,
+                total: 1 << 15
+            })
+        );
+        assert!(Driver::rebuild(&g, &sh, &s, 0, info, 1 << 14, 0).is_none());
+        assert_eq!(
+            s.sync_action(Some(IoType::Check), false, 1),
+            Err("a rebuild of role 1 is running".into())
+        );
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Note(Note::RebuildStarts {
+                member: 1,
+                from: 1 << 15,
+                kind: Recovery::Full
+            })]
+        );
+        for off in [3 << 14, 4 << 14] {
+            let io = submit(&mut d, &s, &at(0, &st));
+            assert_eq!((io.lba + io.blocks, io.op), (off, IoType::Resync));
+            assert_eq!(d.step(&s, &at(0, &st)), Step::Wait);
+            d.window_done(&s, true, 0, 0);
+            let r = Report::Recovery {
+                member: 1,
+                device: 9,
+                offset: off,
+            };
+            assert_eq!(outputs(&mut d), vec![Output::Report(r)]);
+        }
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        let out = outputs(&mut d);
+        assert_eq!(
+            out[0],
+            Output::Note(Note::Rebuilt {
+                member: 1,
+                copied: 1 << 15,
+                skipped: 0
+            })
+        );
+        assert!(matches!(
+            out[1],
+            Output::Report(Report::Recovery { offset: 65536, .. })
+        ));
+        assert!(s.progress().is_none());
+    }
+
+    #[test]
+    fn a_rebuild_stops_when_its_member_fails_mid_rebuild() {
+        let (g, sh) = (geom(Level::Raid1, 2), shared());
+        let st = recovering(2, 1, 9);
+        let mut failed = st.clone();
+        failed.members[1] = MemberState::Faulty;
+        let mut replaced = st.clone();
+        replaced.readded[1] = 10;
+        let mut offline = st.clone();
+        offline.offline = true;
+        for gone in [failed, replaced, offline] {
+            let s = SyncStatus::default();
+            let mut d = Driver::rebuild(&g, &sh, &s, 1, full(9), 1 << 13, 0).unwrap();
+            submit(&mut d, &s, &at(0, &st));
+            d.window_done(&s, true, 0, 0);
+            submit(&mut d, &s, &at(0, &st));
+            outputs(&mut d);
+            // The member leaves with a window in flight: it ends first.
+            assert_eq!(d.step(&s, &at(0, &gone)), Step::Wait);
+            d.window_done(&s, true, 0, 0);
+            assert_eq!(
+                outputs(&mut d),
+                vec![Output::Report(Report::Recovery {
+                    member: 1,
+                    device: 9,
+                    offset: 2 << 13
+                })]
+            );
+            assert_eq!(d.step(&s, &at(0, &gone)), Step::Finished);
+            assert_eq!(
+                outputs(&mut d),
+                vec![Output::Note(Note::RebuildStopped { member: 1 })]
+            );
+            assert!(s.progress().is_none());
+        }
+
+        // A window that fails (a member it reads or writes failed) ends it
+        // there, reported.
+        let s = SyncStatus::default();
+        let mut d = Driver::rebuild(&g, &sh, &s, 1, full(9), 1 << 13, 0).unwrap();
+        submit(&mut d, &s, &at(0, &st));
+        d.window_done(&s, true, 0, 0);
+        submit(&mut d, &s, &at(0, &st));
+        d.window_done(&s, false, 0, 0);
+        outputs(&mut d);
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        let r = Report::Recovery {
+            member: 1,
+            device: 9,
+            offset: 1 << 13,
+        };
+        assert_eq!(
+            outputs(&mut d),
+            vec![
+                Output::Note(Note::RebuildFailed {
+                    member: 1,
+                    offset: 1 << 13
+                }),
+                Output::Report(r)
+            ]
+        );
+    }
+
+    /// The SPDK port's fix, now both hosts': a rebuild held back by the
+    /// cap after its last window, whose member the metadata path recorded
+    /// in sync meanwhile, ends "rebuilt", not "stopped".
+    #[test]
+    fn a_rebuild_held_back_by_the_cap_ends_rebuilt_though_its_member_is_in_sync() {
+        let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
+        let st = recovering(2, 1, 9);
+        let mut d = Driver::rebuild(&g, &sh, &s, 1, full(9), 1 << 15, 0).unwrap();
+        submit(&mut d, &s, &at(0, &st));
+        d.window_done(&s, true, 1, 1);
+        assert_eq!(d.step(&s, &at(1, &st)), Step::Pause { until_ms: 16_000 });
+        submit(&mut d, &s, &at(16_000, &st));
+        d.window_done(&s, true, 16_001, 1);
+        outputs(&mut d);
+        // The last window's report made the member current: in sync now.
+        let mut synced = st.clone();
+        synced.members[1] = MemberState::InSync;
+        assert_eq!(
+            d.step(&s, &at(16_002, &synced)),
+            Step::Pause { until_ms: 32_000 }
+        );
+        assert_eq!(d.step(&s, &at(32_000, &synced)), Step::Finished);
+        let out = outputs(&mut d);
+        assert_eq!(
+            out[0],
+            Output::Note(Note::Rebuilt {
+                member: 1,
+                copied: 1 << 16,
+                skipped: 0
+            })
+        );
+        assert!(!out.contains(&Output::Note(Note::RebuildStopped { member: 1 })));
+    }
+
+    #[test]
+    fn a_stopping_array_ends_its_process_once_the_window_in_flight_did() {
+        let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
+        let st = recovering(2, 1, 9);
+        assert!(s.claim(SyncKind::Resync, 0));
+        let mut d = Driver::resync(&g, &sh, &s, 2048, 0, 0);
+        submit(&mut d, &s, &at(0, &st));
+        s.stop();
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Wait);
+        d.window_done(&s, true, 0, 0);
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Report(Report::ResyncProgress(2048))],
+            "not synced"
+        );
+        // Nothing starts any more.
+        assert_eq!(s.select(2, Some(0), |_| Some(full(9))), None);
+        assert!(Driver::rebuild(&g, &sh, &s, 1, full(9), 2048, 0).is_none());
+        assert_eq!(
+            s.sync_action(Some(IoType::Check), false, 1),
+            Err("the array is stopping".into())
+        );
+    }
+
+    #[test]
+    fn a_rebuild_of_raid10_hands_out_every_range_of_a_window() {
+        let (g, sh, s) = (geom(Level::Raid10, 4), shared(), SyncStatus::default());
+        let st = recovering(4, 3, 1);
+        // Two strips of member blocks a window: two array ranges.
+        let mut d = Driver::rebuild(&g, &sh, &s, 3, full(1), 256, 0).unwrap();
+        let a = submit(&mut d, &s, &at(0, &st));
+        let b = submit(&mut d, &s, &at(0, &st));
+        assert!(b.lba > a.lba);
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Wait);
+        d.window_done(&s, true, 0, 0);
+        d.window_done(&s, true, 0, 0);
+        let last = outputs(&mut d).pop();
+        assert_eq!(
+            last,
+            Some(Output::Report(Report::Recovery {
+                member: 3,
+                device: 1,
+                offset: 256
+            }))
+        );
+        assert_eq!(s.progress().unwrap().done, 256);
+    }
+
+    #[test]
+    fn log_lines_hosts_and_their_tests_rely_on() {
+        assert_eq!(Note::ResyncDone.to_string(), "resync done");
+        let n = Note::Rebuilt {
+            member: 1,
+            copied: 8,
+            skipped: 2,
+        };
+        assert_eq!(
+            n.to_string(),
+            "role 1 rebuilt (8 blocks copied, 2 clean in the bitmap)"
+        );
+        assert!(!n.is_warning() && Note::RebuildStopped { member: 0 }.is_warning());
+        assert_eq!(
+            resync_window(&geom(Level::Raid5, 3)),
+            2048,
+            "1 MiB in whole stripes"
+        );
+        assert_eq!(
+            ProcessOptions::default().window_blocks(&geom(Level::Raid1, 2)),
+            2048
+        );
     }
 }

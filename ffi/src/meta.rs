@@ -42,6 +42,7 @@ use bdev_raid::layout::Geometry;
 use bdev_raid::meta::{AddError, Meta, MetaAction, MetaConfig, NewMember, Recovery, RecoveryInfo};
 use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
+use bdev_raid::sync::Start;
 use mdraid_rpc::results::MdraidBitmapInfo;
 
 use crate::array::{broadcast, Array, Snap, MAX_CHANNELS};
@@ -456,18 +457,16 @@ fn sync_step(array: &Arc<Array>, o: &mut Owned) -> SyncStep {
     let Some(h) = o.host.as_ref() else {
         return SyncStep::None;
     };
-    if array.sync.stopping() || array.sync.progress().is_some() {
-        return SyncStep::None;
-    }
-    if h.resync_pending() && !o.resync_started {
-        o.resync_started = true;
-        return SyncStep::Resync(h.resync_from());
-    }
-    if array.sync.frozen() {
-        return SyncStep::None;
-    }
-    match (0..array.geom.members()).find_map(|m| h.recovery(m).map(|i| (m, i))) {
-        Some((m, info)) => SyncStep::Rebuild(m, info),
+    let resync = (h.resync_pending() && !o.resync_started).then(|| h.resync_from());
+    match array
+        .sync
+        .select(array.geom.members(), resync, |m| h.recovery(m))
+    {
+        Some(Start::Resync { from }) => {
+            o.resync_started = true;
+            SyncStep::Resync(from)
+        }
+        Some(Start::Rebuild { member, info }) => SyncStep::Rebuild(member, info),
         None => SyncStep::None,
     }
 }

@@ -28,7 +28,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,8 @@ use bdev_raid::channel::{
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
 use bdev_raid::meta::{FlagError, NewMember, Recovery};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
-use bdev_raid::sync::{Rebuild, Resync, Window};
+use bdev_raid::sync::{self, Facts, Note, Output, Report, Start, Step, SyncStatus};
+pub use bdev_raid::sync::{ProcessOptions, SyncKind, SyncProgress};
 
 use crate::buf::{AlignedBuf, DevBuf};
 use crate::dev::{DevChannel, DevError, DevIo, DevOp, DevStatus, Device};
@@ -137,65 +138,11 @@ pub struct Array {
     stopped: AtomicBool,
     /// What the channels share (locks, bitmap words).
     shared: Arc<Shared>,
-    /// The background process running: none, resync, rebuild (see
-    /// `SYNC_*`), the member a rebuild targets, blocks done and to do.
-    sync_kind: AtomicU8,
-    sync_target: AtomicU64,
-    sync_done: AtomicU64,
-    sync_total: AtomicU64,
+    /// The background process slot (what runs, its progress, md's
+    /// mismatch_cnt, `sync_action idle/frozen`).
+    sync: SyncStatus,
     /// Window and bandwidth of background processes.
     process: Mutex<ProcessOptions>,
-    /// Sectors the last check or repair found disagreeing (u64::MAX: none
-    /// ran yet), md's mismatch_cnt.
-    mismatch_cnt: AtomicU64,
-    /// `sync_action idle/frozen`: stop the pass running; frozen also holds
-    /// back new rebuilds until `idle`.
-    stop_pass: AtomicBool,
-    frozen: AtomicBool,
-}
-
-const SYNC_NONE: u8 = 0;
-const SYNC_RESYNC: u8 = 1;
-const SYNC_REBUILD: u8 = 2;
-const SYNC_CHECK: u8 = 3;
-const SYNC_REPAIR: u8 = 4;
-
-/// Window and bandwidth of background processes (resync, rebuild), like
-/// SPDK's `bdev_raid_set_options` and md's `sync_speed_max`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcessOptions {
-    /// Member data a rebuild window covers, in KiB.
-    pub window_kb: u32,
-    /// Most bytes a process moves per second, in MiB (0: no cap).
-    pub max_mb_per_sec: u32,
-}
-
-impl Default for ProcessOptions {
-    fn default() -> Self {
-        ProcessOptions {
-            window_kb: 1024,
-            max_mb_per_sec: 0,
-        }
-    }
-}
-
-/// What a background process is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncKind {
-    Resync,
-    /// Rebuilding the member in this role.
-    Rebuild(usize),
-    Check,
-    Repair,
-}
-
-/// Progress of the background process running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SyncProgress {
-    pub kind: SyncKind,
-    /// Blocks done (array blocks for a resync, member blocks for a rebuild).
-    pub done: u64,
-    pub total: u64,
 }
 
 /// Token bit of metadata writes (child tokens are slot indices).
@@ -300,14 +247,8 @@ impl Array {
                 rt.reactors(),
                 p.bitmap.map(Bitmap::new),
             )),
-            sync_kind: AtomicU8::new(SYNC_NONE),
-            sync_target: AtomicU64::new(0),
-            sync_done: AtomicU64::new(0),
-            sync_total: AtomicU64::new(0),
+            sync: SyncStatus::default(),
             process: Mutex::new(p.process),
-            mismatch_cnt: AtomicU64::new(u64::MAX),
-            stop_pass: AtomicBool::new(false),
-            frozen: AtomicBool::new(false),
         });
         // One engine channel per reactor; channel index = reactor index.
         let shared = array.shared.clone();
@@ -405,7 +346,7 @@ impl Array {
     /// mark the array clean. Rebuilds wait for it. Progress is
     /// [`Array::sync_progress`].
     pub fn start_resync(self: &Arc<Self>, window_blocks: u64) {
-        if !self.claim_sync(SYNC_RESYNC, 0, 0) {
+        if !self.sync.claim(SyncKind::Resync, 0) {
             tracing::warn!("array {}: a background process runs; no resync", self.name);
             return;
         }
@@ -415,101 +356,44 @@ impl Array {
             let from = r
                 .local::<RefCell<MetaHost>>(a.meta_key)
                 .map_or(0, |h| h.borrow().path.resync_from());
-            let resync = Resync::from(&a.geom, &a.shared, window_blocks, from);
-            a.sync_total.store(resync.progress().1, Ordering::Relaxed);
-            if from > 0 {
-                tracing::info!("array {}: resync resumes at block {from}", a.name);
-            }
-            start_driver(r, &a, Job::Resync(resync));
+            let drv = sync::Driver::resync(&a.geom, &a.shared, &a.sync, window_blocks, from, 0);
+            start_driver(r, &a, drv);
         });
-    }
-
-    /// Take the background process slot; false if something runs.
-    fn claim_sync(&self, kind: u8, target: u64, total: u64) -> bool {
-        if self
-            .sync_kind
-            .compare_exchange(SYNC_NONE, kind, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return false;
-        }
-        self.sync_target.store(target, Ordering::Relaxed);
-        self.sync_done.store(0, Ordering::Relaxed);
-        self.sync_total.store(total, Ordering::Relaxed);
-        true
     }
 
     /// The background process running, if any.
     pub fn sync_progress(&self) -> Option<SyncProgress> {
-        let kind = match self.sync_kind.load(Ordering::Acquire) {
-            SYNC_RESYNC => SyncKind::Resync,
-            SYNC_REBUILD => SyncKind::Rebuild(self.sync_target.load(Ordering::Relaxed) as usize),
-            SYNC_CHECK => SyncKind::Check,
-            SYNC_REPAIR => SyncKind::Repair,
-            _ => return None,
-        };
-        let done = self.sync_done.load(Ordering::Relaxed);
-        Some(SyncProgress {
-            kind,
-            done,
-            total: self.sync_total.load(Ordering::Relaxed).max(done),
-        })
+        self.sync.progress()
     }
 
     /// md's `sync_action`: start a check, repair or resync pass over the
     /// whole array (`Err` names what runs already), or (`None`) stop the
     /// pass running; `freeze` also holds back rebuilds until the next call.
     pub fn sync_action(self: &Arc<Self>, op: Option<IoType>, freeze: bool) -> Result<(), String> {
-        let Some(op) = op else {
-            self.frozen.store(freeze, Ordering::Release);
-            if matches!(
-                self.sync_progress().map(|p| p.kind),
-                Some(SyncKind::Check | SyncKind::Repair)
-            ) || freeze
-            {
-                self.stop_pass.store(true, Ordering::Release);
-            }
+        if !self
+            .sync
+            .sync_action(op, freeze, self.geom.array_blocks())?
+        {
             return Ok(());
-        };
-        let kind = match op {
-            IoType::Check => SYNC_CHECK,
-            IoType::Repair => SYNC_REPAIR,
-            _ => SYNC_RESYNC,
-        };
-        if self.frozen.load(Ordering::Acquire) {
-            return Err("sync is frozen (sync_action idle first)".into());
         }
-        if !self.claim_sync(kind, 0, self.geom.array_blocks()) {
-            let what = match self.sync_progress().map(|p| p.kind) {
-                Some(SyncKind::Rebuild(m)) => format!("a rebuild of member {m}"),
-                Some(k) => format!("a {k:?}").to_lowercase(),
-                None => "another process".into(),
-            };
-            return Err(format!("{what} is running"));
-        }
-        self.stop_pass.store(false, Ordering::Release);
-        let a = self.clone();
-        let o = self.process_options();
-        let window = (u64::from(o.window_kb) * 1024 / u64::from(self.geom.block_size())).max(1);
+        let (a, op) = (self.clone(), op.unwrap_or(IoType::Resync));
+        let window = self.process_options().window_blocks(&self.geom);
         self.rt.send(self.meta_reactor, move |r| {
             let base = a.channel(r).map_or(0, |c| c.stats().mismatch_blocks);
-            let pass = Resync::whole(&a.geom, window);
-            start_driver(r, &a, Job::Pass { pass, op, base });
+            let drv = sync::Driver::pass(&a.geom, &a.shared, op, window, base, 0);
+            start_driver(r, &a, drv);
         });
         Ok(())
     }
 
     /// `sync_action frozen` holds back background processes.
     pub fn frozen(&self) -> bool {
-        self.frozen.load(Ordering::Acquire)
+        self.sync.frozen()
     }
 
     /// Sectors the last check or repair found disagreeing.
     pub fn mismatch_cnt(&self) -> Option<u64> {
-        match self.mismatch_cnt.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            n => Some(n),
-        }
+        self.sync.mismatch_cnt()
     }
 
     /// Change the window and bandwidth of background processes (a running
@@ -1250,40 +1134,28 @@ fn meta_pump(r: &mut Reactor, key: u64) {
     }
 }
 
-/// A background process's plan.
-enum Job {
-    Resync(Resync),
-    Rebuild(Rebuild),
-    /// A pass over the whole array asked for by `sync_action`: check,
-    /// repair or resync; `base` is the channel's mismatch count before it.
-    Pass {
-        pass: Resync,
-        op: IoType,
-        base: u64,
-    },
-}
-
-/// Drives a resync or a rebuild on the metadata reactor: each completion
-/// submits what comes next, paced to the bandwidth cap.
+/// Runs the engine's [`sync::Driver`] on the metadata reactor: submits
+/// the windows it hands out through the reactor's channel of the array,
+/// feeds it their completions, carries out its reports (on the metadata
+/// path, synchronously) and notes (log lines), and arms a timer when it
+/// pauses (the bandwidth cap, a refused window).
 struct SyncDriver {
     array: Arc<Array>,
-    job: RefCell<Job>,
+    drv: RefCell<sync::Driver>,
+    /// The driver's clock starts here (`now_ms` 0).
     started: Instant,
-    /// Bytes the process has moved.
-    bytes: Cell<u64>,
-    /// Held back by the bandwidth cap: a timer continues it.
-    paused: Cell<bool>,
+    /// A timer will step the driver again.
+    timer: Cell<bool>,
     /// Itself, while the process runs.
     this: RefCell<Option<Rc<SyncDriver>>>,
 }
 
-fn start_driver(r: &mut Reactor, a: &Arc<Array>, job: Job) {
+fn start_driver(r: &mut Reactor, a: &Arc<Array>, drv: sync::Driver) {
     let drv = Rc::new(SyncDriver {
         array: a.clone(),
-        job: RefCell::new(job),
+        drv: RefCell::new(drv),
         started: Instant::now(),
-        bytes: Cell::new(0),
-        paused: Cell::new(false),
+        timer: Cell::new(false),
         this: RefCell::new(None),
     });
     // The driver keeps itself alive until the process ends.
@@ -1292,9 +1164,42 @@ fn start_driver(r: &mut Reactor, a: &Arc<Array>, job: Job) {
 }
 
 impl SyncDriver {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn end(&self) {
-        self.array.sync_kind.store(SYNC_NONE, Ordering::Release);
+        self.drv.borrow_mut().end(&self.array.sync);
         self.this.borrow_mut().take();
+    }
+
+    /// Carry out what the driver asked for (no borrow of it held).
+    fn outputs(&self, r: &mut Reactor) {
+        let a = &self.array;
+        loop {
+            let out = self.drv.borrow_mut().poll_output();
+            match out {
+                None => return,
+                Some(Output::Note(n)) => note(a, &n),
+                Some(Output::Report(rep)) => meta_with(r, a.meta_key, move |h| match rep {
+                    Report::ResyncProgress(lba) => h.path.resync_progress(lba),
+                    Report::Synced => h.path.mark_synced(),
+                    Report::Recovery {
+                        member,
+                        device,
+                        offset,
+                    } => h.path.recovery_progress(member, device, offset),
+                }),
+            }
+        }
+    }
+}
+
+fn note(a: &Array, n: &Note) {
+    if n.is_warning() {
+        tracing::warn!("array {}: {n}", a.name);
+    } else {
+        tracing::info!("array {}: {n}", a.name);
     }
 }
 
@@ -1304,223 +1209,70 @@ impl IoDone for SyncDriver {
             r.buf_pool().put(b);
         }
         let a = &self.array;
-        let ok = status == IoStatus::Success;
-        let progress = match &mut *self.job.borrow_mut() {
-            Job::Resync(rs) => {
-                if !ok {
-                    tracing::warn!(
-                        "array {}: a resync window failed; its chunks stay marked for resync",
-                        a.name
-                    );
-                }
-                rs.window_done(&a.shared, ok);
-                a.sync_done.store(rs.progress().0, Ordering::Relaxed);
-                if ok {
-                    let cp = rs.checkpoint();
-                    meta_with(r, a.meta_key, move |h| h.path.resync_progress(cp));
-                }
-                None
-            }
-            Job::Pass { pass, .. } => {
-                pass.window_done(&a.shared, ok);
-                a.sync_done.store(pass.progress().0, Ordering::Relaxed);
-                None
-            }
-            Job::Rebuild(rb) => {
-                rb.window_done(ok);
-                let (rebuilt, skipped) = rb.counts();
-                a.sync_done.store(rebuilt + skipped, Ordering::Relaxed);
-                Some((rb.member(), rb.device(), rb.offset()))
-            }
-        };
-        if let Some((m, dev, off)) = progress {
-            meta_with(r, a.meta_key, move |h| {
-                h.path.recovery_progress(m, dev, off)
-            });
-        }
-        // Pace to the bandwidth cap: the bytes moved so far may not take less
-        // than they would at the cap.
         let cap = a.process_options().max_mb_per_sec;
+        let ok = status == IoStatus::Success;
+        let now = self.now_ms();
+        self.drv.borrow_mut().window_done(&a.sync, ok, now, cap);
+        self.outputs(r);
         let me = self.this.borrow().clone();
-        let Some(me) = me else { return };
-        if cap > 0 {
-            let due = Duration::from_secs_f64(me.bytes.get() as f64 / (f64::from(cap) * 1048576.0));
-            let spent = me.started.elapsed();
-            if due > spent {
-                me.paused.set(true);
-                r.after(due - spent, move |r| {
-                    me.paused.set(false);
-                    sync_next(r, &me)
-                });
-                return;
-            }
-        }
-        sync_next(r, &me);
-    }
-}
-
-/// What a background process does next.
-enum Next {
-    Submit(Window),
-    /// Wait for what is in flight.
-    Wait,
-    Finished,
-}
-
-/// The process's next step (the job is borrowed only here: a submission
-/// may complete at once and re-enter the driver).
-fn next_step(r: &mut Reactor, drv: &Rc<SyncDriver>) -> Next {
-    let a = &drv.array;
-    let mut job = drv.job.borrow_mut();
-    let w = match &mut *job {
-        Job::Pass { pass, .. }
-            if pass.in_flight().is_none() && a.stop_pass.load(Ordering::Acquire) =>
-        {
-            tracing::info!("array {}: sync action stopped", a.name);
-            return Next::Finished;
-        }
-        Job::Resync(rs) | Job::Pass { pass: rs, .. } => {
-            if rs.in_flight().is_some() {
-                return Next::Wait;
-            }
-            rs.next_window(&a.shared)
-        }
-        Job::Rebuild(rb) => {
-            // The member left (or the array went offline): stop.
-            let st = a.state();
-            let m = rb.member();
-            if !matches!(st.members[m], MemberState::Recovering(_))
-                || st.readded[m] != rb.device()
-                || st.offline
-            {
-                if rb.in_flight() > 0 {
-                    return Next::Wait;
-                }
-                tracing::warn!("array {}: rebuild of member {m} stopped", a.name);
-                return Next::Finished;
-            }
-            rb.next_window(&a.geom, &a.shared)
-        }
-    };
-    if let Some(w) = w {
-        return Next::Submit(w);
-    }
-    let (done, failed, idle) = match &*job {
-        Job::Resync(rs) | Job::Pass { pass: rs, .. } => (
-            rs.is_done(),
-            rs.failed_windows() > 0,
-            rs.in_flight().is_none(),
-        ),
-        Job::Rebuild(rb) => (
-            rb.is_done() || rb.failed(),
-            rb.failed(),
-            rb.in_flight() == 0,
-        ),
-    };
-    if !(done && idle) {
-        return Next::Wait;
-    }
-    match &*job {
-        Job::Resync(_) if !failed => {
-            tracing::info!("array {}: resync done", a.name);
-            drop(job);
-            meta_with(r, a.meta_key, |m| m.path.mark_synced());
-        }
-        Job::Resync(rs) => tracing::warn!(
-            "array {}: resync ended with {} failed windows; the array stays dirty",
-            a.name,
-            rs.failed_windows()
-        ),
-        Job::Pass { op, base, .. } => {
-            let found = a.channel(r).map_or(0, |c| c.stats().mismatch_blocks) - base;
-            let sectors = found * u64::from(a.geom.block_size()) / 512;
-            if *op != IoType::Resync {
-                a.mismatch_cnt.store(sectors, Ordering::Relaxed);
-            }
-            tracing::info!(
-                "array {}: {op:?} done: {sectors} sectors mismatched{}",
-                a.name,
-                if failed { " (some windows failed)" } else { "" }
-            );
-        }
-        Job::Rebuild(rb) => {
-            let (m, dev, off) = (rb.member(), rb.device(), rb.offset());
-            let (rebuilt, skipped) = rb.counts();
-            if failed {
-                tracing::warn!(
-                    "array {}: rebuild of member {m} failed at block {off}",
-                    a.name
-                );
-            } else {
-                tracing::info!(
-                    "array {}: member {m} rebuilt ({rebuilt} blocks copied, {skipped} clean in the bitmap)",
-                    a.name
-                );
-            }
-            drop(job);
-            meta_with(r, a.meta_key, move |h| {
-                h.path.recovery_progress(m, dev, off)
-            });
+        if let Some(me) = me {
+            sync_next(r, &me);
         }
     }
-    Next::Finished
 }
 
 /// Submit what the process needs next, or finish it.
 fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
     let a = &drv.array;
-    let bs = a.geom.block_size() as usize;
     loop {
         if a.stopped.load(Ordering::Relaxed) {
             drv.end();
             return;
         }
-        if drv.paused.get() {
-            return; // a completion met the bandwidth cap; its timer goes on
-        }
-        let w = match next_step(r, drv) {
-            Next::Submit(w) => w,
-            Next::Wait => return,
-            Next::Finished => {
-                drv.end();
+        let state = a.state();
+        let facts = Facts {
+            now_ms: drv.now_ms(),
+            state: &state,
+            mismatch_blocks: a.channel(r).map(|c| c.stats().mismatch_blocks),
+        };
+        // Borrowed only here: a submission may complete at once and
+        // re-enter the driver.
+        let step = drv.drv.borrow_mut().step(&a.sync, &facts);
+        drv.outputs(r);
+        let io = match step {
+            Step::Submit(io) => io,
+            Step::Wait => return,
+            Step::Pause { until_ms } => {
+                if !drv.timer.replace(true) {
+                    let me = drv.clone();
+                    let wait = Duration::from_millis(until_ms.saturating_sub(facts.now_ms));
+                    r.after(wait, move |r| {
+                        me.timer.set(false);
+                        sync_next(r, &me)
+                    });
+                }
                 return;
             }
+            Step::Finished => return drv.end(),
         };
-        let op = match &*drv.job.borrow() {
-            Job::Pass { op, .. } => *op,
-            _ => IoType::Resync,
-        };
-        // A mirrored check reads every copy: one buffer region each.
-        let regions = if matches!(op, IoType::Check | IoType::Repair) && !a.geom.level().is_parity()
-        {
-            a.geom.copies()
-        } else {
-            1
-        };
-        let buf = (a.geom.copies() > 1).then(|| r.buf_pool().get(w.blocks as usize * bs * regions));
-        let io = ParentIo {
-            tag: w.lba,
-            op,
-            lba: w.lba,
-            blocks: w.blocks,
+        let parent = ParentIo {
+            tag: io.lba,
+            op: io.op,
+            lba: io.lba,
+            blocks: io.blocks,
             fua: false,
-            buf,
+            buf: io.buf_bytes.map(|n| r.buf_pool().get(n)),
         };
-        drv.bytes.set(drv.bytes.get() + w.blocks * bs as u64);
         let done: Rc<dyn IoDone> = drv.clone();
-        if let Err(Busy(io)) = a.submit(r, io, &done) {
-            // No parent slot now: hand the window out again shortly.
-            if let Some(b) = io.buf {
+        if let Err(Busy(parent)) = a.submit(r, parent, &done) {
+            // No parent slot now: the driver hands the window out again
+            // shortly.
+            if let Some(b) = parent.buf {
                 r.buf_pool().put(b);
             }
-            drv.bytes.set(drv.bytes.get() - w.blocks * bs as u64);
-            match &mut *drv.job.borrow_mut() {
-                Job::Resync(rs) | Job::Pass { pass: rs, .. } => rs.unsubmit(),
-                Job::Rebuild(rb) => rb.unsubmit(),
-            }
-            let d2 = drv.clone();
-            r.after(Duration::from_millis(1), move |r| sync_next(r, &d2));
-            return;
+            let now = drv.now_ms();
+            drv.drv.borrow_mut().unsubmit(io, now);
+            continue;
         }
         if drv.this.borrow().is_none() {
             return; // it completed and finished meanwhile
@@ -1537,37 +1289,19 @@ fn maybe_start_rebuild(r: &mut Reactor, key: u64) {
     let (a, found) = {
         let h = h.borrow();
         let a = h.array.clone();
-        if a.stopped.load(Ordering::Relaxed)
-            || a.frozen.load(Ordering::Acquire)
-            || a.sync_kind.load(Ordering::Acquire) != SYNC_NONE
-        {
+        if a.stopped.load(Ordering::Relaxed) {
             return;
         }
-        let found = (0..a.geom.members()).find_map(|m| h.path.recovery(m).map(|i| (m, i)));
+        let found = a
+            .sync
+            .select(a.geom.members(), None, |m| h.path.recovery(m));
         (a, found)
     };
-    let Some((m, info)) = found else {
+    let Some(Start::Rebuild { member, info }) = found else {
         return;
     };
-    let o = a.process_options();
-    let window = (u64::from(o.window_kb) * 1024 / u64::from(a.geom.block_size())).max(1);
-    let rb = Rebuild::new(
-        &a.geom,
-        m,
-        info.device,
-        info.from,
-        window,
-        info.kind == Recovery::Bitmap,
-    );
-    let total = a.geom.member_blocks(m) - info.from.min(a.geom.member_blocks(m));
-    if !a.claim_sync(SYNC_REBUILD, m as u64, total) {
-        return;
+    let window = a.process_options().window_blocks(&a.geom);
+    if let Some(drv) = sync::Driver::rebuild(&a.geom, &a.shared, &a.sync, member, info, window, 0) {
+        start_driver(r, &a, drv);
     }
-    tracing::info!(
-        "array {}: rebuilding member {m} from block {} ({:?})",
-        a.name,
-        info.from,
-        info.kind
-    );
-    start_driver(r, &a, Job::Rebuild(rb));
 }

@@ -1020,13 +1020,7 @@ impl Daemon {
             num_base_bdevs_discovered: present,
             num_base_bdevs_operational: operational,
             process: sync.map(|p| MdraidProcess {
-                kind: match p.kind {
-                    SyncKind::Resync => "resync",
-                    SyncKind::Rebuild(_) => "rebuild",
-                    SyncKind::Check => "check",
-                    SyncKind::Repair => "repair",
-                }
-                .into(),
+                kind: p.kind.process_name().into(),
                 target: match p.kind {
                     SyncKind::Rebuild(m) => a.roles.get(m).cloned().flatten(),
                     _ => None,
@@ -1043,10 +1037,7 @@ impl Daemon {
             degraded: operational < a.roles.len() as u32,
             sync_action: Some(
                 match sync.map(|p| p.kind) {
-                    Some(SyncKind::Resync) => "resync",
-                    Some(SyncKind::Rebuild(_)) => "recover",
-                    Some(SyncKind::Check) => "check",
-                    Some(SyncKind::Repair) => "repair",
+                    Some(k) => k.action_name(),
                     None if a.array.frozen() => "frozen",
                     None => "idle",
                 }
@@ -1380,14 +1371,7 @@ impl Daemon {
             // Not shut down cleanly: make copies/parity agree (the chunks
             // the bitmap marks, or the whole array without one), then the
             // array may be marked clean again.
-            let g = array.geometry();
-            let unit = if g.level().is_parity() {
-                g.stripe_data_blocks()
-            } else {
-                g.strip_blocks()
-            };
-            let mib = (1u64 << 20) / u64::from(g.block_size());
-            array.start_resync(mib.div_ceil(unit).max(1) * unit);
+            array.start_resync(bdev_raid::sync::resync_window(array.geometry()));
             self.log(format!(
                 "array {}: assembled dirty; resync started",
                 p.name.as_str()
