@@ -298,9 +298,11 @@ struct Parent<B> {
     error: bool,
     /// Members whose failure must be committed before this completes.
     wait_members: u64,
-    /// The newest device (`readded`) among the failures waited for: a state
-    /// that brings a device back later proves those failures committed.
-    wait_inc: u64,
+    /// Per member: the newest device (`readded`) whose failure is waited
+    /// for; a state that brings a device back later proves it committed.
+    /// (Per member: one value for all would make a member whose failure
+    /// was of an older device wait for a re-add that never comes.)
+    wait_inc: [u64; MAX_MEMBERS],
     queued: bool,
     /// Counted in `writes_in_flight`.
     write_started: bool,
@@ -467,9 +469,6 @@ struct StripeCtx<B> {
     /// Members whose reads are in flight.
     reading: u64,
     error: bool,
-    wait_members: u64,
-    /// Newest device (`readded`) among the unit's failed writes.
-    wait_inc: u64,
     /// Regions: one per member, then one spare, `max_row_bytes` each.
     scratch: B,
     /// Children reserved for this context (one per member).
@@ -587,8 +586,6 @@ impl<B: IoBuf> Channel<B> {
                 bad: 0,
                 reading: 0,
                 error: false,
-                wait_members: 0,
-                wait_inc: 0,
                 scratch: {
                     let b = alloc(region * (members + 1));
                     assert!(b.as_ref().len() >= region * (members + 1), "short scratch");
@@ -730,7 +727,12 @@ impl<B: IoBuf> Channel<B> {
                 .iter()
                 .map(|&s| {
                     let p = self.parents[s as usize].as_ref().unwrap();
-                    (p.wait_members, p.wait_inc)
+                    (
+                        p.wait_members,
+                        members_of(p.wait_members)
+                            .map(|m| p.wait_inc[m])
+                            .collect::<Vec<_>>(),
+                    )
                 })
                 .collect::<Vec<_>>(),
             self.released.seq,
@@ -811,7 +813,7 @@ impl<B: IoBuf> Channel<B> {
             dispatched: false,
             error: false,
             wait_members: 0,
-            wait_inc: 0,
+            wait_inc: [0; MAX_MEMBERS],
             queued: false,
             write_started: false,
             bits_counted: false,
@@ -989,7 +991,7 @@ impl<B: IoBuf> Channel<B> {
         let p = self.parents[slot as usize].as_ref().unwrap();
         let r = &self.released;
         let readded = members_of(p.wait_members)
-            .filter(|&m| r.readded[m] > p.wait_inc)
+            .filter(|&m| r.readded[m] > p.wait_inc[m])
             .fold(0, |a, m| a | bit(m));
         r.offline || p.wait_members & !r.out_of_service() & !readded == 0
     }
@@ -1019,8 +1021,8 @@ impl<B: IoBuf> Channel<B> {
     /// the device brought in at publication `inc` (`readded`).
     fn note_wait(&mut self, slot: u32, mask: u64, inc: u64) {
         let p = self.parents[slot as usize].as_mut().unwrap();
-        if mask != 0 {
-            p.wait_inc = p.wait_inc.max(inc);
+        for m in members_of(mask) {
+            p.wait_inc[m] = p.wait_inc[m].max(inc);
         }
         p.wait_members |= mask;
     }
@@ -2271,8 +2273,6 @@ impl<B: IoBuf> Channel<B> {
         u.bad = 0;
         u.reading = 0;
         u.error = false;
-        u.wait_members = 0;
-        u.wait_inc = 0;
         self.parents[slot as usize].as_mut().unwrap().pending += 1;
         if matches!(kind, UnitKind::Recon { .. }) {
             self.stats.reconstruct_reads += 1;
@@ -2691,9 +2691,9 @@ impl<B: IoBuf> Channel<B> {
             Phase::Write => {
                 if !ok {
                     let is_read = matches!(u.kind, UnitKind::Recon { .. });
+                    let slot = u.parent;
                     if !is_read {
-                        u.wait_members |= bit(m);
-                        u.wait_inc = u.wait_inc.max(child_inc);
+                        self.note_wait(slot, bit(m), child_inc);
                     }
                     self.fail_member(m as u16, child_inc);
                 }
@@ -2714,12 +2714,10 @@ impl<B: IoBuf> Channel<B> {
         debug_assert!(u.busy && u.pending == 0);
         u.busy = false;
         u.phase = Phase::Idle;
-        let (slot, error, wait, wait_inc, lock) =
-            (u.parent, u.error, u.wait_members, u.wait_inc, u.lock);
+        let (slot, error, lock) = (u.parent, u.error, u.lock);
         self.shared.locks.unlock(lock);
         self.free_stripes.push(ctx);
         self.parents[slot as usize].as_mut().unwrap().error |= error;
-        self.note_wait(slot, wait, wait_inc);
         self.unit_done(slot);
     }
 }
@@ -3115,6 +3113,37 @@ mod tests {
         h.finish_all();
         assert_eq!(h.done[0].1, IoStatus::Success);
         assert!(h.members[1][..8 * 512].iter().all(|b| *b == 0x42));
+    }
+
+    #[test]
+    fn r1_waits_per_member_for_failures_of_different_devices() {
+        // raid1 of 3: member 0 was brought back at publication 5 (its
+        // failed flag, of the device before, 3, not yet cleared), member 1
+        // at 7. A write skips member 0 (device 3 failed) and fails on
+        // member 1 (device 7). Once member 1's failure is committed, the
+        // write may complete: member 0's failure was of a device older than
+        // the one the state has (5 > 3). One "newest device" for both would
+        // make it wait for member 0 to come back after 7, forever.
+        let mut h = Host::with(
+            Level::Raid1,
+            3,
+            64,
+            ChannelConfig::default(),
+            |s| s.readded = vec![5, 7, 0],
+            false,
+        );
+        h.ch.shared().set_failed(0, 3);
+        h.failing = bit(1);
+        h.write(1, 0, 8, 0x33);
+        assert!(to(&h, 0).is_empty(), "wrote the failed member");
+        h.finish_all();
+        assert!(
+            h.done.is_empty(),
+            "completed before the failure was committed"
+        );
+        h.commit_faulty(&[1]);
+        assert_eq!(h.done.len(), 1, "parked for good: {}", h.ch.describe());
+        assert_eq!(h.done[0].1, IoStatus::Success);
     }
 
     #[test]

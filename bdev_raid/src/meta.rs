@@ -635,18 +635,19 @@ impl Meta {
         let (kind, dev_number) = match readd {
             Some(o) => (Recovery::Bitmap, o.dev_number),
             None => {
-                // A new device takes the first free slot of dev_roles.
+                // A new device takes the first free slot of dev_roles: one
+                // no device of the array holds (a spare slot, or that of a
+                // faulty device since replaced: md frees a removed device's
+                // slot too, else slots run out after enough replacements),
+                // else one past the end.
                 let used: Vec<u32> = self.sbs.iter().flatten().map(|s| s.dev_number).collect();
-                // (Past the end of the template's dev_roles when every slot
-                // there is taken, by members or by the faulty devices they
-                // replaced; another member's number may already be there.)
                 let dn = (0..)
                     .find(|d| {
                         !used.contains(d)
                             && template
                                 .dev_roles
                                 .get(*d as usize)
-                                .is_none_or(|r| *r == DevRole::Spare)
+                                .is_none_or(|r| matches!(r, DevRole::Spare | DevRole::Faulty))
                     })
                     .unwrap();
                 (Recovery::Full, dn)
@@ -1890,6 +1891,42 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kind, Recovery::Full);
+    }
+
+    #[test]
+    fn replaced_devices_free_their_dev_roles_slots() {
+        // A role whose device fails and is replaced by a new one, over and
+        // over: the replaced devices' slots are used again (md frees a
+        // removed device's slot), so the superblock never runs out of the
+        // 1920 slots a 4 KiB superblock holds.
+        let mut t = t(Level::Raid1, 2);
+        t.pump();
+        for i in 0..2500u32 {
+            t.fail(1);
+            // (A recovery-offset checkpoint may be written first.)
+            while t.meta.state().members[1] != MemberState::Faulty {
+                assert!(!t.writes.is_empty(), "the failure is not being committed");
+                t.complete(|_| true);
+            }
+            t.meta
+                .add_member(
+                    1,
+                    NewMember {
+                        device_uuid: (i as u128 + 100).to_le_bytes(),
+                        sectors: 4096 + 2048,
+                        old_sb: None,
+                        write_mostly: false,
+                    },
+                )
+                .unwrap();
+            t.pump();
+            t.complete(|_| true);
+            // Every channel has the state that brought it back.
+            t.meta.released(t.meta.state().seq);
+            t.pump();
+            let dn = t.meta.superblock(1).unwrap().dev_number;
+            assert!(dn < 3, "replacement {i} took slot {dn}");
+        }
     }
 
     #[test]
