@@ -586,8 +586,10 @@ mod tests {
         assert!(geom.array_blocks() > 0);
     }
 
-    #[test]
-    fn members_of_one_array_are_assembled() {
+    /// The probes of the members of a new raid1 of 2 (`a`, `b`, no
+    /// bitmap) as planned by `plan_array`, after `edit` of their
+    /// superblocks; and the array's UUID.
+    fn raid1_members(edit: impl FnOnce(&mut [Superblock])) -> (Vec<Probe>, [u8; 16]) {
         let p =
             params(r#"{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false}"#);
         let Plan::Create {
@@ -615,7 +617,8 @@ mod tests {
         for (sb, l) in sbs.iter_mut().zip(&layouts) {
             l.apply(sb);
         }
-        let probes: Vec<Probe> = sbs
+        edit(&mut sbs);
+        let probes = sbs
             .iter()
             .map(|sb| {
                 let mut b = sb.encode();
@@ -627,6 +630,14 @@ mod tests {
                 }
             })
             .collect();
+        (probes, uuid)
+    }
+
+    #[test]
+    fn members_of_one_array_are_assembled() {
+        let p =
+            params(r#"{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false}"#);
+        let (probes, uuid) = raid1_members(|_| {});
         match plan_array(&p, &probes, || [4; 16]).unwrap() {
             Plan::Assemble { asm, .. } => assert_eq!(asm.set_uuid, uuid),
             other => panic!("not an assembly: {other:?}"),
@@ -640,46 +651,7 @@ mod tests {
 
     #[test]
     fn assembly_keeps_the_recorded_write_mostly_members() {
-        let p =
-            params(r#"{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false}"#);
-        let Plan::Create {
-            uuid,
-            geom,
-            data_offset,
-            layouts,
-            ..
-        } = plan_array(&p, &blank(2, 65536), || [3; 16]).unwrap()
-        else {
-            panic!("not a create")
-        };
-        let mut sbs = bdev_raid::meta::create_superblocks(
-            &geom,
-            &bdev_raid::meta::CreateParams {
-                set_uuid: uuid,
-                name: "r",
-                device_uuids: vec![[1; 16], [2; 16]],
-                member_sectors: layouts.iter().map(|l| l.member_sectors).collect(),
-                data_offset,
-                now_secs: 1,
-                bitmap: false,
-            },
-        );
-        for (sb, l) in sbs.iter_mut().zip(&layouts) {
-            l.apply(sb);
-        }
-        sbs[1].set_write_mostly(true);
-        let probes: Vec<Probe> = sbs
-            .iter()
-            .map(|sb| {
-                let mut b = sb.encode();
-                b.resize(SB_BLOCK_BYTES, 0);
-                Probe {
-                    block_size: 512,
-                    num_blocks: 65536,
-                    sb: b,
-                }
-            })
-            .collect();
+        let (probes, _) = raid1_members(|sbs| sbs[1].set_write_mostly(true));
         let with = |wm: &str| {
             params(&format!(
                 r#"{{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false,"write_mostly":{wm}}}"#
