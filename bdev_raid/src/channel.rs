@@ -411,7 +411,7 @@ struct CheckPiece {
 }
 
 /// raid1 has no strip; its writes and read rewrites lock ranges this big.
-const RAID1_LOCK_BYTES: u64 = 64 << 10;
+const RAID1_LOCK_BYTES: u64 = 16 << 10;
 
 struct Child {
     gen: u32,

@@ -181,7 +181,8 @@ struct Array {
 struct Sim<'a> {
     /// Write-behind children in flight: the array range and write id of
     /// the parent they write for (which may have completed since).
-    behind: HashMap<ChildToken, (u64, u64, u64)>,
+    /// (Keyed by channel and token: tokens are per channel.)
+    behind: HashMap<(usize, ChildToken), (u64, u64, u64)>,
     /// Write-behind writes a crash cut short, until a resync has made the
     /// write-mostly copies agree again: their data then lives on the other
     /// copies only.
@@ -1080,7 +1081,8 @@ impl<'a> Sim<'a> {
                     self.check_bit_before_data(ch, &io)?;
                     if matches!(io.buf, ChildBuf::Behind { .. }) {
                         if let Some(rec) = self.parents.get(&io.parent) {
-                            self.behind.insert(io.token, (rec.lba, rec.blocks, rec.id));
+                            self.behind
+                                .insert((ch, io.token), (rec.lba, rec.blocks, rec.id));
                         }
                     }
                     if self.faults_on && self.rng.chance(self.sc.faults.nomem) {
@@ -1182,7 +1184,7 @@ impl<'a> Sim<'a> {
             InFlight::Child { ch, io, .. } if gone => {
                 // The device it went to was replaced: it fails.
                 self.out.child_errors += 1;
-                self.behind.remove(&io.token);
+                self.behind.remove(&(ch, io.token));
                 self.arr.channels[ch].child_done(io.token, ChildStatus::Error);
                 return self.drain(ch);
             }
@@ -1242,7 +1244,7 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        self.behind.remove(&io.token);
+        self.behind.remove(&(ch, io.token));
         self.arr.channels[ch].child_done(io.token, status);
         self.drain(ch)
     }
@@ -1261,7 +1263,7 @@ impl<'a> Sim<'a> {
                 continue;
             }
             let token = match &f {
-                InFlight::Child { io, .. } => Some(io.token),
+                InFlight::Child { ch, io, .. } => Some((*ch, io.token)),
                 InFlight::Sb { .. } => None,
             };
             let (m, off, data): (usize, usize, Vec<u8>) = match f {
