@@ -296,13 +296,9 @@ struct Parent<B> {
     pending: u32,
     dispatched: bool,
     error: bool,
-    /// Members whose failure must be committed before this completes.
+    /// Members whose failure must be committed before this completes (the
+    /// devices: `Channel::wait_incs`).
     wait_members: u64,
-    /// Per member: the newest device (`readded`) whose failure is waited
-    /// for; a state that brings a device back later proves it committed.
-    /// (Per member: one value for all would make a member whose failure
-    /// was of an older device wait for a re-add that never comes.)
-    wait_inc: [u64; MAX_MEMBERS],
     queued: bool,
     /// Counted in `writes_in_flight`.
     write_started: bool,
@@ -528,6 +524,13 @@ pub struct Channel<B: IoBuf> {
     idle_reported: Option<u64>,
     stats: ChannelStats,
     member_stats: Vec<MemberStats>,
+    /// Per parent slot and member: the newest device (`readded`) whose
+    /// failure the parent waits for; a state that brings a device back
+    /// later proves it committed. Per member (one value for all made a
+    /// member whose failure was of an older device wait for a re-add that
+    /// never comes); beside the parents so a submit does not clear it
+    /// (only entries of the parent's `wait_members` are meaningful).
+    wait_incs: Vec<[u64; MAX_MEMBERS]>,
     /// Write-behind copies (mirrored levels) and the free ones.
     behind_bufs: Vec<B>,
     free_behind: Vec<u32>,
@@ -645,6 +648,7 @@ impl<B: IoBuf> Channel<B> {
                     ..Piece::new(NONE, 0, None)
                 })
                 .collect(),
+            wait_incs: vec![[0; MAX_MEMBERS]; cfg.max_parents],
             behind_bufs: Vec::new(),
             free_behind: Vec::new(),
             next_read: vec![u64::MAX; members],
@@ -730,7 +734,7 @@ impl<B: IoBuf> Channel<B> {
                     (
                         p.wait_members,
                         members_of(p.wait_members)
-                            .map(|m| p.wait_inc[m])
+                            .map(|m| self.wait_incs[s as usize][m])
                             .collect::<Vec<_>>(),
                     )
                 })
@@ -813,7 +817,6 @@ impl<B: IoBuf> Channel<B> {
             dispatched: false,
             error: false,
             wait_members: 0,
-            wait_inc: [0; MAX_MEMBERS],
             queued: false,
             write_started: false,
             bits_counted: false,
@@ -991,7 +994,7 @@ impl<B: IoBuf> Channel<B> {
         let p = self.parents[slot as usize].as_ref().unwrap();
         let r = &self.released;
         let readded = members_of(p.wait_members)
-            .filter(|&m| r.readded[m] > p.wait_inc[m])
+            .filter(|&m| r.readded[m] > self.wait_incs[slot as usize][m])
             .fold(0, |a, m| a | bit(m));
         r.offline || p.wait_members & !r.out_of_service() & !readded == 0
     }
@@ -1021,8 +1024,14 @@ impl<B: IoBuf> Channel<B> {
     /// the device brought in at publication `inc` (`readded`).
     fn note_wait(&mut self, slot: u32, mask: u64, inc: u64) {
         let p = self.parents[slot as usize].as_mut().unwrap();
+        let w = &mut self.wait_incs[slot as usize];
         for m in members_of(mask) {
-            p.wait_inc[m] = p.wait_inc[m].max(inc);
+            // An entry counts only while its member is in wait_members.
+            w[m] = if p.wait_members & bit(m) == 0 {
+                inc
+            } else {
+                w[m].max(inc)
+            };
         }
         p.wait_members |= mask;
     }

@@ -605,18 +605,13 @@ impl Array {
                         0
                     },
                     role: Some(r as u32),
-                    state: Some(member_state_name(ms).into()),
+                    state: Some(mdraid_rpc::results::member_state_name(ms).into()),
                     write_mostly: st.write_mostly & 1 << r != 0,
                     io: None,
                 }
             })
             .collect();
-        let present = st
-            .members
-            .iter()
-            .filter(|m| **m != MemberState::Missing)
-            .count() as u32;
-        let operational = st.members.iter().filter(|m| m.in_service()).count() as u32;
+        let (present, operational) = mdraid_rpc::results::member_counts(&st);
         let array_state = if offline {
             "inactive"
         } else if snap.blocked {
@@ -720,21 +715,6 @@ pub fn close_removed(array: &Array, o: &mut Owned) {
             "mdraid {}: member {name} (role {m}) removed; its descriptor is closed",
             array.name
         );
-    }
-}
-
-/// A member state as `bdev_mdraid_get_bdevs` names it.
-fn member_state_name(ms: MemberState) -> &'static str {
-    // Comparisons, not a match: a member being rebuilt (Recovering, with
-    // its offset) reads as "rebuilding", as in the embedded host.
-    if ms == MemberState::InSync {
-        "in_sync"
-    } else if ms == MemberState::Faulty {
-        "faulty"
-    } else if ms == MemberState::Missing {
-        "missing"
-    } else {
-        "rebuilding"
     }
 }
 

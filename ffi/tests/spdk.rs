@@ -7,72 +7,11 @@
 //! prints "SPDK tests skipped: SPDK_DIR not set" and passes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One SPDK process at a time: they poll a core each, and this machine
-/// may have few.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Env {
-    spdk: PathBuf,
-    so: PathBuf,
-    dir: PathBuf,
-}
-
-impl Env {
-    fn libdir(&self) -> PathBuf {
-        self.spdk.join("build/lib")
-    }
-
-    /// `timeout SECS env LD_PRELOAD=<cdylib> PROG ARGS...` (the preload
-    /// goes to the SPDK app only, not to `timeout`).
-    fn spdk_app(&self, secs: u32, prog: &Path) -> Command {
-        let mut c = Command::new("timeout");
-        c.arg("-k")
-            .arg("5")
-            .arg(secs.to_string())
-            .arg("env")
-            .arg(format!("LD_PRELOAD={}", self.so.display()))
-            .arg(prog)
-            .env("LD_LIBRARY_PATH", self.libdir());
-        c
-    }
-}
-
-fn spdk_env(test: &str) -> Option<Env> {
-    let Some(dir) = std::env::var_os("SPDK_DIR").filter(|d| !d.is_empty()) else {
-        println!("SPDK tests skipped: SPDK_DIR not set");
-        return None;
-    };
-    if !cfg!(mdraid_spdk) {
-        panic!("SPDK_DIR is set but mdraid-spdk was built without SPDK");
-    }
-    let spdk = PathBuf::from(dir);
-    // The cdylib `cargo test` built with this test, beside it in
-    // target/<profile>/deps (target/<profile> has the one `cargo build`
-    // made, which may be older).
-    let exe = std::env::current_exe().expect("test executable");
-    let deps = exe.parent().expect("target directory");
-    let so = [deps, deps.parent().unwrap_or(deps)]
-        .iter()
-        .map(|d| d.join("libmdraid_spdk.so"))
-        .find(|p| p.exists())
-        .expect("libmdraid_spdk.so not built");
-    let dir = std::env::temp_dir().join(format!("mdraid-spdk-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test directory");
-    Some(Env { spdk, so, dir })
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{serial, spdk_env, text, Env};
 
 /// bdevperf's `Total` line: (IOPS, Fail/s, TO/s).
 fn totals(out: &str) -> Option<(f64, f64, f64)> {
@@ -108,7 +47,7 @@ fn bdevperf_verify(env: &Env, cfg: &str, what: &str, qd: u32, io: u32) -> String
     let path = env.dir.join("bdevperf.json");
     std::fs::write(&path, cfg).unwrap();
     let out = env
-        .spdk_app(60, &env.spdk.join("build/examples/bdevperf"))
+        .app(60, &env.spdk.join("build/examples/bdevperf"), &[&env.so])
         .args(["--no-huge", "-s", "2048", "--no-pci", "--json"])
         .arg(&path)
         .args(["-q", &qd.to_string(), "-o", &io.to_string()])
@@ -145,7 +84,7 @@ fn bdevperf_verify(env: &Env, cfg: &str, what: &str, qd: u32, io: u32) -> String
 /// entries go before them.
 fn verify_on_malloc(level: &str, members: usize, test: &str, first: &[String], qd: u32, io: u32) {
     let Some(env) = spdk_env(test) else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut entries = first.to_vec();
     entries.extend(malloc_members(members, 65536));
     let names: Vec<String> = (0..members).map(|i| format!("\"m{i}\"")).collect();
@@ -188,7 +127,7 @@ fn bdevperf_verify_raid5_bdev_io_pool_exhausted() {
 fn bdevperf_verify_raid5_files_superblocks() {
     use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
     let Some(env) = spdk_env("raid5") else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let files: Vec<PathBuf> = (0..4).map(|i| env.dir.join(format!("f{i}"))).collect();
     for f in &files {
         let fd = std::fs::File::create(f).unwrap();
@@ -259,7 +198,7 @@ impl Tgt {
         let log = env.dir.join("tgt.log");
         let logf = std::fs::File::create(&log).unwrap();
         let child = env
-            .spdk_app(120, &env.spdk.join("build/bin/spdk_tgt"))
+            .app(120, &env.spdk.join("build/bin/spdk_tgt"), &[&env.so])
             .args(["--no-huge", "-s", "2048", "--no-pci", "-r"])
             .arg(&sock)
             .stdin(Stdio::null())
@@ -332,7 +271,7 @@ impl Tgt {
 #[test]
 fn spdk_tgt_rpc_create_get_delete() {
     let Some(env) = spdk_env("tgt") else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut tgt = Tgt::start(&env);
     for m in ["m0", "m1", "m2", "m3"] {
         tgt.ok(&env, &["bdev_malloc_create", "-b", m, "32", "512"]);
@@ -597,7 +536,7 @@ fn spdk_dd(env: &Env, cfg: &str, what: &str, args: &[&str]) -> String {
     let path = env.dir.join("dd.json");
     std::fs::write(&path, cfg).unwrap();
     let out = env
-        .spdk_app(60, &env.spdk.join("build/bin/spdk_dd"))
+        .app(60, &env.spdk.join("build/bin/spdk_dd"), &[&env.so])
         .args(["--no-huge", "-s", "2048", "--no-pci", "--json"])
         .arg(&path)
         .args(args)
@@ -634,7 +573,7 @@ fn examine_reassembles_raid5_and_raid1() {
     let Some(env) = spdk_env("examine") else {
         return;
     };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     for (level, n) in [("raid5", 4), ("raid1", 2)] {
         let files = new_files(&env, &format!("{level}-f"), n, 32 << 20);
         let members: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
@@ -724,7 +663,7 @@ fn examine_reassembles_raid5_and_raid1() {
 /// bitmap marks, verifies, and stops clean; raid1's mirrors then match.
 fn unclean_stop_then_resync(level: &str, n: usize, test: &str) {
     let Some(env) = spdk_env(test) else { return };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let files = new_files(&env, "f", n, 32 << 20);
     let names: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
     let mut entries = aio_entries(&files, "a");
@@ -795,7 +734,7 @@ fn bdevperf_verify_raid5_bitmap() {
     let Some(env) = spdk_env("raid5-bitmap") else {
         return;
     };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut entries = malloc_members(4, 65536);
     entries.push(
         r#"{"method":"bdev_mdraid_create","params":{"name":"r","raid_level":"raid5","base_bdevs":"m0 m1 m2 m3","strip_size_kb":64,"bitmap":{"chunk_kb":256,"daemon_sleep_ms":100}}}"#
@@ -813,7 +752,7 @@ fn bdevperf_verify_raid1_write_mostly() {
     let Some(env) = spdk_env("raid1-write-mostly") else {
         return;
     };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut entries = malloc_members(3, 65536);
     entries.push(
         r#"{"method":"bdev_delay_create","params":{"base_bdev_name":"m2","name":"d2","avg_read_latency":0,"p99_read_latency":0,"avg_write_latency":2000,"p99_write_latency":4000}}"#
@@ -837,7 +776,7 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     let Some(env) = spdk_env("rebuild") else {
         return;
     };
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let files = new_files(&env, "f", 3, 32 << 20);
     // Data on a raid1 of f0 and f1 (spdk_dd), then stopped clean.
     let mut entries = aio_entries(&files[..2], "a");

@@ -2,6 +2,8 @@
 //! ([`crate::dispatch::reply`]); clients (the `mdraid` CLI) parse them back.
 //! Shapes follow SPDK's where SPDK has the method.
 
+use bdev_raid::state::{ArrayState, MemberState};
+
 use crate::types::{RaidLevel, RaidState, Uuid};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -285,4 +287,26 @@ impl VersionInfo {
 pub struct SubsystemInfo {
     pub subsystem: String,
     pub depends_on: Vec<String>,
+}
+
+/// A member state as `bdev_mdraid_get_bdevs` names it (both hosts).
+pub fn member_state_name(ms: MemberState) -> &'static str {
+    match ms {
+        MemberState::InSync => "in_sync",
+        MemberState::Recovering(_) => "rebuilding",
+        MemberState::Faulty => "faulty",
+        MemberState::Missing => "missing",
+    }
+}
+
+/// `(num_base_bdevs_discovered, num_base_bdevs_operational)` of an array
+/// in state `st`: members present, and members in service.
+pub fn member_counts(st: &ArrayState) -> (u32, u32) {
+    let present = st
+        .members
+        .iter()
+        .filter(|m| **m != MemberState::Missing)
+        .count() as u32;
+    let operational = st.members.iter().filter(|m| m.in_service()).count() as u32;
+    (present, operational)
 }

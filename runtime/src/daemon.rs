@@ -970,26 +970,13 @@ impl Daemon {
                     data_offset: a.array.data_offset_blocks(),
                     data_size: dev.map_or(0, |_| geom.member_blocks(r)),
                     role: Some(r as u32),
-                    state: Some(
-                        match ms {
-                            MemberState::InSync => "in_sync",
-                            MemberState::Recovering(_) => "rebuilding",
-                            MemberState::Faulty => "faulty",
-                            MemberState::Missing => "missing",
-                        }
-                        .into(),
-                    ),
+                    state: Some(mdraid_rpc::results::member_state_name(ms).into()),
                     write_mostly: st.write_mostly & 1 << r != 0,
                     io: io.as_ref().and_then(|v| v.get(r).copied()),
                 }
             })
             .collect();
-        let present = st
-            .members
-            .iter()
-            .filter(|m| **m != MemberState::Missing)
-            .count() as u32;
-        let operational = st.members.iter().filter(|m| m.in_service()).count() as u32;
+        let (present, operational) = mdraid_rpc::results::member_counts(&st);
         let array_state = if offline {
             "inactive"
         } else if snap.is_some_and(|s| s.blocked) {

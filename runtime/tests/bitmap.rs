@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,50 +39,6 @@ use process::*;
 /// The array's entry in bdev_mdraid_get_bdevs.
 fn array(d: &Daemon, name: &str) -> Value {
     d.ok("bdev_mdraid_get_bdevs", json!({ "name": name }))[0].clone()
-}
-
-/// A tool's path, or `None` after printing SKIP (a failure with
-/// MDRAID_REQUIRE_TOOLS=1).
-fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .chain(["/sbin".into(), "/usr/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("MDRAID_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "{test}: `{tool}` not found and MDRAID_REQUIRE_TOOLS=1 (scripts/install-deps.sh installs it)"
-        );
-        eprintln!("SKIP: {test}: `{tool}` not found (scripts/install-deps.sh installs it)");
-    }
-    found
-}
-
-/// Run a tool with a 60 s deadline; (success, stdout, stderr).
-fn run_tool(tool: &Path, args: &[&str]) -> (bool, String, String) {
-    let mut c = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("{} {args:?} hung", tool.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let o = c.wait_with_output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
 }
 
 // ------------------------------------------------------------ mdadm -X

@@ -1139,49 +1139,6 @@ fn spdk_python_client() {
 
 // ---------------------------------------------------------------- NBD
 
-/// A tool's path, or `None` after printing SKIP (a failure with
-/// MDRAID_REQUIRE_TOOLS=1).
-fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(tool);
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    assert!(
-        std::env::var("MDRAID_REQUIRE_TOOLS").as_deref() != Ok("1"),
-        "{test}: `{tool}` not found and MDRAID_REQUIRE_TOOLS=1 (scripts/install-deps.sh installs it)"
-    );
-    eprintln!("SKIP: {test}: `{tool}` not found in PATH (scripts/install-deps.sh installs it)");
-    None
-}
-
-/// Run a tool with a deadline; (success, stdout, stderr).
-fn run_tool(tool: &Path, args: &[&str]) -> (bool, String, String) {
-    let mut c = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while c.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            panic!("{} {args:?} hung", tool.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = c.wait_with_output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
-}
-
 fn tcp_port(d: &Daemon) -> u16 {
     let ls = d.ok("mdraid_nbd_get_listeners", Value::Null);
     ls.as_array()

@@ -207,3 +207,47 @@ impl Drop for Daemon {
         self.kill9();
     }
 }
+
+/// A tool's path, or `None` after printing SKIP (a failure with
+/// MDRAID_REQUIRE_TOOLS=1).
+pub fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/sbin".into(), "/usr/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("MDRAID_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{test}: `{tool}` not found and MDRAID_REQUIRE_TOOLS=1 (scripts/install-deps.sh installs it)"
+        );
+        eprintln!("SKIP: {test}: `{tool}` not found (scripts/install-deps.sh installs it)");
+    }
+    found
+}
+
+/// Run a tool with a 120 s deadline; (success, stdout, stderr).
+pub fn run_tool(tool: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{} {args:?} hung", tool.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let o = c.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
