@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::layout::{Geometry, StripeMap, MAX_MEMBERS};
+use crate::layout::{Geometry, Loc, Mapping, StripeMap, MAX_MEMBERS};
 use crate::parity;
 use crate::state::{range_survives, ArrayState, Shared};
 
@@ -195,6 +195,39 @@ pub enum Action<B> {
 /// retries later (SPDK: complete with `NOMEM`, the bdev layer requeues).
 #[derive(Debug)]
 pub struct Busy<B>(pub ParentIo<B>);
+
+/// Most copies a [`Direct`] I/O carries (arrays with more copies take the
+/// general path).
+pub const DIRECT_COPIES: usize = 4;
+
+/// A read or write the host carries out itself on the members (see
+/// [`Channel::direct`]): one piece of a mapped level on a healthy array,
+/// with none of the channel's parent and child bookkeeping.
+#[derive(Clone, Copy, Debug)]
+pub struct Direct {
+    write: bool,
+    lba: u64,
+    blocks: u64,
+    n: u8,
+    targets: [Loc; DIRECT_COPIES],
+    /// The range lock held (NONE: none).
+    lock: u32,
+}
+
+impl Direct {
+    /// Where the host reads (one copy) or writes (every copy): member and
+    /// block address in its data area; each moves the parent's whole
+    /// buffer (`blocks` blocks).
+    pub fn targets(&self) -> &[Loc] {
+        &self.targets[..self.n as usize]
+    }
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+    pub fn is_write(&self) -> bool {
+        self.write
+    }
+}
 
 /// Sizes of the channel's pools, fixed at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -539,6 +572,8 @@ pub struct Channel<B: IoBuf> {
     /// Per member: the member block after this channel's last read there
     /// (a read starting there continues a sequential stream).
     next_read: Vec<u64>,
+    /// [`Direct`] I/Os handed out and not yet done.
+    direct_in_flight: u32,
 }
 
 impl<B: IoBuf> Channel<B> {
@@ -652,6 +687,7 @@ impl<B: IoBuf> Channel<B> {
             behind_bufs: Vec::new(),
             free_behind: Vec::new(),
             next_read: vec![u64::MAX; members],
+            direct_in_flight: 0,
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
             lock_blocks: if geom.level() == crate::layout::Level::Raid1 {
                 (RAID1_LOCK_BYTES / bs).max(1)
@@ -696,6 +732,7 @@ impl<B: IoBuf> Channel<B> {
     /// Whether the channel holds no work at all.
     pub fn is_idle(&self) -> bool {
         self.parents_in_flight() == 0
+            && self.direct_in_flight == 0
             && self.actions.is_empty()
             && self.free_behind.len() == self.behind_bufs.len()
     }
@@ -834,6 +871,137 @@ impl<B: IoBuf> Channel<B> {
         }
         self.start(slot);
         Ok(())
+    }
+
+    /// A read or write of `[lba, lba+blocks)` the host may carry out
+    /// itself, straight from the parent's buffer to the members, when it
+    /// needs nothing of the general path: a mapped level (linear, raid0,
+    /// raid1, raid10) with at most [`DIRECT_COPIES`] copies, one piece (one
+    /// strip; raid1: one range-lock granule), and
+    /// - a read: the copy the general path would read (the same choice:
+    ///   current, not failed, not write-mostly if another can serve,
+    ///   sequential stream or fewest outstanding) needs no range lock (no
+    ///   write-behind to it in flight);
+    /// - a write: the array is writable, every copy is in service and none
+    ///   written behind, no parent of this channel waits for a lock or the
+    ///   bitmap, the bits of its chunks are durable (R4: it is counted in
+    ///   them like any write) and its range lock was free (it holds it).
+    ///
+    /// Else `None`, and the host submits it as a parent. The host reports
+    /// the end with [`Channel::direct_done`]. If a member I/O failed, the
+    /// host does not complete the parent: it submits it as a parent first
+    /// (the general path retries it and handles the failure: R1 for a
+    /// write, another copy and the rewrite for a read), then calls
+    /// `direct_done`, so the write stays counted among the writes in
+    /// flight throughout.
+    pub fn direct(&mut self, op: IoType, lba: u64, blocks: u64) -> Option<Direct> {
+        let write = match op {
+            IoType::Read => false,
+            IoType::Write => true,
+            _ => return None,
+        };
+        if self.state.offline
+            || self.geom.level().is_parity()
+            || self.geom.copies() > DIRECT_COPIES
+            || blocks == 0
+            || lba.checked_add(blocks).is_none_or(|e| e > self.geom.array_blocks())
+        {
+            return None;
+        }
+        let m = self.map_piece(lba, blocks);
+        if m.len != blocks {
+            return None;
+        }
+        let mut d = Direct {
+            write,
+            lba,
+            blocks,
+            n: 0,
+            targets: [Loc { member: 0, lba: 0 }; DIRECT_COPIES],
+            lock: NONE,
+        };
+        if !write {
+            let l = self.pick_copy(&m, blocks, 0)?;
+            if self.shared.behind_to(l.member as usize) != 0 {
+                return None; // R5: the read waits for the range lock
+            }
+            self.note_read(l, blocks);
+            d.n = 1;
+            d.targets[0] = l;
+            self.member_stats[l.member as usize].outstanding += 1;
+            self.direct_in_flight += 1;
+            return Some(d);
+        }
+        let all: u64 = m.copies().iter().fold(0, |a, l| a | bit(l.member as usize));
+        if !self.state.writable
+            || all & self.dead() != 0
+            || (self.state.write_behind != 0 && all & self.state.write_mostly != 0)
+            || !self.waiters.is_empty()
+            || !self.fix_queue.is_empty()
+            || !self.bits_wait.is_empty()
+            || !self.dirty_wait.is_empty()
+        {
+            return None;
+        }
+        if let Some(bm) = &self.shared.bitmap {
+            if !bm.start_write(lba, blocks) {
+                bm.end_write(lba, blocks);
+                return None;
+            }
+        }
+        if let Some(k) = self.range_lock(lba) {
+            if !self.shared.locks.try_lock(k) {
+                if let Some(bm) = &self.shared.bitmap {
+                    bm.end_write(lba, blocks);
+                }
+                return None;
+            }
+            d.lock = k as u32;
+        }
+        for (i, l) in m.copies().iter().enumerate() {
+            d.targets[i] = *l;
+            self.member_stats[l.member as usize].outstanding += 1;
+        }
+        d.n = m.ncopies as u8;
+        self.writes_in_flight += 1;
+        self.shared.note_write(self.index);
+        self.direct_in_flight += 1;
+        Some(d)
+    }
+
+    /// A [`Direct`] I/O ended; `failed`: the members whose I/O failed (see
+    /// [`Channel::direct`]: with any, the host has submitted the parent
+    /// again already).
+    pub fn direct_done(&mut self, d: &Direct, failed: u64) {
+        self.direct_in_flight -= 1;
+        for l in d.targets() {
+            let ms = &mut self.member_stats[l.member as usize];
+            ms.outstanding -= 1;
+            if failed & bit(l.member as usize) != 0 {
+                ms.errors += 1;
+            } else if d.write {
+                ms.writes += 1;
+                ms.written_blocks += d.blocks;
+            } else {
+                ms.reads += 1;
+                ms.read_blocks += d.blocks;
+            }
+        }
+        if failed == 0 {
+            self.stats.parents_done += 1;
+        }
+        if d.write {
+            if d.lock != NONE {
+                self.shared.locks.unlock(d.lock as usize);
+            }
+            if let Some(bm) = &self.shared.bitmap {
+                bm.end_write(d.lba, d.blocks);
+            }
+            self.writes_in_flight -= 1;
+            self.maybe_report_idle();
+            // A parent (this one, submitted again) may wait for the lock.
+            self.run_waiters();
+        }
     }
 
     /// Begin dispatching a parent that passed the dirty gate.
@@ -1815,27 +1983,7 @@ impl<B: IoBuf> Channel<B> {
         };
         let m = self.geom.map(lba, blocks);
         debug_assert!(m.len >= blocks);
-        let dead = self.dead() | bad;
-        let usable = m
-            .copies()
-            .iter()
-            .filter(|l| {
-                dead & bit(l.member as usize) == 0
-                    && self.stale(bit(l.member as usize), l.lba, blocks) == 0
-            })
-            .fold(0, |a, l| a | bit(l.member as usize));
-        let fast = usable & !self.state.write_mostly;
-        let pick = if fast != 0 { fast } else { usable };
-        let cands = m
-            .copies()
-            .iter()
-            .filter(|l| pick & bit(l.member as usize) != 0);
-        let best = cands
-            .clone()
-            .find(|l| self.next_read[l.member as usize] == l.lba)
-            .or_else(|| cands.min_by_key(|l| self.member_stats[l.member as usize].outstanding))
-            .copied();
-        match best {
+        match self.pick_copy(&m, blocks, bad) {
             Some(l) if !locked && (bad != 0 || self.shared.behind_to(l.member as usize) != 0) => {
                 // Wait for the range lock before reading.
                 let wm_wait = bad == 0;
@@ -1853,10 +2001,7 @@ impl<B: IoBuf> Channel<B> {
                 self.fix_queue.push_back(c);
             }
             Some(l) => {
-                if self.write_mostly(l.member) {
-                    self.stats.write_mostly_reads += 1;
-                }
-                self.next_read[l.member as usize] = l.lba + blocks;
+                self.note_read(l, blocks);
                 let buf = self.parent_buf(slot, lba, blocks);
                 self.issue(c, l.member, ChildOp::Read, l.lba, blocks, false, buf);
             }
@@ -1865,6 +2010,41 @@ impl<B: IoBuf> Channel<B> {
                 self.end_mirror_piece(slot, c, locked);
             }
         }
+    }
+
+    /// The copy of mapped piece `m` (`blocks` long) a read goes to: among
+    /// the live, current copies not in `bad`, those not write-mostly if
+    /// any; the one continuing this channel's sequential stream on its
+    /// member, else the one with the fewest I/Os outstanding here.
+    fn pick_copy(&self, m: &Mapping, blocks: u64, bad: u64) -> Option<Loc> {
+        let dead = self.dead() | bad;
+        let usable = m
+            .copies()
+            .iter()
+            .filter(|l| {
+                dead & bit(l.member as usize) == 0
+                    && self.stale(bit(l.member as usize), l.lba, blocks) == 0
+            })
+            .fold(0, |a, l| a | bit(l.member as usize));
+        let fast = usable & !self.state.write_mostly;
+        let pick = if fast != 0 { fast } else { usable };
+        let cands = m
+            .copies()
+            .iter()
+            .filter(|l| pick & bit(l.member as usize) != 0);
+        cands
+            .clone()
+            .find(|l| self.next_read[l.member as usize] == l.lba)
+            .or_else(|| cands.min_by_key(|l| self.member_stats[l.member as usize].outstanding))
+            .copied()
+    }
+
+    /// A read of `blocks` goes to copy `l`.
+    fn note_read(&mut self, l: Loc, blocks: u64) {
+        if self.write_mostly(l.member) {
+            self.stats.write_mostly_reads += 1;
+        }
+        self.next_read[l.member as usize] = l.lba + blocks;
     }
 
     fn end_mirror_piece(&mut self, slot: u32, c: u32, locked: bool) {
