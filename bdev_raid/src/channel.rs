@@ -3335,6 +3335,93 @@ mod tests {
         assert_eq!(h.done[0].1, IoStatus::Success);
     }
 
+    fn bm_writes(h: &Host, c: u64) -> u32 {
+        h.ch.shared().bitmap.as_ref().unwrap().writes(c)
+    }
+
+    #[test]
+    fn direct_write_holds_its_range_lock_and_bitmap_count() {
+        let mut h = Host::with(Level::Raid1, 2, 1024, ChannelConfig::default(), |_| {}, true);
+        let d = h.ch.direct(IoType::Write, 0, 8).expect("a healthy raid1 write");
+        let t: Vec<(u16, u64)> = d.targets().iter().map(|l| (l.member, l.lba)).collect();
+        assert_eq!(t, vec![(0, 0), (1, 0)]);
+        assert_eq!(bm_writes(&h, 0), 1, "R4: counted in its chunk");
+        assert!(!h.ch.is_idle());
+        // The same granule is locked: no second direct write, and a
+        // parent waits for it.
+        assert!(h.ch.direct(IoType::Write, 8, 8).is_none());
+        h.write(9, 8, 8, 0x11);
+        assert!(h.held.is_empty(), "overtook a direct write's range lock");
+        h.ch.direct_done(&d, 0);
+        h.pump();
+        assert_eq!(h.held.len(), 2, "the waiting parent runs once the lock is free");
+        h.finish_all();
+        assert_eq!(h.done.len(), 1);
+        assert_eq!(bm_writes(&h, 0), 0);
+        assert!(h.ch.is_idle());
+        let ms = h.ch.member_stats();
+        assert_eq!((ms[0].writes, ms[1].writes, ms[0].outstanding), (2, 2, 0));
+    }
+
+    #[test]
+    fn direct_is_refused_where_the_general_path_is_needed() {
+        // A failed member: writes must wait for its commit (R1).
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        h.commit_faulty(&[1]);
+        assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
+        let d = h.ch.direct(IoType::Read, 0, 8).expect("a read of the survivor");
+        assert_eq!(d.targets()[0].member, 0);
+        h.ch.direct_done(&d, 0);
+        // Write-behind to a write-mostly copy; pieces crossing a strip.
+        let mut h = wm_host(4);
+        assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
+        let mut h = Host::new(Level::Raid0, 2, ChannelConfig::default());
+        assert!(h.ch.direct(IoType::Read, 4, 8).is_none(), "crosses a strip");
+        assert!(h.ch.direct(IoType::Read, 8, 8).is_some());
+        assert!(h.ch.direct(IoType::Flush, 0, 0).is_none());
+        // Bits not durable (R4): the write takes the general path.
+        let mut h = Host::with(Level::Raid1, 2, 1024, ChannelConfig::default(), |_| {}, true);
+        h.ch.shared().bitmap.as_ref().unwrap().clear_flags(0, crate::bitmap::DURABLE);
+        assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
+        assert_eq!(bm_writes(&h, 0), 0, "a refused direct write left a count");
+    }
+
+    #[test]
+    fn r5_direct_read_of_a_member_written_behind_is_refused() {
+        let mut h = wm_host(4);
+        h.write(1, 0, 8, 0x5a);
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert_eq!(h.done.len(), 1, "acknowledged with its write-behind copy in flight");
+        // The fast copy fails: only the write-mostly one is left to read.
+        h.ch.shared().set_failed(0, 0);
+        assert!(
+            h.ch.direct(IoType::Read, 0, 8).is_none(),
+            "read a member with write-behind in flight without the lock"
+        );
+        h.finish_all();
+        let d = h.ch.direct(IoType::Read, 0, 8).expect("write-behind done");
+        assert_eq!(d.targets()[0].member, 1);
+    }
+
+    #[test]
+    fn r1_failed_direct_write_completes_after_the_commit() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        let d = h.ch.direct(IoType::Write, 0, 8).unwrap();
+        // The write to member 1 failed: the host submits the parent again,
+        // then ends the direct I/O.
+        h.failing = bit(1);
+        h.write(7, 0, 8, 0xab);
+        h.ch.direct_done(&d, bit(1));
+        h.pump();
+        h.finish_all();
+        assert_eq!(h.meta, vec![1]);
+        assert!(h.done.is_empty(), "completed before the failure was committed");
+        h.commit_faulty(&[1]);
+        assert_eq!((h.done[0].0, h.done[0].1), (7, IoStatus::Success));
+        assert_eq!(h.ch.member_stats()[1].errors, 2);
+    }
+
     #[test]
     fn r1_write_fails_when_no_copy_is_left() {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
