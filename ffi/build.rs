@@ -261,6 +261,8 @@ fn main() {
         "spdk_bdev_get_io_channel",
         "spdk_bdev_read_blocks",
         "spdk_bdev_write_blocks",
+        "spdk_bdev_readv_blocks",
+        "spdk_bdev_writev_blocks",
         "spdk_bdev_flush_blocks",
         "spdk_bdev_unmap_blocks",
         "spdk_bdev_write_zeroes_blocks",

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::layout::{Geometry, Loc, Mapping, StripeMap, MAX_MEMBERS};
+use crate::layout::{Geometry, Loc, StripeMap, MAX_MEMBERS};
 use crate::parity;
 use crate::state::{range_survives, ArrayState, Shared};
 
@@ -203,7 +203,7 @@ pub const DIRECT_COPIES: usize = 4;
 /// A read or write the host carries out itself on the members (see
 /// [`Channel::direct`]): one piece of a mapped level on a healthy array,
 /// with none of the channel's parent and child bookkeeping.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Direct {
     write: bool,
     lba: u64,
@@ -781,6 +781,21 @@ impl<B: IoBuf> Channel<B> {
         )
     }
 
+    /// Whether [`Channel::poll`] has anything to do: children to submit
+    /// again, or parents and reads waiting for a lock (another channel may
+    /// have released it).
+    pub fn needs_poll(&self) -> bool {
+        !self.nomem.is_empty()
+            || !self.waiters.is_empty()
+            || !self.fix_queue.is_empty()
+            || !self.recon_queue.is_empty()
+    }
+
+    /// Whether actions wait for the host ([`Channel::poll_action`]).
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// Next thing the host must do.
     pub fn poll_action(&mut self) -> Option<Action<B>> {
         self.actions.pop_front()
@@ -875,17 +890,20 @@ impl<B: IoBuf> Channel<B> {
 
     /// A read or write of `[lba, lba+blocks)` the host may carry out
     /// itself, straight from the parent's buffer to the members, when it
-    /// needs nothing of the general path: a mapped level (linear, raid0,
-    /// raid1, raid10) with at most [`DIRECT_COPIES`] copies, one piece (one
-    /// strip; raid1: one range-lock granule), and
+    /// needs nothing of the general path: a read of one strip of a parity
+    /// level whose member is in service and current; or on a mapped level
+    /// (linear, raid0, raid1, raid10) with at most [`DIRECT_COPIES`]
+    /// copies, one piece (one strip; raid1: one range-lock granule), and
     /// - a read: the copy the general path would read (the same choice:
     ///   current, not failed, not write-mostly if another can serve,
     ///   sequential stream or fewest outstanding) needs no range lock (no
     ///   write-behind to it in flight);
     /// - a write: the array is writable, every copy is in service and none
-    ///   written behind, no parent of this channel waits for a lock or the
-    ///   bitmap, the bits of its chunks are durable (R4: it is counted in
-    ///   them like any write) and its range lock was free (it holds it).
+    ///   written behind, the bits of its chunks are durable (R4: it is
+    ///   counted in them like any write) and its range lock was free (it
+    ///   holds it). It may overtake parents waiting in this channel (for
+    ///   a lock, the bitmap, resources): those are writes in flight too,
+    ///   and writes in flight have no order.
     ///
     /// Else `None`, and the host submits it as a parent. The host reports
     /// the end with [`Channel::direct_done`]. If a member I/O failed, the
@@ -895,33 +913,74 @@ impl<B: IoBuf> Channel<B> {
     /// `direct_done`, so the write stays counted among the writes in
     /// flight throughout.
     pub fn direct(&mut self, op: IoType, lba: u64, blocks: u64) -> Option<Direct> {
+        let mut d = Direct::default();
+        self.direct_into(op, lba, blocks, &mut d).then_some(d)
+    }
+
+    /// [`Channel::direct`] into `d` (a host may keep it where the I/O's
+    /// context lives); true if the host does the I/O itself.
+    pub fn direct_into(&mut self, op: IoType, lba: u64, blocks: u64, d: &mut Direct) -> bool {
+        self.try_direct(op, lba, blocks, d).is_some()
+    }
+
+    fn try_direct(&mut self, op: IoType, lba: u64, blocks: u64, d: &mut Direct) -> Option<()> {
         let write = match op {
             IoType::Read => false,
             IoType::Write => true,
             _ => return None,
         };
         if self.state.offline
-            || self.geom.level().is_parity()
+            || (self.geom.level().is_parity() && write)
             || self.geom.copies() > DIRECT_COPIES
             || blocks == 0
-            || lba.checked_add(blocks).is_none_or(|e| e > self.geom.array_blocks())
+            || lba
+                .checked_add(blocks)
+                .is_none_or(|e| e > self.geom.array_blocks())
         {
             return None;
         }
-        let m = self.map_piece(lba, blocks);
-        if m.len != blocks {
-            return None;
+        d.write = write;
+        d.lba = lba;
+        d.blocks = blocks;
+        d.n = 0;
+        d.lock = NONE;
+        if self.geom.level().is_parity() {
+            // A read of one strip whose member is in service and current
+            // (the general path reads it the same way, with no lock).
+            let (stripe, i, row) = self.geom.locate(lba);
+            if row + blocks > self.geom.strip_blocks() {
+                return None;
+            }
+            let map = self.geom.stripe(stripe);
+            let l = Loc {
+                member: map.data[i],
+                lba: map.member_lba + row,
+            };
+            let m = bit(l.member as usize);
+            if (self.dead() | self.stale(m, l.lba, blocks)) & m != 0 {
+                return None;
+            }
+            d.n = 1;
+            d.targets[0] = l;
+            self.member_stats[l.member as usize].outstanding += 1;
+            self.direct_in_flight += 1;
+            return Some(());
         }
-        let mut d = Direct {
-            write,
-            lba,
-            blocks,
-            n: 0,
-            targets: [Loc { member: 0, lba: 0 }; DIRECT_COPIES],
-            lock: NONE,
-        };
+        let run = self.geom.map_each(lba, blocks, |member, lba| {
+            d.targets[d.n as usize] = Loc {
+                member: member as u16,
+                lba,
+            };
+            d.n += 1;
+        });
+        if run != blocks
+            || (self.geom.copies() > 1
+                && lba / self.lock_blocks != (lba + blocks - 1) / self.lock_blocks)
+        {
+            return None; // more than one piece
+        }
         if !write {
-            let l = self.pick_copy(&m, blocks, 0)?;
+            let l = self.pick_copy(d.targets(), blocks, 0)?;
             if self.shared.behind_to(l.member as usize) != 0 {
                 return None; // R5: the read waits for the range lock
             }
@@ -930,16 +989,15 @@ impl<B: IoBuf> Channel<B> {
             d.targets[0] = l;
             self.member_stats[l.member as usize].outstanding += 1;
             self.direct_in_flight += 1;
-            return Some(d);
+            return Some(());
         }
-        let all: u64 = m.copies().iter().fold(0, |a, l| a | bit(l.member as usize));
+        let all: u64 = d
+            .targets()
+            .iter()
+            .fold(0, |a, l| a | bit(l.member as usize));
         if !self.state.writable
             || all & self.dead() != 0
             || (self.state.write_behind != 0 && all & self.state.write_mostly != 0)
-            || !self.waiters.is_empty()
-            || !self.fix_queue.is_empty()
-            || !self.bits_wait.is_empty()
-            || !self.dirty_wait.is_empty()
         {
             return None;
         }
@@ -958,15 +1016,13 @@ impl<B: IoBuf> Channel<B> {
             }
             d.lock = k as u32;
         }
-        for (i, l) in m.copies().iter().enumerate() {
-            d.targets[i] = *l;
+        for l in &d.targets[..d.n as usize] {
             self.member_stats[l.member as usize].outstanding += 1;
         }
-        d.n = m.ncopies as u8;
         self.writes_in_flight += 1;
         self.shared.note_write(self.index);
         self.direct_in_flight += 1;
-        Some(d)
+        Some(())
     }
 
     /// A [`Direct`] I/O ended; `failed`: the members whose I/O failed (see
@@ -1983,7 +2039,7 @@ impl<B: IoBuf> Channel<B> {
         };
         let m = self.geom.map(lba, blocks);
         debug_assert!(m.len >= blocks);
-        match self.pick_copy(&m, blocks, bad) {
+        match self.pick_copy(m.copies(), blocks, bad) {
             Some(l) if !locked && (bad != 0 || self.shared.behind_to(l.member as usize) != 0) => {
                 // Wait for the range lock before reading.
                 let wm_wait = bad == 0;
@@ -2016,10 +2072,15 @@ impl<B: IoBuf> Channel<B> {
     /// the live, current copies not in `bad`, those not write-mostly if
     /// any; the one continuing this channel's sequential stream on its
     /// member, else the one with the fewest I/Os outstanding here.
-    fn pick_copy(&self, m: &Mapping, blocks: u64, bad: u64) -> Option<Loc> {
+    fn pick_copy(&self, copies: &[Loc], blocks: u64, bad: u64) -> Option<Loc> {
+        if let [l] = copies {
+            // One copy (raid0, linear): no choice to make.
+            let b = bit(l.member as usize);
+            return ((self.dead() | bad) & b == 0 && self.stale(b, l.lba, blocks) == 0)
+                .then_some(*l);
+        }
         let dead = self.dead() | bad;
-        let usable = m
-            .copies()
+        let usable = copies
             .iter()
             .filter(|l| {
                 dead & bit(l.member as usize) == 0
@@ -2028,10 +2089,7 @@ impl<B: IoBuf> Channel<B> {
             .fold(0, |a, l| a | bit(l.member as usize));
         let fast = usable & !self.state.write_mostly;
         let pick = if fast != 0 { fast } else { usable };
-        let cands = m
-            .copies()
-            .iter()
-            .filter(|l| pick & bit(l.member as usize) != 0);
+        let cands = copies.iter().filter(|l| pick & bit(l.member as usize) != 0);
         cands
             .clone()
             .find(|l| self.next_read[l.member as usize] == l.lba)
@@ -3341,8 +3399,17 @@ mod tests {
 
     #[test]
     fn direct_write_holds_its_range_lock_and_bitmap_count() {
-        let mut h = Host::with(Level::Raid1, 2, 1024, ChannelConfig::default(), |_| {}, true);
-        let d = h.ch.direct(IoType::Write, 0, 8).expect("a healthy raid1 write");
+        let mut h = Host::with(
+            Level::Raid1,
+            2,
+            1024,
+            ChannelConfig::default(),
+            |_| {},
+            true,
+        );
+        let d =
+            h.ch.direct(IoType::Write, 0, 8)
+                .expect("a healthy raid1 write");
         let t: Vec<(u16, u64)> = d.targets().iter().map(|l| (l.member, l.lba)).collect();
         assert_eq!(t, vec![(0, 0), (1, 0)]);
         assert_eq!(bm_writes(&h, 0), 1, "R4: counted in its chunk");
@@ -3354,7 +3421,11 @@ mod tests {
         assert!(h.held.is_empty(), "overtook a direct write's range lock");
         h.ch.direct_done(&d, 0);
         h.pump();
-        assert_eq!(h.held.len(), 2, "the waiting parent runs once the lock is free");
+        assert_eq!(
+            h.held.len(),
+            2,
+            "the waiting parent runs once the lock is free"
+        );
         h.finish_all();
         assert_eq!(h.done.len(), 1);
         assert_eq!(bm_writes(&h, 0), 0);
@@ -3369,7 +3440,9 @@ mod tests {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
         h.commit_faulty(&[1]);
         assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
-        let d = h.ch.direct(IoType::Read, 0, 8).expect("a read of the survivor");
+        let d =
+            h.ch.direct(IoType::Read, 0, 8)
+                .expect("a read of the survivor");
         assert_eq!(d.targets()[0].member, 0);
         h.ch.direct_done(&d, 0);
         // Write-behind to a write-mostly copy; pieces crossing a strip.
@@ -3380,10 +3453,43 @@ mod tests {
         assert!(h.ch.direct(IoType::Read, 8, 8).is_some());
         assert!(h.ch.direct(IoType::Flush, 0, 0).is_none());
         // Bits not durable (R4): the write takes the general path.
-        let mut h = Host::with(Level::Raid1, 2, 1024, ChannelConfig::default(), |_| {}, true);
-        h.ch.shared().bitmap.as_ref().unwrap().clear_flags(0, crate::bitmap::DURABLE);
+        let mut h = Host::with(
+            Level::Raid1,
+            2,
+            1024,
+            ChannelConfig::default(),
+            |_| {},
+            true,
+        );
+        h.ch.shared()
+            .bitmap
+            .as_ref()
+            .unwrap()
+            .clear_flags(0, crate::bitmap::DURABLE);
         assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
         assert_eq!(bm_writes(&h, 0), 0, "a refused direct write left a count");
+    }
+
+    #[test]
+    fn direct_reads_of_parity_levels_go_to_the_strip_not_degraded() {
+        let mut h = Host::new(Level::Raid5, 3, ChannelConfig::default());
+        // 4 KiB strips of 512-byte blocks: array block 8 is data strip 1
+        // of stripe 0.
+        let want = h.ch.geometry().stripe(0);
+        let d =
+            h.ch.direct(IoType::Read, 8, 4)
+                .expect("a healthy strip read");
+        assert_eq!(
+            (d.targets()[0].member, d.targets()[0].lba),
+            (want.data[1], 0)
+        );
+        h.ch.direct_done(&d, 0);
+        assert!(h.ch.direct(IoType::Read, 6, 4).is_none(), "crosses strips");
+        assert!(h.ch.direct(IoType::Write, 8, 4).is_none(), "parity writes");
+        // Its member failed: reconstruction is the general path's.
+        h.commit_faulty(&[want.data[1]]);
+        assert!(h.ch.direct(IoType::Read, 8, 4).is_none());
+        assert!(h.ch.direct(IoType::Read, 0, 4).is_some());
     }
 
     #[test]
@@ -3392,7 +3498,11 @@ mod tests {
         h.write(1, 0, 8, 0x5a);
         let fast = to(&h, 0)[0];
         h.finish(fast);
-        assert_eq!(h.done.len(), 1, "acknowledged with its write-behind copy in flight");
+        assert_eq!(
+            h.done.len(),
+            1,
+            "acknowledged with its write-behind copy in flight"
+        );
         // The fast copy fails: only the write-mostly one is left to read.
         h.ch.shared().set_failed(0, 0);
         assert!(
@@ -3416,7 +3526,10 @@ mod tests {
         h.pump();
         h.finish_all();
         assert_eq!(h.meta, vec![1]);
-        assert!(h.done.is_empty(), "completed before the failure was committed");
+        assert!(
+            h.done.is_empty(),
+            "completed before the failure was committed"
+        );
         h.commit_faulty(&[1]);
         assert_eq!((h.done[0].0, h.done[0].1), (7, IoStatus::Success));
         assert_eq!(h.ch.member_stats()[1].errors, 2);

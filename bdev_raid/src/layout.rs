@@ -163,7 +163,7 @@ pub enum GeometryError {
 }
 
 /// One place a block lives: member role and block address in its data area.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Loc {
     pub member: u16,
     pub lba: u64,
@@ -557,6 +557,25 @@ impl Geometry {
     /// Panics on parity levels or if `lba >= array_blocks()` or `len == 0`.
     /// A request running past the end of the array is cut at the end.
     pub fn map(&self, lba: u64, len: u64) -> Mapping {
+        let mut m = Mapping {
+            len: 0,
+            ncopies: 0,
+            copies: [Loc { member: 0, lba: 0 }; MAX_MEMBERS],
+        };
+        m.len = self.map_each(lba, len, |member, lba| {
+            m.copies[m.ncopies] = Loc {
+                member: member as u16,
+                lba,
+            };
+            m.ncopies += 1;
+        });
+        m
+    }
+
+    /// [`Geometry::map`] without building a [`Mapping`]: calls `out(member,
+    /// member_lba)` for each copy in md's order and returns the run's
+    /// length.
+    pub fn map_each(&self, lba: u64, len: u64, mut out: impl FnMut(usize, u64)) -> u64 {
         assert!(
             !self.level.is_parity(),
             "map() on parity level {}",
@@ -569,50 +588,49 @@ impl Geometry {
         );
         assert!(len > 0, "map() of 0 blocks");
         let len = len.min(self.array_blocks - lba);
-        let mut m = Mapping {
-            len,
-            ncopies: 0,
-            copies: [Loc { member: 0, lba: 0 }; MAX_MEMBERS],
-        };
-        fn push(m: &mut Mapping, member: usize, lba: u64) {
-            m.copies[m.ncopies] = Loc {
-                member: member as u16,
-                lba,
-            };
-            m.ncopies += 1;
-        }
         let strip = self.strip_blocks;
-        match self.level {
+        let run = match self.level {
             Level::Linear => {
                 // The last member starting at or before lba (md-linear's
                 // which_dev). Every member holds at least one strip, so
                 // starts are strictly increasing.
                 let member = self.linear_starts.partition_point(|&s| s <= lba) - 1;
                 let off = lba - self.linear_starts[member];
-                m.len = len.min(self.member_blocks[member] - off);
-                push(&mut m, member, off);
+                out(member, off);
+                len.min(self.member_blocks[member] - off)
             }
             Level::Raid0 => {
                 // md raid0 map_sector() for a single zone.
-                let chunk = lba / strip;
-                let off = lba % strip;
+                let (chunk, off) = self.strip_of(lba);
                 let n = self.members as u64;
-                m.len = len.min(strip - off);
-                push(&mut m, (chunk % n) as usize, (chunk / n) * strip + off);
+                out((chunk % n) as usize, (chunk / n) * strip + off);
+                len.min(strip - off)
             }
             Level::Raid1 => {
                 for member in 0..self.members {
-                    push(&mut m, member, lba);
+                    out(member, lba);
                 }
+                len
             }
             Level::Raid10 => {
-                m.len = len.min(strip - lba % strip);
-                self.raid10_find_phys(lba, |member, mlba| push(&mut m, member, mlba));
+                self.raid10_find_phys(lba, out);
+                len.min(strip - self.strip_of(lba).1)
             }
             Level::Raid4 | Level::Raid5 | Level::Raid6 => unreachable!(),
+        };
+        debug_assert!(run >= 1 && run <= len);
+        run
+    }
+
+    /// Strip number and offset in the strip of array block `lba` (a shift
+    /// for strips of a power of two, as md's always are).
+    fn strip_of(&self, lba: u64) -> (u64, u64) {
+        let strip = self.strip_blocks;
+        if strip.is_power_of_two() {
+            (lba >> strip.trailing_zeros(), lba & (strip - 1))
+        } else {
+            (lba / strip, lba % strip)
         }
-        debug_assert!(m.len >= 1 && m.len <= len);
-        m
     }
 
     /// md's `__raid10_find_phys` (with `far_set_size == raid_disks`, the
@@ -628,13 +646,14 @@ impl Geometry {
     fn raid10_find_phys(&self, lba: u64, mut out: impl FnMut(usize, u64)) {
         let strip = self.strip_blocks;
         let disks = self.members;
-        let slot = (lba / strip) * self.near as u64;
+        let (chunk, off) = self.strip_of(lba);
+        let slot = chunk * self.near as u64;
         let mut row = slot / disks as u64;
         let mut dev = (slot % disks as u64) as usize;
         if self.far_offset {
             row *= self.far as u64;
         }
-        let mut sector = row * strip + lba % strip;
+        let mut sector = row * strip + off;
         for _ in 0..self.near {
             let (mut d, mut s) = (dev, sector);
             out(d, s);

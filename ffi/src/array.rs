@@ -6,6 +6,11 @@
 //!   io_channel's context): an engine [`Channel`] plus that thread's
 //!   channels of the members, a table of child slots (the `cb_arg` of each
 //!   member I/O) and a poller.
+//! - **Direct I/O**: a read or write the engine hands out as a [`Direct`]
+//!   (one piece on a healthy array, `Channel::direct`) goes to the members
+//!   straight from the bdev_io's iovecs, its state in the bdev_io's driver
+//!   context ([`DirectIo`]); if a member I/O fails, the bdev_io is
+//!   submitted again as a parent (below), which handles the failure.
 //! - **submit_request** turns the bdev_io into a [`ParentIo`] (tag = the
 //!   bdev_io's address). Its data is the bdev_io's single iovec, wrapped
 //!   ([`IoBuf::User`]), or — with several iovecs — a DMA bounce buffer.
@@ -39,6 +44,7 @@
 use std::cell::{RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CString};
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,8 +53,8 @@ use std::sync::{Arc, Mutex};
 use crate::sync::SyncKind;
 use bdev_raid::bitmap::{Bitmap, BitmapGeom};
 use bdev_raid::channel::{
-    Action, Busy, Channel, ChannelConfig, ChildIo, ChildOp, ChildStatus, ChildToken, IoStatus,
-    IoType, MetaRequest, ParentIo,
+    Action, Busy, Channel, ChannelConfig, ChildIo, ChildOp, ChildStatus, ChildToken, Direct,
+    IoStatus, IoType, MetaRequest, ParentIo, DIRECT_COPIES,
 };
 use bdev_raid::layout::{Geometry, Level};
 use bdev_raid::state::{ArrayState, MemberState, Shared};
@@ -70,6 +76,11 @@ use crate::sys;
 pub const MAX_CHANNELS: usize = 63;
 
 const ENOMEM: c_int = 12;
+/// Period of a channel's poller: it retries what waits for another
+/// channel (a range or stripe lock held there), sends metadata requests
+/// SPDK could not queue, and puts removed members' channels. Everything
+/// else moves on completions and messages.
+const CHANNEL_POLL_US: u64 = 10;
 /// Alignment of DMA buffers the module allocates.
 const DMA_ALIGN: usize = 4096;
 
@@ -790,6 +801,12 @@ struct ChanInner {
     /// put, and the array's removal count last looked at.
     detach: Vec<*mut sys::spdk_bdev_desc>,
     removals_seen: usize,
+    /// Direct member I/Os in flight (or waiting for a bdev_io) per
+    /// descriptor: a hot-removed member's channel is put only without any.
+    /// Per role, those to the role's member; per descriptor, those to
+    /// members replaced since (rare).
+    direct_out: Vec<u32>,
+    direct_retired: Vec<(*mut sys::spdk_bdev_desc, u32)>,
 }
 
 /// The context of one array channel (one per SPDK thread).
@@ -869,6 +886,7 @@ impl ChanCtx {
             engine.apply_state(published);
         }
         let nslots = cfg.max_children + cfg.stripe_ctxs * members.len();
+        let nroles = members.len();
         let mut ctx = Box::new(ChanCtx {
             array,
             inner: RefCell::new(ChanInner {
@@ -887,6 +905,8 @@ impl ChanCtx {
                 poller: None,
                 detach: Vec::new(),
                 removals_seen,
+                direct_out: vec![0; nroles],
+                direct_retired: Vec::new(),
             }),
             slot_ids: Box::new([]),
             wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
@@ -902,7 +922,7 @@ impl ChanCtx {
     /// Start the poller and carry out what the new engine channel asks.
     fn start(&self) {
         let me = self as *const ChanCtx as usize;
-        let poller = Poller::new(c"mdraid_channel", 0, move || {
+        let poller = Poller::new(c"mdraid_channel", CHANNEL_POLL_US, move || {
             // SAFETY: the poller is unregistered in `chan_destroy` before
             // the ChanCtx is freed.
             let ctx = unsafe { &*(me as *const ChanCtx) };
@@ -930,7 +950,7 @@ impl ChanCtx {
                 }
                 work = true;
             }
-            if !c.waiting && !c.engine.is_idle() {
+            if !c.waiting && c.engine.needs_poll() {
                 c.engine.poll();
             }
         }
@@ -996,11 +1016,19 @@ impl ChanCtx {
                 return;
             }
         };
+        if matches!(op, IoType::Read | IoType::Write) && self.try_direct(io, op, lba, blocks) {
+            return;
+        }
         let (lba, blocks) = if op == IoType::Reset {
             (0, 0)
         } else {
             (lba, blocks)
         };
+        self.submit_parent(io, op, lba, blocks);
+    }
+
+    /// Submit `io` to the engine as a parent.
+    fn submit_parent(&self, io: *mut sys::spdk_bdev_io, op: IoType, lba: u64, blocks: u64) {
         let buf = if matches!(op, IoType::Read | IoType::Write) {
             let len = (blocks * u64::from(self.array.geom.block_size())) as usize;
             // SAFETY: a READ (after get_buf) or WRITE bdev_io with its
@@ -1031,6 +1059,171 @@ impl ChanCtx {
             complete_io(io, sys::SPDK_BDEV_IO_STATUS_NOMEM);
             return;
         }
+        self.drive();
+    }
+
+    /// Do `io` on the engine's direct path if it allows; false if not.
+    fn try_direct(&self, io: *mut sys::spdk_bdev_io, op: IoType, lba: u64, blocks: u64) -> bool {
+        if io as usize % DIRECT_TAG != 0 {
+            return false; // no room for target indices in its address
+        }
+        // SAFETY: the driver context has room for a DirectIo (the module's
+        // get_ctx_size), is cache-line aligned, and is ours until the
+        // bdev_io completes; the engine fills `d` in place.
+        let x = unsafe {
+            let x = direct_of(io);
+            std::ptr::addr_of_mut!((*x).d).write(Direct::default());
+            if !self
+                .inner
+                .borrow_mut()
+                .engine
+                .direct_into(op, lba, blocks, &mut (*x).d)
+            {
+                return false;
+            }
+            x
+        };
+        // SAFETY: as above; the rest of the DirectIo (`wait` stays unset
+        // until needed).
+        unsafe {
+            std::ptr::addr_of_mut!((*x).ctx).write(self);
+            std::ptr::addr_of_mut!((*x).pending).write(1);
+            std::ptr::addr_of_mut!((*x).next).write(0);
+            std::ptr::addr_of_mut!((*x).failed).write(0);
+            std::ptr::addr_of_mut!((*x).descs).write([std::ptr::null_mut(); DIRECT_COPIES]);
+        }
+        self.direct_issue(io);
+        true
+    }
+
+    /// Issue the member I/Os of direct `io` not yet issued; a member out
+    /// of bdev_ios makes it wait (R2) and resume here.
+    fn direct_issue(&self, io: *mut sys::spdk_bdev_io) {
+        // SAFETY: io is a live bdev_io of ours holding a DirectIo (made in
+        // try_direct), touched only on this thread.
+        let x = unsafe { &mut *direct_of(io) };
+        // SAFETY: a live READ/WRITE bdev_io: its iovecs stay valid until it
+        // completes, which is after every member I/O of it ended.
+        let (iovs, iovcnt) = unsafe { ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt) };
+        let (blocks, write) = (x.d.blocks(), x.d.is_write());
+        let mut c = self.inner.borrow_mut();
+        while (x.next as usize) < x.d.targets().len() {
+            let i = x.next as usize;
+            let t = x.d.targets()[i];
+            let m = t.member as usize;
+            let (Some(member), Some(ch)) = (
+                c.refs.get(m).copied().flatten(),
+                c.chans.get(m).and_then(|x| x.as_ref()).map(|c| c.raw()),
+            ) else {
+                x.failed |= 1 << m;
+                x.next += 1;
+                continue;
+            };
+            if x.descs[i] != member.desc {
+                // (A retry after a wait may find the role's device replaced.)
+                if !x.descs[i].is_null() {
+                    c.direct_count(m, x.descs[i], -1);
+                }
+                x.descs[i] = member.desc;
+                c.direct_count(m, member.desc, 1);
+            }
+            // The target's index in the low bits of the parent's address
+            // (bdev_ios are cache-line aligned).
+            let arg = (io as usize | i) as *mut c_void;
+            let lba = t.lba + self.array.data_offset;
+            // SAFETY: desc/ch are live on this thread; the iovecs are the
+            // parent's (see above), which completes after this I/O.
+            let rc = unsafe {
+                if write {
+                    sys::spdk_bdev_writev_blocks(
+                        member.desc,
+                        ch,
+                        iovs,
+                        iovcnt,
+                        lba,
+                        blocks,
+                        Some(direct_cb),
+                        arg,
+                    )
+                } else {
+                    sys::spdk_bdev_readv_blocks(
+                        member.desc,
+                        ch,
+                        iovs,
+                        iovcnt,
+                        lba,
+                        blocks,
+                        Some(direct_cb),
+                        arg,
+                    )
+                }
+            };
+            if rc == 0 {
+                x.pending += 1;
+                x.next += 1;
+                continue;
+            }
+            if rc == -ENOMEM {
+                let e = x.wait.write(sys::spdk_bdev_io_wait_entry {
+                    bdev: member.bdev.raw(),
+                    cb_fn: Some(direct_wait_cb),
+                    cb_arg: io as *mut c_void,
+                    ..Default::default()
+                });
+                // SAFETY: the entry is this bdev_io's, not queued (one
+                // target waits at a time), alive until it completes.
+                let rc = unsafe { sys::spdk_bdev_queue_io_wait(member.bdev.raw(), ch, e) };
+                if rc == 0 {
+                    return; // resumes in direct_wait_cb
+                }
+            } else {
+                log_error!(
+                    "mdraid {}: member {} refused an I/O ({rc})",
+                    self.array.name,
+                    member.bdev.name()
+                );
+            }
+            c.direct_count(m, member.desc, -1);
+            x.failed |= 1 << m;
+            x.next += 1;
+        }
+        drop(c);
+        self.direct_end(io); // the submission bias
+    }
+
+    /// One member I/O of direct `io` (or its submission bias) ended.
+    fn direct_end(&self, io: *mut sys::spdk_bdev_io) {
+        // SAFETY: as in direct_issue.
+        let x = unsafe { &mut *direct_of(io) };
+        x.pending -= 1;
+        if x.pending > 0 {
+            return;
+        }
+        let (d, failed) = (x.d, x.failed);
+        if failed == 0 {
+            let more = {
+                let mut c = self.inner.borrow_mut();
+                c.engine.direct_done(&d, 0);
+                c.engine.has_actions()
+            };
+            complete_io(io, sys::SPDK_BDEV_IO_STATUS_SUCCESS);
+            if more {
+                self.drive();
+            }
+            return;
+        }
+        // The general path does it again and handles the failure (R1 for
+        // a write, the other copies for a read). It is submitted before the
+        // direct I/O lets go of its range lock and write count.
+        let op = if d.is_write() {
+            IoType::Write
+        } else {
+            IoType::Read
+        };
+        // SAFETY: a live bdev_io of ours.
+        let lba = unsafe { (*io).u.bdev.offset_blocks };
+        self.submit_parent(io, op, lba, d.blocks());
+        self.inner.borrow_mut().engine.direct_done(&d, failed);
         self.drive();
     }
 
@@ -1124,6 +1317,10 @@ impl ChanCtx {
         };
         let old = std::mem::replace(&mut c.chans[role], ch);
         let old_ref = std::mem::replace(&mut c.refs[role], m.map(MemberRef::of));
+        let n = std::mem::take(&mut c.direct_out[role]);
+        if let (Some(r), true) = (old_ref, n > 0) {
+            c.direct_retired.push((r.desc, n));
+        }
         if let (Some(old), Some(r)) = (old, old_ref) {
             c.retired.push((r, old));
             // A removal seen already: the poller puts it when it can.
@@ -1224,7 +1421,9 @@ impl ChanInner {
             let role = (0..self.refs.len())
                 .find(|&m| self.chans[m].is_some() && self.refs[m].is_some_and(|r| r.desc == d));
             let busy = role.is_some_and(|m| state.members.get(m).is_some_and(|s| s.in_service()))
-                || self.slots.iter().flatten().any(|s| s.desc == d);
+                || self.slots.iter().flatten().any(|s| s.desc == d)
+                || role.is_some_and(|m| self.direct_out[m] > 0)
+                || self.direct_retired.iter().any(|&(x, n)| x == d && n > 0);
             if busy {
                 i += 1;
                 continue;
@@ -1259,6 +1458,19 @@ impl ChanInner {
                     .find(|(r, _)| r.desc == desc)
                     .map(|(r, c)| (*r, c.raw()))
             })
+    }
+
+    /// Count a direct member I/O to `desc` in (`n` = 1) or out (-1).
+    fn direct_count(&mut self, role: usize, desc: *mut sys::spdk_bdev_desc, n: i32) {
+        if self.refs[role].is_some_and(|r| r.desc == desc) {
+            self.direct_out[role] = self.direct_out[role].wrapping_add_signed(n);
+            return;
+        }
+        match self.direct_retired.iter_mut().find(|(d, _)| *d == desc) {
+            Some((_, k)) => *k = k.wrapping_add_signed(n),
+            None => self.direct_retired.push((desc, n as u32)),
+        }
+        self.direct_retired.retain(|&(_, k)| k > 0);
     }
 
     /// Carry out the engine's actions; true if there were any.
@@ -1442,6 +1654,73 @@ unsafe extern "C" fn child_cb(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c
         // SAFETY: as above.
         let ctx = unsafe { &*sid.ctx };
         ctx.child_done(sid.idx, ok);
+    })
+}
+
+/// A parent on the direct path, in its bdev_io's driver context.
+struct DirectIo {
+    d: Direct,
+    ctx: *const ChanCtx,
+    /// Member I/Os in flight, plus one while issuing.
+    pending: u8,
+    /// Next target to issue.
+    next: u8,
+    /// Members whose I/O failed (or could not be issued).
+    failed: u64,
+    /// The descriptor each target's I/O went to (counted in `direct_out`).
+    descs: [*mut sys::spdk_bdev_desc; DIRECT_COPIES],
+    /// Queued with SPDK while a member has no bdev_io for it (R2); set
+    /// when needed.
+    wait: MaybeUninit<sys::spdk_bdev_io_wait_entry>,
+}
+
+/// Target indices fit below this in a bdev_io's address.
+const DIRECT_TAG: usize = 64;
+const _: () = assert!(DIRECT_COPIES <= DIRECT_TAG);
+
+/// The [`DirectIo`] in `io`'s driver context.
+///
+/// # Safety
+/// `io` must be a live bdev_io of an mdraid bdev.
+unsafe fn direct_of(io: *mut sys::spdk_bdev_io) -> *mut DirectIo {
+    // SAFETY: the caller's contract; the driver context is the module's
+    // (get_ctx_size bytes, cache-line aligned).
+    unsafe { (*io).driver_ctx.as_mut_ptr() as *mut DirectIo }
+}
+
+/// Size of the module's per-bdev_io context (the shim's module table).
+#[no_mangle]
+pub extern "C" fn mdraid_module_get_ctx_size() -> c_int {
+    std::mem::size_of::<DirectIo>() as c_int
+}
+
+unsafe extern "C" fn direct_cb(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    fatal_guard("a direct member I/O completion", || {
+        // SAFETY: bio is ours to free.
+        unsafe { sys::spdk_bdev_free_io(bio) };
+        // arg: the parent (in flight until after this) and the target.
+        let io = (arg as usize & !(DIRECT_TAG - 1)) as *mut sys::spdk_bdev_io;
+        let i = arg as usize & (DIRECT_TAG - 1);
+        // SAFETY: as above.
+        let x = unsafe { &mut *direct_of(io) };
+        // SAFETY: the channel outlives its bdev_ios in flight.
+        let ctx = unsafe { &*x.ctx };
+        if !ok {
+            x.failed |= 1 << x.d.targets()[i].member;
+        }
+        let m = x.d.targets()[i].member as usize;
+        ctx.inner.borrow_mut().direct_count(m, x.descs[i], -1);
+        ctx.direct_end(io);
+    })
+}
+
+unsafe extern "C" fn direct_wait_cb(arg: *mut c_void) {
+    fatal_guard("a direct io_wait callback", || {
+        let io = arg as *mut sys::spdk_bdev_io;
+        // SAFETY: arg is a parent bdev_io in flight whose DirectIo queued
+        // this wait; its channel outlives it.
+        let ctx = unsafe { &*(*direct_of(io)).ctx };
+        ctx.direct_issue(io);
     })
 }
 

@@ -14,6 +14,7 @@ int mdraid_module_init(void);
 void mdraid_module_fini(void);
 void mdraid_examine_config(struct spdk_bdev *bdev);
 void mdraid_examine_disk(struct spdk_bdev *bdev);
+int mdraid_module_get_ctx_size(void);
 
 /* Bdev callbacks (Rust). */
 int mdraid_bdev_destruct(void *ctx);
@@ -43,6 +44,7 @@ static struct spdk_bdev_module g_mdraid_if = {
 	.module_fini = mdraid_module_fini,
 	.examine_config = mdraid_examine_config,
 	.examine_disk = mdraid_examine_disk,
+	.get_ctx_size = mdraid_module_get_ctx_size,
 };
 
 SPDK_BDEV_MODULE_REGISTER(mdraid, &g_mdraid_if)
