@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::layout::{Geometry, Loc, StripeMap, MAX_MEMBERS};
 use crate::parity;
-use crate::state::{range_survives, ArrayState, Shared};
+use crate::state::{range_survives, ArrayState, Shared, FINE_LOCK_BYTES};
 
 /// Operations a parent (array) I/O can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -199,6 +199,8 @@ pub struct Busy<B>(pub ParentIo<B>);
 /// Most copies a [`Direct`] I/O carries (arrays with more copies take the
 /// general path).
 pub const DIRECT_COPIES: usize = 4;
+/// Most fine locks a direct write takes (64 KiB of 4 KiB granules).
+const DIRECT_FINE_LOCKS: u64 = 16;
 
 /// A read or write the host carries out itself on the members (see
 /// [`Channel::direct`]): one piece of a mapped level on a healthy array,
@@ -210,8 +212,11 @@ pub struct Direct {
     blocks: u64,
     n: u8,
     targets: [Loc; DIRECT_COPIES],
-    /// The range lock held (NONE: none).
+    /// The range lock shared (NONE: none).
     lock: u32,
+    /// The fine locks held: `fine_n` granules from `fine_first`.
+    fine_first: u64,
+    fine_n: u8,
 }
 
 impl Direct {
@@ -944,6 +949,7 @@ impl<B: IoBuf> Channel<B> {
         d.blocks = blocks;
         d.n = 0;
         d.lock = NONE;
+        d.fine_n = 0;
         if self.geom.level().is_parity() {
             // A read of one strip whose member is in service and current
             // (the general path reads it the same way, with no lock).
@@ -1008,13 +1014,12 @@ impl<B: IoBuf> Channel<B> {
             }
         }
         if let Some(k) = self.range_lock(lba) {
-            if !self.shared.locks.try_lock(k) {
+            if !self.lock_direct(d, k) {
                 if let Some(bm) = &self.shared.bitmap {
                     bm.end_write(lba, blocks);
                 }
                 return None;
             }
-            d.lock = k as u32;
         }
         for l in &d.targets[..d.n as usize] {
             self.member_stats[l.member as usize].outstanding += 1;
@@ -1023,6 +1028,42 @@ impl<B: IoBuf> Channel<B> {
         self.shared.note_write(self.index);
         self.direct_in_flight += 1;
         Some(())
+    }
+
+    /// Range locks of direct write `d` (range lock `k`): the range lock
+    /// shared (so no resync, repair, read rewrite, write-behind or general
+    /// write holds it), and the fine locks of its blocks (so no direct
+    /// write overlaps it). All or nothing.
+    fn lock_direct(&self, d: &mut Direct, k: usize) -> bool {
+        let fine = (FINE_LOCK_BYTES / self.bs).max(1);
+        let first = d.lba / fine;
+        let n = (d.lba + d.blocks - 1) / fine - first + 1;
+        if n > DIRECT_FINE_LOCKS || !self.shared.locks.try_share(k) {
+            return false;
+        }
+        d.lock = k as u32;
+        d.fine_first = first;
+        for i in 0..n {
+            if !self.shared.fine.try_lock(self.shared.fine.key(first + i)) {
+                self.unlock_direct(d);
+                d.lock = NONE;
+                d.fine_n = 0;
+                return false;
+            }
+            d.fine_n += 1;
+        }
+        true
+    }
+
+    fn unlock_direct(&self, d: &Direct) {
+        for i in 0..d.fine_n as u64 {
+            self.shared
+                .fine
+                .unlock(self.shared.fine.key(d.fine_first + i));
+        }
+        if d.lock != NONE {
+            self.shared.locks.unshare(d.lock as usize);
+        }
     }
 
     /// A [`Direct`] I/O ended; `failed`: the members whose I/O failed (see
@@ -1047,9 +1088,7 @@ impl<B: IoBuf> Channel<B> {
             self.stats.parents_done += 1;
         }
         if d.write {
-            if d.lock != NONE {
-                self.shared.locks.unlock(d.lock as usize);
-            }
+            self.unlock_direct(d);
             if let Some(bm) = &self.shared.bitmap {
                 bm.end_write(d.lba, d.blocks);
             }
@@ -3414,12 +3453,26 @@ mod tests {
         assert_eq!(t, vec![(0, 0), (1, 0)]);
         assert_eq!(bm_writes(&h, 0), 1, "R4: counted in its chunk");
         assert!(!h.ch.is_idle());
-        // The same granule is locked: no second direct write, and a
-        // parent waits for it.
-        assert!(h.ch.direct(IoType::Write, 8, 8).is_none());
-        h.write(9, 8, 8, 0x11);
+        // Direct writes exclude overlapping direct writes only.
+        assert!(
+            h.ch.direct(IoType::Write, 4, 8).is_none(),
+            "overlapping direct writes"
+        );
+        let d2 =
+            h.ch.direct(IoType::Write, 8, 8)
+                .expect("same granule, other blocks");
+        // A parent waits for the granule; meanwhile it is wanted, so no
+        // new direct write shares it (no starvation).
+        h.write(9, 16, 8, 0x11);
         assert!(h.held.is_empty(), "overtook a direct write's range lock");
+        assert!(
+            h.ch.direct(IoType::Write, 24, 8).is_none(),
+            "shared a wanted lock"
+        );
         h.ch.direct_done(&d, 0);
+        h.pump();
+        assert!(h.held.is_empty(), "ran with a direct write in its granule");
+        h.ch.direct_done(&d2, 0);
         h.pump();
         assert_eq!(
             h.held.len(),
@@ -3431,7 +3484,11 @@ mod tests {
         assert_eq!(bm_writes(&h, 0), 0);
         assert!(h.ch.is_idle());
         let ms = h.ch.member_stats();
-        assert_eq!((ms[0].writes, ms[1].writes, ms[0].outstanding), (2, 2, 0));
+        assert_eq!((ms[0].writes, ms[1].writes, ms[0].outstanding), (3, 3, 0));
+        assert!(
+            h.ch.direct(IoType::Write, 0, 32).is_some(),
+            "all locks free again"
+        );
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub fn raid6_recover(blocks: &mut [&mut [u8]], failed: &[usize]) {
     Kernel::detected().raid6_recover(blocks, failed)
 }
 
-/// Which implementation runs on this CPU ("avx2", "ssse3", "portable", ...).
+/// Which implementation runs on this CPU ("avx512bw", "avx2", "ssse3", "portable").
 pub fn implementation() -> &'static str {
     Kernel::detected().name()
 }
@@ -133,6 +133,9 @@ impl Kernel {
         let mut v: Vec<&'static Kernel> = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
+            if avx512bw::available() {
+                v.push(&avx512bw::KERNEL);
+            }
             if avx2::available() {
                 v.push(&avx2::KERNEL);
             }
@@ -144,7 +147,7 @@ impl Kernel {
         v
     }
 
-    /// The kernel's name ("avx2", "ssse3", "portable").
+    /// The kernel's name ("avx512bw", "avx2", "ssse3", "portable").
     pub fn name(&self) -> &'static str {
         self.name
     }
@@ -999,6 +1002,82 @@ mod avx2 {
     simd_kernel!("avx2");
 }
 
+/// AVX-512 (BW): 512-bit vectors.
+#[cfg(target_arch = "x86_64")]
+mod avx512bw {
+    /// AVX-512 primitives. Every function requires the CPU to support
+    /// AVX-512 F and BW; `load`/`store` also need `p` valid for 64 bytes.
+    mod prim {
+        // See the note in `avx2::prim`.
+        #![allow(unsafe_op_in_unsafe_fn)]
+        use core::arch::x86_64::*;
+
+        pub(super) type V = __m512i;
+        pub(super) const W: usize = 64;
+
+        #[inline]
+        #[target_feature(enable = "avx512bw")]
+        pub(super) unsafe fn load(p: *const u8) -> V {
+            // SAFETY: the caller guarantees AVX-512 and 64 readable bytes at `p`.
+            _mm512_loadu_si512(p.cast())
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512bw")]
+        pub(super) unsafe fn store(p: *mut u8, v: V) {
+            // SAFETY: the caller guarantees AVX-512 and 64 writable bytes at `p`.
+            _mm512_storeu_si512(p.cast(), v)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512bw")]
+        pub(super) unsafe fn zero() -> V {
+            // SAFETY: the caller guarantees AVX-512; no memory is accessed.
+            _mm512_setzero_si512()
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512bw")]
+        pub(super) unsafe fn xor(a: V, b: V) -> V {
+            // SAFETY: the caller guarantees AVX-512; no memory is accessed.
+            _mm512_xor_si512(a, b)
+        }
+
+        /// Each byte times g: shift left, xor 0x1d where the top bit was set.
+        #[inline]
+        #[target_feature(enable = "avx512bw")]
+        pub(super) unsafe fn mul2(v: V) -> V {
+            // SAFETY: the caller guarantees AVX-512; no memory is accessed.
+            let top = _mm512_movepi8_mask(v);
+            let poly = _mm512_maskz_mov_epi8(top, _mm512_set1_epi8(0x1d));
+            _mm512_xor_si512(_mm512_add_epi8(v, v), poly)
+        }
+
+        /// The split-nibble tables of one constant, in every 128-bit lane.
+        #[inline]
+        #[target_feature(enable = "avx512bw")]
+        pub(super) unsafe fn nibble_tables(t: &[u8; 32]) -> (V, V) {
+            // SAFETY: the caller guarantees AVX-512; both loads read 16 bytes inside `t`.
+            let lo = _mm_loadu_si128(t.as_ptr().cast());
+            let hi = _mm_loadu_si128(t[16..].as_ptr().cast());
+            (_mm512_broadcast_i32x4(lo), _mm512_broadcast_i32x4(hi))
+        }
+
+        /// Each byte of `x` times the constant whose tables are `lo`, `hi`.
+        #[inline]
+        #[target_feature(enable = "avx512bw")]
+        pub(super) unsafe fn gfmul(lo: V, hi: V, x: V) -> V {
+            // SAFETY: the caller guarantees AVX-512; no memory is accessed.
+            let m = _mm512_set1_epi8(0x0f);
+            let l = _mm512_and_si512(x, m);
+            let h = _mm512_and_si512(_mm512_srli_epi16(x, 4), m);
+            _mm512_xor_si512(_mm512_shuffle_epi8(lo, l), _mm512_shuffle_epi8(hi, h))
+        }
+    }
+
+    simd_kernel!("avx512bw");
+}
+
 /// SSSE3: 128-bit vectors (`pshufb` needs SSSE3; the rest is SSE2).
 #[cfg(target_arch = "x86_64")]
 mod ssse3 {
@@ -1138,6 +1217,9 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             let names: Vec<_> = ks.iter().map(|k| k.name()).collect();
+            if std::is_x86_feature_detected!("avx512bw") {
+                assert!(names.contains(&"avx512bw"), "{names:?}");
+            }
             if std::is_x86_feature_detected!("avx2") {
                 assert!(names.contains(&"avx2"), "{names:?}");
             }
@@ -1336,7 +1418,9 @@ mod tests {
         assert_eq!(implementation(), Kernel::supported()[0].name());
         assert_eq!(implementation(), Kernel::detected().name());
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        if std::is_x86_feature_detected!("avx512bw") {
+            assert_eq!(implementation(), "avx512bw");
+        } else if std::is_x86_feature_detected!("avx2") {
             assert_eq!(implementation(), "avx2");
         }
         assert_eq!(Kernel::portable().name(), "portable");

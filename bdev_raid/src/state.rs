@@ -5,7 +5,7 @@
 //! shared mutable state on the I/O path is [`StripeLocks`], a table of
 //! atomics that serialises parity updates of one stripe across channels.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::bitmap::Bitmap;
 use crate::layout::{Geometry, Level, MAX_MEMBERS};
@@ -194,6 +194,9 @@ pub fn range_survives(geom: &Geometry, lba: u64, blocks: u64, dead: u64) -> bool
 /// the metadata path to see whether writes have gone idle).
 pub struct Shared {
     pub locks: StripeLocks,
+    /// Direct writes (`Channel::direct`) share the range lock of their
+    /// granule and exclude each other here, per [`FINE_LOCK_BYTES`].
+    pub fine: StripeLocks,
     activity: Box<[PaddedCounter]>,
     /// Members some channel saw fail (md's in-memory Faulty flag), set
     /// before the metadata path commits the failure.
@@ -215,6 +218,9 @@ pub struct Shared {
     behind_readers: AtomicU32,
 }
 
+/// Granule of the locks direct writes take among themselves.
+pub const FINE_LOCK_BYTES: u64 = 4 << 10;
+
 #[repr(align(64))]
 struct PaddedCounter(AtomicU64);
 
@@ -230,6 +236,7 @@ impl Shared {
         Shared {
             bitmap,
             locks: StripeLocks::default(),
+            fine: StripeLocks::default(),
             activity: (0..channels.max(1))
                 .map(|_| PaddedCounter(AtomicU64::new(0)))
                 .collect(),
@@ -339,20 +346,31 @@ impl Shared {
     }
 }
 
-/// Cross-channel stripe locks: a fixed table of flags indexed by a hash
-/// of the stripe number. Two stripes that hash alike merely serialise.
-/// A holder never waits for a second lock, so there is no deadlock.
+/// Cross-channel stripe locks: a fixed table of lock words indexed by a
+/// hash of the stripe (or range granule) number. Two stripes that hash
+/// alike merely serialise. A holder never waits for a second lock, so there
+/// is no deadlock.
+///
+/// A word is held exclusively ([`StripeLocks::try_lock`]) or shared by any
+/// number of holders ([`StripeLocks::try_share`]: direct writes, which
+/// exclude each other with finer locks of their own). An exclusive taker
+/// that fails marks the word wanted, and a wanted word takes no new
+/// sharers, so sharers coming and going never starve it.
 pub struct StripeLocks {
-    slots: Box<[AtomicBool]>,
+    slots: Box<[AtomicU32]>,
     mask: u64,
 }
+
+const LOCK_EXCL: u32 = 1 << 31;
+const LOCK_WANTED: u32 = 1 << 30;
+const LOCK_SHARERS: u32 = LOCK_WANTED - 1;
 
 impl StripeLocks {
     /// A table of `2^bits` locks.
     pub fn new(bits: u32) -> StripeLocks {
         let n = 1usize << bits;
         StripeLocks {
-            slots: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            slots: (0..n).map(|_| AtomicU32::new(0)).collect(),
             mask: n as u64 - 1,
         }
     }
@@ -363,20 +381,64 @@ impl StripeLocks {
         (stripe.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20 & self.mask) as usize
     }
 
+    /// Take `key` exclusively: no other holder, shared or not.
     pub fn try_lock(&self, key: usize) -> bool {
-        self.slots[key]
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        let w = &self.slots[key];
+        let mut cur = w.load(Ordering::Relaxed);
+        loop {
+            if cur & (LOCK_EXCL | LOCK_SHARERS) != 0 {
+                if cur & LOCK_WANTED == 0 {
+                    w.fetch_or(LOCK_WANTED, Ordering::Relaxed);
+                }
+                return false;
+            }
+            // Taking it clears the wanted mark (another waiter sets it
+            // again on its next try).
+            match w.compare_exchange_weak(cur, LOCK_EXCL, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
     }
 
     pub fn unlock(&self, key: usize) {
-        let was = self.slots[key].swap(false, Ordering::Release);
-        assert!(was, "unlock of a stripe lock that was not held");
+        let was = self.slots[key].fetch_and(!LOCK_EXCL, Ordering::Release);
+        assert!(
+            was & LOCK_EXCL != 0,
+            "unlock of a stripe lock that was not held"
+        );
+    }
+
+    /// Take `key` shared: refused while it is held exclusively or wanted.
+    pub fn try_share(&self, key: usize) -> bool {
+        let w = &self.slots[key];
+        let mut cur = w.load(Ordering::Relaxed);
+        loop {
+            if cur & (LOCK_EXCL | LOCK_WANTED) != 0 {
+                return false;
+            }
+            assert!(
+                cur & LOCK_SHARERS != LOCK_SHARERS,
+                "stripe lock sharer overflow"
+            );
+            match w.compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub fn unshare(&self, key: usize) {
+        let was = self.slots[key].fetch_sub(1, Ordering::Release);
+        assert!(
+            was & LOCK_SHARERS != 0,
+            "unshare of a stripe lock not shared"
+        );
     }
 }
 
 impl Default for StripeLocks {
     fn default() -> Self {
-        StripeLocks::new(12)
+        StripeLocks::new(14)
     }
 }
