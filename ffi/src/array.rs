@@ -1064,7 +1064,7 @@ impl ChanCtx {
 
     /// Do `io` on the engine's direct path if it allows; false if not.
     fn try_direct(&self, io: *mut sys::spdk_bdev_io, op: IoType, lba: u64, blocks: u64) -> bool {
-        if io as usize % DIRECT_TAG != 0 {
+        if !(io as usize).is_multiple_of(DIRECT_TAG) {
             return false; // no room for target indices in its address
         }
         // SAFETY: the driver context has room for a DirectIo (the module's

@@ -551,9 +551,9 @@ fn start_write(
     let bs = array.geom.block_size() as u64;
     let ok = o.descs.get(m).is_some_and(|d| d.is_some())
         && o.chans.get(m).is_some_and(|c| c.is_some())
-        && offset % bs == 0
+        && offset.is_multiple_of(bs)
         && !data.is_empty()
-        && data.len() as u64 % bs == 0;
+        && (data.len() as u64).is_multiple_of(bs);
     if !ok {
         h.sb_write_done(token, false);
         return;

@@ -28,7 +28,7 @@ pub struct Target {
 pub fn fits(block_size: u64, num_blocks: u64) -> bool {
     block_size > 0
         && block_size <= SB_BLOCK_BYTES as u64
-        && SB_OFFSET_BYTES % block_size == 0
+        && SB_OFFSET_BYTES.is_multiple_of(block_size)
         && num_blocks * block_size >= SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64
 }
 

@@ -936,7 +936,7 @@ impl ServerConn {
             });
         }
         let min = u64::from(info.block_sizes.min);
-        if offset % min != 0 || u64::from(len) % min != 0 {
+        if !offset.is_multiple_of(min) || u64::from(len) % min != 0 {
             return Err(Errno::Inval);
         }
         if matches!(command, Command::Read | Command::Write) && len > info.block_sizes.max {

@@ -108,7 +108,7 @@ fn drive(input: &[u8], pieces: &[usize], h: Host) {
         if h.reply {
             for r in held.drain(..) {
                 answered += 1;
-                let fail = h.fail_every != 0 && answered % u32::from(h.fail_every) == 0;
+                let fail = h.fail_every != 0 && answered.is_multiple_of(u32::from(h.fail_every));
                 let res = if fail {
                     c.reply(r.handle, Err(Errno::Io))
                 } else if r.cmd == Command::Read {

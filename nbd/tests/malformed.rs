@@ -64,12 +64,13 @@ fn good_client(t: Transport, stop: Arc<AtomicBool>, rounds: Arc<AtomicU64>) -> R
             }
             let off = (i % 64) * 65536;
             let data = pattern(65536, i);
-            c.write(off, &data, i % 3 == 0).map_err(|e| e.to_string())?;
+            c.write(off, &data, i.is_multiple_of(3))
+                .map_err(|e| e.to_string())?;
             let back = c.read(off, 65536).map_err(|e| e.to_string())?;
             if back != data {
                 return Err(format!("round {i}: data mismatch"));
             }
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 c.flush().map_err(|e| e.to_string())?;
             }
             rounds.fetch_add(1, Ordering::SeqCst);

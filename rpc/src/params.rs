@@ -335,7 +335,7 @@ pub struct BdevMallocCreate {
 }
 
 fn check_block_size(field: &str, bs: u32) -> Result<(), FieldError> {
-    if bs == 0 || bs % 512 != 0 {
+    if bs == 0 || !bs.is_multiple_of(512) {
         return Err(FieldError::new(
             field,
             format!("{bs} is not a multiple of 512"),
