@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::layout::{Geometry, Loc, StripeMap, MAX_MEMBERS};
 use crate::parity;
-use crate::state::{range_survives, ArrayState, Shared, FINE_LOCK_BYTES};
+use crate::state::{range_survives, ArrayState, Shared, LOCK_PARTS};
 
 /// Operations a parent (array) I/O can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -199,8 +199,8 @@ pub struct Busy<B>(pub ParentIo<B>);
 /// Most copies a [`Direct`] I/O carries (arrays with more copies take the
 /// general path).
 pub const DIRECT_COPIES: usize = 4;
-/// Most fine locks a direct write takes (64 KiB of 4 KiB granules).
-const DIRECT_FINE_LOCKS: u64 = 16;
+/// Smallest part of a range-lock granule a direct write locks.
+const DIRECT_PART_BYTES: u64 = 4 << 10;
 
 /// A read or write the host carries out itself on the members (see
 /// [`Channel::direct`]): one piece of a mapped level on a healthy array,
@@ -212,11 +212,9 @@ pub struct Direct {
     blocks: u64,
     n: u8,
     targets: [Loc; DIRECT_COPIES],
-    /// The range lock shared (NONE: none).
+    /// The range lock shared (NONE: none) and the parts of it held.
     lock: u32,
-    /// The fine locks held: `fine_n` granules from `fine_first`.
-    fine_first: u64,
-    fine_n: u8,
+    parts: u32,
 }
 
 impl Direct {
@@ -949,7 +947,7 @@ impl<B: IoBuf> Channel<B> {
         d.blocks = blocks;
         d.n = 0;
         d.lock = NONE;
-        d.fine_n = 0;
+        d.parts = 0;
         if self.geom.level().is_parity() {
             // A read of one strip whose member is in service and current
             // (the general path reads it the same way, with no lock).
@@ -1030,39 +1028,28 @@ impl<B: IoBuf> Channel<B> {
         Some(())
     }
 
-    /// Range locks of direct write `d` (range lock `k`): the range lock
-    /// shared (so no resync, repair, read rewrite, write-behind or general
-    /// write holds it), and the fine locks of its blocks (so no direct
-    /// write overlaps it). All or nothing.
+    /// Range lock `k` of direct write `d`, shared: the parts of the
+    /// granule its blocks are in (a part is a sixteenth of the granule,
+    /// at least 4 KiB), so no resync, repair, read rewrite, write-behind
+    /// or general write holds the granule, and no direct write overlaps it.
     fn lock_direct(&self, d: &mut Direct, k: usize) -> bool {
-        let fine = (FINE_LOCK_BYTES / self.bs).max(1);
-        let first = d.lba / fine;
-        let n = (d.lba + d.blocks - 1) / fine - first + 1;
-        if n > DIRECT_FINE_LOCKS || !self.shared.locks.try_share(k) {
+        let part = (DIRECT_PART_BYTES / self.bs)
+            .max(self.lock_blocks.div_ceil(u64::from(LOCK_PARTS)))
+            .max(1);
+        let first = d.lba % self.lock_blocks / part;
+        let last = (d.lba + d.blocks - 1) % self.lock_blocks / part;
+        let parts = ((2u32 << last) - 1) & !((1u32 << first) - 1);
+        if !self.shared.locks.try_share(k, parts) {
             return false;
         }
         d.lock = k as u32;
-        d.fine_first = first;
-        for i in 0..n {
-            if !self.shared.fine.try_lock(self.shared.fine.key(first + i)) {
-                self.unlock_direct(d);
-                d.lock = NONE;
-                d.fine_n = 0;
-                return false;
-            }
-            d.fine_n += 1;
-        }
+        d.parts = parts;
         true
     }
 
     fn unlock_direct(&self, d: &Direct) {
-        for i in 0..d.fine_n as u64 {
-            self.shared
-                .fine
-                .unlock(self.shared.fine.key(d.fine_first + i));
-        }
         if d.lock != NONE {
-            self.shared.locks.unshare(d.lock as usize);
+            self.shared.locks.unshare(d.lock as usize, d.parts);
         }
     }
 

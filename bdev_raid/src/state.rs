@@ -194,9 +194,6 @@ pub fn range_survives(geom: &Geometry, lba: u64, blocks: u64, dead: u64) -> bool
 /// the metadata path to see whether writes have gone idle).
 pub struct Shared {
     pub locks: StripeLocks,
-    /// Direct writes (`Channel::direct`) share the range lock of their
-    /// granule and exclude each other here, per [`FINE_LOCK_BYTES`].
-    pub fine: StripeLocks,
     activity: Box<[PaddedCounter]>,
     /// Members some channel saw fail (md's in-memory Faulty flag), set
     /// before the metadata path commits the failure.
@@ -218,9 +215,6 @@ pub struct Shared {
     behind_readers: AtomicU32,
 }
 
-/// Granule of the locks direct writes take among themselves.
-pub const FINE_LOCK_BYTES: u64 = 4 << 10;
-
 #[repr(align(64))]
 struct PaddedCounter(AtomicU64);
 
@@ -236,7 +230,6 @@ impl Shared {
         Shared {
             bitmap,
             locks: StripeLocks::default(),
-            fine: StripeLocks::default(),
             activity: (0..channels.max(1))
                 .map(|_| PaddedCounter(AtomicU64::new(0)))
                 .collect(),
@@ -351,11 +344,12 @@ impl Shared {
 /// alike merely serialise. A holder never waits for a second lock, so there
 /// is no deadlock.
 ///
-/// A word is held exclusively ([`StripeLocks::try_lock`]) or shared by any
-/// number of holders ([`StripeLocks::try_share`]: direct writes, which
-/// exclude each other with finer locks of their own). An exclusive taker
-/// that fails marks the word wanted, and a wanted word takes no new
-/// sharers, so sharers coming and going never starve it.
+/// A word is held exclusively ([`StripeLocks::try_lock`]) or shared
+/// ([`StripeLocks::try_share`]) by holders of disjoint parts of it: 16
+/// part bits, one per sixteenth (or finer slice) of the granule, so direct
+/// writes of one granule exclude only those that overlap them. An
+/// exclusive taker that fails marks the word wanted, and a wanted word
+/// takes no new sharers, so sharers coming and going never starve it.
 pub struct StripeLocks {
     slots: Box<[AtomicU32]>,
     mask: u64,
@@ -363,7 +357,9 @@ pub struct StripeLocks {
 
 const LOCK_EXCL: u32 = 1 << 31;
 const LOCK_WANTED: u32 = 1 << 30;
-const LOCK_SHARERS: u32 = LOCK_WANTED - 1;
+/// The part bits of a shared word.
+pub const LOCK_PARTS: u32 = 16;
+const LOCK_PART_BITS: u32 = (1 << LOCK_PARTS) - 1;
 
 impl StripeLocks {
     /// A table of `2^bits` locks.
@@ -386,7 +382,7 @@ impl StripeLocks {
         let w = &self.slots[key];
         let mut cur = w.load(Ordering::Relaxed);
         loop {
-            if cur & (LOCK_EXCL | LOCK_SHARERS) != 0 {
+            if cur & (LOCK_EXCL | LOCK_PART_BITS) != 0 {
                 if cur & LOCK_WANTED == 0 {
                     w.fetch_or(LOCK_WANTED, Ordering::Relaxed);
                 }
@@ -409,30 +405,29 @@ impl StripeLocks {
         );
     }
 
-    /// Take `key` shared: refused while it is held exclusively or wanted.
-    pub fn try_share(&self, key: usize) -> bool {
+    /// Take parts `parts` (non-zero, within [`LOCK_PARTS`]) of `key`:
+    /// refused while the word is held exclusively or wanted, or another
+    /// sharer holds one of those parts.
+    pub fn try_share(&self, key: usize, parts: u32) -> bool {
+        debug_assert!(parts != 0 && parts & !LOCK_PART_BITS == 0);
         let w = &self.slots[key];
         let mut cur = w.load(Ordering::Relaxed);
         loop {
-            if cur & (LOCK_EXCL | LOCK_WANTED) != 0 {
+            if cur & (LOCK_EXCL | LOCK_WANTED | parts) != 0 {
                 return false;
             }
-            assert!(
-                cur & LOCK_SHARERS != LOCK_SHARERS,
-                "stripe lock sharer overflow"
-            );
-            match w.compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed) {
+            match w.compare_exchange_weak(cur, cur | parts, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(now) => cur = now,
             }
         }
     }
 
-    pub fn unshare(&self, key: usize) {
-        let was = self.slots[key].fetch_sub(1, Ordering::Release);
+    pub fn unshare(&self, key: usize, parts: u32) {
+        let was = self.slots[key].fetch_and(!parts, Ordering::Release);
         assert!(
-            was & LOCK_SHARERS != 0,
-            "unshare of a stripe lock not shared"
+            was & parts == parts,
+            "unshare of stripe lock parts not held"
         );
     }
 }
