@@ -251,6 +251,8 @@ fn main() {
         "spdk_bdev_close",
         "spdk_bdev_desc_get_bdev",
         "spdk_bdev_get_by_name",
+        "spdk_bdev_first",
+        "spdk_bdev_next",
         "spdk_bdev_get_name",
         "spdk_bdev_get_block_size",
         "spdk_bdev_get_num_blocks",

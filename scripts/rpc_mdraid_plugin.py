@@ -63,6 +63,14 @@ def bdev_mdraid_add_base_bdev(args):
     })
 
 
+def bdev_mdraid_remove_base_bdev(args):
+    _call(args, 'bdev_mdraid_remove_base_bdev', {'name': args.name})
+
+
+def bdev_mdraid_examine(args):
+    print_json(_call(args, 'bdev_mdraid_examine', {'name': args.name}))
+
+
 def bdev_mdraid_set_write_mostly(args):
     _call(args, 'bdev_mdraid_set_write_mostly', {
         'name': args.name,
@@ -124,6 +132,17 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('base_bdev', help='the bdev to add')
     p.add_argument('--write-mostly', action='store_true', help='add it write-mostly')
     p.set_defaults(func=bdev_mdraid_add_base_bdev)
+
+    p = subparsers.add_parser('bdev_mdraid_remove_base_bdev',
+                              help='Fail a member and release it (recorded in the superblocks)')
+    p.add_argument('name', help='the member bdev')
+    p.set_defaults(func=bdev_mdraid_remove_base_bdev)
+
+    p = subparsers.add_parser('bdev_mdraid_examine',
+                              help="Read bdevs' md superblocks (mdadm --examine); "
+                              'complete arrays are assembled as examine does')
+    p.add_argument('-n', '--name', help='only this bdev (default: every bdev)')
+    p.set_defaults(func=bdev_mdraid_examine)
 
     p = subparsers.add_parser('bdev_mdraid_set_write_mostly',
                               help='Make a member write-mostly (or not, with --clear)')

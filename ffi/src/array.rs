@@ -54,13 +54,14 @@ use crate::sync::SyncKind;
 use bdev_raid::bitmap::{Bitmap, BitmapGeom};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChannelConfig, ChildIo, ChildOp, ChildStatus, ChildToken, Direct,
-    IoStatus, IoType, MetaRequest, ParentIo, DIRECT_COPIES,
+    IoStatus, IoType, MemberStats, MetaRequest, ParentIo, DIRECT_COPIES,
 };
 use bdev_raid::layout::{Geometry, Level};
 use bdev_raid::state::{ArrayState, MemberState, Shared};
 use mdraid_rpc::params::BdevMdraidCreate;
 use mdraid_rpc::results::{
-    MdraidBaseBdevInfo, MdraidBdevInfo, MdraidBitmapInfo, MdraidProcess, MdraidProgress,
+    MdraidBaseBdevInfo, MdraidBdevInfo, MdraidBitmapInfo, MdraidMemberIo, MdraidProcess,
+    MdraidProgress,
 };
 use mdraid_rpc::types::{RaidLevel, RaidState, Uuid as RpcUuid};
 
@@ -294,6 +295,9 @@ pub struct Array {
     /// so far (the channels' pollers look at it).
     removal: Mutex<Vec<Removal>>,
     removals: AtomicUsize,
+    /// Member I/O counters of the channels destroyed so far, by role
+    /// (`chan_destroy` adds a channel's; see [`gather_member_io`]).
+    retired_io: Mutex<Vec<MdraidMemberIo>>,
 }
 
 // SAFETY: the raw pointers are descriptors (usable from any thread to get
@@ -377,6 +381,7 @@ impl Array {
             sync: crate::sync::SyncStatus::default(),
             removal: Mutex::new(removal),
             removals: AtomicUsize::new(0),
+            retired_io: Mutex::new(Vec::new()),
         })
     }
 
@@ -583,8 +588,28 @@ impl Array {
         r.iter().filter(|x| x.removed).map(|x| x.desc).collect()
     }
 
-    /// `bdev_mdraid_get_bdevs` element (and `dump_info_json`).
+    /// The role the device called `name` serves, if it is a member not
+    /// hot-removed (or removed by `bdev_mdraid_remove_base_bdev`).
+    pub fn serving_role(&self, name: &str) -> Option<(usize, Member)> {
+        let members = self.members();
+        let r = self.removal.lock().unwrap_or_else(|e| e.into_inner());
+        members.into_iter().enumerate().find_map(|(role, m)| {
+            let m = m.filter(|m| m.name == name)?;
+            r.iter()
+                .any(|x| x.desc == m.desc && x.role == role && !x.removed)
+                .then_some((role, m))
+        })
+    }
+
+    /// `bdev_mdraid_get_bdevs` element without I/O counters (and
+    /// `dump_info_json`).
     pub fn rpc_info(&self) -> MdraidBdevInfo {
+        self.rpc_info_io(None)
+    }
+
+    /// `bdev_mdraid_get_bdevs` element; `io` are the per-role counters
+    /// ([`gather_member_io`]).
+    pub fn rpc_info_io(&self, io: Option<&[MdraidMemberIo]>) -> MdraidBdevInfo {
         let st = self.state();
         let snap = *self.snap.lock().unwrap_or_else(|e| e.into_inner());
         let geom = &self.geom;
@@ -618,7 +643,7 @@ impl Array {
                     role: Some(r as u32),
                     state: Some(mdraid_rpc::results::member_state_name(ms).into()),
                     write_mostly: st.write_mostly & 1 << r != 0,
-                    io: None,
+                    io: io.and_then(|v| v.get(r).copied()),
                 }
             })
             .collect();
@@ -727,6 +752,104 @@ pub fn close_removed(array: &Array, o: &mut Owned) {
             array.name
         );
     }
+}
+
+// ------------------------------------------------------------ member I/O counters
+//
+// `base_bdevs_list[].io` of `bdev_mdraid_get_bdevs`: the engine channels'
+// `member_stats()`, summed. They live in each channel's engine, touched
+// only by its thread, so they are read on those threads by
+// `spdk_for_each_channel` (the RPC answers in its completion) rather
+// than mirrored into shared counters: that would put atomics (or a
+// lock) on every member I/O, and the data path stays as it is. The
+// counts of channels already destroyed are kept in the array
+// (`retired_io`, added once per channel in `chan_destroy`), so they run
+// from the array's start as in the embedded host, whose channels live as
+// long as the array.
+
+fn io_of(m: &MemberStats) -> MdraidMemberIo {
+    MdraidMemberIo {
+        reads: m.reads,
+        writes: m.writes,
+        read_blocks: m.read_blocks,
+        written_blocks: m.written_blocks,
+        errors: m.errors,
+        outstanding: u64::from(m.outstanding),
+    }
+}
+
+/// Add `more` to `sum`, role by role.
+fn add_io(sum: &mut Vec<MdraidMemberIo>, more: impl IntoIterator<Item = MdraidMemberIo>) {
+    for (i, m) in more.into_iter().enumerate() {
+        if sum.len() <= i {
+            sum.push(MdraidMemberIo::default());
+        }
+        let t = &mut sum[i];
+        t.reads += m.reads;
+        t.writes += m.writes;
+        t.read_blocks += m.read_blocks;
+        t.written_blocks += m.written_blocks;
+        t.errors += m.errors;
+        t.outstanding += m.outstanding;
+    }
+}
+
+impl Array {
+    /// A channel goes: keep its counters (nothing of it is in flight).
+    fn retire_member_io(&self, stats: &[MemberStats]) {
+        let mut g = self.retired_io.lock().unwrap_or_else(|e| e.into_inner());
+        add_io(
+            &mut g,
+            stats.iter().map(|m| MdraidMemberIo {
+                outstanding: 0,
+                ..io_of(m)
+            }),
+        );
+    }
+}
+
+/// The array's per-role member I/O counters, summed over its channels
+/// (live ones visited on their threads) and the ones destroyed; `done`
+/// runs on this thread, with None when the array is stopping. Call on
+/// the array's metadata thread.
+pub fn gather_member_io(
+    array: &Arc<Array>,
+    done: impl FnOnce(Option<Vec<MdraidMemberIo>>) + Send + 'static,
+) {
+    // The teardown (on the metadata thread) unregisters the io_device
+    // only after the stop began and once `broadcasts` is zero: counting
+    // this visit in `broadcasts` before the stop keeps it until `done`.
+    if !array.meta_thread.is_current() || array.sync.stopping() {
+        return done(None);
+    }
+    let n = array.geom.members();
+    let sum = Arc::new(Mutex::new(vec![MdraidMemberIo::default(); n]));
+    let s2 = sum.clone();
+    let per = move |ch: *mut sys::spdk_io_channel| {
+        // SAFETY: a live channel of this array's io_device, on its own
+        // thread (spdk_for_each_channel runs this there, as a message:
+        // no borrow of the channel is held then).
+        let ctx = unsafe { ChanCtx::from_io_channel(ch) };
+        let c = ctx.inner.borrow();
+        let mut g = s2.lock().unwrap_or_else(|e| e.into_inner());
+        add_io(&mut g, c.engine.member_stats().iter().map(io_of));
+    };
+    array.broadcasts.fetch_add(1, Ordering::AcqRel);
+    let a2 = array.clone();
+    let finished = move |_| {
+        let mut v = std::mem::take(&mut *sum.lock().unwrap_or_else(|e| e.into_inner()));
+        let retired = a2
+            .retired_io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        add_io(&mut v, retired);
+        a2.broadcasts.fetch_sub(1, Ordering::AcqRel);
+        done(Some(v))
+    };
+    // SAFETY: the io_device stays registered until the teardown, which
+    // waits for `broadcasts` to drop to zero; its channels are ChanCtxs.
+    unsafe { crate::spdk::for_each_channel(array.io_device(), per, finished) };
 }
 
 // ------------------------------------------------------------ channels
@@ -1781,6 +1904,7 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
         let array = ctx.array.clone();
         {
             let mut c = ctx.inner.borrow_mut();
+            array.retire_member_io(c.engine.member_stats());
             let chans = std::mem::take(&mut c.chans);
             put_channels(&array, &c.refs, chans);
             for (r, ch) in c.retired.drain(..) {

@@ -34,25 +34,41 @@
 //! it names the array examine assembled with its members.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use bdev_raid::assemble::{assemble, md_uuid, AssembleOptions, Candidate};
+use bdev_raid::examine::{examine_sb, layout_name};
 use bdev_raid::ondisk::{DevRole, SbError, Superblock, SB_BLOCK_BYTES};
 use mdraid_rpc::params::BdevMdraidCreate;
+use mdraid_rpc::results::MdraidExamineInfo;
 use mdraid_rpc::types::{BdevName, BitmapSetting, NameList, RaidLevel, Uuid as RpcUuid};
 
 use crate::probe::{read_md_meta, Target};
 use crate::spdk::{guard, log_notice, log_warn, Bdev, Desc};
 use crate::sys;
 
-/// Calls `spdk_bdev_module_examine_done` when dropped: exactly once per
-/// examine callback, whichever way it ends (a panic included).
-struct ExamineDone;
+/// Ends an examine when dropped, whichever way it ends (a panic
+/// included): for SPDK's examine callbacks it calls
+/// `spdk_bdev_module_examine_done` exactly once; for
+/// `bdev_mdraid_examine` it runs the RPC's continuation.
+struct ExamineDone(Option<Box<dyn FnOnce()>>);
+
+impl ExamineDone {
+    /// For an examine callback of SPDK's.
+    fn spdk() -> ExamineDone {
+        ExamineDone(None)
+    }
+}
 
 impl Drop for ExamineDone {
     fn drop(&mut self) {
-        // SAFETY: one examine_done per examine_config/examine_disk call
-        // (each creates one ExamineDone); the module lives for the process.
-        unsafe { sys::spdk_bdev_module_examine_done(sys::mdraid_shim_module()) }
+        match self.0.take() {
+            Some(f) => f(),
+            // SAFETY: one examine_done per examine_config/examine_disk
+            // call (each creates one such ExamineDone); the module lives
+            // for the process.
+            None => unsafe { sys::spdk_bdev_module_examine_done(sys::mdraid_shim_module()) },
+        }
     }
 }
 
@@ -123,7 +139,7 @@ fn assembly_ended() {
 /// config; examine_disk reads the bdev.
 #[no_mangle]
 pub extern "C" fn mdraid_examine_config(_bdev: *mut sys::spdk_bdev) {
-    let done = ExamineDone;
+    let done = ExamineDone::spdk();
     guard("examine_config", (), move || drop(done))
 }
 
@@ -133,7 +149,7 @@ pub extern "C" fn mdraid_examine_config(_bdev: *mut sys::spdk_bdev) {
 /// `bdev` must be a registered bdev (SPDK's contract for examine).
 #[no_mangle]
 pub unsafe extern "C" fn mdraid_examine_disk(bdev: *mut sys::spdk_bdev) {
-    let done = ExamineDone;
+    let done = ExamineDone::spdk();
     guard("examine_disk", (), move || {
         let Some(b) = std::ptr::NonNull::new(bdev).map(Bdev) else {
             return;
@@ -353,4 +369,149 @@ fn start(g: Group, done: ExamineDone) {
         assembly_ended();
     }));
     crate::rpc::create_now(p, reply);
+}
+
+// ------------------------------------------------------------ bdev_mdraid_examine
+
+/// What `bdev_mdraid_examine` reports of a bdev whose md metadata is
+/// `meta` (as the embedded host reports it); `Err` for a damaged
+/// superblock.
+fn examine_info(name: &str, meta: &[u8], sectors: u64) -> Result<MdraidExamineInfo, String> {
+    let mut info = blank_info(name);
+    if meta.len() < SB_BLOCK_BYTES {
+        return Ok(info);
+    }
+    let sb = match Superblock::decode(meta, sectors) {
+        Ok(sb) => sb,
+        Err(SbError::BadMagic { .. }) => return Ok(info),
+        Err(e) => return Err(format!("md superblock: {e}")),
+    };
+    let ex = examine_sb(&sb);
+    info.has_superblock = true;
+    info.array_uuid = Some(RpcUuid(sb.set_uuid));
+    info.array_name = Some(sb.name());
+    info.raid_level = RaidLevel::ALL
+        .iter()
+        .copied()
+        .find(|l| l.md_level() == sb.level);
+    info.raid_devices = Some(sb.raid_disks);
+    info.layout = Some(layout_name(sb.level, sb.layout));
+    info.strip_size_kb = (sb.chunksize != 0).then_some(sb.chunksize / 2);
+    info.device_uuid = Some(RpcUuid(sb.device_uuid));
+    info.device_role = ex.get("Device Role").map(str::to_string);
+    info.events = Some(sb.events);
+    info.data_offset = Some(sb.data_offset);
+    info.data_size = Some(sb.data_size);
+    info.array_state = ex
+        .get("Array State")
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_string);
+    Ok(info)
+}
+
+/// What `bdev_mdraid_examine` says of a bdev with no md superblock.
+pub fn blank_info(name: &str) -> MdraidExamineInfo {
+    MdraidExamineInfo {
+        bdev: name.to_string(),
+        has_superblock: false,
+        array_uuid: None,
+        array_name: None,
+        raid_level: None,
+        raid_devices: None,
+        layout: None,
+        strip_size_kb: None,
+        device_uuid: None,
+        device_role: None,
+        events: None,
+        data_offset: None,
+        data_size: None,
+        array_state: None,
+        bitmap: None,
+    }
+}
+
+/// One bdev of a `bdev_mdraid_examine` call: its name, and its report
+/// or why there is none.
+pub type Found = (String, Result<MdraidExamineInfo, String>);
+
+/// `bdev_mdraid_examine` on `bdevs` (on the app thread): read each one's
+/// md metadata as the examine callback does and report it, and take the
+/// members found exactly as the callback takes them — an array whose
+/// members are all there now is assembled (see the module docs), e.g.
+/// one deleted without `clear_sb` whose members stayed registered, which
+/// SPDK does not examine again. `done` gets the reports in `bdevs`
+/// order, once every read and every assembly they completed ended.
+pub fn examine_bdevs(bdevs: Vec<Bdev>, done: impl FnOnce(Vec<Found>) + 'static) {
+    struct Calls {
+        found: Vec<Option<Found>>,
+        left: usize,
+        done: Option<Box<dyn FnOnce(Vec<Found>)>>,
+    }
+    let n = bdevs.len();
+    let calls = Rc::new(RefCell::new(Calls {
+        found: (0..n).map(|_| None).collect(),
+        // One for this loop: no answer before every examine started.
+        left: n + 1,
+        done: Some(Box::new(done)),
+    }));
+    let one_done = |calls: &Rc<RefCell<Calls>>| {
+        let f = {
+            let mut c = calls.borrow_mut();
+            c.left -= 1;
+            if c.left > 0 {
+                return;
+            }
+            let found = c
+                .found
+                .iter_mut()
+                .map(|f| f.take().expect("every bdev reported"))
+                .collect::<Vec<_>>();
+            c.done.take().map(|d| (d, found))
+        };
+        if let Some((d, found)) = f {
+            d(found)
+        }
+    };
+    for (i, b) in bdevs.into_iter().enumerate() {
+        let c2 = calls.clone();
+        let end = ExamineDone(Some(Box::new(move || one_done(&c2))));
+        let c3 = calls.clone();
+        examine_one(b, end, move |f| c3.borrow_mut().found[i] = Some(f));
+    }
+    one_done(&calls);
+}
+
+/// Examine one bdev for `bdev_mdraid_examine`: `report` gets what was
+/// found; `end` drops once it was taken as the examine callback takes a
+/// bdev (and any assembly it completed ended).
+fn examine_one(b: Bdev, end: ExamineDone, report: impl FnOnce(Found) + 'static) {
+    let name = b.name();
+    let desc = match Desc::open_ro(&name) {
+        Ok(d) => d,
+        Err(rc) => return report((name, Err(format!("cannot open it ({rc})")))),
+    };
+    let Some(ch) = desc.channel() else {
+        return report((name, Err("no I/O channel".into())));
+    };
+    let t = Target {
+        desc: desc.raw(),
+        ch: ch.raw(),
+        block_size: u64::from(b.block_size()),
+        num_blocks: b.num_blocks(),
+    };
+    let read_done = move |res: Result<Vec<u8>, String>| {
+        drop(ch);
+        drop(desc);
+        match res {
+            Err(e) => report((name, Err(e))),
+            Ok(meta) => {
+                let sectors = t.num_blocks * t.block_size / 512;
+                report((name.clone(), examine_info(&name, &meta, sectors)));
+                seen(&name, t, meta, end)
+            }
+        }
+    };
+    // SAFETY: the descriptor and channel move into the completion, which
+    // drops them only after the last read ended.
+    unsafe { read_md_meta(t, read_done) }
 }

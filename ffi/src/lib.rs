@@ -12,7 +12,8 @@
 //! - [`array`]: an array's io_device, channels and data path;
 //! - [`meta`]: the metadata host on the array's metadata thread;
 //! - [`rpc`]: `bdev_mdraid_create` / `_delete` / `_get_bdevs` /
-//!   `_add_base_bdev` / `_set_options` / `_sync_action`;
+//!   `_add_base_bdev` / `_remove_base_bdev` / `_set_write_mostly` /
+//!   `_examine` / `_set_options` / `_sync_action`;
 //! - [`probe`]: reading a bdev's md metadata (superblock and bitmap);
 //! - [`examine`]: arrays assembled by themselves when their members appear;
 //! - [`sync`]: resync, rebuild and check/repair passes;

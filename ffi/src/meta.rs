@@ -39,7 +39,9 @@ use std::sync::Arc;
 use bdev_raid::bitmap::DiskBitmap;
 use bdev_raid::channel::MetaRequest;
 use bdev_raid::layout::Geometry;
-use bdev_raid::meta::{AddError, Meta, MetaAction, MetaConfig, NewMember, Recovery, RecoveryInfo};
+use bdev_raid::meta::{
+    AddError, FlagError, Meta, MetaAction, MetaConfig, NewMember, Recovery, RecoveryInfo,
+};
 use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
 use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
 use bdev_raid::sync::Start;
@@ -95,8 +97,19 @@ pub struct Owned {
     /// (channels of them may live until then), or once hot-removed and no
     /// array channel holds one (`array::close_removed`).
     pub retired: Vec<(Desc, Option<IoChannel>)>,
+    /// RPCs waiting for a state of the metadata path ([`wait_state`]).
+    waiters: Vec<Waiter>,
+    /// Per role: how many `bdev_mdraid_set_write_mostly` calls it had
+    /// (a waiting call whose change a newer one superseded answers).
+    pub wm_gen: Vec<Rc<Cell<u64>>>,
     stop: Option<Stop>,
 }
+
+/// Something waiting for the metadata path's published state: called
+/// with each new state (and once at once), or with None when the
+/// metadata path is gone; true when it is done (it answered). It runs
+/// inside the borrow of [`Owned`]: it must not touch the array's `owned`.
+pub type Waiter = Box<dyn FnMut(Option<&ArrayState>) -> bool>;
 
 impl Owned {
     pub fn new(descs: Vec<Option<Desc>>, chans: Vec<Option<IoChannel>>) -> Owned {
@@ -108,6 +121,8 @@ impl Owned {
             sync: None,
             resync_started: false,
             retired: Vec::new(),
+            waiters: Vec::new(),
+            wm_gen: Vec::new(),
             stop: None,
         }
     }
@@ -217,6 +232,15 @@ impl MetaHost {
         }
     }
 
+    /// `bdev_mdraid_set_write_mostly`: recorded by the next commit, then
+    /// broadcast. An array without superblocks has nowhere to record it.
+    pub fn set_write_mostly(&mut self, role: usize, on: bool) -> Result<(), FlagError> {
+        match &mut self.path {
+            Path::Md(m) => m.set_write_mostly(role, on),
+            Path::Bare(_) => Err(FlagError::NoSuperblock),
+        }
+    }
+
     pub fn bare(geom: Arc<Geometry>, state: Arc<ArrayState>) -> MetaHost {
         MetaHost {
             path: Path::Bare(StandIn {
@@ -252,7 +276,8 @@ impl MetaHost {
         }
     }
 
-    fn state(&self) -> Arc<ArrayState> {
+    /// The newest state (published once its commit is durable).
+    pub fn state(&self) -> Arc<ArrayState> {
         match &self.path {
             Path::Md(m) => m.state().clone(),
             Path::Bare(b) => b.state.clone(),
@@ -432,6 +457,33 @@ fn pump(array: &Arc<Array>, o: &mut Owned) {
     }
     if let Some(h) = o.host.as_ref() {
         *array.snap.lock().unwrap_or_else(|e| e.into_inner()) = h.snap();
+        if !o.waiters.is_empty() {
+            let s = h.state();
+            o.waiters.retain_mut(|w| !w(Some(&s)));
+        }
+    }
+}
+
+/// Wait (on the metadata thread) for the metadata path's state: `w` is
+/// called with the state now, then with each new one, until it says it
+/// is done; with None if the metadata path goes first (the array stops).
+pub fn wait_state(array: &Arc<Array>, mut w: Waiter) {
+    array.owned.with(|o| match o.host.as_ref() {
+        None => {
+            w(None);
+        }
+        Some(h) => {
+            if !w(Some(&h.state())) {
+                o.waiters.push(w);
+            }
+        }
+    })
+}
+
+/// The metadata path is gone: whoever waits for it hears so.
+fn drop_waiters(o: &mut Owned) {
+    for mut w in std::mem::take(&mut o.waiters) {
+        w(None);
     }
 }
 
@@ -864,6 +916,7 @@ fn check_stop(array: &Arc<Array>, o: &mut Owned) -> bool {
             }
             // The metadata path is done: nothing may write superblocks now.
             o.host = None;
+            drop_waiters(o);
             if wipe {
                 let a = array.clone();
                 let targets: Vec<(&Desc, &IoChannel)> = o
@@ -902,6 +955,7 @@ fn teardown(array: &Arc<Array>) {
     let drv = array.owned.with(|o| {
         o.tick = None;
         o.host = None;
+        drop_waiters(o);
         o.chans.clear();
         for (_, c) in o.retired.iter_mut() {
             *c = None;

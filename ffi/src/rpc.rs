@@ -22,9 +22,35 @@
 //! after examine assembled it) succeeds without doing anything, and one
 //! arriving while examine assembles waits for it.
 //!
-//! `bdev_mdraid_add_base_bdev`, `bdev_mdraid_sync_action` run on the
-//! array's metadata thread; `bdev_mdraid_set_options` sets the window and
-//! bandwidth of every array's background processes.
+//! `bdev_mdraid_add_base_bdev`, `bdev_mdraid_sync_action`,
+//! `bdev_mdraid_remove_base_bdev` and `bdev_mdraid_set_write_mostly` run
+//! on the array's metadata thread; `bdev_mdraid_set_options` sets the
+//! window and bandwidth of every array's background processes.
+//!
+//! `bdev_mdraid_remove_base_bdev {name}` (the member's bdev, as SPDK's
+//! `bdev_raid_remove_base_bdev` takes it) fails the member as a
+//! hot-remove does (`Array::bdev_removed`, then the metadata path records
+//! it faulty on the survivors' superblocks) and answers once that is
+//! committed; the claim is released and the descriptor closed by the
+//! metadata tick once no channel has I/O on it. It is refused with EBUSY,
+//! changing nothing, when the array would go offline (md refuses to fail
+//! the last device holding some data); a member already faulty is only
+//! released. The embedded host answers it `-95` so far.
+//!
+//! `bdev_mdraid_set_write_mostly` is checked and refused as in the
+//! embedded host (`bdev_raid::meta::FlagError`, the field named); the
+//! metadata path records it in the superblocks, then broadcasts it, and
+//! the answer comes once the published state has it.
+//!
+//! `bdev_mdraid_examine {name}` reads one bdev's md metadata, or every
+//! bdev's but the arrays', reports it as the embedded host does
+//! (`[MdraidExamineInfo]`), and hands the bdevs to examine exactly as
+//! the examine callback does ([`crate::examine::examine_bdevs`]): an
+//! array they complete is assembled before the answer.
+//!
+//! `bdev_mdraid_get_bdevs` answers asynchronously: the members' I/O
+//! counters are read on every channel first
+//! ([`crate::array::gather_member_io`]).
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -33,16 +59,19 @@ use std::sync::Arc;
 
 use bdev_raid::assemble::md_uuid;
 use bdev_raid::channel::IoType;
-use bdev_raid::meta::{NewMember, Recovery};
+use bdev_raid::channel::MetaRequest;
+use bdev_raid::meta::{FlagError, NewMember, Recovery};
 use bdev_raid::ondisk::{Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
 use bdev_raid::state::ArrayState;
-use bdev_raid::state::MemberState;
+use bdev_raid::state::{survives, MemberState};
 use mdraid_rpc::error::errno;
 use mdraid_rpc::method::decode;
 use mdraid_rpc::params::{
-    BdevMdraidAddBaseBdev, BdevMdraidCreate, BdevMdraidDelete, BdevMdraidGetBdevs,
-    BdevMdraidSetOptions, BdevMdraidSyncAction,
+    BdevMdraidAddBaseBdev, BdevMdraidCreate, BdevMdraidDelete, BdevMdraidExamine,
+    BdevMdraidGetBdevs, BdevMdraidRemoveBaseBdev, BdevMdraidSetOptions, BdevMdraidSetWriteMostly,
+    BdevMdraidSyncAction,
 };
+use mdraid_rpc::results::MdraidMemberIo;
 use mdraid_rpc::types::SyncAction;
 use mdraid_rpc::types::{BdevName, NameList, RaidCategory, RaidLevel, RaidState, Uuid as RpcUuid};
 use mdraid_rpc::RpcError;
@@ -120,24 +149,92 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_get_bdevs(
             Ok(p) => p,
             Err(e) => return r.rpc_error(&e),
         };
-        let mut v: Vec<_> = crate::module::all().iter().map(|a| a.rpc_info()).collect();
+        let mut arrays = crate::module::all();
         if let Some(n) = &p.name {
-            v.retain(|a| a.name == n.as_str());
-            if v.is_empty() {
+            arrays.retain(|a| a.name == n.as_str());
+            if arrays.is_empty() {
                 return r.rpc_error(&no_device(n.as_str()));
             }
         }
-        v.retain(|a| match p.category {
-            RaidCategory::All => true,
-            RaidCategory::Online => a.state == RaidState::Online,
-            RaidCategory::Offline => a.state == RaidState::Offline,
-            RaidCategory::Configuring => a.state == RaidState::Configuring,
-        });
-        match serde_json::to_string(&v) {
-            Ok(s) => r.result(&s),
-            Err(e) => r.rpc_error(&RpcError::internal(e.to_string())),
-        }
+        get_bdevs(arrays, p.category, r);
     })
+}
+
+/// Answer `bdev_mdraid_get_bdevs` for `arrays`, with their members' I/O
+/// counters: gathered from every array's channels first
+/// ([`crate::array::gather_member_io`], on each array's metadata thread),
+/// then the answer goes from this thread.
+fn get_bdevs(arrays: Vec<Arc<Array>>, category: RaidCategory, r: Request) {
+    struct Gather {
+        io: Vec<Option<Vec<MdraidMemberIo>>>,
+        left: usize,
+        r: Option<Request>,
+    }
+    let Some(here) = Thread::current() else {
+        return r.rpc_error(&RpcError::internal("not on an SPDK thread"));
+    };
+    let n = arrays.len();
+    let arrays = Arc::new(arrays);
+    let g = Arc::new(std::sync::Mutex::new(Gather {
+        io: vec![None; n],
+        // One for this loop: no answer before every gather started.
+        left: n + 1,
+        r: Some(r),
+    }));
+    let answer = {
+        let arrays = arrays.clone();
+        move |io: Vec<Option<Vec<MdraidMemberIo>>>, r: Request| {
+            let v: Vec<_> = arrays
+                .iter()
+                .zip(&io)
+                .map(|(a, io)| a.rpc_info_io(io.as_deref()))
+                .filter(|a| match category {
+                    RaidCategory::All => true,
+                    RaidCategory::Online => a.state == RaidState::Online,
+                    RaidCategory::Offline => a.state == RaidState::Offline,
+                    RaidCategory::Configuring => a.state == RaidState::Configuring,
+                })
+                .collect();
+            match serde_json::to_string(&v) {
+                Ok(s) => r.result(&s),
+                Err(e) => r.rpc_error(&RpcError::internal(e.to_string())),
+            }
+        }
+    };
+    let one_done = move |g: &std::sync::Mutex<Gather>,
+                         i: Option<(usize, Option<Vec<MdraidMemberIo>>)>| {
+        let last = {
+            let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((i, io)) = i {
+                g.io[i] = io;
+            }
+            g.left -= 1;
+            if g.left > 0 {
+                return;
+            }
+            g.r.take().map(|r| (std::mem::take(&mut g.io), r))
+        };
+        let Some((io, r)) = last else { return };
+        let answer = answer.clone();
+        if here.is_current() {
+            answer(io, r)
+        } else {
+            // If SPDK refuses the message the request is dropped
+            // unanswered, which answers an internal error.
+            let _ = here.send(move || answer(io, r));
+        }
+    };
+    let one_done = Arc::new(one_done);
+    for i in 0..n {
+        let (a, g2, d2) = (arrays[i].clone(), g.clone(), one_done.clone());
+        let gather = move || crate::array::gather_member_io(&a, move |io| d2(&g2, Some((i, io))));
+        if arrays[i].meta_thread.is_current() {
+            gather();
+        } else if arrays[i].meta_thread.send(gather).is_err() {
+            one_done(&g, Some((i, None)));
+        }
+    }
+    one_done(&g, None);
 }
 
 // ------------------------------------------------------------ delete
@@ -1289,4 +1386,347 @@ fn add_commit(a: Arc<Array>, role: usize, bname: String, nm: NewMember, r: Reque
             r.result("true")
         }
     }
+}
+
+// ------------------------------------------------------------ remove_base_bdev
+
+const REMOVE: &str = "bdev_mdraid_remove_base_bdev";
+
+/// RPC method (registered by the shim).
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_remove_base_bdev(
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+) {
+    run(REMOVE, req, |r| {
+        // SAFETY: p is this request's params.
+        let p: BdevMdraidRemoveBaseBdev = match unsafe { params(REMOVE, p) } {
+            Ok(p) => p,
+            Err(e) => return r.rpc_error(&e),
+        };
+        let bname = p.name.as_str().to_string();
+        let Some(b) = Bdev::by_name(&bname) else {
+            return r.rpc_error(&no_device(&bname));
+        };
+        let Some((a, _)) = crate::module::all()
+            .into_iter()
+            .find_map(|a| a.serving_role(&bname).map(|x| (a, x)))
+        else {
+            return r.rpc_error(&RpcError::invalid_field(
+                REMOVE,
+                "name",
+                format!("bdev `{bname}` is not a member of an mdraid array"),
+            ));
+        };
+        let a2 = a.clone();
+        on_meta_thread(&a, r, move |r| remove_base_bdev(a2, b, bname, r));
+    })
+}
+
+/// `bdev_mdraid_remove_base_bdev` on the array's metadata thread: the
+/// member fails as a hot-removed one does (`Array::bdev_removed`): no
+/// channel takes a new channel of it, the metadata path records it
+/// faulty on the survivors (R1: before any write that skipped it
+/// completes), each channel puts its channel of it once it applied that
+/// state and has no I/O of it in flight, and the metadata tick then
+/// releases the claim and closes the descriptor. The answer comes once
+/// the failure is committed. Refused (EBUSY, as md refuses to fail the
+/// last device holding some of the data) when the array would go
+/// offline; a member already faulty is only released.
+fn remove_base_bdev(a: Arc<Array>, b: Bdev, bname: String, r: Request) {
+    let name = a.name.clone();
+    // Checked again here: the metadata thread orders removals.
+    let Some((role, _)) = a.serving_role(&bname) else {
+        return r.rpc_error(&RpcError::invalid_field(
+            REMOVE,
+            "name",
+            format!("bdev `{bname}` is not a member of an mdraid array"),
+        ));
+    };
+    let st = a.state();
+    let in_service = st.members[role].in_service() && a.shared.failed() & 1 << role == 0;
+    if in_service {
+        if st.offline {
+            return r.rpc_error(&RpcError::errno(
+                errno::EBUSY,
+                format!("{REMOVE}: array `{name}` is offline"),
+            ));
+        }
+        let dead = st.not_in_sync() | a.shared.failed() | 1 << role;
+        if !survives(&a.geom, dead) {
+            return r.rpc_error(&RpcError::errno(
+                errno::EBUSY,
+                format!(
+                    "{REMOVE}: `{bname}` (role {role}) holds data no other member of `{name}` has: removing it would take the array offline"
+                ),
+            ));
+        }
+    }
+    let device = st.readded[role];
+    if a.bdev_removed(b.raw()) != Some(role) {
+        return r.rpc_error(&RpcError::internal(format!(
+            "{REMOVE}: `{bname}` no longer serves role {role} of `{name}`"
+        )));
+    }
+    log_notice!(
+        "mdraid {name}: member {bname} (role {role}) removed by {REMOVE}{}",
+        if in_service {
+            "; failing it"
+        } else {
+            " (failed already)"
+        }
+    );
+    // As a channel reports a failure it saw: channels stop using the
+    // member at once; the first report goes to the metadata path.
+    if in_service && a.shared.set_failed(role, device) {
+        meta::request(
+            &a,
+            MetaRequest::MemberFailed {
+                member: role as u16,
+                device,
+            },
+        );
+    }
+    let a2 = a.clone();
+    let mut r = Some(r);
+    meta::wait_state(
+        &a,
+        Box::new(move |s| {
+            let Some(s) = s else {
+                if let Some(r) = r.take() {
+                    r.rpc_error(&RpcError::errno(
+                        errno::ENODEV,
+                        format!("{REMOVE}: array `{}` is being deleted", a2.name),
+                    ));
+                }
+                return true;
+            };
+            if s.members[role].in_service() && s.readded[role] == device {
+                return false;
+            }
+            // Committed: save_config no longer names it.
+            {
+                let mut saved = a2.info.saved.lock().unwrap_or_else(|e| e.into_inner());
+                let left: Vec<BdevName> = saved
+                    .base_bdevs
+                    .iter()
+                    .filter(|n| n.as_str() != bname)
+                    .cloned()
+                    .collect();
+                saved.base_bdevs = NameList(left);
+                let wm: Vec<BdevName> = saved
+                    .write_mostly
+                    .iter()
+                    .filter(|n| n.as_str() != bname)
+                    .cloned()
+                    .collect();
+                saved.write_mostly = NameList(wm);
+            }
+            if let Some(r) = r.take() {
+                r.result("true");
+            }
+            true
+        }),
+    );
+}
+
+// ------------------------------------------------------------ set_write_mostly
+
+const WRITE_MOSTLY: &str = "bdev_mdraid_set_write_mostly";
+
+/// RPC method (registered by the shim).
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_set_write_mostly(
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+) {
+    run(WRITE_MOSTLY, req, |r| {
+        // SAFETY: p is this request's params.
+        let p: BdevMdraidSetWriteMostly = match unsafe { params(WRITE_MOSTLY, p) } {
+            Ok(p) => p,
+            Err(e) => return r.rpc_error(&e),
+        };
+        let Some(a) = crate::module::find(p.name.as_str()) else {
+            return r.rpc_error(&no_device(p.name.as_str()));
+        };
+        let a2 = a.clone();
+        on_meta_thread(&a, r, move |r| set_write_mostly(a2, p, r));
+    })
+}
+
+/// `bdev_mdraid_set_write_mostly` on the metadata thread: md's
+/// `writemostly` member state, checked and refused as the embedded host
+/// refuses it (`bdev_raid::meta::FlagError`); recorded in the
+/// superblocks by the metadata path, then broadcast. The answer comes
+/// once the state records it (or a newer call for the member superseded
+/// this one).
+fn set_write_mostly(a: Arc<Array>, p: BdevMdraidSetWriteMostly, r: Request) {
+    let name = a.name.clone();
+    let bname = p.base_bdev.as_str().to_string();
+    let on = p.write_mostly;
+    let Some(role) = a
+        .members()
+        .iter()
+        .position(|m| m.as_ref().is_some_and(|m| m.name == bname))
+    else {
+        return r.rpc_error(&RpcError::invalid_field(
+            WRITE_MOSTLY,
+            "base_bdev",
+            format!("`{bname}` is not a member of array `{name}`"),
+        ));
+    };
+    let res = meta::with_host(&a, |h| h.set_write_mostly(role, on));
+    match res {
+        None => {
+            return r.rpc_error(&RpcError::errno(
+                errno::ENODEV,
+                format!("{WRITE_MOSTLY}: array `{name}` is being deleted"),
+            ))
+        }
+        Some(Err(e)) => {
+            let f = match e {
+                FlagError::NotInService { .. } | FlagError::Role { .. } => "base_bdev",
+                _ => "write_mostly",
+            };
+            return r.rpc_error(&RpcError::invalid_field(
+                WRITE_MOSTLY,
+                f,
+                format!("`{bname}`: {e}"),
+            ));
+        }
+        Some(Ok(())) => {}
+    }
+    {
+        let mut saved = a.info.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wm: Vec<BdevName> = saved
+            .write_mostly
+            .iter()
+            .filter(|n| n.as_str() != bname)
+            .cloned()
+            .collect();
+        if on {
+            wm.push(p.base_bdev.clone());
+        }
+        saved.write_mostly = NameList(wm);
+    }
+    log_notice!(
+        "mdraid {name}: `{bname}` (role {role}) {} write-mostly",
+        if on { "is" } else { "is no longer" }
+    );
+    // This call's number among the member's calls.
+    let gen = a.owned.with(|o| {
+        if o.wm_gen.len() <= role {
+            o.wm_gen.resize_with(role + 1, Default::default);
+        }
+        let g = o.wm_gen[role].clone();
+        g.set(g.get() + 1);
+        g
+    });
+    let mine = gen.get();
+    let mut r = Some(r);
+    meta::wait_state(
+        &a,
+        Box::new(move |s| {
+            let answer = match s {
+                None => Some(Err(RpcError::errno(
+                    errno::ENODEV,
+                    format!("{WRITE_MOSTLY}: array `{name}` is being deleted"),
+                ))),
+                Some(s) if (s.write_mostly & 1 << role != 0) == on || gen.get() != mine => {
+                    Some(Ok(()))
+                }
+                Some(s) if s.offline => Some(Err(RpcError::errno(
+                    errno::EIO,
+                    format!("{WRITE_MOSTLY}: array `{name}` went offline before the change was recorded"),
+                ))),
+                Some(_) => None,
+            };
+            match (answer, r.take()) {
+                (None, req) => {
+                    r = req;
+                    false
+                }
+                (Some(Ok(())), Some(req)) => {
+                    req.result("true");
+                    true
+                }
+                (Some(Err(e)), Some(req)) => {
+                    req.rpc_error(&e);
+                    true
+                }
+                (Some(_), None) => true,
+            }
+        }),
+    );
+}
+
+// ------------------------------------------------------------ examine
+
+const EXAMINE: &str = "bdev_mdraid_examine";
+
+/// RPC method (registered by the shim).
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_examine(
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+) {
+    run(EXAMINE, req, |r| {
+        // SAFETY: p is this request's params.
+        let p: BdevMdraidExamine = match unsafe { params(EXAMINE, p) } {
+            Ok(p) => p,
+            Err(e) => return r.rpc_error(&e),
+        };
+        let one = p.name.as_ref().map(|n| n.as_str().to_string());
+        let bdevs = match &one {
+            Some(n) => {
+                let Some(b) = Bdev::by_name(n) else {
+                    return r.rpc_error(&no_device(n));
+                };
+                if crate::module::is_array(n) {
+                    return r.rpc_error(&RpcError::invalid_field(
+                        EXAMINE,
+                        "name",
+                        format!("`{n}` is an mdraid array, not a member"),
+                    ));
+                }
+                vec![b]
+            }
+            // Every bdev but the arrays.
+            None => Bdev::all()
+                .into_iter()
+                .filter(|b| !crate::module::is_array(&b.name()))
+                .collect(),
+        };
+        crate::examine::examine_bdevs(bdevs, move |found| {
+            let mut v = Vec::with_capacity(found.len());
+            for (n, f) in found {
+                match (f, one.is_some()) {
+                    (Ok(i), _) => v.push(i),
+                    (Err(e), true) => {
+                        return r.rpc_error(&RpcError::errno(
+                            errno::EINVAL,
+                            format!("{EXAMINE}: bdev {n}: {e}"),
+                        ))
+                    }
+                    (Err(e), false) => {
+                        log_warn!("mdraid: {EXAMINE} {n}: {e}; reported without a superblock");
+                        v.push(crate::examine::blank_info(&n));
+                    }
+                }
+            }
+            match serde_json::to_string(&v) {
+                Ok(s) => r.result(&s),
+                Err(e) => r.rpc_error(&RpcError::internal(e.to_string())),
+            }
+        });
+    })
 }

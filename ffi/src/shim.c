@@ -37,6 +37,12 @@ void mdraid_rpc_bdev_mdraid_set_options(struct spdk_jsonrpc_request *request,
 					const struct spdk_json_val *params);
 void mdraid_rpc_bdev_mdraid_sync_action(struct spdk_jsonrpc_request *request,
 					const struct spdk_json_val *params);
+void mdraid_rpc_bdev_mdraid_remove_base_bdev(struct spdk_jsonrpc_request *request,
+		const struct spdk_json_val *params);
+void mdraid_rpc_bdev_mdraid_set_write_mostly(struct spdk_jsonrpc_request *request,
+		const struct spdk_json_val *params);
+void mdraid_rpc_bdev_mdraid_examine(struct spdk_jsonrpc_request *request,
+				    const struct spdk_json_val *params);
 
 static struct spdk_bdev_module g_mdraid_if = {
 	.name = "mdraid",
@@ -67,6 +73,11 @@ SPDK_RPC_REGISTER("bdev_mdraid_set_options", mdraid_rpc_bdev_mdraid_set_options,
 		  SPDK_RPC_STARTUP | SPDK_RPC_RUNTIME)
 SPDK_RPC_REGISTER("bdev_mdraid_sync_action", mdraid_rpc_bdev_mdraid_sync_action,
 		  SPDK_RPC_RUNTIME)
+SPDK_RPC_REGISTER("bdev_mdraid_remove_base_bdev", mdraid_rpc_bdev_mdraid_remove_base_bdev,
+		  SPDK_RPC_RUNTIME)
+SPDK_RPC_REGISTER("bdev_mdraid_set_write_mostly", mdraid_rpc_bdev_mdraid_set_write_mostly,
+		  SPDK_RPC_RUNTIME)
+SPDK_RPC_REGISTER("bdev_mdraid_examine", mdraid_rpc_bdev_mdraid_examine, SPDK_RPC_RUNTIME)
 
 struct spdk_bdev_module *
 mdraid_shim_module(void)

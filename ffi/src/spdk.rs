@@ -485,6 +485,20 @@ impl Bdev {
         // SAFETY: lookup by a NUL-terminated name (app thread).
         NonNull::new(unsafe { sys::spdk_bdev_get_by_name(c.as_ptr()) }).map(Bdev)
     }
+
+    /// Every registered bdev (app thread).
+    pub fn all() -> Vec<Bdev> {
+        let mut v = Vec::new();
+        // SAFETY: walking SPDK's bdev list on the app thread; each bdev
+        // returned is registered.
+        let mut b = unsafe { sys::spdk_bdev_first() };
+        while let Some(x) = NonNull::new(b) {
+            v.push(Bdev(x));
+            // SAFETY: x is a registered bdev of the list.
+            b = unsafe { sys::spdk_bdev_next(x.as_ptr()) };
+        }
+        v
+    }
     pub fn raw(self) -> *mut sys::spdk_bdev {
         self.0.as_ptr()
     }
