@@ -55,6 +55,9 @@ pub struct Scenario {
     /// (with a bitmap).
     pub write_mostly: u64,
     pub write_behind: u32,
+    /// Chance that a user read or write first asks the channel for the
+    /// direct path (`Channel::direct`); 0 in some runs.
+    pub direct: f64,
 }
 
 impl Scenario {
@@ -231,9 +234,16 @@ impl Scenario {
                 faults.member_death = faults.member_death.max(0.0002);
             }
         }
+        // The direct path: a stream of its own too.
+        let direct = if Rng::new(seed ^ 0x5d1e_c7a1).chance(0.15) {
+            0.0
+        } else {
+            0.6
+        };
         Scenario {
             write_mostly,
             write_behind,
+            direct,
             seed,
             ops,
             bitmap_chunk,

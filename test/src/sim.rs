@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
 use bdev_raid::bitmap::{Bitmap, BitmapGeom, DiskBitmap};
 use bdev_raid::channel::{
-    Action, Busy, Channel, ChildBuf, ChildIo, ChildOp, ChildStatus, ChildToken, IoStatus, IoType,
-    MetaRequest, ParentIo,
+    Action, Busy, Channel, ChildBuf, ChildIo, ChildOp, ChildStatus, ChildToken, Direct, IoStatus,
+    IoType, MetaRequest, ParentIo,
 };
 use bdev_raid::layout::{Geometry, Level, StripeMap};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
@@ -79,6 +79,10 @@ pub struct Outcome {
     /// had to go to a write-mostly member (R5).
     pub behind_writes: u64,
     pub write_mostly_reads: u64,
+    /// Parents done on the direct path, and the member I/Os of them that
+    /// failed (the parent then went to the general path).
+    pub directs: u64,
+    pub direct_failures: u64,
     /// Write-behind writes a crash cut short while no other copy of their
     /// range survived (their acknowledged data may be lost, as in md).
     pub behind_lost: u64,
@@ -117,6 +121,14 @@ enum InFlight {
         io: ChildIo,
         gen: u64,
     },
+    /// One member I/O of a parent on the direct path (`Sim::directs`).
+    Direct {
+        tag: u64,
+        member: u16,
+        lba: u64,
+        write: bool,
+        gen: u64,
+    },
     Sb {
         member: u16,
         token: u64,
@@ -129,16 +141,29 @@ enum InFlight {
 impl InFlight {
     fn gen(&self) -> u64 {
         match self {
-            InFlight::Child { gen, .. } | InFlight::Sb { gen, .. } => *gen,
+            InFlight::Child { gen, .. }
+            | InFlight::Sb { gen, .. }
+            | InFlight::Direct { gen, .. } => *gen,
         }
     }
 
     fn member(&self) -> usize {
         match self {
             InFlight::Child { io, .. } => io.member as usize,
-            InFlight::Sb { member, .. } => *member as usize,
+            InFlight::Sb { member, .. } | InFlight::Direct { member, .. } => *member as usize,
         }
     }
+}
+
+/// A parent the host does itself on the direct path: the channel's
+/// [`Direct`], the parent (submitted to the channel if a member I/O
+/// fails), its member I/Os in flight and the members that failed.
+struct DirectRec {
+    ch: usize,
+    d: Direct,
+    io: ParentIo<Buf>,
+    pending: usize,
+    failed: u64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -196,6 +221,7 @@ struct Sim<'a> {
     members: Vec<Member>,
     arr: Array,
     inflight: Vec<InFlight>,
+    directs: HashMap<u64, DirectRec>,
     blocks: Vec<BlockState>,
     history: Vec<Vec<(u64, bool)>>,
     parents: HashMap<u64, ParentRec>,
@@ -348,6 +374,7 @@ impl<'a> Sim<'a> {
             members,
             arr,
             inflight: Vec::new(),
+            directs: HashMap::new(),
             blocks: vec![BlockState::default(); nblocks],
             history: vec![Vec::new(); nblocks],
             parents: HashMap::new(),
@@ -1060,11 +1087,86 @@ impl<'a> Sim<'a> {
             fua: self.rng.chance(0.1),
             buf,
         };
+        if matches!(op, IoType::Read | IoType::Write)
+            && self.arr.retry[ch].is_empty()
+            && self.sc.direct > 0.0
+            && self.rng.chance(self.sc.direct)
+        {
+            if let Some(d) = self.arr.channels[ch].direct(op, lba, blocks) {
+                return self.start_direct(ch, d, io);
+            }
+        }
         let a = &mut self.arr;
         if !a.retry[ch].is_empty() {
             a.retry[ch].push_back(io);
         } else if let Err(Busy(io)) = a.channels[ch].submit(io) {
             a.retry[ch].push_back(io);
+        }
+        self.drain(ch)
+    }
+
+    /// Issue the member I/Os of a parent the channel handed out as direct.
+    fn start_direct(&mut self, ch: usize, d: Direct, io: ParentIo<Buf>) -> Result<(), String> {
+        let tag = io.tag;
+        for t in d.targets() {
+            let m = t.member as usize;
+            if t.lba + d.blocks() > self.geom.member_blocks(m) {
+                return Err(format!("direct I/O past the end of member {m}: {d:?}"));
+            }
+            if d.is_write() {
+                self.check_bit_before_write(ch, tag, m)?;
+            }
+            self.inflight.push(InFlight::Direct {
+                tag,
+                member: t.member,
+                lba: t.lba,
+                write: d.is_write(),
+                gen: self.members[m].gen,
+            });
+        }
+        let pending = d.targets().len();
+        self.directs.insert(
+            tag,
+            DirectRec {
+                ch,
+                d,
+                io,
+                pending,
+                failed: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// A member I/O of direct parent `tag` ended. The last one completes
+    /// the parent, or, if any failed, submits it to the channel (which
+    /// handles the failure) before ending the direct I/O.
+    fn direct_io_done(&mut self, tag: u64, member: u16, ok: bool) -> Result<(), String> {
+        let Some(r) = self.directs.get_mut(&tag) else {
+            return Err(format!("member I/O of unknown direct parent {tag}"));
+        };
+        r.pending -= 1;
+        if !ok {
+            r.failed |= 1 << member;
+        }
+        if r.pending > 0 {
+            return Ok(());
+        }
+        let r = self.directs.remove(&tag).unwrap();
+        let ch = r.ch;
+        if r.failed == 0 {
+            self.out.directs += 1;
+            self.arr.channels[ch].direct_done(&r.d, 0);
+            self.parent_done(ch, tag, IoStatus::Success, r.io.buf)?;
+        } else {
+            self.out.direct_failures += 1;
+            let a = &mut self.arr;
+            if !a.retry[ch].is_empty() {
+                a.retry[ch].push_back(r.io);
+            } else if let Err(Busy(io)) = a.channels[ch].submit(r.io) {
+                a.retry[ch].push_back(io);
+            }
+            a.channels[ch].direct_done(&r.d, r.failed);
         }
         self.drain(ch)
     }
@@ -1110,11 +1212,15 @@ impl<'a> Sim<'a> {
         ) {
             return Ok(());
         }
+        self.check_bit_before_write(ch, io.parent, io.member as usize)
+    }
+
+    /// R4 for a write of parent `tag` to member `m`.
+    fn check_bit_before_write(&self, ch: usize, tag: u64, m: usize) -> Result<(), String> {
         let shared = self.arr.channels[ch].shared();
-        let (Some(bm), Some(rec)) = (&shared.bitmap, self.parents.get(&io.parent)) else {
+        let (Some(bm), Some(rec)) = (&shared.bitmap, self.parents.get(&tag)) else {
             return Ok(());
         };
-        let m = io.member as usize;
         // Rewrites of a block that failed a read put back the data the
         // other copies hold: torn or not, they leave nothing to resync.
         if self.members[m].broken || rec.op == IoType::Read {
@@ -1189,6 +1295,24 @@ impl<'a> Sim<'a> {
                 return self.drain(ch);
             }
             InFlight::Child { ch, io, .. } => (ch, io),
+            InFlight::Direct {
+                tag,
+                member,
+                lba,
+                write,
+                ..
+            } => {
+                let ok = !gone && self.direct_member_io(tag, member as usize, lba, write);
+                if !ok {
+                    self.out.child_errors += 1;
+                    if !write {
+                        if let Some(p) = self.parents.get_mut(&tag) {
+                            p.read_errors |= 1 << member;
+                        }
+                    }
+                }
+                return self.direct_io_done(tag, member, ok);
+            }
         };
         if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
             let what = self
@@ -1249,6 +1373,30 @@ impl<'a> Sim<'a> {
         self.drain(ch)
     }
 
+    /// Carry out a direct member I/O (with the faults child I/Os get);
+    /// false if it failed.
+    fn direct_member_io(&mut self, tag: u64, m: usize, lba: u64, write: bool) -> bool {
+        let bs = self.bs;
+        let off = self.data_off + lba as usize * bs;
+        if write {
+            if self.write_fails(m) {
+                return false;
+            }
+            let src = &self.directs[&tag].io.buf.as_ref().expect("write buffer")[..];
+            self.members[m].data[off..off + src.len()].copy_from_slice(src);
+            return true;
+        }
+        let f = &self.sc.faults;
+        if self.members[m].dead || (self.member_faults() && self.rng.chance(f.read_error)) {
+            return false;
+        }
+        let r = self.directs.get_mut(&tag).expect("direct parent");
+        let dst = r.io.buf.as_mut().expect("read buffer");
+        let len = dst.len();
+        dst.copy_from_slice(&self.members[m].data[off..off + len]);
+        true
+    }
+
     /// Crash: every write in flight lands whole, in part or not at all
     /// (torn at the device's atomic unit), everything in memory is lost, and
     /// the array is assembled again from what the members hold.
@@ -1264,7 +1412,7 @@ impl<'a> Sim<'a> {
             }
             let token = match &f {
                 InFlight::Child { ch, io, .. } => Some((*ch, io.token)),
-                InFlight::Sb { .. } => None,
+                InFlight::Sb { .. } | InFlight::Direct { .. } => None,
             };
             let (m, off, data): (usize, usize, Vec<u8>) = match f {
                 InFlight::Sb {
@@ -1286,6 +1434,17 @@ impl<'a> Sim<'a> {
                         data,
                     )
                 }
+                InFlight::Direct {
+                    tag,
+                    member,
+                    lba,
+                    write: true,
+                    ..
+                } => {
+                    let data = self.directs[&tag].io.buf.clone().expect("write buffer");
+                    (member as usize, self.data_off + lba as usize * bs, data)
+                }
+                InFlight::Direct { .. } => continue,
             };
             if self.members[m].dead {
                 continue;
@@ -1303,6 +1462,7 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        self.directs.clear();
         // Write-behind writes that did not land whole (or never left their
         // channel): where no other copy of their range survives, the
         // acknowledged data is lost with them (md's write-behind risk: a

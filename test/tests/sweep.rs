@@ -52,7 +52,7 @@ fn sweep() {
     let (mut bitmap_runs, mut bm_resyncs, mut bm_resynced, mut bm_full, mut bit_waits) =
         (0, 0, 0, 0, 0);
     let (mut readd_bm, mut readd_full, mut rebuilds, mut rebuilt, mut skipped) = (0, 0, 0, 0, 0);
-    let mut sync_checks = 0;
+    let (mut sync_checks, mut directs, mut direct_failures) = (0, 0, 0);
     for (seed, level, bitmap, size, r) in &results {
         *levels.entry(level.name()).or_insert(0) += 1;
         match r {
@@ -68,6 +68,8 @@ fn sweep() {
                 rebuilds += o.rebuilds;
                 rebuilt += o.rebuilt_blocks;
                 skipped += o.rebuild_skipped_blocks;
+                directs += o.directs;
+                direct_failures += o.direct_failures;
                 if *bitmap {
                     bitmap_runs += 1;
                     bm_resyncs += o.resyncs;
@@ -96,6 +98,10 @@ fn sweep() {
          {rebuilds} rebuilds finished: {rebuilt} member blocks copied, {skipped} skipped as clean; \
          members compared byte for byte after {sync_checks} of the resyncs and rebuilds"
     );
+    println!(
+        "sweep: {directs} parents done on the direct path; {direct_failures} direct parents \
+         had a member I/O fail and went to the general path"
+    );
     for f in &failures {
         println!("{f}");
     }
@@ -105,6 +111,10 @@ fn sweep() {
         failures.len()
     );
     assert_eq!(levels.len(), 7, "every level must be covered");
+    assert!(
+        directs > 0 && direct_failures > 0,
+        "no run exercised the direct path and its failures"
+    );
     assert!(faults > 0, "the sweep injected no faults");
     assert!(crashes > 0, "the sweep crashed nothing");
     assert!(
@@ -126,6 +136,7 @@ fn write_behind_sweep() {
     let ops = env_u64("MDRAID_SIM_OPS", 5000);
     let results = over_seeds(seeds, |seed| run(&Scenario::write_behind(seed, ops)));
     let (mut behind, mut wm_reads, mut failed, mut blocks, mut crashes) = (0, 0, 0, 0, 0);
+    let mut directs = 0;
     let mut failures = Vec::new();
     for r in &results {
         match r {
@@ -135,6 +146,7 @@ fn write_behind_sweep() {
                 failed += o.members_failed;
                 blocks += o.blocks_verified;
                 crashes += o.crashes;
+                directs += o.directs;
             }
             Err(v) => failures.push(format!("{v}")),
         }
@@ -142,7 +154,7 @@ fn write_behind_sweep() {
     println!(
         "sweep: write-behind: {seeds} seeds x {ops} ops; {behind} writes written behind; \
          {wm_reads} reads served by write-mostly members; {failed} members failed at the end; \
-         {crashes} crashes; {blocks} blocks verified"
+         {crashes} crashes; {blocks} blocks verified; {directs} parents on the direct path"
     );
     for f in &failures {
         println!("{f}");
