@@ -434,6 +434,6 @@ impl StripeLocks {
 
 impl Default for StripeLocks {
     fn default() -> Self {
-        StripeLocks::new(14)
+        StripeLocks::new(12)
     }
 }
