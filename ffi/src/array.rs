@@ -324,12 +324,6 @@ impl Array {
         meta_thread: Thread,
     ) -> Arc<Array> {
         let cname = CString::new(name).expect("bdev names have no NUL");
-        if state.write_behind > 0 {
-            log_notice!(
-                "mdraid {name}: the bitmap sets write-behind {}; this host writes write-mostly members synchronously",
-                state.write_behind
-            );
-        }
         let removal: Vec<Removal> = members
             .iter()
             .enumerate()
@@ -361,15 +355,11 @@ impl Array {
             data_offset,
             meta_thread,
             info,
-            // No write-behind in this host: write-mostly members are
-            // written synchronously (the engine writes them so with no
-            // write-behind buffer). SPDK destroys an array channel once its
-            // parents have completed; write-behind children would outlive
-            // it (and the broadcasts that reach only live channels).
-            chan_cfg: ChannelConfig {
-                behind_bufs: 0,
-                ..ChannelConfig::default()
-            },
+            // Write-behind children outlive their parents: a channel with
+            // any in flight holds a reference to itself (see
+            // `ChanCtx::drive`), so SPDK keeps it, and its broadcasts,
+            // until they are done.
+            chan_cfg: ChannelConfig::default(),
             bdev: Box::new(UnsafeCell::new(b)),
             _cname: cname,
             states: Mutex::new((state.clone(), state)),
@@ -703,8 +693,7 @@ impl Array {
             ),
             mismatch_cnt: self.sync.mismatch_cnt(),
             bitmap: snap.bitmap,
-            // Not done by this host (see `Array::new`).
-            write_behind: None,
+            write_behind: (st.write_behind > 0).then_some(st.write_behind),
         }
     }
 }
@@ -926,6 +915,10 @@ struct ChanInner {
     removals_seen: usize,
     /// Direct member I/Os in flight (or waiting for a bdev_io) per
     /// descriptor: a hot-removed member's channel is put only without any.
+    /// This thread's reference to the array's own channel while
+    /// write-behind children are in flight (they outlive their parents;
+    /// SPDK would destroy the channel once the last user put it).
+    behind_ref: Option<IoChannel>,
     /// Per role, those to the role's member; per descriptor, those to
     /// members replaced since (rare).
     direct_out: Vec<u32>,
@@ -1028,6 +1021,7 @@ impl ChanCtx {
                 poller: None,
                 detach: Vec::new(),
                 removals_seen,
+                behind_ref: None,
                 direct_out: vec![0; nroles],
                 direct_retired: Vec::new(),
             }),
@@ -1114,7 +1108,36 @@ impl ChanCtx {
                 c.spare = done;
             }
         }
+        self.hold_for_behind();
         work
+    }
+
+    /// Hold a reference to this channel while write-behind children are
+    /// in flight, and let it go once they are done.
+    fn hold_for_behind(&self) {
+        let mut c = self.inner.borrow_mut();
+        let behind = c.engine.behind_in_flight() > 0;
+        if behind == c.behind_ref.is_some() {
+            return;
+        }
+        if behind {
+            // SAFETY: the io_device is registered while a channel of it
+            // exists; on this thread it hands out this same channel.
+            let ch = unsafe { sys::spdk_get_io_channel(self.array.io_device()) };
+            c.behind_ref = NonNull::new(ch).map(IoChannel::from_raw);
+            if c.behind_ref.is_none() {
+                log_warn!(
+                    "mdraid {}: no reference to a channel with write-behind in flight (array going away)",
+                    self.array.name
+                );
+            }
+        } else {
+            let r = c.behind_ref.take();
+            drop(c);
+            // The put destroys the channel later (by message) if this was
+            // its last reference.
+            drop(r);
+        }
     }
 
     /// A parent bdev_io whose buffers are ready.
@@ -1904,6 +1927,13 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
         let array = ctx.array.clone();
         {
             let mut c = ctx.inner.borrow_mut();
+            let behind = c.engine.stats().behind_writes;
+            if behind > 0 {
+                log_notice!(
+                    "mdraid {}: a channel wrote {behind} write pieces' write-mostly copies behind",
+                    array.name
+                );
+            }
             array.retire_member_io(c.engine.member_stats());
             let chans = std::mem::take(&mut c.chans);
             put_channels(&array, &c.refs, chans);

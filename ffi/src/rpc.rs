@@ -382,14 +382,6 @@ pub fn create(p: BdevMdraidCreate, reply: Reply) {
 /// [`create`], with no examine assembly to wait for.
 pub fn create_now(p: BdevMdraidCreate, reply: Reply) {
     let name = p.name.as_str().to_string();
-    if p.write_behind.is_some_and(|n| n > 0) {
-        // See `Array::new`: this host writes write-mostly members
-        // synchronously.
-        return reply.err(&RpcError::errno(
-            errno::ENOTSUP,
-            format!("{CREATE}: `write_behind`: write-behind is not implemented in the SPDK host yet (write-mostly members are written synchronously)"),
-        ));
-    }
     if let Some(a) = crate::module::find(&name) {
         if is_same_array(&a, &p) {
             log_notice!("mdraid {name}: already assembled from its members; nothing to do");
