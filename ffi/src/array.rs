@@ -1279,30 +1279,22 @@ impl ChanCtx {
             let lba = t.lba + self.array.data_offset;
             // SAFETY: desc/ch are live on this thread; the iovecs are the
             // parent's (see above), which completes after this I/O.
+            let rw = if write {
+                sys::spdk_bdev_writev_blocks
+            } else {
+                sys::spdk_bdev_readv_blocks
+            };
             let rc = unsafe {
-                if write {
-                    sys::spdk_bdev_writev_blocks(
-                        member.desc,
-                        ch,
-                        iovs,
-                        iovcnt,
-                        lba,
-                        blocks,
-                        Some(direct_cb),
-                        arg,
-                    )
-                } else {
-                    sys::spdk_bdev_readv_blocks(
-                        member.desc,
-                        ch,
-                        iovs,
-                        iovcnt,
-                        lba,
-                        blocks,
-                        Some(direct_cb),
-                        arg,
-                    )
-                }
+                rw(
+                    member.desc,
+                    ch,
+                    iovs,
+                    iovcnt,
+                    lba,
+                    blocks,
+                    Some(direct_cb),
+                    arg,
+                )
             };
             if rc == 0 {
                 x.pending += 1;

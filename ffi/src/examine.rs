@@ -175,12 +175,7 @@ fn examine(b: Bdev, done: ExamineDone) {
         log_warn!("mdraid: examine {name}: no I/O channel");
         return;
     };
-    let t = Target {
-        desc: desc.raw(),
-        ch: ch.raw(),
-        block_size: u64::from(b.block_size()),
-        num_blocks: b.num_blocks(),
-    };
+    let t = Target::of(desc.raw(), ch.raw(), &b);
     let read_done = move |res: Result<Vec<u8>, String>| {
         // The descriptor and channel go first (channel, then descriptor).
         drop(ch);
@@ -377,7 +372,7 @@ fn start(g: Group, done: ExamineDone) {
 /// `meta` (as the embedded host reports it); `Err` for a damaged
 /// superblock.
 fn examine_info(name: &str, meta: &[u8], sectors: u64) -> Result<MdraidExamineInfo, String> {
-    let mut info = blank_info(name);
+    let mut info = MdraidExamineInfo::blank(name);
     if meta.len() < SB_BLOCK_BYTES {
         return Ok(info);
     }
@@ -407,27 +402,6 @@ fn examine_info(name: &str, meta: &[u8], sectors: u64) -> Result<MdraidExamineIn
         .and_then(|s| s.split_whitespace().next())
         .map(str::to_string);
     Ok(info)
-}
-
-/// What `bdev_mdraid_examine` says of a bdev with no md superblock.
-pub fn blank_info(name: &str) -> MdraidExamineInfo {
-    MdraidExamineInfo {
-        bdev: name.to_string(),
-        has_superblock: false,
-        array_uuid: None,
-        array_name: None,
-        raid_level: None,
-        raid_devices: None,
-        layout: None,
-        strip_size_kb: None,
-        device_uuid: None,
-        device_role: None,
-        events: None,
-        data_offset: None,
-        data_size: None,
-        array_state: None,
-        bitmap: None,
-    }
 }
 
 /// One bdev of a `bdev_mdraid_examine` call: its name, and its report
@@ -493,12 +467,7 @@ fn examine_one(b: Bdev, end: ExamineDone, report: impl FnOnce(Found) + 'static) 
     let Some(ch) = desc.channel() else {
         return report((name, Err("no I/O channel".into())));
     };
-    let t = Target {
-        desc: desc.raw(),
-        ch: ch.raw(),
-        block_size: u64::from(b.block_size()),
-        num_blocks: b.num_blocks(),
-    };
+    let t = Target::of(desc.raw(), ch.raw(), &b);
     let read_done = move |res: Result<Vec<u8>, String>| {
         drop(ch);
         drop(desc);

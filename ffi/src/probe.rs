@@ -23,6 +23,22 @@ pub struct Target {
     pub num_blocks: u64,
 }
 
+impl Target {
+    /// Bdev `b` through descriptor `desc` and channel `ch` (of `desc`).
+    pub fn of(
+        desc: *mut sys::spdk_bdev_desc,
+        ch: *mut sys::spdk_io_channel,
+        b: &crate::spdk::Bdev,
+    ) -> Target {
+        Target {
+            desc,
+            ch,
+            block_size: u64::from(b.block_size()),
+            num_blocks: b.num_blocks(),
+        }
+    }
+}
+
 /// Whether md's metadata blocks (4 KiB at 4 KiB) can be read from a bdev
 /// of these blocks.
 pub fn fits(block_size: u64, num_blocks: u64) -> bool {

@@ -477,12 +477,7 @@ fn read_superblocks(c: &Ctx) {
             let d = g.descs[i].as_ref().unwrap();
             let b = d.bdev();
             (
-                Target {
-                    desc: d.raw(),
-                    ch: g.chans[i].as_ref().unwrap().raw(),
-                    block_size: u64::from(b.block_size()),
-                    num_blocks: b.num_blocks(),
-                },
+                Target::of(d.raw(), g.chans[i].as_ref().unwrap().raw(), &b),
                 b.name(),
             )
         };
@@ -1239,12 +1234,7 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
             "{ADD}: role {role} of `{name}` has no descriptor"
         )));
     };
-    let t = Target {
-        desc,
-        ch,
-        block_size: u64::from(b.block_size()),
-        num_blocks: b.num_blocks(),
-    };
+    let t = Target::of(desc, ch, &b);
     let adding = Adding {
         array: a,
         role,
@@ -1711,7 +1701,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_examine(
                     }
                     (Err(e), false) => {
                         log_warn!("mdraid: {EXAMINE} {n}: {e}; reported without a superblock");
-                        v.push(crate::examine::blank_info(&n));
+                        v.push(mdraid_rpc::results::MdraidExamineInfo::blank(&n));
                     }
                 }
             }

@@ -236,6 +236,29 @@ pub struct MdraidExamineInfo {
     pub bitmap: Option<MdraidBitmapInfo>,
 }
 
+impl MdraidExamineInfo {
+    /// What `bdev_mdraid_examine` says of a bdev with no md superblock.
+    pub fn blank(bdev: &str) -> MdraidExamineInfo {
+        MdraidExamineInfo {
+            bdev: bdev.to_string(),
+            has_superblock: false,
+            array_uuid: None,
+            array_name: None,
+            raid_level: None,
+            raid_devices: None,
+            layout: None,
+            strip_size_kb: None,
+            device_uuid: None,
+            device_role: None,
+            events: None,
+            data_offset: None,
+            data_size: None,
+            array_state: None,
+            bitmap: None,
+        }
+    }
+}
+
 /// `mdraid_nbd_get_exports` element.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NbdExportInfo {

@@ -539,27 +539,6 @@ impl MetaPath for DaemonMeta {
     }
 }
 
-/// What `bdev_mdraid_examine` says of a device with no md superblock.
-fn blank_examine(bdev: &str) -> MdraidExamineInfo {
-    MdraidExamineInfo {
-        bdev: bdev.to_string(),
-        has_superblock: false,
-        array_uuid: None,
-        array_name: None,
-        raid_level: None,
-        raid_devices: None,
-        layout: None,
-        strip_size_kb: None,
-        device_uuid: None,
-        device_role: None,
-        events: None,
-        data_offset: None,
-        data_size: None,
-        array_state: None,
-        bitmap: None,
-    }
-}
-
 // ------------------------------------------------------------ the daemon
 
 impl Daemon {
@@ -1703,7 +1682,7 @@ impl Daemon {
     }
 
     fn examine_dev(&self, dev: &Arc<dyn Device>) -> Result<MdraidExamineInfo, String> {
-        let mut info = blank_examine(dev.name());
+        let mut info = MdraidExamineInfo::blank(dev.name());
         let buf = read_sb_area(&self.rt, dev, self.opts.io_timeout)?;
         if buf.len() < SB_BLOCK_BYTES {
             return Ok(info);
@@ -1754,7 +1733,7 @@ impl Daemon {
                             Ok(i) => v.push(i),
                             Err(e) => {
                                 self.log(format!("examine {}: {e}", rec.name));
-                                v.push(blank_examine(&rec.name));
+                                v.push(MdraidExamineInfo::blank(&rec.name));
                             }
                         }
                     }
