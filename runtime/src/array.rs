@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bdev_raid::bitmap::{Bitmap, BitmapGeom};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChannelConfig, ChannelStats, ChildOp, ChildStatus, ChildToken, IoStatus,
-    IoType, MemberStats, ParentIo,
+    IoType, MemberStats, MetaRequest, ParentIo,
 };
 use bdev_raid::layout::{Geometry, GeometryError, GeometryParams, Level};
 use bdev_raid::meta::{FlagError, NewMember, Recovery};
@@ -119,6 +119,31 @@ pub enum ArrayError {
     Runtime(#[from] RuntimeError),
     #[error("array {0} still has I/O in flight after {1:?}")]
     Timeout(String, Duration),
+}
+
+/// Why [`Array::remove_member`] refused, or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("role {0} is not a role of this array")]
+    Role(usize),
+    #[error("the array is offline")]
+    Offline,
+    /// md refuses to fail the last device holding some of the data.
+    #[error("it holds data no other member has: removing it would take the array offline")]
+    LastCopy,
+    #[error("the metadata path is not running")]
+    NoMeta,
+    /// R3: the superblocks could not be written yet; the failure stays
+    /// pending (the channels no longer use the member) and is committed
+    /// when they can be.
+    #[error("its failure was not committed within {0:?}: the array is blocked (its superblocks cannot be written)")]
+    NotCommitted(Duration),
+    /// Committed, but a channel still had I/O on the member: it is not
+    /// released yet (calling again releases it).
+    #[error("its failure is committed, but a channel still has I/O on it after {0:?}")]
+    Busy(Duration),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// An array, shared by every thread. Its per-reactor channels live on the
@@ -476,6 +501,104 @@ impl Array {
                 res
             })
             .unwrap_or(Err(FlagError::NoSuperblock))
+    }
+
+    /// Take member `role` out (md's `--fail` then `--remove`): it fails
+    /// through the metadata path as a failure a channel saw does (every
+    /// channel stops using it at once; the metadata path records it faulty
+    /// on the survivors' superblocks, events + 1, R1), and once that commit
+    /// is published (durable) and every channel has applied it with no I/O
+    /// of the member in flight, every reactor's channel of its device is
+    /// dropped and the device leaves the role (the caller may release its
+    /// claim). Refused, changing nothing, when the array is offline or
+    /// would go offline. A member out of service already (failed) is only
+    /// released. Returns whether it was in service. Call from a non-reactor
+    /// thread; waits up to `timeout` for each of the commit and the drain.
+    pub fn remove_member(
+        self: &Arc<Self>,
+        role: usize,
+        timeout: Duration,
+    ) -> Result<bool, RemoveError> {
+        if role >= self.geom.members() {
+            return Err(RemoveError::Role(role));
+        }
+        let key = self.meta_key;
+        let a = self.clone();
+        // On the metadata reactor: checked and requested in the order of
+        // the metadata path's other work.
+        let (in_service, device) = self.rt.call(self.meta_reactor, move |r| {
+            let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
+                return Err(RemoveError::NoMeta);
+            };
+            let st = h.borrow().path.state();
+            let failed = a.shared.failed();
+            let in_service = st.members[role].in_service() && failed & 1 << role == 0;
+            if in_service {
+                if st.offline {
+                    return Err(RemoveError::Offline);
+                }
+                if !survives(&a.geom, st.not_in_sync() | failed | 1 << role) {
+                    return Err(RemoveError::LastCopy);
+                }
+            }
+            let device = st.readded[role];
+            // As a channel reports a failure it saw: the first report goes
+            // to the metadata path.
+            if in_service && a.shared.set_failed(role, device) {
+                h.borrow_mut().path.request(MetaRequest::MemberFailed {
+                    member: role as u16,
+                    device,
+                });
+                meta_pump(r, key);
+            }
+            Ok((in_service, device))
+        })??;
+        // Committed: no state with this device of the role in service.
+        let out =
+            move |s: &ArrayState| !(s.members[role].in_service() && s.readded[role] == device);
+        let deadline = Instant::now() + timeout;
+        while !out(&self.state()) {
+            if Instant::now() >= deadline {
+                return Err(RemoveError::NotCommitted(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let id = self.id;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut done = true;
+            for n in 0..self.rt.reactors() {
+                done &= self.rt.call(n, move |r| {
+                    let Some(l) = r.local::<ArrayLocal>(id) else {
+                        return true;
+                    };
+                    let Ok(mut c) = l.ch.try_borrow_mut() else {
+                        return false;
+                    };
+                    let busy = !out(c.engine.state())
+                        || c.members[role]
+                            .as_ref()
+                            .is_some_and(|m| m.outstanding() != 0)
+                        || c.meta_slots
+                            .iter()
+                            .flatten()
+                            .any(|s| s.member as usize == role);
+                    if !busy {
+                        c.members[role] = None;
+                    }
+                    !busy
+                })?;
+            }
+            if done {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(RemoveError::Busy(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.members.lock().unwrap_or_else(|e| e.into_inner())[role] = None;
+        Ok(in_service)
     }
 
     /// What the array's channels share (the bitmap's words among it).

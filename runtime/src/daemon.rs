@@ -61,7 +61,7 @@ use mdraid_rpc::types::{
 use mdraid_rpc::{reply, Call, ConnState, Connection, Host, Method, RpcError};
 use serde_json::{json, Value};
 
-use crate::array::{Array, ArrayParams, ProcessOptions, SyncKind};
+use crate::array::{Array, ArrayParams, ProcessOptions, RemoveError, SyncKind};
 use crate::buf::{AlignedBuf, DevBuf};
 use crate::dev::delay::{DelayDevice, Latencies};
 use crate::dev::error::{ErrorDevice, ErrorIoType, ErrorType, InjectOpts};
@@ -135,6 +135,11 @@ struct ArrayRecord {
     saved: BdevMdraidCreate,
     /// Member device of each role (`None`: missing).
     roles: Vec<Option<String>>,
+    /// Per role: its device was taken out by
+    /// `bdev_mdraid_remove_base_bdev` (recorded faulty, channels and claim
+    /// released). The name stays in `roles` for status, as a failed
+    /// member's does, but the array no longer holds the device.
+    released: Vec<bool>,
     /// Device UUID of each role as its superblock records it.
     role_uuids: Vec<[u8; 16]>,
     /// Superblock-less arrays have no metadata path snapshot.
@@ -1264,6 +1269,7 @@ impl Daemon {
             level: p.raid_level,
             superblock: true,
             saved,
+            released: vec![false; devs.len()],
             roles: devs.iter().map(|d| Some(d.name().to_string())).collect(),
             role_uuids,
             snap: Some(snap),
@@ -1386,6 +1392,7 @@ impl Daemon {
             level: p.raid_level,
             superblock: true,
             saved,
+            released: vec![false; roles.len()],
             roles,
             role_uuids,
             snap: Some(snap),
@@ -1417,6 +1424,7 @@ impl Daemon {
             level: p.raid_level,
             superblock: false,
             saved,
+            released: vec![false; devs.len()],
             roles: devs.iter().map(|d| Some(d.name().to_string())).collect(),
             role_uuids: devs.iter().map(|d| d.uuid().0).collect(),
             snap: None,
@@ -1495,7 +1503,9 @@ impl Daemon {
             return Err(no_device(name));
         };
         let a = &self.arrays[idx];
-        let Some(role) = a.roles.iter().position(|r| r.as_deref() == Some(bname)) else {
+        let Some(role) =
+            (0..a.roles.len()).find(|&r| a.roles[r].as_deref() == Some(bname) && !a.released[r])
+        else {
             return Err(RpcError::invalid_field(
                 M,
                 "base_bdev",
@@ -1579,7 +1589,8 @@ impl Daemon {
                 format!("{M}: array `{name}` has no faulty or missing member to replace"),
             ));
         };
-        let ours = a.roles[role].as_deref() == Some(bname);
+        // The array still holds (claims) the role's device: it comes back.
+        let ours = a.roles[role].as_deref() == Some(bname) && !a.released[role];
         match self.reg.claimed_by(bname) {
             Some(by) if !(ours && by == name) => {
                 return Err(RpcError::invalid_field(
@@ -1606,18 +1617,14 @@ impl Daemon {
         let a = &self.arrays[idx];
         match a.array.add_member(role, dev.clone(), nm) {
             Ok(kind) => {
-                let old = self.arrays[idx].roles[role].replace(bname.to_string());
-                if let Some(o) = old.as_ref().filter(|o| *o != bname) {
+                let rec = &mut self.arrays[idx];
+                let old = rec.roles[role].replace(bname.to_string());
+                let old_held = !std::mem::replace(&mut rec.released[role], false);
+                if let Some(o) = old.as_ref().filter(|o| *o != bname && old_held) {
                     self.reg.release(o);
                 }
                 let rec = &mut self.arrays[idx];
-                rec.saved.base_bdevs = NameList(
-                    rec.roles
-                        .iter()
-                        .flatten()
-                        .map(|n| BdevName::new(n.as_str()).expect("a registered name is valid"))
-                        .collect(),
-                );
+                set_saved_members(rec);
                 // The role's write-mostly flag is the new member's.
                 set_saved_write_mostly(rec, old.as_deref(), false);
                 set_saved_write_mostly(rec, Some(bname), p.write_mostly);
@@ -1639,6 +1646,82 @@ impl Daemon {
         }
     }
 
+    /// `bdev_mdraid_remove_base_bdev {name}` (the member's bdev, as SPDK's
+    /// `bdev_raid_remove_base_bdev` takes it): the member fails through the
+    /// metadata path as a member whose write failed does — recorded faulty
+    /// on the survivors' superblocks, events + 1 (R1) — and the answer comes
+    /// once that is durable; then, once no channel has I/O on it, the array
+    /// drops its channels of the device and releases its claim (it may be
+    /// deleted, or added back). Refused with EBUSY, changing nothing, when
+    /// the array is offline or would go offline (md refuses to fail the
+    /// last device holding some data); a member failed already is only
+    /// released. As the SPDK host does.
+    fn mdraid_remove_base_bdev(&mut self, p: BdevMdraidRemoveBaseBdev) -> Result<Value, RpcError> {
+        const M: &str = "bdev_mdraid_remove_base_bdev";
+        let bname = p.name.as_str();
+        let found = self.arrays.iter().enumerate().find_map(|(i, a)| {
+            (0..a.roles.len())
+                .find(|&r| a.roles[r].as_deref() == Some(bname) && !a.released[r])
+                .map(|r| (i, r))
+        });
+        let Some((idx, role)) = found else {
+            if !self.name_taken(bname) {
+                return Err(no_device(bname));
+            }
+            return Err(RpcError::invalid_field(
+                M,
+                "name",
+                format!("bdev `{bname}` is not a member of an mdraid array"),
+            ));
+        };
+        let a = &self.arrays[idx];
+        let name = a.name.clone();
+        let in_service = a
+            .array
+            .remove_member(role, self.opts.io_timeout)
+            .map_err(|e| match e {
+                RemoveError::Offline => {
+                    RpcError::errno(errno::EBUSY, format!("{M}: array `{name}` is offline"))
+                }
+                RemoveError::LastCopy => RpcError::errno(
+                    errno::EBUSY,
+                    format!(
+                        "{M}: `{bname}` (role {role}) holds data no other member of `{name}` has: removing it would take the array offline"
+                    ),
+                ),
+                RemoveError::NotCommitted(_) => RpcError::errno(
+                    errno::EAGAIN,
+                    format!("{M}: `{bname}` (role {role}) of `{name}`: {e}"),
+                ),
+                RemoveError::Busy(_) => RpcError::errno(
+                    errno::EBUSY,
+                    format!("{M}: `{bname}` (role {role}) of `{name}`: {e}; call again to release it"),
+                ),
+                RemoveError::Role(_) | RemoveError::NoMeta | RemoveError::Runtime(_) => {
+                    RpcError::internal(format!("{M}: `{bname}` (role {role}) of `{name}`: {e}"))
+                }
+            })?;
+        self.reg.release(bname);
+        let rec = &mut self.arrays[idx];
+        rec.released[role] = true;
+        // save_config no longer names it (assembly finds the roles from
+        // the superblocks). A superblock-less array's members are its
+        // roles in order, so its create stays as it was.
+        if rec.superblock {
+            set_saved_members(rec);
+            set_saved_write_mostly(rec, Some(bname), false);
+        }
+        self.log(format!(
+            "array {name}: member {bname} (role {role}) removed by {M}{}",
+            if in_service {
+                "; recorded faulty"
+            } else {
+                " (failed already)"
+            }
+        ));
+        Ok(json!(true))
+    }
+
     fn mdraid_delete(&mut self, p: BdevMdraidDelete) -> Result<Value, RpcError> {
         let name = p.name.as_str();
         let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
@@ -1658,16 +1741,11 @@ impl Daemon {
             .stop(self.opts.stop_timeout)
             .map_err(|e| RpcError::errno(errno::EBUSY, format!("bdev_mdraid_delete: {e}")))?;
         let rec = self.arrays.remove(idx);
-        let devs: Vec<Arc<dyn Device>> = rec
-            .roles
-            .iter()
-            .flatten()
-            .filter_map(|n| self.reg.get(n))
-            .collect();
+        let devs: Vec<Arc<dyn Device>> = rec.held().filter_map(|n| self.reg.get(n)).collect();
         if p.clear_sb && rec.superblock {
             self.wipe(&devs);
         }
-        for n in rec.roles.iter().flatten() {
+        for n in rec.held() {
             self.reg.release(n);
         }
         self.log(format!(
@@ -1965,7 +2043,7 @@ impl Daemon {
                     failed.push(a.name.clone());
                 }
             }
-            for n in a.roles.iter().flatten() {
+            for n in a.held() {
                 self.reg.release(n);
             }
         }
@@ -1994,13 +2072,6 @@ fn export_err(e: &crate::export::ExportError) -> RpcError {
     }
 }
 
-fn not_yet(method: &str, why: &str) -> RpcError {
-    RpcError::errno(
-        errno::ENOTSUP,
-        format!("{method}: not supported yet ({why}): Operation not supported"),
-    )
-}
-
 impl Host for Daemon {
     fn call(&mut self, call: Call) -> Result<Value, RpcError> {
         match call {
@@ -2009,10 +2080,7 @@ impl Host for Daemon {
             Call::BdevMdraidGetBdevs(p) => self.mdraid_get_bdevs(p),
             Call::BdevMdraidExamine(p) => self.mdraid_examine(p),
             Call::BdevMdraidAddBaseBdev(p) => self.mdraid_add_base_bdev(p),
-            Call::BdevMdraidRemoveBaseBdev(_) => Err(not_yet(
-                "bdev_mdraid_remove_base_bdev",
-                "hot removal of a member is not implemented yet",
-            )),
+            Call::BdevMdraidRemoveBaseBdev(p) => self.mdraid_remove_base_bdev(p),
             Call::BdevMdraidSetOptions(p) => self.mdraid_set_options(p),
             Call::BdevMdraidSyncAction(p) => self.mdraid_sync_action(p),
             Call::BdevMdraidSetWriteMostly(p) => self.mdraid_set_write_mostly(p),
@@ -2698,4 +2766,26 @@ fn set_saved_write_mostly(rec: &mut ArrayRecord, name: Option<&str>, on: bool) {
         wm.push(BdevName::new(name).expect("a registered name is valid"));
     }
     rec.saved.write_mostly = NameList(wm);
+}
+
+/// Record the members the array holds, in role order, as its saved create
+/// params' `base_bdevs` (what `save_config` writes).
+fn set_saved_members(rec: &mut ArrayRecord) {
+    let names: Vec<BdevName> = rec
+        .held()
+        .map(|n| BdevName::new(n).expect("a registered name is valid"))
+        .collect();
+    rec.saved.base_bdevs = NameList(names);
+}
+
+impl ArrayRecord {
+    /// Names of the member devices the array holds (claims), in role
+    /// order: not missing, not released by `bdev_mdraid_remove_base_bdev`.
+    fn held(&self) -> impl Iterator<Item = &str> {
+        self.roles
+            .iter()
+            .zip(&self.released)
+            .filter(|(_, released)| !**released)
+            .filter_map(|(n, _)| n.as_deref())
+    }
 }

@@ -22,7 +22,8 @@ pub mod reactor;
 pub mod uring;
 
 pub use array::{
-    Array, ArrayChannelRef, ArrayError, ArrayParams, IoDone, ProcessOptions, SyncKind, SyncProgress,
+    Array, ArrayChannelRef, ArrayError, ArrayParams, IoDone, ProcessOptions, RemoveError, SyncKind,
+    SyncProgress,
 };
 pub use buf::{AlignedBuf, BufPool, DevBuf};
 pub use cores::{parse_core_list, parse_core_mask, parse_cores};

@@ -1,0 +1,474 @@
+//! `bdev_mdraid_remove_base_bdev` in the embedded daemon (`mdraid serve`
+//! as a child process, driven over its RPC socket and NBD): a member of a
+//! raid1 of three file members is removed while an NBD client writes; the
+//! answer comes after the failure is durable on the survivors' superblocks
+//! (read from the files, and by `mdadm --examine` when it is there); the
+//! claim is released; removing down to the last copy is refused, changing
+//! nothing; bad params change nothing; the removed member and another bdev
+//! are added back and rebuilt, and the data reads back from them alone.
+//! Every wait is bounded; only unix sockets are used.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bdev_raid::ondisk::{DevRole, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES};
+use mdraid_nbd::client::Client;
+use mdraid_nbd::proto::CMD_WRITE;
+use mdraid_rpc::RpcError;
+use serde_json::{json, Value};
+
+mod process;
+use process::*;
+
+/// Member size: 32 MiB (md's 1 MiB data offset leaves 31 MiB of data).
+const MEMBER_BYTES: u64 = 32 << 20;
+const RM: &str = "bdev_mdraid_remove_base_bdev";
+/// The part of the array the writer uses: 8 MiB of 4 KiB blocks.
+const BLOCKS: u64 = 2048;
+
+fn expect_field(e: &RpcError, field: &str) {
+    assert_eq!(e.code, -32602, "{e}");
+    assert!(
+        e.message.contains(&format!("field `{field}`")),
+        "error should name `{field}`: {e}"
+    );
+}
+
+fn read_sb(f: &Path) -> Superblock {
+    let data = std::fs::read(f).unwrap();
+    let off = SB_OFFSET_BYTES as usize;
+    Superblock::decode(&data[off..off + SB_BLOCK_BYTES], data.len() as u64 / 512)
+        .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+}
+
+fn array(d: &Daemon) -> Value {
+    d.ok("bdev_mdraid_get_bdevs", json!({"name": "rm"}))[0].clone()
+}
+
+fn states(a: &Value) -> Vec<String> {
+    a["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn member_names(a: &Value) -> Vec<String> {
+    a["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn claimed(d: &Daemon, bdev: &str) -> bool {
+    d.ok("bdev_get_bdevs", json!({"name": bdev}))[0]["claimed"]
+        .as_bool()
+        .unwrap()
+}
+
+/// The array with no background process running and no I/O in flight
+/// (bounded wait).
+fn settled(d: &Daemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = array(d);
+        let idle = a["sync_action"] == "idle"
+            && a["process"].is_null()
+            && a["base_bdevs_list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["io"]["outstanding"].as_u64().unwrap_or(0) == 0);
+        if idle {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "never settled: {a}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// 4 KiB writes to random blocks of the first `BLOCKS`, up to 16 in
+/// flight, until `stop`; every one must succeed. Returns what the blocks
+/// hold after all of them.
+fn writer(nbd: PathBuf, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> Vec<u8> {
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").expect("NBD handshake");
+    let mut image = vec![0u8; (BLOCKS * 4096) as usize];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut inflight = std::collections::HashMap::new();
+    // Blocks with a write in flight (one at a time per block, so the
+    // image is exact).
+    let mut busy = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        while !stopping && inflight.len() < 16 {
+            let blk = rng.next() % BLOCKS;
+            if !busy.insert(blk) {
+                continue;
+            }
+            let data: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+            let h = c.send(CMD_WRITE, 0, blk * 4096, 4096, &data).unwrap();
+            inflight.insert(h, (blk, data));
+        }
+        if inflight.is_empty() {
+            return image;
+        }
+        assert!(Instant::now() < deadline, "writes too slow");
+        let (h, r) = c.recv(|_| 0).unwrap();
+        let (blk, data) = inflight.remove(&h).expect("reply to a request sent");
+        r.unwrap_or_else(|e| panic!("write of block {blk} failed: NBD error {e}"));
+        busy.remove(&blk);
+        image[(blk * 4096) as usize..(blk * 4096 + 4096) as usize].copy_from_slice(&data);
+        acked.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn check_image(nbd: &Path, image: &[u8], what: &str) {
+    let mut c = Client::connect(UnixStream::connect(nbd).unwrap(), "rm").unwrap();
+    for (i, chunk) in image.chunks(256 << 10).enumerate() {
+        let got = c
+            .read((i * (256 << 10)) as u64, chunk.len() as u32)
+            .unwrap();
+        assert!(
+            got == chunk,
+            "{what}: bytes at {} differ from what was acknowledged",
+            i * (256 << 10) + got.iter().zip(chunk).position(|(a, b)| a != b).unwrap()
+        );
+    }
+}
+
+fn wait_acked(d: &mut Daemon, acked: &AtomicU64, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "writes too slow");
+        assert!(d.alive(), "daemon died: {}", d.stderr());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn remove_base_bdev_while_writing_then_add_back() {
+    let _g = serial();
+    let dir = TempDir::new("remove");
+    let mut d = Daemon::start(&dir, "d", None);
+    let files: Vec<PathBuf> = (0..3)
+        .map(|i| dir.member(&format!("r{i}.img"), MEMBER_BYTES))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        d.ok(
+            "bdev_aio_create",
+            json!({"name": format!("r{i}"), "filename": f.display().to_string()}),
+        );
+    }
+    // Another bdev for a role later: as big, with the same block size.
+    let bs = d.ok("bdev_get_bdevs", json!({"name": "r0"}))[0]["block_size"]
+        .as_u64()
+        .unwrap();
+    d.ok(
+        "bdev_malloc_create",
+        json!({"name": "spare", "num_blocks": MEMBER_BYTES / bs, "block_size": bs}),
+    );
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["r0", "r1", "r2"]}),
+    );
+
+    // Bad params: -32602 naming the field, or no such device; nothing changes.
+    let before = settled(&d);
+    let bdevs = d.ok("bdev_get_bdevs", Value::Null);
+    for (p, field) in [
+        (json!({}), "name"),
+        (json!({"name": 5}), "name"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": "r0", "force": true}), "force"),
+        // Exists, but is no member: a free bdev, the array itself.
+        (json!({"name": "spare"}), "name"),
+        (json!({"name": "rm"}), "name"),
+    ] {
+        let e = d.err(RM, p.clone());
+        expect_field(&e, field);
+    }
+    let e = d.err(RM, json!({"name": "spare"}));
+    assert!(
+        e.message
+            .contains("`spare` is not a member of an mdraid array"),
+        "{e}"
+    );
+    let e = d.err(RM, Value::Null);
+    expect_field(&e, "name");
+    let e = d.err(RM, json!({"name": "nosuch"}));
+    assert_eq!(e.code, -19, "{e}");
+    assert!(e.message.contains("nosuch"), "{e}");
+    assert_eq!(array(&d), before, "bad params changed the array");
+    assert_eq!(d.ok("bdev_get_bdevs", Value::Null), bdevs);
+
+    // Remove r2 while an NBD client writes.
+    let nbd = dir.path("nbd.sock");
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let stale = read_sb(&files[2]);
+    let events0 = before["events"].as_u64().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let w = {
+        let (n, s, a) = (nbd.clone(), stop.clone(), acked.clone());
+        std::thread::spawn(move || writer(n, s, a))
+    };
+    wait_acked(&mut d, &acked, 300);
+    assert_eq!(d.ok(RM, json!({"name": "r2"})), json!(true));
+    // Committed before the answer: the survivors' superblocks record r2
+    // faulty at higher events (read while the writes go on).
+    let dev = stale.dev_number as usize;
+    for f in &files[..2] {
+        let sb = read_sb(f);
+        assert_eq!(
+            sb.dev_roles.get(dev),
+            Some(&DevRole::Faulty),
+            "{}: {sb:?}",
+            f.display()
+        );
+        assert!(sb.events > stale.events, "{}: {sb:?}", f.display());
+    }
+    let a = array(&d);
+    assert_eq!(states(&a), ["in_sync", "in_sync", "faulty"], "{a}");
+    assert_eq!(member_names(&a), ["r0", "r1", "r2"], "{a}");
+    assert_eq!(a["degraded"], true, "{a}");
+    assert_eq!(a["state"], "online", "{a}");
+    assert_eq!(a["num_base_bdevs_operational"], 2, "{a}");
+    assert!(a["events"].as_u64().unwrap() > events0, "{a}");
+    // Released: not claimed, and no longer a member.
+    assert!(!claimed(&d, "r2"));
+    assert!(claimed(&d, "r0") && claimed(&d, "r1"));
+    expect_field(&d.err(RM, json!({"name": "r2"})), "name");
+    // The writes go on, degraded.
+    let n = acked.load(Ordering::SeqCst);
+    wait_acked(&mut d, &acked, n + 300);
+    stop.store(true, Ordering::SeqCst);
+    let image = w.join().unwrap();
+    eprintln!(
+        "{} writes acknowledged, r2 removed among them",
+        acked.load(Ordering::SeqCst)
+    );
+    check_image(&nbd, &image, "after removing r2");
+
+    // The status CLI shows it as it shows a failed member.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "-s"])
+        .arg(&d.sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("degraded")
+            && text
+                .lines()
+                .any(|l| l.contains("r2") && l.contains("faulty")),
+        "{text}"
+    );
+    // save_config no longer names it.
+    let cfg = d.ok("save_config", Value::Null);
+    let create = cfg["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["config"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["method"] == "bdev_mdraid_create")
+        .expect("the array in save_config");
+    assert_eq!(
+        create["params"]["base_bdevs"],
+        json!(["r0", "r1"]),
+        "{create}"
+    );
+
+    if let Some(mdadm) = require_tool("remove_base_bdev_while_writing_then_add_back", "mdadm") {
+        let (ok, out, err) = run_tool(&mdadm, &["--examine", &files[0].display().to_string()]);
+        assert!(ok, "mdadm --examine: {out}{err}");
+        let state = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("Array State"))
+            .unwrap_or_else(|| panic!("no Array State:\n{out}"));
+        // Role 2 is not active on the survivor's superblock.
+        assert!(state.contains(": AA."), "{out}");
+    }
+
+    // A second removal: r1. Removing r0 too would leave no copy: refused,
+    // nothing changes, r0 stays claimed.
+    assert_eq!(d.ok(RM, json!({"name": "r1"})), json!(true));
+    let before = settled(&d);
+    assert_eq!(states(&before), ["in_sync", "faulty", "faulty"], "{before}");
+    let sb0 = read_sb(&files[0]);
+    let e = d.err(RM, json!({"name": "r0"}));
+    assert_eq!(e.code, -16, "{e}");
+    assert!(
+        e.message.contains("offline") && e.message.contains("r0"),
+        "{e}"
+    );
+    assert_eq!(array(&d), before, "the refused removal changed the array");
+    assert!(claimed(&d, "r0"));
+    assert_eq!(read_sb(&files[0]).events, sb0.events);
+    check_image(&nbd, &image, "after the refused removal");
+
+    // The removed bdev can be deleted and made again.
+    d.ok("bdev_aio_delete", json!({"name": "r1"}));
+    assert_eq!(d.err(RM, json!({"name": "r1"})).code, -19);
+    d.ok(
+        "bdev_aio_create",
+        json!({"name": "r1", "filename": files[1].display().to_string()}),
+    );
+
+    // r2 back into its role, and another bdev (spare) into r1's: both
+    // rebuilt (bounded wait).
+    d.ok(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "r2"}),
+    );
+    d.ok(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "spare"}),
+    );
+    assert!(claimed(&d, "r2") && claimed(&d, "spare"));
+    assert!(!claimed(&d, "r1"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let a = loop {
+        let a = settled(&d);
+        if states(&a) == ["in_sync", "in_sync", "in_sync"] {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "rebuild never finished: {a}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(member_names(&a), ["r0", "spare", "r2"], "{a}");
+    assert_eq!(a["degraded"], false, "{a}");
+    // The rebuilt members alone hold the data: r0 goes.
+    assert_eq!(d.ok(RM, json!({"name": "r0"})), json!(true));
+    assert_eq!(
+        states(&array(&d)),
+        ["faulty", "in_sync", "in_sync"],
+        "{}",
+        array(&d)
+    );
+    check_image(&nbd, &image, "from the rebuilt members");
+    let sb2 = read_sb(&files[2]);
+    assert_eq!(
+        sb2.dev_roles.get(read_sb(&files[0]).dev_number as usize),
+        Some(&DevRole::Faulty),
+        "{sb2:?}"
+    );
+    assert!(d
+        .stderr()
+        .contains("removed by bdev_mdraid_remove_base_bdev"));
+    d.ok("mdraid_nbd_export_remove", json!({"export_name": "rm"}));
+    d.ok("bdev_mdraid_delete", json!({"name": "rm"}));
+    // Deleting the array released what it held, and only that.
+    for b in ["r0", "r1", "r2", "spare"] {
+        assert!(!claimed(&d, b), "{b} still claimed");
+    }
+    assert!(d.term().success(), "{}", d.stderr());
+}
+
+/// A member that failed by itself (write errors through `bdev_error`) is
+/// only released by a removal: events do not move, its claim goes, and
+/// the log says it had failed already. A superblock-less array removes a
+/// member too (recorded faulty in memory).
+#[test]
+fn remove_base_bdev_of_a_failed_member_only_releases_it() {
+    let _g = serial();
+    let dir = TempDir::new("removefailed");
+    let d = Daemon::start(&dir, "d", None);
+    for i in 0..6 {
+        d.ok(
+            "bdev_malloc_create",
+            json!({"name": format!("m{i}"), "num_blocks": MEMBER_BYTES / 512, "block_size": 512}),
+        );
+    }
+    for i in 0..3 {
+        d.ok("bdev_error_create", json!({"base_name": format!("m{i}")}));
+    }
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["EE_m0", "EE_m1", "EE_m2"]}),
+    );
+    let nbd = dir.path("nbd.sock");
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    d.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_m1", "io_type": "write", "error_type": "failure", "num": 1000000}),
+    );
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
+    c.write(0, &[0xa5; 4096], true)
+        .expect("the write succeeds on the others");
+    let a = settled(&d);
+    assert_eq!(states(&a), ["in_sync", "faulty", "in_sync"], "{a}");
+    assert!(claimed(&d, "EE_m1"), "a failed member stays claimed");
+    let events = a["events"].as_u64().unwrap();
+    assert_eq!(d.ok(RM, json!({"name": "EE_m1"})), json!(true));
+    let b = settled(&d);
+    assert_eq!(states(&b), ["in_sync", "faulty", "in_sync"], "{b}");
+    assert_eq!(b["events"].as_u64().unwrap(), events, "{b}");
+    assert!(!claimed(&d, "EE_m1"));
+    assert!(
+        d.stderr().contains(
+            "member EE_m1 (role 1) removed by bdev_mdraid_remove_base_bdev (failed already)"
+        ),
+        "{}",
+        d.stderr()
+    );
+    expect_field(&d.err(RM, json!({"name": "EE_m1"})), "name");
+    // Another bdev takes the role; the data comes back on it.
+    d.ok(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "m3"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = settled(&d);
+        if states(&a) == ["in_sync", "in_sync", "in_sync"] {
+            assert_eq!(member_names(&a), ["EE_m0", "m3", "EE_m2"], "{a}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuild never finished: {a}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.ok(RM, json!({"name": "EE_m0"})), json!(true));
+    assert_eq!(d.ok(RM, json!({"name": "EE_m2"})), json!(true));
+    assert_eq!(c.read(0, 4096).unwrap(), vec![0xa5; 4096]);
+    let e = d.err(RM, json!({"name": "m3"}));
+    assert_eq!(e.code, -16, "{e}");
+    drop(c);
+
+    // Without superblocks.
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "bare", "raid_level": "raid1", "base_bdevs": ["m4", "m5"], "superblock": false}),
+    );
+    assert_eq!(d.ok(RM, json!({"name": "m4"})), json!(true));
+    let a = d.ok("bdev_mdraid_get_bdevs", json!({"name": "bare"}))[0].clone();
+    assert_eq!(states(&a), ["faulty", "in_sync"], "{a}");
+    assert!(!claimed(&d, "m4"));
+    assert_eq!(d.err(RM, json!({"name": "m5"})).code, -16);
+}
