@@ -35,7 +35,7 @@
 //! metadata tick once no channel has I/O on it. It is refused with EBUSY,
 //! changing nothing, when the array would go offline (md refuses to fail
 //! the last device holding some data); a member already faulty is only
-//! released. The embedded host answers it `-95` so far.
+//! released. The embedded host does the same.
 //!
 //! `bdev_mdraid_set_write_mostly` is checked and refused as in the
 //! embedded host (`bdev_raid::meta::FlagError`, the field named); the
