@@ -1521,6 +1521,24 @@ impl Daemon {
                 };
                 RpcError::invalid_field(M, f, format!("`{bname}`: {e}"))
             })?;
+        // Answer once the state records it (committed to the superblocks
+        // and published), as the SPDK host does: get_bdevs then shows it.
+        let deadline = std::time::Instant::now() + self.opts.io_timeout;
+        loop {
+            let st = a.array.state();
+            if st.offline || (st.write_mostly >> role & 1 != 0) == p.write_mostly {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(RpcError::errno(
+                    errno::EAGAIN,
+                    format!(
+                        "{M}: `{bname}`: the change is not committed yet (the superblocks could not be written in time); it will be"
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         set_saved_write_mostly(&mut self.arrays[idx], Some(bname), p.write_mostly);
         self.log(format!(
             "array {name}: `{bname}` (role {role}) {} write-mostly",

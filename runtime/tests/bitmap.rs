@@ -349,10 +349,7 @@ fn examine_bitmap_after_writes_crash_and_resync() {
         for i in 0..n {
             let m = format!("{name}m{i}");
             let f = dir.member(&format!("{m}.img"), MEMBER_BYTES);
-            d.ok(
-                "bdev_aio_create",
-                json!({"name": m, "filename": f.display().to_string()}),
-            );
+            d.aio(&m, &f);
             members.push(m);
             paths.push(f);
         }
@@ -606,10 +603,7 @@ fn bits_clear_lazily_after_writes_stop() {
         for i in 0..*n {
             let m = format!("{name}m{i}");
             let f = dir.member(&format!("{m}.img"), MEMBER_BYTES);
-            d.ok(
-                "bdev_aio_create",
-                json!({"name": m, "filename": f.display().to_string()}),
-            );
+            d.aio(&m, &f);
             members.push(m);
             files.push((name.to_string(), f));
         }
@@ -717,10 +711,7 @@ fn write_mostly_and_write_behind_as_mdadm_reads_them() {
     let mut files = Vec::new();
     for i in 0..3 {
         let f = dir.member(&format!("w{i}.img"), MEMBER_BYTES);
-        d.ok(
-            "bdev_aio_create",
-            json!({"name": format!("w{i}"), "filename": f.display().to_string()}),
-        );
+        d.aio(&format!("w{i}"), &f);
         files.push(f);
     }
     d.ok(

@@ -41,13 +41,6 @@ fn names(v: &Value) -> Vec<String> {
         .collect()
 }
 
-fn aio(d: &Daemon, name: &str, path: &Path) {
-    d.ok(
-        "bdev_aio_create",
-        json!({"name": name, "filename": path.display().to_string()}),
-    );
-}
-
 fn malloc(d: &Daemon, name: &str) {
     assert_eq!(
         d.ok(
@@ -97,8 +90,7 @@ fn members_and_arrays_of_every_level() {
         malloc(&d, &format!("m{i}"));
     }
     for i in 0..7 {
-        aio(
-            &d,
+        d.aio(
             &format!("f{i}"),
             &dir.member(&format!("f{i}.img"), MEMBER_BYTES),
         );
@@ -215,9 +207,9 @@ fn members_and_arrays_of_every_level() {
     d.ok("bdev_malloc_delete", json!({"name": auto}));
     assert_eq!(d.ok("bdev_get_bdevs", Value::Null), json!([]));
     // Superblocks stay without clear_sb: creating again assembles.
-    aio(&d, "f1", &dir.path("f1.img"));
-    aio(&d, "f2", &dir.path("f2.img"));
-    aio(&d, "f3", &dir.path("f3.img"));
+    d.aio("f1", &dir.path("f1.img"));
+    d.aio("f2", &dir.path("f2.img"));
+    d.aio("f3", &dir.path("f3.img"));
     d.ok(
         "bdev_mdraid_create",
         json!({"name": "again", "raid_level": "raid5", "base_bdevs": ["f3", "f1", "f2"], "strip_size_kb": 64}),
@@ -249,7 +241,7 @@ fn bad_params_name_the_field_and_create_nothing() {
     malloc(&d, "m1");
     malloc(&d, "m2");
     let f = dir.member("f0.img", MEMBER_BYTES);
-    aio(&d, "f0", &f);
+    d.aio("f0", &f);
     d.ok(
         "bdev_mdraid_create",
         json!({"name": "keep", "raid_level": "raid1", "base_bdevs": ["m2", "f0"]}),
@@ -519,8 +511,7 @@ fn bad_params_name_the_field_and_create_nothing() {
 /// Members in files, a raid5 and a raid1 array; returns the daemon.
 fn build_config_state(dir: &TempDir, d: &Daemon) {
     for i in 0..5 {
-        aio(
-            d,
+        d.aio(
             &format!("a{i}"),
             &dir.member(&format!("a{i}.img"), MEMBER_BYTES),
         );
@@ -726,8 +717,8 @@ fn config_errors_name_the_entry_and_touch_nothing() {
     assert_eq!(sb_area(&files[0]), sb0);
     // The same over RPC.
     let d = Daemon::start(&dir, "g2", None);
-    aio(&d, "c0", &files[0]);
-    aio(&d, "c2", &files[2]);
+    d.aio("c0", &files[0]);
+    d.aio("c2", &files[2]);
     let e = d.err(
         "bdev_mdraid_create",
         json!({"name": "n", "raid_level": "raid1", "base_bdevs": ["c2", "c0"], "uuid": "11111111-2222-3333-4444-555555555555"}),
@@ -736,7 +727,7 @@ fn config_errors_name_the_entry_and_touch_nothing() {
     assert!(e.message.contains("another array"), "{e}");
     assert!(zero(&files[2]), "nothing may be written on failure");
     // Level mismatch with what the members carry.
-    aio(&d, "c1", &files[1]);
+    d.aio("c1", &files[1]);
     let e = d.err(
         "bdev_mdraid_create",
         json!({"name": "n", "raid_level": "raid0", "base_bdevs": ["c0", "c1"], "strip_size_kb": 64}),
@@ -752,12 +743,7 @@ fn examine_cli_prints_superblocks_and_names_bad_fields() {
     let _g = serial();
     let dir = TempDir::new("examine");
     let mut d = Daemon::start(&dir, "d", None);
-    let files: Vec<PathBuf> = (0..4)
-        .map(|i| dir.member(&format!("x{i}.img"), MEMBER_BYTES))
-        .collect();
-    for (i, f) in files.iter().enumerate() {
-        aio(&d, &format!("x{i}"), f);
-    }
+    let files = d.aio_members(&dir, "x", 4, MEMBER_BYTES);
     d.ok(
         "bdev_mdraid_create",
         json!({"name": "ex6", "raid_level": "raid6", "base_bdevs": ["x0", "x1", "x2", "x3"], "strip_size_kb": 64, "uuid": "0123abcd-0000-4000-8000-00000000beef"}),
@@ -857,20 +843,6 @@ fn examine_cli_prints_superblocks_and_names_bad_fields() {
 }
 
 // ---------------------------------------------------------------- fuzz
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn random_value(rng: &mut Rng, depth: u32) -> Value {
     match rng.below(if depth > 3 { 8 } else { 11 }) {
@@ -1188,8 +1160,7 @@ fn nbd_export_with_real_clients() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for i in 0..3 {
-        aio(
-            &d,
+        d.aio(
             &format!("n{i}"),
             &dir.member(&format!("n{i}.img"), MEMBER_BYTES),
         );
@@ -1536,7 +1507,7 @@ fn fio_verify_over_files_with_a_member_failing() {
         let mut members = Vec::new();
         for i in 0..n {
             let name = format!("{level}f{i}");
-            aio(&d, &name, &dir.member(&format!("{name}.img"), MEMBER_BYTES));
+            d.aio(&name, &dir.member(&format!("{name}.img"), MEMBER_BYTES));
             d.ok("bdev_error_create", json!({"base_name": name}));
             members.push(format!("EE_{name}"));
         }
@@ -1632,8 +1603,7 @@ fn malformed_nbd_clients_leave_the_daemon_serving() {
         json!({"unix_path": nbd.display().to_string()}),
     );
     for i in 0..2 {
-        aio(
-            &d,
+        d.aio(
             &format!("b{i}"),
             &dir.member(&format!("b{i}.img"), MEMBER_BYTES),
         );

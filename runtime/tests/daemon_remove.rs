@@ -93,17 +93,6 @@ fn settled(d: &Daemon) -> Value {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// 4 KiB writes to random blocks of the first `BLOCKS`, up to 16 in
 /// flight, until `stop`; every one must succeed. Returns what the blocks
 /// hold after all of them.
@@ -168,15 +157,7 @@ fn remove_base_bdev_while_writing_then_add_back() {
     let _g = serial();
     let dir = TempDir::new("remove");
     let mut d = Daemon::start(&dir, "d", None);
-    let files: Vec<PathBuf> = (0..3)
-        .map(|i| dir.member(&format!("r{i}.img"), MEMBER_BYTES))
-        .collect();
-    for (i, f) in files.iter().enumerate() {
-        d.ok(
-            "bdev_aio_create",
-            json!({"name": format!("r{i}"), "filename": f.display().to_string()}),
-        );
-    }
+    let files = d.aio_members(&dir, "r", 3, MEMBER_BYTES);
     // Another bdev for a role later: as big, with the same block size.
     let bs = d.ok("bdev_get_bdevs", json!({"name": "r0"}))[0]["block_size"]
         .as_u64()
@@ -332,10 +313,7 @@ fn remove_base_bdev_while_writing_then_add_back() {
     // The removed bdev can be deleted and made again.
     d.ok("bdev_aio_delete", json!({"name": "r1"}));
     assert_eq!(d.err(RM, json!({"name": "r1"})).code, -19);
-    d.ok(
-        "bdev_aio_create",
-        json!({"name": "r1", "filename": files[1].display().to_string()}),
-    );
+    d.aio("r1", &files[1]);
 
     // r2 back into its role, and another bdev (spare) into r1's: both
     // rebuilt (bounded wait).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use mdraid_rpc::RpcError;
 use mdraid_runtime::daemon::{rpc_call, ClientError};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mdraid");
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -146,6 +146,26 @@ impl Daemon {
         }
     }
 
+    /// `bdev_aio_create` of `name` on file `path`.
+    pub fn aio(&self, name: &str, path: &Path) {
+        self.ok(
+            "bdev_aio_create",
+            json!({"name": name, "filename": path.display().to_string()}),
+        );
+    }
+
+    /// `n` member files of `len` bytes in `dir`, `{prefix}{i}.img`, each
+    /// an aio bdev `{prefix}{i}`.
+    pub fn aio_members(&self, dir: &TempDir, prefix: &str, n: usize, len: u64) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let f = dir.member(&format!("{prefix}{i}.img"), len);
+                self.aio(&format!("{prefix}{i}"), &f);
+                f
+            })
+            .collect()
+    }
+
     pub fn ok(&self, method: &str, params: Value) -> Value {
         self.rpc(method, params.clone()).unwrap_or_else(|e| {
             panic!(
@@ -250,4 +270,19 @@ pub fn run_tool(tool: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stdout).into(),
         String::from_utf8_lossy(&o.stderr).into(),
     )
+}
+
+/// xorshift64: test data and fuzz inputs from a seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
