@@ -215,6 +215,9 @@ pub struct Direct {
     /// The range lock shared (NONE: none) and the parts of it held.
     lock: u32,
     parts: u32,
+    /// The parent slot kept for the parent, should a member I/O fail
+    /// ([`Channel::direct_redo`] then never finds the channel full).
+    slot: u32,
 }
 
 impl Direct {
@@ -908,13 +911,11 @@ impl<B: IoBuf> Channel<B> {
     ///   a lock, the bitmap, resources): those are writes in flight too,
     ///   and writes in flight have no order.
     ///
-    /// Else `None`, and the host submits it as a parent. The host reports
-    /// the end with [`Channel::direct_done`]. If a member I/O failed, the
-    /// host does not complete the parent: it submits it as a parent first
-    /// (the general path retries it and handles the failure: R1 for a
-    /// write, another copy and the rewrite for a read), then calls
-    /// `direct_done`, so the write stays counted among the writes in
-    /// flight throughout.
+    /// A direct I/O keeps a parent slot (none free: `None`). Else `None`,
+    /// and the host submits it as a parent. The host reports the end with
+    /// [`Channel::direct_done`] and completes the parent itself; if a
+    /// member I/O failed it does not complete the parent but hands it to
+    /// [`Channel::direct_redo`].
     pub fn direct(&mut self, op: IoType, lba: u64, blocks: u64) -> Option<Direct> {
         let mut d = Direct::default();
         self.direct_into(op, lba, blocks, &mut d).then_some(d)
@@ -933,6 +934,7 @@ impl<B: IoBuf> Channel<B> {
             _ => return None,
         };
         if self.state.offline
+            || self.free_parents.is_empty()
             || (self.geom.level().is_parity() && write)
             || self.geom.copies() > DIRECT_COPIES
             || blocks == 0
@@ -967,7 +969,7 @@ impl<B: IoBuf> Channel<B> {
             d.n = 1;
             d.targets[0] = l;
             self.member_stats[l.member as usize].outstanding += 1;
-            self.direct_in_flight += 1;
+            self.take_direct_slot(d);
             return Some(());
         }
         let run = self.geom.map_each(lba, blocks, |member, lba| {
@@ -992,7 +994,7 @@ impl<B: IoBuf> Channel<B> {
             d.n = 1;
             d.targets[0] = l;
             self.member_stats[l.member as usize].outstanding += 1;
-            self.direct_in_flight += 1;
+            self.take_direct_slot(d);
             return Some(());
         }
         let all: u64 = d
@@ -1024,7 +1026,7 @@ impl<B: IoBuf> Channel<B> {
         }
         self.writes_in_flight += 1;
         self.shared.note_write(self.index);
-        self.direct_in_flight += 1;
+        self.take_direct_slot(d);
         Some(())
     }
 
@@ -1053,10 +1055,36 @@ impl<B: IoBuf> Channel<B> {
         }
     }
 
-    /// A [`Direct`] I/O ended; `failed`: the members whose I/O failed (see
-    /// [`Channel::direct`]: with any, the host has submitted the parent
-    /// again already).
-    pub fn direct_done(&mut self, d: &Direct, failed: u64) {
+    /// Count a direct I/O in, with the parent slot it keeps.
+    fn take_direct_slot(&mut self, d: &mut Direct) {
+        d.slot = self.free_parents.pop().expect("checked in try_direct");
+        self.direct_in_flight += 1;
+    }
+
+    /// A [`Direct`] I/O ended with every member I/O done: the host
+    /// completes its parent.
+    pub fn direct_done(&mut self, d: &Direct) {
+        self.stats.parents_done += 1;
+        self.free_parents.push(d.slot);
+        self.end_direct(d, 0);
+    }
+
+    /// A [`Direct`] I/O ended with the member I/Os of `failed` failed: the
+    /// parent `io` (the same I/O) goes to the general path, in the slot the
+    /// direct I/O kept, before the direct I/O lets go of its range lock,
+    /// its bitmap count and its place among the writes in flight (so the
+    /// array is never marked clean, nor a bit cleared, while the copies it
+    /// wrote differ). The general path redoes it and handles the failure
+    /// (R1 for a write; the other copies and the rewrite for a read).
+    pub fn direct_redo(&mut self, d: &Direct, failed: u64, io: ParentIo<B>) {
+        self.free_parents.push(d.slot);
+        if self.submit(io).is_err() {
+            unreachable!("the direct I/O's parent slot was free");
+        }
+        self.end_direct(d, failed);
+    }
+
+    fn end_direct(&mut self, d: &Direct, failed: u64) {
         self.direct_in_flight -= 1;
         for l in d.targets() {
             let ms = &mut self.member_stats[l.member as usize];
@@ -1071,9 +1099,6 @@ impl<B: IoBuf> Channel<B> {
                 ms.read_blocks += d.blocks;
             }
         }
-        if failed == 0 {
-            self.stats.parents_done += 1;
-        }
         if d.write {
             self.unlock_direct(d);
             if let Some(bm) = &self.shared.bitmap {
@@ -1081,7 +1106,7 @@ impl<B: IoBuf> Channel<B> {
             }
             self.writes_in_flight -= 1;
             self.maybe_report_idle();
-            // A parent (this one, submitted again) may wait for the lock.
+            // A parent (this one, redone) may wait for the lock.
             self.run_waiters();
         }
     }
@@ -3456,10 +3481,10 @@ mod tests {
             h.ch.direct(IoType::Write, 24, 8).is_none(),
             "shared a wanted lock"
         );
-        h.ch.direct_done(&d, 0);
+        h.ch.direct_done(&d);
         h.pump();
         assert!(h.held.is_empty(), "ran with a direct write in its granule");
-        h.ch.direct_done(&d2, 0);
+        h.ch.direct_done(&d2);
         h.pump();
         assert_eq!(
             h.held.len(),
@@ -3488,7 +3513,7 @@ mod tests {
             h.ch.direct(IoType::Read, 0, 8)
                 .expect("a read of the survivor");
         assert_eq!(d.targets()[0].member, 0);
-        h.ch.direct_done(&d, 0);
+        h.ch.direct_done(&d);
         // Write-behind to a write-mostly copy; pieces crossing a strip.
         let mut h = wm_host(4);
         assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
@@ -3527,7 +3552,7 @@ mod tests {
             (d.targets()[0].member, d.targets()[0].lba),
             (want.data[1], 0)
         );
-        h.ch.direct_done(&d, 0);
+        h.ch.direct_done(&d);
         assert!(h.ch.direct(IoType::Read, 6, 4).is_none(), "crosses strips");
         assert!(h.ch.direct(IoType::Write, 8, 4).is_none(), "parity writes");
         // Its member failed: reconstruction is the general path's.
@@ -3562,11 +3587,18 @@ mod tests {
     fn r1_failed_direct_write_completes_after_the_commit() {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
         let d = h.ch.direct(IoType::Write, 0, 8).unwrap();
-        // The write to member 1 failed: the host submits the parent again,
-        // then ends the direct I/O.
+        // The write to member 1 failed: the parent goes to the general
+        // path (in the direct I/O's slot).
         h.failing = bit(1);
-        h.write(7, 0, 8, 0xab);
-        h.ch.direct_done(&d, bit(1));
+        let io = ParentIo {
+            tag: 7,
+            op: IoType::Write,
+            lba: 0,
+            blocks: 8,
+            fua: false,
+            buf: Some(vec![0xab; 8 * 512]),
+        };
+        h.ch.direct_redo(&d, bit(1), io);
         h.pump();
         h.finish_all();
         assert_eq!(h.meta, vec![1]);
