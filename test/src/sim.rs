@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
 use bdev_raid::bitmap::{Bitmap, BitmapGeom, DiskBitmap};
 use bdev_raid::channel::{
-    Action, Busy, Channel, ChildBuf, ChildIo, ChildOp, ChildStatus, ChildToken, IoStatus, IoType,
-    MetaRequest, ParentIo,
+    Action, Busy, Channel, ChildBuf, ChildIo, ChildOp, ChildStatus, ChildToken, Direct, IoStatus,
+    IoType, MetaRequest, ParentIo,
 };
 use bdev_raid::layout::{Geometry, Level, StripeMap};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
@@ -82,6 +82,18 @@ pub struct Outcome {
     /// Write-behind writes a crash cut short while no other copy of their
     /// range survived (their acknowledged data may be lost, as in md).
     pub behind_lost: u64,
+    /// User reads and writes the host carried out itself on the direct
+    /// path (`Channel::direct`), and those of them a member I/O failed in,
+    /// so the host submitted them again as parents.
+    pub direct_reads: u64,
+    pub direct_writes: u64,
+    pub direct_redone: u64,
+    /// Of those, redone parents the channel refused (Busy): the host
+    /// queued them for retry.
+    pub direct_redo_busy: u64,
+    /// Member writes of direct writes a crash found in flight (torn,
+    /// landed or lost like children's).
+    pub direct_cut: u64,
     /// The run ended at an assembly md also refuses (dirty and degraded
     /// parity, or too few members left).
     pub ended_by_refusal: Option<String>,
@@ -98,6 +110,11 @@ struct Member {
     added: bool,
     /// Bumped when the device is replaced.
     gen: u64,
+    /// A direct write failed here: every write fails until the member is
+    /// brought back (so the parent's redo meets the failure too and the
+    /// general path fails the member, R1, rather than leaving a member
+    /// the simulator counts broken in service).
+    stuck: bool,
     /// Publication that brought the current device into its role (the
     /// state's `readded`); None until a state records it.
     joined: Option<u64>,
@@ -124,19 +141,39 @@ enum InFlight {
         data: Vec<u8>,
         gen: u64,
     },
+    /// One member I/O of a direct read or write (its parent's tag); it
+    /// moves the parent's whole buffer.
+    Direct {
+        tag: u64,
+        member: u16,
+        lba: u64,
+        gen: u64,
+    },
+}
+
+/// A direct read or write in flight: the parent itself (submitted to the
+/// channel only if a member I/O fails), and its member I/Os.
+struct DirectRec {
+    ch: usize,
+    d: Direct,
+    io: ParentIo<Buf>,
+    left: usize,
+    failed: u64,
 }
 
 impl InFlight {
     fn gen(&self) -> u64 {
         match self {
-            InFlight::Child { gen, .. } | InFlight::Sb { gen, .. } => *gen,
+            InFlight::Child { gen, .. }
+            | InFlight::Sb { gen, .. }
+            | InFlight::Direct { gen, .. } => *gen,
         }
     }
 
     fn member(&self) -> usize {
         match self {
             InFlight::Child { io, .. } => io.member as usize,
-            InFlight::Sb { member, .. } => *member as usize,
+            InFlight::Sb { member, .. } | InFlight::Direct { member, .. } => *member as usize,
         }
     }
 }
@@ -187,6 +224,9 @@ struct Sim<'a> {
     /// write-mostly copies agree again: their data then lives on the other
     /// copies only.
     exposed: Vec<(u64, u64, u64)>,
+    /// Direct reads and writes in flight, by parent tag (a crash drops
+    /// them with the channels that handed them out).
+    directs: HashMap<u64, DirectRec>,
     sc: &'a Scenario,
     rng: Rng,
     geom: Arc<Geometry>,
@@ -290,6 +330,7 @@ impl<'a> Sim<'a> {
                 broken: false,
                 added: false,
                 gen: 0,
+                stuck: false,
                 joined: Some(0),
             })
             .collect();
@@ -367,6 +408,7 @@ impl<'a> Sim<'a> {
             out: Outcome::default(),
             behind: HashMap::new(),
             exposed: Vec::new(),
+            directs: HashMap::new(),
             geom,
         }
     }
@@ -451,8 +493,9 @@ impl<'a> Sim<'a> {
 
     fn describe(&self) -> String {
         format!(
-            "{} children in flight; members {:?}; resync {:?}; rebuild {:?}; crashes {}; meta {}; inbox {}; channels: {}",
+            "{} children in flight ({} direct I/Os); members {:?}; resync {:?}; rebuild {:?}; crashes {}; meta {}; inbox {}; channels: {}",
             self.inflight.len(),
+            self.directs.len(),
             self.state().members,
             self.resync.as_ref().map(|r| r.progress()),
             self.rebuild.as_ref(),
@@ -697,6 +740,7 @@ impl<'a> Sim<'a> {
                     self.members[r].gen += 1;
                 }
                 self.members[r].broken = false;
+                self.members[r].stuck = false;
                 self.members[r].added = true;
                 self.members[r].joined = None;
                 match kind {
@@ -1060,6 +1104,14 @@ impl<'a> Sim<'a> {
             fua: self.rng.chance(0.1),
             buf,
         };
+        if matches!(op, IoType::Read | IoType::Write)
+            && self.sc.direct > 0.0
+            && self.rng.chance(self.sc.direct)
+        {
+            if let Some(d) = self.arr.channels[ch].direct(op, lba, blocks) {
+                return self.issue_direct(ch, d, io);
+            }
+        }
         let a = &mut self.arr;
         if !a.retry[ch].is_empty() {
             a.retry[ch].push_back(io);
@@ -1078,7 +1130,12 @@ impl<'a> Sim<'a> {
                     if io.lba + io.blocks > self.geom.member_blocks(m) {
                         return Err(format!("child past the end of member {m}: {io:?}"));
                     }
-                    self.check_bit_before_data(ch, &io)?;
+                    if matches!(
+                        io.op,
+                        ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap
+                    ) {
+                        self.check_bit_before_data(ch, io.member, io.parent)?;
+                    }
                     if matches!(io.buf, ChildBuf::Behind { .. }) {
                         if let Some(rec) = self.parents.get(&io.parent) {
                             self.behind
@@ -1100,21 +1157,149 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
-    /// R4: a data write is issued only once the bits of every chunk its
-    /// parent touches are on the member's disk (members whose writes fail
-    /// are being failed and are not checked).
-    fn check_bit_before_data(&self, ch: usize, io: &ChildIo) -> Result<(), String> {
-        if !matches!(
-            io.op,
-            ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap
-        ) {
+    /// The host carries out direct read or write `d` of parent `io` on
+    /// channel `ch`: one member I/O per target, each moving the whole
+    /// buffer (R4 is checked for each write as for a child's).
+    fn issue_direct(&mut self, ch: usize, d: Direct, io: ParentIo<Buf>) -> Result<(), String> {
+        let trace = std::env::var_os("MDRAID_SIM_TRACE").is_some();
+        if d.blocks() != io.blocks || d.is_write() != (io.op == IoType::Write) {
+            return Err(format!("direct {d:?} does not match its parent {io:?}"));
+        }
+        if d.is_write() {
+            self.out.direct_writes += 1;
+        } else {
+            self.out.direct_reads += 1;
+            if d.targets().len() != 1 {
+                return Err(format!("direct read with {} targets", d.targets().len()));
+            }
+        }
+        for t in d.targets() {
+            let m = t.member as usize;
+            if t.lba + d.blocks() > self.geom.member_blocks(m) {
+                return Err(format!("direct I/O past the end of member {m}: {d:?}"));
+            }
+            if d.is_write() {
+                self.check_bit_before_data(ch, t.member, io.tag)?;
+            }
+            if trace {
+                eprintln!(
+                    "step {} ch {ch} direct {:?} {}+{} -> m{} lba {}",
+                    self.step, io.op, io.lba, io.blocks, m, t.lba
+                );
+            }
+            self.inflight.push(InFlight::Direct {
+                tag: io.tag,
+                member: t.member,
+                lba: t.lba,
+                gen: self.members[m].gen,
+            });
+        }
+        let left = d.targets().len();
+        let tag = io.tag;
+        let prev = self.directs.insert(
+            tag,
+            DirectRec {
+                ch,
+                d,
+                io,
+                left,
+                failed: 0,
+            },
+        );
+        if prev.is_some() {
+            return Err(format!("parent {tag} went direct twice"));
+        }
+        Ok(())
+    }
+
+    /// A member I/O of direct parent `tag` ends (`gone`: its device was
+    /// replaced since, it fails). When the last one ends, the host
+    /// completes the parent itself if all succeeded; else it submits the
+    /// parent to the channel (which redoes it and handles the failure) and
+    /// only then reports the direct I/O done.
+    fn direct_io_done(
+        &mut self,
+        tag: u64,
+        member: u16,
+        lba: u64,
+        gone: bool,
+    ) -> Result<(), String> {
+        let m = member as usize;
+        let Some(r) = self.directs.get(&tag) else {
+            return Err(format!("direct I/O of parent {tag} outlived its record"));
+        };
+        let (write, ch) = (r.d.is_write(), r.ch);
+        let off = self.data_off + lba as usize * self.bs;
+        let len = r.d.blocks() as usize * self.bs;
+        let ok = if gone {
+            false
+        } else if write {
+            if self.write_fails(m) {
+                if !self.members[m].dead {
+                    self.members[m].stuck = true;
+                }
+                false
+            } else {
+                true
+            }
+        } else {
+            let f = &self.sc.faults;
+            !(self.members[m].dead || (self.member_faults() && self.rng.chance(f.read_error)))
+        };
+        let r = self.directs.get_mut(&tag).unwrap();
+        let buf = r.io.buf.as_mut().expect("direct I/O without its buffer");
+        if buf.len() != len {
+            return Err(format!("direct buffer size mismatch: {:?}", r.d));
+        }
+        if ok {
+            let data = &mut self.members[m].data[off..off + len];
+            if write {
+                data.copy_from_slice(buf);
+            } else {
+                buf.copy_from_slice(data);
+            }
+        } else {
+            self.out.child_errors += 1;
+            r.failed |= 1 << m;
+        }
+        if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
+            eprintln!(
+                "step {} ch {ch} direct {} of parent {tag} on m{m} lba {lba}: {}",
+                self.step,
+                if write { "write" } else { "read" },
+                if ok { "ok" } else { "failed" }
+            );
+        }
+        r.left -= 1;
+        if r.left > 0 {
             return Ok(());
         }
+        let r = self.directs.remove(&tag).unwrap();
+        if r.failed == 0 {
+            self.parent_done(ch, tag, IoStatus::Success, r.io.buf)?;
+            self.arr.channels[ch].direct_done(&r.d, 0);
+        } else {
+            self.out.direct_redone += 1;
+            let a = &mut self.arr;
+            if let Err(Busy(io)) = a.channels[ch].submit(r.io) {
+                self.out.direct_redo_busy += 1;
+                a.retry[ch].push_back(io);
+            }
+            a.channels[ch].direct_done(&r.d, r.failed);
+        }
+        self.drain(ch)
+    }
+
+    /// R4: a data write (a child of parent `parent`, or a direct write's
+    /// I/O) to `member` is issued only once the bits of every chunk its
+    /// parent touches are on the member's disk (members whose writes fail
+    /// are being failed and are not checked).
+    fn check_bit_before_data(&self, ch: usize, member: u16, parent: u64) -> Result<(), String> {
         let shared = self.arr.channels[ch].shared();
-        let (Some(bm), Some(rec)) = (&shared.bitmap, self.parents.get(&io.parent)) else {
+        let (Some(bm), Some(rec)) = (&shared.bitmap, self.parents.get(&parent)) else {
             return Ok(());
         };
-        let m = io.member as usize;
+        let m = member as usize;
         // Rewrites of a block that failed a read put back the data the
         // other copies hold: torn or not, they leave nothing to resync.
         if self.members[m].broken || rec.op == IoType::Read {
@@ -1146,7 +1331,7 @@ impl<'a> Sim<'a> {
             && f.protect & 1 << m == 0
             && (self.members[m].broken || self.broken() < f.max_broken)
             && self.rng.chance(f.write_error);
-        if self.members[m].dead || inject {
+        if self.members[m].dead || self.members[m].stuck || inject {
             self.members[m].broken = true;
             true
         } else {
@@ -1181,6 +1366,9 @@ impl<'a> Sim<'a> {
                 self.pump_meta();
                 return Ok(());
             }
+            InFlight::Direct {
+                tag, member, lba, ..
+            } => return self.direct_io_done(tag, member, lba, gone),
             InFlight::Child { ch, io, .. } if gone => {
                 // The device it went to was replaced: it fails.
                 self.out.child_errors += 1;
@@ -1264,7 +1452,7 @@ impl<'a> Sim<'a> {
             }
             let token = match &f {
                 InFlight::Child { ch, io, .. } => Some((*ch, io.token)),
-                InFlight::Sb { .. } => None,
+                InFlight::Sb { .. } | InFlight::Direct { .. } => None,
             };
             let (m, off, data): (usize, usize, Vec<u8>) = match f {
                 InFlight::Sb {
@@ -1285,6 +1473,19 @@ impl<'a> Sim<'a> {
                         self.data_off + io.lba as usize * bs,
                         data,
                     )
+                }
+                // A direct write in flight is a member write like any
+                // child's: torn, landed or not.
+                InFlight::Direct {
+                    tag, member, lba, ..
+                } => {
+                    let r = &self.directs[&tag];
+                    if !r.d.is_write() {
+                        continue;
+                    }
+                    let data = r.io.buf.clone().expect("direct write without its buffer");
+                    self.out.direct_cut += 1;
+                    (member as usize, self.data_off + lba as usize * bs, data)
                 }
             };
             if self.members[m].dead {
@@ -1309,6 +1510,9 @@ impl<'a> Sim<'a> {
         // crash together with the loss of every fast copy).
         self.exposed
             .extend(std::mem::take(&mut self.behind).into_values());
+        // Direct I/Os die with the channels that handed them out; their
+        // parents are unacknowledged like any other in flight.
+        self.directs.clear();
         self.check_exposed(0);
         // Whatever was not acknowledged may or may not have landed.
         for (_, rec) in self.parents.drain() {
