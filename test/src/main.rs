@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     let mut failed = 0;
     let total = seeds.end - seeds.start;
     let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
-    let mut direct_busy = 0;
+    let (mut direct_busy, mut direct_transient) = (0, 0);
     for seed in seeds {
         let mut sc = if wb {
             Scenario::write_behind(seed, ops)
@@ -99,6 +99,7 @@ fn main() -> ExitCode {
                 direct_redone += o.direct_redone;
                 direct_cut += o.direct_cut;
                 direct_busy += o.direct_redo_busy;
+                direct_transient += o.direct_transient;
                 if verbose || total == 1 {
                     println!(
                         "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed, {} written behind, {} write-mostly reads{}",
@@ -125,7 +126,7 @@ fn main() -> ExitCode {
     }
     println!(
         "{} passed, {} failed; direct path: {direct_reads} reads, {direct_writes} writes, \
-         {direct_redone} redone as parents after a member I/O failed ({direct_busy} refused busy and queued), \
+         {direct_redone} redone as parents after a member I/O failed ({direct_busy} refused busy and queued; {direct_transient} transient write errors), \
          {direct_cut} direct member writes cut by crashes",
         total - failed,
         failed

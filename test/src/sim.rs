@@ -88,9 +88,14 @@ pub struct Outcome {
     pub direct_reads: u64,
     pub direct_writes: u64,
     pub direct_redone: u64,
+    /// Reads and writes the channel kept on the general path.
+    pub direct_refused: u64,
     /// Of those, redone parents the channel refused (Busy): the host
     /// queued them for retry.
     pub direct_redo_busy: u64,
+    /// Direct member writes that failed transiently (the member stays
+    /// whole; its copy of the range is stale until the redo).
+    pub direct_transient: u64,
     /// Member writes of direct writes a crash found in flight (torn,
     /// landed or lost like children's).
     pub direct_cut: u64,
@@ -110,10 +115,10 @@ struct Member {
     added: bool,
     /// Bumped when the device is replaced.
     gen: u64,
-    /// A direct write failed here: every write fails until the member is
-    /// brought back (so the parent's redo meets the failure too and the
-    /// general path fails the member, R1, rather than leaving a member
-    /// the simulator counts broken in service).
+    /// A direct write failed here for good: every write fails until the
+    /// member is brought back (so the parent's redo meets the failure too
+    /// and the general path fails the member, R1, rather than leaving a
+    /// member the simulator counts broken in service).
     stuck: bool,
     /// Publication that brought the current device into its role (the
     /// state's `readded`); None until a state records it.
@@ -298,6 +303,10 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
 /// the superblock (the simulator keeps members small; md accepts any
 /// data offset past the superblock).
 const SIM_DATA_OFFSET: u64 = 24;
+
+/// The engine's raid1 range-lock granule (the direct path takes I/Os
+/// within one; only the workload's mix depends on it).
+const RAID1_GRANULE: u64 = 16 << 10;
 
 /// Byte offset of the bitmap area on a member (right after the superblock).
 const BITMAP_AT: usize = SB_OFFSET_BYTES as usize + SB_BLOCK_BYTES;
@@ -1031,7 +1040,7 @@ impl<'a> Sim<'a> {
             _ => IoType::Reset,
         };
         let max = self.sc.max_blocks.min(size);
-        let blocks = if self.rng.chance(0.3) {
+        let mut blocks = if self.rng.chance(0.3) {
             // Whole strips / stripes, aligned.
             let unit = if self.geom.level().is_parity() {
                 self.geom.stripe_data_blocks()
@@ -1046,6 +1055,20 @@ impl<'a> Sim<'a> {
         if self.rng.chance(0.3) {
             let unit = self.geom.strip_blocks();
             lba -= lba % unit;
+        }
+        if self.sc.direct > 0.0 && !self.geom.level().is_parity() && self.rng.chance(0.35) {
+            // One piece (within a strip; raid1: within a range-lock
+            // granule, 16 KiB), which the direct path takes.
+            let unit = if self.geom.level() == Level::Raid1 {
+                (RAID1_GRANULE / self.bs as u64).max(1)
+            } else {
+                self.geom.strip_blocks()
+            };
+            lba = self.rng.below(size);
+            blocks = self
+                .rng
+                .range(1, (lba / unit + 1) * unit - lba)
+                .min(size - lba);
         }
         let range = lba as usize..(lba + blocks) as usize;
         if matches!(op, IoType::Write | IoType::WriteZeroes | IoType::Unmap)
@@ -1111,6 +1134,7 @@ impl<'a> Sim<'a> {
             if let Some(d) = self.arr.channels[ch].direct(op, lba, blocks) {
                 return self.issue_direct(ch, d, io);
             }
+            self.out.direct_refused += 1;
         }
         let a = &mut self.arr;
         if !a.retry[ch].is_empty() {
@@ -1234,8 +1258,23 @@ impl<'a> Sim<'a> {
         let ok = if gone {
             false
         } else if write {
-            if self.write_fails(m) {
-                if !self.members[m].dead {
+            let f = &self.sc.faults;
+            let was_broken = self.members[m].broken;
+            if self.member_faults()
+                && f.protect & 1 << m == 0
+                && !self.members[m].dead
+                && !self.members[m].stuck
+                && self.rng.chance(f.write_error)
+            {
+                // A transient error: the member is not broken, its copy
+                // just misses this write until the redo writes it again.
+                // (Any level: it breaks nothing, so no budget limits it.)
+                self.out.direct_transient += 1;
+                false
+            } else if self.write_fails(m) {
+                if !self.members[m].dead && !was_broken {
+                    // A lasting one: every write fails from now on, so the
+                    // redo meets it and the general path fails the member.
                     self.members[m].stuck = true;
                 }
                 false
