@@ -1192,9 +1192,13 @@ impl<B: IoBuf> Channel<B> {
         }
     }
 
+    /// In a not-writable state, tell the metadata path once that no write
+    /// is in flight here, nor waiting for the array to be marked dirty (a
+    /// waiting one may be the redo of a direct write whose copies differ).
     fn maybe_report_idle(&mut self) {
         if !self.state.writable
             && self.writes_in_flight == 0
+            && self.dirty_wait.is_empty()
             && self.idle_reported != Some(self.state.seq)
         {
             self.idle_reported = Some(self.state.seq);

@@ -915,6 +915,9 @@ struct ChanInner {
     removals_seen: usize,
     /// Direct member I/Os in flight (or waiting for a bdev_io) per
     /// descriptor: a hot-removed member's channel is put only without any.
+    /// Direct I/Os whose redo waits for DMA memory (see
+    /// `ChanCtx::direct_redo`).
+    redo_wait: Vec<*mut sys::spdk_bdev_io>,
     /// This thread's reference to the array's own channel while
     /// write-behind children are in flight (they outlive their parents;
     /// SPDK would destroy the channel once the last user put it).
@@ -1022,6 +1025,7 @@ impl ChanCtx {
                 detach: Vec::new(),
                 removals_seen,
                 behind_ref: None,
+                redo_wait: Vec::new(),
                 direct_out: vec![0; nroles],
                 direct_retired: Vec::new(),
             }),
@@ -1070,6 +1074,11 @@ impl ChanCtx {
             if !c.waiting && c.engine.needs_poll() {
                 c.engine.poll();
             }
+        }
+        let redo = std::mem::take(&mut self.inner.borrow_mut().redo_wait);
+        for io in redo {
+            work = true;
+            self.direct_redo(io);
         }
         work | self.drive()
     }
@@ -1175,29 +1184,11 @@ impl ChanCtx {
 
     /// Submit `io` to the engine as a parent.
     fn submit_parent(&self, io: *mut sys::spdk_bdev_io, op: IoType, lba: u64, blocks: u64) {
-        let buf = if matches!(op, IoType::Read | IoType::Write) {
-            let len = (blocks * u64::from(self.array.geom.block_size())) as usize;
-            // SAFETY: a READ (after get_buf) or WRITE bdev_io with its
-            // buffers; the IoBuf is dropped in finish_parent before the
-            // bdev_io is completed.
-            match unsafe { IoBuf::for_bdev_io(io, len, op == IoType::Write) } {
-                Some(b) => Some(b),
-                None => {
-                    complete_io(io, sys::SPDK_BDEV_IO_STATUS_NOMEM);
-                    return;
-                }
-            }
-        } else {
-            None
+        let Some(p) = self.parent_io(io, op, lba, blocks) else {
+            complete_io(io, sys::SPDK_BDEV_IO_STATUS_NOMEM);
+            return;
         };
-        let res = self.inner.borrow_mut().engine.submit(ParentIo {
-            tag: io as u64,
-            op,
-            lba,
-            blocks,
-            fua: false,
-            buf,
-        });
+        let res = self.inner.borrow_mut().engine.submit(p);
         if let Err(Busy(p)) = res {
             // Every parent slot is taken: the bdev layer retries it when
             // one of ours completes.
@@ -1206,6 +1197,34 @@ impl ChanCtx {
             return;
         }
         self.drive();
+    }
+
+    /// `io` as the engine's parent; None when no DMA memory is left for
+    /// the bounce buffer it needs.
+    fn parent_io(
+        &self,
+        io: *mut sys::spdk_bdev_io,
+        op: IoType,
+        lba: u64,
+        blocks: u64,
+    ) -> Option<ParentIo<IoBuf>> {
+        let buf = if matches!(op, IoType::Read | IoType::Write) {
+            let len = (blocks * u64::from(self.array.geom.block_size())) as usize;
+            // SAFETY: a READ (after get_buf) or WRITE bdev_io with its
+            // buffers; the IoBuf is dropped in finish_parent before the
+            // bdev_io is completed.
+            Some(unsafe { IoBuf::for_bdev_io(io, len, op == IoType::Write) }?)
+        } else {
+            None
+        };
+        Some(ParentIo {
+            tag: io as u64,
+            op,
+            lba,
+            blocks,
+            fua: false,
+            buf,
+        })
     }
 
     /// Do `io` on the engine's direct path if it allows; false if not.
@@ -1337,11 +1356,11 @@ impl ChanCtx {
         if x.pending > 0 {
             return;
         }
-        let (d, failed) = (x.d, x.failed);
-        if failed == 0 {
+        if x.failed == 0 {
+            let d = x.d;
             let more = {
                 let mut c = self.inner.borrow_mut();
-                c.engine.direct_done(&d, 0);
+                c.engine.direct_done(&d);
                 c.engine.has_actions()
             };
             complete_io(io, sys::SPDK_BDEV_IO_STATUS_SUCCESS);
@@ -1350,9 +1369,19 @@ impl ChanCtx {
             }
             return;
         }
-        // The general path does it again and handles the failure (R1 for
-        // a write, the other copies for a read). It is submitted before the
-        // direct I/O lets go of its range lock and write count.
+        self.direct_redo(io);
+    }
+
+    /// Direct `io` had a member I/O fail: the general path does it again
+    /// and handles the failure (R1 for a write, the other copies for a
+    /// read), taking it over from the direct I/O without a gap
+    /// (`Channel::direct_redo`). With no DMA memory for the bounce buffer
+    /// the parent needs, the direct I/O stays (its lock and counts held)
+    /// and the poller tries again.
+    fn direct_redo(&self, io: *mut sys::spdk_bdev_io) {
+        // SAFETY: as in direct_issue.
+        let x = unsafe { &*direct_of(io) };
+        let (d, failed) = (x.d, x.failed);
         let op = if d.is_write() {
             IoType::Write
         } else {
@@ -1360,9 +1389,13 @@ impl ChanCtx {
         };
         // SAFETY: a live bdev_io of ours.
         let lba = unsafe { (*io).u.bdev.offset_blocks };
-        self.submit_parent(io, op, lba, d.blocks());
-        self.inner.borrow_mut().engine.direct_done(&d, failed);
-        self.drive();
+        match self.parent_io(io, op, lba, d.blocks()) {
+            Some(p) => {
+                self.inner.borrow_mut().engine.direct_redo(&d, failed, p);
+                self.drive();
+            }
+            None => self.inner.borrow_mut().redo_wait.push(io),
+        }
     }
 
     /// A member I/O of slot `idx` ended.

@@ -1,12 +1,14 @@
 //! Simulator command line: replay one seed or sweep a range.
 //!
 //! ```text
-//! mdraid-sim --seed N [--ops M] [--verbose] [--write-behind]
-//! mdraid-sim --sweep FROM..TO [--ops M] [--write-behind]
+//! mdraid-sim --seed N [--ops M] [--verbose] [--write-behind] [--direct P]
+//! mdraid-sim --sweep FROM..TO [--ops M] [--write-behind] [--direct P]
 //! ```
 //!
 //! `--write-behind` runs the write-mostly workload's scenario of each seed
-//! (`Scenario::write_behind`) instead of the general one.
+//! (`Scenario::write_behind`) instead of the general one. `--direct P`
+//! sets the chance that the host tries the direct path for a user read or
+//! write (default: the seed's own).
 
 use std::process::ExitCode;
 
@@ -14,7 +16,7 @@ use mdraid_sim::{run, Scenario};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: mdraid-sim (--seed N | --sweep FROM..TO) [--ops M] [--verbose] [--write-behind]"
+        "usage: mdraid-sim (--seed N | --sweep FROM..TO) [--ops M] [--verbose] [--write-behind] [--direct P]"
     );
     ExitCode::from(2)
 }
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
     let mut ops = 5000;
     let mut verbose = false;
     let mut wb = false;
+    let mut direct = None;
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1);
@@ -56,6 +59,14 @@ fn main() -> ExitCode {
                 ops = n;
                 i += 1;
             }
+            ("--direct", Some(v)) => {
+                let Some(p) = v.parse::<f64>().ok().filter(|p| (0.0..=1.0).contains(p)) else {
+                    eprintln!("--direct: {v:?} is not a chance in 0..=1");
+                    return usage();
+                };
+                direct = Some(p);
+                i += 1;
+            }
             ("--verbose", _) => verbose = true,
             ("--write-behind", _) => wb = true,
             _ => return usage(),
@@ -67,17 +78,27 @@ fn main() -> ExitCode {
     };
     let mut failed = 0;
     let total = seeds.end - seeds.start;
+    let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
+    let mut direct_transient = 0;
     for seed in seeds {
-        let sc = if wb {
+        let mut sc = if wb {
             Scenario::write_behind(seed, ops)
         } else {
             Scenario::from_seed(seed, ops)
         };
+        if let Some(p) = direct {
+            sc.direct = p;
+        }
         if verbose {
             println!("{sc:#?}");
         }
         match run(&sc) {
             Ok(o) => {
+                direct_reads += o.direct_reads;
+                direct_writes += o.direct_writes;
+                direct_redone += o.direct_redone;
+                direct_cut += o.direct_cut;
+                direct_transient += o.direct_transient;
                 if verbose || total == 1 {
                     println!(
                         "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed, {} written behind, {} write-mostly reads{}",
@@ -102,7 +123,13 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("{} passed, {} failed", total - failed, failed);
+    println!(
+        "{} passed, {} failed; direct path: {direct_reads} reads, {direct_writes} writes, \
+         {direct_redone} redone as parents after a member I/O failed ({direct_transient} transient write errors), \
+         {direct_cut} direct member writes cut by crashes",
+        total - failed,
+        failed
+    );
     if failed > 0 {
         ExitCode::FAILURE
     } else {

@@ -79,13 +79,23 @@ pub struct Outcome {
     /// had to go to a write-mostly member (R5).
     pub behind_writes: u64,
     pub write_mostly_reads: u64,
-    /// Parents done on the direct path, and the member I/Os of them that
-    /// failed (the parent then went to the general path).
-    pub directs: u64,
-    pub direct_failures: u64,
     /// Write-behind writes a crash cut short while no other copy of their
     /// range survived (their acknowledged data may be lost, as in md).
     pub behind_lost: u64,
+    /// User reads and writes the host carried out itself on the direct
+    /// path (`Channel::direct`), and those of them a member I/O failed in,
+    /// so the host submitted them again as parents.
+    pub direct_reads: u64,
+    pub direct_writes: u64,
+    pub direct_redone: u64,
+    /// Reads and writes the channel kept on the general path.
+    pub direct_refused: u64,
+    /// Direct member writes that failed transiently (the member stays
+    /// whole; its copy of the range is stale until the redo).
+    pub direct_transient: u64,
+    /// Member writes of direct writes a crash found in flight (torn,
+    /// landed or lost like children's).
+    pub direct_cut: u64,
     /// The run ended at an assembly md also refuses (dirty and degraded
     /// parity, or too few members left).
     pub ended_by_refusal: Option<String>,
@@ -102,6 +112,11 @@ struct Member {
     added: bool,
     /// Bumped when the device is replaced.
     gen: u64,
+    /// A direct write failed here for good: every write fails until the
+    /// member is brought back (so the parent's redo meets the failure too
+    /// and the general path fails the member, R1, rather than leaving a
+    /// member the simulator counts broken in service).
+    stuck: bool,
     /// Publication that brought the current device into its role (the
     /// state's `readded`); None until a state records it.
     joined: Option<u64>,
@@ -121,14 +136,6 @@ enum InFlight {
         io: ChildIo,
         gen: u64,
     },
-    /// One member I/O of a parent on the direct path (`Sim::directs`).
-    Direct {
-        tag: u64,
-        member: u16,
-        lba: u64,
-        write: bool,
-        gen: u64,
-    },
     Sb {
         member: u16,
         token: u64,
@@ -136,6 +143,24 @@ enum InFlight {
         data: Vec<u8>,
         gen: u64,
     },
+    /// One member I/O of a direct read or write (its parent's tag); it
+    /// moves the parent's whole buffer.
+    Direct {
+        tag: u64,
+        member: u16,
+        lba: u64,
+        gen: u64,
+    },
+}
+
+/// A direct read or write in flight: the parent itself (submitted to the
+/// channel only if a member I/O fails), and its member I/Os.
+struct DirectRec {
+    ch: usize,
+    d: Direct,
+    io: ParentIo<Buf>,
+    left: usize,
+    failed: u64,
 }
 
 impl InFlight {
@@ -153,17 +178,6 @@ impl InFlight {
             InFlight::Sb { member, .. } | InFlight::Direct { member, .. } => *member as usize,
         }
     }
-}
-
-/// A parent the host does itself on the direct path: the channel's
-/// [`Direct`], the parent (submitted to the channel if a member I/O
-/// fails), its member I/Os in flight and the members that failed.
-struct DirectRec {
-    ch: usize,
-    d: Direct,
-    io: ParentIo<Buf>,
-    pending: usize,
-    failed: u64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -212,6 +226,9 @@ struct Sim<'a> {
     /// write-mostly copies agree again: their data then lives on the other
     /// copies only.
     exposed: Vec<(u64, u64, u64)>,
+    /// Direct reads and writes in flight, by parent tag (a crash drops
+    /// them with the channels that handed them out).
+    directs: HashMap<u64, DirectRec>,
     sc: &'a Scenario,
     rng: Rng,
     geom: Arc<Geometry>,
@@ -221,7 +238,6 @@ struct Sim<'a> {
     members: Vec<Member>,
     arr: Array,
     inflight: Vec<InFlight>,
-    directs: HashMap<u64, DirectRec>,
     blocks: Vec<BlockState>,
     history: Vec<Vec<(u64, bool)>>,
     parents: HashMap<u64, ParentRec>,
@@ -285,6 +301,10 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
 /// data offset past the superblock).
 const SIM_DATA_OFFSET: u64 = 24;
 
+/// The engine's raid1 range-lock granule (the direct path takes I/Os
+/// within one; only the workload's mix depends on it).
+const RAID1_GRANULE: u64 = 16 << 10;
+
 /// Byte offset of the bitmap area on a member (right after the superblock).
 const BITMAP_AT: usize = SB_OFFSET_BYTES as usize + SB_BLOCK_BYTES;
 /// Byte offset of the bits.
@@ -316,6 +336,7 @@ impl<'a> Sim<'a> {
                 broken: false,
                 added: false,
                 gen: 0,
+                stuck: false,
                 joined: Some(0),
             })
             .collect();
@@ -374,7 +395,6 @@ impl<'a> Sim<'a> {
             members,
             arr,
             inflight: Vec::new(),
-            directs: HashMap::new(),
             blocks: vec![BlockState::default(); nblocks],
             history: vec![Vec::new(); nblocks],
             parents: HashMap::new(),
@@ -394,6 +414,7 @@ impl<'a> Sim<'a> {
             out: Outcome::default(),
             behind: HashMap::new(),
             exposed: Vec::new(),
+            directs: HashMap::new(),
             geom,
         }
     }
@@ -478,8 +499,9 @@ impl<'a> Sim<'a> {
 
     fn describe(&self) -> String {
         format!(
-            "{} children in flight; members {:?}; resync {:?}; rebuild {:?}; crashes {}; meta {}; inbox {}; channels: {}",
+            "{} children in flight ({} direct I/Os); members {:?}; resync {:?}; rebuild {:?}; crashes {}; meta {}; inbox {}; channels: {}",
             self.inflight.len(),
+            self.directs.len(),
             self.state().members,
             self.resync.as_ref().map(|r| r.progress()),
             self.rebuild.as_ref(),
@@ -724,6 +746,7 @@ impl<'a> Sim<'a> {
                     self.members[r].gen += 1;
                 }
                 self.members[r].broken = false;
+                self.members[r].stuck = false;
                 self.members[r].added = true;
                 self.members[r].joined = None;
                 match kind {
@@ -1014,7 +1037,7 @@ impl<'a> Sim<'a> {
             _ => IoType::Reset,
         };
         let max = self.sc.max_blocks.min(size);
-        let blocks = if self.rng.chance(0.3) {
+        let mut blocks = if self.rng.chance(0.3) {
             // Whole strips / stripes, aligned.
             let unit = if self.geom.level().is_parity() {
                 self.geom.stripe_data_blocks()
@@ -1029,6 +1052,20 @@ impl<'a> Sim<'a> {
         if self.rng.chance(0.3) {
             let unit = self.geom.strip_blocks();
             lba -= lba % unit;
+        }
+        if self.sc.direct > 0.0 && !self.geom.level().is_parity() && self.rng.chance(0.35) {
+            // One piece (within a strip; raid1: within a range-lock
+            // granule, 16 KiB), which the direct path takes.
+            let unit = if self.geom.level() == Level::Raid1 {
+                (RAID1_GRANULE / self.bs as u64).max(1)
+            } else {
+                self.geom.strip_blocks()
+            };
+            lba = self.rng.below(size);
+            blocks = self
+                .rng
+                .range(1, (lba / unit + 1) * unit - lba)
+                .min(size - lba);
         }
         let range = lba as usize..(lba + blocks) as usize;
         if matches!(op, IoType::Write | IoType::WriteZeroes | IoType::Unmap)
@@ -1088,85 +1125,19 @@ impl<'a> Sim<'a> {
             buf,
         };
         if matches!(op, IoType::Read | IoType::Write)
-            && self.arr.retry[ch].is_empty()
             && self.sc.direct > 0.0
             && self.rng.chance(self.sc.direct)
         {
             if let Some(d) = self.arr.channels[ch].direct(op, lba, blocks) {
-                return self.start_direct(ch, d, io);
+                return self.issue_direct(ch, d, io);
             }
+            self.out.direct_refused += 1;
         }
         let a = &mut self.arr;
         if !a.retry[ch].is_empty() {
             a.retry[ch].push_back(io);
         } else if let Err(Busy(io)) = a.channels[ch].submit(io) {
             a.retry[ch].push_back(io);
-        }
-        self.drain(ch)
-    }
-
-    /// Issue the member I/Os of a parent the channel handed out as direct.
-    fn start_direct(&mut self, ch: usize, d: Direct, io: ParentIo<Buf>) -> Result<(), String> {
-        let tag = io.tag;
-        for t in d.targets() {
-            let m = t.member as usize;
-            if t.lba + d.blocks() > self.geom.member_blocks(m) {
-                return Err(format!("direct I/O past the end of member {m}: {d:?}"));
-            }
-            if d.is_write() {
-                self.check_bit_before_write(ch, tag, m)?;
-            }
-            self.inflight.push(InFlight::Direct {
-                tag,
-                member: t.member,
-                lba: t.lba,
-                write: d.is_write(),
-                gen: self.members[m].gen,
-            });
-        }
-        let pending = d.targets().len();
-        self.directs.insert(
-            tag,
-            DirectRec {
-                ch,
-                d,
-                io,
-                pending,
-                failed: 0,
-            },
-        );
-        Ok(())
-    }
-
-    /// A member I/O of direct parent `tag` ended. The last one completes
-    /// the parent, or, if any failed, submits it to the channel (which
-    /// handles the failure) before ending the direct I/O.
-    fn direct_io_done(&mut self, tag: u64, member: u16, ok: bool) -> Result<(), String> {
-        let Some(r) = self.directs.get_mut(&tag) else {
-            return Err(format!("member I/O of unknown direct parent {tag}"));
-        };
-        r.pending -= 1;
-        if !ok {
-            r.failed |= 1 << member;
-        }
-        if r.pending > 0 {
-            return Ok(());
-        }
-        let r = self.directs.remove(&tag).unwrap();
-        let ch = r.ch;
-        if r.failed == 0 {
-            self.out.directs += 1;
-            self.arr.channels[ch].direct_done(&r.d, 0);
-            self.parent_done(ch, tag, IoStatus::Success, r.io.buf)?;
-        } else {
-            self.out.direct_failures += 1;
-            let a = &mut self.arr;
-            if !a.retry[ch].is_empty() {
-                a.retry[ch].push_back(r.io);
-            } else if let Err(Busy(io)) = a.channels[ch].submit(r.io) {
-                a.retry[ch].push_back(io);
-            }
-            a.channels[ch].direct_done(&r.d, r.failed);
         }
         self.drain(ch)
     }
@@ -1180,7 +1151,12 @@ impl<'a> Sim<'a> {
                     if io.lba + io.blocks > self.geom.member_blocks(m) {
                         return Err(format!("child past the end of member {m}: {io:?}"));
                     }
-                    self.check_bit_before_data(ch, &io)?;
+                    if matches!(
+                        io.op,
+                        ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap
+                    ) {
+                        self.check_bit_before_data(ch, io.member, io.parent)?;
+                    }
                     if matches!(io.buf, ChildBuf::Behind { .. }) {
                         if let Some(rec) = self.parents.get(&io.parent) {
                             self.behind
@@ -1202,25 +1178,159 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
-    /// R4: a data write is issued only once the bits of every chunk its
-    /// parent touches are on the member's disk (members whose writes fail
-    /// are being failed and are not checked).
-    fn check_bit_before_data(&self, ch: usize, io: &ChildIo) -> Result<(), String> {
-        if !matches!(
-            io.op,
-            ChildOp::Write | ChildOp::WriteZeroes | ChildOp::Unmap
-        ) {
-            return Ok(());
+    /// The host carries out direct read or write `d` of parent `io` on
+    /// channel `ch`: one member I/O per target, each moving the whole
+    /// buffer (R4 is checked for each write as for a child's).
+    fn issue_direct(&mut self, ch: usize, d: Direct, io: ParentIo<Buf>) -> Result<(), String> {
+        let trace = std::env::var_os("MDRAID_SIM_TRACE").is_some();
+        if d.blocks() != io.blocks || d.is_write() != (io.op == IoType::Write) {
+            return Err(format!("direct {d:?} does not match its parent {io:?}"));
         }
-        self.check_bit_before_write(ch, io.parent, io.member as usize)
+        if d.is_write() {
+            self.out.direct_writes += 1;
+        } else {
+            self.out.direct_reads += 1;
+            if d.targets().len() != 1 {
+                return Err(format!("direct read with {} targets", d.targets().len()));
+            }
+        }
+        for t in d.targets() {
+            let m = t.member as usize;
+            if t.lba + d.blocks() > self.geom.member_blocks(m) {
+                return Err(format!("direct I/O past the end of member {m}: {d:?}"));
+            }
+            if d.is_write() {
+                self.check_bit_before_data(ch, t.member, io.tag)?;
+            }
+            if trace {
+                eprintln!(
+                    "step {} ch {ch} direct {:?} {}+{} -> m{} lba {}",
+                    self.step, io.op, io.lba, io.blocks, m, t.lba
+                );
+            }
+            self.inflight.push(InFlight::Direct {
+                tag: io.tag,
+                member: t.member,
+                lba: t.lba,
+                gen: self.members[m].gen,
+            });
+        }
+        let left = d.targets().len();
+        let tag = io.tag;
+        let prev = self.directs.insert(
+            tag,
+            DirectRec {
+                ch,
+                d,
+                io,
+                left,
+                failed: 0,
+            },
+        );
+        if prev.is_some() {
+            return Err(format!("parent {tag} went direct twice"));
+        }
+        Ok(())
     }
 
-    /// R4 for a write of parent `tag` to member `m`.
-    fn check_bit_before_write(&self, ch: usize, tag: u64, m: usize) -> Result<(), String> {
+    /// A member I/O of direct parent `tag` ends (`gone`: its device was
+    /// replaced since, it fails). When the last one ends, the host
+    /// completes the parent itself if all succeeded; else it submits the
+    /// parent to the channel (which redoes it and handles the failure) and
+    /// only then reports the direct I/O done.
+    fn direct_io_done(
+        &mut self,
+        tag: u64,
+        member: u16,
+        lba: u64,
+        gone: bool,
+    ) -> Result<(), String> {
+        let m = member as usize;
+        let Some(r) = self.directs.get(&tag) else {
+            return Err(format!("direct I/O of parent {tag} outlived its record"));
+        };
+        let (write, ch) = (r.d.is_write(), r.ch);
+        let off = self.data_off + lba as usize * self.bs;
+        let len = r.d.blocks() as usize * self.bs;
+        let ok = if gone {
+            false
+        } else if write {
+            let f = &self.sc.faults;
+            let was_broken = self.members[m].broken;
+            if self.member_faults()
+                && f.protect & 1 << m == 0
+                && !self.members[m].dead
+                && !self.members[m].stuck
+                && self.rng.chance(f.write_error)
+            {
+                // A transient error: the member is not broken, its copy
+                // just misses this write until the redo writes it again.
+                // (Any level: it breaks nothing, so no budget limits it.)
+                self.out.direct_transient += 1;
+                false
+            } else if self.write_fails(m) {
+                if !self.members[m].dead && !was_broken {
+                    // A lasting one: every write fails from now on, so the
+                    // redo meets it and the general path fails the member.
+                    self.members[m].stuck = true;
+                }
+                false
+            } else {
+                true
+            }
+        } else {
+            let f = &self.sc.faults;
+            !(self.members[m].dead || (self.member_faults() && self.rng.chance(f.read_error)))
+        };
+        let r = self.directs.get_mut(&tag).unwrap();
+        let buf = r.io.buf.as_mut().expect("direct I/O without its buffer");
+        if buf.len() != len {
+            return Err(format!("direct buffer size mismatch: {:?}", r.d));
+        }
+        if ok {
+            let data = &mut self.members[m].data[off..off + len];
+            if write {
+                data.copy_from_slice(buf);
+            } else {
+                buf.copy_from_slice(data);
+            }
+        } else {
+            self.out.child_errors += 1;
+            r.failed |= 1 << m;
+        }
+        if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
+            eprintln!(
+                "step {} ch {ch} direct {} of parent {tag} on m{m} lba {lba}: {}",
+                self.step,
+                if write { "write" } else { "read" },
+                if ok { "ok" } else { "failed" }
+            );
+        }
+        r.left -= 1;
+        if r.left > 0 {
+            return Ok(());
+        }
+        let r = self.directs.remove(&tag).unwrap();
+        if r.failed == 0 {
+            self.parent_done(ch, tag, IoStatus::Success, r.io.buf)?;
+            self.arr.channels[ch].direct_done(&r.d);
+        } else {
+            self.out.direct_redone += 1;
+            self.arr.channels[ch].direct_redo(&r.d, r.failed, r.io);
+        }
+        self.drain(ch)
+    }
+
+    /// R4: a data write (a child of parent `parent`, or a direct write's
+    /// I/O) to `member` is issued only once the bits of every chunk its
+    /// parent touches are on the member's disk (members whose writes fail
+    /// are being failed and are not checked).
+    fn check_bit_before_data(&self, ch: usize, member: u16, parent: u64) -> Result<(), String> {
         let shared = self.arr.channels[ch].shared();
-        let (Some(bm), Some(rec)) = (&shared.bitmap, self.parents.get(&tag)) else {
+        let (Some(bm), Some(rec)) = (&shared.bitmap, self.parents.get(&parent)) else {
             return Ok(());
         };
+        let m = member as usize;
         // Rewrites of a block that failed a read put back the data the
         // other copies hold: torn or not, they leave nothing to resync.
         if self.members[m].broken || rec.op == IoType::Read {
@@ -1252,7 +1362,7 @@ impl<'a> Sim<'a> {
             && f.protect & 1 << m == 0
             && (self.members[m].broken || self.broken() < f.max_broken)
             && self.rng.chance(f.write_error);
-        if self.members[m].dead || inject {
+        if self.members[m].dead || self.members[m].stuck || inject {
             self.members[m].broken = true;
             true
         } else {
@@ -1287,6 +1397,9 @@ impl<'a> Sim<'a> {
                 self.pump_meta();
                 return Ok(());
             }
+            InFlight::Direct {
+                tag, member, lba, ..
+            } => return self.direct_io_done(tag, member, lba, gone),
             InFlight::Child { ch, io, .. } if gone => {
                 // The device it went to was replaced: it fails.
                 self.out.child_errors += 1;
@@ -1295,24 +1408,6 @@ impl<'a> Sim<'a> {
                 return self.drain(ch);
             }
             InFlight::Child { ch, io, .. } => (ch, io),
-            InFlight::Direct {
-                tag,
-                member,
-                lba,
-                write,
-                ..
-            } => {
-                let ok = !gone && self.direct_member_io(tag, member as usize, lba, write);
-                if !ok {
-                    self.out.child_errors += 1;
-                    if !write {
-                        if let Some(p) = self.parents.get_mut(&tag) {
-                            p.read_errors |= 1 << member;
-                        }
-                    }
-                }
-                return self.direct_io_done(tag, member, ok);
-            }
         };
         if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
             let what = self
@@ -1373,30 +1468,6 @@ impl<'a> Sim<'a> {
         self.drain(ch)
     }
 
-    /// Carry out a direct member I/O (with the faults child I/Os get);
-    /// false if it failed.
-    fn direct_member_io(&mut self, tag: u64, m: usize, lba: u64, write: bool) -> bool {
-        let bs = self.bs;
-        let off = self.data_off + lba as usize * bs;
-        if write {
-            if self.write_fails(m) {
-                return false;
-            }
-            let src = &self.directs[&tag].io.buf.as_ref().expect("write buffer")[..];
-            self.members[m].data[off..off + src.len()].copy_from_slice(src);
-            return true;
-        }
-        let f = &self.sc.faults;
-        if self.members[m].dead || (self.member_faults() && self.rng.chance(f.read_error)) {
-            return false;
-        }
-        let r = self.directs.get_mut(&tag).expect("direct parent");
-        let dst = r.io.buf.as_mut().expect("read buffer");
-        let len = dst.len();
-        dst.copy_from_slice(&self.members[m].data[off..off + len]);
-        true
-    }
-
     /// Crash: every write in flight lands whole, in part or not at all
     /// (torn at the device's atomic unit), everything in memory is lost, and
     /// the array is assembled again from what the members hold.
@@ -1434,17 +1505,19 @@ impl<'a> Sim<'a> {
                         data,
                     )
                 }
+                // A direct write in flight is a member write like any
+                // child's: torn, landed or not.
                 InFlight::Direct {
-                    tag,
-                    member,
-                    lba,
-                    write: true,
-                    ..
+                    tag, member, lba, ..
                 } => {
-                    let data = self.directs[&tag].io.buf.clone().expect("write buffer");
+                    let r = &self.directs[&tag];
+                    if !r.d.is_write() {
+                        continue;
+                    }
+                    let data = r.io.buf.clone().expect("direct write without its buffer");
+                    self.out.direct_cut += 1;
                     (member as usize, self.data_off + lba as usize * bs, data)
                 }
-                InFlight::Direct { .. } => continue,
             };
             if self.members[m].dead {
                 continue;
@@ -1462,13 +1535,15 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        self.directs.clear();
         // Write-behind writes that did not land whole (or never left their
         // channel): where no other copy of their range survives, the
         // acknowledged data is lost with them (md's write-behind risk: a
         // crash together with the loss of every fast copy).
         self.exposed
             .extend(std::mem::take(&mut self.behind).into_values());
+        // Direct I/Os die with the channels that handed them out; their
+        // parents are unacknowledged like any other in flight.
+        self.directs.clear();
         self.check_exposed(0);
         // Whatever was not acknowledged may or may not have landed.
         for (_, rec) in self.parents.drain() {

@@ -52,7 +52,8 @@ fn sweep() {
     let (mut bitmap_runs, mut bm_resyncs, mut bm_resynced, mut bm_full, mut bit_waits) =
         (0, 0, 0, 0, 0);
     let (mut readd_bm, mut readd_full, mut rebuilds, mut rebuilt, mut skipped) = (0, 0, 0, 0, 0);
-    let (mut sync_checks, mut directs, mut direct_failures) = (0, 0, 0);
+    let mut sync_checks = 0;
+    let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
     for (seed, level, bitmap, size, r) in &results {
         *levels.entry(level.name()).or_insert(0) += 1;
         match r {
@@ -64,12 +65,14 @@ fn sweep() {
                 refused += u64::from(o.ended_by_refusal.is_some());
                 readd_bm += o.readds_bitmap;
                 sync_checks += o.sync_checks;
+                direct_reads += o.direct_reads;
+                direct_writes += o.direct_writes;
+                direct_redone += o.direct_redone;
+                direct_cut += o.direct_cut;
                 readd_full += o.readds_full;
                 rebuilds += o.rebuilds;
                 rebuilt += o.rebuilt_blocks;
                 skipped += o.rebuild_skipped_blocks;
-                directs += o.directs;
-                direct_failures += o.direct_failures;
                 if *bitmap {
                     bitmap_runs += 1;
                     bm_resyncs += o.resyncs;
@@ -99,8 +102,9 @@ fn sweep() {
          members compared byte for byte after {sync_checks} of the resyncs and rebuilds"
     );
     println!(
-        "sweep: {directs} parents done on the direct path; {direct_failures} direct parents \
-         had a member I/O fail and went to the general path"
+        "sweep: direct path: {direct_reads} reads, {direct_writes} writes, \
+         {direct_redone} redone as parents after a member I/O failed, \
+         {direct_cut} direct member writes cut by crashes"
     );
     for f in &failures {
         println!("{f}");
@@ -112,8 +116,8 @@ fn sweep() {
     );
     assert_eq!(levels.len(), 7, "every level must be covered");
     assert!(
-        directs > 0 && direct_failures > 0,
-        "no run exercised the direct path and its failures"
+        direct_reads > 0 && direct_writes > 0 && direct_redone > 0,
+        "no run exercised the direct path (and its failures)"
     );
     assert!(faults > 0, "the sweep injected no faults");
     assert!(crashes > 0, "the sweep crashed nothing");
@@ -136,7 +140,7 @@ fn write_behind_sweep() {
     let ops = env_u64("MDRAID_SIM_OPS", 5000);
     let results = over_seeds(seeds, |seed| run(&Scenario::write_behind(seed, ops)));
     let (mut behind, mut wm_reads, mut failed, mut blocks, mut crashes) = (0, 0, 0, 0, 0);
-    let mut directs = 0;
+    let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
     let mut failures = Vec::new();
     for r in &results {
         match r {
@@ -146,15 +150,23 @@ fn write_behind_sweep() {
                 failed += o.members_failed;
                 blocks += o.blocks_verified;
                 crashes += o.crashes;
-                directs += o.directs;
+                direct_reads += o.direct_reads;
+                direct_writes += o.direct_writes;
+                direct_redone += o.direct_redone;
+                direct_cut += o.direct_cut;
             }
             Err(v) => failures.push(format!("{v}")),
         }
     }
     println!(
+        "sweep: write-behind: direct path: {direct_reads} reads, {direct_writes} writes, \
+         {direct_redone} redone as parents after a member I/O failed, \
+         {direct_cut} direct member writes cut by crashes"
+    );
+    println!(
         "sweep: write-behind: {seeds} seeds x {ops} ops; {behind} writes written behind; \
          {wm_reads} reads served by write-mostly members; {failed} members failed at the end; \
-         {crashes} crashes; {blocks} blocks verified; {directs} parents on the direct path"
+         {crashes} crashes; {blocks} blocks verified"
     );
     for f in &failures {
         println!("{f}");
@@ -167,5 +179,9 @@ fn write_behind_sweep() {
     assert!(
         behind > 0 && wm_reads > 0,
         "no run wrote behind or read a write-mostly member"
+    );
+    assert!(
+        direct_reads > 0 && direct_writes > 0,
+        "no run exercised the direct path"
     );
 }
