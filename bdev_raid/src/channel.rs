@@ -539,8 +539,10 @@ pub struct Channel<B: IoBuf> {
     fix_queue: VecDeque<u32>,
     pieces: Vec<Piece>,
     free_pieces: Vec<u32>,
-    /// Range lock granule of mapped levels, in blocks.
+    /// Range lock granule of mapped levels, in blocks, and the part of it
+    /// a direct write locks (a sixteenth, at least 4 KiB).
     lock_blocks: u64,
+    lock_part: u64,
     parked: Vec<u32>,
     nomem: VecDeque<u32>,
     actions: VecDeque<Action<B>>,
@@ -599,6 +601,11 @@ impl<B: IoBuf> Channel<B> {
         let members = geom.members();
         assert_eq!(state.members.len(), members, "state/geometry mismatch");
         let bs = geom.block_size() as u64;
+        let lock_blocks = if geom.level() == crate::layout::Level::Raid1 {
+            (RAID1_LOCK_BYTES / bs).max(1)
+        } else {
+            geom.strip_blocks()
+        };
         assert!(cfg.max_parents > 0 && cfg.max_children >= 2 * MAX_MEMBERS.min(members));
         let max_rows = if geom.level().is_parity() {
             let r = (cfg.max_row_bytes as u64 / bs).min(geom.strip_blocks());
@@ -695,11 +702,10 @@ impl<B: IoBuf> Channel<B> {
             next_read: vec![u64::MAX; members],
             direct_in_flight: 0,
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
-            lock_blocks: if geom.level() == crate::layout::Level::Raid1 {
-                (RAID1_LOCK_BYTES / bs).max(1)
-            } else {
-                geom.strip_blocks()
-            },
+            lock_blocks,
+            lock_part: (DIRECT_PART_BYTES / bs)
+                .max(lock_blocks.div_ceil(u64::from(LOCK_PARTS)))
+                .max(1),
             parked: Vec::with_capacity(cfg.max_parents),
             nomem: VecDeque::with_capacity(total_children),
             actions: VecDeque::with_capacity(total_children + cfg.max_parents),
@@ -968,7 +974,6 @@ impl<B: IoBuf> Channel<B> {
             }
             d.n = 1;
             d.targets[0] = l;
-            self.member_stats[l.member as usize].outstanding += 1;
             self.take_direct_slot(d);
             return Some(());
         }
@@ -993,7 +998,6 @@ impl<B: IoBuf> Channel<B> {
             self.note_read(l, blocks);
             d.n = 1;
             d.targets[0] = l;
-            self.member_stats[l.member as usize].outstanding += 1;
             self.take_direct_slot(d);
             return Some(());
         }
@@ -1021,9 +1025,6 @@ impl<B: IoBuf> Channel<B> {
                 return None;
             }
         }
-        for l in &d.targets[..d.n as usize] {
-            self.member_stats[l.member as usize].outstanding += 1;
-        }
         self.writes_in_flight += 1;
         self.shared.note_write(self.index);
         self.take_direct_slot(d);
@@ -1035,11 +1036,8 @@ impl<B: IoBuf> Channel<B> {
     /// at least 4 KiB), so no resync, repair, read rewrite, write-behind
     /// or general write holds the granule, and no direct write overlaps it.
     fn lock_direct(&self, d: &mut Direct, k: usize) -> bool {
-        let part = (DIRECT_PART_BYTES / self.bs)
-            .max(self.lock_blocks.div_ceil(u64::from(LOCK_PARTS)))
-            .max(1);
-        let first = d.lba % self.lock_blocks / part;
-        let last = (d.lba + d.blocks - 1) % self.lock_blocks / part;
+        let first = d.lba % self.lock_blocks / self.lock_part;
+        let last = (d.lba + d.blocks - 1) % self.lock_blocks / self.lock_part;
         let parts = ((2u32 << last) - 1) & !((1u32 << first) - 1);
         if !self.shared.locks.try_share(k, parts) {
             return false;
@@ -1055,10 +1053,14 @@ impl<B: IoBuf> Channel<B> {
         }
     }
 
-    /// Count a direct I/O in, with the parent slot it keeps.
+    /// Count a direct I/O in, with the parent slot it keeps and its
+    /// member I/Os outstanding.
     fn take_direct_slot(&mut self, d: &mut Direct) {
         d.slot = self.free_parents.pop().expect("checked in try_direct");
         self.direct_in_flight += 1;
+        for l in d.targets() {
+            self.member_stats[l.member as usize].outstanding += 1;
+        }
     }
 
     /// A [`Direct`] I/O ended with every member I/O done: the host

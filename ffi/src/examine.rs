@@ -37,7 +37,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bdev_raid::assemble::{assemble, md_uuid, AssembleOptions, Candidate};
-use bdev_raid::examine::{examine_sb, layout_name};
 use bdev_raid::ondisk::{DevRole, SbError, Superblock, SB_BLOCK_BYTES};
 use mdraid_rpc::params::BdevMdraidCreate;
 use mdraid_rpc::results::MdraidExamineInfo;
@@ -368,42 +367,6 @@ fn start(g: Group, done: ExamineDone) {
 
 // ------------------------------------------------------------ bdev_mdraid_examine
 
-/// What `bdev_mdraid_examine` reports of a bdev whose md metadata is
-/// `meta` (as the embedded host reports it); `Err` for a damaged
-/// superblock.
-fn examine_info(name: &str, meta: &[u8], sectors: u64) -> Result<MdraidExamineInfo, String> {
-    let mut info = MdraidExamineInfo::blank(name);
-    if meta.len() < SB_BLOCK_BYTES {
-        return Ok(info);
-    }
-    let sb = match Superblock::decode(meta, sectors) {
-        Ok(sb) => sb,
-        Err(SbError::BadMagic { .. }) => return Ok(info),
-        Err(e) => return Err(format!("md superblock: {e}")),
-    };
-    let ex = examine_sb(&sb);
-    info.has_superblock = true;
-    info.array_uuid = Some(RpcUuid(sb.set_uuid));
-    info.array_name = Some(sb.name());
-    info.raid_level = RaidLevel::ALL
-        .iter()
-        .copied()
-        .find(|l| l.md_level() == sb.level);
-    info.raid_devices = Some(sb.raid_disks);
-    info.layout = Some(layout_name(sb.level, sb.layout));
-    info.strip_size_kb = (sb.chunksize != 0).then_some(sb.chunksize / 2);
-    info.device_uuid = Some(RpcUuid(sb.device_uuid));
-    info.device_role = ex.get("Device Role").map(str::to_string);
-    info.events = Some(sb.events);
-    info.data_offset = Some(sb.data_offset);
-    info.data_size = Some(sb.data_size);
-    info.array_state = ex
-        .get("Array State")
-        .and_then(|s| s.split_whitespace().next())
-        .map(str::to_string);
-    Ok(info)
-}
-
 /// One bdev of a `bdev_mdraid_examine` call: its name, and its report
 /// or why there is none.
 pub type Found = (String, Result<MdraidExamineInfo, String>);
@@ -475,7 +438,10 @@ fn examine_one(b: Bdev, end: ExamineDone, report: impl FnOnce(Found) + 'static) 
             Err(e) => report((name, Err(e))),
             Ok(meta) => {
                 let sectors = t.num_blocks * t.block_size / 512;
-                report((name.clone(), examine_info(&name, &meta, sectors)));
+                report((
+                    name.clone(),
+                    MdraidExamineInfo::from_meta(&name, &meta, sectors),
+                ));
                 seen(&name, t, meta, end)
             }
         }

@@ -249,19 +249,7 @@ impl Tgt {
 
     /// rpc.py with the mdraid plugin; (success, stdout+stderr).
     fn rpc(&self, env: &Env, args: &[&str]) -> (bool, String) {
-        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
-        let out = Command::new("timeout")
-            .args(["30", "python3"])
-            .arg(env.spdk.join("scripts/rpc.py"))
-            .arg("-s")
-            .arg(&self.sock)
-            .args(["-r", "50", "--plugin", "rpc_mdraid_plugin"])
-            .args(args)
-            .env("PYTHONPATH", scripts)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run rpc.py");
-        (out.status.success(), text(&out))
+        env.rpc(&self.sock, args)
     }
 
     fn ok(&self, env: &Env, args: &[&str]) -> String {

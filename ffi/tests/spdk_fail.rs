@@ -98,12 +98,7 @@ fn bdevperf_raid5_write_errors_fail_member() {
             "1000000",
         ],
     );
-    let (res, out) = run.results();
-    println!("raid5 with write errors on role 1: {res:?}");
-    assert_eq!(res.status, "finished", "{out}");
-    assert!(res.iops > 0.0, "{out}");
-    assert_eq!(res.io_failed, 0, "I/O errors reached bdevperf:\n{out}");
-    assert_eq!(res.io_timeout, 0, "{out}");
+    run.clean("raid5 with write errors on role 1");
 
     let info = array_info(&bp, &env, "r");
     println!("after: {info}");
@@ -153,6 +148,18 @@ fn bdevperf_raid5_write_errors_fail_member() {
     env.cleanup();
 }
 
+/// A verify run on `bp` during which aio bdev `name` is deleted: the
+/// deletion is answered once `name` is unregistered (which waits for
+/// every descriptor of it to close), and the run ends with no I/O failed.
+fn delete_during_run(env: &Env, bp: &Proc, name: &str, what: &str) {
+    let run = perform_tests(env, &bp.sock, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    bp.ok(env, &["bdev_aio_delete", name]);
+    let (gone, out) = bp.rpc(env, &["bdev_get_bdevs", "-b", name]);
+    assert!(!gone && out.contains("-19"), "{name} still exists: {out}");
+    run.clean(what);
+}
+
 /// raid1 on aio files: a member's bdev is deleted (hot-remove) during a
 /// verify run. No I/O fails, the member is failed and its descriptor
 /// closed, so the deletion completes. A new bdev of the same name on the
@@ -174,19 +181,7 @@ fn bdevperf_raid1_member_hot_removed() {
     ];
     let cfg = config(&[("bdev", &entries)]);
     let mut bp = bdevperf(&env, &cfg, 32, 4096, 6);
-    let run = perform_tests(&env, &bp.sock, 60);
-    std::thread::sleep(Duration::from_millis(1500));
-    // Answered once a1 is unregistered, which waits for every
-    // descriptor of it to close.
-    bp.ok(&env, &["bdev_aio_delete", "a1"]);
-    let (gone, out) = bp.rpc(&env, &["bdev_get_bdevs", "-b", "a1"]);
-    assert!(!gone && out.contains("-19"), "a1 still exists: {out}");
-    let (res, out) = run.results();
-    println!("raid1 with role 1 hot-removed: {res:?}");
-    assert_eq!(res.status, "finished", "{out}");
-    assert!(res.iops > 0.0, "{out}");
-    assert_eq!(res.io_failed, 0, "I/O errors reached bdevperf:\n{out}");
-    assert_eq!(res.io_timeout, 0, "{out}");
+    delete_during_run(&env, &bp, "a1", "raid1 with role 1 hot-removed");
 
     let info = array_info(&bp, &env, "r");
     println!("after: {info}");
@@ -213,17 +208,7 @@ fn bdevperf_raid1_member_hot_removed() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let run = perform_tests(&env, &bp.sock, 60);
-    std::thread::sleep(Duration::from_millis(1500));
-    bp.ok(&env, &["bdev_aio_delete", "a1"]);
-    let (gone, out) = bp.rpc(&env, &["bdev_get_bdevs", "-b", "a1"]);
-    assert!(!gone && out.contains("-19"), "a1 still exists: {out}");
-    let (res, out) = run.results();
-    println!("raid1 with the new role 1 hot-removed: {res:?}");
-    assert_eq!(res.status, "finished", "{out}");
-    assert!(res.iops > 0.0, "{out}");
-    assert_eq!(res.io_failed, 0, "I/O errors reached bdevperf:\n{out}");
-    assert_eq!(res.io_timeout, 0, "{out}");
+    delete_during_run(&env, &bp, "a1", "raid1 with the new role 1 hot-removed");
     let info = array_info(&bp, &env, "r");
     assert_eq!(member_states(&info), ["in_sync", "faulty"], "{info}");
 

@@ -237,6 +237,44 @@ pub struct MdraidExamineInfo {
 }
 
 impl MdraidExamineInfo {
+    /// What `bdev_mdraid_examine` reports of bdev `name` whose md metadata
+    /// (superblock area) is `meta`, on a bdev of `sectors` 512-byte
+    /// sectors; `Err` for a damaged superblock.
+    pub fn from_meta(name: &str, meta: &[u8], sectors: u64) -> Result<Self, String> {
+        use bdev_raid::examine::{examine_sb, layout_name};
+        use bdev_raid::ondisk::{SbError, Superblock, SB_BLOCK_BYTES};
+        let mut info = MdraidExamineInfo::blank(name);
+        if meta.len() < SB_BLOCK_BYTES {
+            return Ok(info);
+        }
+        let sb = match Superblock::decode(meta, sectors) {
+            Ok(sb) => sb,
+            Err(SbError::BadMagic { .. }) => return Ok(info),
+            Err(e) => return Err(format!("md superblock: {e}")),
+        };
+        let ex = examine_sb(&sb);
+        info.has_superblock = true;
+        info.array_uuid = Some(Uuid(sb.set_uuid));
+        info.array_name = Some(sb.name());
+        info.raid_level = RaidLevel::ALL
+            .iter()
+            .copied()
+            .find(|l| l.md_level() == sb.level);
+        info.raid_devices = Some(sb.raid_disks);
+        info.layout = Some(layout_name(sb.level, sb.layout));
+        info.strip_size_kb = (sb.chunksize != 0).then_some(sb.chunksize / 2);
+        info.device_uuid = Some(Uuid(sb.device_uuid));
+        info.device_role = ex.get("Device Role").map(str::to_string);
+        info.events = Some(sb.events);
+        info.data_offset = Some(sb.data_offset);
+        info.data_size = Some(sb.data_size);
+        info.array_state = ex
+            .get("Array State")
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string);
+        Ok(info)
+    }
+
     /// What `bdev_mdraid_examine` says of a bdev with no md superblock.
     pub fn blank(bdev: &str) -> MdraidExamineInfo {
         MdraidExamineInfo {

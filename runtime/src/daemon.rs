@@ -37,15 +37,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bdev_raid::assemble::{md_uuid, Assembled};
 use bdev_raid::bitmap::DiskBitmap;
 use bdev_raid::channel::{IoType, MetaRequest};
-use bdev_raid::examine::{examine_sb, layout_name};
+use bdev_raid::examine::layout_name;
 use bdev_raid::layout::{Geometry, Level};
 use bdev_raid::meta::{
     create_superblocks, AddError, CreateParams, FlagError, Meta, MetaConfig, NewMember, Recovery,
     RecoveryInfo,
 };
 use bdev_raid::ondisk::{
-    BitmapSuper, MemberLayout, SbError, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES,
-    SB_OFFSET_BYTES,
+    BitmapSuper, MemberLayout, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
 };
 use bdev_raid::state::{ArrayState, MemberState};
 use mdraid_rpc::config::{ConfigError, LoadedConfig, Location};
@@ -178,13 +177,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn raid_level_of(md_level: i32) -> Option<RaidLevel> {
-    RaidLevel::ALL
-        .iter()
-        .copied()
-        .find(|l| l.md_level() == md_level)
 }
 
 fn dev_err(e: &DevError) -> RpcError {
@@ -1778,35 +1770,9 @@ impl Daemon {
     }
 
     fn examine_dev(&self, dev: &Arc<dyn Device>) -> Result<MdraidExamineInfo, String> {
-        let mut info = MdraidExamineInfo::blank(dev.name());
         let buf = read_sb_area(&self.rt, dev, self.opts.io_timeout)?;
-        if buf.len() < SB_BLOCK_BYTES {
-            return Ok(info);
-        }
         let sectors = dev.num_blocks() * dev.block_size() as u64 / 512;
-        let sb = match Superblock::decode(&buf, sectors) {
-            Ok(sb) => sb,
-            Err(SbError::BadMagic { .. }) => return Ok(info),
-            Err(e) => return Err(format!("md superblock: {e}")),
-        };
-        let ex = examine_sb(&sb);
-        info.has_superblock = true;
-        info.array_uuid = Some(RpcUuid(sb.set_uuid));
-        info.array_name = Some(sb.name());
-        info.raid_level = raid_level_of(sb.level);
-        info.raid_devices = Some(sb.raid_disks);
-        info.layout = Some(layout_name(sb.level, sb.layout));
-        info.strip_size_kb = (sb.chunksize != 0).then_some(sb.chunksize / 2);
-        info.device_uuid = Some(RpcUuid(sb.device_uuid));
-        info.device_role = ex.get("Device Role").map(str::to_string);
-        info.events = Some(sb.events);
-        info.data_offset = Some(sb.data_offset);
-        info.data_size = Some(sb.data_size);
-        info.array_state = ex
-            .get("Array State")
-            .and_then(|s| s.split_whitespace().next())
-            .map(str::to_string);
-        Ok(info)
+        MdraidExamineInfo::from_meta(dev.name(), &buf, sectors)
     }
 
     fn mdraid_examine(&self, p: BdevMdraidExamine) -> Result<Value, RpcError> {

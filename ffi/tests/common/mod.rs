@@ -403,6 +403,18 @@ impl PerfRun {
         };
         (r, t)
     }
+
+    /// The results of a run that must have finished with I/O done and
+    /// none failed or timed out (printed under `what`).
+    pub fn clean(self, what: &str) -> JobResult {
+        let (res, out) = self.results();
+        println!("{what}: {res:?}");
+        assert_eq!(res.status, "finished", "{out}");
+        assert!(res.iops > 0.0, "{out}");
+        assert_eq!(res.io_failed, 0, "I/O errors reached bdevperf:\n{out}");
+        assert_eq!(res.io_timeout, 0, "{out}");
+        res
+    }
 }
 
 /// bdevperf's `Total` line: (IOPS, Fail/s, TO/s).
