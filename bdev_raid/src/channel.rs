@@ -19,6 +19,7 @@
 //! a state recording that member as faulty has been applied by every
 //! channel (R1): only then can no channel read the stale member any more.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -299,12 +300,19 @@ pub struct ChannelStats {
     /// Reads that had to go to a write-mostly member and waited for the
     /// range lock (no write-behind over their range in flight, R5).
     pub write_mostly_reads: u64,
+    /// Reads and writes done on the direct path ([`Channel::direct`]).
+    pub direct_done: u64,
 }
 
 const NONE: u32 = u32::MAX;
 
 fn bit(m: usize) -> u64 {
     1u64 << m
+}
+
+/// The bit of lock `k` in `Channel::waited`.
+fn waited_bit(k: usize) -> u64 {
+    1u64 << (k % 64)
 }
 
 /// The members in `mask`, lowest first (one step per set bit).
@@ -446,7 +454,7 @@ struct CheckPiece {
 }
 
 /// raid1 has no strip; its writes and read rewrites lock ranges this big.
-const RAID1_LOCK_BYTES: u64 = 16 << 10;
+pub const RAID1_LOCK_BYTES: u64 = 64 << 10;
 
 struct Child {
     gen: u32,
@@ -539,10 +547,21 @@ pub struct Channel<B: IoBuf> {
     fix_queue: VecDeque<u32>,
     pieces: Vec<Piece>,
     free_pieces: Vec<u32>,
-    /// Range lock granule of mapped levels, in blocks, and the part of it
-    /// a direct write locks (a sixteenth, at least 4 KiB).
+    /// Range lock granule of mapped levels, in blocks, its log2, and the
+    /// log2 of the part of it a direct write locks (a sixteenth, at least
+    /// 4 KiB). Strips and blocks are powers of two: no division on the
+    /// direct path.
     lock_blocks: u64,
-    lock_part: u64,
+    lock_shift: u32,
+    part_shift: u32,
+    /// This channel owns the stripe lock table (see [`StripeLocks`]).
+    owns_locks: Cell<bool>,
+    /// The lock the last failed [`Channel::take_lock`] found held.
+    blocked: Cell<usize>,
+    /// Locks `waiters` may wait for, one bit per key modulo 64 (all set
+    /// when unknown): a direct write that ends runs the waiters only if
+    /// its lock's bit is set.
+    waited: u64,
     parked: Vec<u32>,
     nomem: VecDeque<u32>,
     actions: VecDeque<Action<B>>,
@@ -584,6 +603,12 @@ pub struct Channel<B: IoBuf> {
     direct_in_flight: u32,
 }
 
+impl<B: IoBuf> Drop for Channel<B> {
+    fn drop(&mut self) {
+        self.shared.locks.detach(self.owns_locks.get());
+    }
+}
+
 impl<B: IoBuf> Channel<B> {
     /// A channel over `geom` in state `state`. `alloc(len)` gives the host's
     /// buffers for scratch (DMA-able memory in SPDK, aligned for O_DIRECT);
@@ -607,6 +632,13 @@ impl<B: IoBuf> Channel<B> {
             geom.strip_blocks()
         };
         assert!(cfg.max_parents > 0 && cfg.max_children >= 2 * MAX_MEMBERS.min(members));
+        let lock_part = (DIRECT_PART_BYTES / bs)
+            .max(lock_blocks.div_ceil(u64::from(LOCK_PARTS)))
+            .max(1);
+        assert!(
+            lock_blocks.is_power_of_two() && lock_part.is_power_of_two(),
+            "lock granule of {lock_blocks} blocks, part {lock_part}: not powers of two"
+        );
         let max_rows = if geom.level().is_parity() {
             let r = (cfg.max_row_bytes as u64 / bs).min(geom.strip_blocks());
             assert!(r > 0, "max_row_bytes smaller than a block");
@@ -703,9 +735,11 @@ impl<B: IoBuf> Channel<B> {
             direct_in_flight: 0,
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
             lock_blocks,
-            lock_part: (DIRECT_PART_BYTES / bs)
-                .max(lock_blocks.div_ceil(u64::from(LOCK_PARTS)))
-                .max(1),
+            lock_shift: lock_blocks.trailing_zeros(),
+            part_shift: lock_part.trailing_zeros(),
+            owns_locks: Cell::new(false),
+            blocked: Cell::new(0),
+            waited: 0,
             parked: Vec::with_capacity(cfg.max_parents),
             nomem: VecDeque::with_capacity(total_children),
             actions: VecDeque::with_capacity(total_children + cfg.max_parents),
@@ -719,6 +753,8 @@ impl<B: IoBuf> Channel<B> {
         ch.alloc = Some(Box::new(alloc));
         // A new channel of a not-writable array has no write in flight.
         ch.maybe_report_idle();
+        ch.shared.locks.attach();
+        ch.owns_locks.set(ch.shared.locks.try_own(ch.index));
         ch
     }
 
@@ -797,7 +833,8 @@ impl<B: IoBuf> Channel<B> {
     /// again, or parents and reads waiting for a lock (another channel may
     /// have released it).
     pub fn needs_poll(&self) -> bool {
-        !self.nomem.is_empty()
+        self.shared.locks.change_due(self.owns_locks.get())
+            || !self.nomem.is_empty()
             || !self.waiters.is_empty()
             || !self.fix_queue.is_empty()
             || !self.recon_queue.is_empty()
@@ -986,7 +1023,7 @@ impl<B: IoBuf> Channel<B> {
         });
         if run != blocks
             || (self.geom.copies() > 1
-                && lba / self.lock_blocks != (lba + blocks - 1) / self.lock_blocks)
+                && lba >> self.lock_shift != (lba + blocks - 1) >> self.lock_shift)
         {
             return None; // more than one piece
         }
@@ -1036,10 +1073,11 @@ impl<B: IoBuf> Channel<B> {
     /// at least 4 KiB), so no resync, repair, read rewrite, write-behind
     /// or general write holds the granule, and no direct write overlaps it.
     fn lock_direct(&self, d: &mut Direct, k: usize) -> bool {
-        let first = d.lba % self.lock_blocks / self.lock_part;
-        let last = (d.lba + d.blocks - 1) % self.lock_blocks / self.lock_part;
+        let within = self.lock_blocks - 1;
+        let first = (d.lba & within) >> self.part_shift;
+        let last = ((d.lba + d.blocks - 1) & within) >> self.part_shift;
         let parts = ((2u32 << last) - 1) & !((1u32 << first) - 1);
-        if !self.shared.locks.try_share(k, parts) {
+        if !self.shared.locks.try_share(k, parts, self.owns_locks()) {
             return false;
         }
         d.lock = k as u32;
@@ -1049,8 +1087,32 @@ impl<B: IoBuf> Channel<B> {
 
     fn unlock_direct(&self, d: &Direct) {
         if d.lock != NONE {
-            self.shared.locks.unshare(d.lock as usize, d.parts);
+            self.shared
+                .locks
+                .unshare(d.lock as usize, d.parts, self.owns_locks.get());
         }
+    }
+
+    /// Whether this channel owns the stripe lock table; an owner asked to
+    /// give it back does so here.
+    fn owns_locks(&self) -> bool {
+        if self.owns_locks.get() && !self.shared.locks.keep_owning() {
+            self.owns_locks.set(false);
+        }
+        self.owns_locks.get()
+    }
+
+    /// Take stripe/range lock `k` exclusively.
+    fn take_lock(&self, k: usize) -> bool {
+        let took = self.shared.locks.try_lock(k, self.owns_locks());
+        if !took {
+            self.blocked.set(k);
+        }
+        took
+    }
+
+    fn drop_lock(&self, k: usize) {
+        self.shared.locks.unlock(k, self.owns_locks.get());
     }
 
     /// Count a direct I/O in, with the parent slot it keeps and its
@@ -1067,6 +1129,7 @@ impl<B: IoBuf> Channel<B> {
     /// completes its parent.
     pub fn direct_done(&mut self, d: &Direct) {
         self.stats.parents_done += 1;
+        self.stats.direct_done += 1;
         self.free_parents.push(d.slot);
         self.end_direct(d, 0);
     }
@@ -1109,7 +1172,12 @@ impl<B: IoBuf> Channel<B> {
             self.writes_in_flight -= 1;
             self.maybe_report_idle();
             // A parent (this one, redone) may wait for the lock.
-            self.run_waiters();
+            if self.waited & waited_bit(d.lock as usize) != 0
+                || !self.fix_queue.is_empty()
+                || !self.recon_queue.is_empty()
+            {
+                self.run_waiters();
+            }
         }
     }
 
@@ -1139,7 +1207,7 @@ impl<B: IoBuf> Channel<B> {
     fn go(&mut self, slot: u32) {
         if !self.waiters.is_empty() {
             // Others wait for resources: keep their order.
-            self.enqueue(slot);
+            self.enqueue(slot, None);
         } else {
             self.run_parent(slot);
         }
@@ -1319,6 +1387,9 @@ impl<B: IoBuf> Channel<B> {
 
     /// Resubmit children the host had no memory for and retry waiters.
     pub fn poll(&mut self) {
+        if !self.owns_locks() && self.shared.locks.try_own(self.index) {
+            self.owns_locks.set(true);
+        }
         while let Some(idx) = self.nomem.pop_front() {
             self.stats.nomem_retries += 1;
             let c = &self.children[idx as usize];
@@ -1388,12 +1459,15 @@ impl<B: IoBuf> Channel<B> {
 
     // ----- parents -------------------------------------------------------
 
-    fn enqueue(&mut self, slot: u32) {
+    /// Queue a parent waiting for lock `lock` (None: for pool resources,
+    /// or not tried yet).
+    fn enqueue(&mut self, slot: u32, lock: Option<usize>) {
         let p = self.parents[slot as usize].as_mut().unwrap();
         if !p.queued {
             p.queued = true;
             self.waiters.push_back(slot);
         }
+        self.waited |= lock.map_or(!0, waited_bit);
     }
 
     /// Retry queued work in order. A parent blocked on pool resources stops
@@ -1410,6 +1484,7 @@ impl<B: IoBuf> Channel<B> {
             self.recon_queue.pop_front();
         }
         let mut i = 0;
+        let mut waited = 0;
         while i < self.waiters.len() {
             let slot = self.waiters[i];
             match self.dispatch(slot) {
@@ -1418,10 +1493,17 @@ impl<B: IoBuf> Channel<B> {
                     self.parents[slot as usize].as_mut().unwrap().queued = false;
                     self.finish_dispatch(slot);
                 }
-                Step::WaitLock => i += 1,
-                Step::WaitPool => break,
+                Step::WaitLock => {
+                    waited |= waited_bit(self.blocked.get());
+                    i += 1;
+                }
+                Step::WaitPool => {
+                    waited = !0;
+                    break;
+                }
             }
         }
+        self.waited = waited;
     }
 
     fn run_parent(&mut self, slot: u32) {
@@ -1429,11 +1511,11 @@ impl<B: IoBuf> Channel<B> {
             Step::Done => self.finish_dispatch(slot),
             Step::WaitLock => {
                 self.stats.waits_for_stripe += 1;
-                self.enqueue(slot)
+                self.enqueue(slot, Some(self.blocked.get()))
             }
             Step::WaitPool => {
                 self.stats.waits_for_resources += 1;
-                self.enqueue(slot)
+                self.enqueue(slot, None)
             }
         }
     }
@@ -1656,7 +1738,7 @@ impl<B: IoBuf> Channel<B> {
         };
         let lock = self.range_lock(lba);
         if let Some(k) = lock {
-            if !self.shared.locks.try_lock(k) {
+            if !self.take_lock(k) {
                 return Err(Step::WaitLock);
             }
         }
@@ -1786,14 +1868,14 @@ impl<B: IoBuf> Channel<B> {
     /// The range lock covering mapped block `lba`, if the level has copies
     /// that must agree (writes and read-error rewrites take it).
     fn range_lock(&self, lba: u64) -> Option<usize> {
-        (self.geom.copies() > 1).then(|| self.shared.locks.key(lba / self.lock_blocks))
+        (self.geom.copies() > 1).then(|| self.shared.locks.key(lba >> self.lock_shift))
     }
 
     /// `map`, cut at lock granule boundaries.
     fn map_piece(&self, lba: u64, len: u64) -> crate::layout::Mapping {
         let mut m = self.geom.map(lba, len);
         if self.geom.copies() > 1 {
-            m.len = m.len.min(self.lock_blocks - lba % self.lock_blocks);
+            m.len = m.len.min(self.lock_blocks - (lba & (self.lock_blocks - 1)));
         }
         m
     }
@@ -1852,7 +1934,7 @@ impl<B: IoBuf> Channel<B> {
                         return Step::WaitPool;
                     }
                     let k = self.range_lock(cursor).expect("copies > 1");
-                    if !self.shared.locks.try_lock(k) {
+                    if !self.take_lock(k) {
                         return Step::WaitLock;
                     }
                     let c = self.alloc_child(
@@ -1883,7 +1965,7 @@ impl<B: IoBuf> Channel<B> {
                 };
                 let lock = self.range_lock(cursor);
                 if let Some(k) = lock {
-                    if !self.shared.locks.try_lock(k) {
+                    if !self.take_lock(k) {
                         return Step::WaitLock;
                     }
                 }
@@ -1973,7 +2055,7 @@ impl<B: IoBuf> Channel<B> {
         pc.behind_buf = NONE;
         let pc = &self.pieces[piece as usize];
         if let Some(k) = lock {
-            self.shared.locks.unlock(k);
+            self.drop_lock(k);
         }
         if b != NONE {
             let (lba, blocks) = (pc.lba, pc.blocks);
@@ -2169,7 +2251,7 @@ impl<B: IoBuf> Channel<B> {
                 _ => unreachable!(),
             };
             let k = self.range_lock(lba).expect("locked piece without a lock");
-            self.shared.locks.unlock(k);
+            self.drop_lock(k);
         }
         self.free_child(c);
         self.unit_done(slot);
@@ -2194,7 +2276,7 @@ impl<B: IoBuf> Channel<B> {
             let k = self
                 .range_lock(lba)
                 .expect("mirror retry on a level without copies");
-            if self.shared.locks.try_lock(k) {
+            if self.take_lock(k) {
                 self.fix_queue.remove(i);
                 if wm_wait {
                     self.shared.behind_reader(false);
@@ -2556,7 +2638,7 @@ impl<B: IoBuf> Channel<B> {
             .shared
             .locks
             .key(stripe * granules + row / self.max_rows);
-        if !self.shared.locks.try_lock(lock) {
+        if !self.take_lock(lock) {
             return Err(Step::WaitLock);
         }
         self.free_stripes.pop();
@@ -3019,7 +3101,7 @@ impl<B: IoBuf> Channel<B> {
         u.busy = false;
         u.phase = Phase::Idle;
         let (slot, error, lock) = (u.parent, u.error, u.lock);
-        self.shared.locks.unlock(lock);
+        self.drop_lock(lock);
         self.free_stripes.push(ctx);
         self.parents[slot as usize].as_mut().unwrap().error |= error;
         self.unit_done(slot);

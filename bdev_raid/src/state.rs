@@ -3,9 +3,10 @@
 //! The metadata path owns the truth and replaces the snapshot by broadcast;
 //! channels only read the snapshot they were last given. The one piece of
 //! shared mutable state on the I/O path is [`StripeLocks`], a table of
-//! atomics that serialises parity updates of one stripe across channels.
+//! lock words that serialises writes of one stripe or range across
+//! channels (plain words while one channel owns it).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::bitmap::Bitmap;
 use crate::layout::{Geometry, Level, MAX_MEMBERS};
@@ -350,9 +351,39 @@ impl Shared {
 /// writes of one granule exclude only those that overlap them. An
 /// exclusive taker that fails marks the word wanted, and a wanted word
 /// takes no new sharers, so sharers coming and going never starve it.
+///
+/// The only channel of an array owns the table: it reads and writes the
+/// words with plain loads and stores, no atomic read-modify-write (which
+/// on x86 also drains the store buffer, full after a data copy). A
+/// channel that attaches while another owns the table asks it to give the
+/// table back and takes no lock until it has: its tries fail as if the
+/// lock were held, and it tries again when it polls. The owner gives the
+/// table back at its next lock operation or poll
+/// ([`StripeLocks::keep_owning`]); from then on every channel uses atomics.
+/// A channel left alone takes the table again when it polls.
+///
+/// Why the hand-over is safe: a channel attaches (`attached` + 1) and then
+/// reads `owner`; a channel taking the table sets `owner` and then reads
+/// `attached`, all sequentially consistent, so at least one of the two sees
+/// the other. The owner's release store of `owner = 0` publishes its plain
+/// stores to whoever then reads 0 with acquire.
 pub struct StripeLocks {
     slots: Box<[AtomicU32]>,
     mask: u64,
+    mode: LockMode,
+}
+
+/// Who uses the table how, on a cache line of its own (read on every lock
+/// operation, written only when the table changes hands).
+#[repr(align(64))]
+#[derive(Default)]
+struct LockMode {
+    /// The owning channel's index + 1; 0: every channel uses atomics.
+    owner: AtomicU32,
+    /// A channel waits for the owner to give the table back.
+    revoke: AtomicBool,
+    /// Channels attached ([`StripeLocks::attach`]).
+    attached: AtomicU32,
 }
 
 const LOCK_EXCL: u32 = 1 << 31;
@@ -368,6 +399,7 @@ impl StripeLocks {
         StripeLocks {
             slots: (0..n).map(|_| AtomicU32::new(0)).collect(),
             mask: n as u64 - 1,
+            mode: LockMode::default(),
         }
     }
 
@@ -377,9 +409,98 @@ impl StripeLocks {
         (stripe.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20 & self.mask) as usize
     }
 
-    /// Take `key` exclusively: no other holder, shared or not.
-    pub fn try_lock(&self, key: usize) -> bool {
+    /// A channel starts using the table (it does not own it).
+    pub fn attach(&self) {
+        let m = &self.mode;
+        m.attached.fetch_add(1, Ordering::SeqCst);
+        if m.owner.load(Ordering::SeqCst) != 0 {
+            m.revoke.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A channel stops using the table (it holds none of its locks);
+    /// `owned`: it owns the table.
+    pub fn detach(&self, owned: bool) {
+        if owned {
+            self.mode.owner.store(0, Ordering::Release);
+        }
+        let was = self.mode.attached.fetch_sub(1, Ordering::SeqCst);
+        assert!(was > 0, "stripe lock table detached more than attached");
+    }
+
+    /// Channel `me`, attached and not owning the table, takes it if it is
+    /// the only channel attached; true if it now owns it.
+    pub fn try_own(&self, me: usize) -> bool {
+        let m = &self.mode;
+        if m.attached.load(Ordering::Relaxed) != 1 || m.owner.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        // Cleared before taking it: a channel attaching later sets it
+        // again after it sees the owner.
+        m.revoke.store(false, Ordering::SeqCst);
+        let id = me as u32 + 1;
+        if m.owner
+            .compare_exchange(0, id, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if m.attached.load(Ordering::SeqCst) != 1 {
+            // Another channel attached meanwhile (and may have seen no
+            // owner): give it back before any plain store.
+            m.owner.store(0, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// The owner keeps the table unless another channel asked for it; if
+    /// one did, the owner gives it back (false).
+    pub fn keep_owning(&self) -> bool {
+        if !self.mode.revoke.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.mode.owner.store(0, Ordering::Release);
+        false
+    }
+
+    /// Whether channel `me` would take or give back the table if it
+    /// polled (`owned`: it owns it now).
+    pub fn change_due(&self, owned: bool) -> bool {
+        let m = &self.mode;
+        if owned {
+            m.revoke.load(Ordering::Relaxed)
+        } else {
+            m.attached.load(Ordering::Relaxed) == 1 && m.owner.load(Ordering::Relaxed) == 0
+        }
+    }
+
+    /// A channel not owning the table may use atomics on it: nobody owns
+    /// it. If a channel does, it is asked to give it back.
+    fn shared_ok(&self) -> bool {
+        if self.mode.owner.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        self.mode.revoke.store(true, Ordering::Relaxed);
+        false
+    }
+
+    /// Take `key` exclusively: no other holder, shared or not. `owned`:
+    /// the caller owns the table (and asked [`StripeLocks::keep_owning`]).
+    pub fn try_lock(&self, key: usize, owned: bool) -> bool {
         let w = &self.slots[key];
+        if owned {
+            let cur = w.load(Ordering::Relaxed);
+            if cur & (LOCK_EXCL | LOCK_PART_BITS) != 0 {
+                w.store(cur | LOCK_WANTED, Ordering::Relaxed);
+                return false;
+            }
+            w.store(LOCK_EXCL, Ordering::Relaxed);
+            return true;
+        }
+        if !self.shared_ok() {
+            return false;
+        }
         let mut cur = w.load(Ordering::Relaxed);
         loop {
             if cur & (LOCK_EXCL | LOCK_PART_BITS) != 0 {
@@ -397,8 +518,15 @@ impl StripeLocks {
         }
     }
 
-    pub fn unlock(&self, key: usize) {
-        let was = self.slots[key].fetch_and(!LOCK_EXCL, Ordering::Release);
+    pub fn unlock(&self, key: usize, owned: bool) {
+        let w = &self.slots[key];
+        let was = if owned {
+            let cur = w.load(Ordering::Relaxed);
+            w.store(cur & !LOCK_EXCL, Ordering::Relaxed);
+            cur
+        } else {
+            w.fetch_and(!LOCK_EXCL, Ordering::Release)
+        };
         assert!(
             was & LOCK_EXCL != 0,
             "unlock of a stripe lock that was not held"
@@ -407,10 +535,21 @@ impl StripeLocks {
 
     /// Take parts `parts` (non-zero, within [`LOCK_PARTS`]) of `key`:
     /// refused while the word is held exclusively or wanted, or another
-    /// sharer holds one of those parts.
-    pub fn try_share(&self, key: usize, parts: u32) -> bool {
+    /// sharer holds one of those parts. `owned` as in `try_lock`.
+    pub fn try_share(&self, key: usize, parts: u32, owned: bool) -> bool {
         debug_assert!(parts != 0 && parts & !LOCK_PART_BITS == 0);
         let w = &self.slots[key];
+        if owned {
+            let cur = w.load(Ordering::Relaxed);
+            if cur & (LOCK_EXCL | LOCK_WANTED | parts) != 0 {
+                return false;
+            }
+            w.store(cur | parts, Ordering::Relaxed);
+            return true;
+        }
+        if !self.shared_ok() {
+            return false;
+        }
         let mut cur = w.load(Ordering::Relaxed);
         loop {
             if cur & (LOCK_EXCL | LOCK_WANTED | parts) != 0 {
@@ -423,8 +562,15 @@ impl StripeLocks {
         }
     }
 
-    pub fn unshare(&self, key: usize, parts: u32) {
-        let was = self.slots[key].fetch_and(!parts, Ordering::Release);
+    pub fn unshare(&self, key: usize, parts: u32, owned: bool) {
+        let w = &self.slots[key];
+        let was = if owned {
+            let cur = w.load(Ordering::Relaxed);
+            w.store(cur & !parts, Ordering::Relaxed);
+            cur
+        } else {
+            w.fetch_and(!parts, Ordering::Release)
+        };
         assert!(
             was & parts == parts,
             "unshare of stripe lock parts not held"
@@ -434,6 +580,220 @@ impl StripeLocks {
 
 impl Default for StripeLocks {
     fn default() -> Self {
-        StripeLocks::new(12)
+        StripeLocks::new(10)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    /// The hand-over, step by step: an owner's plain stores are seen by
+    /// the channel it gives the table to, a channel refused while another
+    /// owns the table asks for it, and a channel left alone takes it.
+    #[test]
+    fn stripe_lock_owner_hands_over() {
+        let l = StripeLocks::new(2);
+        l.attach();
+        assert!(!l.change_due(true), "no one asked for the table yet");
+        assert!(l.change_due(false), "a lone channel would take the table");
+        assert!(l.try_own(0));
+        assert!(l.keep_owning());
+        assert!(l.try_lock(1, true));
+        assert!(l.try_share(2, 0b0110, true));
+        assert!(!l.try_share(2, 0b0100, true), "part held");
+        l.attach(); // channel 1
+        assert!(!l.try_own(1), "two channels attached");
+        assert!(l.change_due(true), "channel 1 asked for the table");
+        assert!(!l.try_lock(3, false), "owned by channel 0");
+        assert!(!l.try_share(3, 1, false), "owned by channel 0");
+        assert!(!l.keep_owning(), "channel 0 gives the table back");
+        assert!(!l.change_due(false), "two channels: nobody takes it");
+        assert!(!l.try_lock(1, false), "channel 0's plain lock is seen");
+        assert!(
+            !l.try_share(2, 0b0010, false),
+            "channel 0's plain share is seen"
+        );
+        assert!(l.try_share(2, 0b1000, false));
+        assert!(l.try_lock(3, false));
+        // Channel 0 releases what it took as owner with atomics now.
+        l.unlock(1, false);
+        l.unshare(2, 0b0110, false);
+        assert!(l.try_lock(1, false));
+        l.unlock(1, false);
+        l.unlock(3, false);
+        l.unshare(2, 0b1000, false);
+        l.detach(false); // channel 0
+        assert!(l.change_due(false), "channel 1 is alone");
+        assert!(l.try_own(1));
+        assert!(l.try_lock(1, true));
+        l.unlock(1, true);
+        l.detach(true);
+        assert_eq!(l.mode.owner.load(Ordering::Relaxed), 0);
+        assert_eq!(l.mode.attached.load(Ordering::Relaxed), 0);
+        assert!(l.slots.iter().all(|w| w.load(Ordering::Relaxed) == 0));
+    }
+
+    /// An owner's plain operations give the same answers and leave the
+    /// same words as the atomic ones, wanted marks included.
+    #[test]
+    fn stripe_lock_owned_ops_match_atomic_ops() {
+        let owned = StripeLocks::new(2);
+        owned.attach();
+        assert!(owned.try_own(0));
+        let shared = StripeLocks::new(2);
+        shared.attach();
+        let mut held: Vec<(usize, u32)> = Vec::new(); // parts 0: exclusive
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..20_000 {
+            let r = rng(&mut seed);
+            if r.is_multiple_of(3) && !held.is_empty() {
+                let (k, parts) = held.swap_remove((r >> 8) as usize % held.len());
+                if parts == 0 {
+                    owned.unlock(k, true);
+                    shared.unlock(k, false);
+                } else {
+                    owned.unshare(k, parts, true);
+                    shared.unshare(k, parts, false);
+                }
+            } else {
+                let k = (r >> 8) as usize % 4;
+                let parts = if r >> 20 & 1 == 0 {
+                    0
+                } else {
+                    let first = (r >> 24) as u32 % LOCK_PARTS;
+                    let last = first + ((r >> 32) as u32 % (LOCK_PARTS - first));
+                    ((2u32 << last) - 1) & !((1u32 << first) - 1)
+                };
+                let (a, b) = if parts == 0 {
+                    (owned.try_lock(k, true), shared.try_lock(k, false))
+                } else {
+                    (
+                        owned.try_share(k, parts, true),
+                        shared.try_share(k, parts, false),
+                    )
+                };
+                assert_eq!(a, b, "lock {k} parts {parts:#x}");
+                if a {
+                    held.push((k, parts));
+                }
+            }
+            for k in 0..4 {
+                assert_eq!(
+                    owned.slots[k].load(Ordering::Relaxed),
+                    shared.slots[k].load(Ordering::Relaxed),
+                    "word {k}"
+                );
+            }
+        }
+    }
+
+    /// Two threads, each a channel that comes and goes, own or share the
+    /// table and hold locks across hand-overs: no two ever hold
+    /// overlapping locks, and locks are taken both as owner and shared.
+    #[test]
+    fn stripe_lock_hand_over_keeps_mutual_exclusion() {
+        const KEYS: usize = 4;
+        let l = Arc::new(StripeLocks::new(2));
+        // What each key's holders hold: bit 31 exclusive, low bits parts.
+        let inside: Arc<Vec<AtomicU32>> = Arc::new((0..KEYS).map(|_| AtomicU32::new(0)).collect());
+        let owned_ops = Arc::new(AtomicU64::new(0));
+        let shared_ops = Arc::new(AtomicU64::new(0));
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|me| {
+                let (l, inside, start) = (l.clone(), inside.clone(), start.clone());
+                let (owned_ops, shared_ops) = (owned_ops.clone(), shared_ops.clone());
+                std::thread::spawn(move || {
+                    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (me as u64 + 1) << 32;
+                    start.wait();
+                    let release = |k: usize, parts: u32, owned: bool| {
+                        if parts == 0 {
+                            inside[k].fetch_and(!LOCK_EXCL, Ordering::SeqCst);
+                            l.unlock(k, owned);
+                        } else {
+                            inside[k].fetch_and(!parts, Ordering::SeqCst);
+                            l.unshare(k, parts, owned);
+                        }
+                    };
+                    for _round in 0..3000 {
+                        l.attach();
+                        let mut owned = l.try_own(me);
+                        let mut held: Vec<(usize, u32)> = Vec::new();
+                        for _ in 0..400 {
+                            let r = rng(&mut seed);
+                            if owned && !l.keep_owning() {
+                                owned = false;
+                            }
+                            if !owned && r.is_multiple_of(7) {
+                                owned = l.try_own(me);
+                            }
+                            if r.is_multiple_of(3) && !held.is_empty() {
+                                let (k, parts) = held.swap_remove((r >> 8) as usize % held.len());
+                                release(k, parts, owned);
+                                continue;
+                            }
+                            let k = (r >> 8) as usize % KEYS;
+                            let parts = if r >> 20 & 1 == 0 {
+                                0
+                            } else {
+                                1u32 << ((r >> 24) as u32 % LOCK_PARTS)
+                            };
+                            let took = if parts == 0 {
+                                l.try_lock(k, owned)
+                            } else {
+                                l.try_share(k, parts, owned)
+                            };
+                            if !took {
+                                continue;
+                            }
+                            let mine = if parts == 0 { LOCK_EXCL } else { parts };
+                            let before = inside[k].fetch_or(mine, Ordering::SeqCst);
+                            let clash = if parts == 0 {
+                                before
+                            } else {
+                                before & (LOCK_EXCL | parts)
+                            };
+                            assert_eq!(
+                                clash, 0,
+                                "channel {me} took {k}/{parts:#x} while {before:#x} was held"
+                            );
+                            held.push((k, parts));
+                            if owned { &owned_ops } else { &shared_ops }
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        for (k, parts) in held.drain(..) {
+                            release(k, parts, owned);
+                        }
+                        l.detach(owned);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(l
+            .slots
+            .iter()
+            .all(|w| w.load(Ordering::Relaxed) & !LOCK_WANTED == 0));
+        assert_eq!(l.mode.attached.load(Ordering::Relaxed), 0);
+        assert!(
+            owned_ops.load(Ordering::Relaxed) > 0,
+            "no lock taken as owner"
+        );
+        assert!(
+            shared_ops.load(Ordering::Relaxed) > 0,
+            "no lock taken shared"
+        );
     }
 }

@@ -982,7 +982,7 @@ impl ArrayChannel {
                     }
                 }
             }
-            if !self.engine.is_idle() {
+            if !self.engine.is_idle() || self.engine.needs_poll() {
                 self.engine.poll();
             }
             while let Some(a) = self.engine.poll_action() {

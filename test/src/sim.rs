@@ -8,7 +8,7 @@ use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
 use bdev_raid::bitmap::{Bitmap, BitmapGeom, DiskBitmap};
 use bdev_raid::channel::{
     Action, Busy, Channel, ChildBuf, ChildIo, ChildOp, ChildStatus, ChildToken, Direct, IoStatus,
-    IoType, MetaRequest, ParentIo,
+    IoType, MetaRequest, ParentIo, RAID1_LOCK_BYTES,
 };
 use bdev_raid::layout::{Geometry, Level, StripeMap};
 use bdev_raid::meta::{create_superblocks, CreateParams, Meta, MetaAction, MetaConfig};
@@ -300,10 +300,6 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
 /// the superblock (the simulator keeps members small; md accepts any
 /// data offset past the superblock).
 const SIM_DATA_OFFSET: u64 = 24;
-
-/// The engine's raid1 range-lock granule (the direct path takes I/Os
-/// within one; only the workload's mix depends on it).
-const RAID1_GRANULE: u64 = 16 << 10;
 
 /// Byte offset of the bitmap area on a member (right after the superblock).
 const BITMAP_AT: usize = SB_OFFSET_BYTES as usize + SB_BLOCK_BYTES;
@@ -1055,9 +1051,9 @@ impl<'a> Sim<'a> {
         }
         if self.sc.direct > 0.0 && !self.geom.level().is_parity() && self.rng.chance(0.35) {
             // One piece (within a strip; raid1: within a range-lock
-            // granule, 16 KiB), which the direct path takes.
+            // granule), which the direct path takes.
             let unit = if self.geom.level() == Level::Raid1 {
-                (RAID1_GRANULE / self.bs as u64).max(1)
+                (RAID1_LOCK_BYTES / self.bs as u64).max(1)
             } else {
                 self.geom.strip_blocks()
             };
