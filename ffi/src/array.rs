@@ -913,8 +913,6 @@ struct ChanInner {
     /// put, and the array's removal count last looked at.
     detach: Vec<*mut sys::spdk_bdev_desc>,
     removals_seen: usize,
-    /// Direct member I/Os in flight (or waiting for a bdev_io) per
-    /// descriptor: a hot-removed member's channel is put only without any.
     /// Direct I/Os whose redo waits for DMA memory (see
     /// `ChanCtx::direct_redo`).
     redo_wait: Vec<*mut sys::spdk_bdev_io>,
@@ -922,10 +920,14 @@ struct ChanInner {
     /// write-behind children are in flight (they outlive their parents;
     /// SPDK would destroy the channel once the last user put it).
     behind_ref: Option<IoChannel>,
-    /// Per role, those to the role's member; per descriptor, those to
-    /// members replaced since (rare).
-    direct_out: Vec<u32>,
-    direct_retired: Vec<(*mut sys::spdk_bdev_desc, u32)>,
+    /// Direct I/Os in flight (or waiting for a bdev_io), per generation,
+    /// and the generation new ones count in: a hot-removed member's
+    /// channel is put only once every direct I/O issued before the member
+    /// went out of service has ended (`ChanInner::directs_drained`).
+    direct_gens: [u32; 2],
+    gen: usize,
+    /// The generation being drained, if any.
+    draining: Option<usize>,
 }
 
 /// The context of one array channel (one per SPDK thread).
@@ -1005,7 +1007,6 @@ impl ChanCtx {
             engine.apply_state(published);
         }
         let nslots = cfg.max_children + cfg.stripe_ctxs * members.len();
-        let nroles = members.len();
         let mut ctx = Box::new(ChanCtx {
             array,
             inner: RefCell::new(ChanInner {
@@ -1026,8 +1027,9 @@ impl ChanCtx {
                 removals_seen,
                 behind_ref: None,
                 redo_wait: Vec::new(),
-                direct_out: vec![0; nroles],
-                direct_retired: Vec::new(),
+                direct_gens: [0; 2],
+                gen: 0,
+                draining: None,
             }),
             slot_ids: Box::new([]),
             wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
@@ -1248,14 +1250,21 @@ impl ChanCtx {
             }
             x
         };
-        // SAFETY: as above; the rest of the DirectIo (`wait` stays unset
-        // until needed).
+        let gen = {
+            let mut c = self.inner.borrow_mut();
+            let g = c.gen;
+            c.direct_gens[g] += 1;
+            g as u8
+        };
+        // SAFETY: as above; the rest of the DirectIo (`wait` and
+        // `wait_desc` stay unset until needed).
         unsafe {
             std::ptr::addr_of_mut!((*x).ctx).write(self);
             std::ptr::addr_of_mut!((*x).pending).write(1);
             std::ptr::addr_of_mut!((*x).next).write(0);
+            std::ptr::addr_of_mut!((*x).gen).write(gen);
+            std::ptr::addr_of_mut!((*x).waited).write(false);
             std::ptr::addr_of_mut!((*x).failed).write(0);
-            std::ptr::addr_of_mut!((*x).descs).write([std::ptr::null_mut(); DIRECT_COPIES]);
         }
         self.direct_issue(io);
         true
@@ -1271,7 +1280,7 @@ impl ChanCtx {
         // completes, which is after every member I/O of it ended.
         let (iovs, iovcnt) = unsafe { ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt) };
         let (blocks, write) = (x.d.blocks(), x.d.is_write());
-        let mut c = self.inner.borrow_mut();
+        let c = self.inner.borrow_mut();
         while (x.next as usize) < x.d.targets().len() {
             let i = x.next as usize;
             let t = x.d.targets()[i];
@@ -1284,14 +1293,17 @@ impl ChanCtx {
                 x.next += 1;
                 continue;
             };
-            if x.descs[i] != member.desc {
-                // (A retry after a wait may find the role's device replaced.)
-                if !x.descs[i].is_null() {
-                    c.direct_count(m, x.descs[i], -1);
-                }
-                x.descs[i] = member.desc;
-                c.direct_count(m, member.desc, 1);
+            // SAFETY: wait_desc is set when this target waited (below).
+            if x.waited && unsafe { x.wait_desc.assume_init() } != member.desc {
+                // The role's device was replaced while this target waited
+                // for a bdev_io: the general path does it (the target was
+                // chosen for the device before).
+                x.waited = false;
+                x.failed |= 1 << m;
+                x.next += 1;
+                continue;
             }
+            x.waited = false;
             // The target's index in the low bits of the parent's address
             // (bdev_ios are cache-line aligned).
             let arg = (io as usize | i) as *mut c_void;
@@ -1331,6 +1343,8 @@ impl ChanCtx {
                 // target waits at a time), alive until it completes.
                 let rc = unsafe { sys::spdk_bdev_queue_io_wait(member.bdev.raw(), ch, e) };
                 if rc == 0 {
+                    x.wait_desc.write(member.desc);
+                    x.waited = true;
                     return; // resumes in direct_wait_cb
                 }
             } else {
@@ -1340,7 +1354,6 @@ impl ChanCtx {
                     member.bdev.name()
                 );
             }
-            c.direct_count(m, member.desc, -1);
             x.failed |= 1 << m;
             x.next += 1;
         }
@@ -1357,10 +1370,10 @@ impl ChanCtx {
             return;
         }
         if x.failed == 0 {
-            let d = x.d;
             let more = {
                 let mut c = self.inner.borrow_mut();
-                c.engine.direct_done(&d);
+                c.direct_gens[x.gen as usize] -= 1;
+                c.engine.direct_done(&x.d);
                 c.engine.has_actions()
             };
             complete_io(io, sys::SPDK_BDEV_IO_STATUS_SUCCESS);
@@ -1391,7 +1404,11 @@ impl ChanCtx {
         let lba = unsafe { (*io).u.bdev.offset_blocks };
         match self.parent_io(io, op, lba, d.blocks()) {
             Some(p) => {
-                self.inner.borrow_mut().engine.direct_redo(&d, failed, p);
+                {
+                    let mut c = self.inner.borrow_mut();
+                    c.direct_gens[x.gen as usize] -= 1;
+                    c.engine.direct_redo(&d, failed, p);
+                }
                 self.drive();
             }
             None => self.inner.borrow_mut().redo_wait.push(io),
@@ -1488,10 +1505,6 @@ impl ChanCtx {
         };
         let old = std::mem::replace(&mut c.chans[role], ch);
         let old_ref = std::mem::replace(&mut c.refs[role], m.map(MemberRef::of));
-        let n = std::mem::take(&mut c.direct_out[role]);
-        if let (Some(r), true) = (old_ref, n > 0) {
-            c.direct_retired.push((r.desc, n));
-        }
         if let (Some(old), Some(r)) = (old, old_ref) {
             c.retired.push((r, old));
             // A removal seen already: the poller puts it when it can.
@@ -1593,8 +1606,7 @@ impl ChanInner {
                 .find(|&m| self.chans[m].is_some() && self.refs[m].is_some_and(|r| r.desc == d));
             let busy = role.is_some_and(|m| state.members.get(m).is_some_and(|s| s.in_service()))
                 || self.slots.iter().flatten().any(|s| s.desc == d)
-                || role.is_some_and(|m| self.direct_out[m] > 0)
-                || self.direct_retired.iter().any(|&(x, n)| x == d && n > 0);
+                || !self.directs_drained();
             if busy {
                 i += 1;
                 continue;
@@ -1631,17 +1643,29 @@ impl ChanInner {
             })
     }
 
-    /// Count a direct member I/O to `desc` in (`n` = 1) or out (-1).
-    fn direct_count(&mut self, role: usize, desc: *mut sys::spdk_bdev_desc, n: i32) {
-        if self.refs[role].is_some_and(|r| r.desc == desc) {
-            self.direct_out[role] = self.direct_out[role].wrapping_add_signed(n);
-            return;
+    /// Whether every direct I/O issued before the first of a run of calls
+    /// has ended (the caller asks again until it has). The applied state
+    /// already keeps new direct I/Os off the member being detached, so
+    /// the generation current at that first call holds all that may
+    /// still use it.
+    fn directs_drained(&mut self) -> bool {
+        let g = match self.draining {
+            Some(g) => g,
+            None => {
+                if self.direct_gens[self.gen ^ 1] != 0 {
+                    return false; // an earlier drain's generation first
+                }
+                let g = self.gen;
+                self.gen ^= 1;
+                self.draining = Some(g);
+                g
+            }
+        };
+        if self.direct_gens[g] != 0 {
+            return false;
         }
-        match self.direct_retired.iter_mut().find(|(d, _)| *d == desc) {
-            Some((_, k)) => *k = k.wrapping_add_signed(n),
-            None => self.direct_retired.push((desc, n as u32)),
-        }
-        self.direct_retired.retain(|&(_, k)| k > 0);
+        self.draining = None;
+        true
     }
 
     /// Carry out the engine's actions; true if there were any.
@@ -1829,17 +1853,22 @@ unsafe extern "C" fn child_cb(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c
 }
 
 /// A parent on the direct path, in its bdev_io's driver context.
+/// What a member I/O's completion touches comes first (one cache line).
+#[repr(C)]
 struct DirectIo {
-    d: Direct,
     ctx: *const ChanCtx,
+    /// Members whose I/O failed (or could not be issued).
+    failed: u64,
     /// Member I/Os in flight, plus one while issuing.
     pending: u8,
     /// Next target to issue.
     next: u8,
-    /// Members whose I/O failed (or could not be issued).
-    failed: u64,
-    /// The descriptor each target's I/O went to (counted in `direct_out`).
-    descs: [*mut sys::spdk_bdev_desc; DIRECT_COPIES],
+    /// The generation it counts in (`ChanInner::direct_gens`).
+    gen: u8,
+    /// The target `next` waited for a bdev_io of `wait_desc`.
+    waited: bool,
+    d: Direct,
+    wait_desc: MaybeUninit<*mut sys::spdk_bdev_desc>,
     /// Queued with SPDK while a member has no bdev_io for it (R2); set
     /// when needed.
     wait: MaybeUninit<sys::spdk_bdev_io_wait_entry>,
@@ -1879,8 +1908,6 @@ unsafe extern "C" fn direct_cb(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut 
         if !ok {
             x.failed |= 1 << x.d.targets()[i].member;
         }
-        let m = x.d.targets()[i].member as usize;
-        ctx.inner.borrow_mut().direct_count(m, x.descs[i], -1);
         ctx.direct_end(io);
     })
 }

@@ -17,7 +17,8 @@
 #   SPDK_DIR=/path/to/spdk bash scripts/bench/spdk.sh   (results in target/bench/spdk-*.txt)
 # Environment: BENCH_SECS (default 4 per job), BENCH_ROUNDS (default 3),
 # BENCH_CORE (default 0x1), BENCH_QD (default 64), BENCH_JOBS (a filter:
-# names of jobs to run, default all).
+# names of jobs to run, default all), BENCH_HUGE=1 (hugepages instead of
+# --no-huge; see below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${SPDK_DIR:?set SPDK_DIR to an SPDK tree built with shared libraries}"
@@ -26,6 +27,10 @@ rounds=${BENCH_ROUNDS:-3}
 qd=${BENCH_QD:-64}
 out=target/bench
 mkdir -p "$out"
+# Memory: --no-huge (4 KiB pages) unless BENCH_HUGE=1, which needs 2 MiB
+# hugepages set aside (e.g. 1536 in /proc/sys/vm/nr_hugepages) and hugetlbfs
+# mounted (/dev/hugepages).
+if [ -n "${BENCH_HUGE:-}" ]; then mem="-s 2048"; else mem="--no-huge -s 2048"; fi
 bash scripts/install-spdk-deps.sh >/dev/null
 cargo build --release -q -p mdraid-spdk
 so="$(realpath "${CARGO_TARGET_DIR:-target}/release/libmdraid_spdk.so")"
@@ -57,7 +62,7 @@ cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"mdbm_r5\",\"rai
 job() { # bdev workload io_size
   local o
   o=$(timeout -k 5 $((secs + 60)) env LD_PRELOAD="$so" "$SPDK_DIR/build/examples/bdevperf" \
-      --no-huge -s 2048 --no-pci --disable-cpumask-locks -m "${BENCH_CORE:-0x1}" --json "$tmp/cfg.json" \
+      $mem --no-pci --disable-cpumask-locks -m "${BENCH_CORE:-0x1}" --json "$tmp/cfg.json" \
       -q "$qd" -o "$3" -w "$2" -t "$secs" -T "$1" 2>&1) || { echo "bdevperf failed on $1 $2:" >&2; echo "$o" | tail -5 >&2; echo "- - -"; return; }
   [ -n "${BENCH_DEBUG:-}" ] && echo "$o" >&2
   echo "$o" | tr -d '\r' | awk '/^ *Total/ {print $3, $4, $7; found=1} END {if (!found) print "- - -"}'
@@ -77,7 +82,7 @@ jobs=(
 report=$out/spdk-$(date -u +%Y%m%dT%H%M%SZ).txt
 {
 echo "# $(date -u) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# bdevperf (SPDK $(cd "$SPDK_DIR" && git describe --tags 2>/dev/null || echo '?')), core mask ${BENCH_CORE:-0x1}, qd $qd, ${secs}s per job, malloc members ${mb} MiB 4 KiB blocks, --no-huge -s 2048"
+echo "# bdevperf (SPDK $(cd "$SPDK_DIR" && git describe --tags 2>/dev/null || echo '?')), core mask ${BENCH_CORE:-0x1}, qd $qd, ${secs}s per job, malloc members ${mb} MiB 4 KiB blocks, $mem"
 echo "# bitmap-* rows: A = mdraid bitmap off, B = mdraid bitmap on (64 MiB chunk default)"
 printf '%-28s %-6s %5s %12s %10s %10s\n' job side round IOPS MiB/s lat_us
 for j in "${jobs[@]}"; do
