@@ -580,7 +580,7 @@ impl StripeLocks {
 
 impl Default for StripeLocks {
     fn default() -> Self {
-        StripeLocks::new(10)
+        StripeLocks::new(12)
     }
 }
 
