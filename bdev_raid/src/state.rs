@@ -518,15 +518,20 @@ impl StripeLocks {
         }
     }
 
-    pub fn unlock(&self, key: usize, owned: bool) {
+    /// Clear `bits` of word `key` (plain if `owned`); the word before.
+    fn clear(&self, key: usize, bits: u32, owned: bool) -> u32 {
         let w = &self.slots[key];
-        let was = if owned {
+        if owned {
             let cur = w.load(Ordering::Relaxed);
-            w.store(cur & !LOCK_EXCL, Ordering::Relaxed);
+            w.store(cur & !bits, Ordering::Relaxed);
             cur
         } else {
-            w.fetch_and(!LOCK_EXCL, Ordering::Release)
-        };
+            w.fetch_and(!bits, Ordering::Release)
+        }
+    }
+
+    pub fn unlock(&self, key: usize, owned: bool) {
+        let was = self.clear(key, LOCK_EXCL, owned);
         assert!(
             was & LOCK_EXCL != 0,
             "unlock of a stripe lock that was not held"
@@ -563,14 +568,7 @@ impl StripeLocks {
     }
 
     pub fn unshare(&self, key: usize, parts: u32, owned: bool) {
-        let w = &self.slots[key];
-        let was = if owned {
-            let cur = w.load(Ordering::Relaxed);
-            w.store(cur & !parts, Ordering::Relaxed);
-            cur
-        } else {
-            w.fetch_and(!parts, Ordering::Release)
-        };
+        let was = self.clear(key, parts, owned);
         assert!(
             was & parts == parts,
             "unshare of stripe lock parts not held"
