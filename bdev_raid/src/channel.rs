@@ -219,6 +219,9 @@ pub struct Direct {
     /// The parent slot kept for the parent, should a member I/O fail
     /// ([`Channel::direct_redo`] then never finds the channel full).
     slot: u32,
+    /// Publication of the state it was mapped by: a failed write fails
+    /// the devices that were in their roles then (`readded`).
+    seq: u64,
 }
 
 impl Direct {
@@ -996,6 +999,7 @@ impl<B: IoBuf> Channel<B> {
         d.n = 0;
         d.lock = NONE;
         d.parts = 0;
+        d.seq = self.state.seq;
         if self.geom.level().is_parity() {
             // A read of one strip whose member is in service and current
             // (the general path reads it the same way, with no lock).
@@ -1142,9 +1146,26 @@ impl<B: IoBuf> Channel<B> {
     /// direct I/O kept, before the direct I/O lets go of its range lock,
     /// its bitmap count and its place among the writes in flight (so the
     /// array is never marked clean, nor a bit cleared, while the copies it
-    /// wrote differ). The general path redoes it and handles the failure
-    /// (R1 for a write; the other copies and the rewrite for a read).
+    /// wrote differ). The general path redoes it and handles the failure:
+    /// for a write, the members of `failed` are failed first (R1: the redo
+    /// skips them and completes once their failure is committed); for a
+    /// read, the other copies and the rewrite. `failed` may also name
+    /// members the host could not issue to (no device on its channel any
+    /// more); a device no longer in its role is never failed for it.
     pub fn direct_redo(&mut self, d: &Direct, failed: u64, io: ParentIo<B>) {
+        if d.write {
+            // R1 as on the general path: a member whose write failed is
+            // failed, even if the redo's write to it would land (md fails
+            // a member on a write error). The redo then skips it and
+            // completes only once the failure is committed (`wait_for`).
+            for l in d.targets() {
+                let m = l.member as usize;
+                let inc = self.state.readded[m];
+                if failed & bit(m) != 0 && inc <= d.seq {
+                    self.fail_member(l.member, inc);
+                }
+            }
+        }
         self.free_parents.push(d.slot);
         if self.submit(io).is_err() {
             unreachable!("the direct I/O's parent slot was free");
@@ -1344,18 +1365,22 @@ impl<B: IoBuf> Channel<B> {
     /// channels have applied (or the array is offline).
     fn may_complete(&self, slot: u32) -> bool {
         let p = self.parents[slot as usize].as_ref().unwrap();
+        let w = &self.wait_incs[slot as usize];
+        self.released.offline || members_of(p.wait_members).all(|m| self.released_out(m, w[m]))
+    }
+
+    /// Whether the released state has device `inc` of role `m` out: it
+    /// records the role out of service in that device's time or later
+    /// (not an earlier device's failure), or a later device came in since.
+    fn released_out(&self, m: usize, inc: u64) -> bool {
         let r = &self.released;
-        let readded = members_of(p.wait_members)
-            .filter(|&m| r.readded[m] > self.wait_incs[slot as usize][m])
-            .fold(0, |a, m| a | bit(m));
-        r.offline || p.wait_members & !r.out_of_service() & !readded == 0
+        r.readded[m] > inc || (r.out_of_service() & bit(m) != 0 && r.readded[m] >= inc)
     }
 
     /// Members in `mask` were skipped by a write because they failed: the
     /// write must not complete before that failure is released (a channel
     /// that has not heard of it yet could still read those members).
     fn wait_for(&mut self, slot: u32, mask: u64) {
-        let mask = mask & !self.released.out_of_service();
         if mask == 0 {
             return; // the common case: every copy was written
         }
@@ -1368,7 +1393,9 @@ impl<B: IoBuf> Channel<B> {
             } else {
                 self.state.readded[m]
             };
-            self.note_wait(slot, bit(m), inc);
+            if !self.released_out(m, inc) {
+                self.note_wait(slot, bit(m), inc);
+            }
         }
     }
 
@@ -3674,13 +3701,120 @@ mod tests {
         assert_eq!(d.targets()[0].member, 1);
     }
 
+    /// A direct write error fails the member (R1) even when the redo's
+    /// write to it would succeed: md fails a member on a write error, and
+    /// so does the general path.
     #[test]
-    fn r1_failed_direct_write_completes_after_the_commit() {
+    fn r1_direct_write_error_fails_the_member_though_a_retry_would_land() {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
         let d = h.ch.direct(IoType::Write, 0, 8).unwrap();
-        // The write to member 1 failed: the parent goes to the general
-        // path (in the direct I/O's slot).
+        let io = ParentIo {
+            tag: 7,
+            op: IoType::Write,
+            lba: 0,
+            blocks: 8,
+            fua: false,
+            buf: Some(vec![0xab; 8 * 512]),
+        };
+        // Member 1's write failed once; member 1 would take the redo.
+        h.ch.direct_redo(&d, bit(1), io);
+        h.pump();
+        assert_eq!(h.meta, vec![1], "the failure goes to the metadata path");
+        assert!(
+            h.held.iter().all(|c| c.member == 0),
+            "the redo wrote to the member that failed"
+        );
+        h.finish_all();
+        assert!(
+            h.done.is_empty(),
+            "completed before the failure was committed"
+        );
+        h.commit_faulty(&[1]);
+        assert_eq!((h.done[0].0, h.done[0].1), (7, IoStatus::Success));
+        assert_eq!(h.ch.member_stats()[1].errors, 1, "the direct write's");
+    }
+
+    /// A write that failed on a device brought back into its role waits
+    /// for that device's failure: a released state older than the device
+    /// (recording the role's previous device faulty) does not count.
+    #[test]
+    fn r1_failure_of_a_readded_device_is_not_covered_by_the_old_ones() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        h.commit_faulty(&[1]); // the old device failed: released
+                               // A new device in role 1: applied, not yet released.
+        let mut s = (**h.ch.state()).clone();
+        s.seq += 1;
+        s.events += 1;
+        s.members[1] = MemberState::Recovering(0);
+        s.readded[1] = s.seq;
+        h.ch.apply_state(Arc::new(s.clone()));
+        h.pump();
         h.failing = bit(1);
+        h.write(7, 0, 8, 0xab);
+        h.finish_all();
+        assert_eq!(h.meta, vec![1], "the failure goes to the metadata path");
+        assert!(
+            h.done.is_empty(),
+            "completed on a released state that recorded the role's old \
+             device faulty, before the new device's failure was committed"
+        );
+        // A write issued now skips the failed device: it waits as well.
+        h.write(8, 16, 8, 0xcd);
+        assert!(h.held.iter().all(|c| c.member == 0));
+        h.finish_all();
+        assert!(h.done.is_empty(), "a write that skipped the new device");
+        // The new device's failure committed and released: both complete.
+        s.seq += 1;
+        s.events += 1;
+        s.members[1] = MemberState::Faulty;
+        let s = Arc::new(s);
+        h.ch.apply_state(s.clone());
+        h.ch.release(s);
+        h.pump();
+        let mut done: Vec<_> = h.done.iter().map(|d| (d.0, d.1)).collect();
+        done.sort_by_key(|d| d.0);
+        assert_eq!(done, [(7, IoStatus::Success), (8, IoStatus::Success)]);
+    }
+
+    /// A failed direct read is only redone: the general path reads another
+    /// copy and rewrites the bad one (md's read-error handling).
+    #[test]
+    fn failed_direct_read_does_not_fail_the_member() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        let d = h.ch.direct(IoType::Read, 0, 8).unwrap();
+        let m = d.targets()[0].member;
+        let io = ParentIo {
+            tag: 9,
+            op: IoType::Read,
+            lba: 0,
+            blocks: 8,
+            fua: false,
+            buf: Some(vec![0; 8 * 512]),
+        };
+        h.ch.direct_redo(&d, bit(m as usize), io);
+        h.pump();
+        h.finish_all();
+        assert!(h.meta.is_empty(), "a read error failed the member");
+        assert_eq!((h.done[0].0, h.done[0].1), (9, IoStatus::Success));
+    }
+
+    /// A direct write's error on a device that has since left its role
+    /// fails nothing (the role's new device is not the one that failed).
+    #[test]
+    fn direct_write_error_of_a_replaced_device_fails_nothing() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        let d = h.ch.direct(IoType::Write, 0, 8).unwrap();
+        // Member 1 failed (another I/O saw it), and a new device took its
+        // role, before the direct write's error came back.
+        h.commit_faulty(&[1]);
+        let mut s = (**h.ch.state()).clone();
+        s.seq += 1;
+        s.members[1] = MemberState::InSync;
+        s.readded[1] = s.seq;
+        let s = Arc::new(s);
+        h.ch.apply_state(s.clone());
+        h.ch.release(s);
+        h.pump();
         let io = ParentIo {
             tag: 7,
             op: IoType::Write,
@@ -3691,15 +3825,9 @@ mod tests {
         };
         h.ch.direct_redo(&d, bit(1), io);
         h.pump();
+        assert!(h.meta.is_empty(), "failed the role's new device");
         h.finish_all();
-        assert_eq!(h.meta, vec![1]);
-        assert!(
-            h.done.is_empty(),
-            "completed before the failure was committed"
-        );
-        h.commit_faulty(&[1]);
         assert_eq!((h.done[0].0, h.done[0].1), (7, IoStatus::Success));
-        assert_eq!(h.ch.member_stats()[1].errors, 2);
     }
 
     #[test]

@@ -212,6 +212,8 @@ struct Commit {
     writing: u64,
     ok: u64,
     failed: u64,
+    /// The failures this commit records (`pending_fail` when it started).
+    failing: u64,
 }
 
 /// The metadata path of one array.
@@ -823,6 +825,7 @@ impl Meta {
             writing: members,
             ok: 0,
             failed: 0,
+            failing: 0,
         });
     }
 
@@ -1008,6 +1011,7 @@ impl Meta {
             writing: survivors,
             ok: 0,
             failed: 0,
+            failing: 0,
             target,
         });
     }
@@ -1064,6 +1068,7 @@ impl Meta {
             writing: survivors,
             ok: 0,
             failed: 0,
+            failing: self.pending_fail,
             target,
         };
         for m in 0..self.geom.members() {
@@ -1213,8 +1218,15 @@ impl Meta {
             match c.target.members[m] {
                 MemberState::Faulty => {
                     self.pending_fail &= !(1 << m);
-                    self.pending_add &= !(1 << m);
-                    self.pending_insync &= !(1 << m);
+                    if c.failing & 1 << m != 0 {
+                        // The member this commit failed: its add (a
+                        // device that failed before it was recorded) or
+                        // its rebuild's end is void. An add asked for
+                        // after this commit started (the target still
+                        // records the role faulty) stays pending.
+                        self.pending_add &= !(1 << m);
+                        self.pending_insync &= !(1 << m);
+                    }
                 }
                 MemberState::Recovering(_) if self.pending_add & 1 << m != 0 => {
                     self.pending_add &= !(1 << m);
@@ -1528,6 +1540,7 @@ mod tests {
             writing: 1,
             ok: 0,
             failed: 0,
+            failing: 0,
         });
         t2.fail(1);
         t2.fail(4);
@@ -1927,6 +1940,44 @@ mod tests {
             let dn = t.meta.superblock(1).unwrap().dev_number;
             assert!(dn < 3, "replacement {i} took slot {dn}");
         }
+    }
+
+    /// A device brought into a faulty role while another role's add is
+    /// being committed (that commit's superblocks still record the role
+    /// faulty) is recorded recovering by the next commit, not dropped.
+    #[test]
+    fn add_during_another_adds_commit_is_kept() {
+        let mut t = t(Level::Raid1, 3);
+        t.pump();
+        for m in [1, 2] {
+            t.fail(m);
+            while t.meta.state().members[m as usize] != MemberState::Faulty {
+                assert!(!t.writes.is_empty(), "the failure is not being committed");
+                t.complete(|_| true);
+            }
+        }
+        let nm = |u: u8| NewMember {
+            device_uuid: [u; 16],
+            sectors: 4096 + 2048,
+            old_sb: None,
+            write_mostly: false,
+        };
+        assert_eq!(t.meta.add_member(2, nm(20)), Ok(Recovery::Full));
+        t.pump();
+        assert!(!t.writes.is_empty(), "role 2's add is being committed");
+        // Role 1's add comes while that commit is in flight.
+        assert_eq!(t.meta.add_member(1, nm(10)), Ok(Recovery::Full));
+        t.pump();
+        for _ in 0..4 {
+            t.complete(|_| true);
+        }
+        let st = t.meta.state();
+        assert!(
+            matches!(st.members[1], MemberState::Recovering(_))
+                && matches!(st.members[2], MemberState::Recovering(_)),
+            "an add was lost: {:?}",
+            st.members
+        );
     }
 
     #[test]

@@ -148,6 +148,56 @@ fn bdevperf_raid5_write_errors_fail_member() {
     env.cleanup();
 }
 
+/// raid1 on aio files, one member behind `bdev_error`, one write failure
+/// injected during a 4 KiB verify run (the direct path's writes): the
+/// member is failed (R1, as md does on a write error) though a retry of
+/// the write would land on it, no I/O fails, and the survivor's
+/// superblock records it.
+#[test]
+fn bdevperf_raid1_one_write_error_fails_member() {
+    let Some(env) = spdk_env("fail-once") else {
+        return;
+    };
+    let _g = serial();
+    let files = env.files(2, 32);
+    let entries = [
+        aio("a0", &files[0]),
+        aio("a1", &files[1]),
+        r#"{"method":"bdev_error_create","params":{"base_name":"a1"}}"#.to_string(),
+        mdraid_create("r", "raid1", &["a0", "EE_a1"]),
+    ];
+    let cfg = config(&[("bdev", &entries)]);
+    let mut bp = bdevperf(&env, &cfg, 32, 4096, 4);
+    let before = array_info(&bp, &env, "r");
+    assert_eq!(member_states(&before), ["in_sync"; 2], "{before}");
+    let events0 = before["events"].as_u64().unwrap();
+
+    let run = perform_tests(&env, &bp.sock, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    bp.ok(
+        &env,
+        &[
+            "bdev_error_inject_error",
+            "EE_a1",
+            "write",
+            "failure",
+            "-n",
+            "1",
+        ],
+    );
+    run.clean("raid1 with one write error on role 1");
+
+    let info = array_info(&bp, &env, "r");
+    println!("after: {info}");
+    assert_eq!(member_states(&info), ["in_sync", "faulty"], "{info}");
+    assert_eq!(info["degraded"], true);
+    assert!(info["events"].as_u64().unwrap() > events0, "{info}");
+    let log = bp.stop(&env);
+    assert!(log.contains("mdraid r: stopped"), "{log}");
+    check_failure_recorded(&files, 1);
+    env.cleanup();
+}
+
 /// A verify run on `bp` during which aio bdev `name` is deleted: the
 /// deletion is answered once `name` is unregistered (which waits for
 /// every descriptor of it to close), and the run ends with no I/O failed.

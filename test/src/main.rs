@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     let mut failed = 0;
     let total = seeds.end - seeds.start;
     let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
-    let mut direct_transient = 0;
+    let mut direct_write_errors = 0;
     for seed in seeds {
         let mut sc = if wb {
             Scenario::write_behind(seed, ops)
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
                 direct_writes += o.direct_writes;
                 direct_redone += o.direct_redone;
                 direct_cut += o.direct_cut;
-                direct_transient += o.direct_transient;
+                direct_write_errors += o.direct_write_errors;
                 if verbose || total == 1 {
                     println!(
                         "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed, {} written behind, {} write-mostly reads{}",
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
     }
     println!(
         "{} passed, {} failed; direct path: {direct_reads} reads, {direct_writes} writes, \
-         {direct_redone} redone as parents after a member I/O failed ({direct_transient} transient write errors), \
+         {direct_redone} redone as parents after a member I/O failed ({direct_write_errors} direct write errors, each failing its member), \
          {direct_cut} direct member writes cut by crashes",
         total - failed,
         failed

@@ -90,9 +90,9 @@ pub struct Outcome {
     pub direct_redone: u64,
     /// Reads and writes the channel kept on the general path.
     pub direct_refused: u64,
-    /// Direct member writes that failed transiently (the member stays
-    /// whole; its copy of the range is stale until the redo).
-    pub direct_transient: u64,
+    /// Direct member writes that failed (R1: the member is failed before
+    /// the write completes, whatever its redo would do).
+    pub direct_write_errors: u64,
     /// Member writes of direct writes a crash found in flight (torn,
     /// landed or lost like children's).
     pub direct_cut: u64,
@@ -112,11 +112,6 @@ struct Member {
     added: bool,
     /// Bumped when the device is replaced.
     gen: u64,
-    /// A direct write failed here for good: every write fails until the
-    /// member is brought back (so the parent's redo meets the failure too
-    /// and the general path fails the member, R1, rather than leaving a
-    /// member the simulator counts broken in service).
-    stuck: bool,
     /// Publication that brought the current device into its role (the
     /// state's `readded`); None until a state records it.
     joined: Option<u64>,
@@ -161,6 +156,10 @@ struct DirectRec {
     io: ParentIo<Buf>,
     left: usize,
     failed: u64,
+    /// Members whose device (still in its role) failed a write of it, and
+    /// the publication of the state the channel mapped it by.
+    write_errors: u64,
+    seq: u64,
 }
 
 impl InFlight {
@@ -203,6 +202,9 @@ struct ParentRec {
     /// Members not in sync in some state a channel may have routed this
     /// parent by when it was submitted (being rebuilt, out of service).
     out_seen: u64,
+    /// Members a direct write of this parent failed on, and the
+    /// publication it was mapped by (R1 is checked at completion).
+    write_errors: (u64, u64),
 }
 
 /// One incarnation of the array: what a crash throws away.
@@ -332,7 +334,6 @@ impl<'a> Sim<'a> {
                 broken: false,
                 added: false,
                 gen: 0,
-                stuck: false,
                 joined: Some(0),
             })
             .collect();
@@ -673,6 +674,7 @@ impl<'a> Sim<'a> {
                 snap: Vec::new(),
                 final_check: false,
                 out_seen: self.out_now(),
+                write_errors: (0, 0),
             },
         );
         self.per_channel[0] += 1;
@@ -707,11 +709,15 @@ impl<'a> Sim<'a> {
             return Ok(());
         }
         let st = self.state().clone();
-        let Some(r) = (0..st.members.len())
-            .find(|&r| matches!(st.members[r], MemberState::Faulty | MemberState::Missing))
-        else {
+        // Any role out (several may be added while one add's commit is in
+        // flight).
+        let out: Vec<usize> = (0..st.members.len())
+            .filter(|&r| matches!(st.members[r], MemberState::Faulty | MemberState::Missing))
+            .collect();
+        if out.is_empty() {
             return Ok(());
-        };
+        }
+        let r = out[self.rng.below(out.len() as u64) as usize];
         let sectors = self.members[r].data.len() as u64 / 512;
         let at = SB_OFFSET_BYTES as usize;
         let blank = self.members[r].dead;
@@ -734,7 +740,18 @@ impl<'a> Sim<'a> {
             }
         };
         let trace = std::env::var_os("MDRAID_SIM_TRACE").is_some();
+        // An add accepted before and never published (no state brought a
+        // device into the role since) must still be pending: the metadata
+        // path refuses another.
+        let unpublished = self.members[r].added && self.members[r].joined.is_none();
         match self.arr.meta.add_member(r, nm) {
+            Ok(_) if unpublished => {
+                return Err(format!(
+                    "an add of role {r} was accepted and then dropped: the role is \
+                     still out and another add was taken; {}",
+                    self.describe()
+                ));
+            }
             Ok(kind) => {
                 if blank {
                     self.members[r].data.fill(0);
@@ -742,7 +759,6 @@ impl<'a> Sim<'a> {
                     self.members[r].gen += 1;
                 }
                 self.members[r].broken = false;
-                self.members[r].stuck = false;
                 self.members[r].added = true;
                 self.members[r].joined = None;
                 match kind {
@@ -846,6 +862,7 @@ impl<'a> Sim<'a> {
                     snap: Vec::new(),
                     final_check: false,
                     out_seen: self.out_now(),
+                    write_errors: (0, 0),
                 },
             );
             self.per_channel[0] += 1;
@@ -1082,6 +1099,7 @@ impl<'a> Sim<'a> {
             snap: Vec::new(),
             final_check: false,
             out_seen: self.out_now(),
+            write_errors: (0, 0),
         };
         let buf = match op {
             IoType::Read => {
@@ -1213,6 +1231,7 @@ impl<'a> Sim<'a> {
         }
         let left = d.targets().len();
         let tag = io.tag;
+        let seq = self.arr.channels[ch].state().seq;
         let prev = self.directs.insert(
             tag,
             DirectRec {
@@ -1221,6 +1240,8 @@ impl<'a> Sim<'a> {
                 io,
                 left,
                 failed: 0,
+                write_errors: 0,
+                seq,
             },
         );
         if prev.is_some() {
@@ -1251,29 +1272,7 @@ impl<'a> Sim<'a> {
         let ok = if gone {
             false
         } else if write {
-            let f = &self.sc.faults;
-            let was_broken = self.members[m].broken;
-            if self.member_faults()
-                && f.protect & 1 << m == 0
-                && !self.members[m].dead
-                && !self.members[m].stuck
-                && self.rng.chance(f.write_error)
-            {
-                // A transient error: the member is not broken, its copy
-                // just misses this write until the redo writes it again.
-                // (Any level: it breaks nothing, so no budget limits it.)
-                self.out.direct_transient += 1;
-                false
-            } else if self.write_fails(m) {
-                if !self.members[m].dead && !was_broken {
-                    // A lasting one: every write fails from now on, so the
-                    // redo meets it and the general path fails the member.
-                    self.members[m].stuck = true;
-                }
-                false
-            } else {
-                true
-            }
+            !self.write_fails(m)
         } else {
             let f = &self.sc.faults;
             !(self.members[m].dead || (self.member_faults() && self.rng.chance(f.read_error)))
@@ -1293,6 +1292,10 @@ impl<'a> Sim<'a> {
         } else {
             self.out.child_errors += 1;
             r.failed |= 1 << m;
+            if write && !gone {
+                self.out.direct_write_errors += 1;
+                r.write_errors |= 1 << m;
+            }
         }
         if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
             eprintln!(
@@ -1312,6 +1315,9 @@ impl<'a> Sim<'a> {
             self.arr.channels[ch].direct_done(&r.d);
         } else {
             self.out.direct_redone += 1;
+            if let Some(rec) = self.parents.get_mut(&tag) {
+                rec.write_errors = (r.write_errors, r.seq);
+            }
             self.arr.channels[ch].direct_redo(&r.d, r.failed, r.io);
         }
         self.drain(ch)
@@ -1358,7 +1364,7 @@ impl<'a> Sim<'a> {
             && f.protect & 1 << m == 0
             && (self.members[m].broken || self.broken() < f.max_broken)
             && self.rng.chance(f.write_error);
-        if self.members[m].dead || self.members[m].stuck || inject {
+        if self.members[m].dead || inject {
             self.members[m].broken = true;
             true
         } else {
@@ -1826,6 +1832,23 @@ impl<'a> Sim<'a> {
         }
         let range = rec.lba as usize..(rec.lba + rec.blocks) as usize;
         let offline = self.state().offline;
+        // R1: a member that failed a direct write of this parent is out of
+        // service in the committed state before the parent completes (or
+        // a device has since been brought into its role).
+        let (errs, seq) = rec.write_errors;
+        let st = self.state();
+        for m in (0..self.members.len()).filter(|&m| errs & 1 << m != 0) {
+            if !offline && st.out_of_service() & 1 << m == 0 && st.readded[m] <= seq {
+                return Err(format!(
+                    "R1: {:?} {}+{} completed ({status:?}) with member {m}, which \
+                     failed a direct write of it, in service; {}",
+                    rec.op,
+                    rec.lba,
+                    rec.blocks,
+                    self.describe()
+                ));
+            }
+        }
         // Members that cannot serve all reads: broken, or not in sync in the
         // state (being rebuilt, brought back and not yet recorded).
         let out = self.broken_mask() | self.out_now() | rec.out_seen;
@@ -1930,6 +1953,7 @@ impl<'a> Sim<'a> {
                         snap: self.blocks[range].to_vec(),
                         final_check: true,
                         out_seen: self.out_now(),
+                        write_errors: (0, 0),
                     },
                 );
                 self.per_channel[0] += 1;
@@ -2035,6 +2059,7 @@ impl<'a> Sim<'a> {
                     snap: Vec::new(),
                     final_check: true,
                     out_seen: self.out_now(),
+                    write_errors: (0, 0),
                 },
             );
             self.per_channel[0] += 1;
