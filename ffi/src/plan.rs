@@ -13,7 +13,9 @@ use bdev_raid::layout::Geometry;
 use bdev_raid::meta::{create_superblocks, CreateParams};
 use bdev_raid::ondisk::{MemberLayout, Superblock};
 
-pub use mdraid_rpc::plan::{field, plan_array, Plan, Probe, CREATE, DEFAULT_STRIP_KB};
+pub use mdraid_rpc::plan::{
+    check_add_block_size, field, plan_array, Plan, Probe, CREATE, DEFAULT_STRIP_KB,
+};
 
 /// The superblocks of a new array `Plan::Create` describes: one per member,
 /// laid out as `layouts` say, recording an internal bitmap when `bitmap`.

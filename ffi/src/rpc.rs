@@ -79,7 +79,7 @@ use serde_json::value::RawValue;
 
 use crate::array::{Array, Info, Member};
 use crate::meta::{self, MetaHost, Owned};
-use crate::plan::{field, new_superblocks, plan_array, Plan, Probe, CREATE};
+use crate::plan::{check_add_block_size, field, new_superblocks, plan_array, Plan, Probe, CREATE};
 use crate::probe::{read_md_meta, Target};
 use crate::spdk::{
     guard, io_once, json_text, log_notice, log_warn, random_uuid, Bdev, BdevOp, Desc, DmaBuf,
@@ -1167,15 +1167,8 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
             format!("{ADD}: array `{name}` has no faulty or missing member to replace"),
         ));
     };
-    if b.block_size() != a.geom.block_size() {
-        return r.rpc_error(&add_field(
-            "base_bdev",
-            format!(
-                "bdev `{bname}` has {}-byte blocks, the array {}",
-                b.block_size(),
-                a.geom.block_size()
-            ),
-        ));
+    if let Err(e) = check_add_block_size(&bname, b.block_size(), a.geom.block_size()) {
+        return r.rpc_error(&e);
     }
     // What a member needs: the data offset plus the data size the array's
     // superblocks record (the metadata path checks it again).

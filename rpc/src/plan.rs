@@ -543,6 +543,19 @@ pub fn plan_assemble(
     })
 }
 
+/// `bdev_mdraid_add_base_bdev`: bdev `name`, with blocks of `block_size`
+/// bytes, can take a role only in an array of that block size.
+pub fn check_add_block_size(name: &str, block_size: u32, array: u32) -> Result<(), RpcError> {
+    if block_size == array {
+        return Ok(());
+    }
+    Err(RpcError::invalid_field(
+        "bdev_mdraid_add_base_bdev",
+        "base_bdev",
+        format!("bdev `{name}` has {block_size}-byte blocks, the array {array}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,7 +50,7 @@ use bdev_raid::state::{ArrayState, MemberState};
 use mdraid_rpc::config::{ConfigError, LoadedConfig, Location};
 use mdraid_rpc::error::errno;
 use mdraid_rpc::params::*;
-use mdraid_rpc::plan::{field, plan_array, BitmapPlan, Plan, Probe, CREATE};
+use mdraid_rpc::plan::{check_add_block_size, field, plan_array, BitmapPlan, Plan, Probe, CREATE};
 pub use mdraid_rpc::plan::{DEFAULT_DAEMON_SLEEP_MS, DEFAULT_STRIP_KB};
 use mdraid_rpc::results::*;
 use mdraid_rpc::types::{
@@ -1611,6 +1611,7 @@ impl Daemon {
             }
             _ => {}
         }
+        check_add_block_size(bname, dev.block_size(), a.array.geometry().block_size())?;
         let sectors = dev.num_blocks() * u64::from(dev.block_size()) / 512;
         let sb = read_sb_area(&self.rt, &dev, self.opts.io_timeout)
             .map_err(|e| RpcError::errno(errno::EIO, format!("{M}: `{bname}`: {e}")))?;

@@ -315,6 +315,34 @@ fn remove_base_bdev_while_writing_then_add_back() {
     assert_eq!(d.err(RM, json!({"name": "r1"})).code, -19);
     d.aio("r1", &files[1]);
 
+    // A bdev whose block size is not the array's is refused, naming the
+    // field, and nothing changes (it stays unclaimed).
+    let odd_bs = if bs == 512 { 4096 } else { 512 };
+    d.ok(
+        "bdev_malloc_create",
+        json!({"name": "odd", "num_blocks": 2 * MEMBER_BYTES / odd_bs, "block_size": odd_bs}),
+    );
+    let before = settled(&d);
+    let e = d.err(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "odd"}),
+    );
+    expect_field(&e, "base_bdev");
+    assert!(
+        e.message
+            .contains(&format!("`odd` has {odd_bs}-byte blocks, the array {bs}")),
+        "{e}"
+    );
+    // (The array may go clean meanwhile: compare its members.)
+    let after = array(&d);
+    assert_eq!(
+        (states(&after), member_names(&after)),
+        (states(&before), member_names(&before)),
+        "the refused add changed the array: {after}"
+    );
+    assert!(!claimed(&d, "odd"));
+    d.ok("bdev_malloc_delete", json!({"name": "odd"}));
+
     // r2 back into its role, and another bdev (spare) into r1's: both
     // rebuilt (bounded wait).
     d.ok(
@@ -333,7 +361,11 @@ fn remove_base_bdev_while_writing_then_add_back() {
         if states(&a) == ["in_sync", "in_sync", "in_sync"] {
             break a;
         }
-        assert!(Instant::now() < deadline, "rebuild never finished: {a}");
+        assert!(
+            Instant::now() < deadline,
+            "rebuild never finished: {a}\n{}",
+            d.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(member_names(&a), ["r0", "spare", "r2"], "{a}");
@@ -429,7 +461,11 @@ fn remove_base_bdev_of_a_failed_member_only_releases_it() {
             assert_eq!(member_names(&a), ["EE_m0", "m3", "EE_m2"], "{a}");
             break;
         }
-        assert!(Instant::now() < deadline, "rebuild never finished: {a}");
+        assert!(
+            Instant::now() < deadline,
+            "rebuild never finished: {a}\n{}",
+            d.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(d.ok(RM, json!({"name": "EE_m0"})), json!(true));
