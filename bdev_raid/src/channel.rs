@@ -3349,15 +3349,10 @@ mod tests {
         }
 
         fn write(&mut self, tag: u64, lba: u64, blocks: u64, byte: u8) {
-            let io = ParentIo {
-                tag,
-                op: IoType::Write,
-                lba,
-                blocks,
-                fua: false,
-                buf: Some(vec![byte; blocks as usize * 512]),
-            };
-            assert!(self.ch.submit(io).is_ok());
+            assert!(self
+                .ch
+                .submit(parent(tag, IoType::Write, lba, blocks, byte))
+                .is_ok());
             self.pump();
         }
 
@@ -3409,15 +3404,20 @@ mod tests {
         )
     }
 
-    fn read(h: &mut Host, tag: u64, lba: u64, blocks: u64) {
-        let io = ParentIo {
+    /// A read or write parent with a buffer of 512-byte blocks of `byte`.
+    fn parent(tag: u64, op: IoType, lba: u64, blocks: u64, byte: u8) -> ParentIo<Vec<u8>> {
+        ParentIo {
             tag,
-            op: IoType::Read,
+            op,
             lba,
             blocks,
             fua: false,
-            buf: Some(vec![0; blocks as usize * 512]),
-        };
+            buf: Some(vec![byte; blocks as usize * 512]),
+        }
+    }
+
+    fn read(h: &mut Host, tag: u64, lba: u64, blocks: u64) {
+        let io = parent(tag, IoType::Read, lba, blocks, 0);
         assert!(h.ch.submit(io).is_ok());
         h.pump();
     }
@@ -3708,14 +3708,7 @@ mod tests {
     fn r1_direct_write_error_fails_the_member_though_a_retry_would_land() {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
         let d = h.ch.direct(IoType::Write, 0, 8).unwrap();
-        let io = ParentIo {
-            tag: 7,
-            op: IoType::Write,
-            lba: 0,
-            blocks: 8,
-            fua: false,
-            buf: Some(vec![0xab; 8 * 512]),
-        };
+        let io = parent(7, IoType::Write, 0, 8, 0xab);
         // Member 1's write failed once; member 1 would take the redo.
         h.ch.direct_redo(&d, bit(1), io);
         h.pump();
@@ -3783,14 +3776,7 @@ mod tests {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
         let d = h.ch.direct(IoType::Read, 0, 8).unwrap();
         let m = d.targets()[0].member;
-        let io = ParentIo {
-            tag: 9,
-            op: IoType::Read,
-            lba: 0,
-            blocks: 8,
-            fua: false,
-            buf: Some(vec![0; 8 * 512]),
-        };
+        let io = parent(9, IoType::Read, 0, 8, 0);
         h.ch.direct_redo(&d, bit(m as usize), io);
         h.pump();
         h.finish_all();
@@ -3815,14 +3801,7 @@ mod tests {
         h.ch.apply_state(s.clone());
         h.ch.release(s);
         h.pump();
-        let io = ParentIo {
-            tag: 7,
-            op: IoType::Write,
-            lba: 0,
-            blocks: 8,
-            fua: false,
-            buf: Some(vec![0xab; 8 * 512]),
-        };
+        let io = parent(7, IoType::Write, 0, 8, 0xab);
         h.ch.direct_redo(&d, bit(1), io);
         h.pump();
         assert!(h.meta.is_empty(), "failed the role's new device");

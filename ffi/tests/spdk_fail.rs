@@ -59,6 +59,72 @@ fn check_failure_recorded(files: &[std::path::PathBuf], failed: usize) {
     }
 }
 
+/// bdevperf verify (qd 32, 4 KiB I/O, `secs` s) over array `r` of
+/// `level` on aio `files`, role 1 behind `bdev_error`: `count` write
+/// failures are injected into it mid-run. The run ends with no I/O
+/// failed, role 1 faulty and the others in sync, the array degraded with
+/// events past those before. Returns bdevperf and the array's info.
+fn write_errors_fail_role_1(
+    env: &Env,
+    files: &[std::path::PathBuf],
+    level: &str,
+    secs: u32,
+    count: u64,
+) -> (Proc, serde_json::Value) {
+    let mut entries: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| aio(&format!("a{i}"), f))
+        .collect();
+    entries.push(r#"{"method":"bdev_error_create","params":{"base_name":"a1"}}"#.to_string());
+    let names: Vec<String> = (0..files.len())
+        .map(|i| {
+            if i == 1 {
+                "EE_a1".into()
+            } else {
+                format!("a{i}")
+            }
+        })
+        .collect();
+    let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    entries.push(mdraid_create("r", level, &names));
+    let cfg = config(&[("bdev", &entries)]);
+    let bp = bdevperf(env, &cfg, 32, 4096, secs);
+    let before = array_info(&bp, env, "r");
+    assert_eq!(
+        member_states(&before),
+        vec!["in_sync"; files.len()],
+        "{before}"
+    );
+    let events0 = before["events"].as_u64().unwrap();
+
+    let run = perform_tests(env, &bp.sock, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    let n = count.to_string();
+    bp.ok(
+        env,
+        &[
+            "bdev_error_inject_error",
+            "EE_a1",
+            "write",
+            "failure",
+            "-n",
+            &n,
+        ],
+    );
+    run.clean(&format!("{level} with {count} write errors on role 1"));
+
+    let info = array_info(&bp, env, "r");
+    println!("after: {info}");
+    let mut want = vec!["in_sync"; files.len()];
+    want[1] = "faulty";
+    assert_eq!(member_states(&info), want, "{info}");
+    assert_eq!(info["degraded"], true, "{info}");
+    let events = info["events"].as_u64().unwrap();
+    assert!(events > events0, "events {events} not past {events0}");
+    (bp, info)
+}
+
 /// raid5 on aio files, one member behind `bdev_error`: write failures are
 /// injected into it during a verify run. No I/O fails, the member is
 /// failed, and the survivors' superblocks record it. A new bdev then
@@ -72,46 +138,9 @@ fn bdevperf_raid5_write_errors_fail_member() {
     };
     let _g = serial();
     let files = env.files(5, 32);
-    let mut entries: Vec<String> = files[..4]
-        .iter()
-        .enumerate()
-        .map(|(i, f)| aio(&format!("a{i}"), f))
-        .collect();
-    entries.push(r#"{"method":"bdev_error_create","params":{"base_name":"a1"}}"#.to_string());
-    entries.push(mdraid_create("r", "raid5", &["a0", "EE_a1", "a2", "a3"]));
-    let cfg = config(&[("bdev", &entries)]);
-    let mut bp = bdevperf(&env, &cfg, 32, 4096, 6);
-    let before = array_info(&bp, &env, "r");
-    assert_eq!(member_states(&before), ["in_sync"; 4], "{before}");
-    let events0 = before["events"].as_u64().unwrap();
-
-    let run = perform_tests(&env, &bp.sock, 60);
-    std::thread::sleep(Duration::from_millis(1500));
-    bp.ok(
-        &env,
-        &[
-            "bdev_error_inject_error",
-            "EE_a1",
-            "write",
-            "failure",
-            "-n",
-            "1000000",
-        ],
-    );
-    run.clean("raid5 with write errors on role 1");
-
-    let info = array_info(&bp, &env, "r");
-    println!("after: {info}");
-    assert_eq!(
-        member_states(&info),
-        ["in_sync", "faulty", "in_sync", "in_sync"],
-        "{info}"
-    );
-    assert_eq!(info["state"], "online");
-    assert_eq!(info["degraded"], true);
+    let (mut bp, info) = write_errors_fail_role_1(&env, &files[..4], "raid5", 6, 1_000_000);
     assert_eq!(info["num_base_bdevs_operational"], 3);
-    let events = info["events"].as_u64().unwrap();
-    assert!(events > events0, "events {events} not past {events0}");
+    assert_eq!(info["state"], "online");
 
     // Replace EE_a1 with a new bdev; EE_a1 stays open, retired.
     let f4 = files[4].to_str().unwrap();
@@ -160,38 +189,7 @@ fn bdevperf_raid1_one_write_error_fails_member() {
     };
     let _g = serial();
     let files = env.files(2, 32);
-    let entries = [
-        aio("a0", &files[0]),
-        aio("a1", &files[1]),
-        r#"{"method":"bdev_error_create","params":{"base_name":"a1"}}"#.to_string(),
-        mdraid_create("r", "raid1", &["a0", "EE_a1"]),
-    ];
-    let cfg = config(&[("bdev", &entries)]);
-    let mut bp = bdevperf(&env, &cfg, 32, 4096, 4);
-    let before = array_info(&bp, &env, "r");
-    assert_eq!(member_states(&before), ["in_sync"; 2], "{before}");
-    let events0 = before["events"].as_u64().unwrap();
-
-    let run = perform_tests(&env, &bp.sock, 60);
-    std::thread::sleep(Duration::from_millis(1500));
-    bp.ok(
-        &env,
-        &[
-            "bdev_error_inject_error",
-            "EE_a1",
-            "write",
-            "failure",
-            "-n",
-            "1",
-        ],
-    );
-    run.clean("raid1 with one write error on role 1");
-
-    let info = array_info(&bp, &env, "r");
-    println!("after: {info}");
-    assert_eq!(member_states(&info), ["in_sync", "faulty"], "{info}");
-    assert_eq!(info["degraded"], true);
-    assert!(info["events"].as_u64().unwrap() > events0, "{info}");
+    let (mut bp, _) = write_errors_fail_role_1(&env, &files, "raid1", 4, 1);
     let log = bp.stop(&env);
     assert!(log.contains("mdraid r: stopped"), "{log}");
     check_failure_recorded(&files, 1);
