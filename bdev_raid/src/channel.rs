@@ -228,12 +228,15 @@ impl Direct {
     /// Where the host reads (one copy) or writes (every copy): member and
     /// block address in its data area; each moves the parent's whole
     /// buffer (`blocks` blocks).
+    #[inline]
     pub fn targets(&self) -> &[Loc] {
         &self.targets[..self.n as usize]
     }
+    #[inline]
     pub fn blocks(&self) -> u64 {
         self.blocks
     }
+    #[inline]
     pub fn is_write(&self) -> bool {
         self.write
     }
@@ -1124,6 +1127,7 @@ impl<B: IoBuf> Channel<B> {
 
     /// Count a direct I/O in, with the parent slot it keeps and its
     /// member I/Os outstanding.
+    #[inline]
     fn take_direct_slot(&mut self, d: &mut Direct) {
         d.slot = self.free_parents.pop().expect("checked in try_direct");
         self.direct_in_flight += 1;

@@ -295,6 +295,7 @@ impl Shared {
     }
 
     /// Members seen failing (bit mask).
+    #[inline]
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Acquire)
     }
@@ -326,6 +327,7 @@ impl Shared {
     }
 
     /// Channel `i` started another write.
+    #[inline]
     pub fn note_write(&self, i: usize) {
         let c = &self.activity[i].0;
         // Only channel i writes its counter: no read-modify-write needed.
