@@ -1010,10 +1010,9 @@ impl<B: IoBuf> Channel<B> {
             if row + blocks > self.geom.strip_blocks() {
                 return None;
             }
-            let map = self.geom.stripe(stripe);
             let l = Loc {
-                member: map.data[i],
-                lba: map.member_lba + row,
+                member: self.geom.data_member(stripe, i),
+                lba: stripe * self.geom.strip_blocks() + row,
             };
             let m = bit(l.member as usize);
             if (self.dead() | self.stale(m, l.lba, blocks)) & m != 0 {

@@ -709,12 +709,43 @@ impl Geometry {
     pub fn locate(&self, lba: u64) -> (u64, usize, u64) {
         let sdb = self.stripe_data_blocks();
         let stripe = lba / sdb;
-        let rem = lba % sdb;
-        (
-            stripe,
-            (rem / self.strip_blocks) as usize,
-            rem % self.strip_blocks,
-        )
+        let (i, row) = self.strip_of(lba % sdb);
+        (stripe, i as usize, row)
+    }
+
+    /// The member holding data strip `i` of stripe `stripe`: what
+    /// `stripe(stripe).data[i]` says, without building the whole map (a
+    /// read of one strip needs only this).
+    pub fn data_member(&self, stripe: u64, i: usize) -> u16 {
+        assert!(
+            self.level.is_parity() && i < self.data_strips(),
+            "data_member({stripe}, {i}) on {} of {} members",
+            self.level.name(),
+            self.members
+        );
+        let n = self.members;
+        let r = (stripe % n as u64) as usize;
+        let wrap = |x: usize| if x >= n { x - n } else { x };
+        let left = matches!(
+            self.layout,
+            raid5_layout::LEFT_ASYMMETRIC | raid5_layout::LEFT_SYMMETRIC
+        );
+        let symmetric = matches!(
+            self.layout,
+            raid5_layout::LEFT_SYMMETRIC | raid5_layout::RIGHT_SYMMETRIC
+        );
+        let pd = if left { n - 1 - r } else { r };
+        let m = match (self.level, self.layout) {
+            (Level::Raid4, _) | (Level::Raid5, raid5_layout::PARITY_N) => i,
+            (Level::Raid5, raid5_layout::PARITY_0) => i + 1,
+            (Level::Raid5, _) if symmetric => wrap(pd + 1 + i),
+            (Level::Raid5, _) => i + usize::from(i >= pd),
+            (Level::Raid6, _) if symmetric => wrap(pd + 2 + i),
+            (Level::Raid6, _) if pd == n - 1 => i + 1,
+            (Level::Raid6, _) => i + if i >= pd { 2 } else { 0 },
+            _ => unreachable!("non-parity level"),
+        };
+        m as u16
     }
 
     /// Parity levels: where the strips of stripe `stripe` live.
@@ -917,6 +948,44 @@ mod tests {
             member_blocks,
         ))
         .unwrap()
+    }
+
+    /// `data_member` says what `stripe().data` says, for every parity
+    /// level and layout md has, member counts up to 10, strips that are
+    /// and are not a power of two, and every stripe of the rotation.
+    #[test]
+    fn data_member_matches_the_stripe_map() {
+        let mut checked = 0;
+        for level in [Level::Raid4, Level::Raid5, Level::Raid6] {
+            for layout in 0..=5u32 {
+                let min = if level == Level::Raid6 { 4 } else { 3 };
+                for n in min..=10usize {
+                    for (strip_kb, bs) in [(64, 512), (12, 4096)] {
+                        let Ok(g) = Geometry::new(&params(
+                            level,
+                            Some(layout),
+                            strip_kb,
+                            bs,
+                            vec![64 * 1024; n],
+                        )) else {
+                            continue;
+                        };
+                        for stripe in 0..(3 * n as u64).min(g.stripes()) {
+                            let sm = g.stripe(stripe);
+                            for i in 0..sm.ndata {
+                                assert_eq!(
+                                    g.data_member(stripe, i),
+                                    sm.data[i],
+                                    "{level:?} layout {layout} n {n} stripe {stripe} strip {i}"
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} strips checked");
     }
 
     /// Every place array block `lba` is stored, in md's copy order.
