@@ -1012,7 +1012,7 @@ impl<B: IoBuf> Channel<B> {
             }
             let l = Loc {
                 member: self.geom.data_member(stripe, i),
-                lba: stripe * self.geom.strip_blocks() + row,
+                lba: self.geom.stripe_member_lba(stripe) + row,
             };
             let m = bit(l.member as usize);
             if (self.dead() | self.stale(m, l.lba, blocks)) & m != 0 {

@@ -713,6 +713,13 @@ impl Geometry {
         (stripe, i as usize, row)
     }
 
+    /// Block address of stripe `stripe`'s strips on every member
+    /// (`StripeMap::member_lba`).
+    #[inline]
+    pub fn stripe_member_lba(&self, stripe: u64) -> u64 {
+        stripe * self.strip_blocks
+    }
+
     /// The member holding data strip `i` of stripe `stripe`: what
     /// `stripe(stripe).data[i]` says, without building the whole map (a
     /// read of one strip needs only this).
@@ -876,7 +883,7 @@ impl Geometry {
             q_slot,
             p: p as u16,
             q: q.map(|q| q as u16),
-            member_lba: stripe * self.strip_blocks,
+            member_lba: self.stripe_member_lba(stripe),
         }
     }
 
