@@ -1023,13 +1023,33 @@ impl<B: IoBuf> Channel<B> {
             self.take_direct_slot(d);
             return Some(());
         }
-        let run = self.geom.map_each(lba, blocks, |member, lba| {
-            d.targets[d.n as usize] = Loc {
-                member: member as u16,
-                lba,
-            };
-            d.n += 1;
-        });
+        let run = if self.geom.level() == crate::layout::Level::Raid1 {
+            // Every member at the same address (map_each's raid1 case,
+            // without the general mapping's checks: the range is checked
+            // above and the copies fit).
+            let n = self.geom.members().min(DIRECT_COPIES);
+            for (m, t) in d.targets[..n].iter_mut().enumerate() {
+                *t = Loc {
+                    member: m as u16,
+                    lba,
+                };
+            }
+            d.n = n as u8;
+            blocks
+        } else if self.geom.level() == crate::layout::Level::Raid0 {
+            let (l, left) = self.geom.raid0_loc(lba);
+            d.targets[0] = l;
+            d.n = 1;
+            blocks.min(left)
+        } else {
+            self.geom.map_each(lba, blocks, |member, lba| {
+                d.targets[d.n as usize] = Loc {
+                    member: member as u16,
+                    lba,
+                };
+                d.n += 1;
+            })
+        };
         if run != blocks
             || (self.geom.copies() > 1
                 && lba >> self.lock_shift != (lba + blocks - 1) >> self.lock_shift)
@@ -3658,6 +3678,43 @@ mod tests {
             .clear_flags(0, crate::bitmap::DURABLE);
         assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
         assert_eq!(bm_writes(&h, 0), 0, "a refused direct write left a count");
+    }
+
+    #[test]
+    fn direct_targets_are_the_mapped_copies() {
+        // try_direct places raid1 and raid0 pieces itself (not through
+        // map_each): every copy of a piece that fits, where map puts it.
+        for (level, n) in [
+            (Level::Raid0, 3),
+            (Level::Raid0, 4),
+            (Level::Raid1, 2),
+            (Level::Raid1, 4),
+            (Level::Raid10, 4),
+        ] {
+            let mut h = Host::new(level, n, ChannelConfig::default());
+            let geom = h.ch.geometry().clone();
+            for lba in (0..geom.array_blocks().min(4096)).step_by(3) {
+                let blocks = 1 + lba % 8;
+                if lba + blocks > geom.array_blocks() {
+                    continue;
+                }
+                let m = geom.map(lba, blocks);
+                let want: Vec<(u16, u64)> = m.copies().iter().map(|l| (l.member, l.lba)).collect();
+                match h.ch.direct(IoType::Write, lba, blocks) {
+                    Some(d) => {
+                        assert!(m.len >= blocks, "{level:?}: a piece over a strip at {lba}");
+                        let got: Vec<(u16, u64)> =
+                            d.targets().iter().map(|l| (l.member, l.lba)).collect();
+                        assert_eq!(got, want, "{level:?} x{n} at {lba}+{blocks}");
+                        h.ch.direct_done(&d);
+                    }
+                    None => assert!(
+                        m.len < blocks || level != Level::Raid0,
+                        "{level:?}: refused a piece in one strip at {lba}"
+                    ),
+                }
+            }
+        }
     }
 
     #[test]

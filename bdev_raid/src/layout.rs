@@ -600,11 +600,9 @@ impl Geometry {
                 len.min(self.member_blocks[member] - off)
             }
             Level::Raid0 => {
-                // md raid0 map_sector() for a single zone.
-                let (chunk, off) = self.strip_of(lba);
-                let n = self.members as u64;
-                out((chunk % n) as usize, (chunk / n) * strip + off);
-                len.min(strip - off)
+                let (l, left) = self.raid0_loc(lba);
+                out(l.member as usize, l.lba);
+                len.min(left)
             }
             Level::Raid1 => {
                 for member in 0..self.members {
@@ -624,6 +622,22 @@ impl Geometry {
 
     /// Strip number and offset in the strip of array block `lba` (a shift
     /// for strips of a power of two, as md's always are).
+    /// Raid0: where array block `lba` is (md raid0 map_sector() for a
+    /// single zone), and the blocks left in its strip from there. `lba`
+    /// must be inside the array.
+    #[inline]
+    pub fn raid0_loc(&self, lba: u64) -> (Loc, u64) {
+        debug_assert!(self.level == Level::Raid0 && lba < self.array_blocks);
+        let (chunk, off) = self.strip_of(lba);
+        let n = self.members as u64;
+        let l = Loc {
+            member: (chunk % n) as u16,
+            lba: (chunk / n) * self.strip_blocks + off,
+        };
+        (l, self.strip_blocks - off)
+    }
+
+    #[inline]
     fn strip_of(&self, lba: u64) -> (u64, u64) {
         let strip = self.strip_blocks;
         if strip.is_power_of_two() {

@@ -273,8 +273,15 @@ impl Shared {
         assert!(was > 0, "write-behind count underflow");
     }
 
-    /// Write-behind pieces in flight to member `m`.
+    /// Write-behind pieces in flight to member `m`. With none in flight
+    /// on the array (the common case, asked on every direct read) the
+    /// member's counter is not read: `behind` is taken before and given
+    /// back after the members' counts, so it is 0 only when they are.
+    #[inline]
     pub fn behind_to(&self, m: usize) -> u32 {
+        if self.behind.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
         self.behind_to[m].load(Ordering::Acquire)
     }
 
@@ -521,6 +528,7 @@ impl StripeLocks {
     }
 
     /// Clear `bits` of word `key` (plain if `owned`); the word before.
+    #[inline]
     fn clear(&self, key: usize, bits: u32, owned: bool) -> u32 {
         let w = &self.slots[key];
         if owned {
@@ -543,6 +551,7 @@ impl StripeLocks {
     /// Take parts `parts` (non-zero, within [`LOCK_PARTS`]) of `key`:
     /// refused while the word is held exclusively or wanted, or another
     /// sharer holds one of those parts. `owned` as in `try_lock`.
+    #[inline]
     pub fn try_share(&self, key: usize, parts: u32, owned: bool) -> bool {
         debug_assert!(parts != 0 && parts & !LOCK_PART_BITS == 0);
         let w = &self.slots[key];
@@ -569,6 +578,7 @@ impl StripeLocks {
         }
     }
 
+    #[inline]
     pub fn unshare(&self, key: usize, parts: u32, owned: bool) {
         let was = self.clear(key, parts, owned);
         assert!(
