@@ -286,6 +286,8 @@ pub struct MemberStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChannelStats {
     pub parents_done: u64,
+    /// Reads and writes done on the direct path ([`Channel::direct`]).
+    pub direct_done: u64,
     pub read_errors_corrected: u64,
     pub rmw: u64,
     pub rcw: u64,
@@ -306,8 +308,6 @@ pub struct ChannelStats {
     /// Reads that had to go to a write-mostly member and waited for the
     /// range lock (no write-behind over their range in flight, R5).
     pub write_mostly_reads: u64,
-    /// Reads and writes done on the direct path ([`Channel::direct`]).
-    pub direct_done: u64,
 }
 
 const NONE: u32 = u32::MAX;
@@ -533,19 +533,50 @@ pub trait IoBuf: AsRef<[u8]> + AsMut<[u8]> {}
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IoBuf for T {}
 
 /// The per-channel data path. See the module documentation.
+#[repr(C)]
 pub struct Channel<B: IoBuf> {
+    // Declared in this order and laid out as declared: what a direct I/O
+    // touches comes first, on as few cache lines as it takes.
     geom: Arc<Geometry>,
     state: Arc<ArrayState>,
-    /// The newest state every channel has applied.
-    released: Arc<ArrayState>,
     shared: Arc<Shared>,
+    free_parents: Vec<u32>,
+    /// Members being rebuilt in the applied state.
+    rec_mask: u64,
+    /// Members out of service in the applied state (`out_of_service()`,
+    /// asked on every piece).
+    oos_mask: u64,
+    member_stats: Vec<MemberStats>,
+    /// Per member: the member block after this channel's last read there
+    /// (a read starting there continues a sequential stream).
+    next_read: Vec<u64>,
+    /// Range lock granule of mapped levels, in blocks, its log2, and the
+    /// log2 of the part of it a direct write locks (a sixteenth, at least
+    /// 4 KiB). Strips and blocks are powers of two: no division on the
+    /// direct path.
+    lock_blocks: u64,
+    /// Locks `waiters` may wait for, one bit per key modulo 64 (all set
+    /// when unknown): a direct write that ends runs the waiters only if
+    /// its lock's bit is set.
+    waited: u64,
     /// This channel's index among the array's channels.
     index: usize,
+    /// Write parents issued (past the dirty gate) and not completed.
+    writes_in_flight: u32,
+    /// [`Direct`] I/Os handed out and not yet done.
+    direct_in_flight: u32,
+    lock_shift: u32,
+    part_shift: u32,
+    /// This channel owns the stripe lock table (see [`StripeLocks`]).
+    owns_locks: Cell<bool>,
+    actions: VecDeque<Action<B>>,
+    stats: ChannelStats,
+    /// The newest state every channel has applied.
+    released: Arc<ArrayState>,
     cfg: ChannelConfig,
     bs: u64,
     max_rows: u64,
     parents: Vec<Option<Parent<B>>>,
-    free_parents: Vec<u32>,
     children: Vec<Child>,
     free_children: Vec<u32>,
     stripes: Vec<StripeCtx<B>>,
@@ -556,43 +587,20 @@ pub struct Channel<B: IoBuf> {
     fix_queue: VecDeque<u32>,
     pieces: Vec<Piece>,
     free_pieces: Vec<u32>,
-    /// Range lock granule of mapped levels, in blocks, its log2, and the
-    /// log2 of the part of it a direct write locks (a sixteenth, at least
-    /// 4 KiB). Strips and blocks are powers of two: no division on the
-    /// direct path.
-    lock_blocks: u64,
-    lock_shift: u32,
-    part_shift: u32,
-    /// This channel owns the stripe lock table (see [`StripeLocks`]).
-    owns_locks: Cell<bool>,
     /// The lock the last failed [`Channel::take_lock`] found held.
     blocked: Cell<usize>,
-    /// Locks `waiters` may wait for, one bit per key modulo 64 (all set
-    /// when unknown): a direct write that ends runs the waiters only if
-    /// its lock's bit is set.
-    waited: u64,
     parked: Vec<u32>,
     nomem: VecDeque<u32>,
-    actions: VecDeque<Action<B>>,
     zeros: Vec<u8>,
     /// Writes waiting for the array to be marked dirty.
     dirty_wait: VecDeque<u32>,
     dirty_requested: bool,
     /// Writes waiting for their chunks' bitmap bits to be durable (R4).
     bits_wait: VecDeque<u32>,
-    /// Members being rebuilt in the applied state.
-    rec_mask: u64,
-    /// Members out of service in the applied state (`out_of_service()`,
-    /// asked on every piece).
-    oos_mask: u64,
     bits_requested: bool,
-    /// Write parents issued (past the dirty gate) and not completed.
-    writes_in_flight: u32,
     /// Publication of the last not-writable state this channel reported idle
     /// in.
     idle_reported: Option<u64>,
-    stats: ChannelStats,
-    member_stats: Vec<MemberStats>,
     /// Per parent slot and member: the newest device (`readded`) whose
     /// failure the parent waits for; a state that brings a device back
     /// later proves it committed. Per member (one value for all made a
@@ -605,11 +613,6 @@ pub struct Channel<B: IoBuf> {
     free_behind: Vec<u32>,
     /// The host's allocator (write-behind copies are made as needed).
     alloc: Option<Box<dyn FnMut(usize) -> B + Send>>,
-    /// Per member: the member block after this channel's last read there
-    /// (a read starting there continues a sequential stream).
-    next_read: Vec<u64>,
-    /// [`Direct`] I/Os handed out and not yet done.
-    direct_in_flight: u32,
 }
 
 impl<B: IoBuf> Drop for Channel<B> {

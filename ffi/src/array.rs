@@ -887,13 +887,21 @@ impl MemberRef {
     }
 }
 
+#[repr(C)]
 struct ChanInner {
-    engine: Channel<IoBuf>,
-    index: usize,
+    // Laid out as declared: what a direct I/O touches first.
     /// The member of each role, as this channel uses it.
     refs: Vec<Option<MemberRef>>,
     /// This thread's channel of each member.
     chans: Vec<Option<IoChannel>>,
+    /// Direct I/Os in flight (or waiting for a bdev_io), per generation,
+    /// and the generation new ones count in: a hot-removed member's
+    /// channel is put only once every direct I/O issued before the member
+    /// went out of service has ended (`ChanInner::directs_drained`).
+    direct_gens: [u32; 2],
+    gen: usize,
+    engine: Channel<IoBuf>,
+    index: usize,
     /// Channels of members replaced by `bdev_mdraid_add_base_bdev`, kept
     /// until the channel goes (an I/O of the old member may be in flight)
     /// or, once the old member is hot-removed, until no I/O of it is.
@@ -920,17 +928,13 @@ struct ChanInner {
     /// write-behind children are in flight (they outlive their parents;
     /// SPDK would destroy the channel once the last user put it).
     behind_ref: Option<IoChannel>,
-    /// Direct I/Os in flight (or waiting for a bdev_io), per generation,
-    /// and the generation new ones count in: a hot-removed member's
-    /// channel is put only once every direct I/O issued before the member
-    /// went out of service has ended (`ChanInner::directs_drained`).
-    direct_gens: [u32; 2],
-    gen: usize,
     /// The generation being drained, if any.
     draining: Option<usize>,
 }
 
-/// The context of one array channel (one per SPDK thread).
+/// The context of one array channel (one per SPDK thread); laid out as
+/// declared, `array` and `inner` first (every I/O reads them).
+#[repr(C)]
 pub struct ChanCtx {
     array: Arc<Array>,
     inner: RefCell<ChanInner>,
