@@ -1568,6 +1568,32 @@ mod tests {
     }
 
     #[test]
+    fn raid0_loc_is_md_map_sector() {
+        // md raid0's map_sector() for one zone, written out plainly: the
+        // direct path and map_each both place raid0 I/O with raid0_loc.
+        for n in 2..=9usize {
+            for strip_kb in [1u32, 4, 64] {
+                let strip = u64::from(strip_kb) * 2;
+                let g = geo(Level::Raid0, None, strip_kb, 512, vec![strip * 37; n]);
+                for lba in (0..g.array_blocks()).step_by(5) {
+                    let chunk = lba / strip;
+                    let want = (
+                        (chunk % n as u64) as u16,
+                        chunk / n as u64 * strip + lba % strip,
+                        strip - lba % strip,
+                    );
+                    let (l, left) = g.raid0_loc(lba);
+                    assert_eq!(
+                        (l.member, l.lba, left),
+                        want,
+                        "{n} members, {strip_kb} KiB, lba {lba}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn layout_known_raid0_raid1_linear() {
         // raid0, 3 members, 2-block strips; sub-strip tails are dropped.
         let g = geo(Level::Raid0, None, 1, 512, vec![8, 9, 8]);
