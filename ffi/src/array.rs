@@ -888,12 +888,30 @@ impl MemberRef {
 }
 
 #[repr(C)]
+/// A role on one array channel: its member, as the channel uses it, and
+/// this thread's channel of that member (taken when a hot-removed member
+/// is detached), side by side for the I/O path.
+#[derive(Default)]
+struct Role {
+    r: Option<MemberRef>,
+    ch: Option<IoChannel>,
+}
+
+impl Role {
+    /// The member and the channel to issue to, if the role has both.
+    #[inline]
+    fn io(&self) -> Option<(MemberRef, *mut sys::spdk_io_channel)> {
+        match (&self.r, &self.ch) {
+            (Some(r), Some(c)) => Some((*r, c.raw())),
+            _ => None,
+        }
+    }
+}
+
 struct ChanInner {
     // Laid out as declared: what a direct I/O touches first.
-    /// The member of each role, as this channel uses it.
-    refs: Vec<Option<MemberRef>>,
-    /// This thread's channel of each member.
-    chans: Vec<Option<IoChannel>>,
+    /// Each role's member and this thread's channel of it.
+    roles: Vec<Role>,
     /// Direct I/Os in flight (or waiting for a bdev_io), per generation,
     /// and the generation new ones count in: a hot-removed member's
     /// channel is put only once every direct I/O issued before the member
@@ -967,17 +985,14 @@ impl ChanCtx {
         // this is seen by the first poll.
         let removals_seen = array.removals.load(Ordering::Acquire);
         let members = array.members();
-        let refs: Vec<Option<MemberRef>> = members
-            .iter()
-            .map(|m| m.as_ref().map(MemberRef::of))
-            .collect();
-        let mut chans: Vec<Option<IoChannel>> = Vec::with_capacity(members.len());
+        let mut roles: Vec<Role> = Vec::with_capacity(members.len());
         for m in &members {
+            let r = m.as_ref().map(MemberRef::of);
             match m.as_ref().map(|m| array.member_channel(m.desc)) {
-                None => chans.push(None),
-                Some(Ok(c)) => chans.push(c),
+                None => roles.push(Role { r, ch: None }),
+                Some(Ok(ch)) => roles.push(Role { r, ch }),
                 Some(Err(())) => {
-                    put_channels(&array, &refs, chans);
+                    put_channels(&array, roles);
                     array.free_slot(index);
                     log_error!(
                         "mdraid {}: no I/O channel for member {}",
@@ -1001,7 +1016,7 @@ impl ChanCtx {
         let mut engine = match made {
             Ok(e) => e,
             Err(_) => {
-                put_channels(&array, &refs, chans);
+                put_channels(&array, roles);
                 array.free_slot(index);
                 log_error!("mdraid {}: no DMA memory for a channel", array.name);
                 return Err(-ENOMEM);
@@ -1016,8 +1031,7 @@ impl ChanCtx {
             inner: RefCell::new(ChanInner {
                 engine,
                 index,
-                refs,
-                chans,
+                roles,
                 retired: Vec::new(),
                 internal_done: Vec::new(),
                 slots: vec![None; nslots],
@@ -1289,10 +1303,7 @@ impl ChanCtx {
             let i = x.next as usize;
             let t = x.d.targets()[i];
             let m = t.member as usize;
-            let (Some(member), Some(ch)) = (
-                c.refs.get(m).copied().flatten(),
-                c.chans.get(m).and_then(|x| x.as_ref()).map(|c| c.raw()),
-            ) else {
+            let Some((member, ch)) = c.roles.get(m).and_then(Role::io) else {
                 x.failed |= 1 << m;
                 x.next += 1;
                 continue;
@@ -1497,7 +1508,7 @@ impl ChanCtx {
     fn set_member(&self, role: usize, m: Option<&Member>) -> bool {
         let array = &self.array;
         let mut c = self.inner.borrow_mut();
-        if role >= c.refs.len() {
+        if role >= c.roles.len() {
             return false;
         }
         let ch = match m {
@@ -1507,8 +1518,8 @@ impl ChanCtx {
                 Err(()) => return false,
             },
         };
-        let old = std::mem::replace(&mut c.chans[role], ch);
-        let old_ref = std::mem::replace(&mut c.refs[role], m.map(MemberRef::of));
+        let old = std::mem::replace(&mut c.roles[role].ch, ch);
+        let old_ref = std::mem::replace(&mut c.roles[role].r, m.map(MemberRef::of));
         if let (Some(old), Some(r)) = (old, old_ref) {
             c.retired.push((r, old));
             // A removal seen already: the poller puts it when it can.
@@ -1606,8 +1617,8 @@ impl ChanInner {
         while i < self.detach.len() {
             let d = self.detach[i];
             // The role it serves on this channel, if it still does.
-            let role = (0..self.refs.len())
-                .find(|&m| self.chans[m].is_some() && self.refs[m].is_some_and(|r| r.desc == d));
+            let role = (0..self.roles.len())
+                .find(|&m| self.roles[m].io().is_some_and(|(r, _)| r.desc == d));
             let busy = role.is_some_and(|m| state.members.get(m).is_some_and(|s| s.in_service()))
                 || self.slots.iter().flatten().any(|s| s.desc == d)
                 || !self.directs_drained();
@@ -1616,7 +1627,7 @@ impl ChanInner {
                 continue;
             }
             self.detach.swap_remove(i);
-            if let Some(ch) = role.and_then(|m| self.chans[m].take()) {
+            if let Some(ch) = role.and_then(|m| self.roles[m].ch.take()) {
                 array.put_member_channel(d, ch);
             }
             while let Some(j) = self.retired.iter().position(|(r, _)| r.desc == d) {
@@ -1632,13 +1643,9 @@ impl ChanInner {
         &self,
         desc: *mut sys::spdk_bdev_desc,
     ) -> Option<(MemberRef, *mut sys::spdk_io_channel)> {
-        self.refs
+        self.roles
             .iter()
-            .zip(&self.chans)
-            .find_map(|(r, c)| match (r, c) {
-                (Some(r), Some(c)) if r.desc == desc => Some((*r, c.raw())),
-                _ => None,
-            })
+            .find_map(|x| x.io().filter(|(r, _)| r.desc == desc))
             .or_else(|| {
                 self.retired
                     .iter()
@@ -1698,10 +1705,7 @@ impl ChanInner {
     fn submit_child(&mut self, ctx: &ChanCtx, io: ChildIo) {
         let a = &ctx.array;
         let m = io.member as usize;
-        let (Some(member), Some(ch)) = (
-            self.refs.get(m).copied().flatten(),
-            self.chans.get(m).and_then(|x| x.as_ref()).map(|c| c.raw()),
-        ) else {
+        let Some((member, ch)) = self.roles.get(m).and_then(Role::io) else {
             self.engine.child_done(io.token, ChildStatus::Error);
             return;
         };
@@ -1797,11 +1801,10 @@ impl ChanInner {
     }
 }
 
-/// Put an array channel's channels of its members (`chans[m]` is one of
-/// `refs[m]`).
-fn put_channels(array: &Array, refs: &[Option<MemberRef>], chans: Vec<Option<IoChannel>>) {
-    for (r, c) in refs.iter().zip(chans) {
-        if let (Some(r), Some(c)) = (r, c) {
+/// Put an array channel's channels of its members.
+fn put_channels(array: &Array, roles: Vec<Role>) {
+    for x in roles {
+        if let (Some(r), Some(c)) = (x.r, x.ch) {
             array.put_member_channel(r.desc, c);
         }
     }
@@ -1991,8 +1994,8 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
                 );
             }
             array.retire_member_io(c.engine.member_stats());
-            let chans = std::mem::take(&mut c.chans);
-            put_channels(&array, &c.refs, chans);
+            let roles = std::mem::take(&mut c.roles);
+            put_channels(&array, roles);
             for (r, ch) in c.retired.drain(..) {
                 array.put_member_channel(r.desc, ch);
             }
