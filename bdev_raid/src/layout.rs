@@ -620,8 +620,6 @@ impl Geometry {
         run
     }
 
-    /// Strip number and offset in the strip of array block `lba` (a shift
-    /// for strips of a power of two, as md's always are).
     /// Raid0: where array block `lba` is (md raid0 map_sector() for a
     /// single zone), and the blocks left in its strip from there. `lba`
     /// must be inside the array.
@@ -637,6 +635,8 @@ impl Geometry {
         (l, self.strip_blocks - off)
     }
 
+    /// Strip number and offset in the strip of array block `lba` (a shift
+    /// for strips of a power of two, as md's always are).
     #[inline]
     fn strip_of(&self, lba: u64) -> (u64, u64) {
         let strip = self.strip_blocks;

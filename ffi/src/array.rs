@@ -887,7 +887,6 @@ impl MemberRef {
     }
 }
 
-#[repr(C)]
 /// A role on one array channel: its member, as the channel uses it, and
 /// this thread's channel of that member (taken when a hot-removed member
 /// is detached), side by side for the I/O path.
@@ -908,6 +907,7 @@ impl Role {
     }
 }
 
+#[repr(C)]
 struct ChanInner {
     // Laid out as declared: what a direct I/O touches first.
     /// Each role's member and this thread's channel of it.
