@@ -21,6 +21,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use crate::layout::{Geometry, Loc, StripeMap, MAX_MEMBERS};
@@ -216,13 +217,27 @@ pub struct Direct {
     /// The range lock shared (NONE: none) and the parts of it held.
     lock: u32,
     parts: u32,
-    /// The parent slot kept for the parent, should a member I/O fail
-    /// ([`Channel::direct_redo`] then never finds the channel full).
-    slot: u32,
     /// Publication of the state it was mapped by: a failed write fails
     /// the devices that were in their roles then (`readded`).
     seq: u64,
 }
+
+/// Equal: the same I/O to the same targets, holding the same lock (the
+/// unused target entries do not count).
+impl PartialEq for Direct {
+    fn eq(&self, o: &Direct) -> bool {
+        (
+            self.write,
+            self.lba,
+            self.blocks,
+            self.lock,
+            self.parts,
+            self.seq,
+        ) == (o.write, o.lba, o.blocks, o.lock, o.parts, o.seq)
+            && self.targets() == o.targets()
+    }
+}
+impl Eq for Direct {}
 
 impl Direct {
     /// Where the host reads (one copy) or writes (every copy): member and
@@ -532,11 +547,39 @@ struct StripeCtx<B> {
 pub trait IoBuf: AsRef<[u8]> + AsMut<[u8]> {}
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IoBuf for T {}
 
+/// [`Lean::allow`] bits.
+const LEAN_READ: u8 = 1;
+const LEAN_WRITE: u8 = 2;
+
+/// What the lean direct path may do under the applied state, worked out
+/// when a state is applied ([`Channel::refresh_lean`]): direct I/O on a
+/// raid0 or raid1 array with every member in service and current, none
+/// write-mostly, not offline (writes: writable). In that state the
+/// general checks of [`Channel::try_direct`] reduce to the lean path's
+/// few; an I/O it does not take goes through them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lean {
+    allow: u8,
+    /// Raid1 (else raid0).
+    mirror: bool,
+    /// Members.
+    n: u8,
+    /// log2 of the strip in blocks (raid0).
+    strip_shift: u8,
+    array_blocks: u64,
+    /// Publication of the applied state.
+    seq: u64,
+}
+
 /// The per-channel data path. See the module documentation.
 #[repr(C)]
 pub struct Channel<B: IoBuf> {
     // Declared in this order and laid out as declared: what a direct I/O
     // touches comes first, on as few cache lines as it takes.
+    lean: Lean,
+    /// [`Direct`] I/Os handed out and not yet done; each keeps a parent
+    /// slot free (`submit` leaves them), should it be redone.
+    direct_in_flight: u32,
     geom: Arc<Geometry>,
     state: Arc<ArrayState>,
     shared: Arc<Shared>,
@@ -563,10 +606,10 @@ pub struct Channel<B: IoBuf> {
     index: usize,
     /// Write parents issued (past the dirty gate) and not completed.
     writes_in_flight: u32,
-    /// [`Direct`] I/Os handed out and not yet done.
-    direct_in_flight: u32,
     lock_shift: u32,
     part_shift: u32,
+    /// More than one copy of each block (`Geometry::copies`): range locks.
+    mirrored: bool,
     /// This channel owns the stripe lock table (see [`StripeLocks`]).
     owns_locks: Cell<bool>,
     actions: VecDeque<Action<B>>,
@@ -709,6 +752,7 @@ impl<B: IoBuf> Channel<B> {
             })
             .collect();
         let mut ch = Channel {
+            lean: Lean::default(),
             alloc: None,
             released: state.clone(),
             state,
@@ -748,6 +792,7 @@ impl<B: IoBuf> Channel<B> {
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
             lock_blocks,
             lock_shift: lock_blocks.trailing_zeros(),
+            mirrored: geom.copies() > 1,
             part_shift: lock_part.trailing_zeros(),
             owns_locks: Cell::new(false),
             blocked: Cell::new(0),
@@ -762,6 +807,7 @@ impl<B: IoBuf> Channel<B> {
         };
         ch.rec_mask = ch.state.recovering();
         ch.oos_mask = ch.state.out_of_service();
+        ch.refresh_lean();
         ch.alloc = Some(Box::new(alloc));
         // A new channel of a not-writable array has no write in flight.
         ch.maybe_report_idle();
@@ -780,19 +826,21 @@ impl<B: IoBuf> Channel<B> {
         &self.shared
     }
     pub fn stats(&self) -> ChannelStats {
-        self.stats
+        ChannelStats {
+            parents_done: self.stats.parents_done + self.stats.direct_done,
+            ..self.stats
+        }
     }
     pub fn member_stats(&self) -> &[MemberStats] {
         &self.member_stats
     }
-    /// Parents accepted and not yet completed.
+    /// Parents accepted and not yet completed (direct I/Os among them).
     pub fn parents_in_flight(&self) -> usize {
-        self.cfg.max_parents - self.free_parents.len()
+        self.cfg.max_parents - self.free_parents.len() + self.direct_in_flight as usize
     }
     /// Whether the channel holds no work at all.
     pub fn is_idle(&self) -> bool {
         self.parents_in_flight() == 0
-            && self.direct_in_flight == 0
             && self.actions.is_empty()
             && self.free_behind.len() == self.behind_bufs.len()
     }
@@ -913,9 +961,13 @@ impl<B: IoBuf> Channel<B> {
             });
             return Ok(());
         }
-        let Some(slot) = self.free_parents.pop() else {
-            return Err(Busy(io));
-        };
+        if self.free_parents.len() <= self.direct_in_flight as usize {
+            return Err(Busy(io)); // the rest are kept for direct I/Os
+        }
+        let slot = self
+            .free_parents
+            .pop()
+            .expect("free_parents holds more than direct_in_flight");
         self.parents[slot as usize] = Some(Parent {
             tag: io.tag,
             op: io.op,
@@ -972,14 +1024,199 @@ impl<B: IoBuf> Channel<B> {
     /// member I/O failed it does not complete the parent but hands it to
     /// [`Channel::direct_redo`].
     pub fn direct(&mut self, op: IoType, lba: u64, blocks: u64) -> Option<Direct> {
-        let mut d = Direct::default();
-        self.direct_into(op, lba, blocks, &mut d).then_some(d)
+        let mut d = MaybeUninit::uninit();
+        self.direct_into(op, lba, blocks, &mut d).copied()
     }
 
     /// [`Channel::direct`] into `d` (a host may keep it where the I/O's
-    /// context lives); true if the host does the I/O itself.
-    pub fn direct_into(&mut self, op: IoType, lba: u64, blocks: u64, d: &mut Direct) -> bool {
-        self.try_direct(op, lba, blocks, d).is_some()
+    /// context lives): the [`Direct`] written there if the host does the
+    /// I/O itself.
+    #[inline(always)]
+    pub fn direct_into<'a>(
+        &mut self,
+        op: IoType,
+        lba: u64,
+        blocks: u64,
+        mut d: &'a mut MaybeUninit<Direct>,
+    ) -> Option<&'a mut Direct> {
+        let want = match op {
+            IoType::Read => LEAN_READ,
+            IoType::Write => LEAN_WRITE,
+            _ => return None,
+        };
+        let l = self.lean;
+        if l.allow & want != 0
+            && blocks != 0
+            && lba < l.array_blocks
+            && blocks <= l.array_blocks - lba
+            && self.free_parents.len() > self.direct_in_flight as usize
+        {
+            match self.lean_direct(l, want == LEAN_WRITE, lba, blocks, d) {
+                Ok(x) => return Some(x),
+                Err(back) => d = back,
+            }
+        }
+        let mut x = Direct::default();
+        self.try_direct(op, lba, blocks, &mut x)?;
+        Some(d.write(x))
+    }
+
+    /// Work out [`Lean`] for the applied state.
+    fn refresh_lean(&mut self) {
+        let g = &self.geom;
+        let st = &self.state;
+        let level_ok = match g.level() {
+            crate::layout::Level::Raid0 => g.strip_blocks().is_power_of_two(),
+            crate::layout::Level::Raid1 => g.members() <= DIRECT_COPIES,
+            _ => false,
+        };
+        let healthy = level_ok
+            && !st.offline
+            && self.oos_mask == 0
+            && self.rec_mask == 0
+            && st.write_mostly == 0;
+        self.lean = Lean {
+            allow: if healthy {
+                LEAN_READ | if st.writable { LEAN_WRITE } else { 0 }
+            } else {
+                0
+            },
+            mirror: g.level() == crate::layout::Level::Raid1,
+            n: g.members().min(u8::MAX as usize) as u8,
+            strip_shift: g.strip_blocks().trailing_zeros() as u8,
+            array_blocks: g.array_blocks(),
+            seq: st.seq,
+        };
+    }
+
+    /// The direct path in the state [`Lean`] describes (the range is
+    /// checked and a parent slot is free): the same decisions as
+    /// [`Channel::try_direct`] in that state, with none of its general
+    /// mapping: `out` written, or given back (`try_direct` decides).
+    #[inline(always)]
+    fn lean_direct<'a>(
+        &mut self,
+        l: Lean,
+        write: bool,
+        lba: u64,
+        blocks: u64,
+        out: &'a mut MaybeUninit<Direct>,
+    ) -> Result<&'a mut Direct, &'a mut MaybeUninit<Direct>> {
+        let failed = self.shared.failed();
+        let mut t = [Loc::default(); DIRECT_COPIES];
+        let (n, all) = if l.mirror {
+            if lba >> self.lock_shift != (lba + blocks - 1) >> self.lock_shift {
+                return Err(out); // more than one piece
+            }
+            let n = l.n as usize;
+            if write {
+                for (m, x) in t[..n].iter_mut().enumerate() {
+                    x.member = m as u16;
+                    x.lba = lba;
+                }
+                (n, (1u64 << n) - 1)
+            } else {
+                // pick_copy with every copy live and current, none
+                // write-mostly: the one continuing this channel's
+                // sequential stream, else the first with the fewest
+                // I/Os outstanding here.
+                let mut pick = usize::MAX;
+                let mut least = u32::MAX;
+                for m in 0..n {
+                    if failed & bit(m) != 0 {
+                        continue;
+                    }
+                    if self.next_read[m] == lba {
+                        pick = m;
+                        break;
+                    }
+                    let o = self.member_stats[m].outstanding;
+                    if o < least {
+                        least = o;
+                        pick = m;
+                    }
+                }
+                if pick == usize::MAX || self.shared.behind_to(pick) != 0 {
+                    return Err(out);
+                }
+                self.next_read[pick] = lba + blocks;
+                t[0] = Loc {
+                    member: pick as u16,
+                    lba,
+                };
+                (1, 0)
+            }
+        } else {
+            let shift = l.strip_shift;
+            let off = lba & ((1u64 << shift) - 1);
+            if off + blocks > 1u64 << shift {
+                return Err(out); // more than one strip
+            }
+            let chunk = lba >> shift;
+            let n = u64::from(l.n);
+            let m = (chunk % n) as usize;
+            if failed & bit(m) != 0 {
+                return Err(out);
+            }
+            t[0] = Loc {
+                member: m as u16,
+                lba: (chunk / n) << shift | off,
+            };
+            (1, bit(m))
+        };
+        let (lock, parts) = if !write {
+            (NONE, 0)
+        } else if all & failed != 0 {
+            return Err(out);
+        } else {
+            match self.start_direct_write(lba, blocks) {
+                Some(held) => held,
+                None => return Err(out),
+            }
+        };
+        self.direct_in_flight += 1;
+        for x in &t[..n] {
+            self.member_stats[x.member as usize].outstanding += 1;
+        }
+        Ok(out.write(Direct {
+            write,
+            lba,
+            blocks,
+            n: n as u8,
+            targets: t,
+            lock,
+            parts,
+            seq: l.seq,
+        }))
+    }
+
+    /// The bitmap count (R4) and range lock (the lock and its parts held,
+    /// [`Direct::lock`] and `parts`) of a direct write of `blocks` at
+    /// `lba`, and its place among the writes in flight; None (nothing
+    /// taken) if either is not to be had now.
+    #[inline(always)]
+    fn start_direct_write(&mut self, lba: u64, blocks: u64) -> Option<(u32, u32)> {
+        if let Some(bm) = &self.shared.bitmap {
+            if !bm.start_write(lba, blocks) {
+                bm.end_write(lba, blocks);
+                return None;
+            }
+        }
+        let mut held = (NONE, 0);
+        if let Some(k) = self.range_lock(lba) {
+            match self.lock_direct(lba, blocks, k) {
+                Some(parts) => held = (k as u32, parts),
+                None => {
+                    if let Some(bm) = &self.shared.bitmap {
+                        bm.end_write(lba, blocks);
+                    }
+                    return None;
+                }
+            }
+        }
+        self.writes_in_flight += 1;
+        self.shared.note_write(self.index);
+        Some(held)
     }
 
     fn try_direct(&mut self, op: IoType, lba: u64, blocks: u64, d: &mut Direct) -> Option<()> {
@@ -989,7 +1226,7 @@ impl<B: IoBuf> Channel<B> {
             _ => return None,
         };
         if self.state.offline
-            || self.free_parents.is_empty()
+            || self.free_parents.len() <= self.direct_in_flight as usize
             || (self.geom.level().is_parity() && write)
             || self.geom.copies() > DIRECT_COPIES
             || blocks == 0
@@ -1080,43 +1317,29 @@ impl<B: IoBuf> Channel<B> {
         {
             return None;
         }
-        if let Some(bm) = &self.shared.bitmap {
-            if !bm.start_write(lba, blocks) {
-                bm.end_write(lba, blocks);
-                return None;
-            }
-        }
-        if let Some(k) = self.range_lock(lba) {
-            if !self.lock_direct(d, k) {
-                if let Some(bm) = &self.shared.bitmap {
-                    bm.end_write(lba, blocks);
-                }
-                return None;
-            }
-        }
-        self.writes_in_flight += 1;
-        self.shared.note_write(self.index);
+        (d.lock, d.parts) = self.start_direct_write(lba, blocks)?;
         self.take_direct_slot(d);
         Some(())
     }
 
-    /// Range lock `k` of direct write `d`, shared: the parts of the
-    /// granule its blocks are in (a part is a sixteenth of the granule,
-    /// at least 4 KiB), so no resync, repair, read rewrite, write-behind
-    /// or general write holds the granule, and no direct write overlaps it.
-    fn lock_direct(&self, d: &mut Direct, k: usize) -> bool {
+    /// Range lock `k` of a direct write of `blocks` at `lba`, shared: the
+    /// parts of the granule its blocks are in (a part is a sixteenth of
+    /// the granule, at least 4 KiB), so no resync, repair, read rewrite,
+    /// write-behind or general write holds the granule, and no direct
+    /// write overlaps it. The parts held, if it was free.
+    #[inline]
+    fn lock_direct(&self, lba: u64, blocks: u64, k: usize) -> Option<u32> {
         let within = self.lock_blocks - 1;
-        let first = (d.lba & within) >> self.part_shift;
-        let last = ((d.lba + d.blocks - 1) & within) >> self.part_shift;
+        let first = (lba & within) >> self.part_shift;
+        let last = ((lba + blocks - 1) & within) >> self.part_shift;
         let parts = ((2u32 << last) - 1) & !((1u32 << first) - 1);
-        if !self.shared.locks.try_share(k, parts, self.owns_locks()) {
-            return false;
-        }
-        d.lock = k as u32;
-        d.parts = parts;
-        true
+        self.shared
+            .locks
+            .try_share(k, parts, self.owns_locks())
+            .then_some(parts)
     }
 
+    #[inline]
     fn unlock_direct(&self, d: &Direct) {
         if d.lock != NONE {
             self.shared
@@ -1151,7 +1374,6 @@ impl<B: IoBuf> Channel<B> {
     /// member I/Os outstanding.
     #[inline]
     fn take_direct_slot(&mut self, d: &mut Direct) {
-        d.slot = self.free_parents.pop().expect("checked in try_direct");
         self.direct_in_flight += 1;
         for l in d.targets() {
             self.member_stats[l.member as usize].outstanding += 1;
@@ -1160,10 +1382,10 @@ impl<B: IoBuf> Channel<B> {
 
     /// A [`Direct`] I/O ended with every member I/O done: the host
     /// completes its parent.
+    #[inline]
     pub fn direct_done(&mut self, d: &Direct) {
-        self.stats.parents_done += 1;
         self.stats.direct_done += 1;
-        self.free_parents.push(d.slot);
+        self.direct_in_flight -= 1;
         self.end_direct(d, 0);
     }
 
@@ -1192,15 +1414,18 @@ impl<B: IoBuf> Channel<B> {
                 }
             }
         }
-        self.free_parents.push(d.slot);
+        // The slot kept for it takes the redo.
+        self.direct_in_flight -= 1;
         if self.submit(io).is_err() {
             unreachable!("the direct I/O's parent slot was free");
         }
         self.end_direct(d, failed);
     }
 
+    /// The counts of direct I/O `d` (member I/Os of `failed` failed), and
+    /// what its write held.
+    #[inline(always)]
     fn end_direct(&mut self, d: &Direct, failed: u64) {
-        self.direct_in_flight -= 1;
         for l in d.targets() {
             let ms = &mut self.member_stats[l.member as usize];
             ms.outstanding -= 1;
@@ -1215,19 +1440,26 @@ impl<B: IoBuf> Channel<B> {
             }
         }
         if d.write {
-            self.unlock_direct(d);
-            if let Some(bm) = &self.shared.bitmap {
-                bm.end_write(d.lba, d.blocks);
-            }
-            self.writes_in_flight -= 1;
-            self.maybe_report_idle();
-            // A parent (this one, redone) may wait for the lock.
-            if self.waited & waited_bit(d.lock as usize) != 0
-                || !self.fix_queue.is_empty()
-                || !self.recon_queue.is_empty()
-            {
-                self.run_waiters();
-            }
+            self.end_direct_write(d);
+        }
+    }
+
+    /// What direct write `d` held: its range lock, bitmap count and place
+    /// among the writes in flight.
+    #[inline]
+    fn end_direct_write(&mut self, d: &Direct) {
+        self.unlock_direct(d);
+        if let Some(bm) = &self.shared.bitmap {
+            bm.end_write(d.lba, d.blocks);
+        }
+        self.writes_in_flight -= 1;
+        self.maybe_report_idle();
+        // A parent (this one, redone) may wait for the lock.
+        if self.waited & waited_bit(d.lock as usize) != 0
+            || !self.fix_queue.is_empty()
+            || !self.recon_queue.is_empty()
+        {
+            self.run_waiters();
         }
     }
 
@@ -1315,6 +1547,7 @@ impl<B: IoBuf> Channel<B> {
     /// In a not-writable state, tell the metadata path once that no write
     /// is in flight here, nor waiting for the array to be marked dirty (a
     /// waiting one may be the redo of a direct write whose copies differ).
+    #[inline]
     fn maybe_report_idle(&mut self) {
         if !self.state.writable
             && self.writes_in_flight == 0
@@ -1339,6 +1572,7 @@ impl<B: IoBuf> Channel<B> {
         self.state = state;
         self.rec_mask = self.state.recovering();
         self.oos_mask = self.state.out_of_service();
+        self.refresh_lean();
         if self.state.offline {
             while let Some(slot) = self.dirty_wait.pop_front() {
                 self.complete(slot);
@@ -1923,8 +2157,10 @@ impl<B: IoBuf> Channel<B> {
 
     /// The range lock covering mapped block `lba`, if the level has copies
     /// that must agree (writes and read-error rewrites take it).
+    #[inline]
     fn range_lock(&self, lba: u64) -> Option<usize> {
-        (self.geom.copies() > 1).then(|| self.shared.locks.key(lba >> self.lock_shift))
+        self.mirrored
+            .then(|| self.shared.locks.key(lba >> self.lock_shift))
     }
 
     /// `map`, cut at lock granule boundaries.
@@ -3681,6 +3917,100 @@ mod tests {
             .clear_flags(0, crate::bitmap::DURABLE);
         assert!(h.ch.direct(IoType::Write, 0, 8).is_none());
         assert_eq!(bm_writes(&h, 0), 0, "a refused direct write left a count");
+    }
+
+    #[test]
+    fn lean_direct_decides_as_try_direct() {
+        // Two channels over the same arrays, fed the same I/Os and
+        // completions in the same order: one through direct() (the lean
+        // path wherever Lean allows), one through try_direct's general
+        // checks only. Every decision, every Direct and every counter
+        // must agree, and the lean path must have taken part. Covered:
+        // raid0 x3/x4 and raid1 x2/x3 (raid1 with and without a bitmap;
+        // raid0 has none), with
+        // I/Os over strip and lock-granule ends and past the array's end,
+        // a full channel, and a member failed by another channel (shared
+        // mask only, state not yet applied).
+        for (level, n, bitmap) in [
+            (Level::Raid0, 3, false),
+            (Level::Raid0, 4, false),
+            (Level::Raid1, 2, false),
+            (Level::Raid1, 2, true),
+            (Level::Raid1, 3, false),
+        ] {
+            let cfg = ChannelConfig {
+                max_parents: 24,
+                ..ChannelConfig::default()
+            };
+            let mk = || Host::with(level, n, 4096, cfg, |_| {}, bitmap);
+            let (mut a, mut b) = (mk(), mk());
+            let end = a.ch.geometry().array_blocks();
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+            let mut lean_taken = 0;
+            for step in 0..4000 {
+                if step == 3000 {
+                    // Another channel failed member 1.
+                    for h in [&a, &b] {
+                        h.ch.shared().set_failed(1, h.ch.state().readded[1]);
+                    }
+                }
+                let r = next();
+                if r % 3 == 0 && !out_a.is_empty() {
+                    let i = (next() % out_a.len() as u64) as usize;
+                    let (da, db): (Direct, Direct) = (out_a.swap_remove(i), out_b.swap_remove(i));
+                    a.ch.direct_done(&da);
+                    b.ch.direct_done(&db);
+                    continue;
+                }
+                let op = if r % 2 == 0 {
+                    IoType::Read
+                } else {
+                    IoType::Write
+                };
+                let blocks = 1 + next() % 16;
+                // Sometimes sequential (raid1 picks the stream's copy),
+                // sometimes near or past the end.
+                let lba = match next() % 8 {
+                    0 => out_a.last().map_or(0, |d: &Direct| d.lba + d.blocks),
+                    1 => end - next() % 20,
+                    _ => next() % end,
+                };
+                let lean = a.ch.lean.allow != 0
+                    && a.ch.free_parents.len() > a.ch.direct_in_flight as usize;
+                let da = a.ch.direct(op, lba, blocks);
+                let mut x = Direct::default();
+                let db = b.ch.try_direct(op, lba, blocks, &mut x).map(|()| x);
+                assert_eq!(
+                    da, db,
+                    "{level:?} x{n} bitmap {bitmap}: step {step}, {op:?} {lba}+{blocks}"
+                );
+                if let (Some(da), Some(db)) = (da, db) {
+                    lean_taken += u32::from(lean);
+                    out_a.push(da);
+                    out_b.push(db);
+                }
+                assert_eq!(a.ch.member_stats(), b.ch.member_stats());
+                assert_eq!(a.ch.parents_in_flight(), b.ch.parents_in_flight());
+            }
+            for (da, db) in out_a.iter().zip(&out_b) {
+                a.ch.direct_done(da);
+                b.ch.direct_done(db);
+            }
+            assert_eq!(a.ch.member_stats(), b.ch.member_stats());
+            assert_eq!(a.ch.stats(), b.ch.stats());
+            assert!(a.ch.is_idle() && b.ch.is_idle());
+            assert!(
+                lean_taken > 500,
+                "{level:?}: the lean path took {lean_taken}"
+            );
+        }
     }
 
     #[test]
