@@ -335,6 +335,7 @@ fn main() {
         "SPDK_JSON_VAL_.*",
         "SPDK_ENV_.*",
         "SPDK_UUID_STRING_LEN",
+        "SPDK_IO_CHANNEL_STRUCT_SIZE",
         "SPDK_APP_PARSE_ARGS_.*",
     ] {
         b = b.allowlist_var(v);

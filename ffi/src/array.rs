@@ -970,7 +970,13 @@ impl ChanCtx {
     unsafe fn from_io_channel<'a>(ch: *mut sys::spdk_io_channel) -> &'a ChanCtx {
         // SAFETY: the channel's context holds the ChanCtx pointer written
         // by `chan_create`, valid until `chan_destroy`.
-        unsafe { &**(sys::mdraid_shim_io_channel_get_ctx(ch) as *mut *mut ChanCtx) }
+        // spdk_io_channel_get_ctx, a static inline: the context follows
+        // the channel's struct (the shim's call, in debug builds, checks it).
+        unsafe {
+            let at = (ch as *mut u8).add(sys::SPDK_IO_CHANNEL_STRUCT_SIZE as usize);
+            debug_assert_eq!(at as *mut c_void, sys::mdraid_shim_io_channel_get_ctx(ch));
+            &**(at as *mut *mut ChanCtx)
+        }
     }
 
     fn new(array: Arc<Array>) -> Result<Box<ChanCtx>, c_int> {
@@ -1170,6 +1176,7 @@ impl ChanCtx {
     }
 
     /// A parent bdev_io whose buffers are ready.
+    #[inline(always)]
     fn submit(&self, io: *mut sys::spdk_bdev_io) {
         // SAFETY: io is the live bdev_io SPDK handed to submit_request.
         let (ty, lba, blocks) = unsafe {
@@ -1248,60 +1255,83 @@ impl ChanCtx {
     }
 
     /// Do `io` on the engine's direct path if it allows; false if not.
+    #[inline(always)]
     fn try_direct(&self, io: *mut sys::spdk_bdev_io, op: IoType, lba: u64, blocks: u64) -> bool {
         if !(io as usize).is_multiple_of(DIRECT_TAG) {
             return false; // no room for target indices in its address
         }
         // SAFETY: the driver context has room for a DirectIo (the module's
         // get_ctx_size), is cache-line aligned, and is ours until the
-        // bdev_io completes; the engine fills `d` in place.
-        let x = unsafe {
-            let x = direct_of(io);
-            std::ptr::addr_of_mut!((*x).d).write(Direct::default());
-            if !self
-                .inner
-                .borrow_mut()
-                .engine
-                .direct_into(op, lba, blocks, &mut (*x).d)
-            {
-                return false;
-            }
-            x
-        };
-        let gen = {
-            let mut c = self.inner.borrow_mut();
-            let g = c.gen;
-            c.direct_gens[g] += 1;
-            g as u8
-        };
+        // bdev_io completes.
+        let x = unsafe { direct_of(io) };
+        let mut c = self.inner.borrow_mut();
+        // SAFETY: as above; `d` is a MaybeUninit (any bytes will do),
+        // which the engine fills in place.
+        let d = unsafe { &mut *std::ptr::addr_of_mut!((*x).d) };
+        if c.engine.direct_into(op, lba, blocks, d).is_none() {
+            return false;
+        }
+        let gen = c.gen;
+        c.direct_gens[gen] += 1;
         // SAFETY: as above; the rest of the DirectIo (`wait` and
         // `wait_desc` stay unset until needed).
-        unsafe {
+        let x = unsafe {
             std::ptr::addr_of_mut!((*x).ctx).write(self);
             std::ptr::addr_of_mut!((*x).pending).write(1);
             std::ptr::addr_of_mut!((*x).next).write(0);
-            std::ptr::addr_of_mut!((*x).gen).write(gen);
+            std::ptr::addr_of_mut!((*x).gen).write(gen as u8);
             std::ptr::addr_of_mut!((*x).waited).write(false);
             std::ptr::addr_of_mut!((*x).failed).write(0);
+            &mut *x
+        };
+        let waiting = self.issue_targets(&c, io, x);
+        drop(c);
+        if !waiting {
+            self.drop_bias(io, x);
         }
-        self.direct_issue(io);
         true
     }
 
-    /// Issue the member I/Os of direct `io` not yet issued; a member out
-    /// of bdev_ios makes it wait (R2) and resume here.
+    /// Issue the member I/Os of direct `io` not yet issued (after waiting
+    /// for a bdev_io: R2).
     fn direct_issue(&self, io: *mut sys::spdk_bdev_io) {
         // SAFETY: io is a live bdev_io of ours holding a DirectIo (made in
         // try_direct), touched only on this thread.
         let x = unsafe { &mut *direct_of(io) };
+        let c = self.inner.borrow();
+        let waiting = self.issue_targets(&c, io, x);
+        drop(c);
+        if !waiting {
+            self.drop_bias(io, x);
+        }
+    }
+
+    /// The submission bias of direct `io`, once its targets are issued:
+    /// member I/Os complete later (SPDK defers a completion made during
+    /// submission), so it is seldom the last.
+    #[inline]
+    fn drop_bias(&self, io: *mut sys::spdk_bdev_io, x: &mut DirectIo) {
+        x.pending -= 1;
+        if x.pending == 0 {
+            self.direct_finish_cold(io);
+        }
+    }
+
+    /// Issue the member I/Os of direct `io` (`x`) not yet issued; true if
+    /// a member out of bdev_ios makes it wait (R2: it resumes in
+    /// `direct_issue`).
+    #[inline(always)]
+    fn issue_targets(&self, c: &ChanInner, io: *mut sys::spdk_bdev_io, x: &mut DirectIo) -> bool {
         // SAFETY: a live READ/WRITE bdev_io: its iovecs stay valid until it
         // completes, which is after every member I/O of it ended.
         let (iovs, iovcnt) = unsafe { ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt) };
-        let (blocks, write) = (x.d.blocks(), x.d.is_write());
-        let c = self.inner.borrow_mut();
-        while (x.next as usize) < x.d.targets().len() {
+        let (blocks, write, n) = {
+            let d = x.d();
+            (d.blocks(), d.is_write(), d.targets().len())
+        };
+        while (x.next as usize) < n {
             let i = x.next as usize;
-            let t = x.d.targets()[i];
+            let t = x.d().targets()[i];
             let m = t.member as usize;
             let Some((member, ch)) = c.roles.get(m).and_then(Role::io) else {
                 x.failed |= 1 << m;
@@ -1360,7 +1390,7 @@ impl ChanCtx {
                 if rc == 0 {
                     x.wait_desc.write(member.desc);
                     x.waited = true;
-                    return; // resumes in direct_wait_cb
+                    return true; // resumes in direct_wait_cb
                 }
             } else {
                 log_error!(
@@ -1372,23 +1402,37 @@ impl ChanCtx {
             x.failed |= 1 << m;
             x.next += 1;
         }
-        drop(c);
-        self.direct_end(io); // the submission bias
+        false
     }
 
-    /// One member I/O of direct `io` (or its submission bias) ended.
+    /// One member I/O of direct `io` ended.
+    #[inline(always)]
     fn direct_end(&self, io: *mut sys::spdk_bdev_io) {
         // SAFETY: as in direct_issue.
         let x = unsafe { &mut *direct_of(io) };
         x.pending -= 1;
-        if x.pending > 0 {
-            return;
+        if x.pending == 0 {
+            self.direct_finish(io);
         }
+    }
+
+    /// [`ChanCtx::direct_finish`], out of line (the rare caller's).
+    #[cold]
+    #[inline(never)]
+    fn direct_finish_cold(&self, io: *mut sys::spdk_bdev_io) {
+        self.direct_finish(io);
+    }
+
+    /// Every member I/O of direct `io` ended: complete it, or redo it.
+    #[inline(always)]
+    fn direct_finish(&self, io: *mut sys::spdk_bdev_io) {
+        // SAFETY: as in direct_issue.
+        let x = unsafe { &mut *direct_of(io) };
         if x.failed == 0 {
             let more = {
                 let mut c = self.inner.borrow_mut();
                 c.direct_gens[x.gen as usize] -= 1;
-                c.engine.direct_done(&x.d);
+                c.engine.direct_done(x.d());
                 c.engine.has_actions()
             };
             complete_io(io, sys::SPDK_BDEV_IO_STATUS_SUCCESS);
@@ -1409,7 +1453,7 @@ impl ChanCtx {
     fn direct_redo(&self, io: *mut sys::spdk_bdev_io) {
         // SAFETY: as in direct_issue.
         let x = unsafe { &*direct_of(io) };
-        let (d, failed) = (x.d, x.failed);
+        let (d, failed) = (*x.d(), x.failed);
         let op = if d.is_write() {
             IoType::Write
         } else {
@@ -1874,11 +1918,22 @@ struct DirectIo {
     gen: u8,
     /// The target `next` waited for a bdev_io of `wait_desc`.
     waited: bool,
-    d: Direct,
+    /// Written by the engine when the I/O takes the direct path (`d()`).
+    d: MaybeUninit<Direct>,
     wait_desc: MaybeUninit<*mut sys::spdk_bdev_desc>,
     /// Queued with SPDK while a member has no bdev_io for it (R2); set
     /// when needed.
     wait: MaybeUninit<sys::spdk_bdev_io_wait_entry>,
+}
+
+impl DirectIo {
+    /// The engine's [`Direct`].
+    #[inline]
+    fn d(&self) -> &Direct {
+        // SAFETY: a DirectIo is only used once `try_direct` made it, which
+        // writes `d` first (the engine's direct_into succeeded).
+        unsafe { self.d.assume_init_ref() }
+    }
 }
 
 /// Target indices fit below this in a bdev_io's address.
@@ -1913,7 +1968,7 @@ unsafe extern "C" fn direct_cb(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut 
         // SAFETY: the channel outlives its bdev_ios in flight.
         let ctx = unsafe { &*x.ctx };
         if !ok {
-            x.failed |= 1 << x.d.targets()[i].member;
+            x.failed |= 1 << x.d().targets()[i].member;
         }
         ctx.direct_end(io);
     })
@@ -2028,18 +2083,55 @@ pub unsafe extern "C" fn mdraid_bdev_submit_request(
     ch: *mut sys::spdk_io_channel,
     io: *mut sys::spdk_bdev_io,
 ) {
-    fatal_guard("submit_request", || {
-        // SAFETY: ch is one of our io_channels; io a live bdev_io on it.
-        let (ctx, ty) = unsafe { (ChanCtx::from_io_channel(ch), (*io).type_ as u32) };
-        if ty == sys::SPDK_BDEV_IO_TYPE_READ {
-            // SAFETY: as above.
-            let blocks = unsafe { (*io).u.bdev.num_blocks };
-            let len = blocks * u64::from(ctx.array.geom.block_size());
-            // SAFETY: get_buf calls get_buf_done (now or later) with io.
-            unsafe { sys::spdk_bdev_io_get_buf(io, Some(get_buf_done), len) };
-        } else {
-            ctx.submit(io);
+    // SAFETY: io is a live bdev_io SPDK submitted to one of our bdevs.
+    if unsafe { (*io).type_ as u32 } == sys::SPDK_BDEV_IO_TYPE_READ && !unsafe { has_buf(io) } {
+        // Nothing here can panic (no guard needed): the buffer first.
+        // SAFETY: as above; get_buf calls get_buf_done (now or later)
+        // with io.
+        unsafe {
+            let len = (*io)
+                .u
+                .bdev
+                .num_blocks
+                .wrapping_mul(u64::from((*(*io).bdev).blocklen));
+            sys::spdk_bdev_io_get_buf(io, Some(get_buf_done), len)
+        };
+        return;
+    }
+    submit_guarded(ch, io)
+}
+
+/// Whether `io` has its data buffer, aligned as its bdev requires: then
+/// `spdk_bdev_io_get_buf` would only call back at once (this is its own
+/// test), and the read goes ahead without it.
+///
+/// # Safety
+/// `io` must be a live READ bdev_io.
+#[inline(always)]
+unsafe fn has_buf(io: *mut sys::spdk_bdev_io) -> bool {
+    // SAFETY: the caller's contract: its iovecs (iovcnt of them) and its
+    // bdev are readable.
+    unsafe {
+        let (iovs, cnt) = ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt);
+        if iovs.is_null() || (*iovs).iov_base.is_null() {
+            return false;
         }
+        let Some(align) = 1usize.checked_shl(u32::from((*(*io).bdev).required_alignment)) else {
+            return false;
+        };
+        let mask = align - 1;
+        mask == 0 || (0..cnt.max(0) as usize).all(|i| (*iovs.add(i)).iov_base as usize & mask == 0)
+    }
+}
+
+/// The rest of [`mdraid_bdev_submit_request`] (apart, so its read branch
+/// is a plain jump to SPDK's get_buf).
+#[inline(never)]
+fn submit_guarded(ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io) {
+    fatal_guard("submit_request", || {
+        // SAFETY: ch is one of our io_channels; io a live bdev_io on it
+        // (mdraid_bdev_submit_request's contract).
+        unsafe { ChanCtx::from_io_channel(ch) }.submit(io);
     })
 }
 
