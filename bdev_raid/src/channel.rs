@@ -560,16 +560,28 @@ const LEAN_WRITE: u8 = 2;
 #[derive(Clone, Copy, Debug, Default)]
 struct Lean {
     allow: u8,
-    /// Raid1 (else raid0).
-    mirror: bool,
+    /// LEAN_RAID0, LEAN_RAID1 or LEAN_PARITY.
+    kind: u8,
     /// Members.
     n: u8,
-    /// log2 of the strip in blocks (raid0).
+    /// log2 of the strip in blocks (raid0, parity levels).
     strip_shift: u8,
+    /// Parity levels (symmetric layouts): data strip 0 follows the
+    /// parity strip(s) by this many members (raid5 1, raid6 2), and the
+    /// parity strip moves left from stripe to stripe (else right).
+    skip: u8,
+    left: bool,
     array_blocks: u64,
+    /// Parity levels: data blocks per stripe.
+    stripe_blocks: u64,
     /// Publication of the applied state.
     seq: u64,
 }
+
+/// [`Lean::kind`] values.
+const LEAN_RAID0: u8 = 0;
+const LEAN_RAID1: u8 = 1;
+const LEAN_PARITY: u8 = 2;
 
 /// The per-channel data path. See the module documentation.
 #[repr(C)]
@@ -1063,28 +1075,47 @@ impl<B: IoBuf> Channel<B> {
 
     /// Work out [`Lean`] for the applied state.
     fn refresh_lean(&mut self) {
+        use crate::layout::{raid5_layout, Level};
         let g = &self.geom;
         let st = &self.state;
-        let level_ok = match g.level() {
-            crate::layout::Level::Raid0 => g.strip_blocks().is_power_of_two(),
-            crate::layout::Level::Raid1 => g.members() <= DIRECT_COPIES,
-            _ => false,
+        let symmetric = matches!(
+            g.layout(),
+            raid5_layout::LEFT_SYMMETRIC | raid5_layout::RIGHT_SYMMETRIC
+        );
+        let (kind, skip) = match g.level() {
+            Level::Raid0 => (Some(LEAN_RAID0), 0),
+            Level::Raid1 if g.members() <= DIRECT_COPIES => (Some(LEAN_RAID1), 0),
+            Level::Raid5 if symmetric => (Some(LEAN_PARITY), 1),
+            Level::Raid6 if symmetric => (Some(LEAN_PARITY), 2),
+            _ => (None, 0),
         };
-        let healthy = level_ok
+        let healthy = kind.is_some()
+            && (kind == Some(LEAN_RAID1) || g.strip_blocks().is_power_of_two())
+            && g.members() <= u8::MAX as usize
             && !st.offline
             && self.oos_mask == 0
             && self.rec_mask == 0
             && st.write_mostly == 0;
+        let kind = kind.unwrap_or(LEAN_RAID0);
         self.lean = Lean {
-            allow: if healthy {
-                LEAN_READ | if st.writable { LEAN_WRITE } else { 0 }
+            allow: match healthy {
+                false => 0,
+                // Parity writes are the general path's.
+                true if kind == LEAN_PARITY => LEAN_READ,
+                true if st.writable => LEAN_READ | LEAN_WRITE,
+                true => LEAN_READ,
+            },
+            kind,
+            n: g.members().min(u8::MAX as usize) as u8,
+            strip_shift: g.strip_blocks().trailing_zeros() as u8,
+            skip,
+            left: g.layout() == raid5_layout::LEFT_SYMMETRIC,
+            array_blocks: g.array_blocks(),
+            stripe_blocks: if kind == LEAN_PARITY {
+                g.stripe_data_blocks()
             } else {
                 0
             },
-            mirror: g.level() == crate::layout::Level::Raid1,
-            n: g.members().min(u8::MAX as usize) as u8,
-            strip_shift: g.strip_blocks().trailing_zeros() as u8,
-            array_blocks: g.array_blocks(),
             seq: st.seq,
         };
     }
@@ -1104,7 +1135,33 @@ impl<B: IoBuf> Channel<B> {
     ) -> Result<&'a mut Direct, &'a mut MaybeUninit<Direct>> {
         let failed = self.shared.failed();
         let mut t = [Loc::default(); DIRECT_COPIES];
-        let (n, all) = if l.mirror {
+        let (n, all) = if l.kind == LEAN_PARITY {
+            // A read of one strip whose member is in service and current:
+            // Geometry::locate and data_member for the symmetric layouts.
+            let stripe = lba / l.stripe_blocks;
+            let within = lba - stripe * l.stripe_blocks;
+            let shift = l.strip_shift;
+            let (i, row) = (within >> shift, within & ((1u64 << shift) - 1));
+            if row + blocks > 1u64 << shift {
+                return Err(out); // more than one strip
+            }
+            let n = u64::from(l.n);
+            let r = stripe % n;
+            let pd = if l.left { n - 1 - r } else { r };
+            let mut m = pd + u64::from(l.skip) + i;
+            if m >= n {
+                m -= n;
+            }
+            let m = m as usize;
+            if failed & bit(m) != 0 {
+                return Err(out);
+            }
+            t[0] = Loc {
+                member: m as u16,
+                lba: stripe << shift | row,
+            };
+            (1, bit(m))
+        } else if l.kind == LEAN_RAID1 {
             if lba >> self.lock_shift != (lba + blocks - 1) >> self.lock_shift {
                 return Err(out); // more than one piece
             }
@@ -1327,7 +1384,7 @@ impl<B: IoBuf> Channel<B> {
     /// the granule, at least 4 KiB), so no resync, repair, read rewrite,
     /// write-behind or general write holds the granule, and no direct
     /// write overlaps it. The parts held, if it was free.
-    #[inline]
+    #[inline(always)]
     fn lock_direct(&self, lba: u64, blocks: u64, k: usize) -> Option<u32> {
         let within = self.lock_blocks - 1;
         let first = (lba & within) >> self.part_shift;
@@ -1459,8 +1516,16 @@ impl<B: IoBuf> Channel<B> {
             || !self.fix_queue.is_empty()
             || !self.recon_queue.is_empty()
         {
-            self.run_waiters();
+            self.run_waiters_cold();
         }
+    }
+
+    /// [`Channel::run_waiters`], out of line (for the direct path's rare
+    /// call).
+    #[cold]
+    #[inline(never)]
+    fn run_waiters_cold(&mut self) {
+        self.run_waiters();
     }
 
     /// Begin dispatching a parent that passed the dirty gate.
@@ -3532,9 +3597,22 @@ mod tests {
             edit: impl FnOnce(&mut ArrayState),
             bitmap: bool,
         ) -> Host {
+            Host::with_layout(level, None, n, member_blocks, cfg, edit, bitmap)
+        }
+
+        /// [`Host::with`] with md layout `layout` (None: the default).
+        fn with_layout(
+            level: Level,
+            layout: Option<u32>,
+            n: usize,
+            member_blocks: u64,
+            cfg: ChannelConfig,
+            edit: impl FnOnce(&mut ArrayState),
+            bitmap: bool,
+        ) -> Host {
             let g = Geometry::new(&GeometryParams {
                 level,
-                layout: None,
+                layout,
                 strip_size_kb: 4,
                 block_size: 512,
                 member_blocks: vec![member_blocks; n],
@@ -3926,23 +4004,28 @@ mod tests {
         // path wherever Lean allows), one through try_direct's general
         // checks only. Every decision, every Direct and every counter
         // must agree, and the lean path must have taken part. Covered:
-        // raid0 x3/x4 and raid1 x2/x3 (raid1 with and without a bitmap;
-        // raid0 has none), with
+        // raid0 x3/x4, raid1 x2/x3, raid5 x4/x5 and raid6 x5/x6 (left-
+        // and right-symmetric; raid1 and raid5 also with a bitmap), with
         // I/Os over strip and lock-granule ends and past the array's end,
         // a full channel, and a member failed by another channel (shared
         // mask only, state not yet applied).
-        for (level, n, bitmap) in [
-            (Level::Raid0, 3, false),
-            (Level::Raid0, 4, false),
-            (Level::Raid1, 2, false),
-            (Level::Raid1, 2, true),
-            (Level::Raid1, 3, false),
+        use crate::layout::raid5_layout::{LEFT_SYMMETRIC, RIGHT_SYMMETRIC};
+        for (level, layout, n, bitmap) in [
+            (Level::Raid0, None, 3, false),
+            (Level::Raid0, None, 4, false),
+            (Level::Raid1, None, 2, false),
+            (Level::Raid1, None, 2, true),
+            (Level::Raid1, None, 3, false),
+            (Level::Raid5, Some(LEFT_SYMMETRIC), 4, false),
+            (Level::Raid5, Some(RIGHT_SYMMETRIC), 5, true),
+            (Level::Raid6, Some(LEFT_SYMMETRIC), 5, false),
+            (Level::Raid6, Some(RIGHT_SYMMETRIC), 6, false),
         ] {
             let cfg = ChannelConfig {
                 max_parents: 24,
                 ..ChannelConfig::default()
             };
-            let mk = || Host::with(level, n, 4096, cfg, |_| {}, bitmap);
+            let mk = || Host::with_layout(level, layout, n, 4096, cfg, |_| {}, bitmap);
             let (mut a, mut b) = (mk(), mk());
             let end = a.ch.geometry().array_blocks();
             let mut rng = 0x2545_f491_4f6c_dd1du64;
