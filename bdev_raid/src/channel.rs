@@ -1396,7 +1396,7 @@ impl<B: IoBuf> Channel<B> {
             .then_some(parts)
     }
 
-    #[inline]
+    #[inline(always)]
     fn unlock_direct(&self, d: &Direct) {
         if d.lock != NONE {
             self.shared
@@ -1503,7 +1503,7 @@ impl<B: IoBuf> Channel<B> {
 
     /// What direct write `d` held: its range lock, bitmap count and place
     /// among the writes in flight.
-    #[inline]
+    #[inline(always)]
     fn end_direct_write(&mut self, d: &Direct) {
         self.unlock_direct(d);
         if let Some(bm) = &self.shared.bitmap {
@@ -1511,6 +1511,10 @@ impl<B: IoBuf> Channel<B> {
         }
         self.writes_in_flight -= 1;
         self.maybe_report_idle();
+        if d.lock == NONE {
+            // No lock (one copy): nothing waits for what it held.
+            return;
+        }
         // A parent (this one, redone) may wait for the lock.
         if self.waited & waited_bit(d.lock as usize) != 0
             || !self.fix_queue.is_empty()

@@ -413,6 +413,7 @@ impl StripeLocks {
     }
 
     /// The table slot stripe `stripe` uses.
+    #[inline]
     pub fn key(&self, stripe: u64) -> usize {
         // Fibonacci hashing spreads neighbouring stripes over the table.
         (stripe.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20 & self.mask) as usize
@@ -551,11 +552,11 @@ impl StripeLocks {
     /// Take parts `parts` (non-zero, within [`LOCK_PARTS`]) of `key`:
     /// refused while the word is held exclusively or wanted, or another
     /// sharer holds one of those parts. `owned` as in `try_lock`.
-    #[inline]
+    #[inline(always)]
     pub fn try_share(&self, key: usize, parts: u32, owned: bool) -> bool {
         debug_assert!(parts != 0 && parts & !LOCK_PART_BITS == 0);
-        let w = &self.slots[key];
         if owned {
+            let w = &self.slots[key];
             let cur = w.load(Ordering::Relaxed);
             if cur & (LOCK_EXCL | LOCK_WANTED | parts) != 0 {
                 return false;
@@ -563,6 +564,13 @@ impl StripeLocks {
             w.store(cur | parts, Ordering::Relaxed);
             return true;
         }
+        self.try_share_atomic(key, parts)
+    }
+
+    /// [`StripeLocks::try_share`] by a channel that does not own the table.
+    #[inline(never)]
+    fn try_share_atomic(&self, key: usize, parts: u32) -> bool {
+        let w = &self.slots[key];
         if !self.shared_ok() {
             return false;
         }
