@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
-use crate::layout::{Geometry, Loc, StripeMap, MAX_MEMBERS};
+use crate::layout::{raid0_place, symmetric_data_member, Geometry, Loc, StripeMap, MAX_MEMBERS};
 use crate::parity;
 use crate::state::{range_survives, ArrayState, Shared, LOCK_PARTS};
 
@@ -547,16 +547,19 @@ struct StripeCtx<B> {
 pub trait IoBuf: AsRef<[u8]> + AsMut<[u8]> {}
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IoBuf for T {}
 
+const _: () = assert!(MAX_MEMBERS <= u8::MAX as usize, "Lean::n is a u8");
+
 /// [`Lean::allow`] bits.
 const LEAN_READ: u8 = 1;
 const LEAN_WRITE: u8 = 2;
 
 /// What the lean direct path may do under the applied state, worked out
 /// when a state is applied ([`Channel::refresh_lean`]): direct I/O on a
-/// raid0 or raid1 array with every member in service and current, none
-/// write-mostly, not offline (writes: writable). In that state the
-/// general checks of [`Channel::try_direct`] reduce to the lean path's
-/// few; an I/O it does not take goes through them.
+/// raid0 or raid1 array, or reads of a raid5/raid6 array in a symmetric
+/// layout, with every member in service and current, none write-mostly,
+/// not offline (writes: writable). In that state the general checks of
+/// [`Channel::try_direct`] reduce to the lean path's few; an I/O it does
+/// not take goes through them.
 #[derive(Clone, Copy, Debug, Default)]
 struct Lean {
     allow: u8,
@@ -1091,7 +1094,6 @@ impl<B: IoBuf> Channel<B> {
         };
         let healthy = kind.is_some()
             && (kind == Some(LEAN_RAID1) || g.strip_blocks().is_power_of_two())
-            && g.members() <= u8::MAX as usize
             && !st.offline
             && self.oos_mask == 0
             && self.rec_mask == 0
@@ -1106,7 +1108,7 @@ impl<B: IoBuf> Channel<B> {
                 true => LEAN_READ,
             },
             kind,
-            n: g.members().min(u8::MAX as usize) as u8,
+            n: g.members() as u8, // at most MAX_MEMBERS
             strip_shift: g.strip_blocks().trailing_zeros() as u8,
             skip,
             left: g.layout() == raid5_layout::LEFT_SYMMETRIC,
@@ -1145,14 +1147,8 @@ impl<B: IoBuf> Channel<B> {
             if row + blocks > 1u64 << shift {
                 return Err(out); // more than one strip
             }
-            let n = u64::from(l.n);
-            let r = stripe % n;
-            let pd = if l.left { n - 1 - r } else { r };
-            let mut m = pd + u64::from(l.skip) + i;
-            if m >= n {
-                m -= n;
-            }
-            let m = m as usize;
+            let m = symmetric_data_member(u64::from(l.n), stripe, i, l.left, u64::from(l.skip))
+                as usize;
             if failed & bit(m) != 0 {
                 return Err(out);
             }
@@ -1209,16 +1205,11 @@ impl<B: IoBuf> Channel<B> {
             if off + blocks > 1u64 << shift {
                 return Err(out); // more than one strip
             }
-            let chunk = lba >> shift;
-            let n = u64::from(l.n);
-            let m = (chunk % n) as usize;
+            t[0] = raid0_place(lba >> shift, off, u64::from(l.n), 1u64 << shift);
+            let m = t[0].member as usize;
             if failed & bit(m) != 0 {
                 return Err(out);
             }
-            t[0] = Loc {
-                member: m as u16,
-                lba: (chunk / n) << shift | off,
-            };
             (1, bit(m))
         };
         let (lock, parts) = if !write {

@@ -247,6 +247,34 @@ fn min_members(level: Level, raid10_copies: usize) -> usize {
     }
 }
 
+/// Raid0 within one zone (md's `map_sector`): the member and member
+/// block of block `off` of array strip `chunk`, over `n` members with
+/// strips of `strip` blocks.
+#[inline(always)]
+pub fn raid0_place(chunk: u64, off: u64, n: u64, strip: u64) -> Loc {
+    Loc {
+        member: (chunk % n) as u16,
+        lba: (chunk / n) * strip + off,
+    }
+}
+
+/// md's symmetric raid5/raid6 layouts over `n` members: the member of data
+/// strip `i` of stripe `stripe`. The parity strip(s) of stripe `stripe`
+/// start at member `n - 1 - stripe % n` (left) or `stripe % n` (right);
+/// the data strips follow the `skip` parity strips (raid5 1, raid6 2),
+/// wrapping around.
+#[inline(always)]
+pub fn symmetric_data_member(n: u64, stripe: u64, i: u64, left: bool, skip: u64) -> u64 {
+    let r = stripe % n;
+    let pd = if left { n - 1 - r } else { r };
+    let m = pd + skip + i;
+    if m >= n {
+        m - n
+    } else {
+        m
+    }
+}
+
 /// Round `x` down to a multiple of `m`.
 fn round_down(x: u64, m: u64) -> u64 {
     x - x % m
@@ -627,11 +655,7 @@ impl Geometry {
     pub fn raid0_loc(&self, lba: u64) -> (Loc, u64) {
         debug_assert!(self.level == Level::Raid0 && lba < self.array_blocks);
         let (chunk, off) = self.strip_of(lba);
-        let n = self.members as u64;
-        let l = Loc {
-            member: (chunk % n) as u16,
-            lba: (chunk / n) * self.strip_blocks + off,
-        };
+        let l = raid0_place(chunk, off, self.members as u64, self.strip_blocks);
         (l, self.strip_blocks - off)
     }
 
@@ -746,7 +770,6 @@ impl Geometry {
         );
         let n = self.members;
         let r = (stripe % n as u64) as usize;
-        let wrap = |x: usize| if x >= n { x - n } else { x };
         let left = matches!(
             self.layout,
             raid5_layout::LEFT_ASYMMETRIC | raid5_layout::LEFT_SYMMETRIC
@@ -756,12 +779,13 @@ impl Geometry {
             raid5_layout::LEFT_SYMMETRIC | raid5_layout::RIGHT_SYMMETRIC
         );
         let pd = if left { n - 1 - r } else { r };
+        let sym = |skip| symmetric_data_member(n as u64, stripe, i as u64, left, skip) as usize;
         let m = match (self.level, self.layout) {
             (Level::Raid4, _) | (Level::Raid5, raid5_layout::PARITY_N) => i,
             (Level::Raid5, raid5_layout::PARITY_0) => i + 1,
-            (Level::Raid5, _) if symmetric => wrap(pd + 1 + i),
+            (Level::Raid5, _) if symmetric => sym(1),
             (Level::Raid5, _) => i + usize::from(i >= pd),
-            (Level::Raid6, _) if symmetric => wrap(pd + 2 + i),
+            (Level::Raid6, _) if symmetric => sym(2),
             (Level::Raid6, _) if pd == n - 1 => i + 1,
             (Level::Raid6, _) => i + if i >= pd { 2 } else { 0 },
             _ => unreachable!("non-parity level"),
