@@ -4172,6 +4172,54 @@ mod tests {
         assert_eq!(d.targets()[0].member, 1);
     }
 
+    /// R5 on the lean path: write-mostly is turned off while a write-behind
+    /// copy to member 1 is still in flight. The state then allows the lean
+    /// path, but a direct read must not go to member 1 before that copy
+    /// lands.
+    #[test]
+    fn r5_lean_read_waits_for_write_behind_after_write_mostly_is_cleared() {
+        let mut h = wm_host(4);
+        h.write(1, 0, 8, 0x5a);
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert_eq!(
+            h.done.len(),
+            1,
+            "acknowledged with its write-behind copy in flight"
+        );
+        let mut s = (**h.ch.state()).clone();
+        s.write_mostly = 0;
+        s.write_behind = 0;
+        s.events += 1;
+        s.seq += 1;
+        let s = Arc::new(s);
+        h.ch.apply_state(s.clone());
+        h.ch.release(s);
+        assert!(h.ch.lean.allow & LEAN_READ != 0, "the lean path is on");
+        // Member 0 busier than member 1 (which has the write-behind copy
+        // outstanding): a read picks member 1.
+        let busy: Vec<Direct> = [64, 128]
+            .iter()
+            .map(|&lba| h.ch.direct(IoType::Read, lba, 8).expect("a read"))
+            .collect();
+        let out =
+            h.ch.member_stats()
+                .iter()
+                .map(|m| m.outstanding)
+                .collect::<Vec<_>>();
+        assert!(out[0] > out[1], "outstanding {out:?}");
+        assert!(
+            h.ch.direct(IoType::Read, 0, 8).is_none(),
+            "read member 1 with write-behind to it in flight"
+        );
+        for d in &busy {
+            h.ch.direct_done(d);
+        }
+        h.finish_all();
+        let d = h.ch.direct(IoType::Read, 0, 8).expect("write-behind done");
+        h.ch.direct_done(&d);
+    }
+
     /// A direct write error fails the member (R1) even when the redo's
     /// write to it would succeed: md fails a member on a write error, and
     /// so does the general path.
