@@ -4,18 +4,14 @@
 # nbdinfo, qemu-io/qemu-img and fio as real NBD clients; SPDK's Python
 # RPC client.
 set -euo pipefail
+source "$(dirname "$0")/apt.sh"
 need=()
 command -v mdadm >/dev/null 2>&1 || [ -x /usr/sbin/mdadm ] || [ -x /sbin/mdadm ] || need+=(mdadm)
 command -v blkid >/dev/null 2>&1 || [ -x /usr/sbin/blkid ] || [ -x /sbin/blkid ] || need+=(util-linux)
 command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
 command -v fio >/dev/null 2>&1 || need+=(fio)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
-  echo "install-deps: installing ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+apt_install install-deps "${need[@]}"
 # SPDK's own Python RPC client (the version matching SPDK v26.05).
 if ! python3 -c 'import spdk.rpc.client' >/dev/null 2>&1; then
   echo "install-deps: installing SPDK's Python client (pip: spdk==26.5)"

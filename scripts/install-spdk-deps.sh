@@ -4,14 +4,10 @@
 # SPDK, a C compiler for the shim. SPDK itself is built outside the project
 # (see README: "The SPDK host"); this installs nothing of it.
 set -euo pipefail
+source "$(dirname "$0")/apt.sh"
 need=()
 compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || need+=(libclang-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
-  echo "install-spdk-deps: installing ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+apt_install install-spdk-deps "${need[@]}"

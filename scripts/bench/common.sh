@@ -5,11 +5,8 @@
 #   rpc METHOD [PARAMS]        call it
 out=target/bench
 mkdir -p "$out"
-if ! command -v fio >/dev/null; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends fio
-fi
+source scripts/apt.sh
+command -v fio >/dev/null || apt_install bench fio
 cargo build --release -q -p mdraid
 bin=${CARGO_TARGET_DIR:-target}/release/mdraid
 tmp=$(mktemp -d)

@@ -27,13 +27,10 @@ need=()
 command -v fio >/dev/null || need+=(fio)
 command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 command -v nbdkit >/dev/null || need+=(nbdkit)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+source scripts/apt.sh
+apt_install bench "${need[@]}"
 cargo build --release -q -p mdraid
-bin=target/release/mdraid
+bin=${CARGO_TARGET_DIR:-target}/release/mdraid
 tmp=$(mktemp -d)
 pids=()
 cleanup() {

@@ -24,11 +24,8 @@ source scripts/bench/spdk-common.sh
 need=()
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v patchelf >/dev/null 2>&1 || need+=(patchelf)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+source scripts/apt.sh
+apt_install bench "${need[@]}"
 # valgrind does not pass LD_PRELOAD on to the program it runs: a copy of
 # bdevperf that needs the module instead.
 cp "$SPDK_DIR/build/examples/bdevperf" "$tmp/bdevperf"
