@@ -277,7 +277,7 @@ impl Shared {
     /// on the array (the common case, asked on every direct read) the
     /// member's counter is not read: `behind` is taken before and given
     /// back after the members' counts, so it is 0 only when they are.
-    #[inline]
+    #[inline(always)]
     pub fn behind_to(&self, m: usize) -> u32 {
         if self.behind.load(Ordering::Acquire) == 0 {
             return 0;
@@ -334,7 +334,7 @@ impl Shared {
     }
 
     /// Channel `i` started another write.
-    #[inline]
+    #[inline(always)]
     pub fn note_write(&self, i: usize) {
         let c = &self.activity[i].0;
         // Only channel i writes its counter: no read-modify-write needed.
@@ -466,6 +466,7 @@ impl StripeLocks {
 
     /// The owner keeps the table unless another channel asked for it; if
     /// one did, the owner gives it back (false).
+    #[inline]
     pub fn keep_owning(&self) -> bool {
         if !self.mode.revoke.load(Ordering::Relaxed) {
             return true;

@@ -1284,7 +1284,7 @@ impl ChanCtx {
             std::ptr::addr_of_mut!((*x).failed).write(0);
             &mut *x
         };
-        let waiting = self.issue_targets(&c, io, x);
+        let waiting = self.issue_targets::<false>(&c, io, x);
         drop(c);
         if !waiting {
             self.drop_bias(io, x);
@@ -1299,7 +1299,7 @@ impl ChanCtx {
         // try_direct), touched only on this thread.
         let x = unsafe { &mut *direct_of(io) };
         let c = self.inner.borrow();
-        let waiting = self.issue_targets(&c, io, x);
+        let waiting = self.issue_targets::<true>(&c, io, x);
         drop(c);
         if !waiting {
             self.drop_bias(io, x);
@@ -1320,8 +1320,15 @@ impl ChanCtx {
     /// Issue the member I/Os of direct `io` (`x`) not yet issued; true if
     /// a member out of bdev_ios makes it wait (R2: it resumes in
     /// `direct_issue`).
+    /// `RESUMED`: after a wait (the first issue of a direct I/O never
+    /// waited, so it skips those checks).
     #[inline(always)]
-    fn issue_targets(&self, c: &ChanInner, io: *mut sys::spdk_bdev_io, x: &mut DirectIo) -> bool {
+    fn issue_targets<const RESUMED: bool>(
+        &self,
+        c: &ChanInner,
+        io: *mut sys::spdk_bdev_io,
+        x: &mut DirectIo,
+    ) -> bool {
         // SAFETY: a live READ/WRITE bdev_io: its iovecs stay valid until it
         // completes, which is after every member I/O of it ended.
         let (iovs, iovcnt) = unsafe { ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt) };
@@ -1339,7 +1346,7 @@ impl ChanCtx {
                 continue;
             };
             // SAFETY: wait_desc is set when this target waited (below).
-            if x.waited && unsafe { x.wait_desc.assume_init() } != member.desc {
+            if RESUMED && x.waited && unsafe { x.wait_desc.assume_init() } != member.desc {
                 // The role's device was replaced while this target waited
                 // for a bdev_io: the general path does it (the target was
                 // chosen for the device before).
@@ -1348,7 +1355,9 @@ impl ChanCtx {
                 x.next += 1;
                 continue;
             }
-            x.waited = false;
+            if RESUMED {
+                x.waited = false;
+            }
             // The target's index in the low bits of the parent's address
             // (bdev_ios are cache-line aligned).
             let arg = (io as usize | i) as *mut c_void;
@@ -1957,13 +1966,36 @@ pub extern "C" fn mdraid_module_get_ctx_size() -> c_int {
 }
 
 unsafe extern "C" fn direct_cb(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    // arg: the parent (in flight until after this) and the target.
+    let io = (arg as usize & !(DIRECT_TAG - 1)) as *mut sys::spdk_bdev_io;
+    // SAFETY: io is a live parent bdev_io of ours holding a DirectIo; this
+    // member I/O of it is in flight, so it counts in `pending`.
+    let x = unsafe { &mut *direct_of(io) };
+    if ok && x.pending > 1 {
+        // Not the last member I/O, and it went well: nothing here can
+        // panic, so no guard is needed.
+        x.pending -= 1;
+        // SAFETY: bio is ours to free.
+        unsafe { sys::spdk_bdev_free_io(bio) };
+        return;
+    }
+    // SAFETY: direct_cb's own contract.
+    unsafe { direct_cb_end(bio, ok, arg) };
+}
+
+/// [`direct_cb`] of a failed member I/O, or of the last one.
+///
+/// # Safety
+/// As for [`direct_cb`]: `bio` a member I/O of the direct parent `arg`
+/// names, which is in flight.
+#[inline(never)]
+unsafe fn direct_cb_end(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     fatal_guard("a direct member I/O completion", || {
         // SAFETY: bio is ours to free.
         unsafe { sys::spdk_bdev_free_io(bio) };
-        // arg: the parent (in flight until after this) and the target.
         let io = (arg as usize & !(DIRECT_TAG - 1)) as *mut sys::spdk_bdev_io;
         let i = arg as usize & (DIRECT_TAG - 1);
-        // SAFETY: as above.
+        // SAFETY: as in direct_cb.
         let x = unsafe { &mut *direct_of(io) };
         // SAFETY: the channel outlives its bdev_ios in flight.
         let ctx = unsafe { &*x.ctx };
