@@ -1183,7 +1183,7 @@ impl Meta {
             }
             self.blocked = false;
             self.backoff = self.cfg.retry_min_ms;
-            self.fail_writers(c.failed);
+            self.fail_writers(c.failed, &c.target);
             return;
         }
         if matches!(c.kind, Kind::Refresh | Kind::Checkpoint) {
@@ -1194,7 +1194,7 @@ impl Meta {
                     self.sbs[m] = Some(self.superblock_for(m, &c.target, c.dirty));
                 }
             }
-            self.fail_writers(c.failed);
+            self.fail_writers(c.failed, &c.target);
             return;
         }
         if c.ok == 0 && c.writing == 0 && c.failed != 0 {
@@ -1230,10 +1230,15 @@ impl Meta {
                 }
                 MemberState::Recovering(_) if self.pending_add & 1 << m != 0 => {
                     self.pending_add &= !(1 << m);
-                    // Channels take the member back once all of them have
-                    // this state (see `released`).
-                    self.rec_seq[m] = self.state.seq + 1;
-                    self.unfail |= 1 << m;
+                    if c.failed & 1 << m == 0 {
+                        // Channels take the member back once all of them
+                        // have this state (see `released`).
+                        self.rec_seq[m] = self.state.seq + 1;
+                        self.unfail |= 1 << m;
+                    }
+                    // Else the new device could not take the superblock
+                    // that adds it: it stays failed (below), and the next
+                    // commit records it faulty.
                 }
                 MemberState::InSync => {
                     self.pending_insync &= !(1 << m);
@@ -1242,7 +1247,7 @@ impl Meta {
                 _ => {}
             }
         }
-        self.fail_writers(c.failed);
+        self.fail_writers(c.failed, &c.target);
         self.disk_dirty = c.dirty;
         if c.dirty && c.target.writable {
             self.want_dirty = false;
@@ -1256,12 +1261,15 @@ impl Meta {
     }
 
     /// Members whose metadata write failed are failed in the next commit;
-    /// channels stop using them now, as for a failure they saw.
-    fn fail_writers(&mut self, failed: u64) {
+    /// channels stop using them now, as for a failure they saw. `target`:
+    /// the state the write was for, whose devices took it (an add's commit
+    /// writes to the new device, which the published state does not have
+    /// yet).
+    fn fail_writers(&mut self, failed: u64, target: &ArrayState) {
         self.pending_fail |= failed;
         for m in 0..self.geom.members() {
             if failed & 1 << m != 0 {
-                self.shared.set_failed(m, self.state.readded[m]);
+                self.shared.fail_device(m, target.readded[m]);
             }
         }
     }
@@ -1978,6 +1986,50 @@ mod tests {
             "an add was lost: {:?}",
             st.members
         );
+    }
+
+    #[test]
+    fn added_device_whose_superblock_write_fails_stays_failed() {
+        let mut t = t(Level::Raid1, 3);
+        t.pump();
+        // Role 2's device fails, as a channel sees it.
+        let old = t.meta.state().readded[2];
+        t.meta.shared.set_failed(2, old);
+        t.fail(2);
+        while t.meta.state().members[2] != MemberState::Faulty {
+            assert!(!t.writes.is_empty(), "the failure is not being committed");
+            t.complete(|_| true);
+        }
+        let nm = NewMember {
+            device_uuid: [20; 16],
+            sectors: 4096 + 2048,
+            old_sb: None,
+            write_mostly: false,
+        };
+        assert_eq!(t.meta.add_member(2, nm), Ok(Recovery::Full));
+        t.pump();
+        assert!(
+            t.writes.iter().any(|w| w.0 == 2),
+            "the add's superblock goes to the new device"
+        );
+        // The new device cannot take its superblock.
+        t.complete(|m| m != 2);
+        let st = t.meta.state();
+        assert!(st.readded[2] > old, "the add was published");
+        // The failure is the new device's, and channels keep off it, also
+        // once every channel has the add's state.
+        assert_eq!(t.meta.shared.failed_inc(2), st.readded[2]);
+        t.meta.released(st.seq);
+        assert_ne!(
+            t.meta.shared.failed() & 1 << 2,
+            0,
+            "channels took back a device whose superblock write failed"
+        );
+        // And the next commit records it faulty.
+        for _ in 0..4 {
+            t.complete(|_| true);
+        }
+        assert_eq!(t.meta.state().members[2], MemberState::Faulty);
     }
 
     #[test]

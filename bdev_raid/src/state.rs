@@ -324,6 +324,14 @@ impl Shared {
         self.failed.fetch_or(1 << m, Ordering::AcqRel) & 1 << m == 0
     }
 
+    /// Record device `inc` of role `m` as failing, also when the flag is
+    /// already up for an earlier device of the role (the metadata path's
+    /// view: it knows which device a write went to).
+    pub fn fail_device(&self, m: usize, inc: u64) {
+        self.failed_inc[m].fetch_max(inc, Ordering::AcqRel);
+        self.failed.fetch_or(1 << m, Ordering::AcqRel);
+    }
+
     /// Which device in role `m` the failed flag is about (see `set_failed`).
     pub fn failed_inc(&self, m: usize) -> u64 {
         self.failed_inc[m].load(Ordering::Acquire)
