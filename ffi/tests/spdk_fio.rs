@@ -16,6 +16,9 @@ fn fio_plugin_raid5_aio_randwrite_verify() {
     let Some(env) = spdk_env("fio") else {
         return;
     };
+    let Some(plugin) = env.fio_plugin("fio") else {
+        return;
+    };
     let _g = serial();
     let files = env.files(4, 32);
     let mut bdevs: Vec<String> = files
@@ -38,7 +41,6 @@ fn fio_plugin_raid5_aio_randwrite_verify() {
             cfg.display()
         ),
     );
-    let plugin = env.spdk.join("build/fio/spdk_bdev");
     let out = env
         .app(180, std::path::Path::new("fio"), &[&env.so, &plugin])
         .arg("--output-format=json")

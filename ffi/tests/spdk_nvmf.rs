@@ -62,6 +62,9 @@ fn mdraid_tgt_nvmf_tcp_nvme_perf_then_verify() {
     let Some(env) = spdk_env("nvmf-tgt") else {
         return;
     };
+    let Some(plugin) = env.fio_plugin("nvmf-tgt") else {
+        return;
+    };
     let _g = serial();
 
     // The app's own options are there besides SPDK's.
@@ -149,7 +152,6 @@ fn mdraid_tgt_nvmf_tcp_nvme_perf_then_verify() {
             host.display()
         ),
     );
-    let plugin = env.spdk.join("build/fio/spdk_bdev");
     let out = env
         .app(120, std::path::Path::new("fio"), &[&plugin])
         .arg("--output-format=json")

@@ -59,6 +59,29 @@ pub fn spdk_env(test: &str) -> Option<Env> {
 }
 
 impl Env {
+    /// SPDK's fio bdev plugin, if it and fio are there; else None after
+    /// printing SKIP (a failure with MDRAID_REQUIRE_TOOLS=1, as CI runs).
+    pub fn fio_plugin(&self, test: &str) -> Option<PathBuf> {
+        let plugin = self.spdk.join("build/fio/spdk_bdev");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let missing = if !std::env::split_paths(&path).any(|d| d.join("fio").is_file()) {
+            "`fio` not found (scripts/install-deps.sh installs it)".to_string()
+        } else if !plugin.is_file() {
+            format!(
+                "{} not found (configure SPDK --with-fio=<fio source>)",
+                plugin.display()
+            )
+        } else {
+            return Some(plugin);
+        };
+        assert!(
+            std::env::var("MDRAID_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{test}: {missing}, and MDRAID_REQUIRE_TOOLS=1"
+        );
+        println!("SKIP: {test}: {missing}");
+        None
+    }
+
     pub fn libdir(&self) -> PathBuf {
         self.spdk.join("build/lib")
     }
