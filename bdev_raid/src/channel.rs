@@ -207,20 +207,31 @@ const DIRECT_PART_BYTES: u64 = 4 << 10;
 /// A read or write the host carries out itself on the members (see
 /// [`Channel::direct`]): one piece of a mapped level on a healthy array,
 /// with none of the channel's parent and child bookkeeping.
+///
+/// Laid out (`repr(C)`) with what the I/O's end reads in its first 40
+/// bytes and the targets' addresses, which only issuing reads, last: a
+/// host keeping it after a 24-byte header of its own has the end's part
+/// on one cache line.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 pub struct Direct {
-    write: bool,
     lba: u64,
     blocks: u64,
-    n: u8,
-    targets: [Loc; DIRECT_COPIES],
-    /// The range lock shared (NONE: none) and the parts of it held.
-    lock: u32,
-    parts: u32,
     /// Publication of the state it was mapped by: a failed write fails
     /// the devices that were in their roles then (`readded`).
     seq: u64,
+    /// The range lock shared (NONE: none) and the parts of it held.
+    lock: u32,
+    parts: u32,
+    /// Each target's member (`n` of them) ...
+    members: [u8; DIRECT_COPIES],
+    n: u8,
+    write: bool,
+    /// ... and its block address in the member's data area.
+    lbas: [u64; DIRECT_COPIES],
 }
+
+const _: () = assert!(crate::layout::MAX_MEMBERS <= u8::MAX as usize + 1);
 
 /// Equal: the same I/O to the same targets, holding the same lock (the
 /// unused target entries do not count).
@@ -234,7 +245,7 @@ impl PartialEq for Direct {
             self.parts,
             self.seq,
         ) == (o.write, o.lba, o.blocks, o.lock, o.parts, o.seq)
-            && self.targets() == o.targets()
+            && self.targets().eq(o.targets())
     }
 }
 impl Eq for Direct {}
@@ -244,8 +255,26 @@ impl Direct {
     /// block address in its data area; each moves the parent's whole
     /// buffer (`blocks` blocks).
     #[inline]
-    pub fn targets(&self) -> &[Loc] {
-        &self.targets[..self.n as usize]
+    pub fn targets(&self) -> impl ExactSizeIterator<Item = Loc> + '_ {
+        (0..self.n as usize).map(|i| self.target(i))
+    }
+    /// Target `i` (below `targets().len()`).
+    #[inline]
+    pub fn target(&self, i: usize) -> Loc {
+        Loc {
+            member: self.members[i].into(),
+            lba: self.lbas[i],
+        }
+    }
+    /// The member of target `i`.
+    #[inline]
+    pub fn member(&self, i: usize) -> usize {
+        self.members[i].into()
+    }
+    /// How many targets.
+    #[inline]
+    pub fn target_count(&self) -> usize {
+        self.n.into()
     }
     #[inline]
     pub fn blocks(&self) -> u64 {
@@ -254,6 +283,20 @@ impl Direct {
     #[inline]
     pub fn is_write(&self) -> bool {
         self.write
+    }
+    /// Append a target.
+    #[inline]
+    fn push(&mut self, l: Loc) {
+        let i = self.n as usize;
+        self.members[i] = l.member as u8; // below MAX_MEMBERS
+        self.lbas[i] = l.lba;
+        self.n += 1;
+    }
+    /// Make `l` the only target.
+    #[inline]
+    fn only(&mut self, l: Loc) {
+        self.n = 0;
+        self.push(l);
     }
 }
 
@@ -1136,7 +1179,9 @@ impl<B: IoBuf> Channel<B> {
         out: &'a mut MaybeUninit<Direct>,
     ) -> Result<&'a mut Direct, &'a mut MaybeUninit<Direct>> {
         let failed = self.shared.failed();
-        let mut t = [Loc::default(); DIRECT_COPIES];
+        // One target (member m0 at lba0), or raid1's write to every copy
+        // (members 0..n, all at `lba`).
+        let (mut m0, mut lba0) = (0usize, lba);
         let (n, all) = if l.kind == LEAN_PARITY {
             // A read of one strip whose member is in service and current:
             // Geometry::locate and data_member for the symmetric layouts.
@@ -1147,26 +1192,19 @@ impl<B: IoBuf> Channel<B> {
             if row + blocks > 1u64 << shift {
                 return Err(out); // more than one strip
             }
-            let m = symmetric_data_member(u64::from(l.n), stripe, i, l.left, u64::from(l.skip))
+            m0 = symmetric_data_member(u64::from(l.n), stripe, i, l.left, u64::from(l.skip))
                 as usize;
-            if failed & bit(m) != 0 {
+            if failed & bit(m0) != 0 {
                 return Err(out);
             }
-            t[0] = Loc {
-                member: m as u16,
-                lba: stripe << shift | row,
-            };
-            (1, bit(m))
+            lba0 = stripe << shift | row;
+            (1, bit(m0))
         } else if l.kind == LEAN_RAID1 {
             if lba >> self.lock_shift != (lba + blocks - 1) >> self.lock_shift {
                 return Err(out); // more than one piece
             }
             let n = l.n as usize;
             if write {
-                for (m, x) in t[..n].iter_mut().enumerate() {
-                    x.member = m as u16;
-                    x.lba = lba;
-                }
                 (n, (1u64 << n) - 1)
             } else {
                 // pick_copy with every copy live and current, none
@@ -1193,10 +1231,7 @@ impl<B: IoBuf> Channel<B> {
                     return Err(out);
                 }
                 self.next_read[pick] = lba + blocks;
-                t[0] = Loc {
-                    member: pick as u16,
-                    lba,
-                };
+                m0 = pick;
                 (1, 0)
             }
         } else {
@@ -1205,12 +1240,12 @@ impl<B: IoBuf> Channel<B> {
             if off + blocks > 1u64 << shift {
                 return Err(out); // more than one strip
             }
-            t[0] = raid0_place(lba >> shift, off, u64::from(l.n), 1u64 << shift);
-            let m = t[0].member as usize;
-            if failed & bit(m) != 0 {
+            let t = raid0_place(lba >> shift, off, u64::from(l.n), 1u64 << shift);
+            (m0, lba0) = (t.member as usize, t.lba);
+            if failed & bit(m0) != 0 {
                 return Err(out);
             }
-            (1, bit(m))
+            (1, bit(m0))
         };
         let (lock, parts) = if !write {
             (NONE, 0)
@@ -1223,18 +1258,30 @@ impl<B: IoBuf> Channel<B> {
             }
         };
         self.direct_in_flight += 1;
-        for x in &t[..n] {
-            self.member_stats[x.member as usize].outstanding += 1;
-        }
+        let (members, lbas) = if n == 1 {
+            self.member_stats[m0].outstanding += 1;
+            let mut members = [0; DIRECT_COPIES];
+            members[0] = m0 as u8; // below MAX_MEMBERS
+            (members, [lba0; DIRECT_COPIES])
+        } else {
+            // A fixed trip count: n is at most DIRECT_COPIES.
+            for m in 0..DIRECT_COPIES {
+                if m < n {
+                    self.member_stats[m].outstanding += 1;
+                }
+            }
+            (std::array::from_fn(|m| m as u8), [lba; DIRECT_COPIES])
+        };
         Ok(out.write(Direct {
-            write,
             lba,
             blocks,
-            n: n as u8,
-            targets: t,
+            seq: l.seq,
             lock,
             parts,
-            seq: l.seq,
+            members,
+            n: n as u8,
+            write,
+            lbas,
         }))
     }
 
@@ -1306,8 +1353,7 @@ impl<B: IoBuf> Channel<B> {
             if (self.dead() | self.stale(m, l.lba, blocks)) & m != 0 {
                 return None;
             }
-            d.n = 1;
-            d.targets[0] = l;
+            d.only(l);
             self.take_direct_slot(d);
             return Some(());
         }
@@ -1316,26 +1362,23 @@ impl<B: IoBuf> Channel<B> {
             // without the general mapping's checks: the range is checked
             // above and the copies fit).
             let n = self.geom.members().min(DIRECT_COPIES);
-            for (m, t) in d.targets[..n].iter_mut().enumerate() {
-                *t = Loc {
+            for m in 0..n {
+                d.push(Loc {
                     member: m as u16,
                     lba,
-                };
+                });
             }
-            d.n = n as u8;
             blocks
         } else if self.geom.level() == crate::layout::Level::Raid0 {
             let (l, left) = self.geom.raid0_loc(lba);
-            d.targets[0] = l;
-            d.n = 1;
+            d.only(l);
             blocks.min(left)
         } else {
             self.geom.map_each(lba, blocks, |member, lba| {
-                d.targets[d.n as usize] = Loc {
+                d.push(Loc {
                     member: member as u16,
                     lba,
-                };
-                d.n += 1;
+                });
             })
         };
         if run != blocks
@@ -1345,20 +1388,23 @@ impl<B: IoBuf> Channel<B> {
             return None; // more than one piece
         }
         if !write {
-            let l = self.pick_copy(d.targets(), blocks, 0)?;
+            let copies: [Loc; DIRECT_COPIES] = std::array::from_fn(|i| {
+                if i < d.target_count() {
+                    d.target(i)
+                } else {
+                    Loc::default()
+                }
+            });
+            let l = self.pick_copy(&copies[..d.target_count()], blocks, 0)?;
             if self.shared.behind_to(l.member as usize) != 0 {
                 return None; // R5: the read waits for the range lock
             }
             self.note_read(l, blocks);
-            d.n = 1;
-            d.targets[0] = l;
+            d.only(l);
             self.take_direct_slot(d);
             return Some(());
         }
-        let all: u64 = d
-            .targets()
-            .iter()
-            .fold(0, |a, l| a | bit(l.member as usize));
+        let all: u64 = d.targets().fold(0, |a, l| a | bit(l.member as usize));
         if !self.state.writable
             || all & self.dead() != 0
             || (self.state.write_behind != 0 && all & self.state.write_mostly != 0)
@@ -3914,7 +3960,7 @@ mod tests {
         let d =
             h.ch.direct(IoType::Write, 0, 8)
                 .expect("a healthy raid1 write");
-        let t: Vec<(u16, u64)> = d.targets().iter().map(|l| (l.member, l.lba)).collect();
+        let t: Vec<(u16, u64)> = d.targets().map(|l| (l.member, l.lba)).collect();
         assert_eq!(t, vec![(0, 0), (1, 0)]);
         assert_eq!(bm_writes(&h, 0), 1, "R4: counted in its chunk");
         assert!(!h.ch.is_idle());
@@ -3965,7 +4011,7 @@ mod tests {
         let d =
             h.ch.direct(IoType::Read, 0, 8)
                 .expect("a read of the survivor");
-        assert_eq!(d.targets()[0].member, 0);
+        assert_eq!(d.target(0).member, 0);
         h.ch.direct_done(&d);
         // Write-behind to a write-mostly copy; pieces crossing a strip.
         let mut h = wm_host(4);
@@ -4114,8 +4160,7 @@ mod tests {
                 match h.ch.direct(IoType::Write, lba, blocks) {
                     Some(d) => {
                         assert!(m.len >= blocks, "{level:?}: a piece over a strip at {lba}");
-                        let got: Vec<(u16, u64)> =
-                            d.targets().iter().map(|l| (l.member, l.lba)).collect();
+                        let got: Vec<(u16, u64)> = d.targets().map(|l| (l.member, l.lba)).collect();
                         assert_eq!(got, want, "{level:?} x{n} at {lba}+{blocks}");
                         h.ch.direct_done(&d);
                     }
@@ -4137,10 +4182,7 @@ mod tests {
         let d =
             h.ch.direct(IoType::Read, 8, 4)
                 .expect("a healthy strip read");
-        assert_eq!(
-            (d.targets()[0].member, d.targets()[0].lba),
-            (want.data[1], 0)
-        );
+        assert_eq!((d.target(0).member, d.target(0).lba), (want.data[1], 0));
         h.ch.direct_done(&d);
         assert!(h.ch.direct(IoType::Read, 6, 4).is_none(), "crosses strips");
         assert!(h.ch.direct(IoType::Write, 8, 4).is_none(), "parity writes");
@@ -4169,7 +4211,7 @@ mod tests {
         );
         h.finish_all();
         let d = h.ch.direct(IoType::Read, 0, 8).expect("write-behind done");
-        assert_eq!(d.targets()[0].member, 1);
+        assert_eq!(d.target(0).member, 1);
     }
 
     /// R5 on the lean path: write-mostly is turned off while a write-behind
@@ -4294,7 +4336,7 @@ mod tests {
     fn failed_direct_read_does_not_fail_the_member() {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
         let d = h.ch.direct(IoType::Read, 0, 8).unwrap();
-        let m = d.targets()[0].member;
+        let m = d.target(0).member;
         let io = parent(9, IoType::Read, 0, 8, 0);
         h.ch.direct_redo(&d, bit(m as usize), io);
         h.pump();

@@ -1319,9 +1319,8 @@ impl ChanCtx {
 
     /// Issue the member I/Os of direct `io` (`x`) not yet issued; true if
     /// a member out of bdev_ios makes it wait (R2: it resumes in
-    /// `direct_issue`).
-    /// `RESUMED`: after a wait (the first issue of a direct I/O never
-    /// waited, so it skips those checks).
+    /// `direct_issue`). `RESUMED`: after such a wait (the first issue of a
+    /// direct I/O never waited, so it skips those checks).
     #[inline(always)]
     fn issue_targets<const RESUMED: bool>(
         &self,
@@ -1332,84 +1331,116 @@ impl ChanCtx {
         // SAFETY: a live READ/WRITE bdev_io: its iovecs stay valid until it
         // completes, which is after every member I/O of it ended.
         let (iovs, iovcnt) = unsafe { ((*io).u.bdev.iovs, (*io).u.bdev.iovcnt) };
-        let (blocks, write, n) = {
+        let (blocks, n, rw) = {
             let d = x.d();
-            (d.blocks(), d.is_write(), d.targets().len())
-        };
-        while (x.next as usize) < n {
-            let i = x.next as usize;
-            let t = x.d().targets()[i];
-            let m = t.member as usize;
-            let Some((member, ch)) = c.roles.get(m).and_then(Role::io) else {
-                x.failed |= 1 << m;
-                x.next += 1;
-                continue;
-            };
-            // SAFETY: wait_desc is set when this target waited (below).
-            if RESUMED && x.waited && unsafe { x.wait_desc.assume_init() } != member.desc {
-                // The role's device was replaced while this target waited
-                // for a bdev_io: the general path does it (the target was
-                // chosen for the device before).
-                x.waited = false;
-                x.failed |= 1 << m;
-                x.next += 1;
-                continue;
-            }
-            if RESUMED {
-                x.waited = false;
-            }
-            // The target's index in the low bits of the parent's address
-            // (bdev_ios are cache-line aligned).
-            let arg = (io as usize | i) as *mut c_void;
-            let lba = t.lba + self.array.data_offset;
-            // SAFETY: desc/ch are live on this thread; the iovecs are the
-            // parent's (see above), which completes after this I/O.
-            let rw = if write {
+            let rw = if d.is_write() {
                 sys::spdk_bdev_writev_blocks
             } else {
                 sys::spdk_bdev_readv_blocks
             };
+            (d.blocks(), d.target_count(), rw)
+        };
+        let offset = self.array.data_offset;
+        // The target `next` waited for a bdev_io of `wait_desc`.
+        let mut waited = RESUMED && x.waited;
+        if RESUMED {
+            x.waited = false;
+        }
+        let (mut i, mut issued, mut failed) = (x.next as usize, 0u8, 0u64);
+        // Member I/Os complete later (SPDK defers a completion made during
+        // submission), so the counts are written once, after the loop.
+        let waiting = loop {
+            if i >= n {
+                break false;
+            }
+            let t = x.d().target(i);
+            let m = t.member as usize;
+            // Only the first target issued here can have waited.
+            let this_waited = RESUMED && std::mem::take(&mut waited);
+            let Some((member, ch)) = c.roles.get(m).and_then(Role::io) else {
+                failed |= 1 << m;
+                i += 1;
+                continue;
+            };
+            if this_waited {
+                // SAFETY: wait_desc is set when this target waited.
+                if unsafe { x.wait_desc.assume_init() } != member.desc {
+                    // The role's device was replaced while this target
+                    // waited for a bdev_io: the general path does it (the
+                    // target was chosen for the device before).
+                    failed |= 1 << m;
+                    i += 1;
+                    continue;
+                }
+            }
+            // The target's index in the low bits of the parent's address
+            // (bdev_ios are cache-line aligned).
+            let arg = (io as usize | i) as *mut c_void;
+            // SAFETY: desc/ch are live on this thread; the iovecs are the
+            // parent's (see above), which completes after this I/O.
             let rc = unsafe {
                 rw(
                     member.desc,
                     ch,
                     iovs,
                     iovcnt,
-                    lba,
+                    t.lba + offset,
                     blocks,
                     Some(direct_cb),
                     arg,
                 )
             };
             if rc == 0 {
-                x.pending += 1;
-                x.next += 1;
+                issued += 1;
+                i += 1;
                 continue;
             }
-            if rc == -ENOMEM {
-                let e = x.wait.write(sys::spdk_bdev_io_wait_entry {
-                    bdev: member.bdev.raw(),
-                    cb_fn: Some(direct_wait_cb),
-                    cb_arg: io as *mut c_void,
-                    ..Default::default()
-                });
-                // SAFETY: the entry is this bdev_io's, not queued (one
-                // target waits at a time), alive until it completes.
-                let rc = unsafe { sys::spdk_bdev_queue_io_wait(member.bdev.raw(), ch, e) };
-                if rc == 0 {
-                    x.wait_desc.write(member.desc);
-                    x.waited = true;
-                    return true; // resumes in direct_wait_cb
-                }
-            } else {
-                log_error!(
-                    "mdraid {}: member {} refused an I/O ({rc})",
-                    self.array.name,
-                    member.bdev.name()
-                );
+            if self.direct_refused(io, x, member, ch, rc) {
+                break true; // resumes in direct_wait_cb
             }
-            x.failed |= 1 << m;
-            x.next += 1;
+            failed |= 1 << m;
+            i += 1;
+        };
+        x.next = i as u8;
+        x.pending += issued;
+        x.failed |= failed;
+        waiting
+    }
+
+    /// A member refused a member I/O of direct `io` with `rc`: true if it
+    /// is out of bdev_ios and SPDK queued `io`'s wait for one (R2), else
+    /// (said in the log) the target counts as failed.
+    #[cold]
+    #[inline(never)]
+    fn direct_refused(
+        &self,
+        io: *mut sys::spdk_bdev_io,
+        x: &mut DirectIo,
+        member: MemberRef,
+        ch: *mut sys::spdk_io_channel,
+        rc: c_int,
+    ) -> bool {
+        if rc == -ENOMEM {
+            let e = x.wait.write(sys::spdk_bdev_io_wait_entry {
+                bdev: member.bdev.raw(),
+                cb_fn: Some(direct_wait_cb),
+                cb_arg: io as *mut c_void,
+                ..Default::default()
+            });
+            // SAFETY: the entry is this bdev_io's, not queued (one target
+            // waits at a time), alive until it completes.
+            let rc = unsafe { sys::spdk_bdev_queue_io_wait(member.bdev.raw(), ch, e) };
+            if rc == 0 {
+                x.wait_desc.write(member.desc);
+                x.waited = true;
+                return true;
+            }
+        } else {
+            log_error!(
+                "mdraid {}: member {} refused an I/O ({rc})",
+                self.array.name,
+                member.bdev.name()
+            );
         }
         false
     }
@@ -2000,7 +2031,7 @@ unsafe fn direct_cb_end(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void)
         // SAFETY: the channel outlives its bdev_ios in flight.
         let ctx = unsafe { &*x.ctx };
         if !ok {
-            x.failed |= 1 << x.d().targets()[i].member;
+            x.failed |= 1 << x.d().member(i);
         }
         ctx.direct_end(io);
     })
