@@ -284,6 +284,12 @@ impl Direct {
     pub fn is_write(&self) -> bool {
         self.write
     }
+    /// The range lock this write holds part of, if any (see
+    /// [`Channel::parkable`]).
+    #[inline]
+    pub fn lock(&self) -> Option<u32> {
+        (self.lock != NONE).then_some(self.lock)
+    }
     /// Append a target.
     #[inline]
     fn push(&mut self, l: Loc) {
@@ -411,6 +417,10 @@ struct Parent<B> {
     /// devices: `Channel::wait_incs`).
     wait_members: u64,
     queued: bool,
+    /// The range or stripe lock this queued parent last found held
+    /// ([`NONE`]: it waits for something else): `run_waiters` looks at
+    /// the lock before trying the parent again.
+    blocked_on: u32,
     /// Counted in `writes_in_flight`.
     write_started: bool,
     /// Counted in the bitmap's chunk words (R4).
@@ -657,8 +667,9 @@ pub struct Channel<B: IoBuf> {
     /// direct path.
     lock_blocks: u64,
     /// Locks `waiters` may wait for, one bit per key modulo 64 (all set
-    /// when unknown): a direct write that ends runs the waiters only if
-    /// its lock's bit is set.
+    /// when unknown, or while `fix_queue` or `recon_queue` holds work): a
+    /// direct write that ends runs the waiters only if its lock's bit is
+    /// set.
     waited: u64,
     /// This channel's index among the array's channels.
     index: usize,
@@ -690,6 +701,10 @@ pub struct Channel<B: IoBuf> {
     free_pieces: Vec<u32>,
     /// The lock the last failed [`Channel::take_lock`] found held.
     blocked: Cell<usize>,
+    /// The range lock the last direct write refused found held by direct
+    /// writes only ([`NONE`]: refused for another reason); see
+    /// [`Channel::parkable`].
+    share_busy: u32,
     parked: Vec<u32>,
     nomem: VecDeque<u32>,
     zeros: Vec<u8>,
@@ -854,6 +869,7 @@ impl<B: IoBuf> Channel<B> {
             part_shift: lock_part.trailing_zeros(),
             owns_locks: Cell::new(false),
             blocked: Cell::new(0),
+            share_busy: NONE,
             waited: 0,
             parked: Vec::with_capacity(cfg.max_parents),
             nomem: VecDeque::with_capacity(total_children),
@@ -1041,6 +1057,7 @@ impl<B: IoBuf> Channel<B> {
             error: false,
             wait_members: 0,
             queued: false,
+            blocked_on: NONE,
             write_started: false,
             bits_counted: false,
         });
@@ -1302,9 +1319,7 @@ impl<B: IoBuf> Channel<B> {
             match self.lock_direct(lba, blocks, k) {
                 Some(parts) => held = (k as u32, parts),
                 None => {
-                    if let Some(bm) = &self.shared.bitmap {
-                        bm.end_write(lba, blocks);
-                    }
+                    self.direct_lock_busy(lba, blocks, k);
                     return None;
                 }
             }
@@ -1314,7 +1329,33 @@ impl<B: IoBuf> Channel<B> {
         Some(held)
     }
 
+    /// A direct write of `blocks` at `lba` found range lock `k` taken:
+    /// give back its bitmap count, and note whether only direct writes
+    /// hold the lock (`parkable`).
+    #[cold]
+    #[inline(never)]
+    fn direct_lock_busy(&mut self, lba: u64, blocks: u64, k: usize) {
+        if let Some(bm) = &self.shared.bitmap {
+            bm.end_write(lba, blocks);
+        }
+        if self.shared.locks.shared_only(k, self.owns_locks()) {
+            self.share_busy = k as u32;
+        }
+    }
+
+    /// After [`Channel::direct_into`] refused a write: the range lock it
+    /// found held by direct writes only (none holds it exclusively, none
+    /// waits for it so), which the write may wait for outside the engine
+    /// holding nothing, and offer again when a direct write holding that
+    /// lock ends ([`Direct::lock`]) or, since the holders may be another
+    /// channel's, after a while. None: the general path is to take it.
+    pub fn parkable(&mut self) -> Option<u32> {
+        let k = std::mem::replace(&mut self.share_busy, NONE);
+        (k != NONE).then_some(k)
+    }
+
     fn try_direct(&mut self, op: IoType, lba: u64, blocks: u64, d: &mut Direct) -> Option<()> {
+        self.share_busy = NONE;
         let write = match op {
             IoType::Read => false,
             IoType::Write => true,
@@ -1552,11 +1593,9 @@ impl<B: IoBuf> Channel<B> {
             // No lock (one copy): nothing waits for what it held.
             return;
         }
-        // A parent (this one, redone) may wait for the lock.
-        if self.waited & waited_bit(d.lock as usize) != 0
-            || !self.fix_queue.is_empty()
-            || !self.recon_queue.is_empty()
-        {
+        // A parent (this one, redone) may wait for the lock, or a read
+        // fix or reconstruction for some lock (`waited` is all set then).
+        if self.waited & waited_bit(d.lock as usize) != 0 {
             self.run_waiters_cold();
         }
     }
@@ -1863,6 +1902,7 @@ impl<B: IoBuf> Channel<B> {
             p.queued = true;
             self.waiters.push_back(slot);
         }
+        p.blocked_on = lock.map_or(NONE, |k| k as u32);
         self.waited |= lock.map_or(!0, waited_bit);
     }
 
@@ -1883,23 +1923,39 @@ impl<B: IoBuf> Channel<B> {
         let mut waited = 0;
         while i < self.waiters.len() {
             let slot = self.waiters[i];
-            match self.dispatch(slot) {
+            let k = self.parents[slot as usize].as_ref().unwrap().blocked_on;
+            if k != NONE && self.shared.locks.held(k as usize, self.owns_locks()) {
+                // Still held: trying the parent again would only find it
+                // so (held marks it wanted, as that try would).
+                waited |= waited_bit(k as usize);
+                i += 1;
+                continue;
+            }
+            let step = self.dispatch(slot);
+            let p = self.parents[slot as usize].as_mut().unwrap();
+            match step {
                 Step::Done => {
+                    p.queued = false;
                     self.waiters.remove(i);
-                    self.parents[slot as usize].as_mut().unwrap().queued = false;
                     self.finish_dispatch(slot);
                 }
                 Step::WaitLock => {
+                    p.blocked_on = self.blocked.get() as u32;
                     waited |= waited_bit(self.blocked.get());
                     i += 1;
                 }
                 Step::WaitPool => {
+                    p.blocked_on = NONE;
                     waited = !0;
                     break;
                 }
             }
         }
-        self.waited = waited;
+        self.waited = if self.fix_queue.is_empty() && self.recon_queue.is_empty() {
+            waited
+        } else {
+            !0
+        };
     }
 
     fn run_parent(&mut self, slot: u32) {
@@ -2592,6 +2648,7 @@ impl<B: IoBuf> Channel<B> {
                     wm_wait,
                 };
                 self.fix_queue.push_back(c);
+                self.waited = !0;
             }
             Some(l) => {
                 self.note_read(l, blocks);
@@ -2810,6 +2867,7 @@ impl<B: IoBuf> Channel<B> {
                     // Reconstruct from the other strips, then rewrite it.
                     self.recon_queue
                         .push_back((slot, stripe, data, row, rows, true));
+                    self.waited = !0;
                 }
             }
             ChildKind::Plain => {
@@ -3969,6 +4027,16 @@ mod tests {
             h.ch.direct(IoType::Write, 4, 8).is_none(),
             "overlapping direct writes"
         );
+        assert!(d.lock().is_some());
+        assert_eq!(
+            h.ch.parkable(),
+            d.lock(),
+            "only a direct write holds it: the refused one may wait for it"
+        );
+        assert_eq!(h.ch.parkable(), None, "asked once per refusal");
+        let r = h.ch.direct(IoType::Read, 0, 8).expect("reads take no lock");
+        assert_eq!(h.ch.parkable(), None, "not refused");
+        h.ch.direct_done(&r);
         let d2 =
             h.ch.direct(IoType::Write, 8, 8)
                 .expect("same granule, other blocks");
@@ -3979,6 +4047,11 @@ mod tests {
         assert!(
             h.ch.direct(IoType::Write, 24, 8).is_none(),
             "shared a wanted lock"
+        );
+        assert_eq!(
+            h.ch.parkable(),
+            None,
+            "a parent wants the lock: the general path queues behind it"
         );
         h.ch.direct_done(&d);
         h.pump();

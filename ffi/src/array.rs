@@ -948,6 +948,20 @@ struct ChanInner {
     behind_ref: Option<IoChannel>,
     /// The generation being drained, if any.
     draining: Option<usize>,
+    /// Writes waiting outside the engine for a range lock direct writes
+    /// hold, and the lock (`ChanCtx::park`).
+    parked: VecDeque<(*mut sys::spdk_bdev_io, u32)>,
+    /// The locks of `parked`, a bit per lock modulo 64 (`parked_bit`).
+    parked_keys: u64,
+    /// Times a write was parked, counting each time again (said when the
+    /// channel goes).
+    parked_total: u64,
+}
+
+/// The bit of range lock `k` in `ChanInner::parked_keys`.
+#[inline(always)]
+fn parked_bit(k: u32) -> u64 {
+    1 << (k & 63)
 }
 
 /// The context of one array channel (one per SPDK thread); laid out as
@@ -1054,6 +1068,9 @@ impl ChanCtx {
                 direct_gens: [0; 2],
                 gen: 0,
                 draining: None,
+                parked: VecDeque::with_capacity(cfg.max_parents),
+                parked_keys: 0,
+                parked_total: 0,
             }),
             slot_ids: Box::new([]),
             wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
@@ -1105,6 +1122,9 @@ impl ChanCtx {
         for io in redo {
             work = true;
             self.direct_redo(io);
+        }
+        if !self.inner.borrow().parked.is_empty() {
+            work |= self.retry_parked(None);
         }
         work | self.drive()
     }
@@ -1269,7 +1289,7 @@ impl ChanCtx {
         // which the engine fills in place.
         let d = unsafe { &mut *std::ptr::addr_of_mut!((*x).d) };
         if c.engine.direct_into(op, lba, blocks, d).is_none() {
-            return false;
+            return op == IoType::Write && Self::park(&mut c, io);
         }
         let gen = c.gen;
         c.direct_gens[gen] += 1;
@@ -1290,6 +1310,55 @@ impl ChanCtx {
             self.drop_bias(io, x);
         }
         true
+    }
+
+    /// A write the engine refused for a range lock only direct writes
+    /// hold (`Channel::parkable`): keep `io` until one of them ends, then
+    /// offer it again (`retry_parked`), rather than queue it on the
+    /// general path; true if kept. Only with a poller, which offers it
+    /// again whoever held the lock.
+    #[cold]
+    #[inline(never)]
+    fn park(c: &mut ChanInner, io: *mut sys::spdk_bdev_io) -> bool {
+        match c.engine.parkable() {
+            Some(k) if c.poller.is_some() => {
+                c.parked.push_back((io, k));
+                c.parked_keys |= parked_bit(k);
+                c.parked_total += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Offer the parked writes again: those waiting for range lock `key`
+    /// (a direct write holding it ended), or all (None: the poller). True
+    /// if any was offered. Each keeps its place among the others.
+    #[cold]
+    #[inline(never)]
+    fn retry_parked(&self, key: Option<u32>) -> bool {
+        let n = {
+            let mut c = self.inner.borrow_mut();
+            // Set again below for those that stay, and by `park`.
+            c.parked_keys = 0;
+            c.parked.len()
+        };
+        let mut any = false;
+        for _ in 0..n {
+            let Some((io, k)) = self.inner.borrow_mut().parked.pop_front() else {
+                break;
+            };
+            if key.is_some_and(|key| key != k) {
+                let mut c = self.inner.borrow_mut();
+                c.parked.push_back((io, k));
+                c.parked_keys |= parked_bit(k);
+                continue;
+            }
+            any = true;
+            // Parked again (at the back) if the lock is still taken.
+            self.submit(io);
+        }
+        any
     }
 
     /// Issue the member I/Os of direct `io` not yet issued (after waiting
@@ -1469,12 +1538,19 @@ impl ChanCtx {
         // SAFETY: as in direct_issue.
         let x = unsafe { &mut *direct_of(io) };
         if x.failed == 0 {
-            let more = {
+            let (more, parked) = {
                 let mut c = self.inner.borrow_mut();
-                c.direct_gens[x.gen as usize] -= 1;
+                c.direct_gens[usize::from(x.gen & 1)] -= 1;
                 c.engine.direct_done(x.d());
-                c.engine.has_actions()
+                (c.engine.has_actions(), c.parked_keys)
             };
+            if parked & parked_bit(x.d().lock().unwrap_or(u32::MAX)) != 0 {
+                // Before this one completes (and its submitter sends the
+                // next): those waiting for its lock go first.
+                if let Some(k) = x.d().lock() {
+                    self.retry_parked(Some(k));
+                }
+            }
             complete_io(io, sys::SPDK_BDEV_IO_STATUS_SUCCESS);
             if more {
                 self.drive();
@@ -1505,7 +1581,7 @@ impl ChanCtx {
             Some(p) => {
                 {
                     let mut c = self.inner.borrow_mut();
-                    c.direct_gens[x.gen as usize] -= 1;
+                    c.direct_gens[usize::from(x.gen & 1)] -= 1;
                     c.engine.direct_redo(&d, failed, p);
                 }
                 self.drive();
@@ -2089,7 +2165,11 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
         drop(poller);
         let (index, waiting, busy) = {
             let c = ctx.inner.borrow();
-            (c.index, c.waiting, !c.engine.is_idle())
+            (
+                c.index,
+                c.waiting,
+                !c.engine.is_idle() || !c.parked.is_empty(),
+            )
         };
         if waiting || busy {
             // SPDK destroys channels with no I/O in flight; if one still
@@ -2109,6 +2189,13 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
                 log_notice!(
                     "mdraid {}: a channel wrote {behind} write pieces' write-mostly copies behind",
                     array.name
+                );
+            }
+            if c.parked_total > 0 {
+                log_notice!(
+                    "mdraid {}: a channel held writes back {} times for overlapping writes in flight",
+                    array.name,
+                    c.parked_total
                 );
             }
             array.retire_member_io(c.engine.member_stats());
