@@ -227,6 +227,9 @@ pub struct Direct {
     members: [u8; DIRECT_COPIES],
     n: u8,
     write: bool,
+    /// A raid1 write: its targets are every member, counted once for all
+    /// of them (`Channel::all_writes_out`).
+    all: bool,
     /// ... and its block address in the member's data area.
     lbas: [u64; DIRECT_COPIES],
 }
@@ -648,6 +651,15 @@ pub struct Channel<B: IoBuf> {
     /// [`Direct`] I/Os handed out and not yet done; each keeps a parent
     /// slot free (`submit` leaves them), should it be redone.
     direct_in_flight: u32,
+    /// Direct writes to every member ([`Direct::all`]) in flight, and
+    /// those done and their blocks: each member's `outstanding`, `writes`
+    /// and `written_blocks` in [`Channel::member_stats`] count them too
+    /// (one count for all members instead of one per member; the members'
+    /// order by `outstanding`, which picks the copy a read goes to, is the
+    /// same).
+    all_writes_out: u32,
+    all_writes: u64,
+    all_written: u64,
     geom: Arc<Geometry>,
     state: Arc<ArrayState>,
     shared: Arc<Shared>,
@@ -685,6 +697,9 @@ pub struct Channel<B: IoBuf> {
     stats: ChannelStats,
     /// The newest state every channel has applied.
     released: Arc<ArrayState>,
+    /// The publication [`Channel::join`] joined at: older broadcasts
+    /// still visiting are stale.
+    joined: u64,
     cfg: ChannelConfig,
     bs: u64,
     max_rows: u64,
@@ -828,6 +843,7 @@ impl<B: IoBuf> Channel<B> {
             lean: Lean::default(),
             alloc: None,
             released: state.clone(),
+            joined: 0,
             state,
             shared,
             index,
@@ -862,6 +878,9 @@ impl<B: IoBuf> Channel<B> {
             free_behind: Vec::new(),
             next_read: vec![u64::MAX; members],
             direct_in_flight: 0,
+            all_writes_out: 0,
+            all_writes: 0,
+            all_written: 0,
             free_pieces: (0..cfg.max_children as u32).rev().collect(),
             lock_blocks,
             lock_shift: lock_blocks.trailing_zeros(),
@@ -905,8 +924,16 @@ impl<B: IoBuf> Channel<B> {
             ..self.stats
         }
     }
-    pub fn member_stats(&self) -> &[MemberStats] {
-        &self.member_stats
+    /// Each member's counts, raid1's direct writes (counted once for all
+    /// members) included.
+    pub fn member_stats(&self) -> Vec<MemberStats> {
+        let mut v = self.member_stats.clone();
+        for s in &mut v {
+            s.outstanding += self.all_writes_out;
+            s.writes += self.all_writes;
+            s.written_blocks += self.all_written;
+        }
+        v
     }
     /// Parents accepted and not yet completed (direct I/Os among them).
     pub fn parents_in_flight(&self) -> usize {
@@ -1275,19 +1302,16 @@ impl<B: IoBuf> Channel<B> {
             }
         };
         self.direct_in_flight += 1;
-        let (members, lbas) = if n == 1 {
+        // raid1's write to every member (all at `lba`) counts once.
+        let every = write && l.kind == LEAN_RAID1;
+        let (members, lbas) = if every {
+            self.all_writes_out += 1;
+            (std::array::from_fn(|m| m as u8), [lba; DIRECT_COPIES])
+        } else {
             self.member_stats[m0].outstanding += 1;
             let mut members = [0; DIRECT_COPIES];
             members[0] = m0 as u8; // below MAX_MEMBERS
             (members, [lba0; DIRECT_COPIES])
-        } else {
-            // A fixed trip count: n is at most DIRECT_COPIES.
-            for m in 0..DIRECT_COPIES {
-                if m < n {
-                    self.member_stats[m].outstanding += 1;
-                }
-            }
-            (std::array::from_fn(|m| m as u8), [lba; DIRECT_COPIES])
         };
         Ok(out.write(Direct {
             lba,
@@ -1298,6 +1322,7 @@ impl<B: IoBuf> Channel<B> {
             members,
             n: n as u8,
             write,
+            all: every,
             lbas,
         }))
     }
@@ -1373,6 +1398,7 @@ impl<B: IoBuf> Channel<B> {
             return None;
         }
         d.write = write;
+        d.all = write && self.geom.level() == crate::layout::Level::Raid1;
         d.lba = lba;
         d.blocks = blocks;
         d.n = 0;
@@ -1510,6 +1536,10 @@ impl<B: IoBuf> Channel<B> {
     #[inline]
     fn take_direct_slot(&mut self, d: &mut Direct) {
         self.direct_in_flight += 1;
+        if d.all {
+            self.all_writes_out += 1;
+            return;
+        }
         for l in d.targets() {
             self.member_stats[l.member as usize].outstanding += 1;
         }
@@ -1561,9 +1591,29 @@ impl<B: IoBuf> Channel<B> {
     /// what its write held.
     #[inline(always)]
     fn end_direct(&mut self, d: &Direct, failed: u64) {
+        if d.all {
+            self.all_writes_out -= 1;
+            if failed == 0 {
+                self.all_writes += 1;
+                self.all_written += d.blocks;
+            } else {
+                self.end_targets(d, failed, 0);
+            }
+        } else {
+            self.end_targets(d, failed, 1);
+        }
+        if d.write {
+            self.end_direct_write(d);
+        }
+    }
+
+    /// Each target's counts at the end of direct I/O `d` (member I/Os of
+    /// `failed` failed); `out`: what its `outstanding` counted.
+    #[inline(always)]
+    fn end_targets(&mut self, d: &Direct, failed: u64, out: u32) {
         for l in d.targets() {
             let ms = &mut self.member_stats[l.member as usize];
-            ms.outstanding -= 1;
+            ms.outstanding -= out;
             if failed & bit(l.member as usize) != 0 {
                 ms.errors += 1;
             } else if d.write {
@@ -1573,9 +1623,6 @@ impl<B: IoBuf> Channel<B> {
                 ms.reads += 1;
                 ms.read_blocks += d.blocks;
             }
-        }
-        if d.write {
-            self.end_direct_write(d);
         }
     }
 
@@ -1708,8 +1755,21 @@ impl<B: IoBuf> Channel<B> {
         }
     }
 
+    /// Join the array's broadcasts at `published`, the newest state
+    /// published when this channel was made (it was made from the
+    /// released one): apply it. A broadcast already running then may
+    /// still bring this channel an older state, or the release of one;
+    /// [`Channel::apply_state`] and [`Channel::release`] ignore those.
+    pub fn join(&mut self, published: Arc<ArrayState>) {
+        self.joined = published.seq;
+        self.apply_state(published);
+    }
+
     /// A broadcast from the metadata path.
     pub fn apply_state(&mut self, state: Arc<ArrayState>) {
+        if state.seq < self.joined {
+            return; // sent before this channel joined at a newer one
+        }
         assert!(
             state.events >= self.state.events && state.seq >= self.state.seq,
             "state broadcast went back in events or publication"
@@ -1744,6 +1804,9 @@ impl<B: IoBuf> Channel<B> {
     /// `spdk_for_each_channel`), so no channel will route a new read to a
     /// member it records faulty. Writes parked on those failures complete.
     pub fn release(&mut self, state: Arc<ArrayState>) {
+        if state.seq < self.joined && state.events <= self.released.events {
+            return; // as in apply_state; this channel started past it
+        }
         assert!(
             state.events <= self.state.events,
             "release of a state this channel has not applied"
@@ -4335,6 +4398,42 @@ mod tests {
         h.ch.direct_done(&d);
     }
 
+    /// A channel made while broadcasts are in flight starts from the
+    /// released state and joins at the newest published one; a broadcast
+    /// of an older state that started before it was made may still visit
+    /// it, and so may the release of one. Those visits are stale and
+    /// change nothing (the SPDK host aborted on them before).
+    #[test]
+    fn a_channel_joined_at_a_newer_state_ignores_older_broadcasts() {
+        let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
+        let s0 = h.ch.state().clone();
+        let next = |s: &ArrayState| {
+            let mut n = s.clone();
+            n.events += 1;
+            n.seq += 1;
+            Arc::new(n)
+        };
+        let s1 = next(&s0);
+        let s2 = next(&s1);
+        // Made from released s0 while s1's and s2's broadcasts run.
+        h.ch.join(s2.clone());
+        assert_eq!(h.ch.state().seq, s2.seq);
+        h.ch.apply_state(s1.clone());
+        assert_eq!(h.ch.state().seq, s2.seq, "went back to an older state");
+        h.ch.release(s1.clone());
+        h.ch.apply_state(s2.clone());
+        h.ch.release(s2.clone());
+        let s3 = next(&s2);
+        h.ch.apply_state(s3.clone());
+        h.ch.release(s3);
+        assert!(h.ch.direct(IoType::Write, 0, 8).is_some());
+        // Past the joining point, order is still checked.
+        let old = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.ch.apply_state(s2.clone())
+        }));
+        assert!(old.is_err(), "an older state after joining is a bug");
+    }
+
     /// A direct write error fails the member (R1) even when the redo's
     /// write to it would succeed: md fails a member on a write error, and
     /// so does the general path.
@@ -4342,6 +4441,9 @@ mod tests {
     fn r1_direct_write_error_fails_the_member_though_a_retry_would_land() {
         let mut h = Host::new(Level::Raid1, 2, ChannelConfig::default());
         let d = h.ch.direct(IoType::Write, 0, 8).unwrap();
+        let out =
+            |h: &Host| -> Vec<u32> { h.ch.member_stats().iter().map(|m| m.outstanding).collect() };
+        assert_eq!(out(&h), [1, 1], "outstanding on every copy");
         let io = parent(7, IoType::Write, 0, 8, 0xab);
         // Member 1's write failed once; member 1 would take the redo.
         h.ch.direct_redo(&d, bit(1), io);
@@ -4358,7 +4460,14 @@ mod tests {
         );
         h.commit_faulty(&[1]);
         assert_eq!((h.done[0].0, h.done[0].1), (7, IoStatus::Success));
-        assert_eq!(h.ch.member_stats()[1].errors, 1, "the direct write's");
+        let ms = h.ch.member_stats();
+        assert_eq!(ms[1].errors, 1, "the direct write's");
+        assert_eq!(
+            (ms[0].writes, ms[1].writes),
+            (2, 0),
+            "member 0: the direct write and the redo's"
+        );
+        assert_eq!(out(&h), [0, 0]);
     }
 
     /// A write that failed on a device brought back into its role waits

@@ -1042,9 +1042,7 @@ impl ChanCtx {
                 return Err(-ENOMEM);
             }
         };
-        if published.seq > released.seq {
-            engine.apply_state(published);
-        }
+        engine.join(published);
         let nslots = cfg.max_children + cfg.stripe_ctxs * members.len();
         let mut ctx = Box::new(ChanCtx {
             array,
@@ -1544,7 +1542,7 @@ impl ChanCtx {
                 c.engine.direct_done(x.d());
                 (c.engine.has_actions(), c.parked_keys)
             };
-            if parked & parked_bit(x.d().lock().unwrap_or(u32::MAX)) != 0 {
+            if parked != 0 && parked & parked_bit(x.d().lock().unwrap_or(u32::MAX)) != 0 {
                 // Before this one completes (and its submitter sends the
                 // next): those waiting for its lock go first.
                 if let Some(k) = x.d().lock() {
@@ -2198,7 +2196,7 @@ unsafe extern "C" fn chan_destroy(_io_device: *mut c_void, ctx_buf: *mut c_void)
                     c.parked_total
                 );
             }
-            array.retire_member_io(c.engine.member_stats());
+            array.retire_member_io(&c.engine.member_stats());
             let roles = std::mem::take(&mut c.roles);
             put_channels(&array, roles);
             for (r, ch) in c.retired.drain(..) {

@@ -614,7 +614,7 @@ impl Array {
             let s = self.rt.call(n, move |r| {
                 r.local::<ArrayLocal>(id).map(|l| {
                     let c = l.ch.borrow();
-                    (c.engine.stats(), c.engine.member_stats().to_vec())
+                    (c.engine.stats(), c.engine.member_stats())
                 })
             })?;
             if let Some(s) = s {
