@@ -1302,8 +1302,9 @@ impl<B: IoBuf> Channel<B> {
             }
         };
         self.direct_in_flight += 1;
-        // raid1's write to every member (all at `lba`) counts once.
-        let every = write && l.kind == LEAN_RAID1;
+        // raid1's write to every member (all at `lba`) counts once (a
+        // raid1 of one member counts it per member: the same sums).
+        let every = n > 1;
         let (members, lbas) = if every {
             self.all_writes_out += 1;
             (std::array::from_fn(|m| m as u8), [lba; DIRECT_COPIES])
