@@ -511,7 +511,7 @@ impl StripeLocks {
         if owned {
             let cur = w.load(Ordering::Relaxed);
             if cur & (LOCK_EXCL | LOCK_PART_BITS) != 0 {
-                w.store(cur | LOCK_WANTED, Ordering::Relaxed);
+                Self::mark_wanted(w, cur, true);
                 return false;
             }
             w.store(LOCK_EXCL, Ordering::Relaxed);
@@ -523,9 +523,7 @@ impl StripeLocks {
         let mut cur = w.load(Ordering::Relaxed);
         loop {
             if cur & (LOCK_EXCL | LOCK_PART_BITS) != 0 {
-                if cur & LOCK_WANTED == 0 {
-                    w.fetch_or(LOCK_WANTED, Ordering::Relaxed);
-                }
+                Self::mark_wanted(w, cur, false);
                 return false;
             }
             // Taking it clears the wanted mark (another waiter sets it
@@ -541,26 +539,30 @@ impl StripeLocks {
     /// marked wanted, as a refused [`StripeLocks::try_lock`] marks it.
     /// False when it cannot tell (another channel owns the table).
     pub fn held(&self, key: usize, owned: bool) -> bool {
-        let w = &self.slots[key];
-        if owned {
-            let cur = w.load(Ordering::Relaxed);
-            if cur & (LOCK_EXCL | LOCK_PART_BITS) == 0 {
-                return false;
-            }
-            w.store(cur | LOCK_WANTED, Ordering::Relaxed);
-            return true;
-        }
-        if self.mode.owner.load(Ordering::Acquire) != 0 {
+        if !owned && self.mode.owner.load(Ordering::Acquire) != 0 {
             return false;
         }
+        let w = &self.slots[key];
         let cur = w.load(Ordering::Relaxed);
         if cur & (LOCK_EXCL | LOCK_PART_BITS) == 0 {
             return false;
         }
-        if cur & LOCK_WANTED == 0 {
+        Self::mark_wanted(w, cur, owned);
+        true
+    }
+
+    /// Mark word `w` (last read as `cur`) wanted: a waiter for it
+    /// exclusively keeps new sharers out.
+    #[inline]
+    fn mark_wanted(w: &AtomicU32, cur: u32, owned: bool) {
+        if cur & LOCK_WANTED != 0 {
+            return;
+        }
+        if owned {
+            w.store(cur | LOCK_WANTED, Ordering::Relaxed);
+        } else {
             w.fetch_or(LOCK_WANTED, Ordering::Relaxed);
         }
-        true
     }
 
     /// Whether `key` is held by sharers only: no exclusive holder, none

@@ -1102,7 +1102,7 @@ impl ChanCtx {
 
     fn poll(&self) -> bool {
         let mut work = false;
-        {
+        let (redo, parked) = {
             let mut c = self.inner.borrow_mut();
             c.detach_removed(&self.array);
             while let Some(req) = c.meta_retry.pop_front() {
@@ -1115,13 +1115,13 @@ impl ChanCtx {
             if !c.waiting && c.engine.needs_poll() {
                 c.engine.poll();
             }
-        }
-        let redo = std::mem::take(&mut self.inner.borrow_mut().redo_wait);
+            (std::mem::take(&mut c.redo_wait), !c.parked.is_empty())
+        };
         for io in redo {
             work = true;
             self.direct_redo(io);
         }
-        if !self.inner.borrow().parked.is_empty() {
+        if parked {
             work |= self.retry_parked(None);
         }
         work | self.drive()
@@ -1542,10 +1542,10 @@ impl ChanCtx {
                 c.engine.direct_done(x.d());
                 (c.engine.has_actions(), c.parked_keys)
             };
-            if parked != 0 && parked & parked_bit(x.d().lock().unwrap_or(u32::MAX)) != 0 {
+            if parked != 0 {
                 // Before this one completes (and its submitter sends the
                 // next): those waiting for its lock go first.
-                if let Some(k) = x.d().lock() {
+                if let Some(k) = x.d().lock().filter(|&k| parked & parked_bit(k) != 0) {
                     self.retry_parked(Some(k));
                 }
             }

@@ -103,7 +103,8 @@ impl Env {
     }
 
     /// `timeout -k 5 SECS env [LD_PRELOAD=...] PROG` (the preload goes to
-    /// the program only).
+    /// the program only), run in the test's directory: a core dump of an
+    /// app that aborts lands there, not in the source tree.
     pub fn app(&self, secs: u32, prog: &Path, preload: &[&Path]) -> Command {
         let mut c = Command::new("timeout");
         c.args(["-k", "5"]).arg(secs.to_string()).arg("env");
@@ -112,6 +113,7 @@ impl Env {
             c.arg(format!("LD_PRELOAD={}", list.join(" ")));
         }
         c.arg(prog)
+            .current_dir(&self.dir)
             .env("LD_LIBRARY_PATH", self.libdir())
             .stdin(Stdio::null());
         c
