@@ -1155,7 +1155,10 @@ impl<B: IoBuf> Channel<B> {
         {
             match self.lean_direct(l, want == LEAN_WRITE, lba, blocks, d) {
                 Ok(x) => return Some(x),
-                Err(back) => d = back,
+                // Refused for its range lock or bitmap bits, as the
+                // general checks would refuse it (`parkable` says which).
+                Err(None) => return None,
+                Err(Some(back)) => d = back,
             }
         }
         let mut x = Direct::default();
@@ -1212,7 +1215,10 @@ impl<B: IoBuf> Channel<B> {
     /// The direct path in the state [`Lean`] describes (the range is
     /// checked and a parent slot is free): the same decisions as
     /// [`Channel::try_direct`] in that state, with none of its general
-    /// mapping: `out` written, or given back (`try_direct` decides).
+    /// mapping: `out` written, or given back (`try_direct` decides), or
+    /// None: a write refused for its range lock or bitmap bits, which
+    /// `try_direct` would refuse the same way (and `share_busy` is set as
+    /// it would set it).
     #[inline(always)]
     fn lean_direct<'a>(
         &mut self,
@@ -1221,7 +1227,7 @@ impl<B: IoBuf> Channel<B> {
         lba: u64,
         blocks: u64,
         out: &'a mut MaybeUninit<Direct>,
-    ) -> Result<&'a mut Direct, &'a mut MaybeUninit<Direct>> {
+    ) -> Result<&'a mut Direct, Option<&'a mut MaybeUninit<Direct>>> {
         let failed = self.shared.failed();
         // One target (member m0 at lba0), or raid1's write to every copy
         // (members 0..n, all at `lba`).
@@ -1234,18 +1240,18 @@ impl<B: IoBuf> Channel<B> {
             let shift = l.strip_shift;
             let (i, row) = (within >> shift, within & ((1u64 << shift) - 1));
             if row + blocks > 1u64 << shift {
-                return Err(out); // more than one strip
+                return Err(Some(out)); // more than one strip
             }
             m0 = symmetric_data_member(u64::from(l.n), stripe, i, l.left, u64::from(l.skip))
                 as usize;
             if failed & bit(m0) != 0 {
-                return Err(out);
+                return Err(Some(out));
             }
             lba0 = stripe << shift | row;
             (1, bit(m0))
         } else if l.kind == LEAN_RAID1 {
             if lba >> self.lock_shift != (lba + blocks - 1) >> self.lock_shift {
-                return Err(out); // more than one piece
+                return Err(Some(out)); // more than one piece
             }
             let n = l.n as usize;
             if write {
@@ -1272,7 +1278,7 @@ impl<B: IoBuf> Channel<B> {
                     }
                 }
                 if pick == usize::MAX || self.shared.behind_to(pick) != 0 {
-                    return Err(out);
+                    return Err(Some(out));
                 }
                 self.next_read[pick] = lba + blocks;
                 m0 = pick;
@@ -1282,23 +1288,23 @@ impl<B: IoBuf> Channel<B> {
             let shift = l.strip_shift;
             let off = lba & ((1u64 << shift) - 1);
             if off + blocks > 1u64 << shift {
-                return Err(out); // more than one strip
+                return Err(Some(out)); // more than one strip
             }
             let t = raid0_place(lba >> shift, off, u64::from(l.n), 1u64 << shift);
             (m0, lba0) = (t.member as usize, t.lba);
             if failed & bit(m0) != 0 {
-                return Err(out);
+                return Err(Some(out));
             }
             (1, bit(m0))
         };
         let (lock, parts) = if !write {
             (NONE, 0)
         } else if all & failed != 0 {
-            return Err(out);
+            return Err(Some(out));
         } else {
             match self.start_direct_write(lba, blocks) {
                 Some(held) => held,
-                None => return Err(out),
+                None => return Err(None),
             }
         };
         self.direct_in_flight += 1;
@@ -1337,6 +1343,7 @@ impl<B: IoBuf> Channel<B> {
         if let Some(bm) = &self.shared.bitmap {
             if !bm.start_write(lba, blocks) {
                 bm.end_write(lba, blocks);
+                self.share_busy = NONE;
                 return None;
             }
         }
@@ -1364,9 +1371,11 @@ impl<B: IoBuf> Channel<B> {
         if let Some(bm) = &self.shared.bitmap {
             bm.end_write(lba, blocks);
         }
-        if self.shared.locks.shared_only(k, self.owns_locks()) {
-            self.share_busy = k as u32;
-        }
+        self.share_busy = if self.shared.locks.shared_only(k, self.owns_locks()) {
+            k as u32
+        } else {
+            NONE
+        };
     }
 
     /// After [`Channel::direct_into`] refused a write: the range lock it
@@ -4215,6 +4224,7 @@ mod tests {
             };
             let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
             let mut lean_taken = 0;
+            let mut parked = 0;
             for step in 0..4000 {
                 if step == 3000 {
                     // Another channel failed member 1.
@@ -4252,6 +4262,9 @@ mod tests {
                     da, db,
                     "{level:?} x{n} bitmap {bitmap}: step {step}, {op:?} {lba}+{blocks}"
                 );
+                let (pa, pb) = (a.ch.parkable(), b.ch.parkable());
+                assert_eq!(pa, pb, "{level:?} x{n}: step {step}, parkable");
+                parked += u32::from(pa.is_some());
                 if let (Some(da), Some(db)) = (da, db) {
                     lean_taken += u32::from(lean);
                     out_a.push(da);
@@ -4271,6 +4284,12 @@ mod tests {
                 lean_taken > 500,
                 "{level:?}: the lean path took {lean_taken}"
             );
+            if level == Level::Raid1 {
+                assert!(
+                    parked > 0,
+                    "{level:?} x{n}: no write met a lock held by direct writes"
+                );
+            }
         }
     }
 
