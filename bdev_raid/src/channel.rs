@@ -59,7 +59,8 @@ impl IoType {
     fn has_range(self) -> bool {
         !matches!(self, IoType::Flush | IoType::Reset)
     }
-    fn writes(self) -> bool {
+    /// Whether it writes to members (and so needs the array marked dirty).
+    pub fn writes(self) -> bool {
         matches!(
             self,
             IoType::Write | IoType::Unmap | IoType::WriteZeroes | IoType::Resync | IoType::Repair

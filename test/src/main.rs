@@ -101,7 +101,7 @@ fn main() -> ExitCode {
                 direct_write_errors += o.direct_write_errors;
                 if verbose || total == 1 {
                     println!(
-                        "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed, {} written behind, {} write-mostly reads{}",
+                        "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed, {} written behind, {} write-mostly reads{}{}",
                         sc.geometry.level.name(),
                         sc.geometry.member_blocks.len(),
                         o.parents,
@@ -110,7 +110,10 @@ fn main() -> ExitCode {
                         o.members_failed,
                         o.behind_writes,
                         o.write_mostly_reads,
-                        if o.offline { ", offline" } else { "" }
+                        if o.offline { ", offline" } else { "" },
+                        o.ended_by_refusal
+                            .as_ref()
+                            .map_or(String::new(), |r| format!("; ended: {r}"))
                     );
                 }
                 if verbose {

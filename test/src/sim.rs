@@ -521,6 +521,9 @@ impl<'a> Sim<'a> {
         while submitted < self.sc.ops || !self.quiet() {
             self.step += 1;
             if self.step > self.last_done + patience {
+                if self.held_by_dead_members() {
+                    return Ok(());
+                }
                 return Err(format!(
                     "hang: {} parents never completed; {}",
                     self.parents.len(),
@@ -550,6 +553,9 @@ impl<'a> Sim<'a> {
                 break;
             }
             if self.stuck()? {
+                if self.held_by_dead_members() {
+                    return Ok(());
+                }
                 return Err(format!(
                     "hang: {} parents outstanding and nothing in flight; host retry queues {:?}; {}",
                     self.parents.len(),
@@ -586,6 +592,25 @@ impl<'a> Sim<'a> {
     }
 
     /// Parents outstanding but no event can move them.
+    /// Every member is dead and only writes are outstanding, held by a
+    /// metadata path that no member lets write a superblock: R3 holds
+    /// them (a dead member cannot be told from a failing write, which a
+    /// retry may get through), and the array reports itself blocked. The
+    /// run ends there, as when assembly finds no member.
+    fn held_by_dead_members(&mut self) -> bool {
+        let held = self.members.iter().all(|m| m.dead)
+            && self.arr.meta.status().blocked
+            && self.parents.values().all(|r| r.op.writes());
+        if held {
+            self.out.steps = self.step;
+            self.out.ended_by_refusal = Some(format!(
+                "every member is dead; {} writes held, the array blocked (R3)",
+                self.parents.len()
+            ));
+        }
+        held
+    }
+
     fn stuck(&mut self) -> Result<bool, String> {
         if self.parents.is_empty()
             || !self.inflight.is_empty()

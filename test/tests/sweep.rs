@@ -87,7 +87,7 @@ fn sweep() {
     }
     println!(
         "sweep: {seeds} seeds x {ops} ops; levels {levels:?}; {faults} child errors injected; \
-         {crashes} crashes; {sbw} superblock writes; {refused} runs ended at an assembly md refuses too; \
+         {crashes} crashes; {sbw} superblock writes; {refused} runs ended early (an assembly md refuses too, or every member dead with writes held); \
          {blocks} blocks verified"
     );
     println!(
