@@ -13,5 +13,5 @@ pub mod rng;
 pub mod scenario;
 pub mod sim;
 
-pub use scenario::Scenario;
+pub use scenario::{Scenario, DEFAULT_OPS};
 pub use sim::{run, Outcome, Violation};

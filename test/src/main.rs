@@ -24,7 +24,7 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seeds = None;
-    let mut ops = 5000;
+    let mut ops = mdraid_sim::DEFAULT_OPS;
     let mut verbose = false;
     let mut wb = false;
     let mut direct = None;

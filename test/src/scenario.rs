@@ -32,6 +32,8 @@ pub struct Faults {
 pub struct Scenario {
     pub seed: u64,
     pub ops: u64,
+    /// Made by [`Scenario::write_behind`] (`--write-behind` replays it).
+    pub write_behind_workload: bool,
     pub geometry: GeometryParams,
     pub channels: usize,
     pub queue_depth: usize,
@@ -60,6 +62,9 @@ pub struct Scenario {
     /// a parent (0: never).
     pub direct: f64,
 }
+
+/// Parent I/Os per run unless told otherwise (`--ops`, `MDRAID_SIM_OPS`).
+pub const DEFAULT_OPS: u64 = 5000;
 
 impl Scenario {
     /// The scenario of `seed`, with `ops` parent I/Os.
@@ -247,6 +252,7 @@ impl Scenario {
             direct,
             write_mostly,
             write_behind,
+            write_behind_workload: wb,
             seed,
             ops,
             bitmap_chunk,

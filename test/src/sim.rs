@@ -28,16 +28,39 @@ pub struct Violation {
     pub seed: u64,
     pub step: u64,
     pub what: String,
+    /// `mdraid-sim`'s arguments that make the same scenario.
+    pub replay: String,
 }
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {} step {}: {} (replay: cargo run -p mdraid-sim --release -- --seed {})",
-            self.seed, self.step, self.what, self.seed
+            "seed {} step {}: {} (replay: cargo run -p mdraid-sim --release -- {})",
+            self.seed, self.step, self.what, self.replay
         )
     }
+}
+
+/// The arguments that make `sc` again (its direct-path chance as given,
+/// in case `--direct` changed it).
+fn replay_args(sc: &Scenario) -> String {
+    let mut a = format!("--seed {}", sc.seed);
+    if sc.write_behind_workload {
+        a.push_str(" --write-behind");
+    }
+    if sc.ops != crate::scenario::DEFAULT_OPS {
+        a.push_str(&format!(" --ops {}", sc.ops));
+    }
+    let made = if sc.write_behind_workload {
+        Scenario::write_behind(sc.seed, sc.ops)
+    } else {
+        Scenario::from_seed(sc.seed, sc.ops)
+    };
+    if made.direct != sc.direct {
+        a.push_str(&format!(" --direct {}", sc.direct));
+    }
+    a
 }
 
 /// What a successful run did.
@@ -275,6 +298,7 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
                 seed: sc.seed,
                 step: 0,
                 what: format!("scenario geometry refused: {e}"),
+                replay: replay_args(sc),
             })
         }
     };
@@ -294,6 +318,7 @@ pub fn run(sc: &Scenario) -> Result<Outcome, Violation> {
         seed: sc.seed,
         step: sim.step,
         what,
+        replay: replay_args(sc),
     })?;
     Ok(sim.out)
 }
@@ -1787,14 +1812,18 @@ impl<'a> Sim<'a> {
         tmp: &mut [u8],
     ) -> Result<(), String> {
         let lba = b as u64;
-        let known = |id: u64| self.history[b].binary_search_by_key(&id, |e| e.0).is_ok();
+        // Id 0 is the array's initial zeros, which every block held before
+        // its first write (a write-behind loss may read them back).
+        let known = |id: u64| id == 0 || self.history[b].binary_search_by_key(&id, |e| e.0).is_ok();
         let ok_id = |id: u64| {
             id == snap.cur
                 || (id > snap.cur && known(id))
                 || snap.alt_since.is_some_and(|a| id >= a && known(id))
         };
         if data.iter().all(|x| *x == 0) {
-            let ids = std::iter::once(snap.cur).chain(self.history[b].iter().map(|e| e.0));
+            let ids = [snap.cur, 0]
+                .into_iter()
+                .chain(self.history[b].iter().map(|e| e.0));
             for id in ids {
                 if self.is_zero_id(b, id) && ok_id(id) {
                     return Ok(());
@@ -2288,4 +2317,28 @@ impl<'a> Sim<'a> {
 
 fn writes_data(op: IoType) -> bool {
     matches!(op, IoType::Write | IoType::WriteZeroes | IoType::Unmap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure names the arguments that make its scenario again.
+    #[test]
+    fn replay_args_make_the_same_scenario() {
+        let plain = Scenario::from_seed(7, crate::scenario::DEFAULT_OPS);
+        assert_eq!(replay_args(&plain), "--seed 7");
+        let mut wb = Scenario::write_behind(7, 300);
+        assert_eq!(replay_args(&wb), "--seed 7 --write-behind --ops 300");
+        wb.direct = if wb.direct == 0.25 { 0.5 } else { 0.25 };
+        let args = replay_args(&wb);
+        assert_eq!(
+            args,
+            format!("--seed 7 --write-behind --ops 300 --direct {}", wb.direct)
+        );
+        // What main does with those arguments.
+        let mut again = Scenario::write_behind(7, 300);
+        again.direct = args.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(format!("{again:?}"), format!("{wb:?}"));
+    }
 }

@@ -3,7 +3,7 @@
 //! `MDRAID_SIM_SEEDS` and `MDRAID_SIM_OPS` widen it on demand (the long
 //! sweep); the defaults are what CI runs.
 
-use mdraid_sim::{run, Scenario};
+use mdraid_sim::{run, Scenario, DEFAULT_OPS};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -34,7 +34,7 @@ fn over_seeds<T: Send>(seeds: u64, each: impl Fn(u64) -> T + Sync) -> Vec<T> {
 #[test]
 fn sweep() {
     let seeds = env_u64("MDRAID_SIM_SEEDS", 500);
-    let ops = env_u64("MDRAID_SIM_OPS", 5000);
+    let ops = env_u64("MDRAID_SIM_OPS", DEFAULT_OPS);
     let results = over_seeds(seeds, |seed| {
         let sc = Scenario::from_seed(seed, ops);
         let size = bdev_raid::layout::Geometry::new(&sc.geometry).map_or(0, |g| g.array_blocks());
@@ -137,7 +137,7 @@ fn sweep() {
 #[test]
 fn write_behind_sweep() {
     let seeds = env_u64("MDRAID_SIM_WB_SEEDS", 500);
-    let ops = env_u64("MDRAID_SIM_OPS", 5000);
+    let ops = env_u64("MDRAID_SIM_OPS", DEFAULT_OPS);
     let results = over_seeds(seeds, |seed| run(&Scenario::write_behind(seed, ops)));
     let (mut behind, mut wm_reads, mut failed, mut blocks, mut crashes) = (0, 0, 0, 0, 0);
     let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
