@@ -2189,6 +2189,26 @@ impl<'a> Sim<'a> {
             || !self.inflight.is_empty()
             || !self.arr.meta_inbox.is_empty()
         {
+            if self.state().offline && self.inflight.is_empty() && self.arr.meta_inbox.is_empty() {
+                // The stop's superblock write failed a dead member that
+                // the state still counted in sync, and with it the last
+                // in-sync copy of some blocks: the array went offline,
+                // and an offline array is not marked clean. Only a dead
+                // member may take it there.
+                let st = self.state().clone();
+                let dead_failed = self
+                    .members
+                    .iter()
+                    .enumerate()
+                    .any(|(m, x)| x.dead && st.faulty() & 1 << m != 0);
+                if !dead_failed {
+                    return Err(format!(
+                        "the array went offline during an orderly stop with no dead member; {}",
+                        self.describe()
+                    ));
+                }
+                return Ok(());
+            }
             spins += 1;
             if spins > 100_000 {
                 return Err(format!(
