@@ -616,8 +616,8 @@ impl<'a> Sim<'a> {
             && self.arr.bcast.iter().all(|q| q.is_empty())
     }
 
-    /// Parents outstanding but no event can move them.
-    /// Every member is dead and only writes are outstanding, held by a
+    /// Every member is dead and only writes (a rebuild's or resync's
+    /// included) are outstanding, held by a
     /// metadata path that no member lets write a superblock: R3 holds
     /// them (a dead member cannot be told from a failing write, which a
     /// retry may get through), and the array reports itself blocked. The
@@ -629,13 +629,14 @@ impl<'a> Sim<'a> {
         if held {
             self.out.steps = self.step;
             self.out.ended_by_refusal = Some(format!(
-                "every member is dead; {} writes held, the array blocked (R3)",
+                "every member is dead; the array is blocked (R3), holding writes: {}",
                 self.parents.len()
             ));
         }
         held
     }
 
+    /// Parents outstanding but no event can move them.
     fn stuck(&mut self) -> Result<bool, String> {
         if self.parents.is_empty()
             || !self.inflight.is_empty()
