@@ -228,8 +228,8 @@ pub struct Direct {
     members: [u8; DIRECT_COPIES],
     n: u8,
     write: bool,
-    /// A raid1 write: its targets are every member, counted once for all
-    /// of them (`Channel::all_writes_out`).
+    /// A raid1 write to more than one member: its targets are every
+    /// member, counted once for all of them (`Channel::all_writes_out`).
     all: bool,
     /// ... and its block address in the member's data area.
     lbas: [u64; DIRECT_COPIES],
@@ -1409,7 +1409,10 @@ impl<B: IoBuf> Channel<B> {
             return None;
         }
         d.write = write;
-        d.all = write && self.geom.level() == crate::layout::Level::Raid1;
+        // As the lean path decides it (a raid1 of one member counts its
+        // writes per member: the same sums).
+        d.all =
+            write && self.geom.level() == crate::layout::Level::Raid1 && self.geom.members() > 1;
         d.lba = lba;
         d.blocks = blocks;
         d.n = 0;

@@ -546,7 +546,7 @@ impl<'a> Sim<'a> {
         while submitted < self.sc.ops || !self.quiet() {
             self.step += 1;
             if self.step > self.last_done + patience {
-                if self.held_by_dead_members() {
+                if self.ended_held_by_dead_members() {
                     return Ok(());
                 }
                 return Err(format!(
@@ -578,7 +578,7 @@ impl<'a> Sim<'a> {
                 break;
             }
             if self.stuck()? {
-                if self.held_by_dead_members() {
+                if self.ended_held_by_dead_members() {
                     return Ok(());
                 }
                 return Err(format!(
@@ -616,13 +616,13 @@ impl<'a> Sim<'a> {
             && self.arr.bcast.iter().all(|q| q.is_empty())
     }
 
-    /// Every member is dead and only writes (a rebuild's or resync's
-    /// included) are outstanding, held by a
+    /// End the run (true) if every member is dead and only writes (a
+    /// rebuild's or resync's included) are outstanding, held by a
     /// metadata path that no member lets write a superblock: R3 holds
     /// them (a dead member cannot be told from a failing write, which a
     /// retry may get through), and the array reports itself blocked. The
     /// run ends there, as when assembly finds no member.
-    fn held_by_dead_members(&mut self) -> bool {
+    fn ended_held_by_dead_members(&mut self) -> bool {
         let held = self.members.iter().all(|m| m.dead)
             && self.arr.meta.status().blocked
             && self.parents.values().all(|r| r.op.writes());
