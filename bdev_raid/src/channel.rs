@@ -2510,7 +2510,17 @@ impl<B: IoBuf> Channel<B> {
                 // Write-behind: the write-mostly copies finish after the
                 // parent from a private copy of the data.
                 let behind = if op == IoType::Write {
-                    self.take_behind(live, m.len)
+                    // The copies the array reads here (a member still
+                    // recovering past them takes the write but is not).
+                    let read = m
+                        .copies()
+                        .iter()
+                        .filter(|l| {
+                            let b = bit(l.member as usize);
+                            live & b != 0 && self.stale(b, l.lba, m.len) == 0
+                        })
+                        .fold(0, |a, l| a | bit(l.member as usize));
+                    self.take_behind(live, read, m.len)
                 } else {
                     None
                 };
@@ -2610,15 +2620,17 @@ impl<B: IoBuf> Channel<B> {
 
     /// A write copy buffer and a place among the array's write-behind
     /// pieces for a write piece of `blocks` going to the members in `live`,
-    /// if it may be written behind: write-behind is on, the piece has a
-    /// write-mostly copy and another copy the array reads, it fits a
-    /// write-behind copy, and no read waits for a write-mostly member.
-    fn take_behind(&mut self, live: u64, blocks: u64) -> Option<(u32, u64)> {
+    /// of which the array reads those in `read`, if it may be written
+    /// behind: write-behind is on, the piece has a write-mostly copy and
+    /// another copy the array reads (a crash then resyncs from it), it
+    /// fits a write-behind copy, and no read waits for a write-mostly
+    /// member.
+    fn take_behind(&mut self, live: u64, read: u64, blocks: u64) -> Option<(u32, u64)> {
         let wm = live & self.state.write_mostly;
         let max = self.state.write_behind;
         if max == 0
             || wm == 0
-            || live & !wm == 0
+            || read & !wm == 0
             || self.shared.bitmap.is_none()
             || blocks * self.bs > self.cfg.max_row_bytes as u64
             || (self.free_behind.is_empty() && self.behind_bufs.len() >= self.cfg.behind_bufs)
@@ -4000,6 +4012,50 @@ mod tests {
         assert_eq!(h.ch.stats().behind_writes, 5);
         h.finish_all();
         assert_eq!(h.done.len(), 6);
+    }
+
+    /// A write goes behind only where another copy is one the array
+    /// reads: a fast member still recovering past the write takes the
+    /// write but is not read there, so acknowledging the write before the
+    /// write-mostly copy lands would leave a crash nothing to resync from.
+    /// Below the recovery point the fast copy counts.
+    #[test]
+    fn write_behind_needs_a_fast_copy_the_array_reads() {
+        let mut h = Host::with(
+            Level::Raid1,
+            2,
+            1024,
+            ChannelConfig::default(),
+            |s| {
+                s.write_mostly = bit(1);
+                s.write_behind = 8;
+                s.members[0] = MemberState::Recovering(256);
+            },
+            true,
+        );
+        // Past the recovery point: the write-mostly copy is the only one
+        // read there, so the write waits for it.
+        h.write(1, 512, 8, 0x42);
+        assert_eq!(to(&h, 0).len(), 1, "the recovering member takes the write");
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert!(
+            h.done.is_empty(),
+            "acknowledged with its only read copy still behind"
+        );
+        assert_eq!(h.ch.stats().behind_writes, 0);
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        assert!(h.members[1][512 * 512..520 * 512]
+            .iter()
+            .all(|b| *b == 0x42));
+        // Below it the recovering member is read, so the write goes behind.
+        h.write(2, 0, 8, 0x24);
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert_eq!(h.done.len(), 2, "below the recovery point it goes behind");
+        assert_eq!(h.ch.stats().behind_writes, 1);
+        h.finish_all();
     }
 
     #[test]
