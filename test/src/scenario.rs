@@ -25,6 +25,10 @@ pub struct Faults {
     /// Members no fault is injected into (writes, deaths): the write-mostly
     /// workload keeps its slow member so reads are forced onto it.
     pub protect: u64,
+    /// No fault takes away a range's last copy: a member is not broken
+    /// while the level would not survive it with the members already
+    /// broken or not yet in sync (recovering) gone too.
+    pub keep_a_copy: bool,
 }
 
 /// Everything about one simulator run.
@@ -175,6 +179,7 @@ impl Scenario {
                 slow: r.below(1 << members),
                 slow_skip: 0.7,
                 protect: 0,
+                keep_a_copy: false,
             }
         } else {
             Faults {
@@ -186,6 +191,7 @@ impl Scenario {
                 slow: 0,
                 slow_skip: 0.7,
                 protect: 0,
+                keep_a_copy: false,
             }
         };
         let crashes = if r.chance(0.7) {
@@ -229,8 +235,10 @@ impl Scenario {
             }
             if wb {
                 // Faults hit the fast members only, as many as the level
-                // survives: reads end up on the write-mostly member.
+                // survives (a member still recovering counts as gone):
+                // reads end up on the write-mostly member.
                 faults.protect = write_mostly;
+                faults.keep_a_copy = true;
                 faults.max_broken = if level == Level::Raid1 {
                     members - k
                 } else {

@@ -16,7 +16,7 @@ use bdev_raid::meta::{NewMember, Recovery};
 use bdev_raid::ondisk::{
     bitmap_count_dirty, bitmap_get, Superblock, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
 };
-use bdev_raid::state::{ArrayState, MemberState, Shared};
+use bdev_raid::state::{survives, ArrayState, MemberState, Shared};
 use bdev_raid::sync::{Rebuild, Resync};
 
 use crate::rng::{splitmix, Rng};
@@ -243,8 +243,9 @@ struct Array {
 }
 
 struct Sim<'a> {
-    /// Write-behind children in flight: the array range and write id of
-    /// the parent they write for (which may have completed since).
+    /// Write-behind children in flight: the array range each writes and
+    /// the write id of the parent it writes for (which may have completed
+    /// since).
     /// (Keyed by channel and token: tokens are per channel.)
     behind: HashMap<(usize, ChildToken), (u64, u64, u64)>,
     /// Write-behind writes a crash cut short, until a resync has made the
@@ -509,6 +510,23 @@ impl<'a> Sim<'a> {
             .enumerate()
             .filter(|(_, m)| m.broken)
             .fold(0, |a, (i, _)| a | 1 << i)
+    }
+
+    /// Whether a fault may break member `m` now (it may hit one already
+    /// broken again): the scenario's limits, and with
+    /// [`Faults::keep_a_copy`] the level surviving `m` gone beside the
+    /// members broken or not in sync.
+    fn may_break(&self, m: usize) -> bool {
+        let f = &self.sc.faults;
+        if f.protect & 1 << m != 0 {
+            return false;
+        }
+        if self.members[m].broken {
+            return true;
+        }
+        self.broken() < f.max_broken
+            && (!f.keep_a_copy
+                || survives(&self.geom, self.broken_mask() | self.out_now() | 1 << m))
     }
 
     fn broken(&self) -> usize {
@@ -991,7 +1009,7 @@ impl<'a> Sim<'a> {
                     && self.broken() < self.sc.faults.max_broken
                 {
                     let m = self.rng.below(self.members.len() as u64) as usize;
-                    if self.sc.faults.protect & 1 << m == 0 {
+                    if self.may_break(m) {
                         self.members[m].dead = true;
                         self.members[m].broken = true;
                     }
@@ -1224,8 +1242,15 @@ impl<'a> Sim<'a> {
                     }
                     if matches!(io.buf, ChildBuf::Behind { .. }) {
                         if let Some(rec) = self.parents.get(&io.parent) {
-                            self.behind
-                                .insert((ch, io.token), (rec.lba, rec.blocks, rec.id));
+                            let at =
+                                self.array_range_of(rec.lba, rec.blocks, &io)
+                                    .ok_or_else(|| {
+                                        format!(
+                                        "write-behind child {io:?} is no copy of its parent {}+{}",
+                                        rec.lba, rec.blocks
+                                    )
+                                    })?;
+                            self.behind.insert((ch, io.token), (at, io.blocks, rec.id));
                         }
                     }
                     if self.faults_on && self.rng.chance(self.sc.faults.nomem) {
@@ -1411,10 +1436,7 @@ impl<'a> Sim<'a> {
     /// Whether a write to member `m` fails now.
     fn write_fails(&mut self, m: usize) -> bool {
         let f = &self.sc.faults;
-        let inject = self.member_faults()
-            && f.protect & 1 << m == 0
-            && (self.members[m].broken || self.broken() < f.max_broken)
-            && self.rng.chance(f.write_error);
+        let inject = self.member_faults() && self.may_break(m) && self.rng.chance(f.write_error);
         if self.members[m].dead || inject {
             self.members[m].broken = true;
             true
@@ -1751,6 +1773,22 @@ impl<'a> Sim<'a> {
             self.drain(ch)?;
         }
         Ok(())
+    }
+
+    /// The first array block that child `io` (of a mirrored level) writes,
+    /// found among the copies of the parent's range `[lba, lba+blocks)`.
+    fn array_range_of(&self, lba: u64, blocks: u64, io: &ChildIo) -> Option<u64> {
+        let (end, mut at) = (lba + blocks, lba);
+        while at < end {
+            let m = self.geom.map(at, end - at);
+            for l in m.copies() {
+                if l.member == io.member && l.lba <= io.lba && io.lba + io.blocks <= l.lba + m.len {
+                    return Some(at + (io.lba - l.lba));
+                }
+            }
+            at += m.len;
+        }
+        None
     }
 
     /// Write-behind writes a crash cut short (`exposed`) whose range has no
