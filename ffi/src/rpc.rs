@@ -1667,11 +1667,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_examine(
                     return r.rpc_error(&no_device(n));
                 };
                 if crate::module::is_array(n) {
-                    return r.rpc_error(&RpcError::invalid_field(
-                        EXAMINE,
-                        "name",
-                        format!("`{n}` is an mdraid array, not a member"),
-                    ));
+                    return r.rpc_error(&BdevMdraidExamine::array_named(n));
                 }
                 vec![b]
             }

@@ -302,6 +302,17 @@ pub struct BdevMdraidExamine {
 }
 impl Validate for BdevMdraidExamine {}
 
+impl BdevMdraidExamine {
+    /// Both hosts' answer when `name` is an array: examine reads members.
+    pub fn array_named(name: &str) -> crate::error::RpcError {
+        crate::error::RpcError::invalid_field(
+            crate::method::Method::BdevMdraidExamine.name(),
+            "name",
+            format!("`{name}` is an mdraid array, not a member"),
+        )
+    }
+}
+
 // ================================================================ SPDK bdevs
 
 /// `bdev_malloc_create`: SPDK's decoder table. Metadata/DIF fields are

@@ -1779,6 +1779,9 @@ impl Daemon {
     fn mdraid_examine(&self, p: BdevMdraidExamine) -> Result<Value, RpcError> {
         match &p.name {
             Some(n) => {
+                if self.arrays.iter().any(|a| a.name == n.as_str()) {
+                    return Err(BdevMdraidExamine::array_named(n.as_str()));
+                }
                 let d = self
                     .reg
                     .get(n.as_str())

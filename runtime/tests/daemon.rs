@@ -181,6 +181,11 @@ fn members_and_arrays_of_every_level() {
     assert_eq!(ex[0]["array_uuid"], r5["uuid"]);
     let ex = d.ok("bdev_mdraid_examine", json!({"name": auto}));
     assert_eq!(ex[0]["has_superblock"], false);
+    // An array is not a member: the field is named, as the SPDK host does.
+    expect_field(
+        &d.err("bdev_mdraid_examine", json!({"name": arrays[0].0})),
+        "name",
+    );
 
     // Delete: arrays, then members.
     for (name, _, members, _) in &arrays {
