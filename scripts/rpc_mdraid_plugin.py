@@ -23,10 +23,22 @@ def _call(args, method, params):
     return args.client.call(method, {k: v for k, v in params.items() if v is not None})
 
 
+def _bitmap(args):
+    """The create's `bitmap` param: None (the server's default), False,
+    True, or the options given."""
+    opts = {k: v for k, v in (('chunk_kb', args.bitmap_chunk_kb),
+                              ('daemon_sleep_ms', args.bitmap_daemon_sleep_ms)) if v is not None}
+    if args.no_bitmap:
+        if opts:
+            raise SystemExit('error: --no-bitmap with --bitmap-chunk-kb or --bitmap-daemon-sleep-ms')
+        return False
+    if opts:
+        return opts
+    return True if args.bitmap else None
+
+
 def bdev_mdraid_create(args):
-    bitmap = None
-    if args.bitmap_chunk_kb is not None or args.bitmap:
-        bitmap = {"chunk_kb": args.bitmap_chunk_kb} if args.bitmap_chunk_kb else True
+    bitmap = _bitmap(args)
     _call(args, 'bdev_mdraid_create', {
         'name': args.name,
         'raid_level': args.raid_level,
@@ -106,8 +118,14 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('--no-superblock', action='store_true',
                    help='write no md superblock on the members')
     p.add_argument('--layout', help="md layout (e.g. left-symmetric, n2, f2)")
-    p.add_argument('--bitmap', action='store_true', help='internal write-intent bitmap')
-    p.add_argument('--bitmap-chunk-kb', type=int, help='bitmap chunk size in KiB')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--bitmap', action='store_true',
+                   help='internal write-intent bitmap (the default on levels with redundancy)')
+    g.add_argument('--no-bitmap', action='store_true', help='no write-intent bitmap')
+    p.add_argument('--bitmap-chunk-kb', type=int,
+                   help="bitmap chunk size in KiB (default mdadm's, at least 64 MiB)")
+    p.add_argument('--bitmap-daemon-sleep-ms', type=int,
+                   help='how often idle bitmap bits are cleared (default 5000)')
     p.add_argument('--write-mostly', type=str.split,
                    help='members read only when no other copy can serve (raid1, raid10)')
     p.add_argument('--write-behind', type=int,

@@ -377,6 +377,43 @@ fn spdk_tgt_rpc_create_get_delete() {
     let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r2"]);
     assert!(out.contains("\"write_behind\": 64"), "{out}");
     tgt.ok(&env, &["bdev_mdraid_delete", "r2", "--clear-sb"]);
+    // The plugin's bitmap options: off, and its own chunk and daemon
+    // sleep (a chunk of 0 reaches the server, which names the field).
+    let r2 = [
+        "bdev_mdraid_create",
+        "-n",
+        "r2",
+        "-r",
+        "raid1",
+        "-b",
+        "m2 m3",
+    ];
+    tgt.ok(&env, &[&r2[..], &["--no-bitmap"]].concat());
+    let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r2"]);
+    assert!(
+        !out.contains("\"bitmap\""),
+        "--no-bitmap made a bitmap: {out}"
+    );
+    tgt.ok(&env, &["bdev_mdraid_delete", "r2", "--clear-sb"]);
+    let opts = [
+        "--bitmap-chunk-kb",
+        "128",
+        "--bitmap-daemon-sleep-ms",
+        "700",
+    ];
+    tgt.ok(&env, &[&r2[..], &opts[..]].concat());
+    let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r2"]);
+    assert!(
+        out.contains("\"chunk_kb\": 128") && out.contains("\"daemon_sleep_ms\": 700"),
+        "{out}"
+    );
+    tgt.ok(&env, &["bdev_mdraid_delete", "r2", "--clear-sb"]);
+    tgt.fails(
+        &env,
+        &[&r2[..], &["--bitmap-chunk-kb", "0"]].concat(),
+        -32602,
+        "field `bitmap.chunk_kb`",
+    );
     // Bad params: -32602 naming the field; nothing is left behind.
     tgt.fails(
         &env,
