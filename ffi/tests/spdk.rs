@@ -358,27 +358,6 @@ fn spdk_tgt_rpc_create_get_delete() {
     );
 
     // Write-mostly with write-behind: recorded and shown.
-    tgt.ok(
-        &env,
-        &[
-            "bdev_mdraid_create",
-            "-n",
-            "r2",
-            "-r",
-            "raid1",
-            "-b",
-            "m2 m3",
-            "--write-mostly",
-            "m3",
-            "--write-behind",
-            "64",
-        ],
-    );
-    let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r2"]);
-    assert!(out.contains("\"write_behind\": 64"), "{out}");
-    tgt.ok(&env, &["bdev_mdraid_delete", "r2", "--clear-sb"]);
-    // The plugin's bitmap options: off, and its own chunk and daemon
-    // sleep (a chunk of 0 reaches the server, which names the field).
     let r2 = [
         "bdev_mdraid_create",
         "-n",
@@ -388,6 +367,13 @@ fn spdk_tgt_rpc_create_get_delete() {
         "-b",
         "m2 m3",
     ];
+    let wm = ["--write-mostly", "m3", "--write-behind", "64"];
+    tgt.ok(&env, &[&r2[..], &wm[..]].concat());
+    let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r2"]);
+    assert!(out.contains("\"write_behind\": 64"), "{out}");
+    tgt.ok(&env, &["bdev_mdraid_delete", "r2", "--clear-sb"]);
+    // The plugin's bitmap options: off, and its own chunk and daemon
+    // sleep (a chunk of 0 reaches the server, which names the field).
     tgt.ok(&env, &[&r2[..], &["--no-bitmap"]].concat());
     let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "r2"]);
     assert!(
@@ -447,29 +433,13 @@ fn spdk_tgt_rpc_create_get_delete() {
     );
     tgt.fails(
         &env,
-        &[
-            "bdev_mdraid_create",
-            "-n",
-            "r2",
-            "-r",
-            "raid1",
-            "-b",
-            "m2 nosuch",
-        ],
+        &[&r2[..6], &["m2 nosuch"]].concat(),
         -32602,
         "field `base_bdevs[1]`",
     );
     tgt.fails(
         &env,
-        &[
-            "bdev_mdraid_create",
-            "-n",
-            "r2",
-            "-r",
-            "raid1",
-            "-b",
-            "m2 m0",
-        ],
+        &[&r2[..6], &["m2 m0"]].concat(),
         -32602,
         "field `base_bdevs[1]`",
     );
