@@ -492,8 +492,11 @@ struct Piece {
     behind_buf: u32,
     /// Members written behind.
     behind_mask: u64,
-    /// A non-write-mostly copy was written: the parent need not wait for
-    /// the write-behind children.
+    /// Of a write-behind piece: the members of its copies in sync (a
+    /// member being rebuilt takes the write but does not count).
+    read_mask: u64,
+    /// One of `read_mask` that is not written behind has the data: the
+    /// parent need not wait for the write-behind children.
     fast_ok: bool,
     tag: u64,
     lba: u64,
@@ -510,6 +513,7 @@ impl Piece {
             behind: 0,
             behind_buf: NONE,
             behind_mask: 0,
+            read_mask: 0,
             fast_ok: false,
             tag,
             lba: 0,
@@ -2510,17 +2514,22 @@ impl<B: IoBuf> Channel<B> {
                 // Write-behind: the write-mostly copies finish after the
                 // parent from a private copy of the data.
                 let behind = if op == IoType::Write {
-                    // The copies the array reads here (a member still
-                    // recovering past them takes the write but is not).
+                    // The copies in sync (md's R1BIO_Uptodate: a member
+                    // being rebuilt takes the write, but a crash may take
+                    // its recovery back to its last checkpoint).
                     let read = m
                         .copies()
                         .iter()
                         .filter(|l| {
                             let b = bit(l.member as usize);
-                            live & b != 0 && self.stale(b, l.lba, m.len) == 0
+                            live & b != 0 && self.rec_mask & b == 0
                         })
                         .fold(0, |a, l| a | bit(l.member as usize));
-                    self.take_behind(live, read, m.len)
+                    let b = self.take_behind(live, read, m.len);
+                    if b.is_some() {
+                        self.pieces[piece as usize].read_mask = read;
+                    }
+                    b
                 } else {
                     None
                 };
@@ -2620,11 +2629,10 @@ impl<B: IoBuf> Channel<B> {
 
     /// A write copy buffer and a place among the array's write-behind
     /// pieces for a write piece of `blocks` going to the members in `live`,
-    /// of which the array reads those in `read`, if it may be written
-    /// behind: write-behind is on, the piece has a write-mostly copy and
-    /// another copy the array reads (a crash then resyncs from it), it
-    /// fits a write-behind copy, and no read waits for a write-mostly
-    /// member.
+    /// of which those in `read` are in sync, if it may be written behind:
+    /// write-behind is on, the piece has a write-mostly copy and another
+    /// copy in sync (a crash then resyncs from it), it fits a write-behind
+    /// copy, and no read waits for a write-mostly member.
     fn take_behind(&mut self, live: u64, read: u64, blocks: u64) -> Option<(u32, u64)> {
         let wm = live & self.state.write_mostly;
         let max = self.state.write_behind;
@@ -2938,7 +2946,8 @@ impl<B: IoBuf> Channel<B> {
                     self.fail_member(member, inc);
                     self.note_wait(slot, bit(member as usize), inc);
                 } else {
-                    self.pieces[piece as usize].fast_ok = true;
+                    let pc = &mut self.pieces[piece as usize];
+                    pc.fast_ok |= pc.read_mask & bit(member as usize) != 0;
                 }
                 self.free_child(c);
                 self.piece_done(piece);
@@ -4014,13 +4023,14 @@ mod tests {
         assert_eq!(h.done.len(), 6);
     }
 
-    /// A write goes behind only where another copy is one the array
-    /// reads: a fast member still recovering past the write takes the
-    /// write but is not read there, so acknowledging the write before the
-    /// write-mostly copy lands would leave a crash nothing to resync from.
-    /// Below the recovery point the fast copy counts.
+    /// A write goes behind only where another copy is in sync: a fast
+    /// member being rebuilt takes the write, but acknowledging it before
+    /// the write-mostly copy lands would leave a crash nothing to resync
+    /// from, past the recovery point and below it alike (a crash takes the
+    /// rebuild back to its last checkpoint). md acknowledges such a write
+    /// only once an in-sync copy has it (R1BIO_Uptodate).
     #[test]
-    fn write_behind_needs_a_fast_copy_the_array_reads() {
+    fn write_behind_needs_a_fast_copy_in_sync() {
         let mut h = Host::with(
             Level::Raid1,
             2,
@@ -4033,15 +4043,14 @@ mod tests {
             },
             true,
         );
-        // Past the recovery point: the write-mostly copy is the only one
-        // read there, so the write waits for it.
+        // Past the recovery point.
         h.write(1, 512, 8, 0x42);
         assert_eq!(to(&h, 0).len(), 1, "the recovering member takes the write");
         let fast = to(&h, 0)[0];
         h.finish(fast);
         assert!(
             h.done.is_empty(),
-            "acknowledged with its only read copy still behind"
+            "acknowledged with its only copy in sync still behind"
         );
         assert_eq!(h.ch.stats().behind_writes, 0);
         h.finish_all();
@@ -4049,13 +4058,68 @@ mod tests {
         assert!(h.members[1][512 * 512..520 * 512]
             .iter()
             .all(|b| *b == 0x42));
-        // Below it the recovering member is read, so the write goes behind.
+        // Below it: the same.
         h.write(2, 0, 8, 0x24);
         let fast = to(&h, 0)[0];
         h.finish(fast);
-        assert_eq!(h.done.len(), 2, "below the recovery point it goes behind");
+        assert_eq!(h.done.len(), 1, "acknowledged below the recovery point");
+        assert_eq!(h.ch.stats().behind_writes, 0);
+        h.finish_all();
+        assert_eq!(h.done.len(), 2);
+        // In sync again: the write goes behind.
+        let mut s = (**h.ch.state()).clone();
+        s.members[0] = MemberState::InSync;
+        s.seq += 1;
+        h.ch.apply_state(Arc::new(s));
+        h.pump();
+        h.write(3, 0, 8, 0x11);
+        let fast = to(&h, 0)[0];
+        h.finish(fast);
+        assert_eq!(h.done.len(), 3, "in sync, it goes behind");
         assert_eq!(h.ch.stats().behind_writes, 1);
         h.finish_all();
+    }
+
+    /// The parent of a write-behind piece goes before its write-mostly
+    /// copies only once a copy in sync has the data: a member being
+    /// rebuilt takes the write but is no such copy, though the piece went
+    /// behind for another fast copy (in sync) that then failed.
+    #[test]
+    fn write_behind_parent_waits_when_only_a_rebuilding_copy_landed() {
+        let mut h = Host::with(
+            Level::Raid1,
+            3,
+            1024,
+            ChannelConfig::default(),
+            |s| {
+                s.write_mostly = bit(2);
+                s.write_behind = 8;
+                s.members[1] = MemberState::Recovering(0);
+            },
+            true,
+        );
+        h.failing = bit(0);
+        h.write(1, 512, 8, 0x3c);
+        assert_eq!(
+            h.ch.stats().behind_writes,
+            1,
+            "member 0 is read: it goes behind"
+        );
+        for m in [0, 1] {
+            let c = to(&h, m)[0];
+            h.finish(c);
+        }
+        assert_eq!(h.meta, vec![0]);
+        h.commit_faulty(&[0]);
+        assert!(
+            h.done.is_empty(),
+            "acknowledged with its only copy in sync still behind"
+        );
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        assert!(h.members[2][512 * 512..520 * 512]
+            .iter()
+            .all(|b| *b == 0x3c));
     }
 
     #[test]

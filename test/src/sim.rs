@@ -74,6 +74,9 @@ pub struct Outcome {
     pub child_errors: u64,
     pub members_failed: usize,
     pub offline: bool,
+    /// Some state the metadata path published had the array offline
+    /// (a later crash may have brought it back).
+    pub ever_offline: bool,
     pub nomem: u64,
     pub rmw: u64,
     pub rcw: u64,
@@ -242,16 +245,26 @@ struct Array {
     meta_inbox: VecDeque<MetaRequest>,
 }
 
+/// A write-behind child: the array blocks it writes, the write id of the
+/// parent it writes for (which may have completed since), and the other
+/// copies of those blocks in sync in its channel's state when it was
+/// issued (those the write may be acknowledged on).
+#[derive(Clone, Copy, Debug)]
+struct BehindRec {
+    lba: u64,
+    blocks: u64,
+    id: u64,
+    read: u64,
+}
+
 struct Sim<'a> {
-    /// Write-behind children in flight: the array range each writes and
-    /// the write id of the parent it writes for (which may have completed
-    /// since).
+    /// Write-behind children in flight.
     /// (Keyed by channel and token: tokens are per channel.)
-    behind: HashMap<(usize, ChildToken), (u64, u64, u64)>,
+    behind: HashMap<(usize, ChildToken), BehindRec>,
     /// Write-behind writes a crash cut short, until a resync has made the
     /// write-mostly copies agree again: their data then lives on the other
     /// copies only.
-    exposed: Vec<(u64, u64, u64)>,
+    exposed: Vec<BehindRec>,
     /// Direct reads and writes in flight, by parent tag (a crash drops
     /// them with the channels that handed them out).
     directs: HashMap<u64, DirectRec>,
@@ -1071,6 +1084,7 @@ impl<'a> Sim<'a> {
                             member.joined = Some(s.readded[m]);
                         }
                     }
+                    self.out.ever_offline |= s.offline;
                     self.arr.newest = s.clone();
                     self.arr.applied = 0;
                     for q in &mut self.arr.bcast {
@@ -1242,15 +1256,15 @@ impl<'a> Sim<'a> {
                     }
                     if matches!(io.buf, ChildBuf::Behind { .. }) {
                         if let Some(rec) = self.parents.get(&io.parent) {
-                            let at =
-                                self.array_range_of(rec.lba, rec.blocks, &io)
-                                    .ok_or_else(|| {
-                                        format!(
+                            let b = self
+                                .behind_rec(ch, rec.lba, rec.blocks, rec.id, &io)
+                                .ok_or_else(|| {
+                                    format!(
                                         "write-behind child {io:?} is no copy of its parent {}+{}",
                                         rec.lba, rec.blocks
                                     )
-                                    })?;
-                            self.behind.insert((ch, io.token), (at, io.blocks, rec.id));
+                                })?;
+                            self.behind.insert((ch, io.token), b);
                         }
                     }
                     if self.faults_on && self.rng.chance(self.sc.faults.nomem) {
@@ -1775,49 +1789,75 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
-    /// The first array block that child `io` (of a mirrored level) writes,
-    /// found among the copies of the parent's range `[lba, lba+blocks)`.
-    fn array_range_of(&self, lba: u64, blocks: u64, io: &ChildIo) -> Option<u64> {
+    /// Write-behind child `io` of channel `ch`, for write `id` of the
+    /// parent range `[lba, lba+blocks)` (a mirrored level): the array
+    /// blocks it writes, found among the copies of that range, and the
+    /// other copies of them in sync in the channel's state.
+    fn behind_rec(
+        &self,
+        ch: usize,
+        lba: u64,
+        blocks: u64,
+        id: u64,
+        io: &ChildIo,
+    ) -> Option<BehindRec> {
+        let c = &self.arr.channels[ch];
+        let (st, failed) = (c.state(), c.shared().failed());
         let (end, mut at) = (lba + blocks, lba);
         while at < end {
             let m = self.geom.map(at, end - at);
-            for l in m.copies() {
-                if l.member == io.member && l.lba <= io.lba && io.lba + io.blocks <= l.lba + m.len {
-                    return Some(at + (io.lba - l.lba));
-                }
-            }
-            at += m.len;
+            let Some(l) = m.copies().iter().find(|l| {
+                l.member == io.member && l.lba <= io.lba && io.lba + io.blocks <= l.lba + m.len
+            }) else {
+                at += m.len;
+                continue;
+            };
+            let off = io.lba - l.lba;
+            let read = m
+                .copies()
+                .iter()
+                .filter(|c| {
+                    let b = 1u64 << c.member;
+                    self.sc.write_mostly & b == 0
+                        && failed & b == 0
+                        && st.members[c.member as usize] == MemberState::InSync
+                })
+                .fold(0, |a, c| a | 1 << c.member);
+            return Some(BehindRec {
+                lba: at + off,
+                blocks: io.blocks,
+                id,
+                read,
+            });
         }
         None
     }
 
-    /// Write-behind writes a crash cut short (`exposed`) whose range has no
-    /// copy left outside the write-mostly members (dead, failed, being
-    /// rebuilt, or among `unreadable`, members a resync read failed on)
-    /// lost their acknowledged data, as md's write-behind does on that
-    /// double fault: the blocks they last wrote may read back any earlier
-    /// write.
+    /// Write-behind writes a crash cut short (`exposed`) none of whose
+    /// copies in sync when it was issued is left (each dead, failed, taken
+    /// out and added back since, or among `unreadable`, members a resync
+    /// read failed on) lost their acknowledged data, as md's write-behind
+    /// does on that double fault: the blocks they last wrote may read back
+    /// any earlier write. One with no such copy to begin with lost nothing
+    /// md would: the loss is the engine's, and the check reports it.
     fn check_exposed(&mut self, unreadable: u64) {
         let mut i = 0;
         while i < self.exposed.len() {
-            let (lba, blocks, id) = self.exposed[i];
+            let BehindRec {
+                lba,
+                blocks,
+                id,
+                read,
+            } = self.exposed[i];
             let end = lba + blocks;
-            let mut at = lba;
-            let mut holders = 0u64;
-            while at < end {
-                let m = self.geom.map(at, end - at);
-                for l in m.copies() {
-                    holders |= 1 << l.member;
-                }
-                at += m.len;
-            }
-            let fast_left = (0..self.members.len()).any(|m| {
-                holders & 1 << m != 0
-                    && (self.sc.write_mostly | unreadable) & 1 << m == 0
-                    && !self.members[m].dead
-                    && !self.members[m].broken
-                    && !self.members[m].added
-            });
+            let fast_left = read == 0
+                || (0..self.members.len()).any(|m| {
+                    read & 1 << m != 0
+                        && unreadable & 1 << m == 0
+                        && !self.members[m].dead
+                        && !self.members[m].broken
+                        && !self.members[m].added
+                });
             if fast_left {
                 i += 1;
                 continue;
@@ -2075,6 +2115,7 @@ impl<'a> Sim<'a> {
         self.out.steps = self.step;
         self.out.members_failed = self.state().faulty().count_ones() as usize;
         self.out.offline = self.state().offline;
+        self.out.ever_offline |= self.out.offline;
         self.add_stats();
         Ok(())
     }
