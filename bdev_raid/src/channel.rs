@@ -3928,14 +3928,21 @@ mod tests {
 
     /// raid1 of 2, member 1 write-mostly, write-behind `wb`, bitmap on.
     fn wm_host(wb: u32) -> Host {
+        wm_host_with(2, 1, wb, |_| {})
+    }
+
+    /// A raid1 of `n` with a bitmap, member `wm` write-mostly, write-behind
+    /// `wb`, and `edit` to its state.
+    fn wm_host_with(n: usize, wm: usize, wb: u32, edit: impl FnOnce(&mut ArrayState)) -> Host {
         Host::with(
             Level::Raid1,
-            2,
+            n,
             1024,
             ChannelConfig::default(),
             |s| {
-                s.write_mostly = bit(1);
+                s.write_mostly = bit(wm);
                 s.write_behind = wb;
+                edit(s);
             },
             true,
         )
@@ -4031,95 +4038,33 @@ mod tests {
     /// only once an in-sync copy has it (R1BIO_Uptodate).
     #[test]
     fn write_behind_needs_a_fast_copy_in_sync() {
-        let mut h = Host::with(
-            Level::Raid1,
-            2,
-            1024,
-            ChannelConfig::default(),
-            |s| {
-                s.write_mostly = bit(1);
-                s.write_behind = 8;
-                s.members[0] = MemberState::Recovering(256);
-            },
-            true,
-        );
-        // Past the recovery point.
-        h.write(1, 512, 8, 0x42);
-        assert_eq!(to(&h, 0).len(), 1, "the recovering member takes the write");
-        let fast = to(&h, 0)[0];
-        h.finish(fast);
-        assert!(
-            h.done.is_empty(),
-            "acknowledged with its only copy in sync still behind"
-        );
-        assert_eq!(h.ch.stats().behind_writes, 0);
-        h.finish_all();
-        assert_eq!(h.done[0].1, IoStatus::Success);
-        assert!(h.members[1][512 * 512..520 * 512]
-            .iter()
-            .all(|b| *b == 0x42));
-        // Below it: the same.
-        h.write(2, 0, 8, 0x24);
-        let fast = to(&h, 0)[0];
-        h.finish(fast);
-        assert_eq!(h.done.len(), 1, "acknowledged below the recovery point");
-        assert_eq!(h.ch.stats().behind_writes, 0);
-        h.finish_all();
-        assert_eq!(h.done.len(), 2);
-        // In sync again: the write goes behind.
-        let mut s = (**h.ch.state()).clone();
-        s.members[0] = MemberState::InSync;
-        s.seq += 1;
-        h.ch.apply_state(Arc::new(s));
-        h.pump();
-        h.write(3, 0, 8, 0x11);
-        let fast = to(&h, 0)[0];
-        h.finish(fast);
-        assert_eq!(h.done.len(), 3, "in sync, it goes behind");
-        assert_eq!(h.ch.stats().behind_writes, 1);
-        h.finish_all();
-    }
-
-    /// The parent of a write-behind piece goes before its write-mostly
-    /// copies only once a copy in sync has the data: a member being
-    /// rebuilt takes the write but is no such copy, though the piece went
-    /// behind for another fast copy (in sync) that then failed.
-    #[test]
-    fn write_behind_parent_waits_when_only_a_rebuilding_copy_landed() {
-        let mut h = Host::with(
-            Level::Raid1,
-            3,
-            1024,
-            ChannelConfig::default(),
-            |s| {
-                s.write_mostly = bit(2);
-                s.write_behind = 8;
-                s.members[1] = MemberState::Recovering(0);
-            },
-            true,
-        );
-        h.failing = bit(0);
-        h.write(1, 512, 8, 0x3c);
-        assert_eq!(
-            h.ch.stats().behind_writes,
-            1,
-            "member 0 is read: it goes behind"
-        );
-        for m in [0, 1] {
-            let c = to(&h, m)[0];
-            h.finish(c);
+        let mut h = wm_host_with(2, 1, 8, |s| s.members[0] = MemberState::Recovering(256));
+        // Past the recovery point, below it, and once in sync again.
+        for (tag, lba, in_sync) in [(1u64, 512u64, false), (2, 0, false), (3, 0, true)] {
+            if in_sync {
+                let mut s = (**h.ch.state()).clone();
+                s.members[0] = MemberState::InSync;
+                s.seq += 1;
+                h.ch.apply_state(Arc::new(s));
+                h.pump();
+            }
+            h.write(tag, lba, 8, tag as u8);
+            assert_eq!(to(&h, 0).len(), 1, "member 0 takes the write");
+            let fast = to(&h, 0)[0];
+            h.finish(fast);
+            assert_eq!(
+                h.done.len() == tag as usize,
+                in_sync,
+                "write {tag}: acknowledged with its only copy in sync still behind, or not behind in sync"
+            );
+            assert_eq!(h.ch.stats().behind_writes, u64::from(in_sync));
+            h.finish_all();
+            assert_eq!(h.done[tag as usize - 1].1, IoStatus::Success);
+            let at = lba as usize * 512;
+            assert!(h.members[1][at..at + 8 * 512]
+                .iter()
+                .all(|b| *b == tag as u8));
         }
-        assert_eq!(h.meta, vec![0]);
-        h.commit_faulty(&[0]);
-        assert!(
-            h.done.is_empty(),
-            "acknowledged with its only copy in sync still behind"
-        );
-        h.finish_all();
-        assert_eq!(h.done[0].1, IoStatus::Success);
-        assert!(h.members[2][512 * 512..520 * 512]
-            .iter()
-            .all(|b| *b == 0x3c));
     }
 
     #[test]
@@ -4149,22 +4094,45 @@ mod tests {
         assert_eq!(h.ch.stats().write_mostly_reads, 1);
     }
 
+    /// The parent of a write-behind piece goes before its write-mostly
+    /// copies only once a copy in sync has the data. raid1 of 2: the fast
+    /// copy fails. raid1 of 3: member 0's copy fails, and member 1, being
+    /// rebuilt, takes the write but is no copy in sync (the piece went
+    /// behind for member 0).
     #[test]
-    fn write_behind_parent_waits_when_every_fast_copy_failed() {
-        let mut h = wm_host(8);
-        h.failing = bit(0);
-        h.write(1, 0, 8, 0x42);
-        let fast = to(&h, 0)[0];
-        h.finish(fast);
-        assert_eq!(h.meta, vec![0]);
-        h.commit_faulty(&[0]);
-        assert!(
-            h.done.is_empty(),
-            "acknowledged with only a write-behind copy in flight"
-        );
-        h.finish_all();
-        assert_eq!(h.done[0].1, IoStatus::Success);
-        assert!(h.members[1][..8 * 512].iter().all(|b| *b == 0x42));
+    fn write_behind_parent_waits_when_every_fast_copy_in_sync_failed() {
+        let cases = [
+            (wm_host(8), vec![0u16], 1),
+            (
+                wm_host_with(3, 2, 8, |s| s.members[1] = MemberState::Recovering(0)),
+                vec![0, 1],
+                2,
+            ),
+        ];
+        for (mut h, fast, wm) in cases {
+            h.failing = bit(0);
+            h.write(1, 512, 8, 0x42);
+            assert_eq!(
+                h.ch.stats().behind_writes,
+                1,
+                "member 0 is in sync: it goes behind"
+            );
+            for m in fast {
+                let c = to(&h, m)[0];
+                h.finish(c);
+            }
+            assert_eq!(h.meta, vec![0]);
+            h.commit_faulty(&[0]);
+            assert!(
+                h.done.is_empty(),
+                "acknowledged with its only copy in sync still behind"
+            );
+            h.finish_all();
+            assert_eq!(h.done[0].1, IoStatus::Success);
+            assert!(h.members[wm][512 * 512..520 * 512]
+                .iter()
+                .all(|b| *b == 0x42));
+        }
     }
 
     #[test]
