@@ -1666,7 +1666,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_examine(
                 let Some(b) = Bdev::by_name(n) else {
                     return r.rpc_error(&no_device(n));
                 };
-                if crate::module::is_array(n) {
+                // By its name or an alias (its UUID).
+                if crate::module::is_array(n) || crate::module::is_array(&b.name()) {
                     return r.rpc_error(&BdevMdraidExamine::array_named(n));
                 }
                 vec![b]

@@ -182,6 +182,8 @@ fn spdk_tgt_remove_set_write_mostly_examine() {
     bad_field(&tgt, EX, r#"{"name":""}"#, "name");
     bad_field(&tgt, EX, r#"{"bdev":"a0"}"#, "bdev");
     bad_field(&tgt, EX, r#"{"name":"r"}"#, "name");
+    // By its alias too (SPDK registers a bdev's UUID as one).
+    bad_field(&tgt, EX, &format!(r#"{{"name":"{uuid}"}}"#), "name");
     fails(&tgt, &env, &[EX, "-n", "nosuch"], -19, "nosuch");
     assert_eq!(
         tgt.json(&env, &["bdev_mdraid_get_bdevs"]),
