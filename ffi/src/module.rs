@@ -65,6 +65,12 @@ pub fn is_array(name: &str) -> bool {
     r.arrays.iter().any(|a| a.name == name) || r.reserved.iter().any(|n| n == name)
 }
 
+/// Whether `name` names an array, by its name or an alias (SPDK registers
+/// a bdev's UUID as one).
+pub fn names_array(name: &str) -> bool {
+    is_array(name) || crate::spdk::Bdev::by_name(name).is_some_and(|b| is_array(&b.name()))
+}
+
 pub fn all() -> Vec<Arc<Array>> {
     registry().arrays.clone()
 }

@@ -421,7 +421,7 @@ fn open_members(c: &Ctx) -> Result<(), RpcError> {
     let names: Vec<String> = g.p.base_bdevs.iter().map(|n| n.to_string()).collect();
     for (i, m) in names.iter().enumerate() {
         let f = format!("base_bdevs[{i}]");
-        if crate::module::is_array(m) {
+        if crate::module::names_array(m) {
             return Err(field(
                 f,
                 format!("`{m}` is an mdraid array; arrays cannot be members"),
@@ -1130,7 +1130,7 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
             ),
         ));
     }
-    if crate::module::is_array(&bname) {
+    if crate::module::names_array(&bname) {
         return r.rpc_error(&add_field(
             "base_bdev",
             format!("`{bname}` is an mdraid array; arrays cannot be members"),
@@ -1666,8 +1666,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_examine(
                 let Some(b) = Bdev::by_name(n) else {
                     return r.rpc_error(&no_device(n));
                 };
-                // By its name or an alias (its UUID).
-                if crate::module::is_array(n) || crate::module::is_array(&b.name()) {
+                if crate::module::names_array(n) {
                     return r.rpc_error(&BdevMdraidExamine::array_named(n));
                 }
                 vec![b]

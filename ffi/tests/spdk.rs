@@ -443,6 +443,14 @@ fn spdk_tgt_rpc_create_get_delete() {
         -32602,
         "field `base_bdevs[1]`",
     );
+    // An array is no member, named by its alias (its UUID) too.
+    let r1_uuid = r1["uuid"].as_str().unwrap();
+    tgt.fails(
+        &env,
+        &[&r2[..6], &[format!("m2 {r1_uuid}").as_str()]].concat(),
+        -32602,
+        "is an mdraid array",
+    );
     assert!(
         !tgt.claimed(&env, "m2") && !tgt.claimed(&env, "m3"),
         "a failed create left a claim"
@@ -927,6 +935,17 @@ fn spdk_tgt_add_base_bdev_rebuild() {
         &["bdev_mdraid_add_base_bdev", "r", "a0"],
         -32602,
         "already serves role 0",
+    );
+    // Not the array into itself, by its alias (its UUID).
+    tgt.fails(
+        &env,
+        &[
+            "bdev_mdraid_add_base_bdev",
+            "r",
+            r["uuid"].as_str().unwrap(),
+        ],
+        -32602,
+        "is an mdraid array",
     );
     assert!(!tgt.claimed(&env, "a2"));
     // Slow enough to be seen rebuilding.
