@@ -2946,8 +2946,13 @@ impl<B: IoBuf> Channel<B> {
                     self.fail_member(member, inc);
                     self.note_wait(slot, bit(member as usize), inc);
                 } else {
+                    // md's R1BIO_Uptodate: the member still in sync, and
+                    // not failed, when its write ends.
+                    let b = bit(member as usize);
+                    let good = self.dead() & b == 0
+                        && self.state.readded[member as usize] == self.children[c as usize].inc;
                     let pc = &mut self.pieces[piece as usize];
-                    pc.fast_ok |= pc.read_mask & bit(member as usize) != 0;
+                    pc.fast_ok |= good && pc.read_mask & b != 0;
                 }
                 self.free_child(c);
                 self.piece_done(piece);
@@ -4064,6 +4069,44 @@ mod tests {
             assert!(h.members[1][at..at + 8 * 512]
                 .iter()
                 .all(|b| *b == tag as u8));
+        }
+    }
+
+    /// A fast copy counts for the early completion only if its member is
+    /// still good when its write ends (md: In_sync and not Faulty then).
+    /// Member 0 is seen failing before its write of a piece written
+    /// behind lands: by another channel, or by an earlier write of this
+    /// one that failed there.
+    #[test]
+    fn write_behind_ack_needs_the_fast_member_good_when_its_write_ends() {
+        for other_channel in [true, false] {
+            let mut h = wm_host(8);
+            h.write(1, 0, 8, 0x41);
+            h.write(2, 64, 8, 0x42);
+            assert_eq!(h.ch.stats().behind_writes, 2);
+            let on_member_0 = |h: &Host, lba: u64| {
+                (0..h.held.len())
+                    .find(|&i| h.held[i].member == 0 && h.held[i].lba == lba)
+                    .unwrap()
+            };
+            if other_channel {
+                h.ch.shared().set_failed(0, 0);
+            } else {
+                h.failing = bit(0);
+                let c = on_member_0(&h, 0);
+                h.finish(c); // write 1's copy on member 0 fails
+                h.failing = 0;
+            }
+            let c = on_member_0(&h, 64);
+            h.finish(c); // write 2's copy on member 0 lands
+            h.commit_faulty(&[0]);
+            assert!(
+                h.done.iter().all(|d| d.0 != 2),
+                "write 2 acknowledged with member 0 failed and its write-mostly copy behind"
+            );
+            h.finish_all();
+            assert!(h.done.iter().any(|d| d.0 == 2 && d.1 == IoStatus::Success));
+            assert!(h.members[1][64 * 512..72 * 512].iter().all(|b| *b == 0x42));
         }
     }
 
