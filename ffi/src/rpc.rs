@@ -1142,6 +1142,9 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
             format!("bdev `{bname}` does not exist"),
         ));
     };
+    // Its own name, not an alias it was given by (members are known by
+    // name, as create records them).
+    let bname = b.name();
     let st = a.state();
     if st.offline {
         return r.rpc_error(&RpcError::errno(

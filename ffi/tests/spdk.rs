@@ -950,9 +950,13 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     assert!(!tgt.claimed(&env, "a2"));
     // Slow enough to be seen rebuilding.
     tgt.ok(&env, &["bdev_mdraid_set_options", "-b", "8"]);
+    // Named by its alias (its UUID): the array knows it by its name.
+    let out = tgt.ok(&env, &["bdev_get_bdevs", "-b", "a2"]);
+    let a2: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let a2_uuid = a2[0]["uuid"].as_str().expect("a2's uuid").to_string();
     tgt.ok(
         &env,
-        &["bdev_mdraid_add_base_bdev", "r", "a2", "--write-mostly"],
+        &["bdev_mdraid_add_base_bdev", "r", &a2_uuid, "--write-mostly"],
     );
     assert!(tgt.claimed(&env, "a2"));
     let deadline = Instant::now() + Duration::from_secs(60);
