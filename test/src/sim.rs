@@ -1264,7 +1264,9 @@ impl<'a> Sim<'a> {
                                         rec.lba, rec.blocks
                                     )
                                 })?;
-                            self.behind.insert((ch, io.token), b);
+                            // A child resubmitted after ENOMEM keeps the
+                            // record of its first issue.
+                            self.behind.entry((ch, io.token)).or_insert(b);
                         }
                     }
                     if self.faults_on && self.rng.chance(self.sc.faults.nomem) {
@@ -1773,6 +1775,13 @@ impl<'a> Sim<'a> {
         self.rebuild = None;
         self.rebuild_tags.clear();
         self.rebuild_stopped = None;
+        // A member added back that the assembly finds in sync (its
+        // rebuild's last commit landed) is an ordinary member again.
+        for (m, st) in self.state().members.clone().iter().enumerate() {
+            if *st == MemberState::InSync {
+                self.members[m].added = false;
+            }
+        }
         self.resync = asm.dirty.then(|| {
             Resync::from(
                 &self.geom,
