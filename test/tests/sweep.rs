@@ -149,7 +149,9 @@ fn write_behind_sweep() {
     for (seed, r) in &results {
         match r {
             Ok(o) => {
-                if o.ever_offline {
+                // Offline at some point, or ended by an assembly that
+                // found too few members (as good as offline).
+                if o.ever_offline || o.ended_by_refusal.is_some() {
                     offline.push(*seed);
                 }
                 behind += o.behind_writes;
