@@ -2517,14 +2517,7 @@ impl<B: IoBuf> Channel<B> {
                     // The copies in sync (md's R1BIO_Uptodate: a member
                     // being rebuilt takes the write, but a crash may take
                     // its recovery back to its last checkpoint).
-                    let read = m
-                        .copies()
-                        .iter()
-                        .filter(|l| {
-                            let b = bit(l.member as usize);
-                            live & b != 0 && self.rec_mask & b == 0
-                        })
-                        .fold(0, |a, l| a | bit(l.member as usize));
+                    let read = live & !self.rec_mask;
                     let b = self.take_behind(live, read, m.len);
                     if b.is_some() {
                         self.pieces[piece as usize].read_mask = read;
@@ -2946,13 +2939,16 @@ impl<B: IoBuf> Channel<B> {
                     self.fail_member(member, inc);
                     self.note_wait(slot, bit(member as usize), inc);
                 } else {
-                    // md's R1BIO_Uptodate: the member still in sync, and
-                    // not failed, when its write ends.
+                    // Of a piece written behind (`read_mask` is empty
+                    // otherwise): md's R1BIO_Uptodate, the member still
+                    // in sync, and not failed, when its write ends.
                     let b = bit(member as usize);
-                    let good = self.dead() & b == 0
-                        && self.state.readded[member as usize] == self.children[c as usize].inc;
-                    let pc = &mut self.pieces[piece as usize];
-                    pc.fast_ok |= good && pc.read_mask & b != 0;
+                    if self.pieces[piece as usize].read_mask & b != 0
+                        && self.dead() & b == 0
+                        && self.state.readded[member as usize] == self.children[c as usize].inc
+                    {
+                        self.pieces[piece as usize].fast_ok = true;
+                    }
                 }
                 self.free_child(c);
                 self.piece_done(piece);

@@ -81,11 +81,7 @@ fn main() -> ExitCode {
     let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
     let mut direct_write_errors = 0;
     for seed in seeds {
-        let mut sc = if wb {
-            Scenario::write_behind(seed, ops)
-        } else {
-            Scenario::from_seed(seed, ops)
-        };
+        let mut sc = Scenario::of(seed, ops, wb);
         if let Some(p) = direct {
             sc.direct = p;
         }

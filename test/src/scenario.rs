@@ -76,6 +76,16 @@ impl Scenario {
         Scenario::generate(seed, ops, false)
     }
 
+    /// The scenario of `seed`: the write-mostly workload's
+    /// ([`Scenario::write_behind`], `--write-behind`) or the general one.
+    pub fn of(seed: u64, ops: u64, write_behind: bool) -> Scenario {
+        if write_behind {
+            Scenario::write_behind(seed, ops)
+        } else {
+            Scenario::from_seed(seed, ops)
+        }
+    }
+
     /// The write-mostly workload of `seed`: raid1 or raid10 with a bitmap,
     /// a slow write-mostly member that no fault touches, write-behind on,
     /// and the other members failing at random moments, so reads are

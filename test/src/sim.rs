@@ -52,11 +52,7 @@ fn replay_args(sc: &Scenario) -> String {
     if sc.ops != crate::scenario::DEFAULT_OPS {
         a.push_str(&format!(" --ops {}", sc.ops));
     }
-    let made = if sc.write_behind_workload {
-        Scenario::write_behind(sc.seed, sc.ops)
-    } else {
-        Scenario::from_seed(sc.seed, sc.ops)
-    };
+    let made = Scenario::of(sc.seed, sc.ops, sc.write_behind_workload);
     if made.direct != sc.direct {
         a.push_str(&format!(" --direct {}", sc.direct));
     }
@@ -1777,8 +1773,9 @@ impl<'a> Sim<'a> {
         self.rebuild_stopped = None;
         // A member added back that the assembly finds in sync (its
         // rebuild's last commit landed) is an ordinary member again.
-        for (m, st) in self.state().members.clone().iter().enumerate() {
-            if *st == MemberState::InSync {
+        let st = self.state().clone();
+        for (m, s) in st.members.iter().enumerate() {
+            if *s == MemberState::InSync {
                 self.members[m].added = false;
             }
         }

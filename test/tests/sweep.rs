@@ -214,12 +214,7 @@ fn seeds_that_found_bugs() {
         (17219, true),
     ];
     for (seed, wb) in found {
-        let sc = if wb {
-            Scenario::write_behind(seed, DEFAULT_OPS)
-        } else {
-            Scenario::from_seed(seed, DEFAULT_OPS)
-        };
-        if let Err(v) = run(&sc) {
+        if let Err(v) = run(&Scenario::of(seed, DEFAULT_OPS, wb)) {
             panic!("{v}");
         }
     }
