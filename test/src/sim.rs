@@ -227,6 +227,27 @@ struct ParentRec {
     /// Members a direct write of this parent failed on, and the
     /// publication it was mapped by (R1 is checked at completion).
     write_errors: (u64, u64),
+    /// Members its write children (not those written behind) landed on
+    /// while the member was not failed: the copies that may acknowledge a
+    /// write-behind write (md's R1BIO_Uptodate).
+    landed: u64,
+}
+
+impl ParentRec {
+    fn new(op: IoType, lba: u64, blocks: u64, out_seen: u64) -> ParentRec {
+        ParentRec {
+            read_errors: 0,
+            op,
+            lba,
+            blocks,
+            id: 0,
+            snap: Vec::new(),
+            final_check: false,
+            out_seen,
+            write_errors: (0, 0),
+            landed: 0,
+        }
+    }
 }
 
 /// One incarnation of the array: what a crash throws away.
@@ -242,15 +263,18 @@ struct Array {
 }
 
 /// A write-behind child: the array blocks it writes, the write id of the
-/// parent it writes for (which may have completed since), and the other
+/// parent it writes for (which may have completed since), the other
 /// copies of those blocks in sync in its channel's state when it was
-/// issued (those the write may be acknowledged on).
+/// issued (those the write may be acknowledged on), and the members the
+/// parent's other writes landed on while not failed
+/// ([`ParentRec::landed`], kept up to date while the parent is in flight).
 #[derive(Clone, Copy, Debug)]
 struct BehindRec {
     lba: u64,
     blocks: u64,
     id: u64,
     read: u64,
+    landed: u64,
 }
 
 struct Sim<'a> {
@@ -743,17 +767,7 @@ impl<'a> Sim<'a> {
         self.next_tag += 1;
         self.parents.insert(
             tag,
-            ParentRec {
-                read_errors: 0,
-                op: IoType::Resync,
-                lba: at,
-                blocks,
-                id: 0,
-                snap: Vec::new(),
-                final_check: false,
-                out_seen: self.out_now(),
-                write_errors: (0, 0),
-            },
+            ParentRec::new(IoType::Resync, at, blocks, self.out_now()),
         );
         self.per_channel[0] += 1;
         self.resync_tag = Some(tag);
@@ -931,17 +945,7 @@ impl<'a> Sim<'a> {
             self.next_tag += 1;
             self.parents.insert(
                 tag,
-                ParentRec {
-                    read_errors: 0,
-                    op: IoType::Resync,
-                    lba: w.lba,
-                    blocks: w.blocks,
-                    id: 0,
-                    snap: Vec::new(),
-                    final_check: false,
-                    out_seen: self.out_now(),
-                    write_errors: (0, 0),
-                },
+                ParentRec::new(IoType::Resync, w.lba, w.blocks, self.out_now()),
             );
             self.per_channel[0] += 1;
             self.rebuild_tags.push(tag);
@@ -1169,17 +1173,7 @@ impl<'a> Sim<'a> {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
-        let mut rec = ParentRec {
-            read_errors: 0,
-            op,
-            lba,
-            blocks,
-            id: 0,
-            snap: Vec::new(),
-            final_check: false,
-            out_seen: self.out_now(),
-            write_errors: (0, 0),
-        };
+        let mut rec = ParentRec::new(op, lba, blocks, self.out_now());
         let buf = match op {
             IoType::Read => {
                 rec.snap = self.blocks[range].to_vec();
@@ -1253,7 +1247,7 @@ impl<'a> Sim<'a> {
                     if matches!(io.buf, ChildBuf::Behind { .. }) {
                         if let Some(rec) = self.parents.get(&io.parent) {
                             let b = self
-                                .behind_rec(ch, rec.lba, rec.blocks, rec.id, &io)
+                                .behind_rec(ch, rec.lba, rec.blocks, rec.id, rec.landed, &io)
                                 .ok_or_else(|| {
                                     format!(
                                         "write-behind child {io:?} is no copy of its parent {}+{}",
@@ -1542,6 +1536,13 @@ impl<'a> Sim<'a> {
             }
             ChildOp::Reset => ChildStatus::Success,
         };
+        if status == ChildStatus::Success
+            && io.op == ChildOp::Write
+            && !matches!(io.buf, ChildBuf::Behind { .. })
+            && self.arr.channels[ch].shared().failed() & 1 << m == 0
+        {
+            self.note_landed(io.parent, m);
+        }
         if status == ChildStatus::Error {
             self.out.child_errors += 1;
             if io.op == ChildOp::Read {
@@ -1805,6 +1806,7 @@ impl<'a> Sim<'a> {
         lba: u64,
         blocks: u64,
         id: u64,
+        landed: u64,
         io: &ChildIo,
     ) -> Option<BehindRec> {
         let c = &self.arr.channels[ch];
@@ -1834,18 +1836,21 @@ impl<'a> Sim<'a> {
                 blocks: io.blocks,
                 id,
                 read,
+                landed,
             });
         }
         None
     }
 
     /// Write-behind writes a crash cut short (`exposed`) none of whose
-    /// copies in sync when it was issued is left (each dead, failed, taken
-    /// out and added back since, or among `unreadable`, members a resync
-    /// read failed on) lost their acknowledged data, as md's write-behind
-    /// does on that double fault: the blocks they last wrote may read back
-    /// any earlier write. One with no such copy to begin with lost nothing
-    /// md would: the loss is the engine's, and the check reports it.
+    /// fast copies is left lost their acknowledged data, as md's
+    /// write-behind does on that double fault: the blocks they last wrote
+    /// may read back any earlier write. A fast copy is one in sync when
+    /// the child was issued that the parent's write landed on while the
+    /// member was not failed; it is gone once dead, failed, taken out and
+    /// added back since, or among `unreadable` (members a resync read
+    /// failed on). One with no fast copy to begin with lost nothing md
+    /// would: the loss is the engine's, and the check reports it.
     fn check_exposed(&mut self, unreadable: u64) {
         let mut i = 0;
         while i < self.exposed.len() {
@@ -1854,11 +1859,13 @@ impl<'a> Sim<'a> {
                 blocks,
                 id,
                 read,
+                landed,
             } = self.exposed[i];
             let end = lba + blocks;
-            let fast_left = read == 0
+            let fast = read & landed;
+            let fast_left = fast == 0
                 || (0..self.members.len()).any(|m| {
-                    read & 1 << m != 0
+                    fast & 1 << m != 0
                         && unreadable & 1 << m == 0
                         && !self.members[m].dead
                         && !self.members[m].broken
@@ -1875,6 +1882,18 @@ impl<'a> Sim<'a> {
                     self.blocks[b].alt_since = Some(0);
                 }
             }
+        }
+    }
+
+    /// A write child of parent `tag` landed on member `m`, not failed.
+    fn note_landed(&mut self, tag: u64, m: usize) {
+        let Some(p) = self.parents.get_mut(&tag).filter(|p| p.op == IoType::Write) else {
+            return;
+        };
+        p.landed |= 1 << m;
+        let id = p.id;
+        for r in self.behind.values_mut().filter(|r| r.id == id) {
+            r.landed |= 1 << m;
         }
     }
 
@@ -2084,15 +2103,9 @@ impl<'a> Sim<'a> {
                 self.parents.insert(
                     tag,
                     ParentRec {
-                        read_errors: 0,
-                        op: IoType::Read,
-                        lba,
-                        blocks,
-                        id: 0,
                         snap: self.blocks[range].to_vec(),
                         final_check: true,
-                        out_seen: self.out_now(),
-                        write_errors: (0, 0),
+                        ..ParentRec::new(IoType::Read, lba, blocks, self.out_now())
                     },
                 );
                 self.per_channel[0] += 1;
@@ -2191,15 +2204,8 @@ impl<'a> Sim<'a> {
             self.parents.insert(
                 tag,
                 ParentRec {
-                    read_errors: 0,
-                    op,
-                    lba: w.lba,
-                    blocks: w.blocks,
-                    id: 0,
-                    snap: Vec::new(),
                     final_check: true,
-                    out_seen: self.out_now(),
-                    write_errors: (0, 0),
+                    ..ParentRec::new(op, w.lba, w.blocks, self.out_now())
                 },
             );
             self.per_channel[0] += 1;
