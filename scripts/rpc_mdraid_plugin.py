@@ -50,6 +50,7 @@ def bdev_mdraid_create(args):
         'bitmap': bitmap,
         'write_mostly': args.write_mostly,
         'write_behind': args.write_behind,
+        'force': True if args.force else None,
     })
 
 
@@ -130,6 +131,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='members read only when no other copy can serve (raid1, raid10)')
     p.add_argument('--write-behind', type=int,
                    help='most writes to write-mostly members left in flight (needs the bitmap)')
+    p.add_argument('--force', action='store_true',
+                   help='start an array that was not shut down cleanly although degraded')
     p.set_defaults(func=bdev_mdraid_create)
 
     p = subparsers.add_parser('bdev_mdraid_delete', help='Delete an mdraid array')

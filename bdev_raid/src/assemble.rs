@@ -86,7 +86,7 @@ pub enum AssembleError {
         raid_disks: usize,
         detail: String,
     },
-    #[error("{level} array {uuid} was not shut down cleanly and is degraded: its parity may not match the data, so the missing members' blocks cannot be trusted; start it with force to accept that")]
+    #[error("{level} array {uuid} was not shut down cleanly and is degraded: its parity may not match the data, so the missing members' blocks cannot be trusted; start it with `force` to accept that (md's --assemble --force)")]
     DirtyDegraded { level: &'static str, uuid: String },
     #[error("array {uuid}: level {level} is not supported")]
     Level { uuid: String, level: i32 },

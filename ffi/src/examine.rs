@@ -340,6 +340,7 @@ fn start(g: Group, done: ExamineDone) {
         layout: None,
         write_mostly: NameList(Vec::new()),
         write_behind: None,
+        force: false,
     };
     log_notice!(
         "mdraid: examine: md array {} complete on {}; assembling it as {name}",

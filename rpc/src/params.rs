@@ -113,6 +113,12 @@ pub struct BdevMdraidCreate {
     /// array acknowledged them (md write-behind; needs a bitmap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_behind: Option<u32>,
+    /// Start the array the members' superblocks describe although it was
+    /// not shut down cleanly and is degraded, so a raid4/5/6's parity may
+    /// not match its data (md's `mdadm --assemble --force`,
+    /// `start_dirty_degraded`). Never saved in the config.
+    #[serde(default, skip_serializing)]
+    pub force: bool,
 }
 
 impl Validate for BdevMdraidCreate {
@@ -171,6 +177,12 @@ impl Validate for BdevMdraidCreate {
                     "write-behind needs a bitmap, which needs `superblock`",
                 ));
             }
+        }
+        if !self.superblock && self.force {
+            return Err(FieldError::new(
+                "force",
+                "force starts an array from its members' superblocks; `superblock` is false",
+            ));
         }
         if !self.superblock && !self.write_mostly.is_empty() {
             return Err(FieldError::new(

@@ -405,7 +405,7 @@ pub fn plan_assemble(
         &cands,
         &AssembleOptions {
             uuid: Some(uuid),
-            force: false,
+            force: p.force,
             block_size: bs,
         },
     )
@@ -603,15 +603,23 @@ mod tests {
     /// bitmap) as planned by `plan_array`, after `edit` of their
     /// superblocks; and the array's UUID.
     fn raid1_members(edit: impl FnOnce(&mut [Superblock])) -> (Vec<Probe>, [u8; 16]) {
-        let p =
-            params(r#"{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false}"#);
+        members_of(
+            r#"{"name":"r","raid_level":"raid1","base_bdevs":["a","b"],"bitmap":false}"#,
+            edit,
+        )
+    }
+
+    /// [`raid1_members`] of the new array `create` (no bitmap) describes.
+    fn members_of(create: &str, edit: impl FnOnce(&mut [Superblock])) -> (Vec<Probe>, [u8; 16]) {
+        let p = params(create);
+        let n = p.base_bdevs.len();
         let Plan::Create {
             uuid,
             geom,
             data_offset,
             layouts,
             ..
-        } = plan_array(&p, &blank(2, 65536), || [3; 16]).unwrap()
+        } = plan_array(&p, &blank(n, 65536), || [3; 16]).unwrap()
         else {
             panic!("not a create")
         };
@@ -620,7 +628,7 @@ mod tests {
             &bdev_raid::meta::CreateParams {
                 set_uuid: uuid,
                 name: "r",
-                device_uuids: vec![[1; 16], [2; 16]],
+                device_uuids: (1..=n as u8).map(|i| [i; 16]).collect(),
                 member_sectors: layouts.iter().map(|l| l.member_sectors).collect(),
                 data_offset,
                 now_secs: 1,
@@ -660,6 +668,56 @@ mod tests {
         let e = plan_array(&p5, &probes, || [4; 16]).unwrap_err();
         assert_eq!(e.code, -32602);
         assert!(e.message.contains("field `raid_level`"), "{}", e.message);
+    }
+
+    /// md's rule: a raid4/5/6 that was not shut down cleanly and is
+    /// degraded starts only when forced (its parity may not match).
+    #[test]
+    fn dirty_degraded_parity_starts_only_with_force() {
+        let (probes, uuid) = members_of(
+            r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c","bitmap":false}"#,
+            |sbs| sbs.iter_mut().for_each(|sb| sb.resync_offset = 0),
+        );
+        // Member c is gone.
+        let create = |force: &str| {
+            params(&format!(
+                r#"{{"name":"r","raid_level":"raid5","base_bdevs":"a b"{force}}}"#
+            ))
+        };
+        let e = plan_array(&create(""), &probes[..2], || [4; 16]).unwrap_err();
+        assert_eq!(e.code, -22);
+        assert!(e.message.contains("`force`"), "{}", e.message);
+        match plan_array(&create(r#","force":true"#), &probes[..2], || [4; 16]).unwrap() {
+            Plan::Assemble { asm, .. } => {
+                assert_eq!(asm.set_uuid, uuid);
+                assert_eq!(asm.state.not_in_sync(), 0b100);
+            }
+            other => panic!("not an assembly: {other:?}"),
+        }
+        // Clean, or with every member: no force needed.
+        let (clean, _) = members_of(
+            r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c","bitmap":false}"#,
+            |_| {},
+        );
+        assert!(plan_array(&create(""), &clean[..2], || [4; 16]).is_ok());
+        let all = params(r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c"}"#);
+        assert!(plan_array(&all, &probes, || [4; 16]).is_ok());
+        // Never saved: a restart from the saved config is not forced.
+        let saved = serde_json::to_value(create(r#","force":true"#)).unwrap();
+        assert!(saved.get("force").is_none(), "{saved}");
+        // Without superblocks there is nothing to force.
+        let e = decode::<BdevMdraidCreate>(
+            CREATE,
+            Some(
+                &RawValue::from_string(
+                    r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c","superblock":false,"force":true}"#
+                        .into(),
+                )
+                .unwrap(),
+            ),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("field `force`"), "{}", e.message);
     }
 
     #[test]
