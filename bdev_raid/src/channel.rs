@@ -43,6 +43,17 @@ pub enum IoType {
     /// block_size` bytes); parity levels rewrite P/Q from the data of whole
     /// stripes touching the range. Levels without redundancy do nothing.
     Resync,
+    /// A window of the rebuild of `member` (md's recovery): its blocks in
+    /// the range are made current from the other copies (or the other
+    /// strips and the parity), and nothing else is written. Like md's
+    /// recovery it needs no dirty mark, takes no write-intent bit and is no
+    /// activity for safe mode: the member is trusted only below its
+    /// checkpoint, so a crash leaves nothing to resync. It fails if it
+    /// cannot write the member (the member failed, or its write did), so
+    /// the member is never taken for current where it is not.
+    Rebuild {
+        member: u16,
+    },
     /// md's `check`: read every copy (mirrored levels) or the data and the
     /// parity (parity levels) of `[lba, lba+blocks)` and count the blocks
     /// that disagree (`ChannelStats::mismatch_blocks`); fenced like a
@@ -59,7 +70,21 @@ impl IoType {
     fn has_range(self) -> bool {
         !matches!(self, IoType::Flush | IoType::Reset)
     }
-    /// Whether it writes to members (and so needs the array marked dirty).
+    /// A resync of its range: [`IoType::Resync`] or [`IoType::Rebuild`].
+    pub fn resyncs(self) -> bool {
+        matches!(self, IoType::Resync | IoType::Rebuild { .. })
+    }
+    /// The members it may write of those a resync would: all, or the
+    /// one a rebuild rebuilds.
+    fn resync_targets(self) -> u64 {
+        match self {
+            IoType::Rebuild { member } => bit(member as usize),
+            _ => !0,
+        }
+    }
+    /// Whether it may change what the members hold (and so needs the
+    /// array marked dirty and its write-intent bits first). A rebuild
+    /// does not: see [`IoType::Rebuild`].
     pub fn writes(self) -> bool {
         matches!(
             self,
@@ -1043,7 +1068,7 @@ impl<B: IoBuf> Channel<B> {
                     .checked_add(io.blocks)
                     .is_none_or(|e| e > self.geom.array_blocks())))
             || ((matches!(io.op, IoType::Read | IoType::Write)
-                || (io.op == IoType::Resync && self.geom.copies() > 1))
+                || (io.op.resyncs() && self.geom.copies() > 1))
                 && io
                     .buf
                     .as_ref()
@@ -1093,7 +1118,7 @@ impl<B: IoBuf> Channel<B> {
             write_started: false,
             bits_counted: false,
         });
-        if self.geom.level().is_parity() && (io.op.writes() || io.op.checks()) {
+        if self.geom.level().is_parity() && (io.op.writes() || io.op.resyncs() || io.op.checks()) {
             let (s, _, _) = self.geom.locate(io.lba);
             let p = self.parents[slot as usize].as_mut().unwrap();
             p.cursor_stripe = s;
@@ -2220,7 +2245,12 @@ impl<B: IoBuf> Channel<B> {
         if p.buf.is_none()
             || !matches!(
                 p.op,
-                IoType::Read | IoType::Write | IoType::Resync | IoType::Check | IoType::Repair
+                IoType::Read
+                    | IoType::Write
+                    | IoType::Resync
+                    | IoType::Rebuild { .. }
+                    | IoType::Check
+                    | IoType::Repair
             )
         {
             return ChildBuf::None;
@@ -2360,7 +2390,7 @@ impl<B: IoBuf> Channel<B> {
         };
         match op {
             IoType::Flush | IoType::Reset => self.dispatch_all_members(slot, op),
-            IoType::Resync | IoType::Check | IoType::Repair
+            IoType::Resync | IoType::Rebuild { .. } | IoType::Check | IoType::Repair
                 if !self.geom.level().is_parity() && self.geom.copies() == 1 =>
             {
                 Step::Done
@@ -2448,7 +2478,7 @@ impl<B: IoBuf> Channel<B> {
                     Ok(()) => {}
                     Err(step) => return step,
                 }
-            } else if op == IoType::Resync {
+            } else if op.resyncs() {
                 let live = m
                     .copies()
                     .iter()
@@ -2458,9 +2488,14 @@ impl<B: IoBuf> Channel<B> {
                     dead & bit(l.member as usize) == 0
                         && self.stale(bit(l.member as usize), l.lba, m.len) == 0
                 });
-                if !readable {
+                let copies = m.copies().iter().fold(0, |a, l| a | bit(l.member as usize));
+                let targets = copies & op.resync_targets() & !dead;
+                let lost = matches!(op, IoType::Rebuild { .. }) && targets & self.rec_mask == 0;
+                if !readable || lost {
                     // No current copy left to resync from (a rebuild whose
-                    // source failed): the window fails.
+                    // source failed), or a rebuild that cannot write the
+                    // member it rebuilds (failed, or no longer being
+                    // rebuilt): the window fails.
                     self.parents[slot as usize].as_mut().unwrap().error = true;
                 } else if live >= 2 {
                     // Read one copy and write it over the others, all under
@@ -2880,14 +2915,22 @@ impl<B: IoBuf> Channel<B> {
                 ..
             } => {
                 if ok && resync {
-                    // Write what was read over every other live copy.
+                    // Write what was read over every other live copy; a
+                    // rebuild only over the member it rebuilds (md's
+                    // recovery), so it changes nothing the array trusts.
+                    let only = self.parents[slot as usize]
+                        .as_ref()
+                        .unwrap()
+                        .op
+                        .resync_targets();
                     let todo = self
                         .geom
                         .map(lba, blocks)
                         .copies()
                         .iter()
                         .fold(0, |a, l| a | bit(l.member as usize))
-                        & !bit(member as usize);
+                        & !bit(member as usize)
+                        & only;
                     self.children[c as usize].kind = ChildKind::MirrorFix { lba, blocks, todo };
                     self.mirror_fix_next(slot, c);
                 } else if ok {
@@ -2919,6 +2962,7 @@ impl<B: IoBuf> Channel<B> {
                 if !ok {
                     // The data the read returned is good; this member is not.
                     self.fail_member(member, self.children[c as usize].inc);
+                    self.rebuild_write_failed(slot, member);
                 }
                 self.mirror_fix_next(slot, c);
             }
@@ -3143,7 +3187,7 @@ impl<B: IoBuf> Channel<B> {
                 (p.lba, p.cursor_stripe, p.cursor_row)
             };
             let op = self.parents[slot as usize].as_ref().unwrap().op;
-            let resync = op == IoType::Resync || op.checks();
+            let resync = op.resyncs() || op.checks();
             let next = if resync {
                 self.next_resync_unit(end, s, r)
             } else {
@@ -3427,6 +3471,7 @@ impl<B: IoBuf> Channel<B> {
     /// to write.
     fn compute(&mut self, ctx: u32, method: Method) -> u64 {
         let dead_w = self.dead();
+        let rec_mask = self.rec_mask;
         let stale = self.unit_stale(&self.stripes[ctx as usize]);
         let region = self.region();
         let bs = self.bs;
@@ -3466,13 +3511,22 @@ impl<B: IoBuf> Channel<B> {
             |i: usize| ((u.stripe * sdb + i as u64 * strip + u.row - parent.lba) * bs) as usize;
         match u.kind {
             UnitKind::Resync => {
+                // A rebuild writes only the member it rebuilds (md's
+                // recovery): it changes nothing the array trusts.
+                let only = parent.op.resync_targets();
+                if matches!(parent.op, IoType::Rebuild { .. }) && only & rec_mask & !dead_w == 0 {
+                    // It cannot write the member it rebuilds (failed, or no
+                    // longer being rebuilt): the window fails.
+                    u.error = true;
+                    return 0;
+                }
                 let unknown = (all_data | par) & dead_r;
                 if all_data & unknown != 0 {
                     // A data strip of a member being rebuilt: recover it
                     // (and the parity) and write what is writable of it.
                     recover(&mut regs, &map, unknown);
                     stats.resync_units += 1;
-                    return unknown & !dead_w;
+                    return unknown & !dead_w & only;
                 }
                 let mut data: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
                 let (pq, rest) = take_parity(&mut regs, &map);
@@ -3481,7 +3535,7 @@ impl<B: IoBuf> Channel<B> {
                 }
                 gen_into(pq, &data[..map.ndata]);
                 stats.resync_units += 1;
-                par & !dead_w
+                par & !dead_w & only
             }
             UnitKind::Check { repair } => {
                 if (all_data | par) & dead_r != 0 {
@@ -3637,6 +3691,7 @@ impl<B: IoBuf> Channel<B> {
                         self.note_wait(slot, bit(m), child_inc);
                     }
                     self.fail_member(m as u16, child_inc);
+                    self.rebuild_write_failed(slot, m as u16);
                 }
             }
             Phase::Idle => unreachable!("child of an idle stripe context"),
@@ -3647,6 +3702,17 @@ impl<B: IoBuf> Channel<B> {
                 Phase::Read => self.advance_unit(ctx),
                 _ => self.finish_unit(ctx),
             }
+        }
+    }
+
+    /// A write of parent `slot` to `member` failed: if the parent is a
+    /// window of the member's rebuild, it fails, so the member is not
+    /// recorded current past blocks it may not hold (its rebuild ends with
+    /// it). A bitmap would not cover them: a rebuild sets no bits.
+    fn rebuild_write_failed(&mut self, slot: u32, member: u16) {
+        let p = self.parents[slot as usize].as_mut().unwrap();
+        if p.op == (IoType::Rebuild { member }) {
+            p.error = true;
         }
     }
 
@@ -3776,6 +3842,8 @@ mod tests {
         held: Vec<ChildIo>,
         done: Vec<(u64, IoStatus, Option<Vec<u8>>)>,
         meta: Vec<u16>,
+        /// Times the channel asked for the array to be marked dirty.
+        dirty_asks: usize,
         /// Members whose writes fail.
         failing: u64,
     }
@@ -3840,6 +3908,7 @@ mod tests {
                 held: Vec::new(),
                 done: Vec::new(),
                 meta: Vec::new(),
+                dirty_asks: 0,
                 failing: 0,
             }
         }
@@ -3852,6 +3921,7 @@ mod tests {
                     Action::Meta(MetaRequest::MemberFailed { member, .. }) => {
                         self.meta.push(member)
                     }
+                    Action::Meta(MetaRequest::MarkDirty { .. }) => self.dirty_asks += 1,
                     Action::Meta(_) => {}
                 }
             }
@@ -4822,6 +4892,117 @@ mod tests {
             );
         }
         assert_eq!(h.ch.stats().resync_units, 1);
+    }
+
+    /// A rebuild window (md's recovery) needs no dirty mark: on an array
+    /// marked clean (not writable) it goes at once, and the member being
+    /// rebuilt gets the data. A resync window of the same array waits for
+    /// the dirty mark.
+    #[test]
+    fn rebuild_window_needs_no_dirty_mark() {
+        for (level, n, blocks) in [(Level::Raid1, 2, 8), (Level::Raid5, 3, 8)] {
+            let mut h = Host::with(
+                level,
+                n,
+                64,
+                ChannelConfig::default(),
+                |s| {
+                    s.writable = false;
+                    s.members[1] = MemberState::Recovering(0);
+                },
+                false,
+            );
+            h.members[0][..8 * 512].fill(0x5a);
+            let buf = (h.ch.geometry().copies() > 1).then(|| vec![0; blocks as usize * 512]);
+            let io = ParentIo {
+                tag: 1,
+                op: IoType::Rebuild { member: 1 },
+                lba: 0,
+                blocks,
+                fua: false,
+                buf: buf.clone(),
+            };
+            assert!(h.ch.submit(io).is_ok());
+            h.pump();
+            assert_eq!(
+                h.dirty_asks, 0,
+                "{level:?}: a rebuild asked for the dirty mark"
+            );
+            assert!(!h.held.is_empty(), "{level:?}: the rebuild waits");
+            h.finish_all();
+            assert_eq!(h.done[0].1, IoStatus::Success, "{level:?}");
+            if level == Level::Raid1 {
+                assert_eq!(h.members[1][..8 * 512], h.members[0][..8 * 512]);
+            } else {
+                let map = h.ch.geometry().stripe(0);
+                let (d0, d1, p) = (map.data[0] as usize, map.data[1] as usize, map.p as usize);
+                for b in 0..8 * 512 {
+                    assert_eq!(h.members[p][b], h.members[d0][b] ^ h.members[d1][b]);
+                }
+            }
+            let io = ParentIo {
+                tag: 2,
+                op: IoType::Resync,
+                lba: 0,
+                blocks,
+                fua: false,
+                buf,
+            };
+            assert!(h.ch.submit(io).is_ok());
+            h.pump();
+            assert_eq!(h.dirty_asks, 1, "{level:?}: a resync goes dirty first");
+            assert!(h.held.is_empty(), "{level:?}: the resync waits for it");
+        }
+    }
+
+    /// A rebuild window writes only the members being rebuilt (md's
+    /// recovery), and fails when it cannot write the member it rebuilds:
+    /// that member failed, or its write fails.
+    #[test]
+    fn rebuild_window_writes_only_members_being_rebuilt() {
+        let host = |failing: u64| {
+            let mut h = Host::with(
+                Level::Raid1,
+                3,
+                64,
+                ChannelConfig::default(),
+                |s| s.members[2] = MemberState::Recovering(0),
+                false,
+            );
+            h.members[0][..8 * 512].fill(0x11);
+            h.members[1][..8 * 512].fill(0x22);
+            h.failing = failing;
+            h
+        };
+        let rebuild = |h: &mut Host| {
+            let io = ParentIo {
+                tag: 1,
+                op: IoType::Rebuild { member: 2 },
+                lba: 0,
+                blocks: 8,
+                fua: false,
+                buf: Some(vec![0; 8 * 512]),
+            };
+            assert!(h.ch.submit(io).is_ok());
+            h.pump();
+            h.finish_all();
+            h.done[0].1
+        };
+        let mut h = host(0);
+        assert_eq!(rebuild(&mut h), IoStatus::Success);
+        assert!(
+            h.members[1][..8 * 512].iter().all(|&b| b == 0x22),
+            "in sync: untouched"
+        );
+        assert_eq!(h.members[2][..8 * 512], h.members[0][..8 * 512]);
+        // Its write fails.
+        let mut h = host(bit(2));
+        assert_eq!(rebuild(&mut h), IoStatus::Error);
+        // Seen failing before the window: nothing to write, it fails.
+        let mut h = host(0);
+        h.ch.shared().fail_device(2, 0);
+        assert_eq!(rebuild(&mut h), IoStatus::Error);
+        assert!(h.members[2][..8 * 512].iter().all(|&b| b == 0));
     }
 
     #[test]

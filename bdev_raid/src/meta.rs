@@ -718,10 +718,12 @@ impl Meta {
     /// it) and written to its superblock now and then.
     /// `device` is the `device` of the [`Meta::recovery`] the rebuild
     /// started from: progress of a rebuild of a device that has left since
-    /// is ignored.
+    /// is ignored, and so is that of a member seen failing (its rebuild may
+    /// have gone on without writing it).
     pub fn recovery_progress(&mut self, role: usize, device: u64, offset: u64) {
         if role < self.rec_progress.len()
             && self.state.readded[role] == device
+            && (self.pending_fail | self.shared.failed()) & 1 << role == 0
             && offset > self.rec_progress[role]
         {
             self.rec_progress[role] = offset;
@@ -1806,6 +1808,77 @@ mod tests {
     /// A member that left and comes back with events at least the bitmap's
     /// events_cleared is rebuilt from the bitmap: only the chunks written
     /// since it left (and those still dirty when it left).
+    /// A member seen failing while it is rebuilt is never recorded in sync,
+    /// whatever progress its rebuild reports (the rebuild may have gone on
+    /// without writing it).
+    #[test]
+    fn rebuild_progress_of_a_failing_member_is_ignored() {
+        let mut t = tb(Level::Raid1, 2, None);
+        t.fail(1);
+        t.complete(|_| true);
+        let old = t.meta.superblock(1).unwrap().clone();
+        t.meta
+            .add_member(
+                1,
+                NewMember {
+                    device_uuid: [7; 16],
+                    sectors: old.data_offset + old.size,
+                    old_sb: None,
+                    write_mostly: false,
+                },
+            )
+            .unwrap();
+        t.pump();
+        t.complete(|_| true);
+        t.meta.released(t.meta.state().seq);
+        let info = t.meta.recovery(1).unwrap();
+        let end = t.meta.geom.member_blocks(1);
+        // Seen failing (the metadata path has the request, not yet its commit).
+        t.fail(1);
+        t.meta.recovery_progress(1, info.device, end);
+        t.pump();
+        while !t.writes.is_empty() {
+            t.complete(|_| true);
+        }
+        assert!(
+            t.broadcasts
+                .iter()
+                .all(|s| s.members[1] != MemberState::InSync || s.readded[1] != info.device),
+            "recorded in sync: {:?}",
+            t.broadcasts.last()
+        );
+        assert_eq!(t.meta.state().members[1], MemberState::Faulty);
+        // Failed in the shared mask only (another channel saw it): the same.
+        let mut t = tb(Level::Raid1, 2, None);
+        t.fail(1);
+        t.complete(|_| true);
+        t.meta
+            .add_member(
+                1,
+                NewMember {
+                    device_uuid: [7; 16],
+                    sectors: old.data_offset + old.size,
+                    old_sb: None,
+                    write_mostly: false,
+                },
+            )
+            .unwrap();
+        t.pump();
+        t.complete(|_| true);
+        t.meta.released(t.meta.state().seq);
+        let info = t.meta.recovery(1).unwrap();
+        t.meta.shared.fail_device(1, info.device);
+        t.meta.recovery_progress(1, info.device, end);
+        t.pump();
+        while !t.writes.is_empty() {
+            t.complete(|_| true);
+        }
+        assert!(matches!(
+            t.meta.state().members[1],
+            MemberState::Recovering(0)
+        ));
+    }
+
     #[test]
     fn readd_recovers_from_the_bitmap_only() {
         use crate::sync::Rebuild;

@@ -219,7 +219,7 @@ impl Resync {
 
 /// A rebuild of one member (md's recovery), window by window over the
 /// member's blocks from its recovery offset on. Each window is handed out
-/// as array ranges to submit as [`IoType::Resync`] parents (one per strip
+/// as array ranges to submit as [`IoType::Rebuild`] parents (one per strip
 /// on raid10, whose member blocks are not contiguous in the array; one
 /// per window elsewhere): a resync reads a current copy (or the other
 /// strips and parity) and writes every other copy, the member being rebuilt
@@ -228,7 +228,7 @@ impl Resync {
 /// metadata path. With `bitmap`, windows whose chunks have no bit set are
 /// skipped (nothing was written there since the member left).
 ///
-/// [`IoType::Resync`]: crate::channel::IoType::Resync
+/// [`IoType::Rebuild`]: crate::channel::IoType::Rebuild
 #[derive(Clone, Debug)]
 pub struct Rebuild {
     member: usize,
@@ -1075,7 +1075,10 @@ impl Driver {
         };
         let op = match &self.job {
             Job::Pass { op, .. } => *op,
-            _ => IoType::Resync,
+            Job::Resync(_) => IoType::Resync,
+            Job::Rebuild(rb) => IoType::Rebuild {
+                member: rb.member() as u16,
+            },
         };
         let g = &self.geom;
         let bs = u64::from(g.block_size());
@@ -1686,7 +1689,10 @@ mod driver_tests {
         );
         for off in [3 << 14, 4 << 14] {
             let io = submit(&mut d, &s, &at(0, &st));
-            assert_eq!((io.lba + io.blocks, io.op), (off, IoType::Resync));
+            assert_eq!(
+                (io.lba + io.blocks, io.op),
+                (off, IoType::Rebuild { member: 1 })
+            );
             assert_eq!(d.step(&s, &at(0, &st)), Step::Wait);
             d.window_done(&s, true, 0, 0);
             let r = Report::Recovery {

@@ -195,6 +195,17 @@ fn readd_rebuilds_only_dirty_chunks() {
             .sum()
     };
     let before = written(&a);
+    // No user writes from here: the array is marked clean after safe mode's
+    // idle time, and a rebuild (md's recovery) does not mark it dirty again.
+    let t0 = std::time::Instant::now();
+    while a.state().writable {
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "never marked clean: {:?}",
+            a.state()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     // Capped at 1 MiB/s: 5 chunks of 64 KiB cannot take less than 0.25 s
     // (the cap is checked before each window after the first).
     a.set_process_options(mdraid_runtime::ProcessOptions {
@@ -221,8 +232,14 @@ fn readd_rebuilds_only_dirty_chunks() {
             "rebuild did not end: {:?}",
             a.state()
         );
+        assert!(!a.state().writable, "the rebuild marked the array dirty");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    assert_eq!(
+        superblock(&rt, &m1).resync_offset,
+        u64::MAX,
+        "clean on disk"
+    );
     // Chunks 0, 5 (still dirty: the daemon never ran), 10, 20, 30.
     assert_eq!(written(&a) - before, 5 * cb, "only the dirty chunks");
     assert!(

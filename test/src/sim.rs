@@ -231,6 +231,8 @@ struct ParentRec {
     /// while the member was not failed: the copies that may acknowledge a
     /// write-behind write (md's R1BIO_Uptodate).
     landed: u64,
+    /// A write child of it failed.
+    write_failed: bool,
 }
 
 impl ParentRec {
@@ -246,6 +248,7 @@ impl ParentRec {
             out_seen,
             write_errors: (0, 0),
             landed: 0,
+            write_failed: false,
         }
     }
 }
@@ -941,17 +944,18 @@ impl<'a> Sim<'a> {
                 }
                 return Ok(());
             };
+            let op = IoType::Rebuild {
+                member: r.member() as u16,
+            };
             let tag = self.next_tag;
             self.next_tag += 1;
-            self.parents.insert(
-                tag,
-                ParentRec::new(IoType::Resync, w.lba, w.blocks, self.out_now()),
-            );
+            self.parents
+                .insert(tag, ParentRec::new(op, w.lba, w.blocks, self.out_now()));
             self.per_channel[0] += 1;
             self.rebuild_tags.push(tag);
             let io = ParentIo {
                 tag,
-                op: IoType::Resync,
+                op,
                 lba: w.lba,
                 blocks: w.blocks,
                 fua: false,
@@ -1417,7 +1421,9 @@ impl<'a> Sim<'a> {
         let m = member as usize;
         // Rewrites of a block that failed a read put back the data the
         // other copies hold: torn or not, they leave nothing to resync.
-        if self.members[m].broken || rec.op == IoType::Read {
+        // So do a rebuild's writes (md's recovery), and the member being
+        // rebuilt is trusted only below its checkpoint.
+        if self.members[m].broken || matches!(rec.op, IoType::Read | IoType::Rebuild { .. }) {
             return Ok(());
         }
         // A channel still on a state from before the device in the role
@@ -1484,6 +1490,7 @@ impl<'a> Sim<'a> {
             InFlight::Child { ch, io, .. } if gone => {
                 // The device it went to was replaced: it fails.
                 self.out.child_errors += 1;
+                self.note_write_failed(&io);
                 self.behind.remove(&(ch, io.token));
                 self.arr.channels[ch].child_done(io.token, ChildStatus::Error);
                 return self.drain(ch);
@@ -1545,6 +1552,7 @@ impl<'a> Sim<'a> {
         }
         if status == ChildStatus::Error {
             self.out.child_errors += 1;
+            self.note_write_failed(&io);
             if io.op == ChildOp::Read {
                 if let Some(p) = self.parents.get_mut(&io.parent) {
                     p.read_errors |= 1 << m;
@@ -1885,6 +1893,15 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Child `io` failed: if it wrote, its parent had a write fail.
+    fn note_write_failed(&mut self, io: &ChildIo) {
+        if io.op != ChildOp::Read {
+            if let Some(p) = self.parents.get_mut(&io.parent) {
+                p.write_failed = true;
+            }
+        }
+    }
+
     /// A write child of parent `tag` landed on member `m`, not failed.
     fn note_landed(&mut self, tag: u64, m: usize) {
         let Some(p) = self.parents.get_mut(&tag).filter(|p| p.op == IoType::Write) else {
@@ -2024,7 +2041,21 @@ impl<'a> Sim<'a> {
                 Level::Raid1 | Level::Raid10 => self.geom.copies() - 1,
                 _ => self.geom.redundancy(),
             };
-            let legit = !healthy || lost > survivable || rec.final_check && offline;
+            // A rebuild window fails when a write to the member being
+            // rebuilt (the only one it writes) fails, or could not be
+            // issued since the member failed: that ends the rebuild.
+            let target_gone = self.rebuild.as_ref().is_some_and(|r| {
+                let b = 1u64 << r.member();
+                (self.broken_mask()
+                    | self.arr.channels[ch].shared().failed()
+                    | self.state().out_of_service())
+                    & b
+                    != 0
+            });
+            let legit = !healthy
+                || lost > survivable
+                || rec.final_check && offline
+                || matches!(rec.op, IoType::Rebuild { .. }) && (rec.write_failed || target_gone);
             if !legit {
                 return Err(format!(
                     "{:?} of {}+{} failed although the array keeps its data \
@@ -2414,9 +2445,21 @@ impl<'a> Sim<'a> {
                     let b = &self.members[w[1].member as usize].data
                         [off + w[1].lba as usize * bs..off + (w[1].lba + m.len) as usize * bs];
                     if a != b {
+                        let i = (0..m.len as usize)
+                            .find(|&i| a[i * bs..(i + 1) * bs] != b[i * bs..(i + 1) * bs])
+                            .unwrap_or(0);
+                        let id = |d: &[u8]| {
+                            u64::from_le_bytes(d[i * bs..i * bs + 8].try_into().unwrap())
+                        };
                         return Err(format!(
-                            "array blocks {lba}+{}: copies on members {} and {} differ",
-                            m.len, w[0].member, w[1].member
+                            "array blocks {lba}+{}: copies on members {} and {} differ, first at block {} (write {} against {}; acknowledged {})",
+                            m.len,
+                            w[0].member,
+                            w[1].member,
+                            lba + i as u64,
+                            id(a),
+                            id(b),
+                            self.blocks[lba as usize + i].cur
                         ));
                     }
                 }

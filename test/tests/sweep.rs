@@ -212,6 +212,10 @@ fn seeds_that_found_bugs() {
         (14113, true),
         // A write acknowledged with its only copy in sync still behind.
         (17219, true),
+        // A rebuild (which sets no bitmap bits) taken for done where it
+        // had not written its member: the member failed meanwhile.
+        (377, false),
+        (187, true),
     ];
     for (seed, wb) in found {
         if let Err(v) = run(&Scenario::of(seed, DEFAULT_OPS, wb)) {
