@@ -84,7 +84,7 @@ EOF
 fi
 cat <<EOF
   $bin status -s $sock
-  spdk-rpc -s $sock bdev_mdraid_get_bdevs
+  PYTHONPATH=scripts spdk-rpc -s $sock --plugin rpc_mdraid_plugin bdev_mdraid_get_bdevs
 Ctrl-C stops the daemon cleanly.
 
 EOF
