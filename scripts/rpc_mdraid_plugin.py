@@ -51,6 +51,7 @@ def bdev_mdraid_create(args):
         'write_mostly': args.write_mostly,
         'write_behind': args.write_behind,
         'force': True if args.force else None,
+        'assume_clean': True if args.assume_clean else None,
     })
 
 
@@ -133,6 +134,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='most writes to write-mostly members left in flight (needs the bitmap)')
     p.add_argument('--force', action='store_true',
                    help='start an array that was not shut down cleanly although degraded')
+    p.add_argument('--assume-clean', action='store_true',
+                   help='no initial resync of a new array (members that read back zeros)')
     p.set_defaults(func=bdev_mdraid_create)
 
     p = subparsers.add_parser('bdev_mdraid_delete', help='Delete an mdraid array')

@@ -1305,6 +1305,24 @@ pub struct CreateParams<'a> {
     pub bitmap: bool,
 }
 
+/// A new array whose members' old contents are not known to agree (md's
+/// create without `--assume-clean`): its superblocks say a resync is due
+/// from the start, and every bit of its bitmap is set, so the resync an
+/// unclean assembly runs covers the whole array (mdadm sets every bit too).
+pub fn mark_unsynced(
+    sbs: &mut [Superblock],
+    bitmap: Option<(&mut DiskBitmap, &crate::bitmap::BitmapGeom)>,
+) {
+    for sb in sbs {
+        sb.resync_offset = 0;
+    }
+    if let Some((b, g)) = bitmap {
+        for c in 0..g.chunks() {
+            b.set(c, true);
+        }
+    }
+}
+
 /// The superblocks of a new array laid out as `geom` says.
 pub fn create_superblocks(geom: &Geometry, p: &CreateParams<'_>) -> Vec<Superblock> {
     let n = geom.members();

@@ -341,6 +341,7 @@ fn start(g: Group, done: ExamineDone) {
         write_mostly: NameList(Vec::new()),
         write_behind: None,
         force: false,
+        assume_clean: false,
     };
     log_notice!(
         "mdraid: examine: md array {} complete on {}; assembling it as {name}",

@@ -578,8 +578,7 @@ fn planned(c: &Ctx) {
             for (m, sb) in sbs.iter_mut().enumerate() {
                 sb.set_write_mostly(write_mostly & 1 << m != 0);
             }
-            // A new array is in sync: every bit clear.
-            let bm = bitmap.map(|b| {
+            let mut bm = bitmap.map(|b| {
                 let mut disk = DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms);
                 disk.sb.write_behind = write_behind;
                 StartBitmap {
@@ -588,6 +587,15 @@ fn planned(c: &Ctx) {
                     daemon_sleep_ms: b.daemon_sleep_ms,
                 }
             });
+            // Resynced from the start unless assumed clean (then every bit
+            // stays clear).
+            let sync = mdraid_rpc::plan::initial_sync(&p, &geom);
+            if sync {
+                bdev_raid::meta::mark_unsynced(
+                    &mut sbs,
+                    bm.as_mut().map(|b| (&mut b.disk, &b.geom)),
+                );
+            }
             let write_behind = bm.as_ref().map_or(0, |b| b.disk.sb.write_behind);
             let areas: Vec<Vec<u8>> = sbs
                 .iter()
@@ -615,7 +623,7 @@ fn planned(c: &Ctx) {
                     },
                     sbs: Some(sbs.into_iter().map(Some).collect()),
                     created: true,
-                    dirty: false,
+                    dirty: sync,
                     bitmap: bm,
                 };
                 start_array(c, start);
@@ -972,6 +980,7 @@ fn start_array(c: &Ctx, s: Start) {
             .join(", "),
         match (s.dirty, dirty_chunks) {
             (false, _) => String::new(),
+            (true, _) if s.created => "; initial resync started".into(),
             (true, Some(n)) =>
                 format!("; it was not shut down cleanly: resyncing the {n} chunks its bitmap marks"),
             (true, None) =>

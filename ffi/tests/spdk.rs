@@ -642,7 +642,7 @@ fn examine_reassembles_raid5_and_raid1() {
         let members: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
         let mut entries = aio_entries(&files, "a");
         let create = format!(
-            r#"{{"method":"bdev_mdraid_create","params":{{"name":"r","raid_level":"{level}","base_bdevs":"{}","strip_size_kb":64}}}}"#,
+            r#"{{"method":"bdev_mdraid_create","params":{{"name":"r","raid_level":"{level}","base_bdevs":"{}","strip_size_kb":64,"assume_clean":true}}}}"#,
             members.join(" ")
         );
         entries.push(create);

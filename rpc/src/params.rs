@@ -119,6 +119,13 @@ pub struct BdevMdraidCreate {
     /// `start_dirty_degraded`). Never saved in the config.
     #[serde(default, skip_serializing)]
     pub force: bool,
+    /// A new array on a level with redundancy is resynced from the start,
+    /// as mdadm's create is: the members' old contents need not agree.
+    /// `true` skips that, as `mdadm --create --assume-clean` does: only
+    /// for members that read back zeros, or whose contents already agree.
+    /// Never saved in the config (a replay assembles the array).
+    #[serde(default, skip_serializing)]
+    pub assume_clean: bool,
 }
 
 impl Validate for BdevMdraidCreate {

@@ -543,6 +543,13 @@ pub fn plan_assemble(
     })
 }
 
+/// Whether the new array `p` creates (laid out as `geom`) is resynced
+/// from the start ([`BdevMdraidCreate::assume_clean`]): a level with
+/// redundancy, with superblocks to record it.
+pub fn initial_sync(p: &BdevMdraidCreate, geom: &Geometry) -> bool {
+    p.superblock && !p.assume_clean && geom.redundancy() > 0
+}
+
 /// `bdev_mdraid_add_base_bdev`: bdev `name`, with blocks of `block_size`
 /// bytes, can take a role only in an array of that block size.
 pub fn check_add_block_size(name: &str, block_size: u32, array: u32) -> Result<(), RpcError> {
@@ -668,6 +675,53 @@ mod tests {
         let e = plan_array(&p5, &probes, || [4; 16]).unwrap_err();
         assert_eq!(e.code, -32602);
         assert!(e.message.contains("field `raid_level`"), "{}", e.message);
+    }
+
+    /// A new array with redundancy is resynced from the start unless
+    /// assumed clean (or without superblocks to record it).
+    #[test]
+    fn initial_sync_only_where_copies_or_parity_must_agree() {
+        for (json, want) in [
+            (
+                r#"{"name":"r","raid_level":"raid1","base_bdevs":"a b"}"#,
+                true,
+            ),
+            (
+                r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c"}"#,
+                true,
+            ),
+            (
+                r#"{"name":"r","raid_level":"raid10","base_bdevs":"a b c d"}"#,
+                true,
+            ),
+            (
+                r#"{"name":"r","raid_level":"raid0","base_bdevs":"a b"}"#,
+                false,
+            ),
+            (
+                r#"{"name":"r","raid_level":"linear","base_bdevs":"a b"}"#,
+                false,
+            ),
+            (
+                r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c","assume_clean":true}"#,
+                false,
+            ),
+            (
+                r#"{"name":"r","raid_level":"raid1","base_bdevs":"a b","superblock":false}"#,
+                false,
+            ),
+        ] {
+            let p = params(json);
+            let Plan::Create { geom, .. } =
+                plan_array(&p, &blank(p.base_bdevs.len(), 65536), || [1; 16])
+                    .unwrap_or_else(|e| panic!("{json}: {e:?}"))
+            else {
+                // Without superblocks: a bare array, never resynced.
+                assert!(!want, "{json}");
+                continue;
+            };
+            assert_eq!(initial_sync(&p, &geom), want, "{json}");
+        }
     }
 
     /// md's rule: a raid4/5/6 that was not shut down cleanly and is

@@ -40,8 +40,8 @@ use bdev_raid::channel::{IoType, MetaRequest};
 use bdev_raid::examine::layout_name;
 use bdev_raid::layout::{Geometry, Level};
 use bdev_raid::meta::{
-    create_superblocks, AddError, CreateParams, FlagError, Meta, MetaConfig, NewMember, Recovery,
-    RecoveryInfo,
+    create_superblocks, mark_unsynced, AddError, CreateParams, FlagError, Meta, MetaConfig,
+    NewMember, Recovery, RecoveryInfo,
 };
 use bdev_raid::ondisk::{
     BitmapSuper, MemberLayout, Superblock, BITMAP_SB_BYTES, SB_BLOCK_BYTES, SB_OFFSET_BYTES,
@@ -50,7 +50,9 @@ use bdev_raid::state::{ArrayState, MemberState};
 use mdraid_rpc::config::{ConfigError, LoadedConfig, Location};
 use mdraid_rpc::error::errno;
 use mdraid_rpc::params::*;
-use mdraid_rpc::plan::{check_add_block_size, field, plan_array, BitmapPlan, Plan, Probe, CREATE};
+use mdraid_rpc::plan::{
+    check_add_block_size, field, initial_sync, plan_array, BitmapPlan, Plan, Probe, CREATE,
+};
 pub use mdraid_rpc::plan::{DEFAULT_DAEMON_SLEEP_MS, DEFAULT_STRIP_KB};
 use mdraid_rpc::results::*;
 use mdraid_rpc::types::{
@@ -1181,12 +1183,20 @@ impl Daemon {
             l.apply(sb);
             sb.set_write_mostly(write_mostly & 1 << m != 0);
         }
-        // A new array is in sync: every bit clear.
-        let disk = bitmap.as_ref().map(|b| {
+        let mut disk = bitmap.as_ref().map(|b| {
             let mut d = DiskBitmap::new(&b.geom, uuid, b.daemon_sleep_ms);
             d.sb.write_behind = write_behind;
             d
         });
+        // Resynced from the start unless assumed clean (then every bit
+        // stays clear).
+        let sync = initial_sync(p, &geom);
+        if sync {
+            mark_unsynced(
+                &mut sbs,
+                disk.as_mut().zip(bitmap.as_ref().map(|b| &b.geom)),
+            );
+        }
         let mut written = Vec::new();
         for (i, (d, sb)) in devs.iter().zip(&sbs).enumerate() {
             let mut data = sb.encode();
@@ -1225,7 +1235,7 @@ impl Daemon {
             sbs.into_iter().map(Some).collect(),
             disk,
             daemon_ms,
-            false,
+            sync,
             &snap,
         );
         let array = match array {
@@ -1235,6 +1245,9 @@ impl Daemon {
                 return Err(e);
             }
         };
+        if sync {
+            array.start_resync(bdev_raid::sync::resync_window(array.geometry()));
+        }
         let mut saved = p.clone();
         saved.uuid = Some(RpcUuid(uuid));
         if !matches!(p.raid_level, RaidLevel::Raid1) {
@@ -1248,11 +1261,12 @@ impl Daemon {
             None => BitmapSetting::Off,
         };
         self.log(format!(
-            "created {} array {} ({}) on {}",
+            "created {} array {} ({}) on {}{}",
             p.raid_level,
             p.name,
             md_uuid(&uuid),
-            devs.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+            devs.iter().map(|d| d.name()).collect::<Vec<_>>().join(", "),
+            if sync { "; initial resync started" } else { "" }
         ));
         Ok(ArrayRecord {
             name: p.name.to_string(),

@@ -353,8 +353,9 @@ fn examine_bitmap_after_writes_crash_and_resync() {
             members.push(m);
             paths.push(f);
         }
+        // Fresh (zeroed) members: no initial resync, every bit clear.
         let mut p = json!({"name": name, "raid_level": level, "base_bdevs": members,
-            "bitmap": {"chunk_kb": CHUNK_KB, "daemon_sleep_ms": 600_000}});
+            "bitmap": {"chunk_kb": CHUNK_KB, "daemon_sleep_ms": 600_000}, "assume_clean": true});
         if level != "raid1" {
             p["strip_size_kb"] = json!(64);
         }
@@ -607,8 +608,8 @@ fn bits_clear_lazily_after_writes_stop() {
             members.push(m);
             files.push((name.to_string(), f));
         }
-        let mut p =
-            json!({"name": name, "raid_level": level, "base_bdevs": members, "bitmap": bitmap});
+        let mut p = json!({"name": name, "raid_level": level, "base_bdevs": members,
+            "bitmap": bitmap, "assume_clean": true});
         if *level != "raid1" {
             p["strip_size_kb"] = json!(64);
         }
@@ -757,4 +758,92 @@ fn write_mostly_and_write_behind_as_mdadm_reads_them() {
     let info = array(&d, "wm");
     assert_eq!(write_mostly(&info), [false, false, true], "{info}");
     assert_eq!(info["write_behind"], 100, "{info}");
+}
+
+/// Members full of old, disagreeing data, as after another use.
+fn old_data_member(dir: &TempDir, name: &str, seed: u8) -> PathBuf {
+    let f = dir.member(name, MEMBER_BYTES);
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed | 1)
+        .collect();
+    let mut data = Vec::with_capacity(MEMBER_BYTES as usize);
+    while (data.len() as u64) < MEMBER_BYTES {
+        data.extend_from_slice(&chunk);
+    }
+    // The superblock's 4 KiB stay blank: the member is no array's.
+    data[4096..8192].fill(0);
+    std::fs::write(&f, &data).unwrap();
+    f
+}
+
+/// md's `check`, to its end: the mismatch count in sectors.
+fn check_mismatches(d: &Daemon, name: &str) -> u64 {
+    d.ok(
+        "bdev_mdraid_sync_action",
+        json!({"name": name, "action": "check"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = array(d, name);
+        if a["sync_action"] == "idle" && a["process"].is_null() {
+            if let Some(n) = a["mismatch_cnt"].as_u64() {
+                return n;
+            }
+        }
+        assert!(Instant::now() < deadline, "{name}: check never ended: {a}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A new array on members holding old data is resynced from the start, as
+/// mdadm's create is (every bitmap bit set, the superblocks dirty), so its
+/// copies and parity agree before a member is lost; `assume_clean` skips
+/// that (and its check then finds the old data disagreeing).
+#[test]
+fn new_array_on_old_data_is_resynced_first() {
+    let _g = serial();
+    let dir = TempDir::new("init");
+    let d = Daemon::start(&dir, "d1", None);
+    for (name, level, assume_clean) in [
+        ("i5", "raid5", false),
+        ("i1", "raid1", false),
+        ("c5", "raid5", true),
+    ] {
+        let n = if level == "raid5" { 3 } else { 2 };
+        let mut members = Vec::new();
+        for i in 0..n {
+            let m = format!("{name}m{i}");
+            old_data_member(&dir, &format!("{m}.img"), 17 * i as u8 + 3);
+            d.aio(&m, &dir.path(&format!("{m}.img")));
+            members.push(m);
+        }
+        let mut p = json!({"name": name, "raid_level": level, "base_bdevs": members,
+            "bitmap": {"chunk_kb": CHUNK_KB}});
+        if assume_clean {
+            p["assume_clean"] = json!(true);
+        }
+        d.ok("bdev_mdraid_create", p);
+        if assume_clean {
+            let a = array(&d, name);
+            assert!(a["process"].is_null(), "{name}: {a}");
+            assert_eq!(a["bitmap"]["dirty_chunks"], 0, "{name}: {a}");
+            assert!(check_mismatches(&d, name) > 0, "{name}: old data agreed?");
+            continue;
+        }
+        let a = array(&d, name);
+        let chunks = a["bitmap"]["total_chunks"].as_u64();
+        assert!(
+            a["process"]["type"] == "resync" || a["array_state"] != "clean",
+            "{name}: no initial resync: {a}"
+        );
+        if let Some(c) = chunks {
+            assert_eq!(a["bitmap"]["dirty_chunks"].as_u64(), Some(c), "{name}: {a}");
+        }
+        wait_resynced_and_clean(&d, name);
+        assert_eq!(
+            check_mismatches(&d, name),
+            0,
+            "{name}: copies or parity disagree"
+        );
+    }
 }

@@ -110,7 +110,9 @@ fn members_and_arrays_of_every_level() {
         ("r10", "raid10", vec!["f4", "f5", "f6", "m7"], 128),
     ];
     for (name, level, members, strip) in &arrays {
-        let mut p = json!({"name": name, "raid_level": level, "base_bdevs": members});
+        // Fresh members (zeros): no initial resync, clean at once.
+        let mut p = json!({"name": name, "raid_level": level, "base_bdevs": members,
+            "assume_clean": true});
         if *strip > 0 {
             p["strip_size_kb"] = json!(strip);
         }
@@ -249,7 +251,7 @@ fn bad_params_name_the_field_and_create_nothing() {
     d.aio("f0", &f);
     d.ok(
         "bdev_mdraid_create",
-        json!({"name": "keep", "raid_level": "raid1", "base_bdevs": ["m2", "f0"]}),
+        json!({"name": "keep", "raid_level": "raid1", "base_bdevs": ["m2", "f0"], "assume_clean": true}),
     );
     let before = d.ok("bdev_get_bdevs", Value::Null);
     let before_arrays = d.ok("bdev_mdraid_get_bdevs", Value::Null);
@@ -525,11 +527,11 @@ fn build_config_state(dir: &TempDir, d: &Daemon) {
     d.ok("bdev_error_create", json!({"base_name": "a4"}));
     d.ok(
         "bdev_mdraid_create",
-        json!({"name": "md5", "raid_level": "raid5", "base_bdevs": ["a0", "a1", "a2"], "strip_size_kb": 128}),
+        json!({"name": "md5", "raid_level": "raid5", "base_bdevs": ["a0", "a1", "a2"], "strip_size_kb": 128, "assume_clean": true}),
     );
     d.ok(
         "bdev_mdraid_create",
-        json!({"name": "md1", "raid_level": "raid1", "base_bdevs": ["a3", "EE_a4"]}),
+        json!({"name": "md1", "raid_level": "raid1", "base_bdevs": ["a3", "EE_a4"], "assume_clean": true}),
     );
 }
 
@@ -751,7 +753,7 @@ fn examine_cli_prints_superblocks_and_names_bad_fields() {
     let files = d.aio_members(&dir, "x", 4, MEMBER_BYTES);
     d.ok(
         "bdev_mdraid_create",
-        json!({"name": "ex6", "raid_level": "raid6", "base_bdevs": ["x0", "x1", "x2", "x3"], "strip_size_kb": 64, "uuid": "0123abcd-0000-4000-8000-00000000beef"}),
+        json!({"name": "ex6", "raid_level": "raid6", "base_bdevs": ["x0", "x1", "x2", "x3"], "strip_size_kb": 64, "uuid": "0123abcd-0000-4000-8000-00000000beef", "assume_clean": true}),
     );
     assert!(d.term().success());
 
@@ -1351,8 +1353,8 @@ fn kill9_during_writes_then_restart_keeps_acknowledged_writes() {
         let f = dir.member(&format!("k{i}.img"), MEMBER_BYTES);
         cfg.push(json!({"method": "bdev_aio_create", "params": {"name": format!("k{i}"), "filename": f.display().to_string()}}));
     }
-    cfg.push(json!({"method": "bdev_mdraid_create", "params": {"name": "md5", "raid_level": "raid5", "base_bdevs": ["k0", "k1", "k2", "k3"], "strip_size_kb": 64}}));
-    cfg.push(json!({"method": "bdev_mdraid_create", "params": {"name": "md1", "raid_level": "raid1", "base_bdevs": ["k4", "k5"]}}));
+    cfg.push(json!({"method": "bdev_mdraid_create", "params": {"name": "md5", "raid_level": "raid5", "base_bdevs": ["k0", "k1", "k2", "k3"], "strip_size_kb": 64, "assume_clean": true}}));
+    cfg.push(json!({"method": "bdev_mdraid_create", "params": {"name": "md1", "raid_level": "raid1", "base_bdevs": ["k4", "k5"], "assume_clean": true}}));
     let first = dir.path("first.json");
     std::fs::write(
         &first,
@@ -1732,7 +1734,7 @@ fn write_mostly_member_with_write_behind() {
     d.ok(
         "bdev_mdraid_create",
         json!({"name": "r1", "raid_level": "raid1", "base_bdevs": ["fast", "slow"],
-               "write_mostly": ["slow"], "write_behind": 64}),
+               "write_mostly": ["slow"], "write_behind": 64, "assume_clean": true}),
     );
     let a = array(&d, "r1");
     assert_eq!(a["write_behind"], 64, "{a}");

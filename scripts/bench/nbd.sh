@@ -79,7 +79,7 @@ cat >"$tmp/mem.json" <<JSON
 {"subsystems":[{"subsystem":"bdev","config":[
  {"method":"bdev_malloc_create","params":{"name":"m0","num_blocks":$blocks,"block_size":4096}},
  {"method":"bdev_malloc_create","params":{"name":"m1","num_blocks":$blocks,"block_size":4096}},
- {"method":"bdev_mdraid_create","params":{"name":"md1","raid_level":"raid1","base_bdevs":["m0","m1"]}},
+ {"method":"bdev_mdraid_create","params":{"name":"md1","raid_level":"raid1","assume_clean":true,"base_bdevs":["m0","m1"]}},
  {"method":"mdraid_nbd_listener_add","params":{"unix_path":"$tmp/mdraid.sock"}},
  {"method":"mdraid_nbd_export_add","params":{"bdev_name":"md1"}}]}]}
 JSON
@@ -113,7 +113,7 @@ cat >"$tmp/files.json" <<JSON
 {"subsystems":[{"subsystem":"bdev","config":[
  {"method":"bdev_aio_create","params":{"name":"f0","filename":"$(realpath "$files/f0.img")"}},
  {"method":"bdev_aio_create","params":{"name":"f1","filename":"$(realpath "$files/f1.img")"}},
- {"method":"bdev_mdraid_create","params":{"name":"md0","raid_level":"raid0","base_bdevs":["f0","f1"],"strip_size_kb":64}},
+ {"method":"bdev_mdraid_create","params":{"name":"md0","raid_level":"raid0","assume_clean":true,"base_bdevs":["f0","f1"],"strip_size_kb":64}},
  {"method":"mdraid_nbd_listener_add","params":{"unix_path":"$tmp/mdraid2.sock"}},
  {"method":"mdraid_nbd_export_add","params":{"bdev_name":"md0"}}]}]}
 JSON

@@ -31,11 +31,11 @@ members() { local s=$1 n=$2 i l=(); for i in $(seq 0 $((n - 1))); do l+=("\"${s}
 cfg+=("{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"spdk_r1\",\"raid_level\":\"raid1\",\"base_bdevs\":$(members s1 2),\"strip_size_kb\":0,\"superblock\":true}}")
 cfg+=("{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"spdk_r0\",\"raid_level\":\"raid0\",\"base_bdevs\":$(members s0 4),\"strip_size_kb\":64,\"superblock\":true}}")
 cfg+=("{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"spdk_r5\",\"raid_level\":\"raid5f\",\"base_bdevs\":$(members s5 4),\"strip_size_kb\":64,\"superblock\":true}}")
-cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r1\",\"raid_level\":\"raid1\",\"base_bdevs\":$(members m1 2),\"bitmap\":false}}")
-cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r0\",\"raid_level\":\"raid0\",\"base_bdevs\":$(members m0 4),\"strip_size_kb\":64}}")
-cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r5\",\"raid_level\":\"raid5\",\"base_bdevs\":$(members m5 4),\"strip_size_kb\":64,\"bitmap\":false}}")
-cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"mdbm_r1\",\"raid_level\":\"raid1\",\"base_bdevs\":$(members b1 2)}}")
-cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"mdbm_r5\",\"raid_level\":\"raid5\",\"base_bdevs\":$(members b5 4),\"strip_size_kb\":64}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r1\",\"raid_level\":\"raid1\",\"assume_clean\":true,\"base_bdevs\":$(members m1 2),\"bitmap\":false}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r0\",\"raid_level\":\"raid0\",\"assume_clean\":true,\"base_bdevs\":$(members m0 4),\"strip_size_kb\":64}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"md_r5\",\"raid_level\":\"raid5\",\"assume_clean\":true,\"base_bdevs\":$(members m5 4),\"strip_size_kb\":64,\"bitmap\":false}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"mdbm_r1\",\"raid_level\":\"raid1\",\"assume_clean\":true,\"base_bdevs\":$(members b1 2)}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"mdbm_r5\",\"raid_level\":\"raid5\",\"assume_clean\":true,\"base_bdevs\":$(members b5 4),\"strip_size_kb\":64}}")
 (IFS=,; echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[${cfg[*]}]}]}") >"$tmp/cfg.json"
 
 # name  spdk_bdev  mdraid_bdev  workload  io_size

@@ -34,8 +34,8 @@ for a in on off; do
   cfg+=("{\"method\":\"bdev_malloc_create\",\"params\":{\"name\":\"base_$a\",\"num_blocks\":$blocks,\"block_size\":4096}}")
   cfg+=("{\"method\":\"bdev_delay_create\",\"params\":{\"base_bdev_name\":\"base_$a\",\"name\":\"slow_$a\",\"avg_read_latency\":$delay,\"p99_read_latency\":$delay,\"avg_write_latency\":$delay,\"p99_write_latency\":$delay}}")
 done
-cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"wb_on\",\"raid_level\":\"raid1\",\"base_bdevs\":[\"fast_on\",\"slow_on\"],\"write_mostly\":[\"slow_on\"],\"write_behind\":$wb}}")
-cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"wb_off\",\"raid_level\":\"raid1\",\"base_bdevs\":[\"fast_off\",\"slow_off\"],\"write_mostly\":[\"slow_off\"]}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"wb_on\",\"raid_level\":\"raid1\",\"assume_clean\":true,\"base_bdevs\":[\"fast_on\",\"slow_on\"],\"write_mostly\":[\"slow_on\"],\"write_behind\":$wb}}")
+cfg+=("{\"method\":\"bdev_mdraid_create\",\"params\":{\"name\":\"wb_off\",\"raid_level\":\"raid1\",\"assume_clean\":true,\"base_bdevs\":[\"fast_off\",\"slow_off\"],\"write_mostly\":[\"slow_off\"]}}")
 cfg+=("{\"method\":\"mdraid_nbd_listener_add\",\"params\":{\"unix_path\":\"$tmp/nbd.sock\"}}")
 for a in wb_on wb_off; do cfg+=("{\"method\":\"mdraid_nbd_export_add\",\"params\":{\"bdev_name\":\"$a\"}}"); done
 (IFS=,; echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[${cfg[*]}]}]}") >"$tmp/cfg.json"
