@@ -114,6 +114,19 @@ pub fn after(f: impl FnOnce() + 'static) {
     }
 }
 
+/// The bdevs examine holds as members of md array `uuid`, waiting for the
+/// rest of them.
+pub fn waiting(uuid: &[u8; 16]) -> Vec<String> {
+    STATE.with(|s| {
+        s.borrow()
+            .groups
+            .iter()
+            .filter(|g| g.uuid == *uuid)
+            .flat_map(|g| g.cands.iter().map(|c| c.name.clone()))
+            .collect()
+    })
+}
+
 /// Array `uuid` runs: the members examine kept for it are not needed.
 pub fn forget(uuid: &[u8; 16]) {
     STATE.with(|s| s.borrow_mut().groups.retain(|g| g.uuid != *uuid));

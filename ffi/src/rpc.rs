@@ -388,6 +388,9 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply) {
             return reply.ok();
         }
     }
+    if left_to_examine(&p) {
+        return reply.ok();
+    }
     if Bdev::by_name(&name).is_some() || !crate::module::reserve(&name) {
         return reply.err(&RpcError::errno(
             errno::EEXIST,
@@ -413,6 +416,38 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply) {
         return;
     }
     read_superblocks(&c);
+}
+
+/// A create of md array `uuid` (as a saved config replays it) naming
+/// members that do not exist yet, whose others examine already holds as
+/// that array's, waiting for the rest: examine assembles it when they
+/// appear, so the create succeeds now with nothing to do. SPDK saves bdevs
+/// in the order they were made, so a member made after its array (one
+/// replaced and rebuilt) comes after the array's create in the config;
+/// SPDK's raid accepts members that do not exist yet the same way.
+fn left_to_examine(p: &BdevMdraidCreate) -> bool {
+    let Some(uuid) = p.uuid.filter(|_| p.superblock) else {
+        return false;
+    };
+    let (missing, present): (Vec<&str>, Vec<&str>) = p
+        .base_bdevs
+        .iter()
+        .map(|n| n.as_str())
+        .partition(|n| Bdev::by_name(n).is_none());
+    let held = crate::examine::waiting(&uuid.0);
+    if missing.is_empty()
+        || present.is_empty()
+        || !present.iter().all(|n| held.iter().any(|h| h == n))
+    {
+        return false;
+    }
+    log_notice!(
+        "mdraid {}: {} not there yet; examine assembles md array {} when they appear",
+        p.name,
+        missing.join(", "),
+        md_uuid(&uuid.0)
+    );
+    true
 }
 
 /// Open, claim and get a channel of every member.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{serial, spdk_env, text, Env};
+use common::{member_states, serial, spdk_env, text, Env};
 
 /// bdevperf's `Total` line: (IOPS, Fail/s, TO/s).
 fn totals(out: &str) -> Option<(f64, f64, f64)> {
@@ -253,13 +253,21 @@ impl Drop for Tgt {
 
 impl Tgt {
     fn start(env: &Env) -> Tgt {
+        Tgt::start_with(env, None)
+    }
+
+    /// spdk_tgt loading `config` (`--json`) when given.
+    fn start_with(env: &Env, config: Option<&Path>) -> Tgt {
         let sock = env.dir.join("tgt.sock");
         let log = env.dir.join("tgt.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let child = env
-            .app(120, &env.spdk.join("build/bin/spdk_tgt"), &[&env.so])
-            .args(["--no-huge", "-s", "2048", "--no-pci", "-r"])
-            .arg(&sock)
+        let mut cmd = env.app(120, &env.spdk.join("build/bin/spdk_tgt"), &[&env.so]);
+        cmd.args(["--no-huge", "-s", "2048", "--no-pci", "-r"])
+            .arg(&sock);
+        if let Some(c) = config {
+            cmd.arg("--json").arg(c);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
@@ -313,6 +321,101 @@ impl Tgt {
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
         v[0]["claimed"].as_bool().expect("claimed")
     }
+}
+
+/// A member replaced and rebuilt is made after its array, so SPDK's
+/// save_config puts its create after the array's: spdk_tgt starts from
+/// that config all the same, and the array comes back whole (examine
+/// assembles it once the member appears).
+#[test]
+fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
+    let Some(env) = spdk_env("order") else {
+        return;
+    };
+    let _g = serial();
+    let files = new_files(&env, "g", 2, 32 << 20);
+    let mut tgt = Tgt::start(&env);
+    let aio = |t: &Tgt, name: &str, f: &Path| {
+        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
+    };
+    aio(&tgt, "a0", &files[0]);
+    aio(&tgt, "a1", &files[1]);
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "md",
+            "-r",
+            "raid1",
+            "-b",
+            "a0 a1",
+            "--assume-clean",
+        ],
+    );
+    tgt.ok(&env, &["bdev_aio_delete", "a1"]);
+    aio(&tgt, "a1", &files[1]);
+    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "md", "a1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "md"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let info = v[0].clone();
+        if info["process"].is_null() && member_states(&info) == ["in_sync", "in_sync"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuild did not end: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let saved = tgt.ok(&env, &["save_config"]);
+    let at = |m: &str| {
+        saved
+            .find(m)
+            .unwrap_or_else(|| panic!("no `{m}` in\n{saved}"))
+    };
+    assert!(
+        at("\"bdev_mdraid_create\"") < at(files[1].to_str().unwrap()),
+        "the array's create is not before its member's:\n{saved}"
+    );
+    let cfg = env.dir.join("saved.json");
+    std::fs::write(&cfg, &saved).unwrap();
+    tgt.ok(&env, &["spdk_kill_instance", "SIGTERM"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = tgt.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "spdk_tgt did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{}", tgt.log_text());
+    drop(tgt);
+
+    let tgt = Tgt::start_with(&env, Some(&cfg));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_get_bdevs", "-n", "md"]);
+        if ok {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if v[0]["name"] == "md" {
+                break v[0].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the array did not come back: {out}\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(member_states(&info), ["in_sync", "in_sync"], "{info}");
+    assert!(
+        tgt.log_text().contains("examine assembles md array"),
+        "{}",
+        tgt.log_text()
+    );
+    env.cleanup();
 }
 
 #[test]
