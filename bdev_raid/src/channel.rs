@@ -3276,6 +3276,20 @@ impl<B: IoBuf> Channel<B> {
         bit(map.p as usize) | map.q.map_or(0, |q| bit(q as usize))
     }
 
+    /// Whether stripe `s`'s parity may not match its data yet: its
+    /// bitmap chunk still needs a resync, or (without a bitmap) it lies
+    /// where the resync has not been yet.
+    fn stripe_unsynced(&self, s: u64) -> bool {
+        let lba = s * self.geom.stripe_data_blocks();
+        match &self.shared.bitmap {
+            Some(bm) => {
+                let (c0, c1) = bm.geom().chunks_of(lba, 1);
+                (c0..=c1).any(|c| bm.needed(c))
+            }
+            None => lba >= self.shared.unsynced_from(),
+        }
+    }
+
     /// Decide the unit's next step from what is readable and what was read.
     fn plan(&self, ctx: u32) -> Plan {
         let u = &self.stripes[ctx as usize];
@@ -3350,6 +3364,12 @@ impl<B: IoBuf> Channel<B> {
                     (unknown.count_ones() <= nparity, (all_data | par) & !dead_r)
                 };
                 let cost = |m: u64| missing(m).count_ones();
+                // md's rule: where a resync has not been yet, the parity
+                // may not match the data, and a read-modify-write would
+                // carry that on; a reconstruct-write makes the stripe right
+                // (unless a member is out, when there is nothing to
+                // resync from anyway).
+                let rmw_ok = rmw_ok && (dead_r != 0 || !self.stripe_unsynced(u.stripe));
                 let (method, reads) = if rmw_ok && (!rcw_ok || cost(rmw_reads) < cost(rcw_reads)) {
                     (Method::Rmw, rmw_reads)
                 } else if rcw_ok {
@@ -4844,6 +4864,57 @@ mod tests {
         h.finish_all();
         assert_eq!(h.ch.stats().full_stripe, 1);
         assert!(h.done.iter().all(|d| d.1 == IoStatus::Success));
+    }
+
+    /// md's rule: where a resync has not been yet (or the bitmap marks the
+    /// chunk needed), a partial-stripe write reconstructs the parity from
+    /// the data instead of patching parity that may be wrong, so the
+    /// stripe is right after it whatever it held before.
+    #[test]
+    fn raid5_writes_reconstruct_where_the_resync_has_not_been() {
+        for bitmap in [false, true] {
+            let mut h = Host::with(
+                Level::Raid5,
+                5,
+                64,
+                ChannelConfig::default(),
+                |_| {},
+                bitmap,
+            );
+            // Old data that the parity does not match.
+            for (m, v) in [(0usize, 3u8), (1, 5), (2, 9), (3, 17), (4, 33)] {
+                h.members[m][..8 * 512].fill(v);
+            }
+            let shared = h.ch.shared().clone();
+            match &shared.bitmap {
+                Some(bm) => bm.set_flags(0, crate::bitmap::NEEDED),
+                None => shared.set_unsynced_from(0),
+            }
+            h.write(1, 0, 1, 0xab);
+            h.finish_all();
+            assert_eq!(
+                (h.ch.stats().rcw, h.ch.stats().rmw),
+                (1, 0),
+                "bitmap {bitmap}"
+            );
+            let map = h.ch.geometry().stripe(0);
+            for b in 0..512 {
+                let x = (0..map.ndata).fold(0, |a, i| a ^ h.members[map.data[i] as usize][b]);
+                assert_eq!(h.members[map.p as usize][b], x, "bitmap {bitmap}: byte {b}");
+            }
+            // In sync: the cheaper read-modify-write again.
+            match &shared.bitmap {
+                Some(bm) => bm.mark_synced(0),
+                None => shared.set_unsynced_from(u64::MAX),
+            }
+            h.write(2, 0, 1, 0xcd);
+            h.finish_all();
+            assert_eq!(
+                (h.ch.stats().rcw, h.ch.stats().rmw),
+                (1, 1),
+                "bitmap {bitmap}"
+            );
+        }
     }
 
     #[test]

@@ -310,6 +310,11 @@ impl Meta {
             "the state's write-behind is the bitmap's"
         );
         let disk_dirty = sbs.iter().flatten().any(|sb| !sb.is_clean());
+        if disk_dirty && bitmap.is_none() {
+            // Until a resync gets there (the bitmap's marks say where,
+            // when there is one).
+            shared.set_unsynced_from(0);
+        }
         assert_eq!(
             bitmap.is_some(),
             shared.bitmap.is_some(),

@@ -214,6 +214,10 @@ pub struct Shared {
     /// Reads waiting to read a member with write-behind writes in flight:
     /// while any waits, no new write goes behind (R5, md's rule).
     behind_readers: AtomicU32,
+    /// Array blocks from here on may have copies or parity that disagree
+    /// (a resync has not reached them yet: md's `recovery_cp`); `u64::MAX`
+    /// when the whole array is in sync.
+    unsynced_from: AtomicU64,
 }
 
 #[repr(align(64))]
@@ -239,7 +243,20 @@ impl Shared {
             behind: AtomicU32::new(0),
             behind_to: (0..MAX_MEMBERS).map(|_| AtomicU32::new(0)).collect(),
             behind_readers: AtomicU32::new(0),
+            unsynced_from: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Where the blocks a resync has not reached begin (`u64::MAX`: none).
+    #[inline]
+    pub fn unsynced_from(&self) -> u64 {
+        self.unsynced_from.load(Ordering::Relaxed)
+    }
+
+    /// The resync has reached array block `lba` (`u64::MAX`: the whole
+    /// array is in sync).
+    pub fn set_unsynced_from(&self, lba: u64) {
+        self.unsynced_from.store(lba, Ordering::Relaxed);
     }
 
     /// Take one of the array's `max` write-behind places for a piece

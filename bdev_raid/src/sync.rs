@@ -55,6 +55,10 @@ pub struct Resync {
     done_blocks: u64,
     total_blocks: u64,
     failed_windows: u64,
+    /// It makes the array's copies and parity agree (not a check or
+    /// repair pass): it tells the channels where it has been
+    /// ([`Shared::unsynced_from`], without a bitmap).
+    syncs: bool,
 }
 
 impl Resync {
@@ -70,6 +74,7 @@ impl Resync {
     pub fn whole(geom: &Geometry, window_blocks: u64) -> Resync {
         let mut r = Resync::from(geom, &Shared::new(1), window_blocks, 0);
         r.total_blocks = geom.array_blocks();
+        r.syncs = false;
         r
     }
 
@@ -99,7 +104,10 @@ impl Resync {
                         .sum(),
                 )
             }
-            None => (false, geom.array_blocks() - from),
+            None => {
+                shared.set_unsynced_from(from);
+                (false, geom.array_blocks() - from)
+            }
         };
         Resync {
             window,
@@ -117,6 +125,7 @@ impl Resync {
             done_blocks: 0,
             total_blocks,
             failed_windows: 0,
+            syncs: true,
         }
     }
 
@@ -129,6 +138,9 @@ impl Resync {
         while self.at >= self.end {
             if !self.bitmap || !self.next_chunk(shared) {
                 self.finished = true;
+                if self.syncs && self.first_failed.is_none() {
+                    shared.set_unsynced_from(u64::MAX);
+                }
                 return None;
             }
         }
@@ -179,6 +191,9 @@ impl Resync {
                 }
                 self.chunk = None;
             }
+        }
+        if self.syncs && !self.bitmap {
+            shared.set_unsynced_from(self.checkpoint());
         }
     }
 
@@ -1470,6 +1485,7 @@ mod driver_tests {
         assert!(s.claim(SyncKind::Resync, 0));
         let mut d = Driver::resync(&g, &sh, &s, 4096, 0, 0);
         assert_eq!(s.progress().unwrap().total, g.array_blocks());
+        assert_eq!(sh.unsynced_from(), 0, "where writes reconstruct");
         let mut next = 0;
         while next < g.array_blocks() {
             let io = submit(&mut d, &s, &at(0, &st));
@@ -1478,6 +1494,7 @@ mod driver_tests {
             assert_eq!(d.step(&s, &at(0, &st)), Step::Wait, "one in flight");
             d.window_done(&s, true, 0, 0);
             next += io.blocks;
+            assert_eq!(sh.unsynced_from(), next);
             assert_eq!(
                 outputs(&mut d),
                 vec![Output::Report(Report::ResyncProgress(next))]
@@ -1485,6 +1502,7 @@ mod driver_tests {
             assert_eq!(s.progress().unwrap().done, next);
         }
         assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(sh.unsynced_from(), u64::MAX, "all in sync");
         assert_eq!(
             outputs(&mut d),
             vec![
