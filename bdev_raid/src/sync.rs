@@ -788,6 +788,11 @@ pub enum Note {
     RebuildStopped {
         member: usize,
     },
+    /// `sync_action frozen` stopped it; it resumes from its checkpoint
+    /// once the array is no longer frozen.
+    RebuildFrozen {
+        member: usize,
+    },
     RebuildFailed {
         member: usize,
         offset: u64,
@@ -838,6 +843,10 @@ impl fmt::Display for Note {
                 if failed { " (some windows failed)" } else { "" }
             ),
             Note::RebuildStopped { member } => write!(f, "rebuild of role {member} stopped"),
+            Note::RebuildFrozen { member } => write!(
+                f,
+                "rebuild of role {member} stopped by sync_action frozen; it resumes after idle"
+            ),
             Note::RebuildFailed { member, offset } => {
                 write!(f, "rebuild of role {member} failed at block {offset}")
             }
@@ -1149,6 +1158,15 @@ impl Driver {
                 // is no reason to stop.
                 let st = facts.state;
                 let m = rb.member();
+                if status.frozen() && !rb.is_done() {
+                    // md's frozen stops recovery too; select starts it
+                    // again from its checkpoint after idle.
+                    if rb.in_flight() > 0 {
+                        return Next::Wait;
+                    }
+                    out.push_back(Output::Note(Note::RebuildFrozen { member: m }));
+                    return Next::Finished;
+                }
                 if !rb.is_done() && !matches!(st.members[m], MemberState::Recovering(_))
                     || st.readded[m] != rb.device()
                     || st.offline
@@ -1772,6 +1790,26 @@ mod driver_tests {
             );
             assert!(s.progress().is_none());
         }
+
+        // sync_action frozen stops it once its window in flight ended (md's
+        // frozen stops recovery too); no process starts until idle.
+        let s = SyncStatus::default();
+        let mut d = Driver::rebuild(&g, &sh, &s, 1, full(9), 1 << 13, 0).unwrap();
+        submit(&mut d, &s, &at(0, &st));
+        outputs(&mut d);
+        assert_eq!(s.sync_action(None, true, g.array_blocks()), Ok(false));
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Wait);
+        d.window_done(&s, true, 0, 0);
+        outputs(&mut d);
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Note(Note::RebuildFrozen { member: 1 })]
+        );
+        assert!(s.progress().is_none());
+        assert!(Driver::rebuild(&g, &sh, &s, 1, full(9), 1 << 13, 0).is_none());
+        assert_eq!(s.sync_action(None, false, g.array_blocks()), Ok(false));
+        assert!(Driver::rebuild(&g, &sh, &s, 1, full(9), 1 << 13, 0).is_some());
 
         // A window that fails (a member it reads or writes failed) ends it
         // there, reported.
