@@ -25,7 +25,7 @@
 //! clear won and the channel waits for the bit to be written again. No lock
 //! is taken on the I/O path.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::layout::{Geometry, Level};
 use crate::ondisk::{bitmap_get, bitmap_set, BitmapSuper, BITMAP_SB_BYTES};
@@ -152,6 +152,11 @@ impl BitmapGeom {
 pub struct Bitmap {
     geom: BitmapGeom,
     words: Box<[AtomicU32]>,
+    /// A bit per chunk, set whenever its word leaves zero: the metadata
+    /// path's scans visit only these ([`Bitmap::active`]), so their cost
+    /// follows the chunks in use, not the bitmap's size (millions of
+    /// chunks on a large array with small ones).
+    active: Box<[AtomicU64]>,
 }
 
 impl Bitmap {
@@ -159,8 +164,45 @@ impl Bitmap {
     pub fn new(geom: BitmapGeom) -> Bitmap {
         Bitmap {
             words: (0..geom.chunks).map(|_| AtomicU32::new(0)).collect(),
+            active: (0..geom.chunks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             geom,
         }
+    }
+
+    /// Chunk `c`'s word left zero (sequentially consistent with that
+    /// change: see [`Bitmap::active`]).
+    #[cold]
+    fn activate(&self, c: u64) {
+        self.active[(c / 64) as usize].fetch_or(1 << (c % 64), Ordering::SeqCst);
+    }
+
+    /// The chunks whose words are not zero (and perhaps a few that just
+    /// became zero), in order. A chunk found at zero leaves the set; a
+    /// word that leaves zero puts its chunk back in after the change (both
+    /// sides sequentially consistent: either this scan sees the word's
+    /// change, or the chunk's bit is set again after the scan cleared it).
+    pub fn active(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, a) in self.active.iter().enumerate() {
+            let mut bits = a.load(Ordering::SeqCst);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let c = i as u64 * 64 + b;
+                if self.words[c as usize].load(Ordering::SeqCst) != 0 {
+                    out.push(c);
+                    continue;
+                }
+                a.fetch_and(!(1 << b), Ordering::SeqCst);
+                if self.words[c as usize].load(Ordering::SeqCst) != 0 {
+                    a.fetch_or(1 << b, Ordering::SeqCst);
+                    out.push(c);
+                }
+            }
+        }
+        out
     }
 
     /// A bitmap whose every bit is already on disk (the steady state of a
@@ -182,9 +224,12 @@ impl Bitmap {
     pub fn start_write(&self, lba: u64, blocks: u64) -> bool {
         let (c0, c1) = self.geom.chunks_of(lba, blocks);
         let mut durable = true;
-        for w in &self.words[c0 as usize..=c1 as usize] {
-            let old = w.fetch_add(1, Ordering::AcqRel);
+        for (i, w) in self.words[c0 as usize..=c1 as usize].iter().enumerate() {
+            let old = w.fetch_add(1, Ordering::SeqCst);
             assert!(old & COUNT != COUNT, "bitmap chunk counter overflow");
+            if old == 0 {
+                self.activate(c0 + i as u64);
+            }
             if old & IDLE != 0 {
                 // Activity: the daemon's idle pass starts over.
                 w.fetch_and(!IDLE, Ordering::AcqRel);
@@ -222,7 +267,9 @@ impl Bitmap {
     }
 
     pub(crate) fn set_flags(&self, c: u64, flags: u32) {
-        self.words[c as usize].fetch_or(flags, Ordering::AcqRel);
+        if self.words[c as usize].fetch_or(flags, Ordering::SeqCst) == 0 {
+            self.activate(c);
+        }
     }
 
     pub(crate) fn clear_flags(&self, c: u64, flags: u32) {
@@ -248,7 +295,10 @@ impl Bitmap {
 
     /// Chunks still waiting for a resync.
     pub fn needed_count(&self) -> u64 {
-        (0..self.geom.chunks).filter(|&c| self.needed(c)).count() as u64
+        self.active()
+            .into_iter()
+            .filter(|&c| self.needed(c))
+            .count() as u64
     }
 }
 
@@ -310,7 +360,16 @@ impl DiskBitmap {
     }
     /// Chunks whose bit is set.
     pub fn dirty(&self) -> u64 {
-        self.bits.iter().map(|b| u64::from(b.count_ones())).sum()
+        let words = self.bits.chunks_exact(8);
+        let tail: u64 = words
+            .remainder()
+            .iter()
+            .map(|b| u64::from(b.count_ones()))
+            .sum();
+        words
+            .map(|w| u64::from(u64::from_ne_bytes(w.try_into().unwrap()).count_ones()))
+            .sum::<u64>()
+            + tail
     }
 
     /// The bitmap area as written to a member: superblock (with `events`),
@@ -390,6 +449,31 @@ mod tests {
             Err(BitmapError::Chunk(3 << 12))
         );
         assert_eq!(BitmapGeom::new(&g, 2048), Err(BitmapError::Chunk(2048)));
+    }
+
+    /// The metadata path's scans visit the chunks whose words are not
+    /// zero, found through the active set, which drops a chunk only once
+    /// its word is zero again.
+    #[test]
+    fn active_chunks_follow_their_words() {
+        let g = geom(Level::Raid1, 2, 1 << 20);
+        let bm = Bitmap::new(BitmapGeom::new(&g, 4096).unwrap());
+        assert!(bm.geom().chunks() > 128);
+        assert!(bm.active().is_empty());
+        assert!(!bm.start_write(100 * 8, 8)); // chunk 100
+        bm.set_flags(130, DURABLE | NEEDED);
+        assert_eq!(bm.active(), [100, 130]);
+        bm.end_write(100 * 8, 8);
+        assert_eq!(bm.active(), [130], "zero again: dropped");
+        assert!(!bm.start_write(100 * 8, 8), "back in once it leaves zero");
+        bm.clear_flags(130, DURABLE | NEEDED);
+        assert_eq!(bm.active(), [100]);
+        bm.end_write(100 * 8, 8);
+        assert!(bm.active().is_empty());
+        // The last chunk of a size that is no multiple of 64.
+        let last = bm.geom().chunks() - 1;
+        bm.set_flags(last, DURABLE);
+        assert_eq!(bm.active(), [last]);
     }
 
     #[test]

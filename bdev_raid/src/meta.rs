@@ -951,7 +951,7 @@ impl Meta {
         let Some(words) = self.shared.bitmap.as_ref() else {
             return;
         };
-        for c in 0..words.geom().chunks() {
+        for c in words.active() {
             let w = words.word(c);
             if w == DURABLE {
                 words.swap_if(c, DURABLE, DURABLE | IDLE);
@@ -979,7 +979,7 @@ impl Meta {
             b.sb.events_cleared = self.state.events;
         }
         let mut bits = std::mem::take(&mut self.bits_pending);
-        for c in 0..words.geom().chunks() {
+        for c in words.active() {
             let w = words.word(c);
             // A bit already set here and not durable is one of `bits`.
             if w & DURABLE == 0 && words.writes(c) > 0 && !b.get(c) {
