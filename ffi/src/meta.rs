@@ -450,6 +450,7 @@ fn pump(array: &Arc<Array>, o: &mut Owned) {
                 data,
             } => start_write(array, o, member, token, offset, data),
             MetaAction::Broadcast(s) => {
+                log_failures(array, &s);
                 broadcast(array, s.clone());
                 report_vacant(array, o, &s);
             }
@@ -460,6 +461,28 @@ fn pump(array: &Arc<Array>, o: &mut Owned) {
         if !o.waiters.is_empty() {
             let s = h.state();
             o.waiters.retain_mut(|w| !w(Some(&s)));
+        }
+    }
+}
+
+/// Say which members state `s` records faulty for the first time (a
+/// failure commit is durable): an I/O error leaves no other trace in the
+/// log.
+fn log_failures(array: &Array, s: &ArrayState) {
+    let old = array.state();
+    let members = array.members();
+    for (m, st) in s.members.iter().enumerate() {
+        if *st == MemberState::Faulty && old.members.get(m) != Some(&MemberState::Faulty) {
+            let name = members
+                .get(m)
+                .and_then(|x| x.as_ref())
+                .map_or("(none)".to_string(), |x| x.name.clone());
+            log_warn!(
+                "mdraid {}: role {m} (`{name}`) failed; recorded faulty in the superblocks (events {}){}",
+                array.name,
+                s.events,
+                if s.offline { "; the array is offline" } else { "" }
+            );
         }
     }
 }

@@ -122,6 +122,11 @@ fn write_errors_fail_role_1(
     assert_eq!(info["degraded"], true, "{info}");
     let events = info["events"].as_u64().unwrap();
     assert!(events > events0, "events {events} not past {events0}");
+    let log = bp.log_text();
+    assert!(
+        log.contains("role 1 (`EE_a1`) failed; recorded faulty in the superblocks"),
+        "the failure is not in the log:\n{log}"
+    );
     (bp, info)
 }
 
