@@ -5046,14 +5046,7 @@ mod tests {
             h
         };
         let rebuild = |h: &mut Host| {
-            let io = ParentIo {
-                tag: 1,
-                op: IoType::Rebuild { member: 2 },
-                lba: 0,
-                blocks: 8,
-                fua: false,
-                buf: Some(vec![0; 8 * 512]),
-            };
+            let io = parent(1, IoType::Rebuild { member: 2 }, 0, 8, 0);
             assert!(h.ch.submit(io).is_ok());
             h.pump();
             h.finish_all();

@@ -1449,6 +1449,24 @@ mod tests {
                 }
             }
         }
+        /// A new device (`device_uuid`, `sectors`) added into faulty role
+        /// `m`, its commit done and every channel on its state.
+        fn add_new(&mut self, m: usize, device_uuid: [u8; 16], sectors: u64) {
+            self.meta
+                .add_member(
+                    m,
+                    NewMember {
+                        device_uuid,
+                        sectors,
+                        old_sb: None,
+                        write_mostly: false,
+                    },
+                )
+                .unwrap();
+            self.pump();
+            self.complete(|_| true);
+            self.meta.released(self.meta.state().seq);
+        }
         fn fail(&mut self, m: u16) {
             let device = self.meta.state().readded[m as usize];
             self.meta
@@ -1836,66 +1854,42 @@ mod tests {
     /// without writing it).
     #[test]
     fn rebuild_progress_of_a_failing_member_is_ignored() {
-        let mut t = tb(Level::Raid1, 2, None);
-        t.fail(1);
-        t.complete(|_| true);
-        let old = t.meta.superblock(1).unwrap().clone();
-        t.meta
-            .add_member(
-                1,
-                NewMember {
-                    device_uuid: [7; 16],
-                    sectors: old.data_offset + old.size,
-                    old_sb: None,
-                    write_mostly: false,
-                },
-            )
-            .unwrap();
-        t.pump();
-        t.complete(|_| true);
-        t.meta.released(t.meta.state().seq);
-        let info = t.meta.recovery(1).unwrap();
-        let end = t.meta.geom.member_blocks(1);
-        // Seen failing (the metadata path has the request, not yet its commit).
-        t.fail(1);
-        t.meta.recovery_progress(1, info.device, end);
-        t.pump();
-        while !t.writes.is_empty() {
+        // A raid1 of 2 whose role 1 was failed and is being rebuilt onto a
+        // new device, every channel on that state.
+        let rebuilding = || {
+            let mut t = tb(Level::Raid1, 2, None);
+            t.fail(1);
             t.complete(|_| true);
-        }
+            let old = t.meta.superblock(1).unwrap().clone();
+            t.add_new(1, [7; 16], old.data_offset + old.size);
+            let info = t.meta.recovery(1).unwrap();
+            (t, info.device)
+        };
+        let settle = |t: &mut T| {
+            t.pump();
+            while !t.writes.is_empty() {
+                t.complete(|_| true);
+            }
+        };
+        // Seen failing (the metadata path has the request, not yet its commit).
+        let (mut t, device) = rebuilding();
+        let end = t.meta.geom.member_blocks(1);
+        t.fail(1);
+        t.meta.recovery_progress(1, device, end);
+        settle(&mut t);
         assert!(
             t.broadcasts
                 .iter()
-                .all(|s| s.members[1] != MemberState::InSync || s.readded[1] != info.device),
+                .all(|s| s.members[1] != MemberState::InSync || s.readded[1] != device),
             "recorded in sync: {:?}",
             t.broadcasts.last()
         );
         assert_eq!(t.meta.state().members[1], MemberState::Faulty);
         // Failed in the shared mask only (another channel saw it): the same.
-        let mut t = tb(Level::Raid1, 2, None);
-        t.fail(1);
-        t.complete(|_| true);
-        t.meta
-            .add_member(
-                1,
-                NewMember {
-                    device_uuid: [7; 16],
-                    sectors: old.data_offset + old.size,
-                    old_sb: None,
-                    write_mostly: false,
-                },
-            )
-            .unwrap();
-        t.pump();
-        t.complete(|_| true);
-        t.meta.released(t.meta.state().seq);
-        let info = t.meta.recovery(1).unwrap();
-        t.meta.shared.fail_device(1, info.device);
-        t.meta.recovery_progress(1, info.device, end);
-        t.pump();
-        while !t.writes.is_empty() {
-            t.complete(|_| true);
-        }
+        let (mut t, device) = rebuilding();
+        t.meta.shared.fail_device(1, device);
+        t.meta.recovery_progress(1, device, end);
+        settle(&mut t);
         assert!(matches!(
             t.meta.state().members[1],
             MemberState::Recovering(0)
@@ -2025,21 +2019,8 @@ mod tests {
                 assert!(!t.writes.is_empty(), "the failure is not being committed");
                 t.complete(|_| true);
             }
-            t.meta
-                .add_member(
-                    1,
-                    NewMember {
-                        device_uuid: (i as u128 + 100).to_le_bytes(),
-                        sectors: 4096 + 2048,
-                        old_sb: None,
-                        write_mostly: false,
-                    },
-                )
-                .unwrap();
-            t.pump();
-            t.complete(|_| true);
             // Every channel has the state that brought it back.
-            t.meta.released(t.meta.state().seq);
+            t.add_new(1, (i as u128 + 100).to_le_bytes(), 4096 + 2048);
             t.pump();
             let dn = t.meta.superblock(1).unwrap().dev_number;
             assert!(dn < 3, "replacement {i} took slot {dn}");

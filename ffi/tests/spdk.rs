@@ -290,6 +290,19 @@ impl Tgt {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Stop it through `spdk_kill_instance SIGTERM`; its exit status.
+    fn terminate(&mut self, env: &Env) -> std::process::ExitStatus {
+        self.ok(env, &["spdk_kill_instance", "SIGTERM"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "spdk_tgt did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// rpc.py with the mdraid plugin; (success, stdout+stderr).
     fn rpc(&self, env: &Env, args: &[&str]) -> (bool, String) {
         env.rpc(&self.sock, args)
@@ -380,15 +393,7 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
     );
     let cfg = env.dir.join("saved.json");
     std::fs::write(&cfg, &saved).unwrap();
-    tgt.ok(&env, &["spdk_kill_instance", "SIGTERM"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = tgt.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "spdk_tgt did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = tgt.terminate(&env);
     assert!(status.success(), "{}", tgt.log_text());
     drop(tgt);
 
@@ -1105,15 +1110,7 @@ fn spdk_tgt_add_base_bdev_rebuild() {
         assert!(Instant::now() < deadline, "check did not end: {r}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    tgt.ok(&env, &["spdk_kill_instance", "SIGTERM"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = tgt.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "spdk_tgt did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = tgt.terminate(&env);
     let log = tgt.log_text();
     assert!(status.success(), "spdk_tgt exited with {status}:\n{log}");
     assert!(log.contains("role 1 rebuilt"), "{log}");
