@@ -157,6 +157,9 @@ pub struct Bitmap {
     /// follows the chunks in use, not the bitmap's size (millions of
     /// chunks on a large array with small ones).
     active: Box<[AtomicU64]>,
+    /// Chunks with `NEEDED` set (kept as the flag changes: status is read
+    /// often, and every chunk is needed during a new array's resync).
+    needed: AtomicU64,
 }
 
 impl Bitmap {
@@ -167,6 +170,7 @@ impl Bitmap {
             active: (0..geom.chunks.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            needed: AtomicU64::new(0),
             geom,
         }
     }
@@ -185,6 +189,12 @@ impl Bitmap {
     /// change, or the chunk's bit is set again after the scan cleared it).
     pub fn active(&self) -> Vec<u64> {
         let mut out = Vec::new();
+        self.for_each_active(|c| out.push(c));
+        out
+    }
+
+    /// [`Bitmap::active`] without collecting them: `f` of each, in order.
+    pub fn for_each_active(&self, mut f: impl FnMut(u64)) {
         for (i, a) in self.active.iter().enumerate() {
             let mut bits = a.load(Ordering::SeqCst);
             while bits != 0 {
@@ -192,17 +202,16 @@ impl Bitmap {
                 bits &= bits - 1;
                 let c = i as u64 * 64 + b;
                 if self.words[c as usize].load(Ordering::SeqCst) != 0 {
-                    out.push(c);
+                    f(c);
                     continue;
                 }
                 a.fetch_and(!(1 << b), Ordering::SeqCst);
                 if self.words[c as usize].load(Ordering::SeqCst) != 0 {
                     a.fetch_or(1 << b, Ordering::SeqCst);
-                    out.push(c);
+                    f(c);
                 }
             }
         }
-        out
     }
 
     /// A bitmap whose every bit is already on disk (the steady state of a
@@ -267,13 +276,20 @@ impl Bitmap {
     }
 
     pub(crate) fn set_flags(&self, c: u64, flags: u32) {
-        if self.words[c as usize].fetch_or(flags, Ordering::SeqCst) == 0 {
+        let old = self.words[c as usize].fetch_or(flags, Ordering::SeqCst);
+        if old == 0 {
             self.activate(c);
+        }
+        if flags & !old & NEEDED != 0 {
+            self.needed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn clear_flags(&self, c: u64, flags: u32) {
-        self.words[c as usize].fetch_and(!flags, Ordering::AcqRel);
+        let old = self.words[c as usize].fetch_and(!flags, Ordering::AcqRel);
+        if flags & old & NEEDED != 0 {
+            self.needed.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Replace `from` by `to` if the word is exactly `from`.
@@ -295,10 +311,7 @@ impl Bitmap {
 
     /// Chunks still waiting for a resync.
     pub fn needed_count(&self) -> u64 {
-        self.active()
-            .into_iter()
-            .filter(|&c| self.needed(c))
-            .count() as u64
+        self.needed.load(Ordering::Relaxed)
     }
 }
 
@@ -474,6 +487,18 @@ mod tests {
         let last = bm.geom().chunks() - 1;
         bm.set_flags(last, DURABLE);
         assert_eq!(bm.active(), [last]);
+        // The needed count follows the flag, set or cleared twice alike.
+        assert_eq!(bm.needed_count(), 0);
+        for c in [3, 9, last] {
+            bm.set_flags(c, NEEDED);
+            bm.set_flags(c, NEEDED | DURABLE);
+        }
+        assert_eq!(bm.needed_count(), 3);
+        bm.mark_synced(9);
+        bm.mark_synced(9);
+        bm.clear_flags(3, DURABLE);
+        assert_eq!(bm.needed_count(), 2);
+        assert_eq!((bm.needed(3), bm.needed(9)), (true, false));
     }
 
     #[test]
