@@ -3542,11 +3542,17 @@ impl<B: IoBuf> Channel<B> {
                 }
                 let unknown = (all_data | par) & dead_r;
                 if all_data & unknown != 0 {
-                    // A data strip of a member being rebuilt: recover it
-                    // (and the parity) and write what is writable of it.
+                    // A data strip of a member being rebuilt (or out):
+                    // recover it (and the parity). A rebuild writes what
+                    // is writable of it; a resync also makes the parity
+                    // again from the data, the recovered strip included,
+                    // so a raid6 missing a member gets P and Q that agree
+                    // (md regenerates both).
                     recover(&mut regs, &map, unknown);
-                    stats.resync_units += 1;
-                    return unknown & !dead_w & only;
+                    if matches!(parent.op, IoType::Rebuild { .. }) {
+                        stats.resync_units += 1;
+                        return unknown & !dead_w & only;
+                    }
                 }
                 let mut data: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
                 let (pq, rest) = take_parity(&mut regs, &map);
@@ -3555,7 +3561,7 @@ impl<B: IoBuf> Channel<B> {
                 }
                 gen_into(pq, &data[..map.ndata]);
                 stats.resync_units += 1;
-                par & !dead_w & only
+                (par | unknown) & !dead_w & only
             }
             UnitKind::Check { repair } => {
                 if (all_data | par) & dead_r != 0 {
@@ -4915,6 +4921,64 @@ mod tests {
                 "bitmap {bitmap}"
             );
         }
+    }
+
+    /// A resync of a raid6 stripe missing a data member makes P and Q
+    /// agree with the data again (the missing strip recovered from P), as
+    /// md regenerates both; it used to write nothing there.
+    #[test]
+    fn degraded_raid6_resync_makes_p_and_q_again() {
+        let mut h = Host::with(
+            Level::Raid6,
+            5,
+            64,
+            ChannelConfig::default(),
+            |s| s.members[1] = MemberState::Faulty,
+            false,
+        );
+        for (m, v) in [(0usize, 3u8), (1, 5), (2, 9), (3, 17), (4, 33)] {
+            h.members[m][..8 * 512].fill(v);
+        }
+        let map = h.ch.geometry().stripe(0);
+        let io = ParentIo {
+            tag: 1,
+            op: IoType::Resync,
+            lba: 0,
+            blocks: 1,
+            fua: false,
+            buf: None,
+        };
+        assert!(h.ch.submit(io).is_ok());
+        h.pump();
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        // The data strips as the array reads them: member 1's recovered
+        // from P and the others (P itself was read, so that is P ^ rest).
+        let q = map.q.unwrap() as usize;
+        let strip = |h: &Host, m: usize| h.members[m][..512].to_vec();
+        let mut data: Vec<Vec<u8>> = (0..map.ndata)
+            .map(|i| strip(&h, map.data[i] as usize))
+            .collect();
+        if let Some(i) = (0..map.ndata).find(|&i| map.data[i] == 1) {
+            let mut x = strip(&h, map.p as usize);
+            for (j, d) in data.iter().enumerate() {
+                if j != i {
+                    for (a, b) in x.iter_mut().zip(d) {
+                        *a ^= b;
+                    }
+                }
+            }
+            data[i] = x;
+        }
+        let mut by_slot = vec![Vec::new(); map.ndata];
+        for i in 0..map.ndata {
+            by_slot[map.q_slot[i] as usize] = data[i].clone();
+        }
+        let refs: Vec<&[u8]> = by_slot.iter().map(|d| d.as_slice()).collect();
+        let (mut p, mut qq) = (vec![0u8; 512], vec![0u8; 512]);
+        crate::parity::gen_pq(&refs, &mut p, &mut qq);
+        assert_eq!(strip(&h, map.p as usize), p, "P");
+        assert_eq!(strip(&h, q), qq, "Q does not agree with the data");
     }
 
     #[test]
