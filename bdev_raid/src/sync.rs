@@ -258,6 +258,9 @@ pub struct Rebuild {
     at: u64,
     win_end: u64,
     outstanding: u32,
+    /// A range of the window could not be submitted while others were in
+    /// flight: once they end, the whole window is handed out again.
+    redo: bool,
     failed: bool,
     skipped: u64,
     rebuilt: u64,
@@ -287,6 +290,7 @@ impl Rebuild {
             at: from.min(end),
             win_end: from.min(end),
             outstanding: 0,
+            redo: false,
             failed: false,
             skipped: 0,
             rebuilt: 0,
@@ -348,7 +352,7 @@ impl Rebuild {
     /// in flight, after a failure, or at the end.
     pub fn next_window(&mut self, geom: &Geometry, shared: &Shared) -> Option<Window> {
         loop {
-            if self.failed {
+            if self.failed || self.redo {
                 return None;
             }
             if self.at >= self.win_end {
@@ -394,19 +398,28 @@ impl Rebuild {
         if !ok {
             self.failed = true;
         }
-        if self.outstanding == 0 && self.at >= self.win_end && !self.failed {
+        if self.outstanding == 0 && self.redo {
+            self.redo = false;
+            self.at = self.done;
+            self.win_end = self.done;
+        } else if self.outstanding == 0 && self.at >= self.win_end && !self.failed {
             self.rebuilt += self.win_end - self.done;
             self.done = self.win_end;
         }
     }
 
-    /// A range handed out could not be submitted: hand the window out again.
+    /// A range handed out could not be submitted: hand the window out
+    /// again, once the window's other ranges in flight (raid10 hands a
+    /// window out a strip at a time) ended, so the range is never skipped.
     pub fn unsubmit(&mut self) {
         assert!(self.outstanding > 0, "no rebuild range in flight");
         self.outstanding -= 1;
         if self.outstanding == 0 {
+            self.redo = false;
             self.at = self.done;
             self.win_end = self.done;
+        } else {
+            self.redo = true;
         }
     }
 
@@ -1343,6 +1356,45 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A raid10 window goes out a strip at a time; one strip that cannot
+    /// be submitted while others are in flight makes the whole window go
+    /// out again once they ended: its member blocks are never taken for
+    /// rebuilt without it.
+    #[test]
+    fn rebuild_range_not_submitted_is_handed_out_again() {
+        use crate::layout::raid10_layout;
+        let g = Geometry::new(&GeometryParams {
+            level: Level::Raid10,
+            layout: Some(raid10_layout::FAR2),
+            strip_size_kb: 4,
+            block_size: 512,
+            member_blocks: vec![1 << 14; 3],
+        })
+        .unwrap();
+        let shared = Shared::new(1);
+        let mut r = Rebuild::new(&g, 2, 0, 0, 64, false);
+        let mut out = Vec::new();
+        while let Some(w) = r.next_window(&g, &shared) {
+            out.push(w);
+        }
+        assert!(out.len() >= 3, "one window in pieces: {out:?}");
+        // The second piece finds no parent slot; the others end.
+        r.unsubmit();
+        for _ in 1..out.len() {
+            r.window_done(true);
+        }
+        assert_eq!(r.offset(), 0, "taken for rebuilt without a piece");
+        let mut again = Vec::new();
+        while let Some(w) = r.next_window(&g, &shared) {
+            again.push(w);
+        }
+        assert_eq!(again, out, "the whole window again");
+        for _ in 0..again.len() {
+            r.window_done(true);
+        }
+        assert!(r.offset() > 0);
     }
 
     #[test]
