@@ -87,7 +87,7 @@ fn write_errors_fail_role_1(
         })
         .collect();
     let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-    entries.push(mdraid_create("r", level, &names));
+    entries.push(mdraid_create_fresh("r", level, &names));
     let cfg = config(&[("bdev", &entries)]);
     let bp = bdevperf(env, &cfg, 32, 4096, secs);
     let before = array_info(&bp, env, "r");

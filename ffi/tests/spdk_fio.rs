@@ -26,7 +26,7 @@ fn fio_plugin_raid5_aio_randwrite_verify() {
         .enumerate()
         .map(|(i, f)| aio(&format!("a{i}"), f))
         .collect();
-    bdevs.push(mdraid_create("r", "raid5", &["a0", "a1", "a2", "a3"]));
+    bdevs.push(mdraid_create_fresh("r", "raid5", &["a0", "a1", "a2", "a3"]));
     let cfg = write_cfg(&env, "bdev.json", &config(&[("bdev", &bdevs)]));
     let size: u64 = 64 << 20;
     let job = write_cfg(

@@ -88,7 +88,7 @@ fn mdraid_tgt_nvmf_tcp_nvme_perf_then_verify() {
         .enumerate()
         .map(|(i, f)| aio(&format!("a{i}"), f))
         .collect();
-    bdevs.push(mdraid_create("r", "raid5", &["a0", "a1", "a2", "a3"]));
+    bdevs.push(mdraid_create_fresh("r", "raid5", &["a0", "a1", "a2", "a3"]));
     let nvmf = nvmf_export(NQN, "r", port);
     let cfg = write_cfg(
         &env,

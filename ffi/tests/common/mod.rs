@@ -197,6 +197,15 @@ pub fn mdraid_create(name: &str, level: &str, members: &[&str]) -> String {
     )
 }
 
+/// [`mdraid_create`] on fresh (zeroed) members, with no initial resync:
+/// for tests that check the superblocks are clean after a short run.
+pub fn mdraid_create_fresh(name: &str, level: &str, members: &[&str]) -> String {
+    mdraid_create(name, level, members).replace(
+        r#""strip_size_kb":64"#,
+        r#""strip_size_kb":64,"assume_clean":true"#,
+    )
+}
+
 /// NVMe-oF entries exporting `bdev` as the one namespace of `nqn` on
 /// 127.0.0.1:`port` over TCP.
 pub fn nvmf_export(nqn: &str, bdev: &str, port: u16) -> Vec<String> {
