@@ -951,14 +951,15 @@ impl Meta {
         let Some(words) = self.shared.bitmap.as_ref() else {
             return;
         };
-        for c in words.active() {
+        let to_clear = &mut self.to_clear;
+        words.for_each_active(|c| {
             let w = words.word(c);
             if w == DURABLE {
                 words.swap_if(c, DURABLE, DURABLE | IDLE);
             } else if w == DURABLE | IDLE && words.swap_if(c, DURABLE | IDLE, 0) {
-                self.to_clear.push(c);
+                to_clear.push(c);
             }
-        }
+        });
     }
 
     /// Fold the pending clears and the bits channels wait for into the
@@ -979,14 +980,14 @@ impl Meta {
             b.sb.events_cleared = self.state.events;
         }
         let mut bits = std::mem::take(&mut self.bits_pending);
-        for c in words.active() {
+        words.for_each_active(|c| {
             let w = words.word(c);
             // A bit already set here and not durable is one of `bits`.
             if w & DURABLE == 0 && words.writes(c) > 0 && !b.get(c) {
                 b.set(c, true);
                 bits.push(c);
             }
-        }
+        });
         (bits, cleared)
     }
 
