@@ -3982,6 +3982,24 @@ mod tests {
             }
         }
 
+        /// Resync (parity levels: no buffer) array block `lba`; it
+        /// succeeds.
+        fn resync_parity_block(&mut self, tag: u64, lba: u64) {
+            let io = ParentIo {
+                tag,
+                op: IoType::Resync,
+                lba,
+                blocks: 1,
+                fua: false,
+                buf: None,
+            };
+            assert!(self.ch.submit(io).is_ok());
+            self.pump();
+            self.finish_all();
+            let done = self.done.iter().find(|d| d.0 == tag).expect("resync done");
+            assert_eq!(done.1, IoStatus::Success);
+        }
+
         fn write(&mut self, tag: u64, lba: u64, blocks: u64, byte: u8) {
             assert!(self
                 .ch
@@ -4940,18 +4958,7 @@ mod tests {
             h.members[m][..8 * 512].fill(v);
         }
         let map = h.ch.geometry().stripe(0);
-        let io = ParentIo {
-            tag: 1,
-            op: IoType::Resync,
-            lba: 0,
-            blocks: 1,
-            fua: false,
-            buf: None,
-        };
-        assert!(h.ch.submit(io).is_ok());
-        h.pump();
-        h.finish_all();
-        assert_eq!(h.done[0].1, IoStatus::Success);
+        h.resync_parity_block(1, 0);
         // The data strips as the array reads them: member 1's recovered
         // from P and the others (P itself was read, so that is P ^ rest).
         let q = map.q.unwrap() as usize;
@@ -5005,18 +5012,7 @@ mod tests {
         for (m, v) in [(0usize, 3u8), (1, 5), (2, 9)] {
             h.members[m][..8 * 512].fill(v);
         }
-        let io = ParentIo {
-            tag: 2,
-            op: IoType::Resync,
-            lba: 0,
-            blocks: 1,
-            fua: false,
-            buf: None,
-        };
-        assert!(h.ch.submit(io).is_ok());
-        h.pump();
-        h.finish_all();
-        assert_eq!(h.done[0].1, IoStatus::Success);
+        h.resync_parity_block(2, 0);
         let map = h.ch.geometry().stripe(0);
         let (d0, d1) = (map.data[0] as usize, map.data[1] as usize);
         for b in 0..8 * 512 {
