@@ -43,6 +43,7 @@ void mdraid_rpc_bdev_mdraid_set_write_mostly(struct spdk_jsonrpc_request *reques
 		const struct spdk_json_val *params);
 void mdraid_rpc_bdev_mdraid_examine(struct spdk_jsonrpc_request *request,
 				    const struct spdk_json_val *params);
+int mdraid_module_config_json(struct spdk_json_write_ctx *w);
 
 static struct spdk_bdev_module g_mdraid_if = {
 	.name = "mdraid",
@@ -51,6 +52,7 @@ static struct spdk_bdev_module g_mdraid_if = {
 	.examine_config = mdraid_examine_config,
 	.examine_disk = mdraid_examine_disk,
 	.get_ctx_size = mdraid_module_get_ctx_size,
+	.config_json = mdraid_module_config_json,
 };
 
 SPDK_BDEV_MODULE_REGISTER(mdraid, &g_mdraid_if)

@@ -35,6 +35,32 @@ pub fn options() -> ProcessOptions {
     *OPTIONS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Module config callback (the shim's module table): the options, for
+/// `save_config`, when they are not the defaults.
+///
+/// # Safety
+/// `w` must be a live JSON write context.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_module_config_json(
+    w: *mut crate::sys::spdk_json_write_ctx,
+) -> std::ffi::c_int {
+    crate::spdk::guard("module config_json", 0, || {
+        let Some(p) = mdraid_rpc::params::BdevMdraidSetOptions::saved(&options()) else {
+            return 0;
+        };
+        // SAFETY: w is live for this call (the caller's contract).
+        let Some(mut w) = (unsafe { crate::spdk::JsonWriter::new(w) }) else {
+            return 0;
+        };
+        let params = serde_json::to_string(&p).unwrap_or_else(|_| "{}".into());
+        w.object_begin();
+        w.named_raw("method", "\"bdev_mdraid_set_options\"");
+        w.named_raw("params", &params);
+        w.object_end();
+        0
+    })
+}
+
 pub fn set_options(window_kb: Option<u32>, max_mb_per_sec: Option<u32>) {
     let mut o = OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(w) = window_kb {

@@ -383,6 +383,7 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
         assert!(Instant::now() < deadline, "rebuild did not end: {info}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    tgt.ok(&env, &["bdev_mdraid_set_options", "-w", "256", "-b", "50"]);
     let saved = tgt.ok(&env, &["save_config"]);
     let at = |m: &str| {
         saved
@@ -393,6 +394,13 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
         at("\"bdev_mdraid_create\"") < at(files[1].to_str().unwrap()),
         "the array's create is not before its member's:\n{saved}"
     );
+    // The process options are saved, before the arrays (SPDK writes
+    // module options first).
+    assert!(
+        at("\"bdev_mdraid_set_options\"") < at("\"bdev_mdraid_create\""),
+        "{saved}"
+    );
+    assert!(saved.contains("\"process_window_size_kb\": 256"), "{saved}");
     let cfg = env.dir.join("saved.json");
     std::fs::write(&cfg, &saved).unwrap();
     let status = tgt.terminate(&env);
@@ -417,6 +425,11 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(member_states(&info), ["in_sync", "in_sync"], "{info}");
+    let again = tgt.ok(&env, &["save_config"]);
+    assert!(
+        again.contains("\"process_max_bandwidth_mb_sec\": 50"),
+        "{again}"
+    );
     assert!(
         tgt.log_text().contains("examine assembles md array"),
         "{}",

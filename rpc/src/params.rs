@@ -279,6 +279,17 @@ pub struct BdevMdraidSetOptions {
     pub process_max_bandwidth_mb_sec: Option<u32>,
 }
 
+impl BdevMdraidSetOptions {
+    /// The call `save_config` writes for options `o` (both hosts), none
+    /// when they are the defaults.
+    pub fn saved(o: &bdev_raid::sync::ProcessOptions) -> Option<BdevMdraidSetOptions> {
+        (*o != bdev_raid::sync::ProcessOptions::DEFAULT).then_some(BdevMdraidSetOptions {
+            process_window_size_kb: Some(o.window_kb),
+            process_max_bandwidth_mb_sec: Some(o.max_mb_per_sec),
+        })
+    }
+}
+
 impl Validate for BdevMdraidSetOptions {
     fn validate(&self) -> Result<(), FieldError> {
         if self.process_window_size_kb == Some(0) {

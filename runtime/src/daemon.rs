@@ -2136,7 +2136,11 @@ impl Host for Daemon {
     }
 
     fn saved_config(&mut self) -> Result<Vec<Call>, RpcError> {
-        let mut v: Vec<Call> = self.devices.iter().map(|d| d.call.clone()).collect();
+        let mut v: Vec<Call> = BdevMdraidSetOptions::saved(&self.process)
+            .map(Call::BdevMdraidSetOptions)
+            .into_iter()
+            .collect();
+        v.extend(self.devices.iter().map(|d| d.call.clone()));
         v.extend(
             self.arrays
                 .iter()

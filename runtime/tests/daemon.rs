@@ -582,8 +582,19 @@ fn save_config_and_restart_assembles() {
     let dir = TempDir::new("restart");
     let mut d = Daemon::start(&dir, "d1", None);
     build_config_state(&dir, &d);
+    // Process options are saved too (first, so a rebuild at load has them).
+    d.ok(
+        "bdev_mdraid_set_options",
+        json!({"process_window_size_kb": 256, "process_max_bandwidth_mb_sec": 50}),
+    );
     let first = summary(&d);
     let saved = d.ok("save_config", Value::Null);
+    assert_eq!(
+        saved["subsystems"][0]["config"][0],
+        json!({"method": "bdev_mdraid_set_options",
+               "params": {"process_window_size_kb": 256, "process_max_bandwidth_mb_sec": 50}}),
+        "{saved}"
+    );
     let cfg = dir.path("saved.json");
     std::fs::write(&cfg, serde_json::to_string_pretty(&saved).unwrap()).unwrap();
     // Arrays carry their uuid in the saved config.
