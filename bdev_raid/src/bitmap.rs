@@ -28,7 +28,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::layout::{Geometry, Level};
-use crate::ondisk::{bitmap_get, bitmap_set, BitmapSuper, BITMAP_SB_BYTES};
+use crate::ondisk::{bitmap_count_dirty, bitmap_get, bitmap_set, BitmapSuper, BITMAP_SB_BYTES};
 
 const COUNT: u32 = 0x00ff_ffff;
 pub(crate) const DURABLE: u32 = 1 << 31;
@@ -373,16 +373,8 @@ impl DiskBitmap {
     }
     /// Chunks whose bit is set.
     pub fn dirty(&self) -> u64 {
-        let words = self.bits.chunks_exact(8);
-        let tail: u64 = words
-            .remainder()
-            .iter()
-            .map(|b| u64::from(b.count_ones()))
-            .sum();
-        words
-            .map(|w| u64::from(u64::from_ne_bytes(w.try_into().unwrap()).count_ones()))
-            .sum::<u64>()
-            + tail
+        // Bits past the last chunk are kept clear.
+        bitmap_count_dirty(&self.bits, self.bits.len() as u64 * 8)
     }
 
     /// The bitmap area as written to a member: superblock (with `events`),

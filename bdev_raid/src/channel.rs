@@ -82,6 +82,11 @@ impl IoType {
             _ => !0,
         }
     }
+    /// A rebuild of a unit over `members` that cannot write the member it
+    /// rebuilds: not among `writable` (being rebuilt and not failed).
+    fn rebuild_cannot_write(self, members: u64, writable: u64) -> bool {
+        matches!(self, IoType::Rebuild { .. }) && members & self.resync_targets() & writable == 0
+    }
     /// Whether it may change what the members hold (and so needs the
     /// array marked dirty and its write-intent bits first). A rebuild
     /// does not: see [`IoType::Rebuild`].
@@ -2489,9 +2494,7 @@ impl<B: IoBuf> Channel<B> {
                         && self.stale(bit(l.member as usize), l.lba, m.len) == 0
                 });
                 let copies = m.copies().iter().fold(0, |a, l| a | bit(l.member as usize));
-                let targets = copies & op.resync_targets() & !dead;
-                let lost = matches!(op, IoType::Rebuild { .. }) && targets & self.rec_mask == 0;
-                if !readable || lost {
+                if !readable || op.rebuild_cannot_write(copies, self.rec_mask & !dead) {
                     // No current copy left to resync from (a rebuild whose
                     // source failed), or a rebuild that cannot write the
                     // member it rebuilds (failed, or no longer being
@@ -3534,7 +3537,10 @@ impl<B: IoBuf> Channel<B> {
                 // A rebuild writes only the member it rebuilds (md's
                 // recovery): it changes nothing the array trusts.
                 let only = parent.op.resync_targets();
-                if matches!(parent.op, IoType::Rebuild { .. }) && only & rec_mask & !dead_w == 0 {
+                if parent
+                    .op
+                    .rebuild_cannot_write(all_data | par, rec_mask & !dead_w)
+                {
                     // It cannot write the member it rebuilds (failed, or no
                     // longer being rebuilt): the window fails.
                     u.error = true;

@@ -1282,7 +1282,15 @@ pub fn bitmap_count_dirty(bits: &[u8], chunks: u64) -> u64 {
     let full = usize::try_from(chunks / 8)
         .unwrap_or(usize::MAX)
         .min(bits.len());
-    let mut n: u64 = bits[..full].iter().map(|b| u64::from(b.count_ones())).sum();
+    let words = bits[..full].chunks_exact(8);
+    let mut n: u64 = words
+        .remainder()
+        .iter()
+        .map(|b| u64::from(b.count_ones()))
+        .sum();
+    n += words
+        .map(|w| u64::from(u64::from_ne_bytes(w.try_into().unwrap()).count_ones()))
+        .sum::<u64>();
     let rem = chunks % 8;
     if rem != 0 {
         if let Some(b) = bits.get(full) {

@@ -399,9 +399,7 @@ impl Rebuild {
             self.failed = true;
         }
         if self.outstanding == 0 && self.redo {
-            self.redo = false;
-            self.at = self.done;
-            self.win_end = self.done;
+            self.redo_window();
         } else if self.outstanding == 0 && self.at >= self.win_end && !self.failed {
             self.rebuilt += self.win_end - self.done;
             self.done = self.win_end;
@@ -414,13 +412,17 @@ impl Rebuild {
     pub fn unsubmit(&mut self) {
         assert!(self.outstanding > 0, "no rebuild range in flight");
         self.outstanding -= 1;
+        self.redo = true;
         if self.outstanding == 0 {
-            self.redo = false;
-            self.at = self.done;
-            self.win_end = self.done;
-        } else {
-            self.redo = true;
+            self.redo_window();
         }
+    }
+
+    /// Hand the window out again from its start.
+    fn redo_window(&mut self) {
+        self.redo = false;
+        self.at = self.done;
+        self.win_end = self.done;
     }
 
     pub fn in_flight(&self) -> u32 {
