@@ -242,6 +242,9 @@ pub struct Meta {
     shutting_down: bool,
     /// Superblocks must be rewritten even with nothing else to record.
     refresh: bool,
+    /// That rewrite covers every member in service, not only those whose
+    /// events lag ([`Meta::record_name`]).
+    refresh_all: bool,
     /// Assembled dirty: the copies/parity must be resynced before the
     /// array may be marked clean again.
     resync_needed: bool,
@@ -379,6 +382,7 @@ impl Meta {
             actions: VecDeque::new(),
             state,
             refresh: lagging,
+            refresh_all: false,
             bits_wanted: !bits_pending.is_empty(),
             bitmap,
             bits_pending,
@@ -1097,16 +1101,38 @@ impl Meta {
         }
     }
 
+    /// Record `name`, the name the array runs under, in every member's
+    /// superblock (md's `--update=name`), so that whoever assembles it from
+    /// its superblocks (SPDK's examine, after a restart) names it the same:
+    /// an array assembled under a new name is otherwise found under its old
+    /// one. The superblocks that record another name are rewritten with the
+    /// current events (no new event) before anything else is committed.
+    pub fn record_name(&mut self, name: &str) {
+        let mut differs = false;
+        for sb in self.sbs.iter_mut().flatten() {
+            if sb.array_name() != name {
+                sb.set_name_str(name);
+                differs = true;
+            }
+        }
+        if differs {
+            self.refresh = true;
+            self.refresh_all = true;
+            self.step();
+        }
+    }
+
     /// Rewrite the superblocks that lag the current events (a commit cut
     /// short by a crash) with the current ones, without a new event: a
     /// crash during this leaves them no further behind than they were.
     fn start_refresh(&mut self) {
+        let all = std::mem::take(&mut self.refresh_all);
         let lagging: u64 = (0..self.geom.members())
             .filter(|&m| {
                 self.state.members[m].in_service()
                     && self.sbs[m]
                         .as_ref()
-                        .is_some_and(|sb| sb.events != self.state.events)
+                        .is_some_and(|sb| all || sb.events != self.state.events)
             })
             .fold(0, |a, m| a | 1 << m);
         self.rewrite_superblocks(Kind::Refresh, lagging);
@@ -1130,6 +1156,15 @@ impl Meta {
         sb.set_write_mostly(target.write_mostly & 1 << m != 0);
         for (role, st) in target.members.iter().enumerate() {
             let Some(dn) = self.sbs[role].as_ref().map(|s| s.dev_number as usize) else {
+                if *st == MemberState::Missing {
+                    // No device serves the role: whichever last held it is
+                    // out of the array, and md writes such a slot spare.
+                    for x in sb.dev_roles.iter_mut() {
+                        if *x == DevRole::Active(role as u16) {
+                            *x = DevRole::Spare;
+                        }
+                    }
+                }
                 continue;
             };
             let r = match st {
@@ -2003,6 +2038,67 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kind, Recovery::Full);
+    }
+
+    /// A role with no device at assembly is recorded as md records a
+    /// device no longer in the array: its slot becomes spare, so mdadm
+    /// shows the role missing ('.') and the device, should it come back,
+    /// is no longer taken for an active member.
+    #[test]
+    fn a_missing_role_is_written_spare() {
+        let mut t = t(Level::Raid6, 5);
+        let mut sbs: Vec<Option<Superblock>> =
+            (0..5).map(|m| t.meta.superblock(m).cloned()).collect();
+        sbs[2] = None;
+        let mut state = ArrayState::new_in_sync(5);
+        state.members[2] = MemberState::Missing;
+        t.meta = Meta::new(
+            t.meta.geom.clone(),
+            t.meta.shared.clone(),
+            Arc::new(state),
+            sbs,
+            None,
+            MetaConfig::default(),
+            0,
+        );
+        t.pump();
+        t.fail(0);
+        let sb = t.decoded(1);
+        assert_eq!(sb.dev_roles[2], DevRole::Spare);
+        assert_eq!(sb.dev_roles[0], DevRole::Faulty);
+        assert_eq!(sb.array_state(), ".A.AA");
+    }
+
+    /// An array started under another name than its superblocks record
+    /// has every member's superblock rewritten with it, without a new
+    /// event; mdadm's `host:name` form of the same name is left alone.
+    #[test]
+    fn the_name_it_runs_under_is_recorded() {
+        let mut t = t(Level::Raid5, 3);
+        t.pump();
+        assert!(t.writes.is_empty());
+        t.meta.record_name("t");
+        t.pump();
+        assert!(t.writes.is_empty(), "already recorded");
+        t.meta.record_name("new");
+        t.pump();
+        let members: Vec<u16> = t.writes.iter().map(|w| w.0).collect();
+        assert_eq!(members, vec![0, 1, 2]);
+        for m in 0..3 {
+            let sb = t.decoded(m);
+            assert_eq!(sb.name(), "new");
+            assert_eq!(sb.events, 0, "no new event");
+        }
+        t.complete(|_| true);
+        assert!(t.writes.is_empty());
+        // mdadm's form.
+        let mut t2 = super::tests::t(Level::Raid1, 2);
+        for m in 0..2 {
+            t2.meta.sbs[m].as_mut().unwrap().set_name_str("host:new");
+        }
+        t2.meta.record_name("new");
+        t2.pump();
+        assert!(t2.writes.is_empty(), "host:new records new");
     }
 
     #[test]

@@ -991,6 +991,13 @@ impl Superblock {
         String::from_utf8_lossy(&self.set_name[..end]).into_owned()
     }
 
+    /// The array's own name: `set_name` after its last `:` (mdadm writes
+    /// `homehost:name`).
+    pub fn array_name(&self) -> String {
+        let n = self.name();
+        n.rsplit(':').next().unwrap_or("").to_string()
+    }
+
     /// Set `set_name`, truncated to 31 bytes like mdadm (always NUL-ended).
     pub fn set_name_str(&mut self, name: &str) {
         self.set_name = [0; 32];

@@ -557,6 +557,10 @@ pub struct SyncStatus {
     frozen: AtomicBool,
     /// The array is stopping: no new window, no new process.
     stopping: AtomicBool,
+    /// A resync ran to its end (done, or with windows failed):
+    /// [`SyncStatus::select`] does not start one again (one stopped by
+    /// `frozen` or by the array stopping did not).
+    resync_ended: AtomicBool,
 }
 
 impl Default for SyncStatus {
@@ -570,6 +574,7 @@ impl Default for SyncStatus {
             stop_pass: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            resync_ended: AtomicBool::new(false),
         }
     }
 }
@@ -697,9 +702,11 @@ impl SyncStatus {
         Ok(true)
     }
 
-    /// Which process to start now, if any: none while one runs or the
-    /// array stops; the resync of an array assembled dirty (`resync`: where
-    /// it starts, if one is due) first; then, unless frozen, the rebuild of
+    /// Which process to start now, if any: none while one runs, the
+    /// array stops or it is frozen (md's frozen holds back every process);
+    /// the resync of an array assembled dirty (`resync`: where it starts,
+    /// if one is due; not again once one ran to its end) first; then the
+    /// rebuild of
     /// the first role `recovery` (the metadata path's) says may be rebuilt.
     pub fn select(
         &self,
@@ -707,14 +714,14 @@ impl SyncStatus {
         resync: Option<u64>,
         mut recovery: impl FnMut(usize) -> Option<RecoveryInfo>,
     ) -> Option<Start> {
-        if self.stopping() || self.progress().is_some() {
+        if self.stopping() || self.progress().is_some() || self.frozen() {
             return None;
         }
         if let Some(from) = resync {
+            if self.resync_ended.load(Ordering::Acquire) {
+                return None;
+            }
             return Some(Start::Resync { from });
-        }
-        if self.frozen() {
-            return None;
         }
         (0..members).find_map(|m| recovery(m).map(|info| Start::Rebuild { member: m, info }))
     }
@@ -803,6 +810,11 @@ pub enum Note {
     RebuildStopped {
         member: usize,
     },
+    /// `sync_action frozen` stopped the resync below array block `at`
+    /// (its checkpoint); it resumes from there after `idle`.
+    ResyncFrozen {
+        at: u64,
+    },
     /// `sync_action frozen` stopped it; it resumes from its checkpoint
     /// once the array is no longer frozen.
     RebuildFrozen {
@@ -858,6 +870,10 @@ impl fmt::Display for Note {
                 if failed { " (some windows failed)" } else { "" }
             ),
             Note::RebuildStopped { member } => write!(f, "rebuild of role {member} stopped"),
+            Note::ResyncFrozen { at } => write!(
+                f,
+                "resync stopped by sync_action frozen at array block {at}; it resumes after idle"
+            ),
             Note::RebuildFrozen { member } => write!(
                 f,
                 "rebuild of role {member} stopped by sync_action frozen; it resumes after idle"
@@ -1164,6 +1180,14 @@ impl Driver {
                 if rs.in_flight().is_some() {
                     return Next::Wait;
                 }
+                if status.frozen() && rs.syncs && !rs.is_done() {
+                    // md's frozen stops a resync too; select starts it
+                    // again from its checkpoint after idle.
+                    out.push_back(Output::Note(Note::ResyncFrozen {
+                        at: rs.checkpoint(),
+                    }));
+                    return Next::Finished;
+                }
                 rs.next_window(shared)
             }
             Job::Rebuild(rb) => {
@@ -1212,6 +1236,9 @@ impl Driver {
         };
         if !(done && idle) {
             return Next::Wait;
+        }
+        if let Job::Resync(_) = self.job {
+            status.resync_ended.store(true, Ordering::Release);
         }
         match &self.job {
             Job::Resync(_) if !failed => {
@@ -1606,6 +1633,55 @@ mod driver_tests {
         );
     }
 
+    /// md's frozen stops a resync too (the initial one included): it ends
+    /// once its window in flight did, at its checkpoint, and no resync is
+    /// selected until idle; then it is selected again from where the host
+    /// says (the checkpoint). A resync that failed is not selected again.
+    #[test]
+    fn frozen_stops_a_resync_and_idle_resumes_it() {
+        let (g, sh, s) = (geom(Level::Raid5, 3), shared(), SyncStatus::default());
+        let st = ArrayState::new_in_sync(3);
+        let none = |_| None;
+        assert_eq!(s.select(3, Some(0), none), Some(Start::Resync { from: 0 }));
+        assert!(s.claim(SyncKind::Resync, 0));
+        let mut d = Driver::resync(&g, &sh, &s, 4096, 0, 0);
+        let io = submit(&mut d, &s, &at(0, &st));
+        d.window_done(&s, true, 0, 0);
+        submit(&mut d, &s, &at(0, &st));
+        outputs(&mut d);
+        assert_eq!(s.sync_action(None, true, g.array_blocks()), Ok(false));
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Wait, "its window first");
+        d.window_done(&s, true, 0, 0);
+        let cp = 2 * io.blocks;
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Report(Report::ResyncProgress(cp))]
+        );
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(
+            outputs(&mut d),
+            vec![Output::Note(Note::ResyncFrozen { at: cp })],
+            "not synced"
+        );
+        assert!(s.progress().is_none());
+        assert_eq!(sh.unsynced_from(), cp, "still reconstructing past it");
+        assert_eq!(s.select(3, Some(cp), none), None, "frozen");
+        assert_eq!(s.sync_action(None, false, g.array_blocks()), Ok(false));
+        assert_eq!(
+            s.select(3, Some(cp), none),
+            Some(Start::Resync { from: cp })
+        );
+
+        // One that ran to its end, here failed, is not started again by
+        // select (one window covers the rest here).
+        assert!(s.claim(SyncKind::Resync, 0));
+        let mut d = Driver::resync(&g, &sh, &s, g.array_blocks(), cp, 0);
+        submit(&mut d, &s, &at(0, &st));
+        d.window_done(&s, false, 0, 0);
+        assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        assert_eq!(s.select(3, Some(cp), none), None, "failed");
+    }
+
     #[test]
     fn paced_to_the_bandwidth_cap() {
         let (g, sh, s) = (geom(Level::Raid1, 2), shared(), SyncStatus::default());
@@ -1694,9 +1770,10 @@ mod driver_tests {
         assert_eq!(s.select(2, None, wants), None);
         assert!(Driver::rebuild(&g, &sh, &s, 1, full(3), 2048, 0).is_none());
         assert!(s.progress().is_none());
-        // The resync of a dirty array is not held back.
-        assert_eq!(s.select(2, Some(7), wants), Some(Start::Resync { from: 7 }));
+        // Nor the resync of a dirty array (md's frozen holds back all).
+        assert_eq!(s.select(2, Some(7), wants), None);
         assert_eq!(s.sync_action(None, false, blocks), Ok(false));
+        assert_eq!(s.select(2, Some(7), wants), Some(Start::Resync { from: 7 }));
         assert_eq!(
             s.select(2, None, wants),
             Some(Start::Rebuild {

@@ -20,9 +20,12 @@
 //! not waited for; a member that is simply absent (a disk gone while the
 //! array was down) is, as md's incremental assembly waits without `--run`:
 //! a degraded array is started explicitly with `bdev_mdraid_create` on the
-//! members present. So examine never starts an array degraded, and never
-//! on a stale member: a stale member cannot complete a group (assembly
-//! refuses it), and when it shows up with the fresh ones it is left out.
+//! members present. Once it has run degraded, its superblocks record the
+//! absent role as served by no device (md writes the slot spare), so it
+//! is complete without it next time, as for md's incremental assembly.
+//! Examine never starts an array on a stale member: a stale member cannot
+//! complete a group (assembly refuses it), and when it shows up with the
+//! fresh ones it is left out.
 //!
 //! The array is named after the superblock's name (the part after the
 //! last `:` of mdadm's `host:name`), or `md_<uuid prefix>` when that name
@@ -301,8 +304,7 @@ fn complete(g: &Group) -> bool {
 
 /// The name examine gives the array of `sb`.
 fn array_name(sb: &Superblock) -> String {
-    let n = sb.name();
-    let short = n.rsplit(':').next().unwrap_or("").to_string();
+    let short = sb.array_name();
     let free = |n: &str| {
         BdevName::new(n).is_ok() && Bdev::by_name(n).is_none() && !crate::module::is_array(n)
     };

@@ -59,9 +59,10 @@ const ENOMEM: i32 = 12;
 /// How long a stopping array waits for its metadata path to mark it clean.
 const STOP_TIMEOUT_MS: u64 = 10_000;
 
-/// Build the metadata path of an md array (the one place that knows
-/// `Meta::new`'s signature).
+/// Build the metadata path of md array `name` (the one place that knows
+/// `Meta::new`'s signature); its superblocks record that name.
 pub fn new_meta(
+    name: &str,
     geom: Arc<Geometry>,
     shared: Arc<Shared>,
     state: Arc<ArrayState>,
@@ -77,6 +78,7 @@ pub fn new_meta(
     if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         m.set_wall_clock(d.as_secs());
     }
+    m.record_name(name);
     m
 }
 
@@ -90,8 +92,6 @@ pub struct Owned {
     pub tick: Option<Poller>,
     /// The background process running (resync, rebuild, check, repair).
     pub sync: Option<Rc<Driver>>,
-    /// The resync of an array assembled dirty was started (once).
-    resync_started: bool,
     /// Descriptors of members replaced by `bdev_mdraid_add_base_bdev`,
     /// with this thread's channels of them: closed in the teardown
     /// (channels of them may live until then), or once hot-removed and no
@@ -119,7 +119,6 @@ impl Owned {
             host: None,
             tick: None,
             sync: None,
-            resync_started: false,
             retired: Vec::new(),
             waiters: Vec::new(),
             wm_gen: Vec::new(),
@@ -532,15 +531,13 @@ fn sync_step(array: &Arc<Array>, o: &mut Owned) -> SyncStep {
     let Some(h) = o.host.as_ref() else {
         return SyncStep::None;
     };
-    let resync = (h.resync_pending() && !o.resync_started).then(|| h.resync_from());
+    // (Not again once it ran to its end: `select` knows.)
+    let resync = h.resync_pending().then(|| h.resync_from());
     match array
         .sync
         .select(array.geom.members(), resync, |m| h.recovery(m))
     {
-        Some(Start::Resync { from }) => {
-            o.resync_started = true;
-            SyncStep::Resync(from)
-        }
+        Some(Start::Resync { from }) => SyncStep::Resync(from),
         Some(Start::Rebuild { member, info }) => SyncStep::Rebuild(member, info),
         None => SyncStep::None,
     }

@@ -973,7 +973,15 @@ fn start_array(c: &Ctx, s: Start) {
     let dirty_chunks = disk.as_ref().map(|d| d.dirty());
     let host = match s.sbs {
         Some(sbs) => MetaHost::md(
-            meta::new_meta(geom, array.shared.clone(), state, sbs, disk, daemon_ms),
+            meta::new_meta(
+                p.name.as_str(),
+                geom,
+                array.shared.clone(),
+                state,
+                sbs,
+                disk,
+                daemon_ms,
+            ),
             s.dirty,
             daemon_ms,
         ),

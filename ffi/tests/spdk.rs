@@ -438,6 +438,77 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
     env.cleanup();
 }
 
+/// An array stopped and started again by `bdev_mdraid_create` under a
+/// new name records that name in its superblocks (md's `--update=name`):
+/// the target restarted from its saved config finds it by examine under
+/// the new name, and the replayed create has nothing left to do.
+#[test]
+fn spdk_tgt_array_started_under_a_new_name_comes_back_under_it() {
+    let Some(env) = spdk_env("rename") else {
+        return;
+    };
+    let _g = serial();
+    let files = new_files(&env, "n", 2, 32 << 20);
+    let mut tgt = Tgt::start(&env);
+    for (i, f) in files.iter().enumerate() {
+        tgt.ok(
+            &env,
+            &[
+                "bdev_aio_create",
+                f.to_str().unwrap(),
+                &format!("a{i}"),
+                "512",
+            ],
+        );
+    }
+    let create = |t: &Tgt, name: &str| {
+        t.ok(
+            &env,
+            &[
+                "bdev_mdraid_create",
+                "-n",
+                name,
+                "-r",
+                "raid1",
+                "-b",
+                "a0 a1",
+                "--assume-clean",
+            ],
+        );
+    };
+    create(&tgt, "old");
+    tgt.ok(&env, &["bdev_mdraid_delete", "old"]);
+    create(&tgt, "new");
+    let saved = tgt.ok(&env, &["save_config"]);
+    let cfg = env.dir.join("saved.json");
+    std::fs::write(&cfg, &saved).unwrap();
+    let status = tgt.terminate(&env);
+    assert!(status.success(), "{}", tgt.log_text());
+    drop(tgt);
+    for f in &files {
+        assert_eq!(read_sb(f).name(), "new");
+    }
+
+    let tgt = Tgt::start_with(&env, Some(&cfg));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_get_bdevs", "-n", "new"]);
+        if ok && out.contains("\"in_sync\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the array did not come back: {out}\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = tgt.log_text();
+    assert!(log.contains("assembling it as new"), "{log}");
+    assert!(log.contains("already assembled from its members"), "{log}");
+    env.cleanup();
+}
+
 #[test]
 fn spdk_tgt_rpc_create_get_delete() {
     let Some(env) = spdk_env("tgt") else { return };
@@ -840,6 +911,74 @@ fn examine_reassembles_raid5_and_raid1() {
         );
         assert!(out.contains("waiting for the others"), "{out}");
         assert!(!out.contains(&format!("assembled {level} array")), "{out}");
+
+        // Started degraded by hand, the array records the role as no
+        // longer served (md writes the slot spare: mdadm shows it '.'),
+        // so the next start's examine assembles it degraded by itself.
+        // What the verify run left, read whole first:
+        let whole = env.dir.join("whole");
+        spdk_dd(
+            &env,
+            &only,
+            &format!("{level} whole"),
+            &[
+                "--ib",
+                "r",
+                "--of",
+                whole.to_str().unwrap(),
+                "--bs",
+                "65536",
+                "--count",
+                "64",
+            ],
+        );
+        let data = std::fs::read(&whole).unwrap();
+        let mut degraded = aio_entries(&files[..n - 1], "a");
+        degraded.push(format!(
+            r#"{{"method":"bdev_mdraid_create","params":{{"name":"r","raid_level":"{level}","base_bdevs":"{}"}}}}"#,
+            members[..n - 1].join(" ")
+        ));
+        // (The first write commits the superblocks.)
+        let out = spdk_dd(
+            &env,
+            &config(&degraded),
+            &format!("{level} started degraded"),
+            &[
+                "--if",
+                whole.to_str().unwrap(),
+                "--ob",
+                "r",
+                "--bs",
+                "65536",
+            ],
+        );
+        assert!(out.contains(&format!("assembled {level} array")), "{out}");
+        let state: String = (0..n).map(|i| if i < n - 1 { 'A' } else { '.' }).collect();
+        assert_eq!(read_sb(&files[0]).array_state(), state, "{level} degraded");
+        let _ = std::fs::remove_file(&back);
+        let out = spdk_dd(
+            &env,
+            &config(&aio_entries(&files[..n - 1], "a")),
+            &format!("{level} examined degraded"),
+            &[
+                "--ib",
+                "r",
+                "--of",
+                back.to_str().unwrap(),
+                "--bs",
+                "65536",
+                "--count",
+                "64",
+            ],
+        );
+        assert!(
+            out.contains(&format!("assembled {level} array")),
+            "{level}: examine did not assemble it degraded:\n{out}"
+        );
+        assert!(
+            std::fs::read(&back).unwrap() == data,
+            "{level}: the data read back degraded differs"
+        );
     }
     let _ = std::fs::remove_dir_all(&env.dir);
 }

@@ -119,6 +119,9 @@ pub fn strip_for(p: &BdevMdraidCreate) -> u32 {
 /// Decide how to bring up the array `p` describes over `probes` (one per
 /// `p.base_bdevs`, in order). Pure: no I/O.
 /// `new_uuid` makes the array UUID of a new array when `p` names none.
+/// The longest array name md's 32-byte `set_name` holds (NUL-ended).
+pub const MD_NAME_MAX: usize = 31;
+
 pub fn plan_array(
     p: &BdevMdraidCreate,
     probes: &[Probe],
@@ -145,6 +148,16 @@ pub fn plan_array(
     }
     if p.uuid.is_some_and(|u| u.is_nil()) {
         return Err(field("uuid", "must not be the nil UUID"));
+    }
+    if p.superblock && p.name.as_str().len() > MD_NAME_MAX {
+        return Err(field(
+            "name",
+            format!(
+                "`{}` is {} bytes long; the superblocks record the array's name in md's set_name, which holds at most {MD_NAME_MAX}",
+                p.name.as_str(),
+                p.name.as_str().len()
+            ),
+        ));
     }
     let bs = probes[0].block_size;
     for (i, pr) in probes.iter().enumerate().skip(1) {
@@ -793,6 +806,30 @@ mod tests {
             plan_array(&with("[]"), &probes, || [4; 16]).unwrap(),
             Plan::Assemble { .. }
         ));
+    }
+
+    #[test]
+    fn a_name_set_name_cannot_hold_is_refused_with_superblocks() {
+        let long = "r".repeat(MD_NAME_MAX + 1);
+        let p = params(&format!(
+            r#"{{"name":"{long}","raid_level":"raid1","base_bdevs":"a b"}}"#
+        ));
+        let e = plan_array(&p, &blank(2, 65536), || [1; 16]).unwrap_err();
+        assert_eq!(e.code, -32602);
+        assert!(
+            e.message.contains("field `name`") && e.message.contains("31"),
+            "{}",
+            e.message
+        );
+        let p = params(&format!(
+            r#"{{"name":"{long}","raid_level":"raid1","base_bdevs":"a b","superblock":false}}"#
+        ));
+        assert!(plan_array(&p, &blank(2, 65536), || [1; 16]).is_ok());
+        let ok = "r".repeat(MD_NAME_MAX);
+        let p = params(&format!(
+            r#"{{"name":"{ok}","raid_level":"raid1","base_bdevs":"a b"}}"#
+        ));
+        assert!(plan_array(&p, &blank(2, 65536), || [1; 16]).is_ok());
     }
 
     #[test]

@@ -1148,7 +1148,7 @@ fn install_meta(r: &mut Reactor, array: Arc<Array>, path: Box<dyn MetaPath + Sen
     let pid = r.register_timed_poller(META_TICK, move |r: &mut Reactor| {
         let now = r.now();
         meta_with(r, key, move |m| m.path.tick(now));
-        maybe_start_rebuild(r, key);
+        maybe_start_process(r, key);
         false
     });
     host.borrow_mut().tick = Some(pid);
@@ -1403,9 +1403,11 @@ fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
     }
 }
 
-/// Start the rebuild of the first member the metadata path says may be
-/// rebuilt, unless a background process runs.
-fn maybe_start_rebuild(r: &mut Reactor, key: u64) {
+/// Start the process `SyncStatus::select` picks, unless one runs: the
+/// resync of a dirty array again (`sync_action frozen` stopped it; the
+/// first starts at assembly, [`Array::start_resync`]), else the rebuild of
+/// the first member the metadata path says may be rebuilt.
+fn maybe_start_process(r: &mut Reactor, key: u64) {
     let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
         return;
     };
@@ -1415,16 +1417,29 @@ fn maybe_start_rebuild(r: &mut Reactor, key: u64) {
         if a.stopped.load(Ordering::Relaxed) {
             return;
         }
+        let resync = h.path.resync_pending().then(|| h.path.resync_from());
         let found = a
             .sync
-            .select(a.geom.members(), None, |m| h.path.recovery(m));
+            .select(a.geom.members(), resync, |m| h.path.recovery(m));
         (a, found)
     };
-    let Some(Start::Rebuild { member, info }) = found else {
-        return;
-    };
-    let window = a.process_options().window_blocks(&a.geom);
-    if let Some(drv) = sync::Driver::rebuild(&a.geom, &a.shared, &a.sync, member, info, window, 0) {
-        start_driver(r, &a, drv);
+    match found {
+        Some(Start::Resync { from }) => {
+            if !a.sync.claim(SyncKind::Resync, 0) {
+                return;
+            }
+            let window = sync::resync_window(&a.geom);
+            let drv = sync::Driver::resync(&a.geom, &a.shared, &a.sync, window, from, 0);
+            start_driver(r, &a, drv);
+        }
+        Some(Start::Rebuild { member, info }) => {
+            let window = a.process_options().window_blocks(&a.geom);
+            if let Some(drv) =
+                sync::Driver::rebuild(&a.geom, &a.shared, &a.sync, member, info, window, 0)
+            {
+                start_driver(r, &a, drv);
+            }
+        }
+        None => {}
     }
 }

@@ -501,6 +501,9 @@ impl MetaPath for DaemonMeta {
     fn resync_from(&self) -> u64 {
         self.inner.resync_from()
     }
+    fn resync_pending(&self) -> bool {
+        self.resync_pending
+    }
     fn resync_progress(&mut self, lba: u64) {
         self.inner.resync_progress(lba);
     }
@@ -1451,9 +1454,11 @@ impl Daemon {
             cfg.daemon_sleep_ms = daemon_sleep_ms;
         }
         let snap2 = snap.clone();
+        let name = ap.name.clone();
         Array::create_with_meta(&self.rt, ap, move |init| {
             let mut meta = Meta::new(init.geom, init.shared, init.state, sbs, bitmap, cfg, 0);
             meta.set_wall_clock(now_secs());
+            meta.record_name(&name);
             let dm = DaemonMeta {
                 inner: MdMeta::new(meta),
                 snap: snap2,

@@ -86,6 +86,10 @@ pub trait MetaPath {
     fn resync_from(&self) -> u64 {
         0
     }
+    /// The array was assembled dirty and is not resynced yet.
+    fn resync_pending(&self) -> bool {
+        false
+    }
     /// The resync made everything below array block `lba` agree.
     fn resync_progress(&mut self, _lba: u64) {}
     /// The rebuild member `role` needs, once it may start.

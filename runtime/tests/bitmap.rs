@@ -847,3 +847,94 @@ fn new_array_on_old_data_is_resynced_first() {
         );
     }
 }
+
+/// `sync_action frozen` stops a resync, here a new array's initial one,
+/// as md's does: the process ends, the array stays unclean; `idle` starts
+/// it again from its checkpoint (the chunks already resynced stay done),
+/// and it runs to its end.
+#[test]
+fn frozen_stops_the_initial_resync_and_idle_resumes_it() {
+    let _g = serial();
+    let dir = TempDir::new("frz");
+    let d = Daemon::start(&dir, "d1", None);
+    // Slow enough to be caught running: 4 MiB/s, 256 KiB windows.
+    d.ok(
+        "bdev_mdraid_set_options",
+        json!({"process_window_size_kb": 256, "process_max_bandwidth_mb_sec": 4}),
+    );
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let m = format!("f{i}");
+        old_data_member(&dir, &format!("{m}.img"), 29 * i as u8 + 5);
+        d.aio(&m, &dir.path(&format!("{m}.img")));
+        members.push(m);
+    }
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "fz", "raid_level": "raid5", "base_bdevs": members,
+            "bitmap": {"chunk_kb": CHUNK_KB}}),
+    );
+    let progress = |a: &Value| a["process"]["progress"]["blocks"].as_u64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = array(&d, "fz");
+        assert_eq!(a["process"]["type"], "resync", "{a}");
+        if progress(&a).is_some_and(|b| b > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "resync does not move: {a}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.ok(
+        "bdev_mdraid_sync_action",
+        json!({"name": "fz", "action": "frozen"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let frozen = loop {
+        let a = array(&d, "fz");
+        if a["process"].is_null() {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "frozen did not stop it: {a}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(frozen["sync_action"], "frozen", "{frozen}");
+    assert_ne!(frozen["array_state"], "clean", "{frozen}");
+    // Where it stopped, from its log line.
+    let at_block = |text: &str, prefix: &str| -> Option<u64> {
+        let i = text.find(prefix)? + prefix.len();
+        let digits: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    let stopped = at_block(
+        &d.stderr(),
+        "resync stopped by sync_action frozen at array block ",
+    )
+    .unwrap_or_else(|| panic!("no stop logged:\n{}", d.stderr()));
+    assert!(stopped > 0, "{}", d.stderr());
+    // Nothing starts it while frozen.
+    std::thread::sleep(Duration::from_millis(500));
+    let a = array(&d, "fz");
+    assert!(a["process"].is_null(), "{a}");
+    assert!(!d.stderr().contains("resync resumes"), "{}", d.stderr());
+
+    d.ok(
+        "bdev_mdraid_set_options",
+        json!({"process_max_bandwidth_mb_sec": 0}),
+    );
+    d.ok(
+        "bdev_mdraid_sync_action",
+        json!({"name": "fz", "action": "idle"}),
+    );
+    wait_resynced_and_clean(&d, "fz");
+    assert_eq!(
+        at_block(&d.stderr(), "resync resumes at block "),
+        Some(stopped),
+        "{}",
+        d.stderr()
+    );
+    assert_eq!(check_mismatches(&d, "fz"), 0, "parity disagrees");
+}
