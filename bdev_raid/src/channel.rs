@@ -1510,7 +1510,7 @@ impl<B: IoBuf> Channel<B> {
                     Loc::default()
                 }
             });
-            let l = self.pick_copy(&copies[..d.target_count()], blocks, 0)?;
+            let l = self.pick_copy(lba, &copies[..d.target_count()], blocks, 0, false)?;
             if self.shared.behind_to(l.member as usize) != 0 {
                 return None; // R5: the read waits for the range lock
             }
@@ -2760,7 +2760,7 @@ impl<B: IoBuf> Channel<B> {
         };
         let m = self.geom.map(lba, blocks);
         debug_assert!(m.len >= blocks);
-        match self.pick_copy(m.copies(), blocks, bad) {
+        match self.pick_copy(lba, m.copies(), blocks, bad, resync) {
             Some(l) if !locked && (bad != 0 || self.shared.behind_to(l.member as usize) != 0) => {
                 // Wait for the range lock before reading.
                 let wm_wait = bad == 0;
@@ -2790,11 +2790,22 @@ impl<B: IoBuf> Channel<B> {
         }
     }
 
-    /// The copy of mapped piece `m` (`blocks` long) a read goes to: among
-    /// the live, current copies not in `bad`, those not write-mostly if
-    /// any; the one continuing this channel's sequential stream on its
-    /// member, else the one with the fewest I/Os outstanding here.
-    fn pick_copy(&self, copies: &[Loc], blocks: u64, bad: u64) -> Option<Loc> {
+    /// The copy a read of array blocks `[lba, lba + blocks)`, mapped to
+    /// `copies`, goes to: among the live, current copies not in `bad`,
+    /// those not write-mostly if any; the first of them where the copies
+    /// may disagree (md's read_balance past the resync point: the resync,
+    /// which reads that copy too — `resync` — makes the others match it, so
+    /// the block reads the same before and after), else the one continuing
+    /// this channel's sequential stream on its member, else the one with
+    /// the fewest I/Os outstanding here.
+    fn pick_copy(
+        &self,
+        lba: u64,
+        copies: &[Loc],
+        blocks: u64,
+        bad: u64,
+        resync: bool,
+    ) -> Option<Loc> {
         if let [l] = copies {
             // One copy (raid0, linear): no choice to make.
             let b = bit(l.member as usize);
@@ -2811,7 +2822,10 @@ impl<B: IoBuf> Channel<B> {
             .fold(0, |a, l| a | bit(l.member as usize));
         let fast = usable & !self.state.write_mostly;
         let pick = if fast != 0 { fast } else { usable };
-        let cands = copies.iter().filter(|l| pick & bit(l.member as usize) != 0);
+        let mut cands = copies.iter().filter(|l| pick & bit(l.member as usize) != 0);
+        if resync || self.unsynced(lba, blocks) {
+            return cands.next().copied();
+        }
         cands
             .clone()
             .find(|l| self.next_read[l.member as usize] == l.lba)
@@ -2920,12 +2934,17 @@ impl<B: IoBuf> Channel<B> {
                 if ok && resync {
                     // Write what was read over every other live copy; a
                     // rebuild only over the member it rebuilds (md's
-                    // recovery), so it changes nothing the array trusts.
+                    // recovery), so it changes nothing the array trusts,
+                    // and over the copies that failed the read (md's
+                    // fix_sync_read_error, as a user read's retry does).
                     let only = self.parents[slot as usize]
                         .as_ref()
                         .unwrap()
                         .op
                         .resync_targets();
+                    if bad != 0 {
+                        self.stats.read_errors_corrected += 1;
+                    }
                     let todo = self
                         .geom
                         .map(lba, blocks)
@@ -2933,7 +2952,7 @@ impl<B: IoBuf> Channel<B> {
                         .iter()
                         .fold(0, |a, l| a | bit(l.member as usize))
                         & !bit(member as usize)
-                        & only;
+                        & (only | bad);
                     self.children[c as usize].kind = ChildKind::MirrorFix { lba, blocks, todo };
                     self.mirror_fix_next(slot, c);
                 } else if ok {
@@ -3279,17 +3298,21 @@ impl<B: IoBuf> Channel<B> {
         bit(map.p as usize) | map.q.map_or(0, |q| bit(q as usize))
     }
 
-    /// Whether stripe `s`'s parity may not match its data yet: its
-    /// bitmap chunk still needs a resync, or (without a bitmap) it lies
-    /// where the resync has not been yet.
+    /// Whether stripe `s`'s parity may not match its data yet.
     fn stripe_unsynced(&self, s: u64) -> bool {
-        let lba = s * self.geom.stripe_data_blocks();
+        self.unsynced(s * self.geom.stripe_data_blocks(), 1)
+    }
+
+    /// Whether the copies or parity of array blocks `[lba, lba + blocks)`
+    /// may disagree yet: a bitmap chunk of theirs still needs a resync, or
+    /// (without a bitmap) they reach where the resync has not been yet.
+    fn unsynced(&self, lba: u64, blocks: u64) -> bool {
         match &self.shared.bitmap {
             Some(bm) => {
-                let (c0, c1) = bm.geom().chunks_of(lba, 1);
+                let (c0, c1) = bm.geom().chunks_of(lba, blocks);
                 (c0..=c1).any(|c| bm.needed(c))
             }
-            None => lba >= self.shared.unsynced_from(),
+            None => lba + blocks > self.shared.unsynced_from(),
         }
     }
 
@@ -4117,6 +4140,68 @@ mod tests {
         assert_eq!(h.held[1].member, m, "stream left its member");
         h.finish_all();
         assert_eq!(h.done.len(), 10);
+    }
+
+    /// md's read_balance where a resync has not been yet: there the copies
+    /// may disagree (writes a crash cut short), so every read, the
+    /// resync's own included, goes to the first readable copy that is not
+    /// write-mostly (md's resync reads that one too); a block then reads
+    /// the same before the resync and after it made the others match.
+    /// Elsewhere reads balance.
+    #[test]
+    fn reads_where_copies_may_disagree_go_to_the_first_copy() {
+        for (bitmap, wm) in [(false, None), (true, None), (true, Some(0usize))] {
+            let mut h = Host::with(
+                Level::Raid1,
+                3,
+                1024,
+                ChannelConfig::default(),
+                |s| s.write_mostly = wm.map_or(0, bit),
+                bitmap,
+            );
+            let first = if wm == Some(0) { 1 } else { 0 };
+            let shared = h.ch.shared().clone();
+            let chunks = shared.bitmap.as_ref().map_or(0, |bm| bm.geom().chunks());
+            match &shared.bitmap {
+                Some(bm) => (0..chunks).for_each(|c| bm.set_flags(c, crate::bitmap::NEEDED)),
+                None => shared.set_unsynced_from(0),
+            }
+            for t in 0..8 {
+                read(&mut h, t, t * 8, 4); // not sequential
+            }
+            assert_eq!(
+                to(&h, first).len(),
+                8,
+                "bitmap {bitmap} wm {wm:?}: reads left the first copy"
+            );
+            // The resync window reads that copy too, though it is the
+            // busiest.
+            let io = ParentIo {
+                tag: 50,
+                op: IoType::Resync,
+                lba: 256,
+                blocks: 8,
+                fua: false,
+                buf: Some(vec![0; 8 * 512]),
+            };
+            assert!(h.ch.submit(io).is_ok());
+            h.pump();
+            assert_eq!(to(&h, first).len(), 9, "bitmap {bitmap} wm {wm:?}");
+            h.finish_all();
+            // In sync again: balanced.
+            match &shared.bitmap {
+                Some(bm) => (0..chunks).for_each(|c| bm.mark_synced(c)),
+                None => shared.set_unsynced_from(u64::MAX),
+            }
+            for t in 0..8 {
+                read(&mut h, 100 + t, t * 8, 4);
+            }
+            assert!(
+                to(&h, first).len() < 8,
+                "bitmap {bitmap} wm {wm:?}: not balanced once in sync"
+            );
+            h.finish_all();
+        }
     }
 
     #[test]
@@ -5133,6 +5218,44 @@ mod tests {
         h.ch.shared().fail_device(2, 0);
         assert_eq!(rebuild(&mut h), IoStatus::Error);
         assert!(h.members[2][..8 * 512].iter().all(|&b| b == 0));
+    }
+
+    /// A rebuild window whose source copy fails its read reads another
+    /// and writes it over the failed copy too (md's fix_sync_read_error),
+    /// as a user read's retry does; the copy is kept, not failed.
+    #[test]
+    fn rebuild_rewrites_a_source_copy_that_failed_its_read() {
+        let mut h = Host::with(
+            Level::Raid1,
+            3,
+            64,
+            ChannelConfig::default(),
+            |s| s.members[2] = MemberState::Recovering(0),
+            false,
+        );
+        h.members[0][..8 * 512].fill(0x22);
+        h.members[1][..8 * 512].fill(0x22);
+        let io = parent(1, IoType::Rebuild { member: 2 }, 0, 8, 0);
+        assert!(h.ch.submit(io).is_ok());
+        h.pump();
+        assert_eq!(h.held.len(), 1, "one source read");
+        let src = h.held.remove(0);
+        assert_eq!(src.op, ChildOp::Read);
+        // An unreadable sector there.
+        h.members[src.member as usize][..512].fill(0xee);
+        h.ch.child_done(src.token, ChildStatus::Error);
+        h.pump();
+        h.finish_all();
+        assert_eq!(h.done[0].1, IoStatus::Success);
+        for m in 0..3 {
+            assert!(
+                h.members[m][..8 * 512].iter().all(|&b| b == 0x22),
+                "member {m} (the failed source: {})",
+                src.member
+            );
+        }
+        assert_eq!(h.ch.stats().read_errors_corrected, 1);
+        assert!(h.meta.is_empty(), "no member failed");
     }
 
     #[test]
