@@ -1291,6 +1291,9 @@ impl<B: IoBuf> Channel<B> {
             let n = l.n as usize;
             if write {
                 (n, (1u64 << n) - 1)
+            } else if self.unsynced(lba, blocks) {
+                // The copies may disagree there: pick_copy's first copy.
+                return Err(Some(out));
             } else {
                 // pick_copy with every copy live and current, none
                 // write-mostly: the one continuing this channel's
@@ -3309,8 +3312,10 @@ impl<B: IoBuf> Channel<B> {
     fn unsynced(&self, lba: u64, blocks: u64) -> bool {
         match &self.shared.bitmap {
             Some(bm) => {
-                let (c0, c1) = bm.geom().chunks_of(lba, blocks);
-                (c0..=c1).any(|c| bm.needed(c))
+                bm.needed_count() != 0 && {
+                    let (c0, c1) = bm.geom().chunks_of(lba, blocks);
+                    (c0..=c1).any(|c| bm.needed(c))
+                }
             }
             None => lba + blocks > self.shared.unsynced_from(),
         }
@@ -4174,6 +4179,17 @@ mod tests {
                 8,
                 "bitmap {bitmap} wm {wm:?}: reads left the first copy"
             );
+            // The direct path (the lean one too) decides the same.
+            for t in 0..8 {
+                let d = h.ch.direct(IoType::Read, 512 + t * 8, 4);
+                let d = d.unwrap_or_else(|| panic!("bitmap {bitmap} wm {wm:?}: no direct read"));
+                assert_eq!(
+                    d.target(0).member,
+                    first,
+                    "bitmap {bitmap} wm {wm:?}: direct read {t}"
+                );
+                h.ch.direct_done(&d);
+            }
             // The resync window reads that copy too, though it is the
             // busiest.
             let io = ParentIo {

@@ -920,7 +920,9 @@ impl Meta {
             self.daemon_pass();
             self.daemon_pass();
             self.start_bits();
-        } else if self.want_clean {
+        } else if self.want_clean && !(self.disk_dirty && self.resync_needed) {
+            // (Kept while only the resync holds the clean mark back: an
+            // orderly stop then writes it with the resync's checkpoint.)
             self.want_clean = false;
         }
     }
@@ -2239,6 +2241,12 @@ mod tests {
     /// `resync_offset`; the next start resumes there instead of at 0.
     #[test]
     fn orderly_stop_mid_resync_checkpoints_resync_offset() {
+        for idle_first in [false, true] {
+            stop_mid_resync(idle_first);
+        }
+    }
+
+    fn stop_mid_resync(idle_first: bool) {
         let mut t = t(Level::Raid5, 4); // 4096-block members, strip 128
         t.writable();
         // A crash: the superblocks say dirty.
@@ -2261,11 +2269,17 @@ mod tests {
         );
         assert_eq!(meta.resync_from(), 0, "after a crash: from the start");
         // The resync gets through 10 stripes (3 data strips each), then the
-        // array is stopped.
+        // array is stopped; its channels were idle before the stop (no
+        // user I/O) or go idle after it.
         meta.resync_progress(10 * 384);
-        meta.shutdown();
         let seq = meta.state().seq;
-        meta.request(MetaRequest::WritesIdle { channel: 0, seq });
+        if idle_first {
+            meta.request(MetaRequest::WritesIdle { channel: 0, seq });
+            meta.shutdown();
+        } else {
+            meta.shutdown();
+            meta.request(MetaRequest::WritesIdle { channel: 0, seq });
+        }
         let mut t2 = T {
             meta,
             writes: Vec::new(),

@@ -557,6 +557,12 @@ pub struct SyncStatus {
     frozen: AtomicBool,
     /// The array is stopping: no new window, no new process.
     stopping: AtomicBool,
+    /// The rebuild that failed last (role, device):
+    /// [`SyncStatus::select`] does not start
+    /// it again for the same device (md's `recovery_disabled`: a rebuild
+    /// whose source cannot be read fails the same way each time) until
+    /// `sync_action idle`.
+    failed_rebuild: std::sync::Mutex<Option<(usize, u64)>>,
     /// A resync ran to its end (done, or with windows failed):
     /// [`SyncStatus::select`] does not start one again (one stopped by
     /// `frozen` or by the array stopping did not).
@@ -575,6 +581,7 @@ impl Default for SyncStatus {
             frozen: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             resync_ended: AtomicBool::new(false),
+            failed_rebuild: std::sync::Mutex::new(None),
         }
     }
 }
@@ -634,6 +641,12 @@ impl SyncStatus {
         })
     }
 
+    fn failed_rebuild(&self) -> std::sync::MutexGuard<'_, Option<(usize, u64)>> {
+        self.failed_rebuild
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// `sync_action frozen` holds back background processes.
     pub fn frozen(&self) -> bool {
         self.frozen.load(Ordering::Acquire)
@@ -670,6 +683,9 @@ impl SyncStatus {
     ) -> Result<bool, String> {
         let Some(op) = op else {
             self.frozen.store(freeze, Ordering::Release);
+            if !freeze {
+                *self.failed_rebuild() = None;
+            }
             if matches!(
                 self.progress().map(|p| p.kind),
                 Some(SyncKind::Check | SyncKind::Repair)
@@ -723,7 +739,12 @@ impl SyncStatus {
             }
             return Some(Start::Resync { from });
         }
-        (0..members).find_map(|m| recovery(m).map(|info| Start::Rebuild { member: m, info }))
+        let failed = *self.failed_rebuild();
+        (0..members).find_map(|m| {
+            recovery(m)
+                .filter(|info| failed != Some((m, info.device)))
+                .map(|info| Start::Rebuild { member: m, info })
+        })
     }
 }
 
@@ -878,9 +899,10 @@ impl fmt::Display for Note {
                 f,
                 "rebuild of role {member} stopped by sync_action frozen; it resumes after idle"
             ),
-            Note::RebuildFailed { member, offset } => {
-                write!(f, "rebuild of role {member} failed at block {offset}")
-            }
+            Note::RebuildFailed { member, offset } => write!(
+                f,
+                "rebuild of role {member} failed at block {offset}; not retried on this device until sync_action idle (or the member is added again)"
+            ),
             Note::Rebuilt {
                 member,
                 copied,
@@ -1263,6 +1285,9 @@ impl Driver {
             Job::Rebuild(rb) => {
                 let (member, offset) = (rb.member(), rb.offset());
                 let (copied, skipped) = rb.counts();
+                if failed {
+                    *status.failed_rebuild() = Some((member, rb.device()));
+                }
                 out.push_back(Output::Note(if failed {
                     Note::RebuildFailed { member, offset }
                 } else {
@@ -1966,6 +1991,27 @@ mod driver_tests {
                 }),
                 Output::Report(r)
             ]
+        );
+        // Not started again on that device (md's recovery_disabled): a
+        // source that cannot be read would fail it the same way each time;
+        // another device (the member added again) starts, and so does the
+        // same one after `idle`.
+        let on = |dev| move |m| (m == 1).then_some(full(dev));
+        assert_eq!(s.select(2, None, on(9)), None);
+        assert_eq!(
+            s.select(2, None, on(10)),
+            Some(Start::Rebuild {
+                member: 1,
+                info: full(10)
+            })
+        );
+        assert_eq!(s.sync_action(None, false, g.array_blocks()), Ok(false));
+        assert_eq!(
+            s.select(2, None, on(9)),
+            Some(Start::Rebuild {
+                member: 1,
+                info: full(9)
+            })
         );
     }
 

@@ -379,7 +379,7 @@ fn start(g: Group, done: ExamineDone) {
         drop(done);
         assembly_ended();
     }));
-    crate::rpc::create_now(p, reply);
+    crate::rpc::create_now(p, reply, true);
 }
 
 // ------------------------------------------------------------ bdev_mdraid_examine

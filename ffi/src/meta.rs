@@ -59,10 +59,11 @@ const ENOMEM: i32 = 12;
 /// How long a stopping array waits for its metadata path to mark it clean.
 const STOP_TIMEOUT_MS: u64 = 10_000;
 
-/// Build the metadata path of md array `name` (the one place that knows
-/// `Meta::new`'s signature); its superblocks record that name.
+/// Build the metadata path of an md array (the one place that knows
+/// `Meta::new`'s signature); its superblocks record `name` when given (a
+/// user's create, not examine: see `Meta::record_name`).
 pub fn new_meta(
-    name: &str,
+    name: Option<&str>,
     geom: Arc<Geometry>,
     shared: Arc<Shared>,
     state: Arc<ArrayState>,
@@ -78,7 +79,9 @@ pub fn new_meta(
     if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         m.set_wall_clock(d.as_secs());
     }
-    m.record_name(name);
+    if let Some(name) = name {
+        m.record_name(name);
+    }
     m
 }
 

@@ -320,6 +320,9 @@ struct Creating {
     probes: Vec<Option<Probe>>,
     pending: usize,
     error: Option<RpcError>,
+    /// Examine assembles it under a name of its choosing: the superblocks
+    /// keep theirs (only a user's create records its name).
+    examined: bool,
 }
 
 type Ctx = Rc<RefCell<Creating>>;
@@ -358,15 +361,23 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_create(
 /// Whether array `a` is what `p` asks for: its level, its uuid when `p`
 /// names one, and every member it has among `p`'s (a config replayed
 /// after examine assembled the array).
+/// Whether `p` asks for array `a`, which examine assembled (or an earlier
+/// create): the same uuid when `p` names one (as `save_config` writes it:
+/// then whatever members it lists, since a config saved while a member
+/// was out lists fewer than the superblocks now hold), else every member
+/// of `a` among those `p` lists.
 fn is_same_array(a: &Array, p: &BdevMdraidCreate) -> bool {
     a.info.superblock
         && p.superblock
         && a.info.level == p.raid_level
-        && p.uuid.is_none_or(|u| u.0 == a.uuid)
-        && a.members()
-            .iter()
-            .flatten()
-            .all(|m| p.base_bdevs.contains(m.name.as_str()))
+        && match p.uuid {
+            Some(u) => u.0 == a.uuid,
+            None => a
+                .members()
+                .iter()
+                .flatten()
+                .all(|m| p.base_bdevs.contains(m.name.as_str())),
+        }
 }
 
 /// `bdev_mdraid_create` (also examine's assembly): see the module docs.
@@ -376,11 +387,12 @@ pub fn create(p: BdevMdraidCreate, reply: Reply) {
         crate::examine::after(move || create(p, reply));
         return;
     }
-    create_now(p, reply)
+    create_now(p, reply, false)
 }
 
-/// [`create`], with no examine assembly to wait for.
-pub fn create_now(p: BdevMdraidCreate, reply: Reply) {
+/// [`create`], with no examine assembly to wait for; `examined`: examine
+/// assembles the array (see [`Creating::examined`]).
+pub fn create_now(p: BdevMdraidCreate, reply: Reply, examined: bool) {
     let name = p.name.as_str().to_string();
     if let Some(a) = crate::module::find(&name) {
         if is_same_array(&a, &p) {
@@ -410,6 +422,7 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply) {
         probes: Vec::new(),
         pending: 0,
         error: None,
+        examined,
     }));
     if let Err(e) = open_members(&c) {
         c.borrow_mut().fail(e);
@@ -889,9 +902,9 @@ struct StartBitmap {
 }
 
 fn start_array(c: &Ctx, s: Start) {
-    let (p, thread) = {
+    let (p, thread, examined) = {
         let g = c.borrow();
-        (g.p.clone(), g.thread)
+        (g.p.clone(), g.thread, g.examined)
     };
     let n = s.role_of.len();
     let mut descs: Vec<Option<Desc>> = (0..n).map(|_| None).collect();
@@ -974,7 +987,7 @@ fn start_array(c: &Ctx, s: Start) {
     let host = match s.sbs {
         Some(sbs) => MetaHost::md(
             meta::new_meta(
-                p.name.as_str(),
+                (!examined).then_some(p.name.as_str()),
                 geom,
                 array.shared.clone(),
                 state,

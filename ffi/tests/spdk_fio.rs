@@ -81,3 +81,68 @@ fn fio_plugin_raid5_aio_randwrite_verify() {
     }
     env.cleanup();
 }
+
+/// md's read_balance where a resync has not been yet, through the SPDK
+/// host's own paths (the direct ones included): a new raid1 on members
+/// holding different old data, its initial resync held back by the cap,
+/// serves fio's random reads from the first copy only, so what they read
+/// is what the resync then copies to the others.
+#[test]
+fn fio_plugin_raid1_reads_where_the_resync_has_not_been_go_to_the_first_copy() {
+    let Some(env) = spdk_env("fio-unsynced") else {
+        return;
+    };
+    let Some(plugin) = env.fio_plugin("fio") else {
+        return;
+    };
+    let _g = serial();
+    let files = env.files(3, 32);
+    for (f, b) in files.iter().zip([0xaau8, 0xbb, 0xcc]) {
+        std::fs::write(f, vec![b; 32 << 20]).unwrap();
+    }
+    let mut bdevs = vec![
+        r#"{"method":"bdev_mdraid_set_options","params":{"process_max_bandwidth_mb_sec":1}}"#
+            .to_string(),
+    ];
+    bdevs.extend(
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| aio(&format!("u{i}"), f)),
+    );
+    bdevs.push(
+        r#"{"method":"bdev_mdraid_create","params":{"name":"r","raid_level":"raid1","base_bdevs":"u0 u1 u2"}}"#
+            .to_string(),
+    );
+    let cfg = write_cfg(&env, "bdev.json", &config(&[("bdev", &bdevs)]));
+    // From 4 MiB on: past where a 1 MB/s resync gets in the run.
+    let job = write_cfg(
+        &env,
+        "raid1.fio",
+        &format!(
+            "[global]\nioengine=spdk_bdev\nspdk_json_conf={}\nspdk_mem=2048\n\
+             env_context=--no-huge --legacy-mem --iova-mode=va --no-pci\n\
+             thread=1\ndirect=1\nrw=randread\nbs=4k\niodepth=32\n\
+             offset=4m\nsize=16m\nverify=pattern\nverify_pattern=0xaa\n\
+             verify_only=1\nverify_fatal=1\n\
+             [r]\nfilename=r\n",
+            cfg.display()
+        ),
+    );
+    let out = env
+        .app(180, std::path::Path::new("fio"), &[&env.so, &plugin])
+        .arg("--output-format=json")
+        .arg(&job)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run fio");
+    let t = text(&out);
+    assert!(out.status.success(), "fio failed ({}):\n{t}", out.status);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("fio json: {e}:\n{t}"));
+    let j = &v["jobs"][0];
+    assert_eq!(j["error"], 0, "a read came from another copy:\n{t}");
+    assert_eq!(j["read"]["io_bytes"].as_u64(), Some(16 << 20), "{t}");
+    env.cleanup();
+}

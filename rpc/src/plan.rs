@@ -149,6 +149,16 @@ pub fn plan_array(
     if p.uuid.is_some_and(|u| u.is_nil()) {
         return Err(field("uuid", "must not be the nil UUID"));
     }
+    if p.superblock && p.name.as_str().contains(':') {
+        return Err(field(
+            "name",
+            format!(
+                "`{}` contains ':'; md reads a superblock's name as `homehost:name`, so the array would come back as `{}`",
+                p.name.as_str(),
+                p.name.as_str().rsplit(':').next().unwrap_or("")
+            ),
+        ));
+    }
     if p.superblock && p.name.as_str().len() > MD_NAME_MAX {
         return Err(field(
             "name",
@@ -825,6 +835,13 @@ mod tests {
             r#"{{"name":"{long}","raid_level":"raid1","base_bdevs":"a b","superblock":false}}"#
         ));
         assert!(plan_array(&p, &blank(2, 65536), || [1; 16]).is_ok());
+        let p = params(r#"{"name":"host:r","raid_level":"raid1","base_bdevs":"a b"}"#);
+        let e = plan_array(&p, &blank(2, 65536), || [1; 16]).unwrap_err();
+        assert!(
+            e.message.contains("field `name`") && e.message.contains("':'"),
+            "{}",
+            e.message
+        );
         let ok = "r".repeat(MD_NAME_MAX);
         let p = params(&format!(
             r#"{{"name":"{ok}","raid_level":"raid1","base_bdevs":"a b"}}"#
