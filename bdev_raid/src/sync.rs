@@ -557,12 +557,13 @@ pub struct SyncStatus {
     frozen: AtomicBool,
     /// The array is stopping: no new window, no new process.
     stopping: AtomicBool,
-    /// The rebuild that failed last (role, device):
-    /// [`SyncStatus::select`] does not start
-    /// it again for the same device (md's `recovery_disabled`: a rebuild
-    /// whose source cannot be read fails the same way each time) until
-    /// `sync_action idle`.
-    failed_rebuild: std::sync::Mutex<Option<(usize, u64)>>,
+    /// The rebuild that ran to its end last (role, device):
+    /// [`SyncStatus::select`] does not start it again for the same device.
+    /// One that failed (md's `recovery_disabled`: a rebuild whose source
+    /// cannot be read fails the same way each time) until `sync_action
+    /// idle`; one that succeeded, while the metadata path has not yet taken
+    /// its last report (it would redo the last window).
+    ended_rebuild: std::sync::Mutex<Option<(usize, u64)>>,
     /// A resync ran to its end (done, or with windows failed):
     /// [`SyncStatus::select`] does not start one again (one stopped by
     /// `frozen` or by the array stopping did not).
@@ -581,7 +582,7 @@ impl Default for SyncStatus {
             frozen: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             resync_ended: AtomicBool::new(false),
-            failed_rebuild: std::sync::Mutex::new(None),
+            ended_rebuild: std::sync::Mutex::new(None),
         }
     }
 }
@@ -641,10 +642,8 @@ impl SyncStatus {
         })
     }
 
-    fn failed_rebuild(&self) -> std::sync::MutexGuard<'_, Option<(usize, u64)>> {
-        self.failed_rebuild
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn ended_rebuild(&self) -> std::sync::MutexGuard<'_, Option<(usize, u64)>> {
+        self.ended_rebuild.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `sync_action frozen` holds back background processes.
@@ -684,7 +683,7 @@ impl SyncStatus {
         let Some(op) = op else {
             self.frozen.store(freeze, Ordering::Release);
             if !freeze {
-                *self.failed_rebuild() = None;
+                *self.ended_rebuild() = None;
             }
             if matches!(
                 self.progress().map(|p| p.kind),
@@ -739,10 +738,10 @@ impl SyncStatus {
             }
             return Some(Start::Resync { from });
         }
-        let failed = *self.failed_rebuild();
+        let ended = *self.ended_rebuild();
         (0..members).find_map(|m| {
             recovery(m)
-                .filter(|info| failed != Some((m, info.device)))
+                .filter(|info| ended != Some((m, info.device)))
                 .map(|info| Start::Rebuild { member: m, info })
         })
     }
@@ -1285,9 +1284,7 @@ impl Driver {
             Job::Rebuild(rb) => {
                 let (member, offset) = (rb.member(), rb.offset());
                 let (copied, skipped) = rb.counts();
-                if failed {
-                    *status.failed_rebuild() = Some((member, rb.device()));
-                }
+                *status.ended_rebuild() = Some((member, rb.device()));
                 out.push_back(Output::Note(if failed {
                     Note::RebuildFailed { member, offset }
                 } else {
@@ -2047,6 +2044,16 @@ mod driver_tests {
             })
         );
         assert!(!out.contains(&Output::Note(Note::RebuildStopped { member: 1 })));
+        // Until the metadata path took its last report, it may still say
+        // the member needs a rebuild from its last checkpoint: not again.
+        let from_checkpoint = RecoveryInfo {
+            from: 1 << 15,
+            ..full(9)
+        };
+        assert_eq!(
+            s.select(2, None, |m| (m == 1).then_some(from_checkpoint)),
+            None
+        );
     }
 
     #[test]

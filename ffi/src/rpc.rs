@@ -1094,6 +1094,9 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_sync_action(
         let Some(a) = crate::module::find(&name) else {
             return r.rpc_error(&no_device(&name));
         };
+        if let Err(e) = p.check_redundant(a.geom.level().name(), a.geom.redundancy() > 0) {
+            return r.rpc_error(&e);
+        }
         let (op, freeze) = match p.action {
             SyncAction::Check => (Some(IoType::Check), false),
             SyncAction::Repair => (Some(IoType::Repair), false),

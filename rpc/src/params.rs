@@ -13,6 +13,7 @@
 //! `-32700`/`-32603` and "spdk_json_decode_object failed"; we answer
 //! `-32602` with a message naming the field, as DESIGN.md asks.
 
+use crate::error::RpcError;
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -322,6 +323,25 @@ pub struct BdevMdraidSyncAction {
     pub action: SyncAction,
 }
 impl Validate for BdevMdraidSyncAction {}
+
+impl BdevMdraidSyncAction {
+    /// Refused on an array without redundancy (`redundant` false: raid0,
+    /// linear), as md refuses any `sync_action` on a level with nothing to
+    /// sync, naming the field.
+    pub fn check_redundant(&self, level: &str, redundant: bool) -> Result<(), RpcError> {
+        if redundant {
+            return Ok(());
+        }
+        Err(RpcError::invalid_field(
+            "bdev_mdraid_sync_action",
+            "action",
+            format!(
+                "array `{}` is {level}, which has no redundancy: nothing to check, repair, resync, stop or freeze",
+                self.name.as_str()
+            ),
+        ))
+    }
+}
 
 /// `bdev_mdraid_examine`: read md superblocks (one bdev, or all).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

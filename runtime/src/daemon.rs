@@ -1490,6 +1490,8 @@ impl Daemon {
         let Some(a) = self.arrays.iter().find(|a| a.name == name) else {
             return Err(no_device(name));
         };
+        let g = a.array.geometry();
+        p.check_redundant(g.level().name(), g.redundancy() > 0)?;
         let r = match p.action {
             SyncAction::Check => a.array.sync_action(Some(IoType::Check), false),
             SyncAction::Repair => a.array.sync_action(Some(IoType::Repair), false),

@@ -120,6 +120,15 @@ fn members_and_arrays_of_every_level() {
     }
     let all = d.ok("bdev_mdraid_get_bdevs", json!({"category": "all"}));
     assert_eq!(names(&all), ["r0", "r1", "r5", "r6", "r10"]);
+    // md refuses sync_action on a level with nothing to sync.
+    for action in ["check", "frozen", "idle"] {
+        let e = d.err(
+            "bdev_mdraid_sync_action",
+            json!({"name": "r0", "action": action}),
+        );
+        expect_field(&e, "action");
+        assert!(e.message.contains("no redundancy"), "{e}");
+    }
     for (a, (name, level, members, strip)) in all.as_array().unwrap().iter().zip(&arrays) {
         assert_eq!(a["raid_level"], json!(level), "{a}");
         assert_eq!(a["state"], "online", "{a}");

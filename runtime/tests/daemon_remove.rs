@@ -370,6 +370,12 @@ fn remove_base_bdev_while_writing_then_add_back() {
     };
     assert_eq!(member_names(&a), ["r0", "spare", "r2"], "{a}");
     assert_eq!(a["degraded"], false, "{a}");
+    // Each rebuilt once: none ran again over its last window.
+    let log = d.stderr();
+    for role in [1, 2] {
+        let starts = log.matches(&format!("rebuilding role {role} from")).count();
+        assert_eq!(starts, 1, "role {role} rebuilt {starts} times:\n{log}");
+    }
     // The rebuilt members alone hold the data: r0 goes.
     assert_eq!(d.ok(RM, json!({"name": "r0"})), json!(true));
     assert_eq!(
