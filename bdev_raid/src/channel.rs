@@ -3309,16 +3309,18 @@ impl<B: IoBuf> Channel<B> {
     /// Whether the copies or parity of array blocks `[lba, lba + blocks)`
     /// may disagree yet: a bitmap chunk of theirs still needs a resync, or
     /// (without a bitmap) they reach where the resync has not been yet.
+    #[inline(always)]
     fn unsynced(&self, lba: u64, blocks: u64) -> bool {
         match &self.shared.bitmap {
-            Some(bm) => {
-                bm.needed_count() != 0 && {
-                    let (c0, c1) = bm.geom().chunks_of(lba, blocks);
-                    (c0..=c1).any(|c| bm.needed(c))
-                }
-            }
+            Some(bm) => bm.needed_count() != 0 && Self::chunks_needed(bm, lba, blocks),
             None => lba + blocks > self.shared.unsynced_from(),
         }
+    }
+
+    #[cold]
+    fn chunks_needed(bm: &crate::bitmap::Bitmap, lba: u64, blocks: u64) -> bool {
+        let (c0, c1) = bm.geom().chunks_of(lba, blocks);
+        (c0..=c1).any(|c| bm.needed(c))
     }
 
     /// Decide the unit's next step from what is readable and what was read.
