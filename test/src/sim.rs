@@ -1777,7 +1777,9 @@ impl<'a> Sim<'a> {
         let status = match io.op {
             ChildOp::Read => {
                 let f = &self.sc.faults;
-                let inject = self.member_faults() && self.rng.chance(f.read_error);
+                // (Drawn only for a member not dead, as always.)
+                let inject =
+                    !self.members[m].dead && self.member_faults() && self.rng.chance(f.read_error);
                 if inject && self.resync.is_some() {
                     self.out.resync_faults += 1;
                 }
