@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! mdraid-sim --seed N [--ops M] [--verbose] [--write-behind] [--direct P]
+//!             [--resync-faults 0|1] [--initial-resync 0|1]
 //! mdraid-sim --sweep FROM..TO [--ops M] [--write-behind] [--direct P]
+//!             [--resync-faults 0|1] [--initial-resync 0|1]
 //! ```
 //!
 //! `--write-behind` runs the write-mostly workload's scenario of each seed
 //! (`Scenario::write_behind`) instead of the general one. `--direct P`
 //! sets the chance that the host tries the direct path for a user read or
-//! write (default: the seed's own).
+//! write (default: the seed's own). `--resync-faults` and
+//! `--initial-resync` turn member faults during resyncs and the initial
+//! resync of a new array on (1) or off (0) (default: the seed's own).
 
 use std::process::ExitCode;
 
@@ -16,7 +20,7 @@ use mdraid_sim::{run, Scenario};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: mdraid-sim (--seed N | --sweep FROM..TO) [--ops M] [--verbose] [--write-behind] [--direct P]"
+        "usage: mdraid-sim (--seed N | --sweep FROM..TO) [--ops M] [--verbose] [--write-behind] [--direct P] [--resync-faults 0|1] [--initial-resync 0|1]"
     );
     ExitCode::from(2)
 }
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let mut verbose = false;
     let mut wb = false;
     let mut direct = None;
+    let (mut resync_faults, mut initial_resync) = (None, None);
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1);
@@ -67,6 +72,22 @@ fn main() -> ExitCode {
                 direct = Some(p);
                 i += 1;
             }
+            (flag @ ("--resync-faults" | "--initial-resync"), Some(v)) => {
+                let on = match v.as_str() {
+                    "0" => false,
+                    "1" => true,
+                    _ => {
+                        eprintln!("{flag}: {v:?} is not 0 or 1");
+                        return usage();
+                    }
+                };
+                if flag == "--resync-faults" {
+                    resync_faults = Some(on);
+                } else {
+                    initial_resync = Some(on);
+                }
+                i += 1;
+            }
             ("--verbose", _) => verbose = true,
             ("--write-behind", _) => wb = true,
             _ => return usage(),
@@ -80,10 +101,17 @@ fn main() -> ExitCode {
     let total = seeds.end - seeds.start;
     let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
     let mut direct_write_errors = 0;
+    let (mut faults_in_resync, mut hole_lost, mut initial) = (0, 0, 0);
     for seed in seeds {
         let mut sc = Scenario::of(seed, ops, wb);
         if let Some(p) = direct {
             sc.direct = p;
+        }
+        if let Some(on) = resync_faults {
+            sc.resync_faults = on;
+        }
+        if let Some(on) = initial_resync {
+            sc.initial_resync = on;
         }
         if verbose {
             println!("{sc:#?}");
@@ -95,6 +123,9 @@ fn main() -> ExitCode {
                 direct_redone += o.direct_redone;
                 direct_cut += o.direct_cut;
                 direct_write_errors += o.direct_write_errors;
+                faults_in_resync += o.resync_faults;
+                hole_lost += o.hole_lost_blocks;
+                initial += u64::from(o.initial_resync);
                 if verbose || total == 1 {
                     println!(
                         "seed {seed}: ok {} {} members, {} parents, {} blocks verified, {} child errors, {} members failed, {} written behind, {} write-mostly reads{}{}",
@@ -122,6 +153,10 @@ fn main() -> ExitCode {
             }
         }
     }
+    println!(
+        "resyncs: {initial} runs began with the initial resync; {faults_in_resync} member faults \
+         injected during resyncs; {hole_lost} blocks lost to write holes"
+    );
     println!(
         "{} passed, {} failed; direct path: {direct_reads} reads, {direct_writes} writes, \
          {direct_redone} redone as parents after a member I/O failed ({direct_write_errors} direct write errors, each failing its member), \

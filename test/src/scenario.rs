@@ -65,6 +65,21 @@ pub struct Scenario {
     /// (`Channel::direct`) for a user read or write before submitting it as
     /// a parent (0: never).
     pub direct: f64,
+    /// Member faults (deaths, failing writes, read errors) go on while a
+    /// resync runs: the checker forgives the write hole (blocks of a lost
+    /// member in stripes whose parity did not match their data), nothing
+    /// more. Off, faults pause for every resync.
+    pub resync_faults: bool,
+    /// The array is made without `--assume-clean`: its members hold
+    /// garbage (every block reads back anything until written) and it
+    /// starts with the initial resync (levels with redundancy only).
+    pub initial_resync: bool,
+    /// Used only with `resync_faults`: the chance per step that the next resync
+    /// window is submitted (md paces its resync; a slow one meets more
+    /// user writes and faults), and the chance per fault step that a
+    /// member dies while a resync runs (at least the run's own).
+    pub resync_pace: f64,
+    pub resync_death: f64,
 }
 
 /// Parent I/Os per run unless told otherwise (`--ops`, `MDRAID_SIM_OPS`).
@@ -266,7 +281,20 @@ impl Scenario {
         } else {
             *d.pick(&[0.3, 0.6, 0.9])
         };
+        // Faults during resyncs, and the initial resync: a stream of their
+        // own too; seeds that draw neither run as before they existed.
+        let mut y = Rng::new(seed ^ 0x7e5f_a017);
+        let resync_faults = faulty && y.chance(0.5);
+        let initial_resync = redundancy > 0 && y.chance(0.3);
+        // (Drawn for every seed, used only with resync faults on: forcing
+        // them on with `--resync-faults 1` paces the resync too.)
+        let resync_pace = *y.pick(&[1.0, 0.2, 0.05]);
+        let resync_death = *y.pick(&[0.0, 0.01, 0.05]);
         Scenario {
+            resync_faults,
+            initial_resync,
+            resync_pace,
+            resync_death,
             direct,
             write_mostly,
             write_behind,

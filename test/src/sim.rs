@@ -56,6 +56,15 @@ fn replay_args(sc: &Scenario) -> String {
     if made.direct != sc.direct {
         a.push_str(&format!(" --direct {}", sc.direct));
     }
+    if made.resync_faults != sc.resync_faults {
+        a.push_str(&format!(" --resync-faults {}", u8::from(sc.resync_faults)));
+    }
+    if made.initial_resync != sc.initial_resync {
+        a.push_str(&format!(
+            " --initial-resync {}",
+            u8::from(sc.initial_resync)
+        ));
+    }
     a
 }
 
@@ -118,6 +127,15 @@ pub struct Outcome {
     /// Member writes of direct writes a crash found in flight (torn,
     /// landed or lost like children's).
     pub direct_cut: u64,
+    /// Member faults injected while a resync ran (deaths, failed writes,
+    /// read errors), and array blocks the write hole took: a member lost
+    /// (or failing a read) where the parity did not match the data.
+    pub resync_faults: u64,
+    pub hole_lost_blocks: u64,
+    /// The run's array was made dirty and resynced from the start.
+    pub initial_resync: bool,
+    /// Resyncs that ended with failed windows and were started again.
+    pub resync_restarts: u64,
     /// The run ended at an assembly md also refuses (dirty and degraded
     /// parity, or too few members left).
     pub ended_by_refusal: Option<String>,
@@ -210,7 +228,21 @@ struct BlockState {
     alt_since: Option<u64>,
     /// A write in flight.
     pending: Option<u64>,
+    /// It may read back anything until an acknowledged write: the garbage
+    /// a new array's members held (before the initial resync), or what a
+    /// lost member's block is rebuilt as from parity that did not match
+    /// the data (the write hole: see [`Sim::holes`]).
+    lost: bool,
 }
+
+/// [`Sim::holes`]: the row's parity may not match its data (a crash cut
+/// writes short, or a new array's garbage), and no resync or
+/// reconstruct-write has made it right since.
+const HOLE: u8 = 1;
+/// A hole that lost a member (or a read of one) while open: the blocks it
+/// lost are [`BlockState::lost`], and the row's parity is not checked
+/// until the final repair.
+const DAMAGED: u8 = 2;
 
 struct ParentRec {
     /// Members that failed a read this parent issued.
@@ -233,6 +265,8 @@ struct ParentRec {
     landed: u64,
     /// A write child of it failed.
     write_failed: bool,
+    /// Members lost (or failing a read in a hole) while it was in flight.
+    lost_during: u64,
 }
 
 impl ParentRec {
@@ -249,6 +283,7 @@ impl ParentRec {
             write_errors: (0, 0),
             landed: 0,
             write_failed: false,
+            lost_during: 0,
         }
     }
 }
@@ -293,6 +328,8 @@ struct Sim<'a> {
     directs: HashMap<u64, DirectRec>,
     sc: &'a Scenario,
     rng: Rng,
+    /// Paces the resync ([`Scenario::resync_pace`]): a stream of its own.
+    pace: Rng,
     geom: Arc<Geometry>,
     bs: usize,
     /// Byte offset of the data area on every member.
@@ -323,6 +360,16 @@ struct Sim<'a> {
     /// A resync or rebuild just ended: hold new user I/O until everything
     /// in flight is done, then compare the members byte for byte.
     sync_check: bool,
+    /// Parity levels, per row of member blocks (a row's index is its
+    /// member block address): 0, [`HOLE`] or [`DAMAGED`]. Only a member
+    /// lost (dead, failing writes, or failing a read of the row) while its
+    /// row is a hole may leave garbage, in that member's blocks of the row
+    /// (md's write hole); a resync window or a write acknowledged with
+    /// every member in service and every read good closes the row (md's
+    /// forced reconstruct-write on stripes not resynced yet).
+    holes: Vec<u8>,
+    /// Rows of `holes` not 0.
+    open_holes: usize,
     out: Outcome,
 }
 
@@ -413,11 +460,32 @@ impl<'a> Sim<'a> {
         );
         for (m, sb) in sbs.iter_mut().enumerate() {
             sb.set_write_mostly(sc.write_mostly & 1 << m != 0);
+            if sc.initial_resync {
+                // Made without --assume-clean: dirty until the initial
+                // resync has been over the whole array.
+                sb.resync_offset = 0;
+            }
+        }
+        if sc.initial_resync {
+            // What the devices held before: garbage, a stream of its own.
+            let mut x = sc.seed ^ 0x9a4b_a9e0;
+            for m in &mut members {
+                for c in m.data[data_off..].chunks_mut(8) {
+                    c.copy_from_slice(&splitmix(&mut x).to_le_bytes()[..c.len()]);
+                }
+            }
         }
         let bitmap = sc.bitmap_chunk.map(|chunk| {
             let bg = BitmapGeom::new(&geom, chunk).expect("scenario bitmap chunk");
             let mut d = DiskBitmap::new(&bg, sbs[0].set_uuid, 1000);
             d.sb.write_behind = sc.write_behind;
+            if sc.initial_resync {
+                // mdadm sets every bit of a new array's bitmap unless told
+                // the array is clean: the initial resync covers it all.
+                for c in 0..bg.chunks() {
+                    d.set(c, true);
+                }
+            }
             (d, bg)
         });
         for (m, sb) in sbs.iter().enumerate() {
@@ -446,15 +514,25 @@ impl<'a> Sim<'a> {
             0,
         );
         let nblocks = geom.array_blocks() as usize;
-        Sim {
+        let block = BlockState {
+            lost: sc.initial_resync,
+            ..BlockState::default()
+        };
+        let rows = if geom.level().is_parity() {
+            (geom.stripes() * geom.strip_blocks()) as usize
+        } else {
+            0
+        };
+        let mut sim = Sim {
             sc,
             rng: Rng::new(sc.seed),
+            pace: Rng::new(sc.seed ^ 0x0a5e_7e11),
             bs,
             data_off,
             members,
             arr,
             inflight: Vec::new(),
-            blocks: vec![BlockState::default(); nblocks],
+            blocks: vec![block; nblocks],
             history: vec![Vec::new(); nblocks],
             parents: HashMap::new(),
             per_channel: vec![0; sc.channels],
@@ -470,11 +548,124 @@ impl<'a> Sim<'a> {
             rebuild_tags: Vec::new(),
             rebuild_stopped: None,
             sync_check: false,
+            holes: vec![0; rows],
+            open_holes: 0,
             out: Outcome::default(),
             behind: HashMap::new(),
             exposed: Vec::new(),
             directs: HashMap::new(),
             geom,
+        };
+        if sc.initial_resync {
+            sim.out.initial_resync = true;
+            sim.find_holes();
+            sim.start_resync();
+        }
+        sim
+    }
+
+    /// Start the resync of a dirty array from where the metadata path
+    /// says (the dirty chunks with a bitmap, the whole array without).
+    fn start_resync(&mut self) {
+        let window = if self.geom.level().is_parity() {
+            self.geom.stripe_data_blocks() * 2
+        } else {
+            self.sc.max_blocks
+        };
+        self.resync = Some(Resync::from(
+            &self.geom,
+            self.arr.channels[0].shared(),
+            window,
+            self.arr.meta.resync_from(),
+        ));
+        self.resync_tag = None;
+    }
+
+    /// Whether row `r` (member block address) of a parity level has P (and
+    /// Q) matching its data on the members' disks.
+    fn row_consistent(&self, r: u64) -> bool {
+        let map = self.geom.stripe(r / self.geom.strip_blocks());
+        let at = self.data_off + r as usize * self.bs;
+        let (p, q) = self.parity_of(&map, at, self.bs);
+        p[..] == self.members[map.p as usize].data[at..at + self.bs]
+            && map
+                .q
+                .is_none_or(|qm| q[..] == self.members[qm as usize].data[at..at + self.bs])
+    }
+
+    /// Open a hole at every row whose parity does not match its data on
+    /// the disks (after a crash that left the array dirty, or on a new
+    /// array's garbage; every member is in sync then: md assembles no
+    /// dirty degraded parity array).
+    fn find_holes(&mut self) {
+        for r in 0..self.holes.len() {
+            if self.holes[r] == 0 && !self.row_consistent(r as u64) {
+                self.holes[r] = HOLE;
+                self.open_holes += 1;
+            }
+        }
+    }
+
+    /// Rows `rows` (member block addresses) have parity matching their data
+    /// again.
+    fn close_holes(&mut self, rows: std::ops::Range<u64>) {
+        for r in rows {
+            if let Some(h) = self.holes.get_mut(r as usize).filter(|h| **h != 0) {
+                *h = 0;
+                self.open_holes -= 1;
+            }
+        }
+    }
+
+    /// Member `m` is lost (dead, failing writes) or failed reading member
+    /// blocks `rows`: in every hole among them, its data block is rebuilt
+    /// from parity that may not match, so it may read back anything until
+    /// written (md's write hole), and the row's parity is no longer known.
+    fn lose(&mut self, m: usize, rows: Option<std::ops::Range<u64>>) {
+        if self.open_holes == 0 {
+            return;
+        }
+        for rec in self.parents.values_mut().filter(|r| writes_data(r.op)) {
+            rec.lost_during |= 1 << m;
+        }
+        let strip = self.geom.strip_blocks();
+        let sdb = self.geom.stripe_data_blocks();
+        let rows = rows.unwrap_or(0..self.holes.len() as u64);
+        let trace = std::env::var_os("MDRAID_SIM_TRACE").is_some();
+        let mut lost = 0;
+        for r in rows {
+            if self.holes.get(r as usize).is_none_or(|h| *h == 0) {
+                continue;
+            }
+            self.holes[r as usize] = DAMAGED;
+            let s = r / strip;
+            let map = self.geom.stripe(s);
+            if let Some(i) = (0..map.ndata).find(|&i| map.data[i] as usize == m) {
+                let lba = s * sdb + i as u64 * strip + r % strip;
+                if lba < self.geom.array_blocks() {
+                    self.out.hole_lost_blocks += u64::from(!self.blocks[lba as usize].lost);
+                    self.mark_lost(lba as usize);
+                    lost += 1;
+                }
+            }
+        }
+        if trace && lost > 0 {
+            eprintln!(
+                "step {} member {m} lost with {lost} of its blocks in write holes",
+                self.step
+            );
+        }
+    }
+
+    /// Array block `b` may read back anything until an acknowledged write,
+    /// for reads in flight too.
+    fn mark_lost(&mut self, b: usize) {
+        self.blocks[b].lost = true;
+        for rec in self.parents.values_mut() {
+            let (a, e) = (rec.lba as usize, (rec.lba + rec.blocks) as usize);
+            if rec.op == IoType::Read && (a..e).contains(&b) && rec.snap.len() == e - a {
+                rec.snap[b - a].lost = true;
+            }
         }
     }
 
@@ -734,21 +925,80 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Member faults are off while a resync runs: a member lost before the
-    /// parity of every stripe is right again loses the unsynced stripes (the
-    /// write hole md documents), which no engine can avoid.
+    /// Member faults are off while a resync runs, unless the scenario
+    /// keeps them on ([`Scenario::resync_faults`]): a member lost before
+    /// the parity of every stripe is right again loses its blocks of the
+    /// unsynced stripes (the write hole md documents), which no engine can
+    /// avoid and the checker forgives ([`Sim::holes`]), nothing more.
     fn member_faults(&self) -> bool {
-        self.faults_on && self.resync.is_none()
+        self.faults_on && (self.resync.is_none() || self.sc.resync_faults)
     }
 
     /// Submit the next resync window when none is in flight; when every
     /// window is done, let the metadata path mark the array clean again.
     fn drive_resync(&mut self) -> Result<(), String> {
-        let Some(r) = self.resync.as_mut() else {
+        let Some(r) = self.resync.as_ref() else {
             return Ok(());
         };
+        // Paced: the next window waits (never the end of the resync).
+        if self.sc.resync_faults
+            && self.sc.resync_pace < 1.0
+            && r.in_flight().is_none()
+            && !r.is_done()
+            && !self.pace.chance(self.sc.resync_pace)
+        {
+            return Ok(());
+        }
+        let r = self.resync.as_mut().unwrap();
         let shared = self.arr.channels[0].shared().clone();
         let Some(w) = r.next_window(&shared) else {
+            if r.is_done() && r.failed_windows() > 0 {
+                // A window failed (more reads failed in a stripe than the
+                // level survives): the host's driver leaves the array
+                // dirty, and this host starts the resync again over what
+                // is left (the chunks still marked, or from the checkpoint)
+                // until one gets through or the array is offline.
+                let failed = r.failed_windows();
+                self.out.resync_restarts += 1;
+                if std::env::var_os("MDRAID_SIM_TRACE").is_some() {
+                    eprintln!(
+                        "step {} resync ended with {failed} failed windows{}",
+                        self.step,
+                        if self.state().offline {
+                            "; the array is offline"
+                        } else {
+                            "; starting it again"
+                        }
+                    );
+                }
+                if self.out.resync_restarts > 1000 {
+                    return Err(format!(
+                        "a resync failed {} times over; {}",
+                        self.out.resync_restarts,
+                        self.describe()
+                    ));
+                }
+                if self.broken() > self.redundancy() {
+                    // More members broke than the level survives (one
+                    // dead that only reads have met is not failed yet):
+                    // some stripes cannot be resynced, as md finds too,
+                    // and nothing can be verified past this point.
+                    self.out.steps = self.step;
+                    self.out.ended_by_refusal = Some(format!(
+                        "{} members broke (the level survives {}); the resync cannot finish",
+                        self.broken(),
+                        self.redundancy()
+                    ));
+                    return Ok(());
+                }
+                if self.state().offline {
+                    self.resync = None;
+                    self.resync_tag = None;
+                } else {
+                    self.start_resync();
+                }
+                return Ok(());
+            }
             if r.is_done() {
                 // The write-mostly copies agree with the others again.
                 self.exposed.clear();
@@ -1021,14 +1271,20 @@ impl<'a> Sim<'a> {
                 }
             }
             _ => {
+                let mut death = self.sc.faults.member_death * 50.0;
+                if self.resync.is_some() && self.sc.resync_faults {
+                    death = death.max(self.sc.resync_death);
+                }
                 if self.member_faults()
-                    && self.rng.chance(self.sc.faults.member_death * 50.0)
+                    && self.rng.chance(death)
                     && self.broken() < self.sc.faults.max_broken
                 {
                     let m = self.rng.below(self.members.len() as u64) as usize;
                     if self.may_break(m) {
+                        self.out.resync_faults += u64::from(self.resync.is_some());
                         self.members[m].dead = true;
                         self.members[m].broken = true;
+                        self.lose(m, None);
                     }
                 }
             }
@@ -1124,7 +1380,7 @@ impl<'a> Sim<'a> {
     fn submit_random(&mut self, ch: usize) -> Result<(), String> {
         if !self.exposed.is_empty() {
             // A fast copy may have died or failed since.
-            self.check_exposed(0);
+            self.check_exposed(0, None);
         }
         let size = self.geom.array_blocks();
         let r = self.rng.below(100);
@@ -1392,7 +1648,11 @@ impl<'a> Sim<'a> {
             );
         }
         r.left -= 1;
-        if r.left > 0 {
+        let left = r.left;
+        if !ok && !write {
+            self.read_failed(m, tag);
+        }
+        if left > 0 {
             return Ok(());
         }
         let r = self.directs.remove(&tag).unwrap();
@@ -1449,8 +1709,12 @@ impl<'a> Sim<'a> {
     fn write_fails(&mut self, m: usize) -> bool {
         let f = &self.sc.faults;
         let inject = self.member_faults() && self.may_break(m) && self.rng.chance(f.write_error);
+        if inject && self.resync.is_some() {
+            self.out.resync_faults += 1;
+        }
         if self.members[m].dead || inject {
             self.members[m].broken = true;
+            self.lose(m, None);
             true
         } else {
             false
@@ -1513,7 +1777,13 @@ impl<'a> Sim<'a> {
         let status = match io.op {
             ChildOp::Read => {
                 let f = &self.sc.faults;
-                if self.members[m].dead || (self.member_faults() && self.rng.chance(f.read_error)) {
+                // (Drawn only for a member not dead, as always.)
+                let inject =
+                    !self.members[m].dead && self.member_faults() && self.rng.chance(f.read_error);
+                if inject && self.resync.is_some() {
+                    self.out.resync_faults += 1;
+                }
+                if self.members[m].dead || inject {
                     ChildStatus::Error
                 } else {
                     let src = &self.members[m].data[off..off + len];
@@ -1557,6 +1827,10 @@ impl<'a> Sim<'a> {
                 if let Some(p) = self.parents.get_mut(&io.parent) {
                     p.read_errors |= 1 << m;
                 }
+                // The engine rebuilds what it could not read from the rest
+                // and the parity (and writes it back).
+                self.lose(m, Some(io.lba..io.lba + io.blocks));
+                self.read_failed(m, io.parent);
             }
         }
         self.behind.remove(&(ch, io.token));
@@ -1640,7 +1914,7 @@ impl<'a> Sim<'a> {
         // Direct I/Os die with the channels that handed them out; their
         // parents are unacknowledged like any other in flight.
         self.directs.clear();
-        self.check_exposed(0);
+        self.check_exposed(0, None);
         // Whatever was not acknowledged may or may not have landed.
         for (_, rec) in self.parents.drain() {
             if writes_data(rec.op) {
@@ -1737,18 +2011,16 @@ impl<'a> Sim<'a> {
         if !asm.dirty && self.geom.level().is_parity() && asm.state.not_in_sync() == 0 {
             // Clean means every stripe's parity matches its data on all
             // members (including ones assembly left out).
-            let g = self.geom.clone();
-            let strip = g.strip_blocks() as usize * self.bs;
-            for st in 0..g.stripes() {
-                let map = g.stripe(st);
-                let at = self.data_off + map.member_lba as usize * self.bs;
-                let (p, q) = self.parity_of(&map, at, strip);
-                let pm = &self.members[map.p as usize].data[at..at + strip];
-                let qok = map
-                    .q
-                    .is_none_or(|qm| q[..] == self.members[qm as usize].data[at..at + strip]);
-                if p[..] != pm[..] || !qok {
-                    return Err(format!("assembled clean but stripe {st} has stale parity"));
+            // (Rows a write hole damaged excepted: their parity is known
+            // only once written again.)
+            let strip = self.geom.strip_blocks();
+            for r in 0..self.holes.len() as u64 {
+                if self.holes[r as usize] != DAMAGED && !self.row_consistent(r) {
+                    return Err(format!(
+                        "assembled clean but stripe {} has stale parity (row {})",
+                        r / strip,
+                        r % strip
+                    ));
                 }
             }
         }
@@ -1769,14 +2041,6 @@ impl<'a> Sim<'a> {
             asm.bitmap.map(|b| (b.disk, b.geom)),
             self.step,
         );
-        // The engine resyncs the dirty chunks (the whole array without a
-        // bitmap), window by window, beside user I/O; the array may be
-        // marked clean after.
-        let window = if self.geom.level().is_parity() {
-            self.geom.stripe_data_blocks() * 2
-        } else {
-            self.sc.max_blocks
-        };
         self.rebuild = None;
         self.rebuild_tags.clear();
         self.rebuild_stopped = None;
@@ -1788,15 +2052,18 @@ impl<'a> Sim<'a> {
                 self.members[m].added = false;
             }
         }
-        self.resync = asm.dirty.then(|| {
-            Resync::from(
-                &self.geom,
-                self.arr.channels[0].shared(),
-                window,
-                self.arr.meta.resync_from(),
-            )
-        });
+        // The engine resyncs the dirty chunks (the whole array without a
+        // bitmap), window by window, beside user I/O; the array may be
+        // marked clean after. Until it has been over a row whose parity
+        // the crash left wrong, that row is a hole.
+        self.resync = None;
         self.resync_tag = None;
+        if asm.dirty {
+            if self.geom.level().is_parity() {
+                self.find_holes();
+            }
+            self.start_resync();
+        }
         // New channels announce they are idle.
         for ch in 0..self.arr.channels.len() {
             self.drain(ch)?;
@@ -1857,9 +2124,17 @@ impl<'a> Sim<'a> {
     /// the child was issued that the parent's write landed on while the
     /// member was not failed; it is gone once dead, failed, taken out and
     /// added back since, or among `unreadable` (members a resync read
-    /// failed on). One with no fast copy to begin with lost nothing md
-    /// would: the loss is the engine's, and the check reports it.
-    fn check_exposed(&mut self, unreadable: u64) {
+    /// failed on, or a user read of blocks `within`: md reads the other
+    /// copy, the write-mostly one, and rewrites the fast one with it).
+    /// One with no fast copy to begin with lost nothing md would: the
+    /// loss is the engine's, and the check reports it. Returns the
+    /// records it found lost (reads in flight are forgiven them too).
+    fn check_exposed(
+        &mut self,
+        unreadable: u64,
+        within: Option<std::ops::Range<u64>>,
+    ) -> Vec<BehindRec> {
+        let mut gone = Vec::new();
         let mut i = 0;
         while i < self.exposed.len() {
             let BehindRec {
@@ -1870,6 +2145,10 @@ impl<'a> Sim<'a> {
                 landed,
             } = self.exposed[i];
             let end = lba + blocks;
+            let unreadable = match &within {
+                Some(w) if w.start >= end || lba >= w.end => 0,
+                _ => unreadable,
+            };
             let fast = read & landed;
             let fast_left = fast == 0
                 || (0..self.members.len()).any(|m| {
@@ -1883,13 +2162,45 @@ impl<'a> Sim<'a> {
                 i += 1;
                 continue;
             }
-            self.exposed.swap_remove(i);
+            gone.push(self.exposed.swap_remove(i));
             self.out.behind_lost += 1;
             for b in lba as usize..end as usize {
-                if self.blocks[b].cur == id {
-                    self.blocks[b].alt_since = Some(0);
+                let initial = self.sc.initial_resync;
+                Self::behind_loss(&mut self.blocks[b], id, initial);
+                for rec in self.parents.values_mut() {
+                    let (a, e) = (rec.lba as usize, (rec.lba + rec.blocks) as usize);
+                    if rec.op == IoType::Read && (a..e).contains(&b) && rec.snap.len() == e - a {
+                        Self::behind_loss(&mut rec.snap[b - a], id, initial);
+                    }
                 }
             }
+        }
+        gone
+    }
+
+    /// A read of parent `tag` failed on member `m`: the engine reads
+    /// another copy, the write-mostly one if no other is left, and
+    /// rewrites `m` with it at once. Write-behind writes a crash cut short
+    /// in the parent's range whose last fast copy that was are lost then
+    /// (md's fix_read_error does the same), for every read in flight.
+    fn read_failed(&mut self, m: usize, tag: u64) {
+        if self.exposed.is_empty() {
+            return;
+        }
+        if let Some(p) = self.parents.get(&tag) {
+            let range = p.lba..p.lba + p.blocks;
+            self.check_exposed(1 << m, Some(range));
+        }
+    }
+
+    /// Block state `s` after write-behind write `id` was lost: if it is
+    /// the block's last acknowledged write, any earlier one may read back
+    /// (and what the devices held before may be garbage, on a new array
+    /// made dirty).
+    fn behind_loss(s: &mut BlockState, id: u64, initial: bool) {
+        if s.cur == id {
+            s.alt_since = Some(0);
+            s.lost |= initial;
         }
     }
 
@@ -1933,6 +2244,9 @@ impl<'a> Sim<'a> {
         tmp: &mut [u8],
     ) -> Result<(), String> {
         let lba = b as u64;
+        if snap.lost {
+            return Ok(());
+        }
         // Id 0 is the array's initial zeros, which every block held before
         // its first write (a write-behind loss may read them back).
         let known = |id: u64| id == 0 || self.history[b].binary_search_by_key(&id, |e| e.0).is_ok();
@@ -1985,7 +2299,7 @@ impl<'a> Sim<'a> {
         };
         self.per_channel[ch] -= 1;
         if self.resync_tag == Some(tag) && rec.read_errors != 0 {
-            self.check_exposed(rec.read_errors);
+            self.check_exposed(rec.read_errors, None);
         }
         if self.resync_tag == Some(tag) {
             let shared = self.arr.channels[0].shared().clone();
@@ -2071,6 +2385,13 @@ impl<'a> Sim<'a> {
                 ));
             }
         }
+        let resync_window = self.resync_tag == Some(tag);
+        if self.open_holes > 0
+            && status == IoStatus::Success
+            && (writes_data(rec.op) || resync_window)
+        {
+            self.close_holes_of(ch, &rec, resync_window);
+        }
         match rec.op {
             IoType::Read if status == IoStatus::Success => {
                 let buf = buf.ok_or("read completed without its buffer")?;
@@ -2092,13 +2413,29 @@ impl<'a> Sim<'a> {
                 self.out.blocks_verified += rec.blocks;
             }
             op if writes_data(op) => {
-                for b in range {
+                // A write's block whose member was lost before the write
+                // was acknowledged, in a row the write did not close: its
+                // data may live only in parity that does not match (a
+                // read-modify-write, taken while a member was out, carried
+                // the wrong parity on): the write hole has it.
+                let stays_lost = |sim: &Self, b: usize| {
+                    if rec.lost_during == 0 || sim.open_holes == 0 {
+                        return false;
+                    }
+                    let (s, i, row) = sim.geom.locate(b as u64);
+                    let r = s * sim.geom.strip_blocks() + row;
+                    let m = sim.geom.stripe(s).data[i] as usize;
+                    sim.holes[r as usize] != 0 && rec.lost_during & 1 << m != 0
+                };
+                let lost: Vec<bool> = range.clone().map(|b| stays_lost(self, b)).collect();
+                for (b, lost) in range.zip(lost) {
                     let s = &mut self.blocks[b];
                     debug_assert_eq!(s.pending, Some(rec.id));
                     s.pending = None;
                     if status == IoStatus::Success {
                         s.cur = rec.id;
                         s.alt_since = None;
+                        s.lost = lost;
                     } else {
                         s.alt_since = Some(s.alt_since.map_or(rec.id, |a| a.min(rec.id)));
                     }
@@ -2107,6 +2444,39 @@ impl<'a> Sim<'a> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Resync window or write `rec` (of channel `ch`) succeeded: if every
+    /// member stayed in service (and, for a write, every read it made was
+    /// good), the rows it covered have parity matching their data: the
+    /// resync's (which recomputes the parity from the data, rebuilding a
+    /// strip it failed to read and writing it back, as md does), or the
+    /// reconstruct-write md forces on a stripe that may be unsynced (a
+    /// read-modify-write, taken once a read failed, would carry a wrong
+    /// parity on).
+    fn close_holes_of(&mut self, ch: usize, rec: &ParentRec, resync_window: bool) {
+        let dead = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.dead)
+            .fold(0, |a, (i, _)| a | 1 << i);
+        let lost = self.out_now() | rec.out_seen | self.arr.channels[ch].shared().failed() | dead;
+        if lost != 0 || (rec.read_errors != 0 && !resync_window) || rec.write_failed {
+            return;
+        }
+        let strip = self.geom.strip_blocks();
+        let sdb = self.geom.stripe_data_blocks();
+        if resync_window {
+            let (s0, s1) = (rec.lba / sdb, (rec.lba + rec.blocks).div_ceil(sdb));
+            self.close_holes(s0 * strip..s1 * strip);
+        } else {
+            for b in rec.lba..rec.lba + rec.blocks {
+                let (s, _, row) = self.geom.locate(b);
+                let r = s * strip + row;
+                self.close_holes(r..r + 1);
+            }
+        }
     }
 
     fn redundancy(&self) -> usize {
@@ -2258,6 +2628,15 @@ impl<'a> Sim<'a> {
     /// copy (not the first) or of the parity are damaged it counts exactly
     /// those, repair rewrites them, and a second check finds nothing.
     fn check_and_repair(&mut self) -> Result<(), String> {
+        if self.holes.contains(&DAMAGED) {
+            // The write hole's rows may disagree: md's repair makes their
+            // parity match whatever their data is now, and then every row
+            // must agree.
+            self.sync_pass(IoType::Repair)?;
+            self.close_holes(0..self.holes.len() as u64);
+            self.check_members()
+                .map_err(|e| format!("after repairing the write holes: {e}"))?;
+        }
         let found = self.sync_pass(IoType::Check)?;
         if found != 0 {
             return Err(format!(
@@ -2421,13 +2800,31 @@ impl<'a> Sim<'a> {
                 let at = off + map.member_lba as usize * bs;
                 let strip_of = |m: usize| &self.members[m].data[at..at + strip];
                 let (p, q) = self.parity_of(&map, at, strip);
-                if p != strip_of(map.p as usize) {
-                    return Err(format!("stripe {s}: P on member {} is stale", map.p));
+                let p_ok = p == strip_of(map.p as usize);
+                let q_ok = map.q.is_none_or(|qm| q == strip_of(qm as usize));
+                if p_ok && q_ok {
+                    continue;
                 }
-                if let Some(qm) = map.q {
-                    if q != strip_of(qm as usize) {
-                        return Err(format!("stripe {s}: Q on member {qm} is stale"));
-                    }
+                // Rows a write hole damaged are not known until the final
+                // repair.
+                let rows = map.member_lba..map.member_lba + g.strip_blocks();
+                if let Some(r) = rows
+                    .clone()
+                    .find(|&r| self.holes[r as usize] != DAMAGED && !self.row_consistent(r))
+                {
+                    return Err(format!(
+                        "stripe {s}: {} stale (row {}{})",
+                        if p_ok {
+                            format!("Q on member {}", map.q.unwrap_or(0))
+                        } else {
+                            format!("P on member {}", map.p)
+                        },
+                        r - map.member_lba,
+                        match self.holes[r as usize] {
+                            HOLE => ", a hole no resync or write has closed",
+                            _ => "",
+                        }
+                    ));
                 }
             }
         } else if g.copies() > 1 {
@@ -2495,5 +2892,17 @@ mod tests {
         let mut again = Scenario::write_behind(7, 300);
         again.direct = args.rsplit(' ').next().unwrap().parse().unwrap();
         assert_eq!(format!("{again:?}"), format!("{wb:?}"));
+        // Forced resync modes are named too.
+        let mut forced = Scenario::from_seed(7, crate::scenario::DEFAULT_OPS);
+        forced.resync_faults = !forced.resync_faults;
+        forced.initial_resync = !forced.initial_resync;
+        assert_eq!(
+            replay_args(&forced),
+            format!(
+                "--seed 7 --resync-faults {} --initial-resync {}",
+                u8::from(forced.resync_faults),
+                u8::from(forced.initial_resync)
+            )
+        );
     }
 }

@@ -53,6 +53,7 @@ fn sweep() {
         (0, 0, 0, 0, 0);
     let (mut readd_bm, mut readd_full, mut rebuilds, mut rebuilt, mut skipped) = (0, 0, 0, 0, 0);
     let mut sync_checks = 0;
+    let (mut resync_faults, mut hole_lost, mut initial, mut restarts) = (0, 0, 0, 0);
     let (mut direct_reads, mut direct_writes, mut direct_redone, mut direct_cut) = (0, 0, 0, 0);
     for (seed, level, bitmap, size, r) in &results {
         *levels.entry(level.name()).or_insert(0) += 1;
@@ -65,6 +66,10 @@ fn sweep() {
                 refused += u64::from(o.ended_by_refusal.is_some());
                 readd_bm += o.readds_bitmap;
                 sync_checks += o.sync_checks;
+                resync_faults += o.resync_faults;
+                hole_lost += o.hole_lost_blocks;
+                initial += u64::from(o.initial_resync);
+                restarts += o.resync_restarts;
                 direct_reads += o.direct_reads;
                 direct_writes += o.direct_writes;
                 direct_redone += o.direct_redone;
@@ -106,6 +111,11 @@ fn sweep() {
          {direct_redone} redone as parents after a member I/O failed, \
          {direct_cut} direct member writes cut by crashes"
     );
+    println!(
+        "sweep: {initial} arrays made dirty and resynced from the start; {resync_faults} member \
+         faults injected during resyncs; {restarts} resyncs started again after failed windows; \
+         {hole_lost} blocks lost to write holes"
+    );
     for f in &failures {
         println!("{f}");
     }
@@ -115,6 +125,10 @@ fn sweep() {
         failures.len()
     );
     assert_eq!(levels.len(), 7, "every level must be covered");
+    assert!(
+        initial > 0 && resync_faults > 0 && hole_lost > 0,
+        "no run had member faults during a resync, or none lost blocks to a write hole"
+    );
     assert!(
         direct_reads > 0 && direct_writes > 0 && direct_redone > 0,
         "no run exercised the direct path (and its failures)"
@@ -219,6 +233,38 @@ fn seeds_that_found_bugs() {
     ];
     for (seed, wb) in found {
         if let Err(v) = run(&Scenario::of(seed, DEFAULT_OPS, wb)) {
+            panic!("{v}");
+        }
+    }
+}
+
+/// Seeds that, with member faults during resyncs forced on
+/// (`--resync-faults 1`, and `--initial-resync` as given), once failed on
+/// a checker that forgave too little or a host that misread a failed
+/// resync: they run every time.
+#[test]
+fn resync_fault_seeds_that_found_bugs() {
+    // (seed, write-behind workload, initial resync)
+    let found = [
+        // raid6: a read-modify-write taken while a member was out, into a
+        // stripe the initial resync had not reached, then a data member
+        // lost before the write was acknowledged: its block lives only in
+        // parity that does not match (the write hole).
+        (25, false, true),
+        // raid1/raid10 write-behind: a read error on the fast copy before
+        // the resync got there; the write-mostly copy, a crash having cut
+        // its write short, is read and rewritten over the fast one.
+        (28, true, true),
+        (40036, true, true),
+        // raid4: a member failed and another dead that only reads had met;
+        // the resync cannot finish (the run ends there, not in a hang).
+        (20232, false, false),
+    ];
+    for (seed, wb, initial) in found {
+        let mut sc = Scenario::of(seed, DEFAULT_OPS, wb);
+        sc.resync_faults = true;
+        sc.initial_resync = initial;
+        if let Err(v) = run(&sc) {
             panic!("{v}");
         }
     }
