@@ -633,10 +633,19 @@ impl Meta {
         }
         // A device that was itself being rebuilt when it left was never in
         // sync beyond its recovery offset: the bitmap does not cover that.
+        // A slot another role's device holds now cannot be taken back
+        // (md refuses a desc_nr in use): such a device is added as new.
+        let held = |dn: u32| {
+            self.sbs
+                .iter()
+                .enumerate()
+                .any(|(r, s)| r != role && s.as_ref().is_some_and(|s| s.dev_number == dn))
+        };
         let readd = dev.old_sb.as_ref().filter(|o| {
             o.feature_map & MD_FEATURE_RECOVERY_OFFSET == 0
                 && o.set_uuid == template.set_uuid
                 && o.device_uuid == dev.device_uuid
+                && !held(o.dev_number)
                 && o.dev_roles.get(o.dev_number as usize) == Some(&DevRole::Active(role as u16))
                 && self
                     .bitmap
@@ -646,13 +655,16 @@ impl Meta {
         let (kind, dev_number) = match readd {
             Some(o) => (Recovery::Bitmap, o.dev_number),
             None => {
-                // A new device takes the first free slot of dev_roles: one
+                // A new device takes the first free slot of dev_roles from
+                // raid_disks on (md's choice of a desc_nr, so the slot of a
+                // device that is out, missing or faulty, stays its own
+                // should it come back and be re-added from the bitmap): one
                 // no device of the array holds (a spare slot, or that of a
                 // faulty device since replaced: md frees a removed device's
                 // slot too, else slots run out after enough replacements),
                 // else one past the end.
                 let used: Vec<u32> = self.sbs.iter().flatten().map(|s| s.dev_number).collect();
-                let dn = (0..)
+                let dn = (n as u32..)
                     .find(|d| {
                         !used.contains(d)
                             && template
@@ -2103,6 +2115,75 @@ mod tests {
         assert!(t2.writes.is_empty(), "host:new records new");
     }
 
+    /// A device left out at assembly keeps its dev_roles slot: a new
+    /// device brought into another role meanwhile takes one from
+    /// raid_disks on (md's desc_nr), so the device that was out is re-added
+    /// from the bitmap into its own slot, and no two devices share one
+    /// (the next assembly would put one into the other's role). A device
+    /// whose slot another role's device holds is added as new.
+    #[test]
+    fn a_device_out_keeps_its_slot_for_its_readd() {
+        let mut t = tb(Level::Raid1, 4, Some(4096));
+        let old0 = t.meta.superblock(0).cloned().unwrap();
+        let mut sbs: Vec<Option<Superblock>> =
+            (0..4).map(|m| t.meta.superblock(m).cloned()).collect();
+        for sb in sbs.iter_mut().flatten() {
+            sb.dev_roles[0] = DevRole::Faulty;
+        }
+        sbs[0] = None;
+        let mut state = ArrayState::new_in_sync(4);
+        state.members[0] = MemberState::Missing;
+        state.members[3] = MemberState::Faulty;
+        let bg = crate::bitmap::BitmapGeom::new(&t.meta.geom, 4096).unwrap();
+        t.meta = Meta::new(
+            t.meta.geom.clone(),
+            Arc::new(Shared::with_bitmap(
+                1,
+                Some(crate::bitmap::Bitmap::new(bg.clone())),
+            )),
+            Arc::new(state),
+            sbs,
+            Some(DiskBitmap::new(&bg, [7; 16], 1000)),
+            MetaConfig::default(),
+            0,
+        );
+        t.pump();
+        t.complete(|_| true);
+        t.add_new(3, [33; 16], 4096 + 2048);
+        let dn3 = t.meta.superblock(3).unwrap().dev_number;
+        assert!(dn3 >= 4, "the new device took slot {dn3}");
+        let back = NewMember {
+            device_uuid: old0.device_uuid,
+            sectors: 4096 + 2048,
+            old_sb: Some(old0.clone()),
+            write_mostly: false,
+        };
+        assert_eq!(t.meta.add_member(0, back.clone()), Ok(Recovery::Bitmap));
+        assert_eq!(t.meta.superblock(0).unwrap().dev_number, 0);
+
+        // Its slot held by another role's device: added as new.
+        let mut t = tb(Level::Raid1, 3, Some(4096));
+        t.pump();
+        let mut old = t.meta.superblock(2).cloned().unwrap();
+        t.fail(2);
+        while t.meta.state().members[2] != MemberState::Faulty {
+            t.complete(|_| true);
+        }
+        old.dev_number = 1; // role 1's device holds slot 1
+        old.dev_roles[1] = DevRole::Active(2);
+        let r = t.meta.add_member(
+            2,
+            NewMember {
+                device_uuid: old.device_uuid,
+                sectors: 4096 + 2048,
+                old_sb: Some(old),
+                write_mostly: false,
+            },
+        );
+        assert_eq!(r, Ok(Recovery::Full));
+        assert_ne!(t.meta.superblock(2).unwrap().dev_number, 1);
+    }
+
     #[test]
     fn replaced_devices_free_their_dev_roles_slots() {
         // A role whose device fails and is replaced by a new one, over and
@@ -2121,8 +2202,9 @@ mod tests {
             // Every channel has the state that brought it back.
             t.add_new(1, (i as u128 + 100).to_le_bytes(), 4096 + 2048);
             t.pump();
+            // From raid_disks (2) on, the replaced device's slot freed.
             let dn = t.meta.superblock(1).unwrap().dev_number;
-            assert!(dn < 3, "replacement {i} took slot {dn}");
+            assert!((2..4).contains(&dn), "replacement {i} took slot {dn}");
         }
     }
 
