@@ -5195,22 +5195,29 @@ mod tests {
         }
     }
 
+    /// A raid1 of 3 whose member 2 is being rebuilt, its first 8 blocks
+    /// holding `b0` on member 0 and `b1` on member 1.
+    fn rebuild_host(b0: u8, b1: u8) -> Host {
+        let mut h = Host::with(
+            Level::Raid1,
+            3,
+            64,
+            ChannelConfig::default(),
+            |s| s.members[2] = MemberState::Recovering(0),
+            false,
+        );
+        h.members[0][..8 * 512].fill(b0);
+        h.members[1][..8 * 512].fill(b1);
+        h
+    }
+
     /// A rebuild window writes only the members being rebuilt (md's
     /// recovery), and fails when it cannot write the member it rebuilds:
     /// that member failed, or its write fails.
     #[test]
     fn rebuild_window_writes_only_members_being_rebuilt() {
         let host = |failing: u64| {
-            let mut h = Host::with(
-                Level::Raid1,
-                3,
-                64,
-                ChannelConfig::default(),
-                |s| s.members[2] = MemberState::Recovering(0),
-                false,
-            );
-            h.members[0][..8 * 512].fill(0x11);
-            h.members[1][..8 * 512].fill(0x22);
+            let mut h = rebuild_host(0x11, 0x22);
             h.failing = failing;
             h
         };
@@ -5243,16 +5250,7 @@ mod tests {
     /// as a user read's retry does; the copy is kept, not failed.
     #[test]
     fn rebuild_rewrites_a_source_copy_that_failed_its_read() {
-        let mut h = Host::with(
-            Level::Raid1,
-            3,
-            64,
-            ChannelConfig::default(),
-            |s| s.members[2] = MemberState::Recovering(0),
-            false,
-        );
-        h.members[0][..8 * 512].fill(0x22);
-        h.members[1][..8 * 512].fill(0x22);
+        let mut h = rebuild_host(0x22, 0x22);
         let io = parent(1, IoType::Rebuild { member: 2 }, 0, 8, 0);
         assert!(h.ch.submit(io).is_ok());
         h.pump();

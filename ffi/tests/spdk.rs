@@ -438,6 +438,55 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
     env.cleanup();
 }
 
+/// A target with `n` new 32 MiB files as aio bdevs `{prefix}0`...
+fn tgt_with_aio(env: &Env, prefix: &str, n: usize) -> (Tgt, Vec<PathBuf>) {
+    let files = new_files(env, prefix, n, 32 << 20);
+    let tgt = Tgt::start(env);
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("{prefix}{i}");
+        tgt.ok(env, &["bdev_aio_create", f.to_str().unwrap(), &name, "512"]);
+    }
+    (tgt, files)
+}
+
+/// `bdev_mdraid_create` of raid1 `name` on `members` (fresh files).
+fn raid1_assume_clean(env: &Env, tgt: &Tgt, name: &str, members: &str) {
+    tgt.ok(
+        env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            name,
+            "-r",
+            "raid1",
+            "-b",
+            members,
+            "--assume-clean",
+        ],
+    );
+}
+
+/// Until array `name` runs with its `n` members in sync and no process
+/// (bounded wait).
+fn wait_in_sync(env: &Env, tgt: &Tgt, name: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = tgt.rpc(env, &["bdev_mdraid_get_bdevs", "-n", name]);
+        if ok {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if v[0]["process"].is_null() && member_states(&v[0]) == vec!["in_sync"; n] {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} not in sync: {out}\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// An array stopped and started again by `bdev_mdraid_create` under a
 /// new name records that name in its superblocks (md's `--update=name`):
 /// the target restarted from its saved config finds it by examine under
@@ -448,34 +497,8 @@ fn spdk_tgt_array_started_under_a_new_name_comes_back_under_it() {
         return;
     };
     let _g = serial();
-    let files = new_files(&env, "n", 2, 32 << 20);
-    let mut tgt = Tgt::start(&env);
-    for (i, f) in files.iter().enumerate() {
-        tgt.ok(
-            &env,
-            &[
-                "bdev_aio_create",
-                f.to_str().unwrap(),
-                &format!("a{i}"),
-                "512",
-            ],
-        );
-    }
-    let create = |t: &Tgt, name: &str| {
-        t.ok(
-            &env,
-            &[
-                "bdev_mdraid_create",
-                "-n",
-                name,
-                "-r",
-                "raid1",
-                "-b",
-                "a0 a1",
-                "--assume-clean",
-            ],
-        );
-    };
+    let (mut tgt, files) = tgt_with_aio(&env, "a", 2);
+    let create = |t: &Tgt, name: &str| raid1_assume_clean(&env, t, name, "a0 a1");
     create(&tgt, "old");
     tgt.ok(&env, &["bdev_mdraid_delete", "old"]);
     create(&tgt, "new");
@@ -490,19 +513,7 @@ fn spdk_tgt_array_started_under_a_new_name_comes_back_under_it() {
     }
 
     let tgt = Tgt::start_with(&env, Some(&cfg));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_get_bdevs", "-n", "new"]);
-        if ok && out.contains("\"in_sync\"") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the array did not come back: {out}\n{}",
-            tgt.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_in_sync(&env, &tgt, "new", 2);
     let log = tgt.log_text();
     assert!(log.contains("assembling it as new"), "{log}");
     assert!(log.contains("already assembled from its members"), "{log}");
@@ -520,62 +531,20 @@ fn spdk_tgt_config_saved_while_a_member_was_out() {
         return;
     };
     let _g = serial();
-    let files = new_files(&env, "x", 2, 32 << 20);
-    let mut tgt = Tgt::start(&env);
-    for (i, f) in files.iter().enumerate() {
-        tgt.ok(
-            &env,
-            &[
-                "bdev_aio_create",
-                f.to_str().unwrap(),
-                &format!("x{i}"),
-                "512",
-            ],
-        );
-    }
-    tgt.ok(
-        &env,
-        &[
-            "bdev_mdraid_create",
-            "-n",
-            "rx",
-            "-r",
-            "raid1",
-            "-b",
-            "x0 x1",
-            "--assume-clean",
-        ],
-    );
+    let (mut tgt, _files) = tgt_with_aio(&env, "x", 2);
+    raid1_assume_clean(&env, &tgt, "rx", "x0 x1");
     tgt.ok(&env, &["bdev_mdraid_remove_base_bdev", "x1"]);
     let saved = tgt.ok(&env, &["save_config"]);
     let cfg = env.dir.join("saved.json");
     std::fs::write(&cfg, &saved).unwrap();
     tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "rx", "x1"]);
-    let in_sync = |t: &Tgt| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (ok, out) = t.rpc(&env, &["bdev_mdraid_get_bdevs", "-n", "rx"]);
-            if ok {
-                let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-                if v[0]["process"].is_null() && member_states(&v[0]) == ["in_sync", "in_sync"] {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not in sync: {out}\n{}",
-                t.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    in_sync(&tgt);
+    wait_in_sync(&env, &tgt, "rx", 2);
     let status = tgt.terminate(&env);
     assert!(status.success(), "{}", tgt.log_text());
     drop(tgt);
 
     let tgt = Tgt::start_with(&env, Some(&cfg));
-    in_sync(&tgt);
+    wait_in_sync(&env, &tgt, "rx", 2);
     assert!(
         tgt.log_text()
             .contains("already assembled from its members"),
@@ -886,6 +855,28 @@ fn spdk_dd(env: &Env, cfg: &str, what: &str, args: &[&str]) -> String {
     t
 }
 
+/// spdk_dd: the first 4 MiB of array `r` into `to` (64 KiB blocks).
+fn dd_read(env: &Env, cfg: &str, what: &str, to: &Path) -> String {
+    let to = to.to_str().unwrap();
+    spdk_dd(
+        env,
+        cfg,
+        what,
+        &["--ib", "r", "--of", to, "--bs", "65536", "--count", "64"],
+    )
+}
+
+/// spdk_dd: file `from` onto array `r` (64 KiB blocks).
+fn dd_write(env: &Env, cfg: &str, what: &str, from: &Path) -> String {
+    let from = from.to_str().unwrap();
+    spdk_dd(
+        env,
+        cfg,
+        what,
+        &["--if", from, "--ob", "r", "--bs", "65536"],
+    )
+}
+
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
@@ -919,19 +910,7 @@ fn examine_reassembles_raid5_and_raid1() {
         let data = random_bytes(4 << 20, 7 + n as u64);
         let input = env.dir.join("in");
         std::fs::write(&input, &data).unwrap();
-        let out = spdk_dd(
-            &env,
-            &config(&entries),
-            &format!("{level} write"),
-            &[
-                "--if",
-                input.to_str().unwrap(),
-                "--ob",
-                "r",
-                "--bs",
-                "65536",
-            ],
-        );
+        let out = dd_write(&env, &config(&entries), &format!("{level} write"), &input);
         assert!(out.contains(&format!("created {level} array")), "{out}");
         let uuid = read_sb(&files[0]).set_uuid;
         assert!(
@@ -942,21 +921,7 @@ fn examine_reassembles_raid5_and_raid1() {
         // Only the members in the config: examine assembles the array.
         let only = config(&aio_entries(&files, "a"));
         let back = env.dir.join("back");
-        let out = spdk_dd(
-            &env,
-            &only,
-            &format!("{level} read back"),
-            &[
-                "--ib",
-                "r",
-                "--of",
-                back.to_str().unwrap(),
-                "--bs",
-                "65536",
-                "--count",
-                "64",
-            ],
-        );
+        let out = dd_read(&env, &only, &format!("{level} read back"), &back);
         assert!(
             out.contains("examine: md array") && out.contains(&format!("assembled {level} array")),
             "{level}: not assembled by examine:\n{out}"
@@ -993,21 +958,7 @@ fn examine_reassembles_raid5_and_raid1() {
         // so the next start's examine assembles it degraded by itself.
         // What the verify run left, read whole first:
         let whole = env.dir.join("whole");
-        spdk_dd(
-            &env,
-            &only,
-            &format!("{level} whole"),
-            &[
-                "--ib",
-                "r",
-                "--of",
-                whole.to_str().unwrap(),
-                "--bs",
-                "65536",
-                "--count",
-                "64",
-            ],
-        );
+        dd_read(&env, &only, &format!("{level} whole"), &whole);
         let data = std::fs::read(&whole).unwrap();
         let mut degraded = aio_entries(&files[..n - 1], "a");
         degraded.push(format!(
@@ -1015,18 +966,11 @@ fn examine_reassembles_raid5_and_raid1() {
             members[..n - 1].join(" ")
         ));
         // (The first write commits the superblocks.)
-        let out = spdk_dd(
+        let out = dd_write(
             &env,
             &config(&degraded),
             &format!("{level} started degraded"),
-            &[
-                "--if",
-                whole.to_str().unwrap(),
-                "--ob",
-                "r",
-                "--bs",
-                "65536",
-            ],
+            &whole,
         );
         assert!(out.contains(&format!("assembled {level} array")), "{out}");
         let state: String = (0..n).map(|i| if i < n - 1 { 'A' } else { '.' }).collect();
@@ -1221,19 +1165,7 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     let data = random_bytes(8 << 20, 99);
     let input = env.dir.join("in");
     std::fs::write(&input, &data).unwrap();
-    spdk_dd(
-        &env,
-        &config(&entries),
-        "raid1 write",
-        &[
-            "--if",
-            input.to_str().unwrap(),
-            "--ob",
-            "r",
-            "--bs",
-            "65536",
-        ],
-    );
+    dd_write(&env, &config(&entries), "raid1 write", &input);
     let mut tgt = Tgt::start(&env);
     let aio = |t: &Tgt, name: &str, f: &Path| {
         t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);

@@ -32,27 +32,15 @@ fn fio_plugin_raid5_aio_randwrite_verify() {
     let job = write_cfg(
         &env,
         "raid5.fio",
-        &format!(
-            "[global]\nioengine=spdk_bdev\nspdk_json_conf={}\nspdk_mem=2048\n\
-             env_context=--no-huge --legacy-mem --iova-mode=va --no-pci\n\
-             thread=1\ndirect=1\nrw=randwrite\nbs=4k\niodepth=16\nsize={size}\n\
-             verify=crc32c\ndo_verify=1\nverify_fatal=1\n\
-             [r]\nfilename=r\n",
-            cfg.display()
+        &fio_job(
+            &cfg,
+            &format!(
+                "rw=randwrite\nbs=4k\niodepth=16\nsize={size}\n\
+                 verify=crc32c\ndo_verify=1\nverify_fatal=1\n"
+            ),
         ),
     );
-    let out = env
-        .app(180, std::path::Path::new("fio"), &[&env.so, &plugin])
-        .arg("--output-format=json")
-        .arg(&job)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run fio");
-    let t = text(&out);
-    assert!(out.status.success(), "fio failed ({}):\n{t}", out.status);
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("fio json: {e}:\n{t}"));
+    let (out, v, t) = run_fio(&env, &plugin, &job);
     let j = &v["jobs"][0];
     let (written, verified) = (
         j["write"]["io_bytes"].as_u64().unwrap(),
@@ -119,20 +107,30 @@ fn fio_plugin_raid1_reads_where_the_resync_has_not_been_go_to_the_first_copy() {
     let job = write_cfg(
         &env,
         "raid1.fio",
-        &format!(
-            "[global]\nioengine=spdk_bdev\nspdk_json_conf={}\nspdk_mem=2048\n\
-             env_context=--no-huge --legacy-mem --iova-mode=va --no-pci\n\
-             thread=1\ndirect=1\nrw=randread\nbs=4k\niodepth=32\n\
-             offset=4m\nsize=16m\nverify=pattern\nverify_pattern=0xaa\n\
-             verify_only=1\nverify_fatal=1\n\
-             [r]\nfilename=r\n",
-            cfg.display()
+        &fio_job(
+            &cfg,
+            "rw=randread\nbs=4k\niodepth=32\noffset=4m\nsize=16m\n\
+             verify=pattern\nverify_pattern=0xaa\nverify_only=1\nverify_fatal=1\n",
         ),
     );
+    let (_, v, t) = run_fio(&env, &plugin, &job);
+    let j = &v["jobs"][0];
+    assert_eq!(j["error"], 0, "a read came from another copy:\n{t}");
+    assert_eq!(j["read"]["io_bytes"].as_u64(), Some(16 << 20), "{t}");
+    env.cleanup();
+}
+
+/// Run fio job file `job` with SPDK's bdev plugin and the cdylib
+/// preloaded: its output, its JSON report, and the text of both streams.
+fn run_fio(
+    env: &Env,
+    plugin: &std::path::Path,
+    job: &std::path::Path,
+) -> (std::process::Output, serde_json::Value, String) {
     let out = env
-        .app(180, std::path::Path::new("fio"), &[&env.so, &plugin])
+        .app(180, std::path::Path::new("fio"), &[&env.so, plugin])
         .arg("--output-format=json")
-        .arg(&job)
+        .arg(job)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -141,8 +139,16 @@ fn fio_plugin_raid1_reads_where_the_resync_has_not_been_go_to_the_first_copy() {
     assert!(out.status.success(), "fio failed ({}):\n{t}", out.status);
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("fio json: {e}:\n{t}"));
-    let j = &v["jobs"][0];
-    assert_eq!(j["error"], 0, "a read came from another copy:\n{t}");
-    assert_eq!(j["read"]["io_bytes"].as_u64(), Some(16 << 20), "{t}");
-    env.cleanup();
+    (out, v, t)
+}
+
+/// A fio job on bdev `r` of the SPDK JSON config `cfg`: the plugin's
+/// global options, then `opts` (one `key=value` per line).
+fn fio_job(cfg: &std::path::Path, opts: &str) -> String {
+    format!(
+        "[global]\nioengine=spdk_bdev\nspdk_json_conf={}\nspdk_mem=2048\n\
+         env_context=--no-huge --legacy-mem --iova-mode=va --no-pci\n\
+         thread=1\ndirect=1\n{opts}[r]\nfilename=r\n",
+        cfg.display()
+    )
 }
