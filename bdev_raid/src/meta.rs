@@ -242,9 +242,9 @@ pub struct Meta {
     shutting_down: bool,
     /// Superblocks must be rewritten even with nothing else to record.
     refresh: bool,
-    /// That rewrite covers every member in service, not only those whose
-    /// events lag ([`Meta::record_name`]).
-    refresh_all: bool,
+    /// The array's name changed ([`Meta::record_name`]): a commit records
+    /// it.
+    renamed: bool,
     /// Assembled dirty: the copies/parity must be resynced before the
     /// array may be marked clean again.
     resync_needed: bool,
@@ -382,7 +382,7 @@ impl Meta {
             actions: VecDeque::new(),
             state,
             refresh: lagging,
-            refresh_all: false,
+            renamed: false,
             bits_wanted: !bits_pending.is_empty(),
             bitmap,
             bits_pending,
@@ -901,7 +901,8 @@ impl Meta {
             let mut s = (*self.state).clone();
             s.writable = true;
             self.publish(s);
-        } else if self.pending_fail != 0 {
+        } else if self.pending_fail != 0 || self.renamed {
+            self.renamed = false;
             self.start_commit(self.disk_dirty || self.want_dirty);
         } else if self.refresh {
             self.refresh = false;
@@ -1119,8 +1120,9 @@ impl Meta {
     /// superblock (md's `--update=name`), so that whoever assembles it from
     /// its superblocks (SPDK's examine, after a restart) names it the same:
     /// an array assembled under a new name is otherwise found under its old
-    /// one. The superblocks that record another name are rewritten with the
-    /// current events (no new event) before anything else is committed.
+    /// one. A commit (a new event, as md's superblock updates take, so no
+    /// two superblocks of one events count say different things) records
+    /// it when any superblock records another name.
     pub fn record_name(&mut self, name: &str) {
         let mut differs = false;
         for sb in self.sbs.iter_mut().flatten() {
@@ -1130,8 +1132,7 @@ impl Meta {
             }
         }
         if differs {
-            self.refresh = true;
-            self.refresh_all = true;
+            self.renamed = true;
             self.step();
         }
     }
@@ -1140,13 +1141,12 @@ impl Meta {
     /// short by a crash) with the current ones, without a new event: a
     /// crash during this leaves them no further behind than they were.
     fn start_refresh(&mut self) {
-        let all = std::mem::take(&mut self.refresh_all);
         let lagging: u64 = (0..self.geom.members())
             .filter(|&m| {
                 self.state.members[m].in_service()
                     && self.sbs[m]
                         .as_ref()
-                        .is_some_and(|sb| all || sb.events != self.state.events)
+                        .is_some_and(|sb| sb.events != self.state.events)
             })
             .fold(0, |a, m| a | 1 << m);
         self.rewrite_superblocks(Kind::Refresh, lagging);
@@ -2084,8 +2084,8 @@ mod tests {
     }
 
     /// An array started under another name than its superblocks record
-    /// has every member's superblock rewritten with it, without a new
-    /// event; mdadm's `host:name` form of the same name is left alone.
+    /// has every member's superblock rewritten with it, by a commit (a new
+    /// event); mdadm's `host:name` form of the same name is left alone.
     #[test]
     fn the_name_it_runs_under_is_recorded() {
         let mut t = t(Level::Raid5, 3);
@@ -2101,7 +2101,7 @@ mod tests {
         for m in 0..3 {
             let sb = t.decoded(m);
             assert_eq!(sb.name(), "new");
-            assert_eq!(sb.events, 0, "no new event");
+            assert_eq!(sb.events, 1, "a new event");
         }
         t.complete(|_| true);
         assert!(t.writes.is_empty());

@@ -557,16 +557,16 @@ pub struct SyncStatus {
     frozen: AtomicBool,
     /// The array is stopping: no new window, no new process.
     stopping: AtomicBool,
-    /// The rebuild that ran to its end last (role, device):
-    /// [`SyncStatus::select`] does not start it again for the same device.
+    /// The rebuilds that ran to their end, one (role, device) per role:
+    /// [`SyncStatus::select`] does not start one again for the same device.
     /// One that failed (md's `recovery_disabled`: a rebuild whose source
     /// cannot be read fails the same way each time) until `sync_action
     /// idle`; one that succeeded, while the metadata path has not yet taken
     /// its last report (it would redo the last window).
-    ended_rebuild: std::sync::Mutex<Option<(usize, u64)>>,
+    ended_rebuilds: std::sync::Mutex<Vec<(usize, u64)>>,
     /// A resync ran to its end (done, or with windows failed):
-    /// [`SyncStatus::select`] does not start one again (one stopped by
-    /// `frozen` or by the array stopping did not).
+    /// [`SyncStatus::select`] does not start one again until `sync_action
+    /// idle` (one stopped by `frozen` or by the array stopping did not).
     resync_ended: AtomicBool,
 }
 
@@ -582,7 +582,7 @@ impl Default for SyncStatus {
             frozen: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             resync_ended: AtomicBool::new(false),
-            ended_rebuild: std::sync::Mutex::new(None),
+            ended_rebuilds: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -642,8 +642,10 @@ impl SyncStatus {
         })
     }
 
-    fn ended_rebuild(&self) -> std::sync::MutexGuard<'_, Option<(usize, u64)>> {
-        self.ended_rebuild.lock().unwrap_or_else(|e| e.into_inner())
+    fn ended_rebuilds(&self) -> std::sync::MutexGuard<'_, Vec<(usize, u64)>> {
+        self.ended_rebuilds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// `sync_action frozen` holds back background processes.
@@ -683,7 +685,9 @@ impl SyncStatus {
         let Some(op) = op else {
             self.frozen.store(freeze, Ordering::Release);
             if !freeze {
-                *self.ended_rebuild() = None;
+                // `idle`: what ended may be tried again.
+                self.ended_rebuilds().clear();
+                self.resync_ended.store(false, Ordering::Release);
             }
             if matches!(
                 self.progress().map(|p| p.kind),
@@ -732,16 +736,13 @@ impl SyncStatus {
         if self.stopping() || self.progress().is_some() || self.frozen() {
             return None;
         }
-        if let Some(from) = resync {
-            if self.resync_ended.load(Ordering::Acquire) {
-                return None;
-            }
+        if let Some(from) = resync.filter(|_| !self.resync_ended.load(Ordering::Acquire)) {
             return Some(Start::Resync { from });
         }
-        let ended = *self.ended_rebuild();
+        let ended = self.ended_rebuilds();
         (0..members).find_map(|m| {
             recovery(m)
-                .filter(|info| ended != Some((m, info.device)))
+                .filter(|info| !ended.contains(&(m, info.device)))
                 .map(|info| Start::Rebuild { member: m, info })
         })
     }
@@ -1284,7 +1285,9 @@ impl Driver {
             Job::Rebuild(rb) => {
                 let (member, offset) = (rb.member(), rb.offset());
                 let (copied, skipped) = rb.counts();
-                *status.ended_rebuild() = Some((member, rb.device()));
+                let mut ended = status.ended_rebuilds();
+                ended.retain(|e| e.0 != member);
+                ended.push((member, rb.device()));
                 out.push_back(Output::Note(if failed {
                     Note::RebuildFailed { member, offset }
                 } else {
@@ -1702,6 +1705,42 @@ mod driver_tests {
         d.window_done(&s, false, 0, 0);
         assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
         assert_eq!(s.select(3, Some(cp), none), None, "failed");
+        // The rebuilds still start meanwhile; `idle` lets the resync try
+        // again.
+        assert_eq!(
+            s.select(3, Some(cp), |m| (m == 1).then_some(full(5))),
+            Some(Start::Rebuild {
+                member: 1,
+                info: full(5)
+            })
+        );
+        assert_eq!(s.sync_action(None, false, g.array_blocks()), Ok(false));
+        assert_eq!(
+            s.select(3, Some(cp), none),
+            Some(Start::Resync { from: cp })
+        );
+    }
+
+    /// Two rebuilds that fail (a source both need cannot be read) are
+    /// each not started again, not in turn.
+    #[test]
+    fn two_failed_rebuilds_do_not_take_turns() {
+        let (g, sh, s) = (geom(Level::Raid1, 3), shared(), SyncStatus::default());
+        let mut st = recovering(3, 1, 9);
+        st.members[2] = MemberState::Recovering(0);
+        st.readded[2] = 8;
+        for (m, dev) in [(1, 9), (2, 8)] {
+            let mut d = Driver::rebuild(&g, &sh, &s, m, full(dev), 1 << 16, 0).unwrap();
+            submit(&mut d, &s, &at(0, &st));
+            d.window_done(&s, false, 0, 0);
+            assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
+        }
+        let both = |m| match m {
+            1 => Some(full(9)),
+            2 => Some(full(8)),
+            _ => None,
+        };
+        assert_eq!(s.select(3, None, both), None);
     }
 
     #[test]

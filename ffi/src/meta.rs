@@ -346,13 +346,8 @@ impl MetaHost {
     fn stopped(&self) -> bool {
         match &self.path {
             Path::Bare(_) => true,
-            Path::Md(m) => {
-                if m.is_clean() {
-                    return true;
-                }
-                let s = m.status();
-                self.resync_pending && self.writes == 0 && !s.writable && !s.blocked
-            }
+            // Marked clean, with the resync's checkpoint when one is due.
+            Path::Md(m) => m.is_clean(),
         }
     }
 }

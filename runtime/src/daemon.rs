@@ -523,11 +523,7 @@ impl MetaPath for DaemonMeta {
         r
     }
     fn is_clean(&self) -> bool {
-        if self.inner.is_clean() {
-            return true;
-        }
-        let s = self.inner.meta().status();
-        self.resync_pending && self.shutdown && self.writes.is_empty() && !s.writable && !s.blocked
+        self.inner.is_clean()
     }
     fn poll_output(&mut self) -> Option<MetaOutput> {
         let o = self.inner.poll_output();

@@ -938,3 +938,68 @@ fn frozen_stops_the_initial_resync_and_idle_resumes_it() {
     );
     assert_eq!(check_mismatches(&d, "fz"), 0, "parity disagrees");
 }
+
+/// An orderly stop in the middle of a resync records where the resync got
+/// as `resync_offset`, so the next start resumes there instead of at 0:
+/// stopped while it runs, and with its channels long idle (frozen first,
+/// no user I/O).
+#[test]
+fn an_orderly_stop_mid_resync_records_its_checkpoint() {
+    let _g = serial();
+    for frozen in [false, true] {
+        stop_mid_resync(frozen);
+    }
+}
+
+fn stop_mid_resync(frozen: bool) {
+    let dir = TempDir::new(if frozen { "stopcpf" } else { "stopcp" });
+    let mut d = Daemon::start(&dir, "d1", None);
+    d.ok(
+        "bdev_mdraid_set_options",
+        json!({"process_window_size_kb": 256, "process_max_bandwidth_mb_sec": 4}),
+    );
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let m = format!("s{i}");
+        files.push(old_data_member(&dir, &format!("{m}.img"), 31 * i as u8 + 7));
+        d.aio(&m, &dir.path(&format!("{m}.img")));
+    }
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "sc", "raid_level": "raid1", "base_bdevs": ["s0", "s1"], "bitmap": false}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while array(&d, "sc")["process"]["progress"]["blocks"]
+        .as_u64()
+        .is_none_or(|b| b == 0)
+    {
+        assert!(Instant::now() < deadline, "resync does not move");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if frozen {
+        d.ok(
+            "bdev_mdraid_sync_action",
+            json!({"name": "sc", "action": "frozen"}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !array(&d, "sc")["process"].is_null() {
+            assert!(Instant::now() < deadline, "frozen did not stop it");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Idle for a while: the channels report it before the stop.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(d.term().success(), "{}", d.stderr());
+    let mut buf = vec![0u8; 4096];
+    std::fs::File::open(&files[0])
+        .unwrap()
+        .read_exact_at(&mut buf, 4096)
+        .unwrap();
+    let sb = bdev_raid::ondisk::Superblock::decode(&buf, MEMBER_BYTES / 512).unwrap();
+    assert!(
+        sb.resync_offset > 0 && sb.resync_offset != u64::MAX,
+        "frozen {frozen}: resync_offset {:#x}\n{}",
+        sb.resync_offset,
+        d.stderr()
+    );
+}
