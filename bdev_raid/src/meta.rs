@@ -2083,6 +2083,69 @@ mod tests {
         assert_eq!(sb.array_state(), ".A.AA");
     }
 
+    /// R6 across a degraded start: a member absent when the array was
+    /// started degraded, coming back after the array's first write, is
+    /// not taken for current though it is only one event behind (the
+    /// tolerance for a commit cut short): the superblocks that recorded
+    /// the write say its role is served by no device.
+    #[test]
+    fn a_member_absent_at_a_degraded_start_is_not_current_after_a_write() {
+        use crate::assemble::{assemble, AssembleOptions, Candidate};
+        let mut t = t(Level::Raid1, 3);
+        let absent = t.meta.superblock(2).cloned().unwrap();
+        let mut sbs: Vec<Option<Superblock>> =
+            (0..3).map(|m| t.meta.superblock(m).cloned()).collect();
+        sbs[2] = None;
+        let mut state = ArrayState::new_in_sync(3);
+        state.members[2] = MemberState::Missing;
+        t.meta = Meta::new(
+            t.meta.geom.clone(),
+            t.meta.shared.clone(),
+            Arc::new(state),
+            sbs,
+            None,
+            MetaConfig::default(),
+            0,
+        );
+        t.pump();
+        // The first write: the array is marked dirty, events + 1.
+        t.meta.request(MetaRequest::MarkDirty { channel: 0 });
+        t.pump();
+        let survivors: Vec<Vec<u8>> = (0..2).map(|m| t.decoded(m).encode()).collect();
+        assert_eq!(t.decoded(0).events, absent.events + 1);
+        t.complete(|_| true);
+        let bufs = [survivors[0].clone(), survivors[1].clone(), absent.encode()];
+        let names: Vec<String> = (0..3).map(|i| format!("d{i}")).collect();
+        let cands: Vec<Candidate> = bufs
+            .iter()
+            .zip(&names)
+            .map(|(b, n)| Candidate {
+                name: n,
+                sb: b,
+                sectors: 4096 + 2048,
+            })
+            .collect();
+        let a = assemble(
+            &cands,
+            &AssembleOptions {
+                block_size: 512,
+                ..AssembleOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            a.member_of_role,
+            vec![Some(0), Some(1), None],
+            "{:?}",
+            a.refused
+        );
+        assert!(
+            a.refused[0].1.contains("not an active member"),
+            "{:?}",
+            a.refused
+        );
+    }
+
     /// An array started under another name than its superblocks record
     /// has every member's superblock rewritten with it, by a commit (a new
     /// event); mdadm's `host:name` form of the same name is left alone.
