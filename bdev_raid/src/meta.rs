@@ -2054,18 +2054,14 @@ mod tests {
         assert_eq!(kind, Recovery::Full);
     }
 
-    /// A role with no device at assembly is recorded as md records a
-    /// device no longer in the array: its slot becomes spare, so mdadm
-    /// shows the role missing ('.') and the device, should it come back,
-    /// is no longer taken for an active member.
-    #[test]
-    fn a_missing_role_is_written_spare() {
-        let mut t = t(Level::Raid6, 5);
+    /// A new array of `n` started again without role `missing`'s device.
+    fn missing_at_start(level: Level, n: usize, missing: usize) -> T {
+        let mut t = t(level, n);
         let mut sbs: Vec<Option<Superblock>> =
-            (0..5).map(|m| t.meta.superblock(m).cloned()).collect();
-        sbs[2] = None;
-        let mut state = ArrayState::new_in_sync(5);
-        state.members[2] = MemberState::Missing;
+            (0..n).map(|m| t.meta.superblock(m).cloned()).collect();
+        sbs[missing] = None;
+        let mut state = ArrayState::new_in_sync(n);
+        state.members[missing] = MemberState::Missing;
         t.meta = Meta::new(
             t.meta.geom.clone(),
             t.meta.shared.clone(),
@@ -2076,6 +2072,16 @@ mod tests {
             0,
         );
         t.pump();
+        t
+    }
+
+    /// A role with no device at assembly is recorded as md records a
+    /// device no longer in the array: its slot becomes spare, so mdadm
+    /// shows the role missing ('.') and the device, should it come back,
+    /// is no longer taken for an active member.
+    #[test]
+    fn a_missing_role_is_written_spare() {
+        let mut t = missing_at_start(Level::Raid6, 5, 2);
         t.fail(0);
         let sb = t.decoded(1);
         assert_eq!(sb.dev_roles[2], DevRole::Spare);
@@ -2091,23 +2097,8 @@ mod tests {
     #[test]
     fn a_member_absent_at_a_degraded_start_is_not_current_after_a_write() {
         use crate::assemble::{assemble, AssembleOptions, Candidate};
-        let mut t = t(Level::Raid1, 3);
-        let absent = t.meta.superblock(2).cloned().unwrap();
-        let mut sbs: Vec<Option<Superblock>> =
-            (0..3).map(|m| t.meta.superblock(m).cloned()).collect();
-        sbs[2] = None;
-        let mut state = ArrayState::new_in_sync(3);
-        state.members[2] = MemberState::Missing;
-        t.meta = Meta::new(
-            t.meta.geom.clone(),
-            t.meta.shared.clone(),
-            Arc::new(state),
-            sbs,
-            None,
-            MetaConfig::default(),
-            0,
-        );
-        t.pump();
+        let absent = t(Level::Raid1, 3).meta.superblock(2).cloned().unwrap();
+        let mut t = missing_at_start(Level::Raid1, 3, 2);
         // The first write: the array is marked dirty, events + 1.
         t.meta.request(MetaRequest::MarkDirty { channel: 0 });
         t.pump();
