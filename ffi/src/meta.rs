@@ -168,8 +168,8 @@ pub struct MetaHost {
     writes: usize,
     /// Writes SPDK had no memory for, retried by the tick.
     retry: VecDeque<SbJob>,
-    /// Assembled dirty and not resynced yet: a stop does not wait for a
-    /// clean that cannot come before the resync ends.
+    /// Assembled dirty (or new and not assumed clean) and not resynced
+    /// yet: a resync is due.
     resync_pending: bool,
     /// The bitmap daemon's period, for status.
     daemon_sleep_ms: u64,

@@ -358,9 +358,6 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_create(
     })
 }
 
-/// Whether array `a` is what `p` asks for: its level, its uuid when `p`
-/// names one, and every member it has among `p`'s (a config replayed
-/// after examine assembled the array).
 /// Whether `p` asks for array `a`, which examine assembled (or an earlier
 /// create): the same uuid when `p` names one (as `save_config` writes it:
 /// then whatever members it lists, since a config saved while a member

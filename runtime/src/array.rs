@@ -381,8 +381,7 @@ impl Array {
             let from = r
                 .local::<RefCell<MetaHost>>(a.meta_key)
                 .map_or(0, |h| h.borrow().path.resync_from());
-            let drv = sync::Driver::resync(&a.geom, &a.shared, &a.sync, window_blocks, from, 0);
-            start_driver(r, &a, drv);
+            run_resync(r, &a, window_blocks, from);
         });
     }
 
@@ -1403,6 +1402,12 @@ fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
     }
 }
 
+/// Run the resync whose slot is claimed, from array block `from`.
+fn run_resync(r: &mut Reactor, a: &Arc<Array>, window_blocks: u64, from: u64) {
+    let drv = sync::Driver::resync(&a.geom, &a.shared, &a.sync, window_blocks, from, 0);
+    start_driver(r, a, drv);
+}
+
 /// Start the process `SyncStatus::select` picks, unless one runs: the
 /// resync of a dirty array again (`sync_action frozen` stopped it; the
 /// first starts at assembly, [`Array::start_resync`]), else the rebuild of
@@ -1428,9 +1433,7 @@ fn maybe_start_process(r: &mut Reactor, key: u64) {
             if !a.sync.claim(SyncKind::Resync, 0) {
                 return;
             }
-            let window = sync::resync_window(&a.geom);
-            let drv = sync::Driver::resync(&a.geom, &a.shared, &a.sync, window, from, 0);
-            start_driver(r, &a, drv);
+            run_resync(r, &a, sync::resync_window(&a.geom), from);
         }
         Some(Start::Rebuild { member, info }) => {
             let window = a.process_options().window_blocks(&a.geom);

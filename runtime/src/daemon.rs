@@ -433,12 +433,9 @@ type Members = (Vec<Arc<dyn Device>>, Vec<Probe>);
 struct DaemonMeta {
     inner: MdMeta,
     snap: Arc<Mutex<MetaSnap>>,
-    /// Assembled after an unclean shutdown and not yet resynced: the
-    /// superblocks stay dirty (correctly) and a stop does not wait for a
-    /// clean that cannot come before the resync ends.
+    /// Assembled after an unclean shutdown (or new and not assumed clean)
+    /// and not yet resynced: a resync is due.
     resync_pending: bool,
-    shutdown: bool,
-    writes: HashSet<u64>,
     /// The bitmap daemon's period, for status.
     daemon_sleep_ms: u64,
 }
@@ -477,7 +474,6 @@ impl MetaPath for DaemonMeta {
         self.update();
     }
     fn write_done(&mut self, id: u64, ok: bool) {
-        self.writes.remove(&id);
         self.inner.write_done(id, ok);
         self.update();
     }
@@ -486,7 +482,6 @@ impl MetaPath for DaemonMeta {
         self.update();
     }
     fn shutdown(&mut self) {
-        self.shutdown = true;
         self.inner.shutdown();
         self.update();
     }
@@ -526,11 +521,7 @@ impl MetaPath for DaemonMeta {
         self.inner.is_clean()
     }
     fn poll_output(&mut self) -> Option<MetaOutput> {
-        let o = self.inner.poll_output();
-        if let Some(MetaOutput::Write(w)) = &o {
-            self.writes.insert(w.id);
-        }
-        o
+        self.inner.poll_output()
     }
     fn state(&self) -> Arc<ArrayState> {
         self.inner.state()
@@ -1459,8 +1450,6 @@ impl Daemon {
                 inner: MdMeta::new(meta),
                 snap: snap2,
                 resync_pending: dirty,
-                shutdown: false,
-                writes: HashSet::new(),
                 daemon_sleep_ms: cfg.daemon_sleep_ms,
             };
             dm.update();
