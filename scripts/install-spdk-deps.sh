@@ -6,7 +6,9 @@
 set -euo pipefail
 source "$(dirname "$0")/apt.sh"
 need=()
-compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || need+=(libclang-dev)
+# libclang-dev: libclang itself (libclang.so, not libclang-cpp.so.N, which
+# other packages bring) and the clang headers bindgen parses with.
+compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || need+=(libclang-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

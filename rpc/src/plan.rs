@@ -16,7 +16,7 @@ use bdev_raid::ondisk::{
 
 use crate::error::errno;
 use crate::params::BdevMdraidCreate;
-use crate::types::{BitmapOptions, BitmapSetting, RaidLevel};
+use crate::types::{BdevName, BitmapOptions, BitmapSetting, RaidLevel};
 use crate::RpcError;
 
 /// Strip (md chunk) size when `strip_size_kb` is absent: mdadm's default.
@@ -116,12 +116,12 @@ pub fn strip_for(p: &BdevMdraidCreate) -> u32 {
     }
 }
 
-/// Decide how to bring up the array `p` describes over `probes` (one per
-/// `p.base_bdevs`, in order). Pure: no I/O.
-/// `new_uuid` makes the array UUID of a new array when `p` names none.
 /// The longest array name md's 32-byte `set_name` holds (NUL-ended).
 pub const MD_NAME_MAX: usize = 31;
 
+/// Decide how to bring up the array `p` describes over `probes` (one per
+/// `p.base_bdevs`, in order). Pure: no I/O.
+/// `new_uuid` makes the array UUID of a new array when `p` names none.
 pub fn plan_array(
     p: &BdevMdraidCreate,
     probes: &[Probe],
@@ -357,6 +357,61 @@ pub fn plan_array(
     })
 }
 
+/// Whether `probe` carries an md superblock of array `uuid`.
+pub fn carries_array(probe: &Probe, uuid: [u8; 16]) -> bool {
+    probe.sb.len() >= SB_BLOCK_BYTES
+        && Superblock::decode(&probe.sb, probe.sectors()).is_ok_and(|sb| sb.set_uuid == uuid)
+}
+
+/// [`plan_array`], completed by devices the create does not list.
+///
+/// When `p` names its array (`uuid`, as every create `save_config` writes
+/// does) and the listed members carry that array's superblocks without
+/// serving every role, the devices `scan` offers that carry the same
+/// array's superblocks are assembled with them, as SPDK's examine and md's
+/// `--assemble --scan` find a member wherever it is. That is the case of a
+/// config saved while a member was out, the member added back since.
+/// Assembly's rules (R6) judge the devices found as they judge the listed
+/// ones: a stale one, or one the freshest superblock records faulty, is
+/// refused.
+///
+/// `scan` is called only then; it returns the devices that may be taken
+/// (those no one claims), by name. Returns the create
+/// as planned, with the devices taken listed after the listed ones, their
+/// probes, and the plan.
+pub fn plan_completed(
+    p: &BdevMdraidCreate,
+    mut probes: Vec<Probe>,
+    scan: impl FnOnce() -> Vec<(BdevName, Probe)>,
+    new_uuid: impl Fn() -> [u8; 16],
+) -> (BdevMdraidCreate, Vec<Probe>, Result<Plan, RpcError>) {
+    let plan = plan_array(p, &probes, &new_uuid);
+    let incomplete = match (&plan, p.uuid) {
+        (_, None) => false,
+        _ if !p.superblock => false,
+        (Ok(Plan::Assemble { asm, .. }), _) => asm.member_of_role.iter().any(Option::is_none),
+        (Ok(_), _) => false,
+        (Err(_), Some(u)) => probes.iter().any(|pr| carries_array(pr, u.0)),
+    };
+    let Some(uuid) = p.uuid.filter(|_| incomplete) else {
+        return (p.clone(), probes, plan);
+    };
+    let found: Vec<(BdevName, Probe)> = scan()
+        .into_iter()
+        .filter(|(n, pr)| !p.base_bdevs.contains(n.as_str()) && carries_array(pr, uuid.0))
+        .collect();
+    if found.is_empty() {
+        return (p.clone(), probes, plan);
+    }
+    let mut q = p.clone();
+    for (n, pr) in found {
+        q.base_bdevs.0.push(n);
+        probes.push(pr);
+    }
+    let plan = plan_array(&q, &probes, &new_uuid);
+    (q, probes, plan)
+}
+
 /// The bitmap a new array gets: `(chunk bytes, daemon sleep ms)`, or none.
 /// Levels with redundancy get one unless `bitmap` is false; the default
 /// chunk is mdadm's (at least 64 MiB, larger when the bits would not fit
@@ -590,6 +645,7 @@ pub fn check_add_block_size(name: &str, block_size: u32, array: u32) -> Result<(
 mod tests {
     use super::*;
     use crate::method::decode;
+    use crate::types::Uuid;
     use serde_json::value::RawValue;
 
     fn params(json: &str) -> BdevMdraidCreate {
@@ -795,6 +851,100 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("field `force`"), "{}", e.message);
+    }
+
+    /// A create that names its array and lists only some members is
+    /// completed by devices carrying that array's superblocks; nothing
+    /// else is taken, and nothing is looked for when it is not needed.
+    #[test]
+    fn a_create_naming_its_array_is_completed_by_its_other_members() {
+        let (probes, uuid) = members_of(
+            r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c","bitmap":false}"#,
+            |sbs| sbs.iter_mut().for_each(|sb| sb.resync_offset = 0),
+        );
+        let (other, _) = members_of(
+            r#"{"name":"o","raid_level":"raid5","base_bdevs":"x y z","bitmap":false}"#,
+            |sbs| sbs.iter_mut().for_each(|sb| sb.set_uuid = [7; 16]),
+        );
+        let name = |n: &str| BdevName::new(n).unwrap();
+        let offered = || {
+            vec![
+                (name("x"), other[0].clone()),
+                (name("blank"), blank(1, 65536).remove(0)),
+                (name("c"), probes[2].clone()),
+            ]
+        };
+        let with = |extra: &str| {
+            params(&format!(
+                r#"{{"name":"r","raid_level":"raid5","base_bdevs":"a b"{extra}}}"#
+            ))
+        };
+        let named = with(&format!(r#","uuid":"{}""#, Uuid(uuid)));
+        // Dirty and degraded as listed: refused; completed, it starts whole.
+        assert!(plan_array(&named, &probes[..2], || [4; 16]).is_err());
+        let (q, qp, plan) = plan_completed(&named, probes[..2].to_vec(), offered, || [4; 16]);
+        let names: Vec<&str> = q.base_bdevs.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(qp.len(), 3);
+        match plan.unwrap() {
+            Plan::Assemble { asm, .. } => {
+                assert_eq!(asm.member_of_role, [Some(0), Some(1), Some(2)]);
+                assert_eq!(asm.state.not_in_sync(), 0);
+            }
+            other => panic!("not an assembly: {other:?}"),
+        }
+        // A device the freshest superblocks record faulty is offered and
+        // refused by assembly.
+        let (failed, _) = members_of(
+            r#"{"name":"r","raid_level":"raid5","base_bdevs":"a b c","bitmap":false}"#,
+            |sbs| {
+                for sb in &mut sbs[..2] {
+                    sb.dev_roles[2] = bdev_raid::ondisk::DevRole::Faulty;
+                    sb.events += 5;
+                }
+            },
+        );
+        let named_f = with(&format!(r#","uuid":"{}","force":true"#, Uuid(uuid)));
+        let (q, _, plan) = plan_completed(
+            &named_f,
+            failed[..2].to_vec(),
+            || vec![(name("c"), failed[2].clone())],
+            || [4; 16],
+        );
+        assert_eq!(q.base_bdevs.len(), 3);
+        match plan.unwrap() {
+            Plan::Assemble { asm, .. } => {
+                assert_eq!(asm.member_of_role, [Some(0), Some(1), None]);
+                assert_eq!(asm.refused.len(), 1, "{:?}", asm.refused);
+            }
+            other => panic!("not an assembly: {other:?}"),
+        }
+        // Not looked for: no uuid, every role listed, no superblocks.
+        let never = || -> Vec<(BdevName, Probe)> { panic!("looked for other members") };
+        assert!(
+            plan_completed(&with(""), probes[..2].to_vec(), never, || [4; 16])
+                .2
+                .is_err()
+        );
+        let all = params(&format!(
+            r#"{{"name":"r","raid_level":"raid5","base_bdevs":"a b c","uuid":"{}"}}"#,
+            Uuid(uuid)
+        ));
+        assert!(plan_completed(&all, probes.clone(), never, || [4; 16])
+            .2
+            .is_ok());
+        let fresh = params(&format!(
+            r#"{{"name":"r","raid_level":"raid5","base_bdevs":"a b c","uuid":"{}"}}"#,
+            Uuid([5; 16])
+        ));
+        assert!(matches!(
+            plan_completed(&fresh, blank(3, 65536), never, || [4; 16]).2,
+            Ok(Plan::Create { .. })
+        ));
+        // Nothing found: the listed members' plan stands.
+        let (q, _, plan) = plan_completed(&named, probes[..2].to_vec(), Vec::new, || [4; 16]);
+        assert_eq!(q.base_bdevs.len(), 2);
+        assert!(plan.is_err());
     }
 
     #[test]

@@ -51,7 +51,7 @@ use mdraid_rpc::config::{ConfigError, LoadedConfig, Location};
 use mdraid_rpc::error::errno;
 use mdraid_rpc::params::*;
 use mdraid_rpc::plan::{
-    check_add_block_size, field, initial_sync, plan_array, BitmapPlan, Plan, Probe, CREATE,
+    check_add_block_size, field, initial_sync, plan_completed, BitmapPlan, Plan, Probe, CREATE,
 };
 pub use mdraid_rpc::plan::{DEFAULT_DAEMON_SLEEP_MS, DEFAULT_STRIP_KB};
 use mdraid_rpc::results::*;
@@ -1072,6 +1072,40 @@ impl Daemon {
         Ok((devs, probes))
     }
 
+    /// Devices no one claims, with their md metadata, for
+    /// [`plan_completed`]; `devs` gets the devices, in the same order.
+    /// Unreadable ones are left out.
+    fn unclaimed_probes(
+        &self,
+        array: &str,
+        devs: &mut Vec<Arc<dyn Device>>,
+    ) -> Vec<(BdevName, Probe)> {
+        let mut out = Vec::new();
+        for (d, by) in self.reg.list() {
+            if by.is_some() || d.num_blocks() * (d.block_size() as u64) < 8192 {
+                continue;
+            }
+            match read_sb_area(&self.rt, &d, self.opts.io_timeout) {
+                Ok(sb) => {
+                    out.push((
+                        BdevName::new(d.name()).expect("a registered name is valid"),
+                        Probe {
+                            block_size: d.block_size(),
+                            num_blocks: d.num_blocks(),
+                            sb,
+                        },
+                    ));
+                    devs.push(d);
+                }
+                Err(e) => self.log(format!(
+                    "array {array}: looking for its members: reading `{}`'s superblock area: {e}",
+                    d.name()
+                )),
+            }
+        }
+        out
+    }
+
     fn release_all(&self, names: &[&str]) {
         for n in names {
             self.reg.release(n);
@@ -1080,14 +1114,39 @@ impl Daemon {
 
     fn mdraid_create(&mut self, p: BdevMdraidCreate) -> Result<Value, RpcError> {
         self.check_free(p.name.as_str())?;
-        let (devs, probes) = self.claim_members(&p)?;
+        let (mut devs, probes) = self.claim_members(&p)?;
+        let mut found = Vec::new();
+        let (p, _, plan) = plan_completed(
+            &p,
+            probes,
+            || self.unclaimed_probes(p.name.as_str(), &mut found),
+            || Uuid::random().0,
+        );
+        // Devices found by the scan that the plan took are claimed too.
+        for d in found {
+            if p.base_bdevs.contains(d.name()) && self.reg.claim(d.name(), p.name.as_str()).is_ok()
+            {
+                self.log(format!(
+                    "array {}: `{}` is not listed but carries the array's superblock: offered to assembly as a member",
+                    p.name,
+                    d.name()
+                ));
+                devs.push(d);
+            }
+        }
         let names: Vec<String> = p.base_bdevs.iter().map(|n| n.to_string()).collect();
         let release = |d: &Daemon| {
             for n in &names {
                 d.reg.release(n);
             }
         };
-        let plan = match plan_array(&p, &probes, || Uuid::random().0) {
+        if devs.len() != names.len() {
+            release(self);
+            return Err(RpcError::internal(format!(
+                "{CREATE}: a device found carrying the array's superblock was claimed meanwhile"
+            )));
+        }
+        let plan = match plan {
             Ok(plan) => plan,
             Err(e) => {
                 release(self);
@@ -2383,6 +2442,17 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
             Call::BdevMdraidCreate(p) => {
                 taken(&devs, &arrays, p.name.as_str()).map_err(at)?;
                 let mut probes = Vec::new();
+                let shadow_probe = |d: &ShadowDev| Probe {
+                    block_size: d.block_size,
+                    num_blocks: d.num_blocks,
+                    sb: match &d.file {
+                        Some(path) if d.num_blocks * d.block_size as u64 >= 8192 => {
+                            read_file_sb(path, d.num_blocks * d.block_size as u64)
+                        }
+                        Some(_) => Vec::new(),
+                        None => vec![0; SB_BLOCK_BYTES],
+                    },
+                };
                 for (i, m) in p.base_bdevs.iter().enumerate() {
                     let f = format!("base_bdevs[{i}]");
                     if arrays.contains(m.as_str()) {
@@ -2397,20 +2467,25 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                     if d.claimed {
                         return Err(at(field(f, format!("bdev `{m}` is already claimed"))));
                     }
-                    let sb = match &d.file {
-                        Some(path) if d.num_blocks * d.block_size as u64 >= 8192 => {
-                            read_file_sb(path, d.num_blocks * d.block_size as u64)
-                        }
-                        Some(_) => Vec::new(),
-                        None => vec![0; SB_BLOCK_BYTES],
-                    };
-                    probes.push(Probe {
-                        block_size: d.block_size,
-                        num_blocks: d.num_blocks,
-                        sb,
-                    });
+                    probes.push(shadow_probe(d));
                 }
-                plan_array(p, &probes, || Uuid::random().0).map_err(at)?;
+                let (p, _, plan) = plan_completed(
+                    p,
+                    probes,
+                    || {
+                        devs.iter()
+                            .filter(|(_, d)| !d.claimed)
+                            .map(|(n, d)| {
+                                (
+                                    BdevName::new(n).expect("a defined name is valid"),
+                                    shadow_probe(d),
+                                )
+                            })
+                            .collect()
+                    },
+                    || Uuid::random().0,
+                );
+                plan.map_err(at)?;
                 for m in p.base_bdevs.iter() {
                     if let Some(d) = devs.get_mut(m.as_str()) {
                         d.claimed = true;
