@@ -192,6 +192,13 @@ pub fn assemble(
                 continue;
             }
         };
+        if let Some(why) = shape_differs(&sb, &fresh, level) {
+            refused.push((
+                i,
+                format!("{name}: its superblock does not match the freshest: {why}"),
+            ));
+            continue;
+        }
         if sb.events + 1 < fresh.events {
             refused.push((
                 i,
@@ -320,6 +327,34 @@ pub fn assemble(
         dirty,
         bitmap,
     })
+}
+
+/// How `sb` describes the array otherwise than the freshest superblock
+/// (mdadm's `compare_super`: such a superblock "doesn't match others").
+/// Every host reads the array's shape from any member's superblock, so
+/// only members that agree are used. Linear members keep their own sizes.
+fn shape_differs(sb: &Superblock, fresh: &Superblock, level: Level) -> Option<String> {
+    let fields = [
+        ("level", i64::from(sb.level), i64::from(fresh.level)),
+        ("layout", i64::from(sb.layout), i64::from(fresh.layout)),
+        (
+            "chunk sectors",
+            i64::from(sb.chunksize),
+            i64::from(fresh.chunksize),
+        ),
+        (
+            "raid disks",
+            i64::from(sb.raid_disks),
+            i64::from(fresh.raid_disks),
+        ),
+    ];
+    if let Some((f, a, b)) = fields.iter().find(|(_, a, b)| a != b) {
+        return Some(format!("{f} {a}, not {b}"));
+    }
+    if level != Level::Linear && sb.size != fresh.size {
+        return Some(format!("size {} sectors, not {}", sb.size, fresh.size));
+    }
+    None
 }
 
 /// Read the bitmap of every member used: OR the bits, keep the freshest
@@ -572,6 +607,49 @@ mod tests {
         };
         let a = assemble(&cands(&bufs, &names(3)), &o).unwrap();
         assert_eq!(a.member_of_role, vec![Some(2), None]);
+    }
+
+    /// A member whose superblock describes the array otherwise than the
+    /// freshest (size, level, layout, chunk, raid disks) is refused, as
+    /// mdadm refuses a superblock that "doesn't match others"; so is one
+    /// too small for the array's component size. What is assembled is then
+    /// one array, whichever superblock a host reads a field from.
+    #[test]
+    fn a_member_describing_another_shape_is_refused() {
+        type Edit = fn(&mut Superblock);
+        let edits: [(&str, Edit); 6] = [
+            ("size", |sb| sb.size -= 8),
+            ("level", |sb| sb.level = 6),
+            ("layout", |sb| sb.layout = 0),
+            ("chunk", |sb| sb.chunksize *= 2),
+            ("raid disks", |sb| sb.raid_disks = 5),
+            ("data size", |sb| {
+                sb.data_size = sb.size - 8;
+                sb.size = sb.data_size;
+            }),
+        ];
+        for (what, f) in edits {
+            let mut bufs = array(Level::Raid5, 4, 1);
+            // Member 3 is the freshest; member 1 disagrees with it.
+            edit(&mut bufs[3], |sb| sb.events += 1);
+            edit(&mut bufs[1], f);
+            let a = assemble(&cands(&bufs, &names(4)), &opts()).unwrap();
+            assert_eq!(
+                a.member_of_role,
+                vec![Some(0), None, Some(2), Some(3)],
+                "{what}: {:?}",
+                a.refused
+            );
+            assert!(
+                a.refused
+                    .iter()
+                    .any(|(i, why)| *i == 1 && why.contains("dev1")),
+                "{what}: {:?}",
+                a.refused
+            );
+            let sizes: Vec<u64> = a.superblocks.iter().flatten().map(|sb| sb.size).collect();
+            assert!(sizes.iter().all(|&s| s == sizes[0]), "{what}: {sizes:?}");
+        }
     }
 
     #[test]

@@ -578,7 +578,8 @@ impl Meta {
         let spb = u64::from(self.geom.block_size()) / 512;
         let b = self.resync_cp / spb;
         if self.geom.level().is_parity() {
-            (b / self.geom.strip_blocks()) * self.geom.stripe_data_blocks()
+            // Saturating: a damaged `resync_offset` may lie past the end.
+            (b / self.geom.strip_blocks()).saturating_mul(self.geom.stripe_data_blocks())
         } else {
             b
         }
@@ -2443,5 +2444,36 @@ mod tests {
             0,
         );
         assert_eq!(meta.resync_from(), 10 * 384, "resumes where it stopped");
+    }
+
+    /// A dirty superblock's `resync_offset` past the members' end (damaged,
+    /// or another implementation's) resumes the resync at the end: nothing
+    /// to do there, and no overflow.
+    #[test]
+    fn a_resync_offset_past_the_end_resumes_at_the_end() {
+        for level in [Level::Raid5, Level::Raid1] {
+            let n = 4;
+            let t = t(level, n);
+            let geom = t.meta.geom.clone();
+            for off in [u64::MAX - 1, u64::MAX / 2, 1 << 40] {
+                let sbs: Vec<Option<Superblock>> = (0..n)
+                    .map(|m| {
+                        let mut sb = t.meta.superblock(m).cloned().unwrap();
+                        sb.resync_offset = off;
+                        Some(sb)
+                    })
+                    .collect();
+                let meta = Meta::new(
+                    geom.clone(),
+                    Arc::new(Shared::new(1)),
+                    Arc::new(ArrayState::new_in_sync(n)),
+                    sbs,
+                    None,
+                    MetaConfig::default(),
+                    0,
+                );
+                assert_eq!(meta.resync_from(), geom.array_blocks(), "{level:?} {off}");
+            }
+        }
     }
 }

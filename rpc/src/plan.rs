@@ -612,6 +612,20 @@ pub fn plan_assemble(
             ));
         }
     }
+    // Assembly used only members whose superblocks agree with the
+    // freshest on the size, but linear members each keep their own; the
+    // hosts lay every member out alike.
+    if let Some(sb) = present.iter().find(|sb| sb.size != present[0].size) {
+        return Err(RpcError::errno(
+            errno::ENOTSUP,
+            format!(
+                "{CREATE}: members of array {} use different sizes ({} and {} sectors); not supported",
+                md_uuid(&uuid),
+                sb.size,
+                present[0].size
+            ),
+        ));
+    }
     let spb = bs as u64 / 512;
     let member_data_blocks = present[0].size / spb;
     Ok(Plan::Assemble {
