@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -627,6 +627,14 @@ impl Daemon {
         product: &'static str,
     ) -> Result<Arc<FileDevice>, RpcError> {
         self.check_free(name.as_str())?;
+        // Named here; another process's hold is found by the file's lock.
+        for (d, _) in self.reg.list() {
+            if let DeviceKind::File { path, .. } = d.kind() {
+                if same_file(&path, Path::new(filename)) {
+                    return Err(file_taken(method, filename, d.name()));
+                }
+            }
+        }
         let dev = FileDevice::open(FileOptions {
             name: name.to_string(),
             path: PathBuf::from(filename),
@@ -1246,14 +1254,40 @@ impl Daemon {
                 disk.as_mut().zip(bitmap.as_ref().map(|b| &b.geom)),
             );
         }
-        let mut written = Vec::new();
+        // What the members hold where the metadata goes, put back if the
+        // create fails after writing some of it: a failed create changes
+        // nothing.
+        let mut datas = Vec::new();
+        let mut before = Vec::new();
         for (i, (d, sb)) in devs.iter().zip(&sbs).enumerate() {
             let mut data = sb.encode();
             if let Some(b) = &disk {
                 data.extend_from_slice(&b.encode_area(sb.events));
             }
-            if let Err(e) = write_sb_area(&self.rt, d, &data, self.opts.io_timeout) {
-                self.wipe(&written);
+            data.resize(data.len().max(SB_BLOCK_BYTES), 0);
+            let old = read_at(
+                &self.rt,
+                d,
+                SB_OFFSET_BYTES,
+                data.len(),
+                self.opts.io_timeout,
+            )
+            .map_err(|e| {
+                RpcError::errno(
+                    errno::EIO,
+                    format!(
+                        "{CREATE}: base_bdevs[{i}] `{}`: reading its metadata area: {e}",
+                        d.name()
+                    ),
+                )
+            })?;
+            before.push((d.clone(), old));
+            datas.push(data);
+        }
+        for (i, (d, data)) in devs.iter().zip(&datas).enumerate() {
+            if let Err(e) = write_sb_area(&self.rt, d, data, self.opts.io_timeout) {
+                // Its write may have landed in part.
+                self.restore(&before[..=i]);
                 return Err(RpcError::errno(
                     errno::EIO,
                     format!(
@@ -1262,7 +1296,6 @@ impl Daemon {
                     ),
                 ));
             }
-            written.push(d.clone());
         }
         let snap = Arc::new(Mutex::new(MetaSnap::default()));
         let mut ap = ArrayParams::new(p.name.as_str(), geom.level(), strip_kb, devs.to_vec());
@@ -1290,7 +1323,7 @@ impl Daemon {
         let array = match array {
             Ok(a) => a,
             Err(e) => {
-                self.wipe(&written);
+                self.restore(&before);
                 return Err(e);
             }
         };
@@ -1515,6 +1548,19 @@ impl Daemon {
             Box::new(dm) as Box<dyn MetaPath + Send>
         })
         .map_err(|e| RpcError::errno(errno::EINVAL, format!("{CREATE}: {e}")))
+    }
+
+    /// Write back what `saved` read from each device's metadata area
+    /// (best effort; logged).
+    fn restore(&self, saved: &[(Arc<dyn Device>, Vec<u8>)]) {
+        for (d, data) in saved {
+            if let Err(e) = write_sb_area(&self.rt, d, data, self.opts.io_timeout) {
+                self.log(format!(
+                    "{}: putting its metadata area back after a failed create: {e}",
+                    d.name()
+                ));
+            }
+        }
     }
 
     /// Zero the superblock area of `devs` (best effort; logged).
@@ -2114,12 +2160,36 @@ fn listener_text(v: &ListenerView) -> String {
     }
 }
 
+/// Whether `a` and `b` name the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// `filename` already backs bdev `other`.
+fn file_taken(method: &str, filename: &str, other: &str) -> RpcError {
+    RpcError::invalid_field(
+        method,
+        "filename",
+        format!("{filename} is already bdev `{other}`; a file backs one bdev at a time"),
+    )
+}
+
 fn export_err(e: &crate::export::ExportError) -> RpcError {
     use crate::export::ExportError as E;
     match e {
         E::Exists(_) => RpcError::errno(errno::EEXIST, e.to_string()),
         E::NoSuchExport(_) | E::NoSuchListener(_) => RpcError::errno(errno::ENODEV, e.to_string()),
-        E::Listen(_, io) => RpcError::errno(io.raw_os_error().unwrap_or(errno::EIO), e.to_string()),
+        E::Listen(_, io) => {
+            let no = io.raw_os_error().unwrap_or(match io.kind() {
+                std::io::ErrorKind::AddrInUse => libc::EADDRINUSE,
+                std::io::ErrorKind::AlreadyExists => errno::EEXIST,
+                _ => errno::EIO,
+            });
+            RpcError::errno(no, e.to_string())
+        }
         E::Stopped => RpcError::errno(errno::ECANCELED, e.to_string()),
         E::Invalid(_) => RpcError::invalid_params(format!("mdraid_nbd_export_add: {e}")),
     }
@@ -2353,6 +2423,13 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                 }
                 let (bs, blocks) = file_probe(Path::new(filename), *block_size)
                     .map_err(|msg| at(RpcError::invalid_field(m, "filename", msg)))?;
+                if let Some((other, _)) = devs.iter().find(|(_, d)| {
+                    d.file
+                        .as_deref()
+                        .is_some_and(|f| same_file(f, Path::new(filename)))
+                }) {
+                    return Err(at(file_taken(m, filename, other)));
+                }
                 devs.insert(
                     name.to_string(),
                     ShadowDev {
@@ -2495,6 +2572,11 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
             }
             Call::BdevMdraidDelete(p) if !arrays.remove(p.name.as_str()) => {
                 return Err(at(no_device(p.name.as_str())));
+            }
+            Call::SpdkKillInstance(_) => {
+                return Err(at(RpcError::invalid_params(
+                    "spdk_kill_instance: stops the daemon; a config cannot carry it",
+                )));
             }
             Call::MdraidNbdListenerAdd(p) => {
                 if let Some((ip, _)) = p.tcp() {

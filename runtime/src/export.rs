@@ -55,7 +55,8 @@
 //! (same memory, same file), so a flush on one connection covers the writes
 //! completed on every other. Block sizes: minimum = the array's block size,
 //! preferred = 4096 (parity levels: the strip size), maximum = 32 MiB.
-//! The first export added is also the default export (empty name).
+//! With one export, it is also the default export (empty name); with
+//! several there is none.
 //!
 //! # Lifetimes and stop order (for the daemon)
 //!
@@ -80,7 +81,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -269,7 +270,14 @@ impl ExportCatalog for ConnCatalog {
         let e = {
             let t = lock(&self.inner.exports);
             if name.is_empty() {
-                t.first().cloned()
+                // The default export is the only one: with several, an
+                // empty name is ambiguous, and falling back to whichever
+                // is first would move a client to another array when an
+                // export is removed.
+                match t.as_slice() {
+                    [only] => Some(only.clone()),
+                    _ => None,
+                }
             } else {
                 t.iter().find(|e| e.name == name).cloned()
             }
@@ -445,7 +453,8 @@ impl ExportServer {
         })
     }
 
-    /// Listen on a unix socket (created; an existing socket file is replaced).
+    /// Listen on a unix socket (created; a stale socket file is replaced,
+    /// one a process serves is refused).
     pub fn add_unix_listener(&self, path: &Path) -> Result<(), ExportError> {
         let view = ListenerView::Unix(path.to_path_buf());
         let what = path.display().to_string();
@@ -460,6 +469,14 @@ impl ExportServer {
             ));
         }
         match std::fs::symlink_metadata(path) {
+            // A live socket (another listener, the daemon's own RPC socket,
+            // another process's) is not taken over; a stale one is.
+            Ok(m) if m.file_type().is_socket() && UnixStream::connect(path).is_ok() => {
+                return Err(ExportError::Listen(
+                    what,
+                    io::Error::new(io::ErrorKind::AddrInUse, "a process is serving this socket"),
+                ))
+            }
             Ok(m) if m.file_type().is_socket() => {
                 std::fs::remove_file(path).map_err(|e| ExportError::Listen(what.clone(), e))?
             }

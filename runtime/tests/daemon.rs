@@ -501,6 +501,20 @@ fn bad_params_name_the_field_and_create_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("strip_size_kb"));
+    // Seconds that are no number of seconds are refused, not a panic.
+    for (cmd, opt) in [("rpc", "-t"), ("status", "--watch")] {
+        for bad in ["nan", "inf", "0"] {
+            let mut c = Command::new(BIN);
+            c.args([cmd, "-s"]).arg(&d.sock).arg(format!("{opt}={bad}"));
+            if cmd == "rpc" {
+                c.arg("spdk_get_version");
+            }
+            let out = c.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {opt} {bad}: {err}");
+            assert!(err.contains("seconds must be a number above 0"), "{err}");
+        }
+    }
     // status shows the array.
     let out = Command::new(BIN)
         .args(["status", "-s"])
@@ -718,6 +732,41 @@ fn config_errors_name_the_entry_and_touch_nothing() {
         f.stderr
     );
 
+    // A config that would stop the daemon once it answers an RPC.
+    let cfg = write(
+        "kill.json",
+        vec![
+            entry(0),
+            json!({"method": "spdk_kill_instance", "params": {"sig_name": "SIGTERM"}}),
+        ],
+    );
+    let f = Daemon::try_start(&dir, "e6", Some(&cfg)).expect_err("must not start");
+    assert!(
+        f.stderr.contains("config[1]") && f.stderr.contains("spdk_kill_instance"),
+        "{}",
+        f.stderr
+    );
+
+    // One file as two bdevs (a mirror on one file): refused before
+    // anything is written.
+    let cfg = write(
+        "twice.json",
+        vec![
+            entry(0),
+            json!({"method": "bdev_aio_create", "params": {"name": "c1", "filename": files[0].display().to_string()}}),
+            raid.clone(),
+        ],
+    );
+    let f = Daemon::try_start(&dir, "e5", Some(&cfg)).expect_err("must not start");
+    assert!(
+        f.stderr.contains("config[1]")
+            && f.stderr.contains("field `filename`")
+            && f.stderr.contains("already bdev `c0`"),
+        "{}",
+        f.stderr
+    );
+    assert!(zero(&files[0]), "a superblock was written");
+
     // Members carrying another array: refused, naming the member, and
     // their superblocks are left as they were.
     let good = write("good.json", vec![entry(0), entry(1), raid.clone()]);
@@ -745,6 +794,20 @@ fn config_errors_name_the_entry_and_touch_nothing() {
     // The same over RPC.
     let d = Daemon::start(&dir, "g2", None);
     d.aio("c0", &files[0]);
+    // A file already open as a bdev, here or by another daemon: refused.
+    let e = d.err(
+        "bdev_aio_create",
+        json!({"name": "again", "filename": files[0].display().to_string()}),
+    );
+    expect_field(&e, "filename");
+    assert!(e.message.contains("already bdev `c0`"), "{e}");
+    let other = Daemon::start(&dir, "g3", None);
+    let e = other.err(
+        "bdev_uring_create",
+        json!({"name": "c0", "filename": files[0].display().to_string()}),
+    );
+    assert_eq!(e.code, -16, "{e}");
+    drop(other);
     d.aio("c2", &files[2]);
     let e = d.err(
         "bdev_mdraid_create",
@@ -761,6 +824,55 @@ fn config_errors_name_the_entry_and_touch_nothing() {
     );
     expect_field(&e, "raid_level");
     assert_eq!(d.ok("bdev_mdraid_get_bdevs", Value::Null), json!([]));
+}
+
+/// A create that fails after writing some members' superblocks puts back
+/// what the members held there: a failed create changes nothing.
+#[test]
+fn a_create_failing_midway_puts_the_members_back() {
+    let _g = serial();
+    let dir = TempDir::new("midway");
+    let d = Daemon::start(&dir, "d", None);
+    let files: Vec<PathBuf> = (0..3)
+        .map(|i| dir.member(&format!("h{i}.img"), MEMBER_BYTES))
+        .collect();
+    // Old bytes (no md superblock) where the metadata goes.
+    for (i, f) in files.iter().enumerate() {
+        let old: Vec<u8> = (0..64 << 10).map(|b| (b * 7 + i) as u8 | 1).collect();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .write_all_at(&old, 4096)
+            .unwrap();
+        d.aio(&format!("h{i}"), f);
+    }
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    d.ok("bdev_error_create", json!({"base_name": "h2"}));
+    d.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_h2", "io_type": "write", "error_type": "failure", "num": 100}),
+    );
+    let e = d.err(
+        "bdev_mdraid_create",
+        json!({"name": "he", "raid_level": "raid5", "base_bdevs": ["h0", "h1", "EE_h2"], "strip_size_kb": 64}),
+    );
+    assert!(e.message.contains("base_bdevs[2]"), "{e}");
+    for (f, b) in files.iter().zip(&before) {
+        assert!(
+            std::fs::read(f).unwrap() == *b,
+            "{} changed by a failed create",
+            f.display()
+        );
+    }
+    assert_eq!(d.ok("bdev_mdraid_get_bdevs", Value::Null), json!([]));
+    for n in ["h0", "h1", "EE_h2"] {
+        assert_eq!(
+            d.ok("bdev_get_bdevs", json!({ "name": n }))[0]["claimed"],
+            json!(false),
+            "{n}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- examine
@@ -1218,6 +1330,28 @@ fn nbd_export_with_real_clients() {
         ),
         "address",
     );
+    // A unix socket a process serves is not taken over: not the daemon's
+    // own RPC socket (which goes on answering), not another daemon's.
+    let other = Daemon::start(&dir, "other", None);
+    for sock in [&d.sock, &other.sock] {
+        let e = d.err(
+            "mdraid_nbd_listener_add",
+            json!({"unix_path": sock.display().to_string()}),
+        );
+        assert_eq!(e.code, -libc::EADDRINUSE, "{e}");
+        assert!(e.message.contains("a process is serving"), "{e}");
+    }
+    assert!(other.ok("spdk_get_version", Value::Null).is_object());
+    drop(other);
+    // A regular file there is not replaced.
+    let file = dir.path("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = d.err(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": file.display().to_string()}),
+    );
+    assert_eq!(e.code, -libc::EEXIST, "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
     // A listener given on the command line is not saved.
     let saved = d.ok("save_config", Value::Null);
     assert_eq!(saved["subsystems"][1]["subsystem"], "mdraid");

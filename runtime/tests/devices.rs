@@ -114,6 +114,30 @@ fn file_device_on_tmpfs_falls_back() {
     assert!(rt.shutdown(DEADLINE).drained);
 }
 
+/// A file backs one bdev at a time: a second open (another name, a path
+/// through a symlink) is refused while the first is open, and works once
+/// it is closed.
+#[test]
+fn a_file_is_open_as_one_bdev_at_a_time() {
+    let dir = TempDir::new("once");
+    let p = dir.file("m", 1 << 20);
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink(&p, &link).unwrap();
+    let first = FileDevice::open(FileOptions::new("a", &p)).unwrap();
+    for other in [&p, &link] {
+        match FileDevice::open(FileOptions::new("b", other)) {
+            Err(e @ mdraid_runtime::DevError::InUse(_)) => {
+                assert_eq!(e.errno(), libc::EBUSY);
+                assert!(e.to_string().contains("already open"), "{e}");
+            }
+            Err(e) => panic!("{}: {e}", other.display()),
+            Ok(_) => panic!("{} opened twice", other.display()),
+        }
+    }
+    drop(first);
+    FileDevice::open(FileOptions::new("b", &link)).expect("free again");
+}
+
 #[test]
 fn file_device_errors() {
     let dir = TempDir::new("bad");

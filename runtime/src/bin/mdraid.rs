@@ -42,7 +42,7 @@ enum Cmd {
         #[arg(short = 's', long = "server", default_value = DEFAULT_RPC_SOCKET)]
         sock: PathBuf,
         /// Seconds to wait for the answer.
-        #[arg(short = 't', long, default_value_t = 60.0)]
+        #[arg(short = 't', long, default_value_t = 60.0, value_parser = seconds)]
         timeout: f64,
         /// Method name (`rpc_get_methods` lists them).
         method: String,
@@ -65,7 +65,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Refresh every SECS seconds (default 2) until interrupted.
-        #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+        #[arg(long, num_args = 0..=1, default_missing_value = "2", value_parser = seconds)]
         watch: Option<f64>,
     },
 }
@@ -391,6 +391,15 @@ fn print_client_error(e: &ClientError) {
             );
         }
         other => eprintln!("mdraid rpc: {other}"),
+    }
+}
+
+/// A number of seconds: finite and above 0.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!("`{s}`: seconds must be a number above 0")),
+        Err(e) => Err(format!("`{s}`: {e}")),
     }
 }
 

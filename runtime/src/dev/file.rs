@@ -63,6 +63,9 @@ impl FileOptions {
     }
 }
 
+/// How long opening a file waits for another holder to let it go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn io_err(path: &Path, err: std::io::Error) -> DevError {
     DevError::Io {
         path: path.to_path_buf(),
@@ -70,12 +73,19 @@ fn io_err(path: &Path, err: std::io::Error) -> DevError {
     }
 }
 
-fn open(path: &Path, direct: bool) -> std::io::Result<File> {
+/// Open read-write; a block device exclusively (`O_EXCL`: not while
+/// mounted or held by md, as mdadm opens members).
+fn open(path: &Path, direct: bool, block_device: bool) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(true).write(true);
+    let mut flags = 0;
     if direct {
-        o.custom_flags(libc::O_DIRECT);
+        flags |= libc::O_DIRECT;
     }
+    if block_device {
+        flags |= libc::O_EXCL;
+    }
+    o.custom_flags(flags);
     o.open(path)
 }
 
@@ -117,14 +127,17 @@ impl FileDevice {
                 "block_size {bs} is smaller than the device's logical block size {native}"
             )));
         }
-        let (mut file, mut direct) = match open(&path, true) {
+        let (mut file, mut direct) = match open(&path, true, block_device) {
             Ok(f) => (f, true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(
                     "{}: O_DIRECT refused at open; using buffered I/O",
                     path.display()
                 );
-                (open(&path, false).map_err(|e| io_err(&path, e))?, false)
+                (
+                    open(&path, false, block_device).map_err(|e| io_err(&path, e))?,
+                    false,
+                )
             }
             Err(e) => return Err(io_err(&path, e)),
         };
@@ -149,11 +162,27 @@ impl FileDevice {
                         "{}: O_DIRECT reads refused; using buffered I/O",
                         path.display()
                     );
-                    file = open(&path, false).map_err(|e| io_err(&path, e))?;
+                    file = open(&path, false, block_device).map_err(|e| io_err(&path, e))?;
                     direct = false;
                 } else {
                     return Err(io_err(&path, e));
                 }
+            }
+        }
+        // One bdev per file, across processes too: two bdevs on one file
+        // would let two arrays (or both legs of one mirror) write it
+        // unbeknown to each other. The lock goes with the descriptor. A
+        // process that just died may hold it a little longer (its
+        // io_uring's references are dropped after it exits): bounded wait.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(DevError::InUse(path)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
             }
         }
         Ok(Arc::new(FileDevice {

@@ -216,6 +216,9 @@ pub enum DevError {
     Exists(String),
     #[error("bdev {name} is claimed by {by}")]
     Claimed { name: String, by: String },
+    /// The file is open as another bdev, here or in another process.
+    #[error("{0}: already open as another bdev (of this or another mdraid process); a file backs one bdev at a time")]
+    InUse(PathBuf),
 }
 
 impl DevError {
@@ -227,7 +230,7 @@ impl DevError {
             DevError::NoUring(_) => libc::ENOTSUP,
             DevError::NotFound(_) => libc::ENODEV,
             DevError::Exists(_) => libc::EEXIST,
-            DevError::Claimed { .. } => libc::EBUSY,
+            DevError::Claimed { .. } | DevError::InUse(_) => libc::EBUSY,
         }
     }
 }
