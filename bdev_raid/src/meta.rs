@@ -163,6 +163,10 @@ pub struct MetaStatus {
     pub writable: bool,
     pub members: Vec<MemberState>,
     pub bitmap: Option<BitmapStatus>,
+    /// A resync is due (after a crash, or a new array's initial one): the
+    /// sector of each member it resumes from (what an orderly stop records
+    /// as `resync_offset`).
+    pub resync_from_sector: Option<u64>,
 }
 
 /// The write-intent bitmap, for the status API.
@@ -437,6 +441,7 @@ impl Meta {
             dirty: self.disk_dirty,
             writable: self.state.writable,
             members: self.state.members.clone(),
+            resync_from_sector: self.resync_needed.then_some(self.resync_cp),
             bitmap: self.bitmap.as_ref().map(|b| {
                 let words = self.shared.bitmap.as_ref().unwrap();
                 BitmapStatus {

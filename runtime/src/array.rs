@@ -160,6 +160,8 @@ pub struct Array {
     /// Newest committed state, for status queries (the I/O path never
     /// looks at it).
     state: Mutex<Arc<ArrayState>>,
+    /// `stop` began: the channels refuse new I/O, background processes end.
+    closing: AtomicBool,
     stopped: AtomicBool,
     /// What the channels share (locks, bitmap words).
     shared: Arc<Shared>,
@@ -267,6 +269,7 @@ impl Array {
             meta_reactor: p.meta_reactor,
             rt: rt.clone(),
             state: Mutex::new(state.clone()),
+            closing: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             shared: Arc::new(Shared::with_bitmap(
                 rt.reactors(),
@@ -628,6 +631,7 @@ impl Array {
     /// array clean), then remove the channels and the metadata path from
     /// the reactors. Call from a non-reactor thread.
     pub fn stop(self: &Arc<Self>, timeout: Duration) -> Result<(), ArrayError> {
+        self.closing.store(true, Ordering::Release);
         let n = self.rt.reactors();
         for i in 0..n {
             let id = self.id;
@@ -1333,6 +1337,12 @@ impl IoDone for SyncDriver {
         let a = &self.array;
         let cap = a.process_options().max_mb_per_sec;
         let ok = status == IoStatus::Success;
+        if !ok && a.closing.load(Ordering::Acquire) {
+            // Refused by the stop, not by a member: the process ends here,
+            // its checkpoint where its last good window left it.
+            self.end();
+            return;
+        }
         let now = self.now_ms();
         self.drv.borrow_mut().window_done(&a.sync, ok, now, cap);
         self.outputs(r);
@@ -1347,7 +1357,7 @@ impl IoDone for SyncDriver {
 fn sync_next(r: &mut Reactor, drv: &Rc<SyncDriver>) {
     let a = &drv.array;
     loop {
-        if a.stopped.load(Ordering::Relaxed) {
+        if a.closing.load(Ordering::Acquire) || a.stopped.load(Ordering::Relaxed) {
             drv.end();
             return;
         }

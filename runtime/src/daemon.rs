@@ -22,7 +22,7 @@
 //! Every failure leaves nothing half-created: claims are released, written
 //! superblocks are wiped, and no array is left behind.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
@@ -123,6 +123,8 @@ struct MetaSnap {
     writable: bool,
     offline: bool,
     bitmap: Option<MdraidBitmapInfo>,
+    /// A resync is due, from this member sector.
+    resync_from_sector: Option<u64>,
 }
 
 /// An array the daemon runs.
@@ -451,6 +453,7 @@ impl DaemonMeta {
             dirty: s.dirty,
             writable: s.writable,
             offline: s.offline,
+            resync_from_sector: s.resync_from_sector,
             bitmap: s.bitmap.map(|b| MdraidBitmapInfo {
                 chunk_kb: (b.chunk_bytes / 1024) as u32,
                 daemon_sleep_ms: daemon_sleep_ms as u32,
@@ -2133,6 +2136,11 @@ impl Daemon {
                             "array {}: stopped, left dirty (it needs a resync after an unclean shutdown)",
                             a.name
                         );
+                    } else if let Some(at) = snap.and_then(|s| s.resync_from_sector) {
+                        tracing::info!(
+                            "array {}: stopped before its resync ended; the superblocks record resync_offset {at} (sectors), where the next start resumes it",
+                            a.name
+                        );
                     } else {
                         tracing::info!("array {}: stopped clean", a.name);
                     }
@@ -2352,8 +2360,10 @@ fn read_file_sb(path: &Path, size: u64) -> Vec<u8> {
 /// (create, assemble, or refuse). Reads only. `Err` names the entry.
 pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
     let mut devs: BTreeMap<String, ShadowDev> = BTreeMap::new();
-    let mut arrays: HashSet<String> = HashSet::new();
-    let mut exports: HashSet<String> = HashSet::new();
+    // Arrays by name: their level and members.
+    let mut arrays: BTreeMap<String, (RaidLevel, Vec<String>)> = BTreeMap::new();
+    // NBD exports: export name -> array.
+    let mut exports: BTreeMap<String, String> = BTreeMap::new();
     let mut malloc_next = 0u32;
     let mut malloc_used = 0u64;
     for e in &cfg.entries {
@@ -2362,8 +2372,10 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
             method: Some(e.call.method().name().to_string()),
             error: err,
         };
-        let taken = |devs: &BTreeMap<String, ShadowDev>, arrays: &HashSet<String>, n: &str| {
-            if devs.contains_key(n) || arrays.contains(n) {
+        let taken = |devs: &BTreeMap<String, ShadowDev>,
+                     arrays: &BTreeMap<String, (RaidLevel, Vec<String>)>,
+                     n: &str| {
+            if devs.contains_key(n) || arrays.contains_key(n) {
                 Err(RpcError::errno(
                     errno::EEXIST,
                     format!("bdev {n} already exists (defined earlier in the file)"),
@@ -2379,7 +2391,7 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                     None => loop {
                         let n = format!("Malloc{malloc_next}");
                         malloc_next += 1;
-                        if !devs.contains_key(&n) && !arrays.contains(&n) {
+                        if !devs.contains_key(&n) && !arrays.contains_key(&n) {
                             break n;
                         }
                     },
@@ -2532,7 +2544,7 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                 };
                 for (i, m) in p.base_bdevs.iter().enumerate() {
                     let f = format!("base_bdevs[{i}]");
-                    if arrays.contains(m.as_str()) {
+                    if arrays.contains_key(m.as_str()) {
                         return Err(at(field(
                             f,
                             format!("`{m}` is an mdraid array; arrays cannot be members"),
@@ -2568,10 +2580,83 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                         d.claimed = true;
                     }
                 }
-                arrays.insert(p.name.to_string());
+                arrays.insert(
+                    p.name.to_string(),
+                    (
+                        p.raid_level,
+                        p.base_bdevs.iter().map(|n| n.to_string()).collect(),
+                    ),
+                );
             }
-            Call::BdevMdraidDelete(p) if !arrays.remove(p.name.as_str()) => {
-                return Err(at(no_device(p.name.as_str())));
+            Call::BdevMdraidDelete(p) => {
+                let name = p.name.as_str();
+                if let Some((export, _)) = exports.iter().find(|(_, a)| a.as_str() == name) {
+                    return Err(at(RpcError::errno(
+                        errno::EBUSY,
+                        format!("array {name} is exported over NBD as `{export}`; remove the export first (mdraid_nbd_export_remove)"),
+                    )));
+                }
+                if arrays.remove(name).is_none() {
+                    return Err(at(no_device(name)));
+                }
+            }
+            Call::BdevMdraidSyncAction(p) => {
+                let Some((level, _)) = arrays.get(p.name.as_str()) else {
+                    return Err(at(no_device(p.name.as_str())));
+                };
+                let redundant = !matches!(level, RaidLevel::Raid0 | RaidLevel::Linear);
+                p.check_redundant(&level.to_string(), redundant)
+                    .map_err(at)?;
+            }
+            Call::BdevMdraidSetWriteMostly(BdevMdraidSetWriteMostly { name, .. })
+                if !arrays.contains_key(name.as_str()) =>
+            {
+                return Err(at(no_device(name.as_str())));
+            }
+            Call::BdevMdraidAddBaseBdev(p) => {
+                let Some((_, members)) = arrays.get_mut(p.raid_bdev.as_str()) else {
+                    return Err(at(RpcError::invalid_field(
+                        "bdev_mdraid_add_base_bdev",
+                        "raid_bdev",
+                        format!(
+                            "`{}` is not an mdraid array defined earlier in the file",
+                            p.raid_bdev
+                        ),
+                    )));
+                };
+                shadow_claim(
+                    &mut devs,
+                    p.base_bdev.as_str(),
+                    "base_bdev",
+                    e.call.method(),
+                )
+                .map_err(at)?;
+                members.push(p.base_bdev.to_string());
+            }
+            Call::BdevMdraidRemoveBaseBdev(p) => {
+                let name = p.name.as_str();
+                let Some((array, (level, members))) = arrays
+                    .iter_mut()
+                    .find(|(_, (_, m))| m.iter().any(|n| n == name))
+                else {
+                    return Err(at(RpcError::invalid_field(
+                        "bdev_mdraid_remove_base_bdev",
+                        "name",
+                        format!(
+                            "bdev `{name}` is not a member of an array defined earlier in the file"
+                        ),
+                    )));
+                };
+                if matches!(level, RaidLevel::Raid0 | RaidLevel::Linear) {
+                    return Err(at(RpcError::errno(
+                        errno::EBUSY,
+                        format!("bdev_mdraid_remove_base_bdev: `{name}` holds data no other member of `{array}` has: removing it would take the array offline"),
+                    )));
+                }
+                members.retain(|n| n != name);
+                if let Some(d) = devs.get_mut(name) {
+                    d.claimed = false;
+                }
             }
             Call::SpdkKillInstance(_) => {
                 return Err(at(RpcError::invalid_params(
@@ -2579,12 +2664,32 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                 )));
             }
             Call::MdraidNbdListenerAdd(p) => {
-                if let Some((ip, _)) = p.tcp() {
+                if let Some((ip, port)) = p.tcp() {
                     if !ip.is_loopback() {
                         return Err(at(RpcError::invalid_field(
                             "mdraid_nbd_listener_add",
                             "address",
                             format!("{ip} is not a loopback address"),
+                        )));
+                    }
+                    // Taken by another process: found now, before a member
+                    // is touched (listeners come after the arrays).
+                    if port != 0 {
+                        if let Err(err) = std::net::TcpListener::bind((ip, port)) {
+                            return Err(at(RpcError::invalid_field(
+                                "mdraid_nbd_listener_add",
+                                "port",
+                                format!("{ip}:{port}: {err}"),
+                            )));
+                        }
+                    }
+                }
+                if let Some(path) = &p.unix_path {
+                    if UnixStream::connect(path).is_ok() {
+                        return Err(at(RpcError::invalid_field(
+                            "mdraid_nbd_listener_add",
+                            "unix_path",
+                            format!("{path}: a process is serving this socket"),
                         )));
                     }
                 }
@@ -2604,7 +2709,7 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                 }
             }
             Call::MdraidNbdExportAdd(p) => {
-                if !arrays.contains(p.bdev_name.as_str()) {
+                if !arrays.contains_key(p.bdev_name.as_str()) {
                     return Err(at(RpcError::invalid_field(
                         "mdraid_nbd_export_add",
                         "bdev_name",
@@ -2614,12 +2719,24 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
                         ),
                     )));
                 }
-                if !exports.insert(p.export_name().to_string()) {
+                if exports
+                    .insert(p.export_name().to_string(), p.bdev_name.to_string())
+                    .is_some()
+                {
                     return Err(at(RpcError::errno(
                         errno::EEXIST,
                         format!("NBD export `{}` defined twice", p.export_name()),
                     )));
                 }
+            }
+            Call::MdraidNbdExportRemove(p) if exports.remove(&p.export_name).is_none() => {
+                return Err(at(RpcError::errno(
+                    errno::ENODEV,
+                    format!(
+                        "no NBD export `{}` defined earlier in the file",
+                        p.export_name
+                    ),
+                )));
             }
             _ => {}
         }
@@ -2734,6 +2851,13 @@ impl RpcServer {
         host: Arc<Mutex<H>>,
         on_answer: Arc<dyn Fn(&mut H) + Send + Sync>,
     ) -> std::io::Result<RpcServer> {
+        let listener = Self::bind(path)?;
+        Self::serve(path, listener, host, on_answer)
+    }
+
+    /// The first half of [`RpcServer::start`]: the socket, bound (clients
+    /// that connect wait until [`RpcServer::serve`] accepts them).
+    pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
                 return Err(std::io::Error::new(
@@ -2746,8 +2870,18 @@ impl RpcServer {
             }
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        UnixListener::bind(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// The second half of [`RpcServer::start`]: serve `host` on `listener`,
+    /// bound at `path` by [`RpcServer::bind`].
+    pub fn serve<H: Host + Send + 'static>(
+        path: &Path,
+        listener: UnixListener,
+        host: Arc<Mutex<H>>,
+        on_answer: Arc<dyn Fn(&mut H) + Send + Sync>,
+    ) -> std::io::Result<RpcServer> {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(AtomicUsize::new(0));

@@ -55,8 +55,8 @@
 //! (same memory, same file), so a flush on one connection covers the writes
 //! completed on every other. Block sizes: minimum = the array's block size,
 //! preferred = 4096 (parity levels: the strip size), maximum = 32 MiB.
-//! With one export, it is also the default export (empty name); with
-//! several there is none.
+//! The default export (empty name) is the one named "", or else the only
+//! export; with several, none.
 //!
 //! # Lifetimes and stop order (for the daemon)
 //!
@@ -269,17 +269,14 @@ impl ExportCatalog for ConnCatalog {
     fn lookup(&self, name: &str) -> Option<ExportInfo> {
         let e = {
             let t = lock(&self.inner.exports);
-            if name.is_empty() {
-                // The default export is the only one: with several, an
-                // empty name is ambiguous, and falling back to whichever
-                // is first would move a client to another array when an
-                // export is removed.
-                match t.as_slice() {
-                    [only] => Some(only.clone()),
-                    _ => None,
-                }
-            } else {
-                t.iter().find(|e| e.name == name).cloned()
+            match (t.iter().find(|e| e.name == name), t.as_slice()) {
+                (Some(e), _) => Some(e.clone()),
+                // Without one named so, the default export is the only one:
+                // with several, an empty name is ambiguous, and falling back
+                // to whichever is first would move a client to another
+                // array when an export is removed.
+                (None, [only]) if name.is_empty() => Some(only.clone()),
+                _ => None,
             }
         }?;
         let info = e.info.clone();

@@ -951,6 +951,31 @@ fn an_orderly_stop_mid_resync_records_its_checkpoint() {
     }
 }
 
+/// A stop right after a create, its initial resync running at full
+/// speed: the resync ends at its checkpoint, not in a storm of windows
+/// "failed" because the stopping array refused them.
+#[test]
+fn a_stop_right_after_a_create_is_no_resync_failure() {
+    let _g = serial();
+    let dir = TempDir::new("stopnow");
+    let mut d = Daemon::start(&dir, "d1", None);
+    d.aio_members(&dir, "q", 3, 256 << 20);
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "qn", "raid_level": "raid5", "base_bdevs": ["q0", "q1", "q2"], "strip_size_kb": 64}),
+    );
+    assert!(d.term().success(), "{}", d.stderr());
+    let log = d.stderr();
+    assert!(!log.contains("window failed"), "{log}");
+    assert!(!log.contains("resync ended with"), "{log}");
+    if !log.contains("resync done") {
+        assert!(
+            log.contains("array qn: stopped before its resync ended"),
+            "{log}"
+        );
+    }
+}
+
 fn stop_mid_resync(frozen: bool) {
     let dir = TempDir::new(if frozen { "stopcpf" } else { "stopcp" });
     let mut d = Daemon::start(&dir, "d1", None);
@@ -1001,5 +1026,18 @@ fn stop_mid_resync(frozen: bool) {
         "frozen {frozen}: resync_offset {:#x}\n{}",
         sb.resync_offset,
         d.stderr()
+    );
+    // The log says so, and the stop is no resync failure.
+    let log = d.stderr();
+    assert!(
+        log.contains(&format!(
+            "array sc: stopped before its resync ended; the superblocks record resync_offset {}",
+            sb.resync_offset
+        )),
+        "frozen {frozen}: {log}"
+    );
+    assert!(
+        !log.contains("window failed") && !log.contains("stopped clean"),
+        "frozen {frozen}: {log}"
     );
 }

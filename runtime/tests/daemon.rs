@@ -732,6 +732,122 @@ fn config_errors_name_the_entry_and_touch_nothing() {
         f.stderr
     );
 
+    // Entries that fail after the arrays (found by the preflight), and a
+    // command-line listener that cannot be: refused before a member is
+    // touched.
+    let mdraid_cfg = |name: &str, bdev: Vec<Value>, mdraid: Vec<Value>| {
+        let p = dir.path(name);
+        std::fs::write(
+            &p,
+            serde_json::to_string(&json!({"subsystems": [
+                {"subsystem": "bdev", "config": bdev},
+                {"subsystem": "mdraid", "config": mdraid}
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        p
+    };
+    let raid0 = json!({"method": "bdev_mdraid_create", "params": {"name": "r", "raid_level": "raid0", "base_bdevs": ["c0", "c1"], "strip_size_kb": 64}});
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    for (tag, cfg, want) in [
+        (
+            "sync0",
+            write(
+                "sync0.json",
+                vec![
+                    entry(0),
+                    entry(1),
+                    raid0.clone(),
+                    json!({"method": "bdev_mdraid_sync_action", "params": {"name": "r", "action": "check"}}),
+                ],
+            ),
+            "field `action`",
+        ),
+        (
+            "rm0",
+            write(
+                "rm0.json",
+                vec![
+                    entry(0),
+                    entry(1),
+                    raid0.clone(),
+                    json!({"method": "bdev_mdraid_remove_base_bdev", "params": {"name": "c1"}}),
+                ],
+            ),
+            "take the array offline",
+        ),
+        (
+            "addnone",
+            write(
+                "addnone.json",
+                vec![
+                    entry(0),
+                    entry(1),
+                    raid.clone(),
+                    json!({"method": "bdev_mdraid_add_base_bdev", "params": {"raid_bdev": "r", "base_bdev": "nosuch"}}),
+                ],
+            ),
+            "field `base_bdev`",
+        ),
+        (
+            "delexp",
+            mdraid_cfg(
+                "delexp.json",
+                vec![entry(0), entry(1), raid.clone()],
+                vec![
+                    json!({"method": "mdraid_nbd_export_add", "params": {"bdev_name": "r"}}),
+                    json!({"method": "bdev_mdraid_delete", "params": {"name": "r"}}),
+                ],
+            ),
+            "exported over NBD",
+        ),
+        (
+            "port",
+            mdraid_cfg(
+                "port.json",
+                vec![entry(0), entry(1), raid.clone()],
+                vec![
+                    json!({"method": "mdraid_nbd_listener_add", "params": {"address": "127.0.0.1", "port": busy_port}}),
+                ],
+            ),
+            "field `port`",
+        ),
+    ] {
+        let f = Daemon::try_start(&dir, tag, Some(&cfg)).expect_err("must not start");
+        assert!(f.stderr.contains(want), "{tag}: {}", f.stderr);
+        assert!(
+            zero(&files[0]) && zero(&files[1]),
+            "{tag}: a superblock was written"
+        );
+    }
+    drop(busy);
+    let good = write("clean.json", vec![entry(0), entry(1), raid.clone()]);
+    for (tag, flag, val) in [
+        ("tcp", "--nbd-tcp", "192.0.2.1:10809".to_string()),
+        (
+            "unix",
+            "--nbd-unix",
+            dir.path("nodir/nbd.sock").display().to_string(),
+        ),
+    ] {
+        let (mut args, _) = serve_args(&dir, tag, Some(&good));
+        args.extend([flag.to_string(), val]);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tag}: {err}");
+        assert!(err.contains("NBD listener"), "{tag}: {err}");
+        assert!(
+            zero(&files[0]) && zero(&files[1]),
+            "{tag}: a superblock was written"
+        );
+        assert!(
+            !dir.path(&format!("{tag}.sock")).exists(),
+            "{tag}: RPC socket left"
+        );
+    }
+
     // A config that would stop the daemon once it answers an RPC.
     let cfg = write(
         "kill.json",

@@ -259,6 +259,16 @@ fn serve(a: ServeArgs) -> ExitCode {
         ));
     }
 
+    // Bound before a member is touched (clients wait until it serves).
+    let rpc_listener = match RpcServer::bind(&a.rpc_socket) {
+        Ok(l) => l,
+        Err(e) => return fail(format!("RPC socket: {e}")),
+    };
+    let rpc_path = a.rpc_socket.clone();
+    let unbind = move || {
+        let _ = std::fs::remove_file(&rpc_path);
+    };
+
     block_stop_signals();
     let rt = match Runtime::start(RuntimeConfig {
         cores,
@@ -270,7 +280,10 @@ fn serve(a: ServeArgs) -> ExitCode {
         ..RuntimeConfig::default()
     }) {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("starting reactors: {e}")),
+        Err(e) => {
+            unbind();
+            return fail(format!("starting reactors: {e}"));
+        }
     };
     let opts = DaemonOptions {
         stop_timeout: Duration::from_secs(a.stop_timeout),
@@ -281,7 +294,26 @@ fn serve(a: ServeArgs) -> ExitCode {
         d.shutdown();
         drop(d);
         rt.shutdown(Duration::from_secs(10));
+        unbind();
     };
+    // The command line's NBD listeners before the config: they touch no
+    // member, so a bad one stops the start before anything is written.
+    let mut listeners: Vec<MdraidNbdListener> = a
+        .nbd_unix
+        .iter()
+        .map(|p| MdraidNbdListener {
+            unix_path: Some(p.clone()),
+            address: None,
+            port: None,
+        })
+        .collect();
+    listeners.extend(tcp);
+    for l in listeners {
+        if let Err(e) = daemon.add_listener(l, false) {
+            stop_all(daemon, rt);
+            return fail(format!("NBD listener: {}", e.message));
+        }
+    }
     if let Some(loaded) = &loaded {
         let path = a.json.as_deref().unwrap_or(Path::new("?"));
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -306,22 +338,6 @@ fn serve(a: ServeArgs) -> ExitCode {
             }
         }
     }
-    let mut listeners: Vec<MdraidNbdListener> = a
-        .nbd_unix
-        .iter()
-        .map(|p| MdraidNbdListener {
-            unix_path: Some(p.clone()),
-            address: None,
-            port: None,
-        })
-        .collect();
-    listeners.extend(tcp);
-    for l in listeners {
-        if let Err(e) = daemon.add_listener(l, false) {
-            stop_all(daemon, rt);
-            return fail(format!("NBD listener: {}", e.message));
-        }
-    }
     let uris = daemon.nbd_uris();
     let daemon = Arc::new(Mutex::new(daemon));
     let on_answer: Arc<dyn Fn(&mut Daemon) + Send + Sync> = Arc::new(|d: &mut Daemon| {
@@ -332,7 +348,8 @@ fn serve(a: ServeArgs) -> ExitCode {
             }
         }
     });
-    let mut server = match RpcServer::start(&a.rpc_socket, daemon.clone(), on_answer) {
+    let mut server = match RpcServer::serve(&a.rpc_socket, rpc_listener, daemon.clone(), on_answer)
+    {
         Ok(s) => s,
         Err(e) => {
             let d = match Arc::try_unwrap(daemon) {
