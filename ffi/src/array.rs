@@ -637,7 +637,9 @@ impl Array {
                 }
             })
             .collect();
-        let (present, operational) = mdraid_rpc::results::member_counts(&st);
+        let (present, operational) = mdraid_rpc::results::member_counts(&st, |r| {
+            members.get(r).is_some_and(Option::is_some)
+        });
         let array_state = if offline {
             "inactive"
         } else if snap.blocked {

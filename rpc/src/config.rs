@@ -102,6 +102,19 @@ pub enum Skipped {
     Method { location: Location, method: String },
 }
 
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skipped::Subsystem { name, entries } => {
+                write!(f, "subsystem `{name}` ({entries} entries): not served here")
+            }
+            Skipped::Method { location, method } => {
+                write!(f, "{location}: {method}: no meaning here")
+            }
+        }
+    }
+}
+
 /// A parsed, validated config.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadedConfig {
@@ -258,6 +271,18 @@ pub fn parse_config(text: &str) -> Result<LoadedConfig, ConfigError> {
             ))
         })?;
         let config = sub.config.unwrap_or_default();
+        // A misspelt served subsystem would be skipped whole, arrays and
+        // all: refused instead (no SPDK subsystem begins with these).
+        let folded = sub.subsystem.trim().to_ascii_lowercase();
+        if let Some(meant) = SERVED_SUBSYSTEMS
+            .iter()
+            .find(|s| folded.starts_with(*s) && sub.subsystem != **s)
+        {
+            return Err(ConfigError::doc(format!(
+                "subsystems[{si}]: `{}` is no subsystem; `{meant}` was meant? (names are exact)",
+                sub.subsystem.escape_debug()
+            )));
+        }
         if !SERVED_SUBSYSTEMS.contains(&sub.subsystem.as_str()) {
             loaded.skipped.push(Skipped::Subsystem {
                 name: sub.subsystem,

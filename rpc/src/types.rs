@@ -196,19 +196,23 @@ impl FromStr for Uuid {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "`{}` is not a UUID (expected the form 01234567-89ab-cdef-0123-456789abcdef)",
+                "`{}` is not a UUID (expected the form 01234567-89ab-cdef-0123-456789abcdef, or md's 01234567:89abcdef:01234567:89abcdef)",
                 s.escape_debug()
             )
         };
         let b = s.as_bytes();
-        if b.len() != 36 {
-            return Err(bad());
-        }
+        // RFC 4122's form, or md's (`mdadm --examine`, `mdraid examine`):
+        // the same bytes in the same order.
+        let (sep, at): (u8, &[usize]) = match b.len() {
+            36 => (b'-', &[8, 13, 18, 23]),
+            35 => (b':', &[8, 17, 26]),
+            _ => return Err(bad()),
+        };
         let mut out = [0u8; 16];
         let mut nib = 0usize;
         for (i, &c) in b.iter().enumerate() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                if c != b'-' {
+            if at.contains(&i) {
+                if c != sep {
                     return Err(bad());
                 }
                 continue;

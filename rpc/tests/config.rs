@@ -142,6 +142,28 @@ fn err(text: &str) -> String {
     parse_config(text).unwrap_err().to_string()
 }
 
+/// A misspelt `bdev` or `mdraid` would be skipped whole, its arrays with
+/// it: refused, naming it.
+#[test]
+fn a_misspelt_served_subsystem_is_refused() {
+    for name in ["BDEV", "Bdev", "bdevs", " bdev", "mdraid2", "MDRAID"] {
+        let text = format!(r#"{{"subsystems":[{{"subsystem":"{name}","config":[]}}]}}"#);
+        let e = err(&text);
+        assert!(
+            e.contains("subsystems[0]") && e.contains("was meant"),
+            "{name}: {e}"
+        );
+    }
+    let c = parse_config(
+        r#"{"subsystems":[{"subsystem":"bdev","config":[]},{"subsystem":"iobuf","config":[]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.skipped.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ["subsystem `iobuf` (0 entries): not served here"]
+    );
+}
+
 fn one_entry(entry: &str) -> String {
     format!(
         r#"{{"subsystems":[{{"subsystem":"accel","config":[]}},{{"subsystem":"bdev","config":[{{"method":"bdev_malloc_create","params":{{"name":"m0","num_blocks":8,"block_size":512}}}},{entry}]}}]}}"#

@@ -801,11 +801,21 @@ fn nbd_methods() {
 fn uuid_and_names() {
     let u: Uuid = "01234567-89AB-cdef-0123-456789abcdef".parse().unwrap();
     assert_eq!(u.to_string(), "01234567-89ab-cdef-0123-456789abcdef");
+    // md's form (mdadm --examine's Array UUID): the same bytes.
+    let md: Uuid = "01234567:89abcdef:01234567:89ABCDEF".parse().unwrap();
+    assert_eq!(md.to_string(), "01234567-89ab-cdef-0123-456789abcdef");
+    assert_eq!(
+        bdev_raid::assemble::md_uuid(&md.0),
+        "01234567:89abcdef:01234567:89abcdef"
+    );
     for bad in [
         "",
         "0123456789abcdef0123456789abcdef",
         "01234567-89ab-cdef-0123-456789abcdef0",
         "0123456-789ab-cdef-0123-456789abcdef",
+        "01234567:89abcdef:01234567-89abcdef",
+        "01234567:89abcdef:0123456:789abcdef",
+        "01234567-89abcdef:01234567:89abcdef",
     ] {
         assert!(bad.parse::<Uuid>().is_err(), "{bad}");
     }

@@ -562,6 +562,15 @@ impl Daemon {
         self.reg.get(name).is_some() || self.arrays.iter().any(|a| a.name == name)
     }
 
+    /// `name` names no array: ENODEV, saying so when it is another bdev.
+    fn no_array(&self, name: &str) -> RpcError {
+        if self.reg.get(name).is_some() {
+            RpcError::errno(errno::ENODEV, format!("bdev {name} is not an mdraid array"))
+        } else {
+            no_device(name)
+        }
+    }
+
     fn check_free(&self, name: &str) -> Result<(), RpcError> {
         if self.name_taken(name) {
             return Err(RpcError::errno(
@@ -955,7 +964,8 @@ impl Daemon {
                 }
             })
             .collect();
-        let (present, operational) = mdraid_rpc::results::member_counts(&st);
+        let (present, operational) =
+            mdraid_rpc::results::member_counts(&st, |r| a.roles[r].is_some() && !a.released[r]);
         let array_state = if offline {
             "inactive"
         } else if snap.is_some_and(|s| s.blocked) {
@@ -1020,7 +1030,7 @@ impl Daemon {
         if let Some(n) = &p.name {
             v.retain(|a| a.name == n.as_str());
             if v.is_empty() {
-                return Err(no_device(n.as_str()));
+                return Err(self.no_array(n.as_str()));
             }
         }
         v.retain(|a| match p.category {
@@ -1581,7 +1591,7 @@ impl Daemon {
     fn mdraid_sync_action(&mut self, p: BdevMdraidSyncAction) -> Result<Value, RpcError> {
         let name = p.name.as_str();
         let Some(a) = self.arrays.iter().find(|a| a.name == name) else {
-            return Err(no_device(name));
+            return Err(self.no_array(name));
         };
         let g = a.array.geometry();
         p.check_redundant(g.level().name(), g.redundancy() > 0)?;
@@ -1606,7 +1616,7 @@ impl Daemon {
         let name = p.name.as_str();
         let bname = p.base_bdev.as_str();
         let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
-            return Err(no_device(name));
+            return Err(self.no_array(name));
         };
         let a = &self.arrays[idx];
         let Some(role) =
@@ -1675,7 +1685,7 @@ impl Daemon {
         let name = p.raid_bdev.as_str();
         let bname = p.base_bdev.as_str();
         let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
-            return Err(no_device(name));
+            return Err(self.no_array(name));
         };
         let a = &self.arrays[idx];
         if p.write_mostly && a.array.geometry().copies() < 2 {
@@ -1850,7 +1860,7 @@ impl Daemon {
     fn mdraid_delete(&mut self, p: BdevMdraidDelete) -> Result<Value, RpcError> {
         let name = p.name.as_str();
         let Some(idx) = self.arrays.iter().position(|a| a.name == name) else {
-            return Err(no_device(name));
+            return Err(self.no_array(name));
         };
         if let Some(e) = self.exports.iter().find(|e| e.bdev_name.as_str() == name) {
             return Err(RpcError::errno(
@@ -2858,6 +2868,12 @@ impl RpcServer {
     /// The first half of [`RpcServer::start`]: the socket, bound (clients
     /// that connect wait until [`RpcServer::serve`] accepts them).
     pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not a socket", path.display()),
+            ));
+        }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
                 return Err(std::io::Error::new(

@@ -471,6 +471,23 @@ fn bad_params_name_the_field_and_create_nothing() {
             .code,
         -19
     );
+    // A bdev that is no array, named where an array is wanted.
+    for (m, params) in [
+        ("bdev_mdraid_delete", json!({"name": "m0"})),
+        ("bdev_mdraid_get_bdevs", json!({"name": "m0"})),
+        (
+            "bdev_mdraid_sync_action",
+            json!({"name": "m0", "action": "check"}),
+        ),
+        (
+            "bdev_mdraid_add_base_bdev",
+            json!({"raid_bdev": "m0", "base_bdev": "m1"}),
+        ),
+    ] {
+        let e = d.err(m, params);
+        assert_eq!(e.code, -19, "{m}: {e}");
+        assert!(e.message.contains("m0 is not an mdraid array"), "{m}: {e}");
+    }
     // Adding a member to an array with every role served is refused.
     let e = d.err(
         "bdev_mdraid_add_base_bdev",
@@ -847,6 +864,27 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             "{tag}: RPC socket left"
         );
     }
+    // A core the machine does not have (SPDK refuses it too).
+    let out = Command::new(BIN)
+        .args(["serve", "--interrupt", "--cores", "1000", "-r"])
+        .arg(dir.path("cores.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("core 1000 is not online"), "{err}");
+    // An RPC socket path that is a regular file is not replaced.
+    let plain = dir.path("plain.txt");
+    std::fs::write(&plain, b"keep").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--interrupt", "--cores", "0", "-r"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read(&plain).unwrap(), b"keep");
 
     // A config that would stop the daemon once it answers an RPC.
     let cfg = write(

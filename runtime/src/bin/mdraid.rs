@@ -225,6 +225,17 @@ fn serve(a: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    // As SPDK refuses a core mask naming cores the machine does not have.
+    if let Ok(online) = std::fs::read_to_string("/sys/devices/system/cpu/online") {
+        if let Ok(have) = parse_core_list(&online) {
+            if let Some(c) = cores.iter().find(|c| !have.contains(c)) {
+                return fail(format!(
+                    "core {c} is not online here (online: {}); give cores with -m or --cores",
+                    online.trim()
+                ));
+            }
+        }
+    }
     let mut tcp = Vec::new();
     for t in &a.nbd_tcp {
         match parse_tcp(t) {
@@ -246,7 +257,7 @@ fn serve(a: ServeArgs) -> ExitCode {
                 return fail(format!("{}: {e}", path.display()));
             }
             for s in &loaded.skipped {
-                tracing::info!("config: skipped {s:?}");
+                tracing::info!("{}: skipped {s}", path.display());
             }
             Some(loaded)
         }
