@@ -2121,12 +2121,20 @@ impl Daemon {
     }
 
     /// Orderly stop: close NBD (in-flight requests finish), stop every
-    /// array (drain, mark clean), newest first. Returns the arrays that
-    /// did not stop cleanly.
+    /// array (drain, mark clean), newest first, all within
+    /// `stop_timeout`. Returns the arrays that did not stop cleanly.
     pub fn shutdown(&mut self) -> Vec<String> {
+        // One budget for the whole stop: NBD's drain and every array's.
+        let deadline = Instant::now() + self.opts.stop_timeout;
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100))
+        };
         if self.export_used {
             let srv = self.export.clone();
-            if std::panic::catch_unwind(AssertUnwindSafe(|| srv.stop())).is_err() {
+            let grace = crate::export::DRAIN_GRACE.min(left());
+            if std::panic::catch_unwind(AssertUnwindSafe(|| srv.stop_within(grace))).is_err() {
                 tracing::warn!("the NBD export server did not stop cleanly");
             }
             self.export_used = false;
@@ -2135,7 +2143,7 @@ impl Daemon {
         self.listeners.clear();
         let mut failed = Vec::new();
         while let Some(a) = self.arrays.pop() {
-            match a.array.stop(self.opts.stop_timeout) {
+            match a.array.stop(left()) {
                 Ok(()) => {
                     let snap = a
                         .snap

@@ -1029,6 +1029,60 @@ fn a_create_failing_midway_puts_the_members_back() {
     }
 }
 
+/// A write a member never answers: SIGTERM stops the daemon within its
+/// `--stop-timeout` (plus the hard close of NBD clients and the reactors'
+/// last wait), exit status 1 naming the array that did not stop cleanly.
+#[test]
+fn a_stop_with_a_write_stuck_on_a_member_is_bounded() {
+    use mdraid_nbd::client::Client;
+    use mdraid_nbd::proto::CMD_WRITE;
+    let _g = serial();
+    let dir = TempDir::new("stuck");
+    let nbd = dir.path("nbd.sock");
+    let mut d = Daemon::try_start_with(
+        &dir,
+        "d",
+        None,
+        &[
+            "--stop-timeout",
+            "2",
+            "--nbd-unix",
+            &nbd.display().to_string(),
+        ],
+    )
+    .unwrap_or_else(|f| panic!("{f:?}"));
+    d.aio_members(&dir, "k", 2, MEMBER_BYTES);
+    d.ok("bdev_error_create", json!({"base_name": "k1"}));
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "st", "raid_level": "raid1", "base_bdevs": ["k0", "EE_k1"], "assume_clean": true}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "st"}));
+    d.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_k1", "io_type": "write", "error_type": "pending", "num": 100}),
+    );
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "st").unwrap();
+    c.send(CMD_WRITE, 0, 0, 4096, &[7u8; 4096]).unwrap();
+    // The write is held: the superblock that marks the array dirty before
+    // it (or the write itself) never completes on EE_k1.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let st = d.term();
+    let took = t.elapsed();
+    assert_eq!(st.code(), Some(1), "{}", d.stderr());
+    assert!(
+        d.stderr().contains("arrays not stopped cleanly: st"),
+        "{}",
+        d.stderr()
+    );
+    // 2 s for NBD and the arrays, 5 s for clients closed hard, 2 s for
+    // the reactors; a slow machine gets slack (it took 22 s or more when
+    // each part had its own fixed wait).
+    assert!(took < Duration::from_secs(15), "the stop took {took:?}");
+    drop(c);
+}
+
 // ---------------------------------------------------------------- examine
 
 #[test]

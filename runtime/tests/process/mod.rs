@@ -90,7 +90,18 @@ pub fn serve_args(dir: &TempDir, tag: &str, cfg: Option<&Path>) -> (Vec<String>,
 
 impl Daemon {
     pub fn try_start(dir: &TempDir, tag: &str, cfg: Option<&Path>) -> Result<Daemon, Failed> {
-        let (args, sock) = serve_args(dir, tag, cfg);
+        Self::try_start_with(dir, tag, cfg, &[])
+    }
+
+    /// [`Daemon::try_start`] with more `mdraid serve` arguments.
+    pub fn try_start_with(
+        dir: &TempDir,
+        tag: &str,
+        cfg: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<Daemon, Failed> {
+        let (mut args, sock) = serve_args(dir, tag, cfg);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let out = dir.path(&format!("{tag}.out"));
         let err = dir.path(&format!("{tag}.err"));
         let child = Command::new(BIN)
