@@ -249,6 +249,34 @@ pub fn plan_array(
 
     // Which array the members belong to.
     let uuids: Vec<[u8; 16]> = found.iter().flatten().map(|sb| sb.set_uuid).collect();
+    // Blank members beside an array's: a create (no uuid) of a new array
+    // over an old member, or an assembly with a stray bdev? Ambiguous, so
+    // refused (mdadm --create asks before it overwrites such a member).
+    let is_blank = |pr: &Probe| {
+        pr.sb.len() < SB_BLOCK_BYTES
+            || matches!(
+                Superblock::decode(&pr.sb, pr.sectors()),
+                Err(SbError::BadMagic { .. })
+            )
+    };
+    if let (None, Some(md), Some(blank)) = (
+        p.uuid,
+        found.iter().position(Option::is_some),
+        probes.iter().position(is_blank),
+    ) {
+        let sb = found[md].as_ref().expect("found");
+        return Err(field(
+            format!("base_bdevs[{blank}]"),
+            format!(
+                "`{}` carries no md superblock while `{}` carries array {} (`{}`): to start that array, list its members only (or give its `uuid`); to make a new array, wipe `{}` first (bdev_mdraid_delete with clear_sb)",
+                p.base_bdevs.0[blank],
+                p.base_bdevs.0[md],
+                md_uuid(&sb.set_uuid),
+                sb.name(),
+                p.base_bdevs.0[md]
+            ),
+        ));
+    }
     if let Some(first) = uuids.first() {
         let target = p.uuid.map(|u| u.0).unwrap_or(*first);
         for (i, sb) in found.iter().enumerate() {
@@ -959,6 +987,33 @@ mod tests {
         let (q, _, plan) = plan_completed(&named, probes[..2].to_vec(), Vec::new, || [4; 16]);
         assert_eq!(q.base_bdevs.len(), 2);
         assert!(plan.is_err());
+    }
+
+    /// A blank bdev beside an array's member, without the array's uuid:
+    /// a new array over an old member, or the old array with a stray bdev?
+    /// Refused, naming the blank one; with the uuid it is an assembly.
+    #[test]
+    fn blank_and_md_members_without_a_uuid_are_refused() {
+        let (probes, uuid) = raid1_members(|_| {});
+        let mixed = vec![blank(1, 65536).remove(0), probes[0].clone()];
+        let p =
+            params(r#"{"name":"n","raid_level":"raid1","base_bdevs":["c","a"],"bitmap":false}"#);
+        let e = plan_array(&p, &mixed, || [4; 16]).unwrap_err();
+        assert!(e.message.contains("field `base_bdevs[0]`"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("`c` carries no md superblock while `a` carries"),
+            "{}",
+            e.message
+        );
+        let p = params(&format!(
+            r#"{{"name":"n","raid_level":"raid1","base_bdevs":["c","a"],"bitmap":false,"uuid":"{}"}}"#,
+            Uuid(uuid)
+        ));
+        match plan_array(&p, &mixed, || [4; 16]).unwrap() {
+            Plan::Assemble { asm, .. } => assert_eq!(asm.member_of_role, [Some(1), None]),
+            other => panic!("not an assembly: {other:?}"),
+        }
     }
 
     #[test]
