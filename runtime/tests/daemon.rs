@@ -690,6 +690,14 @@ fn config_errors_name_the_entry_and_touch_nothing() {
         p
     };
     let zero = |p: &Path| sb_area(p).iter().all(|b| *b == 0);
+    // The daemon does not start with `cfg`; its error says every `want`.
+    let refused = |tag: &str, cfg: &Path, want: &[&str]| {
+        let f = Daemon::try_start(&dir, tag, Some(cfg)).expect_err("must not start");
+        assert_ne!(f.code, Some(0));
+        for w in want {
+            assert!(f.stderr.contains(w), "{tag}: no `{w}` in {}", f.stderr);
+        }
+    };
 
     // A params error in the 4th entry: nothing created, exit non-zero.
     let cfg = write(
@@ -701,13 +709,7 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             json!({"method": "bdev_malloc_create", "params": {"num_blocks": 8, "block_size": 1000}}),
         ],
     );
-    let f = Daemon::try_start(&dir, "e1", Some(&cfg)).expect_err("must not start");
-    assert_ne!(f.code, Some(0));
-    assert!(
-        f.stderr.contains("config[3]") && f.stderr.contains("field `block_size`"),
-        "{}",
-        f.stderr
-    );
+    refused("e1", &cfg, &["config[3]", "field `block_size`"]);
     assert!(
         zero(&files[0]) && zero(&files[1]),
         "a superblock was written"
@@ -724,12 +726,7 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             json!({"method": "bdev_mdraid_create", "params": {"name": "q", "raid_level": "raid1", "base_bdevs": ["c2", "nope"]}}),
         ],
     );
-    let f = Daemon::try_start(&dir, "e2", Some(&cfg)).expect_err("must not start");
-    assert!(
-        f.stderr.contains("config[4]") && f.stderr.contains("base_bdevs[1]"),
-        "{}",
-        f.stderr
-    );
+    refused("e2", &cfg, &["config[4]", "base_bdevs[1]"]);
     assert!(
         zero(&files[0]) && zero(&files[1]),
         "a superblock was written"
@@ -742,12 +739,7 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             json!({"method": "bdev_aio_create", "params": {"name": "z", "filename": dir.path("nope.img").display().to_string()}}),
         ],
     );
-    let f = Daemon::try_start(&dir, "e3", Some(&cfg)).expect_err("must not start");
-    assert!(
-        f.stderr.contains("config[0]") && f.stderr.contains("filename"),
-        "{}",
-        f.stderr
-    );
+    refused("e3", &cfg, &["config[0]", "filename"]);
 
     // Entries that fail after the arrays (found by the preflight), and a
     // command-line listener that cannot be: refused before a member is
@@ -832,8 +824,7 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             "field `port`",
         ),
     ] {
-        let f = Daemon::try_start(&dir, tag, Some(&cfg)).expect_err("must not start");
-        assert!(f.stderr.contains(want), "{tag}: {}", f.stderr);
+        refused(tag, &cfg, &[want]);
         assert!(
             zero(&files[0]) && zero(&files[1]),
             "{tag}: a superblock was written"
@@ -894,12 +885,7 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             json!({"method": "spdk_kill_instance", "params": {"sig_name": "SIGTERM"}}),
         ],
     );
-    let f = Daemon::try_start(&dir, "e6", Some(&cfg)).expect_err("must not start");
-    assert!(
-        f.stderr.contains("config[1]") && f.stderr.contains("spdk_kill_instance"),
-        "{}",
-        f.stderr
-    );
+    refused("e6", &cfg, &["config[1]", "spdk_kill_instance"]);
 
     // One file as two bdevs (a mirror on one file): refused before
     // anything is written.
@@ -911,13 +897,10 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             raid.clone(),
         ],
     );
-    let f = Daemon::try_start(&dir, "e5", Some(&cfg)).expect_err("must not start");
-    assert!(
-        f.stderr.contains("config[1]")
-            && f.stderr.contains("field `filename`")
-            && f.stderr.contains("already bdev `c0`"),
-        "{}",
-        f.stderr
+    refused(
+        "e5",
+        &cfg,
+        &["config[1]", "field `filename`", "already bdev `c0`"],
     );
     assert!(zero(&files[0]), "a superblock was written");
 
@@ -936,13 +919,10 @@ fn config_errors_name_the_entry_and_touch_nothing() {
             json!({"method": "bdev_mdraid_create", "params": {"name": "r", "raid_level": "raid1", "base_bdevs": ["c0", "c1"], "uuid": "11111111-2222-3333-4444-555555555555"}}),
         ],
     );
-    let f = Daemon::try_start(&dir, "e4", Some(&other)).expect_err("must not start");
-    assert!(
-        f.stderr.contains("config[2]")
-            && f.stderr.contains("base_bdevs[0]")
-            && f.stderr.contains("another array"),
-        "{}",
-        f.stderr
+    refused(
+        "e4",
+        &other,
+        &["config[2]", "base_bdevs[0]", "another array"],
     );
     assert_eq!(sb_area(&files[0]), sb0);
     // The same over RPC.
