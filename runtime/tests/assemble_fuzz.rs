@@ -2,9 +2,10 @@
 //! catches (superblock fields rewritten with the checksum made right again,
 //! as a buggy or foreign md implementation or a half-done reshape would
 //! leave them; bitmap superblock fields and bits rewritten; members cut
-//! short) never panic the daemon's `bdev_mdraid_create`, and nothing is
-//! left claimed: an array that starts is listed and stopped, a refused
-//! create answers an error, and the members can be deleted after either.
+//! short) never panic the daemon's `bdev_mdraid_examine` or
+//! `bdev_mdraid_create`, and nothing is left claimed: an array that starts
+//! is listed, written and read at both ends, and stopped; a refused create
+//! answers an error; the members can be deleted after either.
 //!
 //! The daemon runs in this process (one reactor, interrupt mode) over aio
 //! members on files; each case starts from the members of a real array the
@@ -344,6 +345,10 @@ fn damaged_metadata_never_panics_a_create_and_leaves_nothing_claimed() {
                     }
                     return Ok(());
                 }
+            }
+            // Examine reads the same metadata (as mdadm --examine prints it).
+            for n in &names {
+                let _ = call(d, "bdev_mdraid_examine", json!({ "name": n }));
             }
             let level = if other_level && t.level != "raid5" {
                 "raid5"
