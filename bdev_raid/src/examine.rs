@@ -155,10 +155,10 @@ pub fn examine_sb(sb: &Superblock) -> Examined {
     f.push(("Raid Devices", sb.raid_disks.to_string()));
     f.push(("Avail Dev Size", size(sb.data_size)));
     let n = u64::from(sb.raid_disks);
+    // mdadm prints the array size for levels above 0 only.
     let data_members = match level {
-        Some(Level::Raid0) => Some(n * 2),
         Some(Level::Raid1) => Some(2),
-        Some(Level::Raid4 | Level::Raid5) => Some((n - 1) * 2),
+        Some(Level::Raid4 | Level::Raid5) => Some(n.saturating_sub(1) * 2),
         Some(Level::Raid6) => Some((n.saturating_sub(2)) * 2),
         Some(Level::Raid10) => {
             let copies = u64::from((sb.layout & 0xff) * ((sb.layout >> 8) & 0xff)).max(1);
@@ -168,7 +168,7 @@ pub fn examine_sb(sb: &Superblock) -> Examined {
     };
     if let Some(half_kib) = data_members {
         // `size` sectors per member; half_kib = data members * 2 (KiB per 2 sectors).
-        let kib = sb.size * half_kib / 4;
+        let kib = sb.size.saturating_mul(half_kib) / 4;
         f.push(("Array Size", format!("{kib} KiB{}", human(kib * 1024))));
     }
     f.push(("Data Offset", format!("{} sectors", sb.data_offset)));
@@ -191,6 +191,9 @@ pub fn examine_sb(sb: &Superblock) -> Examined {
             format!("{} sectors from superblock", sb.bitmap_offset),
         ));
     }
+    if sb.write_mostly() {
+        f.push(("Flags", "write-mostly".into()));
+    }
     f.push(("Update Time", md_time(sb.utime)));
     if sb.bblog_size != 0 {
         f.push((
@@ -204,14 +207,17 @@ pub fn examine_sb(sb: &Superblock) -> Examined {
     }
     f.push(("Checksum", format!("{:x} - correct", sb.checksum())));
     f.push(("Events", sb.events.to_string()));
-    if matches!(
-        level,
-        Some(Level::Raid4 | Level::Raid5 | Level::Raid6 | Level::Raid10)
-    ) {
+    // As mdadm's examine_super1: a layout for raid5/6/10 only, the chunk
+    // for the striped levels, linear's "rounding".
+    if matches!(level, Some(Level::Raid5 | Level::Raid6 | Level::Raid10)) {
         f.push(("Layout", layout_name(sb.level, sb.layout)));
     }
-    if sb.chunksize != 0 {
-        f.push(("Chunk Size", format!("{}K", sb.chunksize / 2)));
+    match level {
+        Some(Level::Raid0 | Level::Raid4 | Level::Raid5 | Level::Raid6 | Level::Raid10) => {
+            f.push(("Chunk Size", format!("{}K", sb.chunksize / 2)));
+        }
+        Some(Level::Linear) => f.push(("Rounding", format!("{}K", sb.chunksize / 2))),
+        _ => {}
     }
     f.push((
         "Device Role",
@@ -229,9 +235,6 @@ pub fn examine_sb(sb: &Superblock) -> Examined {
             sb.array_state()
         ),
     ));
-    if sb.write_mostly() {
-        f.push(("Flags", "write-mostly".into()));
-    }
     Examined { fields: f }
 }
 
@@ -259,6 +262,58 @@ mod tests {
         assert_eq!(layout_name(10, 0x102), "near=2");
         assert_eq!(layout_name(10, 0x201), "far=2");
         assert_eq!(layout_name(10, 0x10201), "offset=2");
+    }
+
+    /// The lines mdadm's examine_super1 prints per level: no array size
+    /// for raid0, no layout for raid4, linear's rounding for its chunk;
+    /// `Flags` after the bitmap line.
+    #[test]
+    fn level_dependent_lines_are_mdadm_s() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+        let buf = std::fs::read(format!("{dir}raid1_m1_writemostly.sb")).unwrap();
+        let base = Superblock::decode(&buf, 1 << 30).unwrap();
+        let keys = |level: i32| {
+            let mut sb = base.clone();
+            sb.level = level;
+            sb.chunksize = 128;
+            sb.layout = 0;
+            let e = examine_sb(&sb);
+            e.fields.iter().map(|(k, _)| *k).collect::<Vec<_>>()
+        };
+        let has = |ks: &[&str], k: &str| ks.contains(&k);
+        let r0 = keys(0);
+        assert!(
+            !has(&r0, "Array Size") && !has(&r0, "Layout") && has(&r0, "Chunk Size"),
+            "{r0:?}"
+        );
+        let r4 = keys(4);
+        assert!(
+            has(&r4, "Array Size") && !has(&r4, "Layout") && has(&r4, "Chunk Size"),
+            "{r4:?}"
+        );
+        let r5 = keys(5);
+        assert!(
+            has(&r5, "Array Size") && has(&r5, "Layout") && has(&r5, "Chunk Size"),
+            "{r5:?}"
+        );
+        let lin = keys(-1);
+        assert!(
+            !has(&lin, "Array Size") && has(&lin, "Rounding") && !has(&lin, "Chunk Size"),
+            "{lin:?}"
+        );
+        let r1 = keys(1);
+        assert!(!has(&r1, "Chunk Size") && !has(&r1, "Layout"), "{r1:?}");
+        let pos = |k: &str| r1.iter().position(|x| *x == k).unwrap();
+        assert!(
+            pos("Internal Bitmap") < pos("Flags") && pos("Flags") < pos("Update Time"),
+            "{r1:?}"
+        );
+        // raid_disks 0 (a damaged superblock) prints, not panics.
+        let mut sb = base.clone();
+        sb.level = 5;
+        sb.raid_disks = 0;
+        sb.size = u64::MAX / 2;
+        let _ = examine_sb(&sb);
     }
 
     #[test]
