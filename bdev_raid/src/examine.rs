@@ -3,7 +3,7 @@
 
 use crate::assemble::md_uuid;
 use crate::layout::{raid10_layout, raid5_layout, Level};
-use crate::ondisk::{DevRole, MdTime, SbError, Superblock, SB_BLOCK_BYTES};
+use crate::ondisk::{DevRole, MdTime, SbError, Superblock, SB_BLOCK_BYTES, SB_CSUM_OFFSET};
 
 /// One examined member: fields in mdadm's order. Keys are mdadm's labels;
 /// [`Examined::json_key`] gives the JSON name.
@@ -133,9 +133,27 @@ fn size(sectors: u64) -> String {
 
 /// Examine the superblock bytes of a member (`buf` = the device's bytes from
 /// offset 4096) of `member_sectors` sectors.
+/// A superblock whose only fault is its checksum is printed as mdadm
+/// prints it, with `Checksum : <stored> - expected <computed>` (assembly
+/// never uses it: [`Superblock::decode`] refuses it).
 pub fn examine(buf: &[u8], member_sectors: u64) -> Result<Examined, SbError> {
-    let sb = Superblock::decode(&buf[..buf.len().min(SB_BLOCK_BYTES)], member_sectors)?;
-    Ok(examine_sb(&sb))
+    let buf = &buf[..buf.len().min(SB_BLOCK_BYTES)];
+    match Superblock::decode(buf, member_sectors) {
+        Ok(sb) => Ok(examine_sb(&sb)),
+        Err(SbError::BadChecksum { stored, computed }) => {
+            let mut fixed = buf.to_vec();
+            fixed[SB_CSUM_OFFSET..SB_CSUM_OFFSET + 4].copy_from_slice(&computed.to_le_bytes());
+            let sb = Superblock::decode(&fixed, member_sectors)?;
+            let mut ex = examine_sb(&sb);
+            for (k, v) in &mut ex.fields {
+                if *k == "Checksum" {
+                    *v = format!("{stored:x} - expected {computed:x}");
+                }
+            }
+            Ok(ex)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The fields of a decoded superblock.

@@ -371,6 +371,9 @@ pub struct Superblock {
 }
 
 // Field offsets in `mdp_superblock_1`.
+/// Byte offset of `sb_csum` in the superblock.
+pub const SB_CSUM_OFFSET: usize = off::SB_CSUM;
+
 mod off {
     pub const MAGIC: usize = 0;
     pub const MAJOR_VERSION: usize = 4;
