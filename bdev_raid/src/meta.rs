@@ -615,6 +615,12 @@ impl Meta {
     /// else fully. The member is recorded recovering (offset 0) by a commit
     /// like a failure's; it takes writes from then on and is read only below
     /// the offset the rebuild reports with [`Meta::recovery_progress`].
+    /// Roles an accepted [`Meta::add_member`] has not committed yet (bit
+    /// per role): their published state still says faulty or missing.
+    pub fn adds_pending(&self) -> u64 {
+        self.pending_add
+    }
+
     pub fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
         let n = self.geom.members();
         if role >= n {

@@ -283,6 +283,9 @@ pub struct Array {
     slots: Mutex<u64>,
     /// Broadcasts not finished (both phases).
     pub broadcasts: AtomicUsize,
+    /// Roles a `bdev_mdraid_add_base_bdev` is bringing a device into (bit
+    /// per role; see [`RoleAdd`]).
+    pub adding: std::sync::atomic::AtomicU64,
     pub snap: Mutex<Snap>,
     /// Descriptors, the metadata host and its members' channels: only on
     /// the metadata thread.
@@ -365,6 +368,7 @@ impl Array {
             states: Mutex::new((state.clone(), state)),
             slots: Mutex::new(0),
             broadcasts: AtomicUsize::new(0),
+            adding: std::sync::atomic::AtomicU64::new(0),
             snap: Mutex::new(Snap::default()),
             owned: OnThread::new(meta_thread, owned),
             clear_sb: std::sync::atomic::AtomicBool::new(false),
@@ -2437,4 +2441,39 @@ pub fn broadcast(array: &Arc<Array>, s: Arc<ArrayState>) {
     // SAFETY: the io_device stays registered until the teardown, which
     // waits for `broadcasts` to drop to zero; its channels are ChanCtxs.
     unsafe { crate::spdk::for_each_channel(array.io_device(), apply, applied) };
+}
+
+/// An add in progress into one role of an array: another add does not
+/// take that role meanwhile (it would swap its device in under this one);
+/// the role is free again when this is dropped, whatever the add's end.
+pub struct RoleAdd {
+    array: Arc<Array>,
+    role: usize,
+}
+
+impl RoleAdd {
+    /// Take `role` of `array` for an add, unless one is in progress there.
+    pub fn take(array: &Arc<Array>, role: usize) -> Option<RoleAdd> {
+        let bit = 1u64 << role;
+        let was = array
+            .adding
+            .fetch_or(bit, std::sync::atomic::Ordering::AcqRel);
+        (was & bit == 0).then(|| RoleAdd {
+            array: array.clone(),
+            role,
+        })
+    }
+
+    /// Whether an add into `role` of `array` is in progress.
+    pub fn busy(array: &Array, role: usize) -> bool {
+        array.adding.load(std::sync::atomic::Ordering::Acquire) & 1 << role != 0
+    }
+}
+
+impl Drop for RoleAdd {
+    fn drop(&mut self) {
+        self.array
+            .adding
+            .fetch_and(!(1u64 << self.role), std::sync::atomic::Ordering::AcqRel);
+    }
 }

@@ -227,6 +227,14 @@ impl MetaHost {
         }
     }
 
+    /// See [`Meta::adds_pending`].
+    pub fn adds_pending(&self) -> u64 {
+        match &self.path {
+            Path::Md(m) => m.adds_pending(),
+            Path::Bare(_) => 0,
+        }
+    }
+
     pub fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
         match &mut self.path {
             Path::Md(m) => m.add_member(role, dev),

@@ -77,7 +77,7 @@ use mdraid_rpc::types::{BdevName, NameList, RaidCategory, RaidLevel, RaidState, 
 use mdraid_rpc::RpcError;
 use serde_json::value::RawValue;
 
-use crate::array::{Array, Info, Member};
+use crate::array::{Array, Info, Member, RoleAdd};
 use crate::meta::{self, MetaHost, Owned};
 use crate::plan::{check_add_block_size, field, new_superblocks, plan_array, Plan, Probe, CREATE};
 use crate::probe::{read_md_meta, Target};
@@ -1163,6 +1163,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_add_base_bdev(
 struct Adding {
     array: Arc<Array>,
     role: usize,
+    /// The role is this add's until it ends.
+    claim: RoleAdd,
     bname: String,
     /// A new device (not the role's own): opened and claimed here.
     new: Option<(Desc, IoChannel)>,
@@ -1226,14 +1228,38 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
             format!("bdev `{bname}` already serves role {r2} of `{name}`"),
         ));
     }
+    // A role another add is bringing a device into is not free: its
+    // published state says faulty until that add commits (after its
+    // answer), and swapping another device in under it loses the data.
+    let pending = meta::with_host(&a, |h| h.adds_pending()).unwrap_or(0);
+    let busy = |r: usize| RoleAdd::busy(&a, r) || pending & 1 << r != 0;
+    let free = |r: usize| out(r) && !busy(r);
+    if let Some(r2) = (0..members.len()).find(|&r| holds(r) && busy(r)) {
+        return r.rpc_error(&RpcError::errno(
+            errno::EBUSY,
+            format!("{ADD}: `{bname}` is being brought into role {r2} of `{name}` already"),
+        ));
+    }
     let Some(role) = (0..members.len())
-        .find(|&r| out(r) && holds(r))
-        .or_else(|| (0..members.len()).find(|&r| out(r)))
+        .find(|&r| free(r) && holds(r))
+        .or_else(|| (0..members.len()).find(|&r| free(r)))
     else {
         return r.rpc_error(&RpcError::errno(
             errno::EBUSY,
-            format!("{ADD}: array `{name}` has no faulty or missing member to replace"),
+            format!(
+                "{ADD}: array `{name}` has no faulty or missing member to replace{}",
+                if (0..members.len()).any(out) {
+                    " (adds in progress take the others)"
+                } else {
+                    ""
+                }
+            ),
         ));
+    };
+    let Some(claim) = RoleAdd::take(&a, role) else {
+        return r.rpc_error(&RpcError::internal(format!(
+            "{ADD}: role {role} of `{name}` was taken meanwhile"
+        )));
     };
     if let Err(e) = check_add_block_size(&bname, b.block_size(), a.geom.block_size()) {
         return r.rpc_error(&e);
@@ -1299,6 +1325,7 @@ fn add_base_bdev(a: Arc<Array>, p: BdevMdraidAddBaseBdev, r: Request) {
     let adding = Adding {
         array: a,
         role,
+        claim,
         bname,
         new,
         write_mostly: p.write_mostly,
@@ -1325,6 +1352,7 @@ fn add_read(ad: Adding, meta: Vec<u8>, r: Request) {
     let Adding {
         array: a,
         role,
+        claim,
         bname,
         new,
         write_mostly,
@@ -1390,7 +1418,8 @@ fn add_read(ad: Adding, meta: Vec<u8>, r: Request) {
                 a2.name
             );
         }
-        add_commit(a2, role, bname, nm, r)
+        add_commit(a2, role, bname, nm, r);
+        drop(claim);
     };
     // SAFETY: the io_device stays registered until the teardown, which
     // waits for `broadcasts` to drop to zero; its channels are ChanCtxs.

@@ -1144,6 +1144,86 @@ fn bdevperf_verify_raid1_write_behind() {
     let _ = std::fs::remove_dir_all(&env.dir);
 }
 
+/// Two adds back to back into a raid1 with two faulty roles, commits slow
+/// (a member's writes take 1 s): the first answers before its commit is
+/// published, so the state still says its role is faulty. The second must
+/// take the other role; it took the first's, swapping its device in under
+/// it, and the array's data was lost.
+#[test]
+fn spdk_tgt_a_second_add_does_not_take_the_role_of_one_not_yet_committed() {
+    let Some(env) = spdk_env("two-adds") else {
+        return;
+    };
+    let _g = serial();
+    let mut tgt = Tgt::start(&env);
+    for m in ["w0", "w1", "w2", "w3"] {
+        tgt.ok(&env, &["bdev_malloc_create", "-b", m, "32", "512"]);
+    }
+    tgt.ok(
+        &env,
+        &[
+            "bdev_delay_create",
+            "-b",
+            "w3",
+            "-d",
+            "dw3",
+            "-r",
+            "0",
+            "-t",
+            "0",
+            "-w",
+            "1000000",
+            "-n",
+            "1000000",
+        ],
+    );
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "W",
+            "-r",
+            "raid1",
+            "-b",
+            "w0 w1 dw3",
+            "--assume-clean",
+        ],
+    );
+    tgt.ok(&env, &["bdev_mdraid_remove_base_bdev", "w0"]);
+    tgt.ok(&env, &["bdev_mdraid_remove_base_bdev", "w1"]);
+    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "W", "w0"]);
+    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "W", "w2"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "W"]);
+        let r: serde_json::Value = serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("{e}: {out}"))[0]
+            .clone();
+        let members = r["base_bdevs_list"].as_array().unwrap().clone();
+        if r["process"].is_null() && members.iter().all(|m| m["state"] == "in_sync") {
+            let names: Vec<&str> = members
+                .iter()
+                .map(|m| m["name"].as_str().unwrap_or(""))
+                .collect();
+            assert_eq!(names, ["w0", "w2", "dw3"], "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the adds did not end: {r}\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = tgt.terminate(&env);
+    assert!(
+        status.success(),
+        "spdk_tgt exited with {status}:\n{}",
+        tgt.log_text()
+    );
+}
+
 /// A degraded raid1 (one member present) through spdk_tgt: a blank bdev
 /// added with bdev_mdraid_add_base_bdev (write-mostly) is rebuilt fully
 /// (progress shown in get_bdevs) and ends in sync, its data the same as

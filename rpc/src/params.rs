@@ -129,6 +129,10 @@ pub struct BdevMdraidCreate {
     pub assume_clean: bool,
 }
 
+/// The largest `strip_size_kb`: 1 GiB (md's chunk is a 32-bit count of
+/// sectors; no md level takes more).
+pub const MAX_STRIP_KB: u32 = 1 << 20;
+
 impl Validate for BdevMdraidCreate {
     fn validate(&self) -> Result<(), FieldError> {
         check_list("base_bdevs", &self.base_bdevs, false)?;
@@ -144,6 +148,14 @@ impl Validate for BdevMdraidCreate {
                 return Err(FieldError::new(
                     format!("write_mostly[{i}]"),
                     format!("`{n}` is not one of base_bdevs"),
+                ));
+            }
+        }
+        if let Some(kb) = self.strip_size_kb {
+            if kb > MAX_STRIP_KB {
+                return Err(FieldError::new(
+                    "strip_size_kb",
+                    format!("{kb} KiB is more than the largest strip, {MAX_STRIP_KB} KiB (1 GiB)"),
                 ));
             }
         }

@@ -215,6 +215,17 @@ fn mdraid_create_bad_fields_are_named() {
     let many: Vec<String> = (0..256).map(|i| format!("m{i}")).collect();
     bad(m, create(json!({"base_bdevs": many})), "base_bdevs");
     bad(m, create(json!({"uuid": "not-a-uuid"})), "uuid");
+    // A strip whose sector count overflows md's 32 bits (it panicked).
+    bad(
+        m,
+        create(json!({"strip_size_kb": 2147483648u64})),
+        "strip_size_kb",
+    );
+    bad(
+        m,
+        create(json!({"strip_size_kb": 2097152})),
+        "strip_size_kb",
+    );
     bad(
         m,
         create(json!({"uuid": "0123abcd-89ab-cdef-0123-456789abcdeg"})),

@@ -489,6 +489,18 @@ impl Array {
             .map_err(|e| e.to_string())?
     }
 
+    /// Roles an accepted [`Array::add_member`] has not committed yet (bit
+    /// per role; their published state still says faulty or missing).
+    pub fn adds_pending(&self) -> u64 {
+        let key = self.meta_key;
+        self.rt
+            .call(self.meta_reactor, move |r| {
+                r.local::<RefCell<MetaHost>>(key)
+                    .map_or(0, |h| h.borrow().path.adds_pending())
+            })
+            .unwrap_or(0)
+    }
+
     /// Make member `role` write-mostly or not: the metadata path records it
     /// in the superblocks, then broadcasts it.
     pub fn set_write_mostly(self: &Arc<Self>, role: usize, on: bool) -> Result<(), FlagError> {

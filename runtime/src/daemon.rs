@@ -514,6 +514,9 @@ impl MetaPath for DaemonMeta {
         self.update();
         r
     }
+    fn adds_pending(&self) -> u64 {
+        self.inner.adds_pending()
+    }
 
     fn set_write_mostly(&mut self, role: usize, on: bool) -> Result<(), FlagError> {
         let r = self.inner.set_write_mostly(role, on);
@@ -1712,7 +1715,14 @@ impl Daemon {
             ));
         };
         let st = a.array.state();
-        let out = |r: usize| matches!(st.members[r], MemberState::Faulty | MemberState::Missing);
+        // A role an add has been accepted for still says faulty until that
+        // add commits (after its answer): it is not free (swapping another
+        // device in under it lost the data).
+        let pending = a.array.adds_pending();
+        let out = |r: usize| {
+            matches!(st.members[r], MemberState::Faulty | MemberState::Missing)
+                && pending & 1 << r == 0
+        };
         // The role it served (it comes back), else the first free one.
         let role = (0..st.members.len())
             .find(|&r| out(r) && a.roles[r].as_deref() == Some(bname))

@@ -103,6 +103,10 @@ pub trait MetaPath {
     fn add_member(&mut self, _role: usize, _dev: NewMember) -> Result<Recovery, AddError> {
         Err(AddError::Offline)
     }
+    /// Roles an accepted `add_member` has not committed yet (bit per role).
+    fn adds_pending(&self) -> u64 {
+        0
+    }
     /// Make member `role` write-mostly or not (recorded in superblocks).
     fn set_write_mostly(&mut self, _role: usize, _on: bool) -> Result<(), FlagError> {
         Err(FlagError::NoSuperblock)
@@ -235,6 +239,10 @@ impl MetaPath for MdMeta {
 
     fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
         self.meta.add_member(role, dev)
+    }
+
+    fn adds_pending(&self) -> u64 {
+        self.meta.adds_pending()
     }
 
     fn set_write_mostly(&mut self, role: usize, on: bool) -> Result<(), FlagError> {

@@ -558,3 +558,54 @@ fn a_member_added_back_after_the_config_was_saved_is_assembled() {
     assert_eq!(d.ok(RM, json!({"name": "r0"})), json!(true));
     check_image(&nbd, &image, "after the restart, without r0");
 }
+
+/// Two adds back to back into an array with two faulty roles: the first
+/// answers before its commit is published, so the state still says its
+/// role is faulty; the second must take the other role, not swap its
+/// device in under the first (which lost the array's data).
+#[test]
+fn a_second_add_does_not_take_the_role_of_one_not_yet_committed() {
+    let _g = serial();
+    let dir = TempDir::new("twoadds");
+    let d = Daemon::start(&dir, "d", None);
+    for i in 0..4 {
+        d.ok(
+            "bdev_malloc_create",
+            json!({"name": format!("w{i}"), "num_blocks": MEMBER_BYTES / 512, "block_size": 512}),
+        );
+    }
+    // A slow third member: commits (superblock writes) take a while.
+    d.ok(
+        "bdev_delay_create",
+        json!({"name": "dw3", "base_bdev_name": "w3", "avg_read_latency": 1000,
+            "p99_read_latency": 2000, "avg_write_latency": 20000, "p99_write_latency": 30000}),
+    );
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["w0", "w1", "dw3"], "assume_clean": true}),
+    );
+    let nbd = dir.path("nbd.sock");
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
+    c.write(0, &[0x3c; 4096], true).unwrap();
+    assert_eq!(d.ok(RM, json!({"name": "w0"})), json!(true));
+    assert_eq!(d.ok(RM, json!({"name": "w1"})), json!(true));
+    d.ok(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "w0"}),
+    );
+    d.ok(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "w2"}),
+    );
+    let a = wait_all_in_sync(&d, 3);
+    assert_eq!(member_names(&a), ["w0", "w2", "dw3"], "{a}");
+    // Every copy holds the data: read with only one member left at a time.
+    assert_eq!(d.ok(RM, json!({"name": "dw3"})), json!(true));
+    assert_eq!(d.ok(RM, json!({"name": "w2"})), json!(true));
+    assert_eq!(c.read(0, 4096).unwrap(), vec![0x3c; 4096], "w0");
+}
