@@ -766,22 +766,28 @@ fn step_done(array: &Arc<Array>, mut job: SbJob, ok: bool) {
 /// A callback run once, shared by the completions that may run it.
 type Once = Rc<RefCell<Option<Box<dyn FnOnce()>>>>;
 
-/// Zero md's superblock area (4 KiB at byte 4096) on every given member,
-/// then flush it; `done` runs once all ended. Returns how many were
-/// submitted (`done` is called only if that is not 0, and never before
-/// this returns).
-pub fn wipe_all(targets: &[(&Desc, &IoChannel)], done: impl FnOnce() + 'static) -> usize {
+/// Zero `bytes` of md metadata from the superblock on (byte 4096: the
+/// superblock's 4 KiB, then the bitmap area) on every given member, then
+/// flush it; `done` runs once all ended. Returns how many were submitted
+/// (`done` is called only if that is not 0, and never before this
+/// returns).
+pub fn wipe_all(
+    targets: &[(&Desc, &IoChannel)],
+    bytes: usize,
+    done: impl FnOnce() + 'static,
+) -> usize {
     let left = Rc::new(Cell::new(0usize));
     let done: Once = Rc::new(RefCell::new(Some(Box::new(done))));
     let mut n = 0;
     for (d, ch) in targets {
         let bs = u64::from(d.bdev().block_size());
-        if bs > SB_BLOCK_BYTES as u64
-            || d.bdev().num_blocks() * bs < SB_OFFSET_BYTES + SB_BLOCK_BYTES as u64
-        {
+        // Whole blocks, within the device.
+        let len = ((bytes.max(SB_BLOCK_BYTES) as u64).div_ceil(bs) * bs)
+            .min((d.bdev().num_blocks() * bs).saturating_sub(SB_OFFSET_BYTES) / bs * bs);
+        if bs > SB_BLOCK_BYTES as u64 || len < SB_BLOCK_BYTES as u64 {
             continue;
         }
-        let Some(buf) = DmaBuf::zeroed(SB_BLOCK_BYTES, 4096) else {
+        let Some(buf) = DmaBuf::zeroed(len as usize, 4096) else {
             continue;
         };
         let (l2, d2) = (left.clone(), done.clone());
@@ -803,7 +809,7 @@ pub fn wipe_all(targets: &[(&Desc, &IoChannel)], done: impl FnOnce() + 'static) 
             ch,
             BdevOp::Write,
             SB_OFFSET_BYTES / bs,
-            SB_BLOCK_BYTES as u64 / bs,
+            len / bs,
             buf,
             move |_ok, buf| {
                 flush_raw(desc_raw, ch_raw, nb, buf, finish);
@@ -875,7 +881,8 @@ struct Stop {
     ctxt: Option<Arc<Array>>,
     deadline_ms: u64,
     phase: Phase,
-    wipe: bool,
+    /// Bytes of md metadata to zero on every member, from its superblock on.
+    wipe: Option<usize>,
     /// Run after the io_device is unregistered and the members closed
     /// (a failed create answers its RPC here).
     on_done: Option<Box<dyn FnOnce()>>,
@@ -885,7 +892,9 @@ struct Stop {
 pub fn begin_shutdown(array: Arc<Array>) {
     // No new window or process; the teardown waits for the driver.
     array.sync.stop();
-    let wipe = array.clear_sb.load(Ordering::Acquire) && array.info.superblock;
+    // clear_sb zeroes the superblock, as mdadm --zero-superblock does.
+    let wipe =
+        (array.clear_sb.load(Ordering::Acquire) && array.info.superblock).then_some(SB_BLOCK_BYTES);
     let a = array.clone();
     a.owned.with(|o| {
         if let Some(h) = o.host.as_mut() {
@@ -903,8 +912,8 @@ pub fn begin_shutdown(array: Arc<Array>) {
 }
 
 /// A create that registered the io_device but not the bdev: undo it
-/// (wiping the superblocks it wrote if `wipe`), then run `on_done`.
-pub fn abort_create(array: &Arc<Array>, wipe: bool, on_done: impl FnOnce() + 'static) {
+/// (zeroing the `wipe` bytes of metadata it wrote), then run `on_done`.
+pub fn abort_create(array: &Arc<Array>, wipe: Option<usize>, on_done: impl FnOnce() + 'static) {
     array.owned.with(|o| {
         o.stop = Some(Stop {
             ctxt: None,
@@ -943,7 +952,7 @@ fn check_stop(array: &Arc<Array>, o: &mut Owned) -> bool {
             // The metadata path is done: nothing may write superblocks now.
             o.host = None;
             drop_waiters(o);
-            if wipe {
+            if let Some(bytes) = wipe {
                 let a = array.clone();
                 let targets: Vec<(&Desc, &IoChannel)> = o
                     .descs
@@ -951,7 +960,7 @@ fn check_stop(array: &Arc<Array>, o: &mut Owned) -> bool {
                     .zip(&o.chans)
                     .filter_map(|(d, c)| Some((d.as_ref()?, c.as_ref()?)))
                     .collect();
-                let n = wipe_all(&targets, move || {
+                let n = wipe_all(&targets, bytes, move || {
                     a.owned.with(|o| {
                         if let Some(s) = o.stop.as_mut() {
                             s.phase = Phase::Quiesce;

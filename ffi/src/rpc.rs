@@ -327,6 +327,16 @@ struct Creating {
 
 type Ctx = Rc<RefCell<Creating>>;
 
+impl Drop for Creating {
+    /// Never answered (a panic caught on the way, or a step that lost its
+    /// context): the name is free again, as after a failed create.
+    fn drop(&mut self) {
+        if self.req.is_some() {
+            crate::module::unreserve(self.p.name.as_str());
+        }
+    }
+}
+
 impl Creating {
     /// Undo everything and answer with `e`.
     fn fail(&mut self, e: RpcError) {
@@ -652,6 +662,7 @@ fn planned(c: &Ctx) {
                     data
                 })
                 .collect();
+            let written = areas.iter().map(Vec::len).max().unwrap_or(0);
             write_superblocks(c, sbs, areas, move |c, sbs| {
                 let bs = u64::from(geom.block_size());
                 let n = sbs.len();
@@ -667,7 +678,7 @@ fn planned(c: &Ctx) {
                         ..ArrayState::new_in_sync(n)
                     },
                     sbs: Some(sbs.into_iter().map(Some).collect()),
-                    created: true,
+                    created: Some(written),
                     dirty: sync,
                     bitmap: bm,
                 };
@@ -709,7 +720,7 @@ fn planned(c: &Ctx) {
                 role_of: asm.member_of_role.clone(),
                 state: asm.state.clone(),
                 sbs: Some(asm.superblocks.clone()),
-                created: false,
+                created: None,
                 dirty: asm.dirty,
                 bitmap: bm,
             };
@@ -725,7 +736,7 @@ fn planned(c: &Ctx) {
                 role_of: (0..n).map(Some).collect(),
                 state: ArrayState::new_writable(n),
                 sbs: None,
-                created: false,
+                created: None,
                 dirty: false,
                 bitmap: None,
             };
@@ -753,6 +764,8 @@ fn write_superblocks(
         next: Option<Next>,
         sbs: Vec<Superblock>,
     }
+    // What is written on each member: zeroed again if the create fails.
+    let written = areas.iter().map(Vec::len).max().unwrap_or(0);
     let w = Rc::new(RefCell::new(W {
         left: sbs.len(),
         failed: None,
@@ -776,7 +789,7 @@ fn write_superblocks(
                 Some(msg) => {
                     let e = RpcError::errno(errno::EIO, format!("{CREATE}: {msg}"));
                     let all: Vec<usize> = (0..c.borrow().descs.len()).collect();
-                    wipe_then_fail(&c, &all, e);
+                    wipe_then_fail(&c, &all, written, e);
                 }
             }
         }
@@ -858,8 +871,9 @@ fn write_superblocks(
     }
 }
 
-/// Wipe the superblock area of members `which`, then fail with `e`.
-fn wipe_then_fail(c: &Ctx, which: &[usize], e: RpcError) {
+/// Zero the `bytes` of metadata written on members `which`, then fail
+/// with `e`.
+fn wipe_then_fail(c: &Ctx, which: &[usize], bytes: usize, e: RpcError) {
     let n = {
         let g = c.borrow();
         let targets: Vec<(&Desc, &IoChannel)> = which
@@ -867,7 +881,7 @@ fn wipe_then_fail(c: &Ctx, which: &[usize], e: RpcError) {
             .filter_map(|&i| Some((g.descs[i].as_ref()?, g.chans[i].as_ref()?)))
             .collect();
         let (c2, e2) = (c.clone(), e.clone());
-        meta::wipe_all(&targets, move || c2.borrow_mut().fail(e2))
+        meta::wipe_all(&targets, bytes, move || c2.borrow_mut().fail(e2))
     };
     if n == 0 {
         c.borrow_mut().fail(e);
@@ -885,8 +899,9 @@ struct Start {
     state: ArrayState,
     /// Superblock per role; None without superblocks.
     sbs: Option<Vec<Option<Superblock>>>,
-    /// This create wrote the superblocks (wipe them if it fails).
-    created: bool,
+    /// This create wrote the superblocks: the bytes of metadata written on
+    /// each member (zeroed if it fails).
+    created: Option<usize>,
     dirty: bool,
     bitmap: Option<StartBitmap>,
 }
@@ -940,7 +955,7 @@ fn start_array(c: &Ctx, s: Start) {
     if !matches!(p.raid_level, RaidLevel::Raid1) {
         saved.strip_size_kb = Some(s.strip_kb);
     }
-    if s.created {
+    if s.created.is_some() {
         saved.bitmap = match &s.bitmap {
             Some(b) => BitmapSetting::On(BitmapOptions {
                 chunk_kb: Some((b.geom.chunk_bytes() / 1024) as u32),
@@ -1016,7 +1031,7 @@ fn start_array(c: &Ctx, s: Start) {
     log_notice!(
         "mdraid {}: {} {} array {} on {}{}",
         p.name,
-        if s.created || !superblock {
+        if s.created.is_some() || !superblock {
             "created"
         } else {
             "assembled"
@@ -1033,7 +1048,7 @@ fn start_array(c: &Ctx, s: Start) {
             .join(", "),
         match (s.dirty, dirty_chunks) {
             (false, _) => String::new(),
-            (true, _) if s.created => "; initial resync started".into(),
+            (true, _) if s.created.is_some() => "; initial resync started".into(),
             (true, Some(n)) =>
                 format!("; it was not shut down cleanly: resyncing the {n} chunks its bitmap marks"),
             (true, None) =>

@@ -449,6 +449,58 @@ fn tgt_with_aio(env: &Env, prefix: &str, n: usize) -> (Tgt, Vec<PathBuf>) {
     (tgt, files)
 }
 
+/// A create whose superblock write fails on one member puts the others
+/// back as they were: no superblock, and no bitmap area either (it left
+/// the bitmap's header and bits on the blank members).
+#[test]
+fn spdk_tgt_failed_create_leaves_no_metadata() {
+    let Some(env) = spdk_env("failed-create") else {
+        return;
+    };
+    let _g = serial();
+    let (mut tgt, files) = tgt_with_aio(&env, "g", 3);
+    tgt.ok(&env, &["bdev_error_create", "g2"]);
+    tgt.ok(
+        &env,
+        &[
+            "bdev_error_inject_error",
+            "EE_g2",
+            "write",
+            "failure",
+            "-n",
+            "100",
+        ],
+    );
+    let (ok, out) = tgt.rpc(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "C",
+            "-r",
+            "raid5",
+            "-z",
+            "64",
+            "-b",
+            "g0 g1 EE_g2",
+        ],
+    );
+    assert!(!ok && out.contains("writing the superblock"), "{out}");
+    assert!(!tgt.claimed(&env, "g0") && !tgt.claimed(&env, "g1"));
+    let status = tgt.terminate(&env);
+    assert!(status.success(), "{}", tgt.log_text());
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let area = &bytes[4096..4096 + (1 << 20) - 4096];
+        assert!(
+            area.iter().all(|b| *b == 0),
+            "{}: metadata left at byte {}",
+            f.display(),
+            4096 + area.iter().position(|b| *b != 0).unwrap()
+        );
+    }
+}
+
 /// `bdev_mdraid_create` of raid1 `name` on `members` (fresh files).
 fn raid1_assume_clean(env: &Env, tgt: &Tgt, name: &str, members: &str) {
     tgt.ok(
