@@ -1010,9 +1010,12 @@ impl Driver {
             return None;
         }
         let size = geom.member_blocks(member);
-        if !status.claim(SyncKind::Rebuild(member), size - info.from.min(size)) {
+        if !status.claim(SyncKind::Rebuild(member), size) {
             return None;
         }
+        // Progress is the member's recovery offset, of its whole size (as
+        // md's sync_completed), also when it resumes.
+        status.done.store(info.from.min(size), Ordering::Relaxed);
         let rb = Rebuild::new(
             geom,
             member,
@@ -1102,8 +1105,7 @@ impl Driver {
                     device: rb.device(),
                     offset: rb.offset(),
                 }));
-                let (rebuilt, skipped) = rb.counts();
-                rebuilt + skipped
+                rb.offset()
             }
         };
         if !self.finished {
@@ -1894,12 +1896,14 @@ mod driver_tests {
             device: 9,
         };
         let mut d = Driver::rebuild(&g, &sh, &s, 1, info, 1 << 14, 0).unwrap();
+        // Resumed half way: its progress is the recovery offset, of the
+        // member's whole size (md's sync_completed).
         assert_eq!(
             s.progress(),
             Some(SyncProgress {
                 kind: SyncKind::Rebuild(1),
-                done: 0,
-                total: 1 << 15
+                done: 1 << 15,
+                total: 1 << 16
             })
         );
         assert!(Driver::rebuild(&g, &sh, &s, 0, info, 1 << 14, 0).is_none());
@@ -1929,6 +1933,7 @@ mod driver_tests {
                 offset: off,
             };
             assert_eq!(outputs(&mut d), vec![Output::Report(r)]);
+            assert_eq!(s.progress().map(|p| p.done), Some(off));
         }
         assert_eq!(d.step(&s, &at(0, &st)), Step::Finished);
         let out = outputs(&mut d);

@@ -688,7 +688,7 @@ impl Array {
             layout,
             events: snap.events.max(st.events),
             array_state: Some(array_state.into()),
-            degraded: operational < members.len() as u32,
+            degraded: st.not_in_sync() != 0,
             sync_action: Some(
                 match sync.map(|p| p.kind) {
                     Some(k) => k.action_name(),

@@ -1367,6 +1367,9 @@ fn spdk_tgt_add_base_bdev_rebuild() {
         let r = get(&tgt);
         if r["process"]["type"] == "rebuild" {
             assert_eq!(r["process"]["target"], "a2", "{r}");
+            if r["base_bdevs_list"][1]["state"] == "rebuilding" {
+                assert_eq!(r["degraded"], true, "degraded until the rebuild ends: {r}");
+            }
             assert_eq!(r["sync_action"], "recover", "{r}");
             seen_progress = true;
         }

@@ -114,7 +114,8 @@ pub struct MdraidBdevInfo {
     /// (R3: metadata not durable, writes held), `readonly`, `inactive`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub array_state: Option<String>,
-    /// True when a member is missing or faulty.
+    /// True when a member is missing, faulty or being rebuilt (md's
+    /// `degraded`, which stays set until the recovery ends).
     #[serde(default)]
     pub degraded: bool,
     /// md's `sync_action` now: `idle`, `resync`, `recover`, `check`, `repair`, `frozen`.

@@ -1013,7 +1013,7 @@ impl Daemon {
             layout,
             events: snap.map_or(st.events, |s| s.events.max(st.events)),
             array_state: Some(array_state.into()),
-            degraded: operational < a.roles.len() as u32,
+            degraded: st.not_in_sync() != 0,
             sync_action: Some(
                 match sync.map(|p| p.kind) {
                     Some(k) => k.action_name(),

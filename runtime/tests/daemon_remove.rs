@@ -88,6 +88,10 @@ fn settled(d: &Daemon) -> Value {
         if idle {
             return a;
         }
+        // md's `degraded` stays set until the recovery ends.
+        if states(&a).iter().any(|s| s == "rebuilding") {
+            assert_eq!(a["degraded"], true, "{a}");
+        }
         assert!(Instant::now() < deadline, "never settled: {a}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -163,6 +167,7 @@ fn wait_all_in_sync(d: &Daemon, n: usize) -> Value {
         if states(&a) == vec!["in_sync"; n] {
             return a;
         }
+
         assert!(
             Instant::now() < deadline,
             "rebuild never finished: {a}\n{}",
