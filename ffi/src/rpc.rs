@@ -439,9 +439,9 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply, examined: bool) {
 }
 
 /// A create of md array `uuid` (as a saved config replays it) naming
-/// members that do not exist yet, whose others examine already holds as
-/// that array's, waiting for the rest: examine assembles it when they
-/// appear, so the create succeeds now with nothing to do. SPDK saves bdevs
+/// members that do not exist yet, whose others (if any) examine already
+/// holds as that array's, waiting for the rest: examine assembles it when
+/// they appear, so the create succeeds now with nothing to do. SPDK saves bdevs
 /// in the order they were made, so a member made after its array (one
 /// replaced and rebuilt) comes after the array's create in the config;
 /// SPDK's raid accepts members that do not exist yet the same way.
@@ -454,11 +454,11 @@ fn left_to_examine(p: &BdevMdraidCreate) -> bool {
         .iter()
         .map(|n| n.as_str())
         .partition(|n| Bdev::by_name(n).is_none());
+    // None there yet (every member replaced since the array was made, so
+    // all come after it in the config), or those there held by examine as
+    // this array's members.
     let held = crate::examine::waiting(&uuid.0);
-    if missing.is_empty()
-        || present.is_empty()
-        || !present.iter().all(|n| held.iter().any(|h| h == n))
-    {
+    if missing.is_empty() || !present.iter().all(|n| held.iter().any(|h| h == n)) {
         return false;
     }
     log_notice!(

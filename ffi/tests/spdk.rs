@@ -344,7 +344,22 @@ impl Tgt {
 /// assembles it once the member appears).
 #[test]
 fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
-    let Some(env) = spdk_env("order") else {
+    member_made_after_its_array("order", &[1]);
+}
+
+/// Every member replaced (one at a time) since the array was made: all of
+/// them come after the array's create in the saved config, none exists
+/// when it is replayed (the target did not start).
+#[test]
+fn spdk_tgt_saved_config_with_every_member_made_after_its_array() {
+    member_made_after_its_array("order-all", &[0, 1]);
+}
+
+/// A raid1 of a0, a1 whose members `replaced` were deleted, made again
+/// and added back (rebuilt): saved, the target restarted from the saved
+/// config brings the array back.
+fn member_made_after_its_array(tag: &str, replaced: &[usize]) {
+    let Some(env) = spdk_env(tag) else {
         return;
     };
     let _g = serial();
@@ -368,20 +383,23 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
             "--assume-clean",
         ],
     );
-    tgt.ok(&env, &["bdev_aio_delete", "a1"]);
-    aio(&tgt, "a1", &files[1]);
-    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "md", "a1"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "md"]);
-        let v: serde_json::Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        let info = v[0].clone();
-        if info["process"].is_null() && member_states(&info) == ["in_sync", "in_sync"] {
-            break;
+    for &i in replaced {
+        let name = format!("a{i}");
+        tgt.ok(&env, &["bdev_aio_delete", &name]);
+        aio(&tgt, &name, &files[i]);
+        tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "md", &name]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "md"]);
+            let v: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            let info = v[0].clone();
+            if info["process"].is_null() && member_states(&info) == ["in_sync", "in_sync"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "rebuild did not end: {info}");
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(Instant::now() < deadline, "rebuild did not end: {info}");
-        std::thread::sleep(Duration::from_millis(100));
     }
     tgt.ok(&env, &["bdev_mdraid_set_options", "-w", "256", "-b", "50"]);
     let saved = tgt.ok(&env, &["save_config"]);
@@ -390,10 +408,12 @@ fn spdk_tgt_saved_config_with_a_member_made_after_its_array() {
             .find(m)
             .unwrap_or_else(|| panic!("no `{m}` in\n{saved}"))
     };
-    assert!(
-        at("\"bdev_mdraid_create\"") < at(files[1].to_str().unwrap()),
-        "the array's create is not before its member's:\n{saved}"
-    );
+    for &i in replaced {
+        assert!(
+            at("\"bdev_mdraid_create\"") < at(files[i].to_str().unwrap()),
+            "the array's create is not before its member's:\n{saved}"
+        );
+    }
     // The process options are saved, before the arrays (SPDK writes
     // module options first).
     assert!(
