@@ -1594,8 +1594,11 @@ fn remove_base_bdev(a: Arc<Array>, b: Bdev, bname: String, r: Request) {
             if s.members[role].in_service() && s.readded[role] == device {
                 return false;
             }
-            // Committed: save_config no longer names it.
-            {
+            // Committed: save_config no longer names it (with superblocks,
+            // which record the roles; without, the create's members are the
+            // roles in order and stay so: a replay of fewer would lay
+            // another array over the data, as the daemon keeps them too).
+            if a2.info.superblock {
                 let mut saved = a2.info.saved.lock().unwrap_or_else(|e| e.into_inner());
                 let left: Vec<BdevName> = saved
                     .base_bdevs

@@ -842,6 +842,24 @@ fn spdk_tgt_rpc_create_get_delete() {
             "--no-superblock",
         ],
     );
+    // Without superblocks the create's members are the roles: a member
+    // removed stays in the saved create (a replay of fewer would lay
+    // another array over the data).
+    tgt.ok(&env, &["bdev_mdraid_remove_base_bdev", "m1"]);
+    let saved: serde_json::Value =
+        serde_json::from_str(&tgt.ok(&env, &["save_config"])).expect("save_config's JSON");
+    let create = saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["config"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["method"] == "bdev_mdraid_create" && c["params"]["name"] == "r1")
+        .unwrap_or_else(|| panic!("no r1 in {saved}"));
+    assert_eq!(
+        create["params"]["base_bdevs"],
+        serde_json::json!(["m0", "m1"]),
+        "{create}"
+    );
     tgt.fails(&env, &["bdev_mdraid_delete", "nosuch"], -19, "nosuch");
 
     tgt.ok(&env, &["spdk_kill_instance", "SIGTERM"]);
