@@ -85,6 +85,9 @@ pub fn member_event(ty: sys::spdk_bdev_event_type, bdev: *mut sys::spdk_bdev) {
     if ty != sys::SPDK_BDEV_EVENT_REMOVE {
         return;
     }
+    if crate::rpc::create_member_removed(bdev) {
+        log_warn!("mdraid: a member of an array being created is being removed; it fails once the array exists");
+    }
     for a in all() {
         let Some(role) = a.bdev_removed(bdev) else {
             continue;

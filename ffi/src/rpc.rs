@@ -323,6 +323,37 @@ struct Creating {
     /// Examine assembles it under a name of its choosing: the superblocks
     /// keep theirs (only a user's create records its name).
     examined: bool,
+    /// Members whose bdev is being removed (SPDK's REMOVE event, sent once)
+    /// while the create runs: failed once the array exists.
+    removed: Vec<*mut sys::spdk_bdev>,
+}
+
+thread_local! {
+    /// Creates in progress on this thread (the app thread), for the hot
+    /// removal of a member they opened.
+    static CREATES: RefCell<Vec<std::rc::Weak<RefCell<Creating>>>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// SPDK's REMOVE event for `bdev`: a create in progress that opened it
+/// fails that member once the array exists (the event comes only once,
+/// and the removal waits for the descriptor to close). Whether one did.
+pub fn create_member_removed(bdev: *mut sys::spdk_bdev) -> bool {
+    CREATES.with(|cs| {
+        let mut cs = cs.borrow_mut();
+        cs.retain(|w| w.strong_count() > 0);
+        let mut found = false;
+        for c in cs.iter().filter_map(std::rc::Weak::upgrade) {
+            let Ok(mut g) = c.try_borrow_mut() else {
+                continue;
+            };
+            if g.descs.iter().flatten().any(|d| d.bdev().raw() == bdev) {
+                g.removed.push(bdev);
+                found = true;
+            }
+        }
+        found
+    })
 }
 
 type Ctx = Rc<RefCell<Creating>>;
@@ -430,7 +461,9 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply, examined: bool) {
         pending: 0,
         error: None,
         examined,
+        removed: Vec::new(),
     }));
+    CREATES.with(|cs| cs.borrow_mut().push(Rc::downgrade(&c)));
     if let Err(e) = open_members(&c) {
         c.borrow_mut().fail(e);
         return;
@@ -1055,9 +1088,16 @@ fn start_array(c: &Ctx, s: Start) {
                 "; it was not shut down cleanly and has no bitmap: resyncing all of it".into(),
         }
     );
-    let r = c.borrow_mut().req.take();
+    let (r, removed) = {
+        let mut g = c.borrow_mut();
+        (g.req.take(), std::mem::take(&mut g.removed))
+    };
     if let Some(r) = r {
         r.ok();
+    }
+    // Members removed while the create ran fail now, as if removed now.
+    for b in removed {
+        crate::module::member_event(sys::SPDK_BDEV_EVENT_REMOVE, b);
     }
 }
 

@@ -521,6 +521,84 @@ fn spdk_tgt_failed_create_leaves_no_metadata() {
     }
 }
 
+/// A member's bdev deleted while the create that opened it runs: SPDK
+/// sends its REMOVE event once, before the array exists. The delete
+/// answered never (it waits for the descriptor), and the array kept the
+/// member in sync. Now the create ends either way and the member fails
+/// once the array exists.
+#[test]
+fn spdk_tgt_member_deleted_during_its_create() {
+    let Some(env) = spdk_env("delete-during-create") else {
+        return;
+    };
+    let _g = serial();
+    let mut tgt = Tgt::start(&env);
+    for m in ["t0", "t1", "t2"] {
+        tgt.ok(&env, &["bdev_malloc_create", "-b", m, "32", "512"]);
+    }
+    // Slow: the create's superblock read and write take a second or two.
+    tgt.ok(
+        &env,
+        &[
+            "bdev_delay_create",
+            "-b",
+            "t2",
+            "-d",
+            "d2",
+            "-r",
+            "500000",
+            "-t",
+            "500000",
+            "-w",
+            "1500000",
+            "-n",
+            "1500000",
+        ],
+    );
+    let (create, delete) = std::thread::scope(|sc| {
+        let c = sc.spawn(|| {
+            tgt.rpc(
+                &env,
+                &[
+                    "bdev_mdraid_create",
+                    "-n",
+                    "R",
+                    "-r",
+                    "raid1",
+                    "-b",
+                    "t0 t1 d2",
+                    "--assume-clean",
+                ],
+            )
+        });
+        let d = sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            let t = Instant::now();
+            let r = tgt.rpc(&env, &["bdev_delay_delete", "d2"]);
+            (r, t.elapsed())
+        });
+        (c.join().unwrap(), d.join().unwrap())
+    });
+    let ((deleted, out), took) = delete;
+    assert!(deleted, "bdev_delay_delete: {out}\n{}", tgt.log_text());
+    assert!(took < Duration::from_secs(30), "the delete took {took:?}");
+    if create.0 {
+        // Created: d2 does not serve its role.
+        let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "R"]);
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut r = r[0].clone();
+        while r["base_bdevs_list"][2]["state"] == "in_sync" {
+            assert!(Instant::now() < deadline, "d2 still in sync: {r}");
+            std::thread::sleep(Duration::from_millis(200));
+            let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "R"]);
+            r = serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone();
+        }
+    }
+    let status = tgt.terminate(&env);
+    assert!(status.success(), "{}", tgt.log_text());
+}
+
 /// `bdev_mdraid_create` of raid1 `name` on `members` (fresh files).
 fn raid1_assume_clean(env: &Env, tgt: &Tgt, name: &str, members: &str) {
     tgt.ok(
