@@ -1534,10 +1534,12 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_remove_base_bdev(
             Ok(p) => p,
             Err(e) => return r.rpc_error(&e),
         };
-        let bname = p.name.as_str().to_string();
-        let Some(b) = Bdev::by_name(&bname) else {
-            return r.rpc_error(&no_device(&bname));
+        let Some(b) = Bdev::by_name(p.name.as_str()) else {
+            return r.rpc_error(&no_device(p.name.as_str()));
         };
+        // Its own name, not an alias it was given by (members are known by
+        // name, as create and add record them).
+        let bname = b.name();
         let Some((a, _)) = crate::module::all()
             .into_iter()
             .find_map(|a| a.serving_role(&bname).map(|x| (a, x)))

@@ -241,7 +241,10 @@ fn spdk_tgt_remove_set_write_mostly_examine() {
     // Remove a2: recorded faulty on the survivors, its claim released.
     let stale = read_sb(&files[2]);
     let events0 = array_info(&tgt, &env, "r")["events"].as_u64().unwrap();
-    tgt.ok(&env, &[RM, "a2"]);
+    // Named by its alias (its UUID), as create and add accept.
+    let a2 = tgt.json(&env, &["bdev_get_bdevs", "-b", "a2"]);
+    let a2_uuid = a2[0]["uuid"].as_str().expect("a2's uuid").to_string();
+    tgt.ok(&env, &[RM, &a2_uuid]);
     let info = array_info(&tgt, &env, "r");
     assert_eq!(
         member_states(&info),
