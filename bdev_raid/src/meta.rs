@@ -494,6 +494,14 @@ impl Meta {
         !self.disk_dirty && self.commit.is_none() && !self.state.writable
     }
 
+    /// An orderly stop ([`Meta::shutdown`]) is done: marked clean, or
+    /// offline with no commit in flight. An offline array is not marked
+    /// clean (writes to it failed; what its survivors say is the truth), so
+    /// waiting for that only runs the stop into its timeout.
+    pub fn stop_done(&self) -> bool {
+        self.is_clean() || (self.state.offline && self.commit.is_none())
+    }
+
     /// A request from a channel.
     pub fn request(&mut self, req: MetaRequest) {
         match req {
@@ -1716,6 +1724,22 @@ mod tests {
         t.complete(|_| true);
         assert_eq!(t.broadcasts.last().unwrap().faulty(), 0b011);
         assert!(!t.broadcasts.last().unwrap().offline);
+    }
+
+    /// An array that went offline while dirty stops at once: nothing
+    /// can be marked clean (the hosts waited their stop timeout for it).
+    #[test]
+    fn an_offline_array_stops_without_being_marked_clean() {
+        let mut t = t(Level::Raid0, 2);
+        t.writable();
+        t.fail(1);
+        t.complete(|_| true);
+        assert!(t.broadcasts.last().unwrap().offline);
+        t.meta.shutdown();
+        t.pump();
+        t.complete(|_| true);
+        assert!(!t.meta.is_clean());
+        assert!(t.meta.stop_done());
     }
 
     #[test]

@@ -354,8 +354,9 @@ impl MetaHost {
     fn stopped(&self) -> bool {
         match &self.path {
             Path::Bare(_) => true,
-            // Marked clean, with the resync's checkpoint when one is due.
-            Path::Md(m) => m.is_clean(),
+            // Marked clean, with the resync's checkpoint when one is due
+            // (or offline: nothing can be).
+            Path::Md(m) => m.stop_done(),
         }
     }
 }

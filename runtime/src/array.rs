@@ -679,7 +679,7 @@ impl Array {
         loop {
             let clean = self.rt.call(self.meta_reactor, move |r| {
                 r.local::<RefCell<MetaHost>>(key)
-                    .is_none_or(|h| h.borrow().path.is_clean())
+                    .is_none_or(|h| h.borrow().path.stop_done())
             })?;
             if clean {
                 break;

@@ -523,8 +523,8 @@ impl MetaPath for DaemonMeta {
         self.update();
         r
     }
-    fn is_clean(&self) -> bool {
-        self.inner.is_clean()
+    fn stop_done(&self) -> bool {
+        self.inner.stop_done()
     }
     fn poll_output(&mut self) -> Option<MetaOutput> {
         self.inner.poll_output()

@@ -111,8 +111,9 @@ pub trait MetaPath {
     fn set_write_mostly(&mut self, _role: usize, _on: bool) -> Result<(), FlagError> {
         Err(FlagError::NoSuperblock)
     }
-    /// Nothing in flight and clean on disk (checked after `shutdown`).
-    fn is_clean(&self) -> bool {
+    /// The orderly stop is done: nothing in flight and clean on disk, or
+    /// offline (nothing can be marked clean then; checked after `shutdown`).
+    fn stop_done(&self) -> bool {
         true
     }
     /// Next thing to do.
@@ -270,8 +271,8 @@ impl MetaPath for MdMeta {
         self.meta.shutdown();
     }
 
-    fn is_clean(&self) -> bool {
-        self.meta.is_clean()
+    fn stop_done(&self) -> bool {
+        self.meta.stop_done()
     }
 
     fn poll_output(&mut self) -> Option<MetaOutput> {

@@ -614,3 +614,54 @@ fn a_second_add_does_not_take_the_role_of_one_not_yet_committed() {
     assert_eq!(d.ok(RM, json!({"name": "w2"})), json!(true));
     assert_eq!(c.read(0, 4096).unwrap(), vec![0x3c; 4096], "w0");
 }
+
+/// An array that went offline with writes in flight is deleted at once:
+/// it cannot be marked clean, and the stop waited its whole timeout (10 s)
+/// for that.
+#[test]
+fn an_offline_array_is_deleted_at_once() {
+    let _g = serial();
+    let dir = TempDir::new("offdel");
+    let d = Daemon::start(&dir, "d", None);
+    for i in 0..2 {
+        d.ok(
+            "bdev_malloc_create",
+            json!({"name": format!("o{i}"), "num_blocks": MEMBER_BYTES / 512, "block_size": 512}),
+        );
+    }
+    d.ok("bdev_error_create", json!({"base_name": "o1"}));
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid0", "base_bdevs": ["o0", "EE_o1"], "strip_size_kb": 64}),
+    );
+    let nbd = dir.path("nbd.sock");
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    d.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_o1", "io_type": "write", "error_type": "failure", "num": 1000}),
+    );
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
+    // Both strips: one lands on the failing member.
+    assert!(
+        c.write(0, &[1u8; 128 << 10], false).is_err(),
+        "a write on a lost raid0 member"
+    );
+    drop(c);
+    let a = array(&d);
+    assert_eq!(a["state"], "offline", "{a}");
+    d.ok("mdraid_nbd_export_remove", json!({"export_name": "rm"}));
+    let t = Instant::now();
+    assert_eq!(
+        d.ok("bdev_mdraid_delete", json!({"name": "rm"})),
+        json!(true)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the delete took {:?}",
+        t.elapsed()
+    );
+}
