@@ -335,9 +335,14 @@ fn start(g: Group, done: ExamineDone) {
         return;
     };
     let name = array_name(sb);
+    // A candidate another module claims (the base of a delay or error bdev
+    // stacked on it, which carries the same superblock) is not a member:
+    // the bdev stacked on it is.
+    let claimable = |n: &str| crate::spdk::Desc::open(n).is_ok_and(|mut d| d.claim().is_ok());
     let names: Vec<BdevName> = g
         .cands
         .iter()
+        .filter(|c| claimable(&c.name))
         .filter_map(|c| BdevName::new(c.name.as_str()).ok())
         .collect();
     let (Ok(bname), false) = (BdevName::new(name.as_str()), names.is_empty()) else {

@@ -599,6 +599,79 @@ fn spdk_tgt_member_deleted_during_its_create() {
     assert!(status.success(), "{}", tgt.log_text());
 }
 
+/// A delay bdev stacked on a member's bdev: both carry the member's
+/// superblock. Examine saw the base, then the delay bdev that claims it,
+/// and when the array was complete gave up ("a2 is already claimed");
+/// it assembles the array on the delay bdev, the member it was made with.
+#[test]
+fn spdk_tgt_examine_with_a_bdev_stacked_on_a_member() {
+    let Some(env) = spdk_env("stacked") else {
+        return;
+    };
+    let _g = serial();
+    let (mut tgt, files) = tgt_with_aio(&env, "a", 3);
+    let delay = r#"{"base_bdev_name":"a2","name":"d2","avg_read_latency":0,"p99_read_latency":0,"avg_write_latency":0,"p99_write_latency":0}"#;
+    tgt.ok(
+        &env,
+        &[
+            "bdev_delay_create",
+            "-b",
+            "a2",
+            "-d",
+            "d2",
+            "-r",
+            "0",
+            "-t",
+            "0",
+            "-w",
+            "0",
+            "-n",
+            "0",
+        ],
+    );
+    raid1_assume_clean(&env, &tgt, "st", "a0 a1 d2");
+    let status = tgt.terminate(&env);
+    assert!(status.success(), "{}", tgt.log_text());
+    drop(tgt);
+    // a1 last: the array is complete only then.
+    let aio = aio_entries(&files, "a");
+    let entries = vec![
+        aio[0].clone(),
+        aio[2].clone(),
+        format!(r#"{{"method":"bdev_delay_create","params":{delay}}}"#),
+        aio[1].clone(),
+    ];
+    let cfg = env.dir.join("stacked.json");
+    std::fs::write(&cfg, config(&entries)).unwrap();
+    let mut tgt = Tgt::start_with(&env, Some(&cfg));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_get_bdevs", "-n", "st"]);
+        if ok {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if v[0]["name"] == "st" {
+                break v[0].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "examine did not assemble the array: {out}\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let names: Vec<&str> = info["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["a0", "a1", "d2"], "{info}");
+    assert_eq!(member_states(&info), ["in_sync"; 3], "{info}");
+    let status = tgt.terminate(&env);
+    assert!(status.success(), "{}", tgt.log_text());
+}
+
 /// `bdev_mdraid_create` of raid1 `name` on `members` (fresh files).
 fn raid1_assume_clean(env: &Env, tgt: &Tgt, name: &str, members: &str) {
     tgt.ok(
