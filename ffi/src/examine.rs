@@ -221,11 +221,14 @@ fn seen(name: &str, t: Target, meta: Vec<u8>, done: ExamineDone) {
     };
     let uuid = sb.set_uuid;
     if let Some(a) = crate::module::all().into_iter().find(|a| a.uuid == uuid) {
-        log_notice!(
-            "mdraid: examine {name}: a member of array {} ({}), which runs; bdev_mdraid_add_base_bdev brings it back",
-            a.name,
-            md_uuid(&uuid)
-        );
+        // One the array holds is no news; one it does not hold may come back.
+        if a.serving_role(name).is_none() {
+            log_notice!(
+                "mdraid: examine {name}: a member of array {} ({}), which runs without it; bdev_mdraid_add_base_bdev brings it back",
+                a.name,
+                md_uuid(&uuid)
+            );
+        }
         return;
     }
     let ready = STATE.with(|s| {
