@@ -428,22 +428,7 @@ fn member_made_after_its_array(tag: &str, replaced: &[usize]) {
     drop(tgt);
 
     let tgt = Tgt::start_with(&env, Some(&cfg));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info = loop {
-        let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_get_bdevs", "-n", "md"]);
-        if ok {
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            if v[0]["name"] == "md" {
-                break v[0].clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the array did not come back: {out}\n{}",
-            tgt.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let info = wait_for_array(&env, &tgt, "md");
     assert_eq!(member_states(&info), ["in_sync", "in_sync"], "{info}");
     let again = tgt.ok(&env, &["save_config"]);
     assert!(
@@ -456,6 +441,27 @@ fn member_made_after_its_array(tag: &str, replaced: &[usize]) {
         tgt.log_text()
     );
     env.cleanup();
+}
+
+/// Bounded wait until array `name` is there (examine assembles it from a
+/// config replayed at start); its `bdev_mdraid_get_bdevs` entry.
+fn wait_for_array(env: &Env, tgt: &Tgt, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = tgt.rpc(env, &["bdev_mdraid_get_bdevs", "-n", name]);
+        if ok {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if v[0]["name"] == name {
+                return v[0].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "array {name} did not come: {out}\n{}",
+            tgt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A target with `n` new 32 MiB files as aio bdevs `{prefix}0`...
@@ -644,22 +650,7 @@ fn spdk_tgt_examine_with_a_bdev_stacked_on_a_member() {
     let cfg = env.dir.join("stacked.json");
     std::fs::write(&cfg, config(&entries)).unwrap();
     let mut tgt = Tgt::start_with(&env, Some(&cfg));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info = loop {
-        let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_get_bdevs", "-n", "st"]);
-        if ok {
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            if v[0]["name"] == "st" {
-                break v[0].clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "examine did not assemble the array: {out}\n{}",
-            tgt.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let info = wait_for_array(&env, &tgt, "st");
     let names: Vec<&str> = info["base_bdevs_list"]
         .as_array()
         .unwrap()

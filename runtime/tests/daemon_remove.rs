@@ -159,6 +159,17 @@ fn saved_members(cfg: &Value) -> Value {
     create["params"]["base_bdevs"].clone()
 }
 
+/// Serve array `rm` over NBD on a unix socket in `dir`; the socket.
+fn export_rm(d: &Daemon, dir: &TempDir) -> PathBuf {
+    let nbd = dir.path("nbd.sock");
+    d.ok(
+        "mdraid_nbd_listener_add",
+        json!({"unix_path": nbd.display().to_string()}),
+    );
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    nbd
+}
+
 /// Bounded wait until every member of `rm` is in sync.
 fn wait_all_in_sync(d: &Daemon, n: usize) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -235,12 +246,7 @@ fn remove_base_bdev_while_writing_then_add_back() {
     assert_eq!(d.ok("bdev_get_bdevs", Value::Null), bdevs);
 
     // Remove r2 while an NBD client writes.
-    let nbd = dir.path("nbd.sock");
-    d.ok(
-        "mdraid_nbd_listener_add",
-        json!({"unix_path": nbd.display().to_string()}),
-    );
-    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let nbd = export_rm(&d, &dir);
     let stale = read_sb(&files[2]);
     let events0 = before["events"].as_u64().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -438,12 +444,7 @@ fn remove_base_bdev_of_a_failed_member_only_releases_it() {
         "bdev_mdraid_create",
         json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["EE_m0", "EE_m1", "EE_m2"]}),
     );
-    let nbd = dir.path("nbd.sock");
-    d.ok(
-        "mdraid_nbd_listener_add",
-        json!({"unix_path": nbd.display().to_string()}),
-    );
-    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let nbd = export_rm(&d, &dir);
     d.ok(
         "bdev_error_inject_error",
         json!({"name": "EE_m1", "io_type": "write", "error_type": "failure", "num": 1000000}),
@@ -515,12 +516,7 @@ fn a_member_added_back_after_the_config_was_saved_is_assembled() {
         json!({"name": "rm", "raid_level": "raid5", "strip_size_kb": 64,
             "base_bdevs": ["r0", "r1", "r2"], "assume_clean": true}),
     );
-    let nbd = dir.path("nbd.sock");
-    d.ok(
-        "mdraid_nbd_listener_add",
-        json!({"unix_path": nbd.display().to_string()}),
-    );
-    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let nbd = export_rm(&d, &dir);
     assert_eq!(d.ok(RM, json!({"name": "r2"})), json!(true));
     let cfg = d.ok("save_config", Value::Null);
     assert_eq!(saved_members(&cfg), json!(["r0", "r1"]));
@@ -589,12 +585,7 @@ fn a_second_add_does_not_take_the_role_of_one_not_yet_committed() {
         "bdev_mdraid_create",
         json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["w0", "w1", "dw3"], "assume_clean": true}),
     );
-    let nbd = dir.path("nbd.sock");
-    d.ok(
-        "mdraid_nbd_listener_add",
-        json!({"unix_path": nbd.display().to_string()}),
-    );
-    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let nbd = export_rm(&d, &dir);
     let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
     c.write(0, &[0x3c; 4096], true).unwrap();
     assert_eq!(d.ok(RM, json!({"name": "w0"})), json!(true));
@@ -634,12 +625,7 @@ fn an_offline_array_is_deleted_at_once() {
         "bdev_mdraid_create",
         json!({"name": "rm", "raid_level": "raid0", "base_bdevs": ["o0", "EE_o1"], "strip_size_kb": 64}),
     );
-    let nbd = dir.path("nbd.sock");
-    d.ok(
-        "mdraid_nbd_listener_add",
-        json!({"unix_path": nbd.display().to_string()}),
-    );
-    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let nbd = export_rm(&d, &dir);
     d.ok(
         "bdev_error_inject_error",
         json!({"name": "EE_o1", "io_type": "write", "error_type": "failure", "num": 1000}),
