@@ -2886,25 +2886,7 @@ impl RpcServer {
     /// The first half of [`RpcServer::start`]: the socket, bound (clients
     /// that connect wait until [`RpcServer::serve`] accepts them).
     pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket()) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{}: exists and is not a socket", path.display()),
-            ));
-        }
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!(
-                        "{}: another process is serving this RPC socket",
-                        path.display()
-                    ),
-                ));
-            }
-            let _ = std::fs::remove_file(path);
-        }
-        UnixListener::bind(path)
+        crate::export::bind_unix(path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
 

@@ -285,6 +285,30 @@ impl ExportCatalog for ConnCatalog {
     }
 }
 
+/// Bind a unix socket at `path`: a stale socket file there is replaced;
+/// one a process serves (another listener, an RPC socket, another
+/// process's) is `AddrInUse`, anything else there `AlreadyExists`.
+pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() && UnixStream::connect(path).is_ok() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "a process is serving this socket",
+            ))
+        }
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}
+
 // ----- listeners ----------------------------------------------------------
 
 enum ListenSock {
@@ -465,28 +489,7 @@ impl ExportServer {
                 io::Error::new(io::ErrorKind::AddrInUse, "already listening there"),
             ));
         }
-        match std::fs::symlink_metadata(path) {
-            // A live socket (another listener, the daemon's own RPC socket,
-            // another process's) is not taken over; a stale one is.
-            Ok(m) if m.file_type().is_socket() && UnixStream::connect(path).is_ok() => {
-                return Err(ExportError::Listen(
-                    what,
-                    io::Error::new(io::ErrorKind::AddrInUse, "a process is serving this socket"),
-                ))
-            }
-            Ok(m) if m.file_type().is_socket() => {
-                std::fs::remove_file(path).map_err(|e| ExportError::Listen(what.clone(), e))?
-            }
-            Ok(_) => {
-                return Err(ExportError::Listen(
-                    what,
-                    io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ExportError::Listen(what, e)),
-        }
-        let l = UnixListener::bind(path).map_err(|e| ExportError::Listen(what.clone(), e))?;
+        let l = bind_unix(path).map_err(|e| ExportError::Listen(what.clone(), e))?;
         let id = std::fs::symlink_metadata(path)
             .ok()
             .map(|m| (m.dev(), m.ino()));

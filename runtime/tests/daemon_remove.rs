@@ -159,6 +159,16 @@ fn saved_members(cfg: &Value) -> Value {
     create["params"]["base_bdevs"].clone()
 }
 
+/// `n` malloc bdevs of `MEMBER_BYTES`, `{prefix}0`...
+fn mallocs(d: &Daemon, prefix: &str, n: usize) {
+    for i in 0..n {
+        d.ok(
+            "bdev_malloc_create",
+            json!({"name": format!("{prefix}{i}"), "num_blocks": MEMBER_BYTES / 512, "block_size": 512}),
+        );
+    }
+}
+
 /// Serve array `rm` over NBD on a unix socket in `dir`; the socket.
 fn export_rm(d: &Daemon, dir: &TempDir) -> PathBuf {
     let nbd = dir.path("nbd.sock");
@@ -431,12 +441,7 @@ fn remove_base_bdev_of_a_failed_member_only_releases_it() {
     let _g = serial();
     let dir = TempDir::new("removefailed");
     let d = Daemon::start(&dir, "d", None);
-    for i in 0..6 {
-        d.ok(
-            "bdev_malloc_create",
-            json!({"name": format!("m{i}"), "num_blocks": MEMBER_BYTES / 512, "block_size": 512}),
-        );
-    }
+    mallocs(&d, "m", 6);
     for i in 0..3 {
         d.ok("bdev_error_create", json!({"base_name": format!("m{i}")}));
     }
@@ -569,12 +574,7 @@ fn a_second_add_does_not_take_the_role_of_one_not_yet_committed() {
     let _g = serial();
     let dir = TempDir::new("twoadds");
     let d = Daemon::start(&dir, "d", None);
-    for i in 0..4 {
-        d.ok(
-            "bdev_malloc_create",
-            json!({"name": format!("w{i}"), "num_blocks": MEMBER_BYTES / 512, "block_size": 512}),
-        );
-    }
+    mallocs(&d, "w", 4);
     // A slow third member: commits (superblock writes) take a while.
     d.ok(
         "bdev_delay_create",
@@ -614,12 +614,7 @@ fn an_offline_array_is_deleted_at_once() {
     let _g = serial();
     let dir = TempDir::new("offdel");
     let d = Daemon::start(&dir, "d", None);
-    for i in 0..2 {
-        d.ok(
-            "bdev_malloc_create",
-            json!({"name": format!("o{i}"), "num_blocks": MEMBER_BYTES / 512, "block_size": 512}),
-        );
-    }
+    mallocs(&d, "o", 2);
     d.ok("bdev_error_create", json!({"base_name": "o1"}));
     d.ok(
         "bdev_mdraid_create",

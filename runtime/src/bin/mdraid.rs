@@ -263,16 +263,12 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
         None => None,
     };
-    if a.rpc_socket.exists() && std::os::unix::net::UnixStream::connect(&a.rpc_socket).is_ok() {
-        return fail(format!(
-            "{}: another process is serving this RPC socket (pass -r to use another)",
-            a.rpc_socket.display()
-        ));
-    }
-
     // Bound before a member is touched (clients wait until it serves).
     let rpc_listener = match RpcServer::bind(&a.rpc_socket) {
         Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return fail(format!("RPC socket: {e} (pass -r to use another)"))
+        }
         Err(e) => return fail(format!("RPC socket: {e}")),
     };
     let rpc_path = a.rpc_socket.clone();
