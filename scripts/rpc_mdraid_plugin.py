@@ -85,6 +85,10 @@ def bdev_mdraid_examine(args):
     print_json(_call(args, 'bdev_mdraid_examine', {'name': args.name}))
 
 
+def bdev_mdraid_zero_superblock(args):
+    _call(args, 'bdev_mdraid_zero_superblock', {'name': args.name})
+
+
 def bdev_mdraid_set_write_mostly(args):
     _call(args, 'bdev_mdraid_set_write_mostly', {
         'name': args.name,
@@ -167,6 +171,12 @@ def spdk_rpc_plugin_initialize(subparsers):
                               'complete arrays are assembled as examine does')
     p.add_argument('-n', '--name', help='only this bdev (default: every bdev)')
     p.set_defaults(func=bdev_mdraid_examine)
+
+    p = subparsers.add_parser('bdev_mdraid_zero_superblock',
+                              help='Wipe the md superblock of a bdev no array holds '
+                              '(mdadm --zero-superblock)')
+    p.add_argument('name', help='the bdev')
+    p.set_defaults(func=bdev_mdraid_zero_superblock)
 
     p = subparsers.add_parser('bdev_mdraid_set_write_mostly',
                               help='Make a member write-mostly (or not, with --clear)')

@@ -42,8 +42,8 @@ use std::rc::Rc;
 use bdev_raid::assemble::{assemble, md_uuid, AssembleOptions, Candidate};
 use bdev_raid::ondisk::{DevRole, SbError, Superblock, SB_BLOCK_BYTES};
 use mdraid_rpc::params::BdevMdraidCreate;
-use mdraid_rpc::results::MdraidExamineInfo;
-use mdraid_rpc::types::{BdevName, BitmapSetting, NameList, RaidLevel, Uuid as RpcUuid};
+use mdraid_rpc::results::{MdraidBaseBdevInfo, MdraidBdevInfo, MdraidExamineInfo};
+use mdraid_rpc::types::{BdevName, BitmapSetting, NameList, RaidLevel, RaidState, Uuid as RpcUuid};
 
 use crate::probe::{read_md_meta, Target};
 use crate::spdk::{guard, log_notice, log_warn, Bdev, Desc};
@@ -96,6 +96,10 @@ struct State {
     busy: usize,
     /// Run once no assembly of examine's is in flight.
     waiters: Vec<Box<dyn FnOnce()>>,
+    /// Creates of md arrays whose members are not all there yet (a
+    /// replayed config, [`hold_create`]), by uuid: listed as configuring,
+    /// saved by `save_config`, and naming the array examine assembles.
+    creates: Vec<BdevMdraidCreate>,
 }
 
 thread_local! {
@@ -130,9 +134,220 @@ pub fn waiting(uuid: &[u8; 16]) -> Vec<String> {
     })
 }
 
-/// Array `uuid` runs: the members examine kept for it are not needed.
+/// Array `uuid` runs: the members examine kept for it, and a create
+/// waiting for them, are not needed.
 pub fn forget(uuid: &[u8; 16]) {
-    STATE.with(|s| s.borrow_mut().groups.retain(|g| g.uuid != *uuid));
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.groups.retain(|g| g.uuid != *uuid);
+        s.creates.retain(|p| p.uuid.map(|u| u.0) != Some(*uuid));
+    });
+}
+
+/// Bdev `name` is no longer an md member (its superblock was wiped):
+/// examine lets it go.
+pub fn forget_member(name: &str) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        for g in &mut s.groups {
+            g.cands.retain(|c| c.name != name);
+        }
+        s.groups.retain(|g| !g.cands.is_empty());
+    })
+}
+
+/// Keep create `p` (of an md array, with its uuid) until examine assembles
+/// the array: its members are not all there yet. A create kept for the
+/// same array is replaced.
+pub fn hold_create(p: BdevMdraidCreate) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.creates
+            .retain(|c| c.uuid != p.uuid && c.name.as_str() != p.name.as_str());
+        s.creates.push(p);
+    })
+}
+
+/// The create kept for an array named `name`, if any.
+pub fn held_create(name: &str) -> Option<BdevMdraidCreate> {
+    STATE.with(|s| {
+        s.borrow()
+            .creates
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .cloned()
+    })
+}
+
+/// Forget the array named `name` that waits for its members
+/// (`bdev_mdraid_delete`): the create kept for it and the members examine
+/// holds. Whether there was one. `bdev_mdraid_examine` on its members
+/// brings it back.
+pub fn drop_waiting(name: &str) -> bool {
+    let uuid = configuring()
+        .into_iter()
+        .find(|a| a.name == name)
+        .map(|a| a.uuid.0);
+    if let Some(u) = uuid {
+        forget(&u);
+        STATE.with(|s| s.borrow_mut().creates.retain(|c| c.name.as_str() != name));
+    }
+    uuid.is_some()
+}
+
+/// The creates kept, for `save_config`.
+pub fn held_creates() -> Vec<BdevMdraidCreate> {
+    STATE.with(|s| s.borrow().creates.clone())
+}
+
+/// The arrays waiting for members, as `bdev_mdraid_get_bdevs` lists them
+/// (state `configuring`, as SPDK's raid lists one): every create kept,
+/// and every md array examine holds members of.
+pub fn configuring() -> Vec<MdraidBdevInfo> {
+    STATE.with(|s| {
+        let s = s.borrow();
+        let mut out: Vec<MdraidBdevInfo> = s
+            .creates
+            .iter()
+            .map(|p| {
+                let uuid = p.uuid.map_or([0; 16], |u| u.0);
+                waiting_info(s.groups.iter().find(|g| g.uuid == uuid), Some(p))
+            })
+            .collect();
+        out.extend(
+            s.groups
+                .iter()
+                .filter(|g| {
+                    !s.creates
+                        .iter()
+                        .any(|p| p.uuid.map(|u| u.0) == Some(g.uuid))
+                })
+                .map(|g| waiting_info(Some(g), None)),
+        );
+        out
+    })
+}
+
+/// How array `g` (members examine holds), or `p` (a create kept), looks
+/// while it waits for members.
+fn waiting_info(g: Option<&Group>, p: Option<&BdevMdraidCreate>) -> MdraidBdevInfo {
+    // Members deleted since examine saw them are not there.
+    let cands: Vec<&Cand> = g
+        .map(|g| {
+            g.cands
+                .iter()
+                .filter(|c| Bdev::by_name(&c.name).is_some())
+                .collect()
+        })
+        .unwrap_or_default();
+    let fresh = cands.iter().map(|c| &c.sb).max_by_key(|sb| sb.events);
+    let level = fresh
+        .and_then(|sb| {
+            RaidLevel::ALL
+                .iter()
+                .copied()
+                .find(|l| l.md_level() == sb.level)
+        })
+        .or(p.map(|p| p.raid_level))
+        .unwrap_or(RaidLevel::Raid1);
+    let raid_disks = fresh.map_or(p.map_or(0, |p| p.base_bdevs.len()), |sb| {
+        sb.raid_disks as usize
+    });
+    // The member serving each role, by its own superblock.
+    let mut roles: Vec<Option<&Cand>> = vec![None; raid_disks];
+    for c in &cands {
+        if let DevRole::Active(r) = c.sb.role() {
+            if let Some(slot) = roles.get_mut(r as usize) {
+                if slot.is_none_or(|o| o.sb.events < c.sb.events) {
+                    *slot = Some(c);
+                }
+            }
+        }
+    }
+    // Members the create names that have not appeared fill the empty slots.
+    let mut absent = p
+        .map(|p| {
+            p.base_bdevs
+                .iter()
+                .map(|n| n.to_string())
+                .filter(|n| !cands.iter().any(|c| c.name == *n))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter();
+    let active =
+        |r: usize| fresh.is_none_or(|sb| sb.dev_roles.contains(&DevRole::Active(r as u16)));
+    let block_size = cands
+        .first()
+        .map_or(512, |c| u64::from(c.block_size.max(1)));
+    let blocks = |sectors: u64| sectors * 512 / block_size;
+    let base_bdevs_list: Vec<MdraidBaseBdevInfo> = roles
+        .iter()
+        .enumerate()
+        .map(|(r, c)| match c {
+            Some(c) => MdraidBaseBdevInfo {
+                name: Some(c.name.clone()),
+                uuid: RpcUuid(c.sb.device_uuid),
+                is_configured: false,
+                data_offset: blocks(c.sb.data_offset),
+                data_size: blocks(c.sb.data_size),
+                role: Some(r as u32),
+                state: Some("discovered".into()),
+                write_mostly: c.sb.write_mostly(),
+                io: None,
+            },
+            None => MdraidBaseBdevInfo {
+                name: if active(r) { absent.next() } else { None },
+                uuid: RpcUuid([0; 16]),
+                is_configured: false,
+                data_offset: 0,
+                data_size: 0,
+                role: Some(r as u32),
+                state: Some(if active(r) { "missing" } else { "faulty" }.into()),
+                write_mostly: false,
+                io: None,
+            },
+        })
+        .collect();
+    let discovered = roles.iter().filter(|c| c.is_some()).count() as u32;
+    let operational = (0..raid_disks).filter(|&r| active(r)).count() as u32;
+    let name = match (p, fresh) {
+        (Some(p), _) => p.name.to_string(),
+        (None, Some(sb)) => array_name(sb),
+        (None, None) => String::new(),
+    };
+    let uuid = g.map(|g| g.uuid).or(p.and_then(|p| p.uuid.map(|u| u.0)));
+    MdraidBdevInfo {
+        name,
+        uuid: RpcUuid(uuid.unwrap_or([0; 16])),
+        strip_size_kb: match (level, fresh) {
+            (RaidLevel::Raid1, _) => 0,
+            (_, Some(sb)) => sb.chunksize / 2,
+            (_, None) => p.and_then(|p| p.strip_size_kb).unwrap_or(0),
+        },
+        state: RaidState::Configuring,
+        raid_level: level,
+        superblock: true,
+        num_base_bdevs: raid_disks as u32,
+        num_base_bdevs_discovered: discovered,
+        num_base_bdevs_operational: operational,
+        process: None,
+        base_bdevs_list,
+        layout: fresh.and_then(|sb| {
+            matches!(
+                level,
+                RaidLevel::Raid4 | RaidLevel::Raid5 | RaidLevel::Raid6 | RaidLevel::Raid10
+            )
+            .then(|| bdev_raid::examine::layout_name(sb.level, sb.layout))
+        }),
+        events: fresh.map_or(0, |sb| sb.events),
+        array_state: Some("inactive".into()),
+        degraded: operational < raid_disks as u32,
+        sync_action: None,
+        mismatch_cnt: None,
+        bitmap: None,
+        write_behind: None,
+    }
 }
 
 fn assembly_ended() {
@@ -337,7 +552,18 @@ fn start(g: Group, done: ExamineDone) {
         assembly_ended();
         return;
     };
-    let name = array_name(sb);
+    // The name a create kept for it gives (a replayed config), else the
+    // superblock's.
+    let name = STATE
+        .with(|s| {
+            s.borrow()
+                .creates
+                .iter()
+                .find(|p| p.uuid.map(|u| u.0) == Some(g.uuid))
+                .map(|p| p.name.to_string())
+        })
+        .filter(|n| Bdev::by_name(n).is_none() && !crate::module::is_array(n))
+        .unwrap_or_else(|| array_name(sb));
     // A candidate another module claims (the base of a delay or error bdev
     // stacked on it, which carries the same superblock) is not a member:
     // the bdev stacked on it is.

@@ -69,9 +69,9 @@ use mdraid_rpc::method::decode;
 use mdraid_rpc::params::{
     BdevMdraidAddBaseBdev, BdevMdraidCreate, BdevMdraidDelete, BdevMdraidExamine,
     BdevMdraidGetBdevs, BdevMdraidRemoveBaseBdev, BdevMdraidSetOptions, BdevMdraidSetWriteMostly,
-    BdevMdraidSyncAction,
+    BdevMdraidSyncAction, BdevMdraidZeroSuperblock,
 };
-use mdraid_rpc::results::MdraidMemberIo;
+use mdraid_rpc::results::{MdraidBdevInfo, MdraidMemberIo};
 use mdraid_rpc::types::SyncAction;
 use mdraid_rpc::types::{BdevName, NameList, RaidCategory, RaidLevel, RaidState, Uuid as RpcUuid};
 use mdraid_rpc::RpcError;
@@ -150,13 +150,15 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_get_bdevs(
             Err(e) => return r.rpc_error(&e),
         };
         let mut arrays = crate::module::all();
+        let mut waiting = crate::examine::configuring();
         if let Some(n) = &p.name {
             arrays.retain(|a| a.name == n.as_str());
-            if arrays.is_empty() {
+            waiting.retain(|a| a.name == n.as_str());
+            if arrays.is_empty() && waiting.is_empty() {
                 return r.rpc_error(&no_device(n.as_str()));
             }
         }
-        get_bdevs(arrays, p.category, r);
+        get_bdevs(arrays, waiting, p.category, r);
     })
 }
 
@@ -164,7 +166,13 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_get_bdevs(
 /// counters: gathered from every array's channels first
 /// ([`crate::array::gather_member_io`], on each array's metadata thread),
 /// then the answer goes from this thread.
-fn get_bdevs(arrays: Vec<Arc<Array>>, category: RaidCategory, r: Request) {
+/// `waiting`: the arrays waiting for members (state `configuring`).
+fn get_bdevs(
+    arrays: Vec<Arc<Array>>,
+    waiting: Vec<MdraidBdevInfo>,
+    category: RaidCategory,
+    r: Request,
+) {
     struct Gather {
         io: Vec<Option<Vec<MdraidMemberIo>>>,
         left: usize,
@@ -188,6 +196,7 @@ fn get_bdevs(arrays: Vec<Arc<Array>>, category: RaidCategory, r: Request) {
                 .iter()
                 .zip(&io)
                 .map(|(a, io)| a.rpc_info_io(io.as_deref()))
+                .chain(waiting.iter().cloned())
                 .filter(|a| match category {
                     RaidCategory::All => true,
                     RaidCategory::Online => a.state == RaidState::Online,
@@ -255,6 +264,14 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_delete(
             Err(e) => return r.rpc_error(&e),
         };
         let Some(a) = crate::module::find(p.name.as_str()) else {
+            // One waiting for its members has nothing to unregister.
+            if crate::examine::drop_waiting(p.name.as_str()) {
+                log_notice!(
+                    "mdraid {}: deleted while it waited for its members; bdev_mdraid_examine on them brings it back",
+                    p.name
+                );
+                return r.result("true");
+            }
             return r.rpc_error(&no_device(p.name.as_str()));
         };
         a.clear_sb
@@ -438,7 +455,17 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply, examined: bool) {
             return reply.ok();
         }
     }
+    if let Some(w) = crate::examine::held_create(&name).filter(|w| w.uuid != p.uuid) {
+        return reply.err(&RpcError::errno(
+            errno::EEXIST,
+            format!(
+                "bdev {name} already exists: it waits for its members (md array {}); bdev_mdraid_delete drops it",
+                w.uuid.map_or_else(String::new, |u| md_uuid(&u.0))
+            ),
+        ));
+    }
     if left_to_examine(&p) {
+        crate::examine::hold_create(p);
         return reply.ok();
     }
     if Bdev::by_name(&name).is_some() || !crate::module::reserve(&name) {
@@ -1856,5 +1883,126 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_examine(
                 Err(e) => r.rpc_error(&RpcError::internal(e.to_string())),
             }
         });
+    })
+}
+
+// ------------------------------------------------------------ bdev_mdraid_zero_superblock
+
+/// RPC method (registered by the shim): wipe the md superblock of a bdev
+/// no array holds (mdadm's `--zero-superblock`). The bdev is claimed while
+/// it is wiped; the wipe is read back.
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+#[no_mangle]
+pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_zero_superblock(
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+) {
+    const M: &str = "bdev_mdraid_zero_superblock";
+    run(M, req, |r| {
+        // SAFETY: p is this request's params.
+        let p: BdevMdraidZeroSuperblock = match unsafe { params(M, p) } {
+            Ok(p) => p,
+            Err(e) => return r.rpc_error(&e),
+        };
+        let n = p.name.as_str().to_string();
+        if crate::module::names_array(&n) {
+            return r.rpc_error(&BdevMdraidZeroSuperblock::array_named(&n));
+        }
+        let by = || {
+            crate::module::all()
+                .into_iter()
+                .find(|a| a.serving_role(&n).is_some())
+                .map_or_else(|| "another module".to_string(), |a| a.name.clone())
+        };
+        let mut d = match Desc::open(&n) {
+            Ok(d) => d,
+            Err(rc) if rc == -ENODEV => return r.rpc_error(&no_device(&n)),
+            Err(rc) if rc == -EPERM => {
+                return r.rpc_error(&BdevMdraidZeroSuperblock::claimed(&n, &by()))
+            }
+            Err(rc) => {
+                return r.rpc_error(&RpcError::errno(
+                    -rc,
+                    format!("{M}: `{n}`: cannot open it: {}", errno::strerror(-rc)),
+                ))
+            }
+        };
+        if d.claim().is_err() {
+            return r.rpc_error(&BdevMdraidZeroSuperblock::claimed(&n, &by()));
+        }
+        let Some(ch) = d.channel() else {
+            return r.rpc_error(&RpcError::errno(
+                errno::ENOMEM,
+                format!("{M}: `{n}`: no I/O channel"),
+            ));
+        };
+        let b = d.bdev();
+        let t = Target::of(d.raw(), ch.raw(), &b);
+        let sectors = b.num_blocks() * u64::from(b.block_size()) / 512;
+        let is_md = move |meta: &[u8]| {
+            meta.len() >= SB_BLOCK_BYTES
+                && !matches!(
+                    Superblock::decode(meta, sectors),
+                    Err(bdev_raid::ondisk::SbError::BadMagic { .. })
+                )
+        };
+        let io = {
+            let n = n.clone();
+            Rc::new(move |e: &str| RpcError::errno(errno::EIO, format!("{M}: `{n}`: {e}")))
+        };
+        let read_done = move |res: Result<Vec<u8>, String>| {
+            let meta = match res {
+                Ok(m) => m,
+                Err(e) => return r.rpc_error(&io(&e)),
+            };
+            if !is_md(&meta) {
+                return r.rpc_error(&BdevMdraidZeroSuperblock::blank(&n));
+            }
+            // The descriptor and channel live until the wipe is read back.
+            let held = Rc::new(RefCell::new(Some((ch, d))));
+            let answer = Rc::new(RefCell::new(Some(r)));
+            let after = {
+                let (held, answer, io) = (held.clone(), answer.clone(), io.clone());
+                move || {
+                    let Some(r) = answer.borrow_mut().take() else {
+                        return;
+                    };
+                    let reread = move |res: Result<Vec<u8>, String>| {
+                        // Channel, then descriptor (releasing the claim).
+                        drop(held.borrow_mut().take());
+                        match res {
+                            Ok(m) if !is_md(&m) => {
+                                log_notice!("mdraid: `{n}`: md superblock zeroed");
+                                crate::examine::forget_member(&n);
+                                r.result("true")
+                            }
+                            Ok(_) => {
+                                r.rpc_error(&io("the superblock is still there after the wipe"))
+                            }
+                            Err(e) => r.rpc_error(&io(&e)),
+                        }
+                    };
+                    // SAFETY: the descriptor and channel are held until
+                    // `reread` runs.
+                    unsafe { read_md_meta(t, reread) }
+                }
+            };
+            let n = {
+                let g = held.borrow();
+                let (ch, d) = g.as_ref().expect("held");
+                meta::wipe_all(&[(d, ch)], SB_BLOCK_BYTES, after)
+            };
+            if n == 0 {
+                drop(held.borrow_mut().take());
+                if let Some(r) = answer.borrow_mut().take() {
+                    r.rpc_error(&io("the wipe could not be submitted"));
+                }
+            }
+        };
+        // SAFETY: the descriptor and channel move into the completion,
+        // which keeps them until the last read ended.
+        unsafe { read_md_meta(t, read_done) }
     })
 }

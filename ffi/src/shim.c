@@ -43,6 +43,8 @@ void mdraid_rpc_bdev_mdraid_set_write_mostly(struct spdk_jsonrpc_request *reques
 		const struct spdk_json_val *params);
 void mdraid_rpc_bdev_mdraid_examine(struct spdk_jsonrpc_request *request,
 				    const struct spdk_json_val *params);
+void mdraid_rpc_bdev_mdraid_zero_superblock(struct spdk_jsonrpc_request *request,
+		const struct spdk_json_val *params);
 int mdraid_module_config_json(struct spdk_json_write_ctx *w);
 
 static struct spdk_bdev_module g_mdraid_if = {
@@ -80,6 +82,8 @@ SPDK_RPC_REGISTER("bdev_mdraid_remove_base_bdev", mdraid_rpc_bdev_mdraid_remove_
 SPDK_RPC_REGISTER("bdev_mdraid_set_write_mostly", mdraid_rpc_bdev_mdraid_set_write_mostly,
 		  SPDK_RPC_RUNTIME)
 SPDK_RPC_REGISTER("bdev_mdraid_examine", mdraid_rpc_bdev_mdraid_examine, SPDK_RPC_RUNTIME)
+SPDK_RPC_REGISTER("bdev_mdraid_zero_superblock", mdraid_rpc_bdev_mdraid_zero_superblock,
+		  SPDK_RPC_RUNTIME)
 
 struct spdk_bdev_module *
 mdraid_shim_module(void)

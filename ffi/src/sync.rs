@@ -35,8 +35,11 @@ pub fn options() -> ProcessOptions {
     *OPTIONS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Module config callback (the shim's module table): the options, for
-/// `save_config`, when they are not the defaults.
+/// Module config callback (the shim's module table), for `save_config`:
+/// the options, when they are not the defaults, and the creates of arrays
+/// still waiting for their members (SPDK writes module configs before
+/// every bdev's, so they replay before their members exist and wait
+/// again, as they did here).
 ///
 /// # Safety
 /// `w` must be a live JSON write context.
@@ -45,18 +48,23 @@ pub unsafe extern "C" fn mdraid_module_config_json(
     w: *mut crate::sys::spdk_json_write_ctx,
 ) -> std::ffi::c_int {
     crate::spdk::guard("module config_json", 0, || {
-        let Some(p) = mdraid_rpc::params::BdevMdraidSetOptions::saved(&options()) else {
-            return 0;
-        };
         // SAFETY: w is live for this call (the caller's contract).
         let Some(mut w) = (unsafe { crate::spdk::JsonWriter::new(w) }) else {
             return 0;
         };
-        let params = serde_json::to_string(&p).unwrap_or_else(|_| "{}".into());
-        w.object_begin();
-        w.named_raw("method", "\"bdev_mdraid_set_options\"");
-        w.named_raw("params", &params);
-        w.object_end();
+        let mut call = |method: &str, params: String| {
+            w.object_begin();
+            w.named_raw("method", &format!("\"{method}\""));
+            w.named_raw("params", &params);
+            w.object_end();
+        };
+        let json = |p: Result<String, serde_json::Error>| p.unwrap_or_else(|_| "{}".into());
+        if let Some(p) = mdraid_rpc::params::BdevMdraidSetOptions::saved(&options()) {
+            call("bdev_mdraid_set_options", json(serde_json::to_string(&p)));
+        }
+        for p in crate::examine::held_creates() {
+            call("bdev_mdraid_create", json(serde_json::to_string(&p)));
+        }
         0
     })
 }

@@ -443,6 +443,254 @@ fn member_made_after_its_array(tag: &str, replaced: &[usize]) {
     env.cleanup();
 }
 
+/// A saved config replayed with a member missing: the array waits for it.
+/// It is listed as `configuring` (as SPDK's raid lists one), its create
+/// is saved again (a config saved while it waits keeps it), its name is
+/// not taken by another array, and it comes back under that name once the
+/// member appears. A waiting array can also be deleted.
+#[test]
+fn spdk_tgt_an_array_waiting_for_members_is_listed_saved_and_deleted() {
+    let Some(env) = spdk_env("waiting") else {
+        return;
+    };
+    let _g = serial();
+    let files = new_files(&env, "w", 2, 32 << 20);
+    let mut tgt = Tgt::start(&env);
+    let aio = |t: &Tgt, name: &str, f: &Path| {
+        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
+    };
+    aio(&tgt, "w0", &files[0]);
+    aio(&tgt, "w1", &files[1]);
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "md",
+            "-r",
+            "raid1",
+            "-b",
+            "w0 w1",
+            "--assume-clean",
+        ],
+    );
+    let saved = tgt.ok(&env, &["save_config"]);
+    assert!(tgt.terminate(&env).success(), "{}", tgt.log_text());
+    drop(tgt);
+    // The config without w1's aio bdev.
+    let mut cfg: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    for sub in cfg["subsystems"].as_array_mut().unwrap() {
+        if let Some(c) = sub["config"].as_array_mut() {
+            c.retain(|m| m["params"]["name"] != "w1");
+        }
+    }
+    let missing = env.dir.join("missing.json");
+    std::fs::write(&missing, cfg.to_string()).unwrap();
+
+    let mut tgt = Tgt::start_with(&env, Some(&missing));
+    let get = |t: &Tgt, cat: &str| -> serde_json::Value {
+        let out = t.ok(&env, &["bdev_mdraid_get_bdevs", cat]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    assert_eq!(get(&tgt, "online"), serde_json::json!([]));
+    let w = get(&tgt, "configuring");
+    let a = &w[0];
+    assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
+    assert_eq!(a["name"], "md", "{a}");
+    assert_eq!(a["state"], "configuring", "{a}");
+    assert_eq!(a["raid_level"], "raid1", "{a}");
+    assert_eq!(a["num_base_bdevs"], 2, "{a}");
+    assert_eq!(a["num_base_bdevs_discovered"], 1, "{a}");
+    let slots: Vec<(String, String)> = a["base_bdevs_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap_or("").to_string(),
+                b["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        slots,
+        [
+            ("w0".into(), "discovered".into()),
+            ("w1".into(), "missing".into())
+        ],
+        "{a}"
+    );
+    assert_eq!(get(&tgt, "all"), w);
+    // By name too.
+    let by_name = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "md"]);
+    assert!(by_name.contains("\"configuring\""), "{by_name}");
+    // Another array cannot take its name.
+    tgt.ok(&env, &["bdev_malloc_create", "-b", "x0", "8", "512"]);
+    tgt.ok(&env, &["bdev_malloc_create", "-b", "x1", "8", "512"]);
+    let (ok, out) = tgt.rpc(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "md",
+            "-r",
+            "raid1",
+            "-b",
+            "x0 x1",
+        ],
+    );
+    assert!(!ok && out.contains("waits for its members"), "{out}");
+    assert!(!tgt.claimed(&env, "x0"), "a refused create claimed x0");
+    // Saved while waiting: the create is kept, before every bdev (SPDK
+    // writes module configs first).
+    let again = tgt.ok(&env, &["save_config"]);
+    let at = |m: &str| {
+        again
+            .find(m)
+            .unwrap_or_else(|| panic!("no `{m}` in\n{again}"))
+    };
+    assert!(
+        at("\"bdev_mdraid_create\"") < at(files[0].to_str().unwrap()),
+        "{again}"
+    );
+    assert!(
+        again.contains(&format!("\"uuid\": \"{}\"", a["uuid"].as_str().unwrap())),
+        "{again}"
+    );
+    let resaved = env.dir.join("resaved.json");
+    std::fs::write(&resaved, &again).unwrap();
+    assert!(tgt.terminate(&env).success(), "{}", tgt.log_text());
+    drop(tgt);
+
+    // Replayed again, it still waits; once w1 appears, the array comes
+    // back under its name, whole.
+    let mut tgt = Tgt::start_with(&env, Some(&resaved));
+    assert_eq!(get(&tgt, "configuring")[0]["name"], "md");
+    aio(&tgt, "w1", &files[1]);
+    let info = wait_for_array(&env, &tgt, "md");
+    assert_eq!(info["state"], "online", "{info}");
+    assert_eq!(member_states(&info), ["in_sync", "in_sync"], "{info}");
+    assert_eq!(get(&tgt, "configuring"), serde_json::json!([]));
+    assert!(tgt.terminate(&env).success(), "{}", tgt.log_text());
+    drop(tgt);
+
+    // Deleted while it waits: gone from the list and from the saved config.
+    let mut tgt = Tgt::start_with(&env, Some(&missing));
+    assert_eq!(get(&tgt, "configuring")[0]["name"], "md");
+    tgt.ok(&env, &["bdev_mdraid_delete", "md"]);
+    assert_eq!(get(&tgt, "all"), serde_json::json!([]));
+    let after = tgt.ok(&env, &["save_config"]);
+    assert!(!after.contains("bdev_mdraid_create"), "{after}");
+    let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_delete", "md"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+    assert!(tgt.terminate(&env).success(), "{}", tgt.log_text());
+    env.cleanup();
+}
+
+/// A member of an array whose other members are gone: examine holds it
+/// (listed as configuring) and no new array takes it, until
+/// `bdev_mdraid_zero_superblock` wipes it (mdadm's `--zero-superblock`).
+/// A member an array holds, an array, a blank bdev and an unknown one are
+/// refused.
+#[test]
+fn spdk_tgt_zero_superblock_frees_a_member_of_a_gone_array() {
+    let Some(env) = spdk_env("zerosb") else {
+        return;
+    };
+    let _g = serial();
+    let files = new_files(&env, "z", 4, 32 << 20);
+    let aio = |t: &Tgt, name: &str, f: &Path| {
+        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
+    };
+    let mut tgt = Tgt::start(&env);
+    for (i, f) in files[..3].iter().enumerate() {
+        aio(&tgt, &format!("z{i}"), f);
+    }
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "old",
+            "-r",
+            "raid5",
+            "-z",
+            "64",
+            "-b",
+            "z0 z1 z2",
+        ],
+    );
+    let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_zero_superblock", "z0"]);
+    assert!(!ok && out.contains("claimed by `old`"), "{out}");
+    let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_zero_superblock", "old"]);
+    assert!(!ok && out.contains("field `name`"), "{out}");
+    assert!(tgt.terminate(&env).success(), "{}", tgt.log_text());
+    drop(tgt);
+    // Not wiped by the refused calls.
+    assert_eq!(read_sb(&files[0]).array_name(), "old");
+
+    // z1 and z2 are gone: examine holds z0 for `old`.
+    let tgt = Tgt::start(&env);
+    aio(&tgt, "z0", &files[0]);
+    aio(&tgt, "z3", &files[3]);
+    let waiting = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "configuring"]);
+    assert!(waiting.contains("\"old\""), "{waiting}");
+    let (ok, out) = tgt.rpc(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "new",
+            "-r",
+            "raid1",
+            "-b",
+            "z0 z3",
+        ],
+    );
+    assert!(!ok && out.contains("base_bdevs[1]"), "{out}");
+    let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_zero_superblock", "z3"]);
+    assert!(!ok && out.contains("carries no md superblock"), "{out}");
+    let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_zero_superblock", "nope"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+    tgt.ok(&env, &["bdev_mdraid_zero_superblock", "z0"]);
+    assert!(
+        read_sb_bytes(&files[0]).iter().all(|b| *b == 0),
+        "z0's superblock block is not zeros"
+    );
+    assert!(!tgt.claimed(&env, "z0"), "the wipe kept its claim");
+    assert_eq!(
+        tgt.ok(&env, &["bdev_mdraid_get_bdevs", "configuring"])
+            .trim(),
+        "[]"
+    );
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "new",
+            "-r",
+            "raid1",
+            "-b",
+            "z0 z3",
+        ],
+    );
+    let info = wait_for_array(&env, &tgt, "new");
+    assert_eq!(info["num_base_bdevs_discovered"], 2, "{info}");
+    env.cleanup();
+}
+
+/// The 4 KiB where md v1.2 keeps its superblock.
+fn read_sb_bytes(f: &Path) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; 4096];
+    std::fs::File::open(f)
+        .unwrap()
+        .read_exact_at(&mut b, 4096)
+        .unwrap();
+    b
+}
+
 /// Bounded wait until array `name` is there (examine assembles it from a
 /// config replayed at start); its `bdev_mdraid_get_bdevs` entry.
 fn wait_for_array(env: &Env, tgt: &Tgt, name: &str) -> serde_json::Value {
@@ -1484,8 +1732,14 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     };
     aio(&tgt, "a0", &files[0]);
     aio(&tgt, "a2", &files[2]);
-    // a1 is gone: examine waits; the array is started degraded explicitly.
-    assert_eq!(tgt.ok(&env, &["bdev_mdraid_get_bdevs"]).trim(), "[]");
+    // a1 is gone: examine waits (the array is listed as configuring); it
+    // is started degraded explicitly.
+    let waiting = tgt.ok(&env, &["bdev_mdraid_get_bdevs"]);
+    let w: serde_json::Value = serde_json::from_str(&waiting).unwrap();
+    assert_eq!(w.as_array().map(Vec::len), Some(1), "{waiting}");
+    assert_eq!(w[0]["state"], "configuring", "{waiting}");
+    assert_eq!(w[0]["base_bdevs_list"][0]["name"], "a0", "{waiting}");
+    assert_eq!(w[0]["base_bdevs_list"][1]["state"], "missing", "{waiting}");
     tgt.ok(
         &env,
         &["bdev_mdraid_create", "-n", "r", "-r", "raid1", "-b", "a0"],

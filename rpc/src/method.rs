@@ -106,6 +106,8 @@ methods! {
     BdevMdraidSyncAction = "bdev_mdraid_sync_action", BdevMdraidSyncAction, None;
     /// `bdev_mdraid_examine` -> `[MdraidExamineInfo]`.
     BdevMdraidExamine = "bdev_mdraid_examine", BdevMdraidExamine, None;
+    /// `bdev_mdraid_zero_superblock` -> `true`.
+    BdevMdraidZeroSuperblock = "bdev_mdraid_zero_superblock", BdevMdraidZeroSuperblock, None;
     // ---- SPDK's member bdevs (embedded host)
     /// `bdev_malloc_create` -> the bdev's name.
     BdevMallocCreate = "bdev_malloc_create", BdevMallocCreate, Bdev;

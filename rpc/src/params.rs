@@ -375,6 +375,48 @@ impl BdevMdraidExamine {
     }
 }
 
+/// `bdev_mdraid_zero_superblock`: wipe the md superblock of a bdev no
+/// array holds (mdadm's `--zero-superblock`), so it can serve a new array.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdevMdraidZeroSuperblock {
+    pub name: BdevName,
+}
+impl Validate for BdevMdraidZeroSuperblock {}
+
+impl BdevMdraidZeroSuperblock {
+    const M: &'static str = "bdev_mdraid_zero_superblock";
+
+    /// Both hosts' answer when `name` is an array.
+    pub fn array_named(name: &str) -> crate::error::RpcError {
+        crate::error::RpcError::invalid_field(
+            Self::M,
+            "name",
+            format!("`{name}` is an mdraid array, not a member; bdev_mdraid_delete with clear_sb wipes its members"),
+        )
+    }
+
+    /// Both hosts' answer when the bdev is held by `by`.
+    pub fn claimed(name: &str, by: &str) -> crate::error::RpcError {
+        crate::error::RpcError::errno(
+            crate::error::errno::EBUSY,
+            format!(
+                "{}: bdev `{name}` is claimed by `{by}`; remove it from there first",
+                Self::M
+            ),
+        )
+    }
+
+    /// Both hosts' answer when the bdev carries no md superblock (as
+    /// mdadm refuses an unrecognised device).
+    pub fn blank(name: &str) -> crate::error::RpcError {
+        crate::error::RpcError::errno(
+            crate::error::errno::EINVAL,
+            format!("{}: bdev `{name}` carries no md superblock", Self::M),
+        )
+    }
+}
+
 // ================================================================ SPDK bdevs
 
 /// `bdev_malloc_create`: SPDK's decoder table. Metadata/DIF fields are

@@ -268,7 +268,7 @@ pub fn plan_array(
         return Err(field(
             format!("base_bdevs[{blank}]"),
             format!(
-                "`{}` carries no md superblock while `{}` carries array {} (`{}`): to start that array, list its members only (or give its `uuid`); to make a new array, wipe `{}` first (bdev_mdraid_delete with clear_sb)",
+                "`{}` carries no md superblock while `{}` carries array {} (`{}`): to start that array, list its members only (or give its `uuid`); to make a new array, wipe `{}` first (bdev_mdraid_zero_superblock)",
                 p.base_bdevs.0[blank],
                 p.base_bdevs.0[md],
                 md_uuid(&sb.set_uuid),
@@ -285,7 +285,7 @@ pub fn plan_array(
                     return Err(field(
                         format!("base_bdevs[{i}]"),
                         format!(
-                            "`{}` carries the md superblock of another array ({} `{}`); delete that array with clear_sb or wipe the member first",
+                            "`{}` carries the md superblock of another array ({} `{}`); delete that array with clear_sb, or wipe the member with bdev_mdraid_zero_superblock",
                             p.base_bdevs.0[i],
                             md_uuid(&sb.set_uuid),
                             sb.name()

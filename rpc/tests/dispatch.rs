@@ -73,7 +73,7 @@ fn rpc_get_methods_lists_what_the_host_serves() {
             .code,
         -32601
     );
-    assert_eq!(mdraid_rpc::dispatch::method_names(&spdk).len(), 9);
+    assert_eq!(mdraid_rpc::dispatch::method_names(&spdk).len(), 10);
 }
 
 #[test]

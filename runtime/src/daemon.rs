@@ -1943,6 +1943,41 @@ impl Daemon {
         }
     }
 
+    /// `bdev_mdraid_zero_superblock {name}`: wipe the md superblock of a
+    /// bdev no array holds (mdadm's `--zero-superblock`). A damaged one
+    /// (md's magic, a bad checksum or field) is wiped too; a bdev with no
+    /// md superblock is refused, as mdadm refuses it.
+    fn mdraid_zero_superblock(&self, p: BdevMdraidZeroSuperblock) -> Result<Value, RpcError> {
+        let n = p.name.as_str();
+        if self.arrays.iter().any(|a| a.name == n) {
+            return Err(BdevMdraidZeroSuperblock::array_named(n));
+        }
+        let d = self.reg.get(n).ok_or_else(|| no_device(n))?;
+        if let Some(by) = self.reg.claimed_by(n) {
+            return Err(BdevMdraidZeroSuperblock::claimed(n, &by));
+        }
+        let t = self.opts.io_timeout;
+        let io = |e: String| {
+            RpcError::errno(
+                errno::EIO,
+                format!("bdev_mdraid_zero_superblock: `{n}`: {e}"),
+            )
+        };
+        let buf = read_sb_area(&self.rt, &d, t).map_err(io)?;
+        let sectors = d.num_blocks() * u64::from(d.block_size()) / 512;
+        if buf.len() < SB_BLOCK_BYTES
+            || matches!(
+                Superblock::decode(&buf, sectors),
+                Err(bdev_raid::ondisk::SbError::BadMagic { .. })
+            )
+        {
+            return Err(BdevMdraidZeroSuperblock::blank(n));
+        }
+        write_sb_area(&self.rt, &d, &[], t).map_err(io)?;
+        self.log(format!("`{n}`: md superblock zeroed"));
+        Ok(json!(true))
+    }
+
     // ---- NBD
 
     /// Run `f` on the export server; a server that cannot serve (a build
@@ -2238,6 +2273,7 @@ impl Host for Daemon {
             Call::BdevMdraidDelete(p) => self.mdraid_delete(p),
             Call::BdevMdraidGetBdevs(p) => self.mdraid_get_bdevs(p),
             Call::BdevMdraidExamine(p) => self.mdraid_examine(p),
+            Call::BdevMdraidZeroSuperblock(p) => self.mdraid_zero_superblock(p),
             Call::BdevMdraidAddBaseBdev(p) => self.mdraid_add_base_bdev(p),
             Call::BdevMdraidRemoveBaseBdev(p) => self.mdraid_remove_base_bdev(p),
             Call::BdevMdraidSetOptions(p) => self.mdraid_set_options(p),
@@ -2689,6 +2725,11 @@ pub fn preflight(cfg: &LoadedConfig) -> Result<(), ConfigError> {
             Call::SpdkKillInstance(_) => {
                 return Err(at(RpcError::invalid_params(
                     "spdk_kill_instance: stops the daemon; a config cannot carry it",
+                )));
+            }
+            Call::BdevMdraidZeroSuperblock(_) => {
+                return Err(at(RpcError::invalid_params(
+                    "bdev_mdraid_zero_superblock: wipes a member at every start; a config cannot carry it",
                 )));
             }
             Call::MdraidNbdListenerAdd(p) => {

@@ -887,6 +887,16 @@ fn config_errors_name_the_entry_and_touch_nothing() {
     );
     refused("e6", &cfg, &["config[1]", "spdk_kill_instance"]);
 
+    // A config that would wipe a member at every start.
+    let cfg = write(
+        "zero.json",
+        vec![
+            entry(0),
+            json!({"method": "bdev_mdraid_zero_superblock", "params": {"name": "c0"}}),
+        ],
+    );
+    refused("e7", &cfg, &["config[1]", "bdev_mdraid_zero_superblock"]);
+
     // One file as two bdevs (a mirror on one file): refused before
     // anything is written.
     let cfg = write(
@@ -1007,6 +1017,69 @@ fn a_create_failing_midway_puts_the_members_back() {
             "{n}"
         );
     }
+}
+
+/// A member of an array that is gone (its other members lost) carries
+/// that array's superblock, so no new array takes it, until
+/// `bdev_mdraid_zero_superblock` wipes it, as `mdadm --zero-superblock`
+/// does. A member an array holds, an array, a blank bdev and an unknown
+/// one are refused, and change nothing.
+#[test]
+fn zero_superblock_frees_a_member_of_a_gone_array() {
+    let _g = serial();
+    let dir = TempDir::new("zerosb");
+    let d = Daemon::start(&dir, "d", None);
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| dir.member(&format!("z{i}.img"), MEMBER_BYTES))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        d.aio(&format!("z{i}"), f);
+    }
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "old", "raid_level": "raid5", "base_bdevs": ["z0", "z1", "z2"], "strip_size_kb": 64}),
+    );
+    // Busy: a member the array holds, and the array itself.
+    let before = sb_area(&files[0]);
+    let e = d.err("bdev_mdraid_zero_superblock", json!({"name": "z0"}));
+    assert_eq!(e.code, -16, "{e}");
+    assert!(e.message.contains("claimed by `old`"), "{e}");
+    expect_field(
+        &d.err("bdev_mdraid_zero_superblock", json!({"name": "old"})),
+        "name",
+    );
+    assert!(sb_area(&files[0]) == before, "a refused call changed z0");
+    // The array goes, and two of its members with it.
+    d.ok("bdev_mdraid_delete", json!({"name": "old"}));
+    d.ok("bdev_aio_delete", json!({"name": "z1"}));
+    d.ok("bdev_aio_delete", json!({"name": "z2"}));
+    let e = d.err(
+        "bdev_mdraid_create",
+        json!({"name": "new", "raid_level": "raid1", "base_bdevs": ["z0", "z3"]}),
+    );
+    assert!(e.message.contains("base_bdevs[1]"), "{e}");
+    let before = sb_area(&files[0]);
+    // A blank bdev and an unknown one.
+    let e = d.err("bdev_mdraid_zero_superblock", json!({"name": "z3"}));
+    assert!(e.message.contains("carries no md superblock"), "{e}");
+    let e = d.err("bdev_mdraid_zero_superblock", json!({"name": "nope"}));
+    assert_eq!(e.code, -19, "{e}");
+    assert!(sb_area(&files[0]) == before, "a refused call changed z0");
+    // Wiped: the superblock block is zeros and z0 serves a new array.
+    assert_eq!(
+        d.ok("bdev_mdraid_zero_superblock", json!({"name": "z0"})),
+        json!(true)
+    );
+    assert!(sb_area(&files[0]).iter().all(|b| *b == 0));
+    assert!(
+        d.ok("bdev_mdraid_examine", json!({"name": "z0"}))[0]["has_superblock"] == json!(false),
+        "z0 still reports a superblock"
+    );
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "new", "raid_level": "raid1", "base_bdevs": ["z0", "z3"]}),
+    );
+    assert_eq!(array(&d, "new")["num_base_bdevs_discovered"], json!(2));
 }
 
 /// A write a member never answers: SIGTERM stops the daemon within its
