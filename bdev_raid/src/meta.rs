@@ -629,7 +629,11 @@ impl Meta {
         self.pending_add
     }
 
-    pub fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
+    /// Whether [`Meta::add_member`] would take `dev` into `role` now:
+    /// hosts ask before they swap the device into the role's channels,
+    /// so a refused add leaves the role as it was. The superblock of an
+    /// in-sync member (the new one's template) when it would.
+    pub fn check_add(&self, role: usize, dev: &NewMember) -> Result<Superblock, AddError> {
         let n = self.geom.members();
         if role >= n {
             return Err(AddError::Role { role, members: n });
@@ -651,6 +655,12 @@ impl Meta {
                 needed: template.data_offset + template.size,
             });
         }
+        Ok(template)
+    }
+
+    pub fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
+        let template = self.check_add(role, &dev)?;
+        let n = self.geom.members();
         // A device that was itself being rebuilt when it left was never in
         // sync beyond its recovery offset: the bitmap does not cover that.
         // A slot another role's device holds now cannot be taken back

@@ -235,6 +235,14 @@ impl MetaHost {
         }
     }
 
+    /// See [`Meta::check_add`].
+    pub fn check_add(&self, role: usize, dev: &NewMember) -> Result<(), AddError> {
+        match &self.path {
+            Path::Md(m) => m.check_add(role, dev).map(|_| ()),
+            Path::Bare(_) => Err(AddError::Offline),
+        }
+    }
+
     pub fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
         match &mut self.path {
             Path::Md(m) => m.add_member(role, dev),

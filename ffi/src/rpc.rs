@@ -1464,6 +1464,18 @@ fn add_read(ad: Adding, meta: Vec<u8>, r: Request) {
         // The role's own device comes back: nothing to swap.
         return add_commit(a, role, bname, nm, r);
     };
+    // Refused before the swap, so a refused add leaves the role as it was
+    // (the new device unclaimed).
+    match meta::with_host(&a, |h| h.check_add(role, &nm)) {
+        None => {
+            return r.rpc_error(&RpcError::errno(
+                errno::ENODEV,
+                format!("{ADD}: array `{}` is being deleted", a.name),
+            ))
+        }
+        Some(Err(e)) => return r.rpc_error(&RpcError::errno(errno::EINVAL, format!("{ADD}: {e}"))),
+        Some(Ok(())) => {}
+    }
     let member = Member {
         name: bname.clone(),
         desc: d.raw(),

@@ -691,6 +691,62 @@ fn read_sb_bytes(f: &Path) -> Vec<u8> {
     b
 }
 
+/// An add refused (a bdev too small) leaves the role as it was: the bdev
+/// is not claimed (it is deleted at once), the role is
+/// still listed without a member, and a right-sized bdev added after it
+/// rebuilds the role.
+#[test]
+fn spdk_tgt_a_refused_add_leaves_the_role_as_it_was() {
+    let Some(env) = spdk_env("refused-add") else {
+        return;
+    };
+    let _g = serial();
+    let tgt = Tgt::start(&env);
+    for m in ["v0", "v1", "v2"] {
+        tgt.ok(&env, &["bdev_malloc_create", "-b", m, "32", "512"]);
+    }
+    tgt.ok(&env, &["bdev_malloc_create", "-b", "small", "16", "512"]);
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "V",
+            "-r",
+            "raid1",
+            "-b",
+            "v0 v1",
+            "--assume-clean",
+        ],
+    );
+    tgt.ok(&env, &["bdev_mdraid_remove_base_bdev", "v1"]);
+    let get = || -> serde_json::Value {
+        let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "V"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+    };
+    let slot = |a: &serde_json::Value| a["base_bdevs_list"][1].clone();
+    let before = slot(&get());
+    let (ok, out) = tgt.rpc(&env, &["bdev_mdraid_add_base_bdev", "V", "small"]);
+    assert!(!ok && out.contains("a member of `V` needs"), "{out}");
+    let after = get();
+    assert_eq!(slot(&after)["name"], before["name"], "{after}");
+    assert_eq!(slot(&after)["state"], before["state"], "{after}");
+    assert!(!tgt.claimed(&env, "small"), "a refused add kept its claim");
+    tgt.ok(&env, &["bdev_malloc_delete", "small"]);
+    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "V", "v2"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = get();
+        if a["process"].is_null() && member_states(&a) == ["in_sync", "in_sync"] {
+            assert_eq!(slot(&a)["name"], "v2", "{a}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuild did not end: {a}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.cleanup();
+}
+
 /// Bounded wait until array `name` is there (examine assembles it from a
 /// config replayed at start); its `bdev_mdraid_get_bdevs` entry.
 fn wait_for_array(env: &Env, tgt: &Tgt, name: &str) -> serde_json::Value {

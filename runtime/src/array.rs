@@ -450,6 +450,18 @@ impl Array {
         let same = self.members()[role]
             .as_ref()
             .is_some_and(|d| Arc::ptr_eq(d, &dev));
+        // Refused before the swap, so a refused add leaves the role as it was.
+        let key = self.meta_key;
+        let nm2 = nm.clone();
+        self.rt
+            .call(self.meta_reactor, move |r| {
+                let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
+                    return Err("the metadata path is not running".to_string());
+                };
+                let res = h.borrow().path.check_add(role, &nm2);
+                res.map_err(|e| e.to_string())
+            })
+            .map_err(|e| e.to_string())??;
         if !same {
             for n in 0..self.rt.reactors() {
                 let (a, d) = (self.clone(), dev.clone());
@@ -476,7 +488,6 @@ impl Array {
             }
             self.members.lock().unwrap_or_else(|e| e.into_inner())[role] = Some(dev);
         }
-        let key = self.meta_key;
         self.rt
             .call(self.meta_reactor, move |r| {
                 let Some(h) = r.local::<RefCell<MetaHost>>(key) else {

@@ -514,6 +514,9 @@ impl MetaPath for DaemonMeta {
         self.update();
         r
     }
+    fn check_add(&self, role: usize, dev: &NewMember) -> Result<(), AddError> {
+        self.inner.check_add(role, dev)
+    }
     fn adds_pending(&self) -> u64 {
         self.inner.adds_pending()
     }

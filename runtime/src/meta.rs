@@ -103,6 +103,10 @@ pub trait MetaPath {
     fn add_member(&mut self, _role: usize, _dev: NewMember) -> Result<Recovery, AddError> {
         Err(AddError::Offline)
     }
+    /// Whether `add_member` would take `dev` into `role` now.
+    fn check_add(&self, _role: usize, _dev: &NewMember) -> Result<(), AddError> {
+        Err(AddError::Offline)
+    }
     /// Roles an accepted `add_member` has not committed yet (bit per role).
     fn adds_pending(&self) -> u64 {
         0
@@ -240,6 +244,10 @@ impl MetaPath for MdMeta {
 
     fn add_member(&mut self, role: usize, dev: NewMember) -> Result<Recovery, AddError> {
         self.meta.add_member(role, dev)
+    }
+
+    fn check_add(&self, role: usize, dev: &NewMember) -> Result<(), AddError> {
+        self.meta.check_add(role, dev).map(|_| ())
     }
 
     fn adds_pending(&self) -> u64 {

@@ -646,3 +646,47 @@ fn an_offline_array_is_deleted_at_once() {
         t.elapsed()
     );
 }
+
+/// An add the metadata path refuses (a device too small) leaves the role
+/// as it was: its old member still listed, the refused device neither
+/// claimed nor held (it is deleted and its file opened again), and a
+/// right-sized device added after it rebuilds the role.
+#[test]
+fn a_refused_add_leaves_the_role_as_it_was() {
+    let _g = serial();
+    let dir = TempDir::new("refadd");
+    let d = Daemon::start(&dir, "d", None);
+    mallocs(&d, "r", 3);
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["r0", "r1"], "assume_clean": true}),
+    );
+    assert_eq!(d.ok(RM, json!({"name": "r1"})), json!(true));
+    let before = settled(&d);
+    let small = dir.member("small.img", MEMBER_BYTES / 2);
+    d.ok(
+        "bdev_aio_create",
+        json!({"name": "s", "filename": small.display().to_string()}),
+    );
+    let e = d.err(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "s"}),
+    );
+    assert!(e.message.contains("smaller"), "{e}");
+    let after = settled(&d);
+    assert_eq!(member_names(&after), member_names(&before), "{after}");
+    assert_eq!(states(&after), states(&before), "{after}");
+    assert!(!claimed(&d, "s"));
+    // Nothing holds the file: deleted, it opens again.
+    d.ok("bdev_aio_delete", json!({"name": "s"}));
+    d.ok(
+        "bdev_aio_create",
+        json!({"name": "s", "filename": small.display().to_string()}),
+    );
+    d.ok(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "rm", "base_bdev": "r2"}),
+    );
+    let a = wait_all_in_sync(&d, 2);
+    assert_eq!(member_names(&a), ["r0", "r2"], "{a}");
+}
