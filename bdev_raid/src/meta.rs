@@ -1114,9 +1114,23 @@ impl Meta {
         target.write_mostly = self.wm_want;
         target.offline = !survives(&self.geom, target.not_in_sync());
         target.writable = dirty && !target.offline && (self.want_dirty || self.state.writable);
+        // A failure that leaves the array unable to serve its data is not
+        // recorded (md's raid0, linear, raid1 and raid10 do not fail such
+        // a device): the array goes offline and every I/O fails, and the
+        // superblocks still list the member, so the array assembles again
+        // once it is back. One that was dirty then needs `force` if it is
+        // degraded, as after any crash.
+        let unrecorded = target.offline;
+        if unrecorded {
+            target.events -= 1;
+        }
         self.seq += 1;
-        let (bits, _) = self.prepare_bits();
-        let survivors = self.survivors(&target);
+        // Nothing is written when unrecorded: no bit becomes durable.
+        let (bits, survivors) = if unrecorded {
+            (Vec::new(), 0)
+        } else {
+            (self.prepare_bits().0, self.survivors(&target))
+        };
         let commit = Commit {
             seq: self.seq,
             kind: Kind::Sb,
@@ -1762,13 +1776,24 @@ mod tests {
         let s = t.broadcasts.last().unwrap();
         assert!(s.offline);
         assert_eq!(s.faulty(), 0b11);
-        // raid5 losing a second member: recorded on the rest, offline.
+        // raid5 losing a second member: offline, and not recorded (the
+        // array assembles again once the member is back).
         let mut t = super::tests::t(Level::Raid5, 4);
         t.fail(0);
+        let events = t.decoded(2).events;
         t.complete(|_| true);
         t.fail(1);
-        assert_eq!(t.writes.len(), 2);
-        t.complete(|_| true);
+        assert!(
+            t.writes.is_empty(),
+            "the failure that fails the array is not written"
+        );
+        let s = t.broadcasts.last().unwrap();
+        assert!(s.offline);
+        assert_eq!(s.events, events);
+        // raid0: the first failure already is.
+        let mut t = super::tests::t(Level::Raid0, 2);
+        t.fail(1);
+        assert!(t.writes.is_empty());
         assert!(t.broadcasts.last().unwrap().offline);
     }
 

@@ -491,12 +491,18 @@ fn log_failures(array: &Array, s: &ArrayState) {
                 .get(m)
                 .and_then(|x| x.as_ref())
                 .map_or("(none)".to_string(), |x| x.name.clone());
-            log_warn!(
-                "mdraid {}: role {m} (`{name}`) failed; recorded faulty in the superblocks (events {}){}",
-                array.name,
-                s.events,
-                if s.offline { "; the array is offline" } else { "" }
-            );
+            if s.offline {
+                log_warn!(
+                    "mdraid {}: role {m} (`{name}`) failed; the array is offline (not recorded in the superblocks: it assembles again once the member is back)",
+                    array.name
+                );
+            } else {
+                log_warn!(
+                    "mdraid {}: role {m} (`{name}`) failed; recorded faulty in the superblocks (events {})",
+                    array.name,
+                    s.events
+                );
+            }
         }
     }
 }

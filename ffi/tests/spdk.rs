@@ -747,6 +747,81 @@ fn spdk_tgt_a_refused_add_leaves_the_role_as_it_was() {
     env.cleanup();
 }
 
+/// A raid0 member hot-removed (an NVMe-oF path lost) takes the array
+/// offline without being recorded faulty: once the bdev is back, the same
+/// members assemble the array again.
+#[test]
+fn spdk_tgt_a_raid0_member_lost_and_back_assembles_again() {
+    let Some(env) = spdk_env("raid0-back") else {
+        return;
+    };
+    let _g = serial();
+    let files = new_files(&env, "x", 2, 32 << 20);
+    let aio = |t: &Tgt, name: &str, f: &Path| {
+        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
+    };
+    let tgt = Tgt::start(&env);
+    aio(&tgt, "x0", &files[0]);
+    aio(&tgt, "x1", &files[1]);
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "rx",
+            "-r",
+            "raid0",
+            "-z",
+            "64",
+            "-b",
+            "x0 x1",
+        ],
+    );
+    tgt.ok(&env, &["bdev_aio_delete", "x1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "-n", "rx"]);
+        if out.contains("\"offline\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not offline: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tgt.ok(&env, &["bdev_mdraid_delete", "rx"]);
+    for f in &files {
+        let sb = read_sb(f);
+        assert!(
+            !sb.dev_roles.contains(&bdev_raid::ondisk::DevRole::Faulty),
+            "{}: {:?}",
+            f.display(),
+            &sb.dev_roles[..2]
+        );
+    }
+    aio(&tgt, "x1", &files[1]);
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "rx",
+            "-r",
+            "raid0",
+            "-z",
+            "64",
+            "-b",
+            "x0 x1",
+        ],
+    );
+    let info = wait_for_array(&env, &tgt, "rx");
+    assert_eq!(info["state"], "online", "{info}");
+    assert!(
+        tgt.log_text().contains("not recorded in the superblocks"),
+        "{}",
+        tgt.log_text()
+    );
+    env.cleanup();
+}
+
 /// Bounded wait until array `name` is there (examine assembles it from a
 /// config replayed at start); its `bdev_mdraid_get_bdevs` entry.
 fn wait_for_array(env: &Env, tgt: &Tgt, name: &str) -> serde_json::Value {

@@ -168,8 +168,7 @@ impl MetaPath for StandInMeta {
                 s.events += 1;
                 s.offline = s.offline || !survives(&self.geom, s.out_of_service());
                 tracing::warn!(
-                    "member {member} failed: recorded faulty at events {}{}",
-                    s.events,
+                    "member {member} failed{}",
                     if s.offline { "; array offline" } else { "" }
                 );
                 self.state = Arc::new(s);

@@ -690,3 +690,67 @@ fn a_refused_add_leaves_the_role_as_it_was() {
     let a = wait_all_in_sync(&d, 2);
     assert_eq!(member_names(&a), ["r0", "r2"], "{a}");
 }
+
+/// A member whose loss takes the array offline is not recorded faulty (as
+/// md's raid0, linear, raid1 and raid10 do not fail such a device): every
+/// I/O fails meanwhile, and once the member is back the array assembles
+/// from the same members with the data written before.
+#[test]
+fn a_failure_that_takes_the_array_offline_is_not_recorded() {
+    let _g = serial();
+    let dir = TempDir::new("offrec");
+    let d = Daemon::start(&dir, "d", None);
+    let files: Vec<PathBuf> = (0..2)
+        .map(|i| dir.member(&format!("o{i}.img"), MEMBER_BYTES))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        d.ok(
+            "bdev_aio_create",
+            json!({"name": format!("o{i}"), "filename": f.display().to_string()}),
+        );
+    }
+    d.ok("bdev_error_create", json!({"base_name": "o1"}));
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid0", "base_bdevs": ["o0", "EE_o1"], "strip_size_kb": 64}),
+    );
+    let nbd = export_rm(&d, &dir);
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
+    let data: Vec<u8> = (0..128 << 10).map(|i| (i * 31 % 251) as u8).collect();
+    c.write(0, &data, true).unwrap();
+    let events = read_sb(&files[0]).events;
+    d.ok(
+        "bdev_error_inject_error",
+        json!({"name": "EE_o1", "io_type": "write", "error_type": "failure", "num": 1000}),
+    );
+    // The second strip: on the failing member only (a failed write may
+    // land in part).
+    assert!(
+        c.write(64 << 10, &[1u8; 64 << 10], false).is_err(),
+        "a write on a lost raid0 member"
+    );
+    drop(c);
+    assert_eq!(array(&d)["state"], "offline");
+    d.ok("mdraid_nbd_export_remove", json!({"export_name": "rm"}));
+    d.ok("bdev_mdraid_delete", json!({"name": "rm"}));
+    d.ok("bdev_error_delete", json!({"name": "EE_o1"}));
+    for f in &files {
+        let sb = read_sb(f);
+        assert!(
+            sb.dev_roles.iter().all(|r| *r != DevRole::Faulty),
+            "{}: {:?}",
+            f.display(),
+            sb.dev_roles
+        );
+        assert_eq!(sb.events, events, "{}", f.display());
+    }
+    // Back: the same members assemble it, whole.
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid0", "base_bdevs": ["o0", "o1"], "strip_size_kb": 64}),
+    );
+    assert_eq!(array(&d)["state"], "online");
+    d.ok("mdraid_nbd_export_add", json!({"bdev_name": "rm"}));
+    let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
+    assert!(c.read(0, 128 << 10).unwrap() == data, "data lost");
+}

@@ -259,6 +259,11 @@ fn resync_fault_seeds_that_found_bugs() {
         // raid4: a member failed and another dead that only reads had met;
         // the resync cannot finish (the run ends there, not in a hang).
         (20232, false, false),
+        // raid10: a failure that takes the array offline is not recorded,
+        // so nothing is written; the bitmap bits of that empty commit were
+        // marked durable, and a channel that had not applied the offline
+        // state yet wrote a chunk whose bit was not on its disk (R4).
+        (98228, false, true),
     ];
     for (seed, wb, initial) in found {
         let mut sc = Scenario::of(seed, DEFAULT_OPS, wb);
