@@ -617,6 +617,24 @@ impl Meta {
         self.step();
     }
 
+    /// The host stops the array while it is blocked (a commit no member
+    /// took is being retried, R3) and its held writes cannot drain: give
+    /// up. The array goes offline without writing, as for a failure it
+    /// cannot survive: the held writes fail, and the superblocks stay as
+    /// they last recorded it. Nothing happens when it is not blocked.
+    /// Whether it gave up.
+    pub fn abandon(&mut self) -> bool {
+        if !self.blocked || self.state.offline || self.commit.is_some() {
+            return false;
+        }
+        self.blocked = false;
+        let mut s = (*self.state).clone();
+        s.offline = true;
+        s.writable = false;
+        self.publish(s);
+        true
+    }
+
     /// Bring a device into role `role` (faulty or missing): a member that
     /// left and comes back (its superblock `old_sb`, events at least the
     /// bitmap's `events_cleared`) is recovered from the bitmap, anything
@@ -1713,6 +1731,31 @@ mod tests {
         t.complete(|_| true);
         assert_eq!(t.broadcasts.last().unwrap().faulty(), 0b1001);
         assert!(!t.broadcasts.last().unwrap().offline);
+    }
+
+    /// A stop gives up on a blocked array: offline, nothing written, and
+    /// not before it is blocked.
+    #[test]
+    fn a_blocked_array_is_abandoned_offline_without_writes() {
+        let mut t = t(Level::Raid1, 2);
+        assert!(!t.meta.abandon(), "not blocked: nothing to give up");
+        assert!(t.broadcasts.is_empty());
+        t.meta.request(MetaRequest::MarkDirty { channel: 0 });
+        t.pump();
+        t.complete(|_| false);
+        assert!(t.meta.status().blocked);
+        assert!(t.meta.abandon());
+        t.pump();
+        assert!(t.writes.is_empty());
+        let s = t.broadcasts.last().unwrap();
+        assert!(s.offline && !s.writable, "{s:?}");
+        assert!(!t.meta.status().blocked);
+        // Nothing more is tried.
+        t.now += 60_000;
+        t.meta.tick(t.now);
+        t.pump();
+        assert!(t.writes.is_empty());
+        assert!(t.meta.stop_done());
     }
 
     #[test]

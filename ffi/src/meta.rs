@@ -358,6 +358,14 @@ impl MetaHost {
         }
     }
 
+    /// See [`Meta::abandon`]: whether it gave up.
+    pub fn abandon(&mut self) -> bool {
+        match &mut self.path {
+            Path::Md(m) => m.abandon(),
+            Path::Bare(_) => false,
+        }
+    }
+
     /// Nothing more to wait for before the array may go.
     fn stopped(&self) -> bool {
         match &self.path {

@@ -296,6 +296,19 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_delete(
                 ""
             }
         );
+        // Writes a blocked metadata path holds (no member takes its
+        // superblocks, R3) would keep the bdev's users from closing it:
+        // the delete gives up on them (they fail) and the array goes
+        // offline.
+        let a2 = a.clone();
+        let _ = a.meta_thread.send(move || {
+            if meta::with_host(&a2, |h| h.abandon()) == Some(true) {
+                log_warn!(
+                    "mdraid {}: deleted while blocked (no member takes its superblocks): the writes it held fail, and it goes offline",
+                    a2.name
+                );
+            }
+        });
         let arg = Box::into_raw(Box::new(r));
         // SAFETY: the bdev is registered (it is in the registry); `done`
         // takes back the request box once the bdev is destructed.

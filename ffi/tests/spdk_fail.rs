@@ -281,3 +281,68 @@ fn bdevperf_raid1_member_hot_removed() {
     check_failure_recorded(&files, 1);
     env.cleanup();
 }
+
+/// Every member dead while the array is clean: the first writes wait for
+/// the superblocks to say dirty, which no member takes, so they are held
+/// (blocked, R3). `bdev_mdraid_delete` gives up on them: they fail, and
+/// the delete answers (the users of the bdev could not close it while
+/// their writes were held).
+#[test]
+fn bdevperf_blocked_array_with_every_member_dead_is_deleted() {
+    let Some(env) = spdk_env("fail-blocked") else {
+        return;
+    };
+    let _g = serial();
+    let mut entries = Vec::new();
+    for m in ["k0", "k1"] {
+        entries.push(format!(
+            r#"{{"method":"bdev_malloc_create","params":{{"name":"{m}","num_blocks":65536,"block_size":512}}}}"#
+        ));
+        entries.push(format!(
+            r#"{{"method":"bdev_error_create","params":{{"base_name":"{m}"}}}}"#
+        ));
+    }
+    entries.push(mdraid_create_fresh("r", "raid1", &["EE_k0", "EE_k1"]));
+    let cfg = config(&[("bdev", &entries)]);
+    let mut bp = bdevperf(&env, &cfg, 8, 4096, 30);
+    for m in ["EE_k0", "EE_k1"] {
+        bp.ok(
+            &env,
+            &[
+                "bdev_error_inject_error",
+                m,
+                "all",
+                "failure",
+                "-n",
+                "1000000",
+            ],
+        );
+    }
+    let run = perform_tests(&env, &bp.sock, 60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = array_info(&bp, &env, "r");
+        if info["array_state"] == "blocked" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never blocked: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = std::time::Instant::now();
+    bp.ok(&env, &["bdev_mdraid_delete", "r"]);
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // The held writes failed: bdevperf stops its job at a failed I/O.
+    let (ok, out) = run.finish();
+    assert!(
+        !ok || !out.contains("\"io_failed\": 0,"),
+        "the held writes did not fail:\n{out}"
+    );
+    // bdevperf ends once its job failed.
+    let _ = bp.wait(20);
+    let log = bp.log_text();
+    assert!(log.contains("deleted while blocked"), "{log}");
+    env.cleanup();
+}

@@ -664,7 +664,9 @@ impl Array {
                 }
             })?;
         }
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
+        let key = self.meta_key;
+        let mut gave_up = false;
         loop {
             let mut idle = true;
             for i in 0..n {
@@ -677,13 +679,32 @@ impl Array {
             if idle {
                 break;
             }
+            // Half the time gone and writes still held by a blocked
+            // metadata path (no member takes its superblocks): give up
+            // on them (they fail), or the stop could never end.
+            if !gave_up && Instant::now() + timeout / 2 >= deadline {
+                gave_up = self.rt.call(self.meta_reactor, move |r| {
+                    let Some(h) = r.local::<RefCell<MetaHost>>(key) else {
+                        return false;
+                    };
+                    let g = h.borrow_mut().path.abandon();
+                    meta_pump(r, key);
+                    g
+                })?;
+                if gave_up {
+                    tracing::warn!(
+                        "array {}: stopped while blocked (no member takes its superblocks): the writes it held fail, and it goes offline",
+                        self.name
+                    );
+                    deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+                }
+            }
             if Instant::now() >= deadline {
                 return Err(ArrayError::Timeout(self.name.clone(), timeout));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
         // Let the metadata path finish (mark clean) before it goes.
-        let key = self.meta_key;
         self.rt.call(self.meta_reactor, move |r| {
             meta_with(r, key, move |m| m.path.shutdown())
         })?;

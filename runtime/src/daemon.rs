@@ -488,6 +488,11 @@ impl MetaPath for DaemonMeta {
         self.inner.shutdown();
         self.update();
     }
+    fn abandon(&mut self) -> bool {
+        let gave_up = self.inner.abandon();
+        self.update();
+        gave_up
+    }
     fn mark_synced(&mut self) {
         self.resync_pending = false;
         self.inner.mark_synced();

@@ -80,6 +80,11 @@ pub trait MetaPath {
     fn tick(&mut self, _now: Instant) {}
     /// Orderly stop: the array's I/O has drained; mark it clean.
     fn shutdown(&mut self) {}
+    /// The stop gives up on a blocked array (see `Meta::abandon`):
+    /// whether it did.
+    fn abandon(&mut self) -> bool {
+        false
+    }
     /// A resync of the whole array finished: it may be marked clean again.
     fn mark_synced(&mut self) {}
     /// Array block a resync starts from (where an orderly stop left one).
@@ -276,6 +281,10 @@ impl MetaPath for MdMeta {
 
     fn shutdown(&mut self) {
         self.meta.shutdown();
+    }
+
+    fn abandon(&mut self) -> bool {
+        self.meta.abandon()
     }
 
     fn stop_done(&self) -> bool {

@@ -754,3 +754,51 @@ fn a_failure_that_takes_the_array_offline_is_not_recorded() {
     let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
     assert!(c.read(0, 128 << 10).unwrap() == data, "data lost");
 }
+
+/// Every member dead while the array is clean: the first write waits for
+/// the superblocks to say dirty, which no member takes, so it is held
+/// (blocked, R3). Deleting the array gives up: the held write fails, and
+/// the delete ends within its stop timeout instead of being refused.
+#[test]
+fn a_blocked_array_with_every_member_dead_is_deleted() {
+    let _g = serial();
+    let dir = TempDir::new("blkdel");
+    let d = Daemon::start(&dir, "d", None);
+    mallocs(&d, "k", 2);
+    for m in ["k0", "k1"] {
+        d.ok("bdev_error_create", json!({ "base_name": m }));
+    }
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["EE_k0", "EE_k1"], "assume_clean": true}),
+    );
+    // Clean (no write yet); then every member fails everything.
+    for m in ["EE_k0", "EE_k1"] {
+        d.ok(
+            "bdev_error_inject_error",
+            json!({"name": m, "io_type": "all", "error_type": "failure", "num": 1000000}),
+        );
+    }
+    let nbd = export_rm(&d, &dir);
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::connect(UnixStream::connect(&nbd).unwrap(), "rm").unwrap();
+        c.write(0, &[7u8; 4096], false)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while array(&d)["array_state"] != "blocked" {
+        assert!(Instant::now() < deadline, "never blocked: {}", array(&d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.ok("mdraid_nbd_export_remove", json!({"export_name": "rm"}));
+    let t = Instant::now();
+    assert_eq!(
+        d.ok("bdev_mdraid_delete", json!({"name": "rm"})),
+        json!(true)
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        writer.join().unwrap().is_err(),
+        "the held write did not fail"
+    );
+    assert_eq!(d.ok("bdev_mdraid_get_bdevs", Value::Null), json!([]));
+}

@@ -418,6 +418,12 @@ pub struct JobResult {
 }
 
 impl PerfRun {
+    /// Whether `perform_tests` succeeded, and what it printed.
+    pub fn finish(self) -> (bool, String) {
+        let out = self.0.wait_with_output().expect("bdevperf.py");
+        (out.status.success(), text(&out))
+    }
+
     pub fn results(self) -> (JobResult, String) {
         let out = self.0.wait_with_output().expect("bdevperf.py");
         let t = text(&out);
