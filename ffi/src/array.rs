@@ -63,7 +63,7 @@ use mdraid_rpc::results::{
     MdraidBaseBdevInfo, MdraidBdevInfo, MdraidBitmapInfo, MdraidMemberIo, MdraidProcess,
     MdraidProgress,
 };
-use mdraid_rpc::types::{RaidLevel, RaidState, Uuid as RpcUuid};
+use mdraid_rpc::types::{BdevName, NameList, RaidLevel, RaidState, Uuid as RpcUuid};
 
 use crate::meta::{self, Owned};
 use crate::spdk::{
@@ -2372,12 +2372,34 @@ pub unsafe extern "C" fn mdraid_bdev_write_config_json(
         // SAFETY: bdev is ours (its ctxt is the array); w is live.
         let (a, w) = unsafe { (array_of((*bdev).ctxt), crate::spdk::JsonWriter::new(w)) };
         let Some(mut w) = w else { return };
-        let saved = a
+        let mut saved = a
             .info
             .saved
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // With superblocks (which record the roles) the members saved are
+        // those in service now: one that failed, was removed or
+        // hot-removed is not named, since its bdev may serve something
+        // else by the time the config is replayed. Without, the create's
+        // members are the roles in order and stay so.
+        if a.info.superblock {
+            let st = a.state();
+            let serving: Vec<BdevName> = a
+                .members()
+                .iter()
+                .enumerate()
+                .filter(|(r, _)| st.members.get(*r).is_some_and(|s| s.in_service()))
+                .filter_map(|(_, m)| BdevName::new(m.as_ref()?.name.as_str()).ok())
+                .collect();
+            if !serving.is_empty() {
+                saved
+                    .write_mostly
+                    .0
+                    .retain(|n| serving.iter().any(|s| s.as_str() == n.as_str()));
+                saved.base_bdevs = NameList(serving);
+            }
+        }
         let params = serde_json::to_string(&saved).unwrap_or_else(|_| "{}".into());
         w.object_begin();
         w.named_raw("method", "\"bdev_mdraid_create\"");

@@ -468,6 +468,13 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply, examined: bool) {
             return reply.ok();
         }
     }
+    // Another bdev of that name (not an array of ours: handled above).
+    if Bdev::by_name(&name).is_some() {
+        return reply.err(&RpcError::errno(
+            errno::EEXIST,
+            format!("bdev {name} already exists: File exists"),
+        ));
+    }
     if let Some(w) = crate::examine::held_create(&name).filter(|w| w.uuid != p.uuid) {
         return reply.err(&RpcError::errno(
             errno::EEXIST,

@@ -541,6 +541,22 @@ fn spdk_tgt_an_array_waiting_for_members_is_listed_saved_and_deleted() {
     );
     assert!(!ok && out.contains("waits for its members"), "{out}");
     assert!(!tgt.claimed(&env, "x0"), "a refused create claimed x0");
+    // A create left to examine still needs a free name.
+    let (ok, out) = tgt.rpc(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "x0",
+            "-r",
+            "raid1",
+            "-b",
+            "nowhere",
+            "--uuid",
+            "11111111-2222-3333-4444-555555555555",
+        ],
+    );
+    assert!(!ok && out.contains("already exists"), "{out}");
     // Saved while waiting: the create is kept, before every bdev (SPDK
     // writes module configs first).
     let again = tgt.ok(&env, &["save_config"]);
@@ -819,6 +835,61 @@ fn spdk_tgt_a_raid0_member_lost_and_back_assembles_again() {
         "{}",
         tgt.log_text()
     );
+    env.cleanup();
+}
+
+/// The create save_config writes names the members in service only: not
+/// one removed (`bdev_mdraid_remove_base_bdev`), nor one hot-removed, whose
+/// bdevs may serve something else when the config is replayed; a member
+/// added since is named.
+#[test]
+fn spdk_tgt_saved_create_names_the_members_in_service() {
+    let Some(env) = spdk_env("saved-members") else {
+        return;
+    };
+    let _g = serial();
+    let tgt = Tgt::start(&env);
+    for m in ["s0", "s1", "s2", "s3"] {
+        tgt.ok(&env, &["bdev_malloc_create", "-b", m, "32", "512"]);
+    }
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "S",
+            "-r",
+            "raid1",
+            "-b",
+            "s0 s1 s2",
+            "--assume-clean",
+        ],
+    );
+    tgt.ok(&env, &["bdev_mdraid_remove_base_bdev", "s1"]);
+    tgt.ok(&env, &["bdev_malloc_delete", "s2"]);
+    tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "S", "s3"]);
+    let saved = tgt.ok(&env, &["save_config"]);
+    let v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let create = v["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["config"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["method"] == "bdev_mdraid_create")
+        .unwrap_or_else(|| panic!("no create in {saved}"));
+    let mut names: Vec<String> = create["params"]["base_bdevs"]
+        .as_array()
+        .map(|a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect())
+        .unwrap_or_else(|| {
+            create["params"]["base_bdevs"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        });
+    names.sort();
+    assert_eq!(names, ["s0", "s3"], "{create}");
     env.cleanup();
 }
 
