@@ -627,7 +627,7 @@ impl Array {
                         (_, Some(m)) => Some(m.name.clone()),
                     },
                     uuid: RpcUuid(m.as_ref().map_or([0; 16], |m| m.uuid)),
-                    is_configured: ms == MemberState::InSync,
+                    is_configured: ms.in_service(),
                     data_offset: self.data_offset,
                     data_size: if m.is_some() {
                         geom.member_blocks(r)

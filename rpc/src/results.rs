@@ -362,15 +362,16 @@ pub fn member_state_name(ms: MemberState) -> &'static str {
 }
 
 /// `(num_base_bdevs_discovered, num_base_bdevs_operational)` of an array
-/// in state `st`: members present whose device the array still holds
-/// (`held(role)`; not one `bdev_mdraid_remove_base_bdev` let go, as SPDK
-/// counts), and members in service.
+/// in state `st`: members in service whose device the array holds
+/// (`held(role)`), the ones listed `is_configured`, as SPDK's raid counts
+/// them (it lets a failed member go at once; a faulty member the array
+/// still holds is not counted either), and members in service.
 pub fn member_counts(st: &ArrayState, held: impl Fn(usize) -> bool) -> (u32, u32) {
     let present = st
         .members
         .iter()
         .enumerate()
-        .filter(|(r, m)| **m != MemberState::Missing && held(*r))
+        .filter(|(r, m)| m.in_service() && held(*r))
         .count() as u32;
     let operational = st.members.iter().filter(|m| m.in_service()).count() as u32;
     (present, operational)

@@ -965,7 +965,7 @@ impl Daemon {
                         name.clone()
                     },
                     uuid: RpcUuid(a.role_uuids.get(r).copied().unwrap_or([0; 16])),
-                    is_configured: ms == MemberState::InSync,
+                    is_configured: ms.in_service(),
                     data_offset: a.array.data_offset_blocks(),
                     data_size: dev.map_or(0, |_| geom.member_blocks(r)),
                     role: Some(r as u32),
