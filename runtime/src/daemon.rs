@@ -1731,6 +1731,24 @@ impl Daemon {
             matches!(st.members[r], MemberState::Faulty | MemberState::Missing)
                 && pending & 1 << r == 0
         };
+        // A member in service is not added again.
+        if let Some(r) = (0..st.members.len())
+            .find(|&r| st.members[r].in_service() && a.roles[r].as_deref() == Some(bname))
+        {
+            return Err(RpcError::invalid_field(
+                M,
+                "base_bdev",
+                format!("bdev `{bname}` already serves role {r} of `{name}`"),
+            ));
+        }
+        // Held by something else (a wrapper stacked on it, another array).
+        if let Some(by) = self.reg.claimed_by(bname).filter(|by| by != name) {
+            return Err(RpcError::invalid_field(
+                M,
+                "base_bdev",
+                format!("bdev `{bname}` is already claimed by `{by}`"),
+            ));
+        }
         // The role it served (it comes back), else the first free one.
         let role = (0..st.members.len())
             .find(|&r| out(r) && a.roles[r].as_deref() == Some(bname))

@@ -172,10 +172,6 @@ impl MetaPath for StandInMeta {
                 s.members[m] = MemberState::Faulty;
                 s.events += 1;
                 s.offline = s.offline || !survives(&self.geom, s.out_of_service());
-                tracing::warn!(
-                    "member {member} failed{}",
-                    if s.offline { "; array offline" } else { "" }
-                );
                 self.state = Arc::new(s);
                 self.out
                     .push_back(MetaOutput::Broadcast(self.state.clone()));

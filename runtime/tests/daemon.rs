@@ -495,6 +495,17 @@ fn bad_params_name_the_field_and_create_nothing() {
     );
     assert_eq!(e.code, -16, "{e}");
     assert!(e.message.contains("no faulty or missing member"), "{e}");
+    // Nor is one of its members, named as such.
+    let member = array(&d, "keep")["base_bdevs_list"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = d.err(
+        "bdev_mdraid_add_base_bdev",
+        json!({"raid_bdev": "keep", "base_bdev": member}),
+    );
+    expect_field(&e, "base_bdev");
+    assert!(e.message.contains("already serves role 0"), "{e}");
     let e = d.err(
         "bdev_mdraid_add_base_bdev",
         json!({"raid_bdev": "keep", "base_bdev": "nope"}),

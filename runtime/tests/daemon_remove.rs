@@ -460,6 +460,12 @@ fn remove_base_bdev_of_a_failed_member_only_releases_it() {
     let a = settled(&d);
     assert_eq!(states(&a), ["in_sync", "faulty", "in_sync"], "{a}");
     assert!(claimed(&d, "EE_m1"), "a failed member stays claimed");
+    assert!(
+        d.stderr()
+            .contains("array rm: member EE_m1 (role 1) failed (events"),
+        "{}",
+        d.stderr()
+    );
     let events = a["events"].as_u64().unwrap();
     assert_eq!(d.ok(RM, json!({"name": "EE_m1"})), json!(true));
     let b = settled(&d);
@@ -732,6 +738,12 @@ fn a_failure_that_takes_the_array_offline_is_not_recorded() {
     );
     drop(c);
     assert_eq!(array(&d)["state"], "offline");
+    assert!(
+        d.stderr()
+            .contains("member EE_o1 (role 1) failed; the array is offline"),
+        "{}",
+        d.stderr()
+    );
     d.ok("mdraid_nbd_export_remove", json!({"export_name": "rm"}));
     d.ok("bdev_mdraid_delete", json!({"name": "rm"}));
     d.ok("bdev_error_delete", json!({"name": "EE_o1"}));
