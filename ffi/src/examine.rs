@@ -156,6 +156,11 @@ pub fn forget_member(name: &str) {
     })
 }
 
+/// An array named `name` runs: a create kept under that name is done.
+pub fn forget_create(name: &str) {
+    STATE.with(|s| s.borrow_mut().creates.retain(|c| c.name.as_str() != name));
+}
+
 /// Keep create `p` (of an md array, with its uuid) until examine assembles
 /// the array: its members are not all there yet. A create kept for the
 /// same array is replaced.

@@ -475,7 +475,12 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply, examined: bool) {
             format!("bdev {name} already exists: File exists"),
         ));
     }
-    if let Some(w) = crate::examine::held_create(&name).filter(|w| w.uuid != p.uuid) {
+    // A create kept for another array under this name; one without a uuid
+    // may be the user starting it (with force), or another: whichever
+    // starts takes the name.
+    if let Some(w) =
+        crate::examine::held_create(&name).filter(|w| p.uuid.is_some() && w.uuid != p.uuid)
+    {
         return reply.err(&RpcError::errno(
             errno::EEXIST,
             format!(
@@ -548,6 +553,35 @@ fn left_to_examine(p: &BdevMdraidCreate) -> bool {
         md_uuid(&uuid.0)
     );
     true
+}
+
+/// Whether create `p` (as `save_config` writes it: with the array's uuid)
+/// cannot start the array its members carry only because members are
+/// missing, or because it is dirty and degraded (md's `--run` / `--force`
+/// decisions): then it waits for them.
+fn waits_for_members(p: &BdevMdraidCreate, probes: &[Probe]) -> bool {
+    use bdev_raid::assemble::{assemble, AssembleError, AssembleOptions, Candidate};
+    let (Some(uuid), true, false) = (p.uuid, p.superblock, p.force) else {
+        return false;
+    };
+    let cands: Vec<Candidate> = probes
+        .iter()
+        .zip(p.base_bdevs.iter())
+        .map(|(pr, n)| Candidate {
+            name: n.as_str(),
+            sb: &pr.sb,
+            sectors: pr.sectors(),
+        })
+        .collect();
+    let opts = AssembleOptions {
+        uuid: Some(uuid.0),
+        force: false,
+        block_size: probes.first().map_or(512, |pr| pr.block_size),
+    };
+    matches!(
+        assemble(&cands, &opts),
+        Err(AssembleError::NotEnough { .. } | AssembleError::DirtyDegraded { .. })
+    )
 }
 
 /// Open, claim and get a channel of every member.
@@ -673,7 +707,29 @@ fn planned(c: &Ctx) {
             .map(|x| x.clone().expect("every probe"))
             .collect();
         let uuid = random_uuid();
-        (plan_array(&g.p, &probes, move || uuid), g.p.clone())
+        let plan = plan_array(&g.p, &probes, move || uuid);
+        if plan.is_err() && !g.examined && waits_for_members(&g.p, &probes) {
+            // A replayed create of an array that cannot start yet: it
+            // waits (listed as configuring), as SPDK's raid waits for
+            // base bdevs, instead of failing the whole config.
+            let reply = g.req.take();
+            let p = g.p.clone();
+            if let Err(e) = plan {
+                g.fail(e.clone());
+                drop(g);
+                log_warn!(
+                    "mdraid {}: {}; it waits for its members (listed as configuring): they start it when they appear, or bdev_mdraid_create with force",
+                    p.name,
+                    e.message
+                );
+            }
+            crate::examine::hold_create(p);
+            if let Some(r) = reply {
+                r.ok();
+            }
+            return;
+        }
+        (plan, g.p.clone())
     };
     match plan {
         Err(e) => c.borrow_mut().fail(e),
@@ -1108,6 +1164,7 @@ fn start_array(c: &Ctx, s: Start) {
     }
     crate::module::insert(array.clone());
     crate::examine::forget(&s.uuid);
+    crate::examine::forget_create(p.name.as_str());
     log_notice!(
         "mdraid {}: {} {} array {} on {}{}",
         p.name,

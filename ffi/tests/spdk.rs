@@ -893,6 +893,68 @@ fn spdk_tgt_saved_create_names_the_members_in_service() {
     env.cleanup();
 }
 
+/// A replayed create whose array cannot start (here a raid5 with one
+/// member recorded faulty and another blank) waits, listed as
+/// configuring, instead of failing the config and with it the target.
+#[test]
+fn spdk_tgt_a_replayed_array_that_cannot_start_waits() {
+    let Some(env) = spdk_env("cannot-start") else {
+        return;
+    };
+    let _g = serial();
+    let files = new_files(&env, "c", 4, 32 << 20);
+    let mut tgt = Tgt::start(&env);
+    for (i, f) in files.iter().enumerate() {
+        tgt.ok(
+            &env,
+            &[
+                "bdev_aio_create",
+                f.to_str().unwrap(),
+                &format!("c{i}"),
+                "512",
+            ],
+        );
+    }
+    tgt.ok(
+        &env,
+        &[
+            "bdev_mdraid_create",
+            "-n",
+            "C",
+            "-r",
+            "raid5",
+            "-z",
+            "64",
+            "-b",
+            "c0 c1 c2 c3",
+            "--assume-clean",
+        ],
+    );
+    tgt.ok(&env, &["bdev_mdraid_remove_base_bdev", "c0"]);
+    let saved = tgt.ok(&env, &["save_config"]);
+    assert!(tgt.terminate(&env).success(), "{}", tgt.log_text());
+    drop(tgt);
+    // c3 is blank now: two of four members unusable.
+    std::fs::File::create(&files[3])
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let cfg = env.dir.join("saved.json");
+    std::fs::write(&cfg, &saved).unwrap();
+    let tgt = Tgt::start_with(&env, Some(&cfg));
+    let out = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "configuring"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["name"], "C", "{out}");
+    assert!(
+        tgt.log_text().contains("it waits for its members"),
+        "{}",
+        tgt.log_text()
+    );
+    // The target serves the rest: another bdev can be made.
+    tgt.ok(&env, &["bdev_malloc_create", "-b", "other", "8", "512"]);
+    env.cleanup();
+}
+
 /// Bounded wait until array `name` is there (examine assembles it from a
 /// config replayed at start); its `bdev_mdraid_get_bdevs` entry.
 fn wait_for_array(env: &Env, tgt: &Tgt, name: &str) -> serde_json::Value {
