@@ -487,31 +487,13 @@ fn pump(array: &Arc<Array>, o: &mut Owned) {
     }
 }
 
-/// Say which members state `s` records faulty for the first time (a
-/// failure commit is durable): an I/O error leaves no other trace in the
-/// log.
+/// Log what state `s` records failed for the first time
+/// ([`mdraid_rpc::results::failure_lines`]).
 fn log_failures(array: &Array, s: &ArrayState) {
-    let old = array.state();
     let members = array.members();
-    for (m, st) in s.members.iter().enumerate() {
-        if *st == MemberState::Faulty && old.members.get(m) != Some(&MemberState::Faulty) {
-            let name = members
-                .get(m)
-                .and_then(|x| x.as_ref())
-                .map_or("(none)".to_string(), |x| x.name.clone());
-            if s.offline {
-                log_warn!(
-                    "mdraid {}: role {m} (`{name}`) failed; the array is offline (not recorded in the superblocks: it assembles again once the member is back)",
-                    array.name
-                );
-            } else {
-                log_warn!(
-                    "mdraid {}: role {m} (`{name}`) failed; recorded faulty in the superblocks (events {})",
-                    array.name,
-                    s.events
-                );
-            }
-        }
+    let name_of = |m: usize| Some(members.get(m)?.as_ref()?.name.clone());
+    for l in mdraid_rpc::results::failure_lines(&array.name, &array.state(), s, name_of) {
+        log_warn!("mdraid: {l}");
     }
 }
 

@@ -475,16 +475,13 @@ pub fn create_now(p: BdevMdraidCreate, reply: Reply, examined: bool) {
             format!("bdev {name} already exists: File exists"),
         ));
     }
-    // A create kept for another array under this name; one without a uuid
-    // may be the user starting it (with force), or another: whichever
-    // starts takes the name.
-    if let Some(w) =
-        crate::examine::held_create(&name).filter(|w| p.uuid.is_some() && w.uuid != p.uuid)
-    {
+    // A create kept for another array under this name (one that starts
+    // the waiting array names its uuid).
+    if let Some(w) = crate::examine::held_create(&name).filter(|w| w.uuid != p.uuid) {
         return reply.err(&RpcError::errno(
             errno::EEXIST,
             format!(
-                "bdev {name} already exists: it waits for its members (md array {}); bdev_mdraid_delete drops it",
+                "bdev {name} already exists: it waits for its members (md array {0}); bdev_mdraid_create with uuid {0} (and force) starts it, bdev_mdraid_delete drops it",
                 w.uuid.map_or_else(String::new, |u| md_uuid(&u.0))
             ),
         ));
@@ -718,7 +715,7 @@ fn planned(c: &Ctx) {
                 g.fail(e.clone());
                 drop(g);
                 log_warn!(
-                    "mdraid {}: {}; it waits for its members (listed as configuring): they start it when they appear, or bdev_mdraid_create with force",
+                    "mdraid {}: {}; it waits for its members (listed as configuring): they start it when they appear, or bdev_mdraid_create with its uuid and force",
                     p.name,
                     e.message
                 );

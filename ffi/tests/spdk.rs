@@ -254,6 +254,11 @@ impl Drop for Tgt {
 }
 
 impl Tgt {
+    /// An aio bdev `name` over file `f`, 512-byte blocks.
+    fn aio(&self, env: &Env, name: &str, f: &Path) {
+        self.ok(env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
+    }
+
     fn start(env: &Env) -> Tgt {
         Tgt::start_with(env, None)
     }
@@ -365,11 +370,8 @@ fn member_made_after_its_array(tag: &str, replaced: &[usize]) {
     let _g = serial();
     let files = new_files(&env, "g", 2, 32 << 20);
     let mut tgt = Tgt::start(&env);
-    let aio = |t: &Tgt, name: &str, f: &Path| {
-        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
-    };
-    aio(&tgt, "a0", &files[0]);
-    aio(&tgt, "a1", &files[1]);
+    tgt.aio(&env, "a0", &files[0]);
+    tgt.aio(&env, "a1", &files[1]);
     tgt.ok(
         &env,
         &[
@@ -386,7 +388,7 @@ fn member_made_after_its_array(tag: &str, replaced: &[usize]) {
     for &i in replaced {
         let name = format!("a{i}");
         tgt.ok(&env, &["bdev_aio_delete", &name]);
-        aio(&tgt, &name, &files[i]);
+        tgt.aio(&env, &name, &files[i]);
         tgt.ok(&env, &["bdev_mdraid_add_base_bdev", "md", &name]);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -454,13 +456,7 @@ fn spdk_tgt_an_array_waiting_for_members_is_listed_saved_and_deleted() {
         return;
     };
     let _g = serial();
-    let files = new_files(&env, "w", 2, 32 << 20);
-    let mut tgt = Tgt::start(&env);
-    let aio = |t: &Tgt, name: &str, f: &Path| {
-        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
-    };
-    aio(&tgt, "w0", &files[0]);
-    aio(&tgt, "w1", &files[1]);
+    let (mut tgt, files) = tgt_with_aio(&env, "w", 2);
     tgt.ok(
         &env,
         &[
@@ -582,7 +578,7 @@ fn spdk_tgt_an_array_waiting_for_members_is_listed_saved_and_deleted() {
     // back under its name, whole.
     let mut tgt = Tgt::start_with(&env, Some(&resaved));
     assert_eq!(get(&tgt, "configuring")[0]["name"], "md");
-    aio(&tgt, "w1", &files[1]);
+    tgt.aio(&env, "w1", &files[1]);
     let info = wait_for_array(&env, &tgt, "md");
     assert_eq!(info["state"], "online", "{info}");
     assert_eq!(member_states(&info), ["in_sync", "in_sync"], "{info}");
@@ -615,12 +611,9 @@ fn spdk_tgt_zero_superblock_frees_a_member_of_a_gone_array() {
     };
     let _g = serial();
     let files = new_files(&env, "z", 4, 32 << 20);
-    let aio = |t: &Tgt, name: &str, f: &Path| {
-        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
-    };
     let mut tgt = Tgt::start(&env);
     for (i, f) in files[..3].iter().enumerate() {
-        aio(&tgt, &format!("z{i}"), f);
+        tgt.aio(&env, &format!("z{i}"), f);
     }
     tgt.ok(
         &env,
@@ -647,8 +640,8 @@ fn spdk_tgt_zero_superblock_frees_a_member_of_a_gone_array() {
 
     // z1 and z2 are gone: examine holds z0 for `old`.
     let tgt = Tgt::start(&env);
-    aio(&tgt, "z0", &files[0]);
-    aio(&tgt, "z3", &files[3]);
+    tgt.aio(&env, "z0", &files[0]);
+    tgt.aio(&env, "z3", &files[3]);
     let waiting = tgt.ok(&env, &["bdev_mdraid_get_bdevs", "configuring"]);
     assert!(waiting.contains("\"old\""), "{waiting}");
     let (ok, out) = tgt.rpc(
@@ -772,13 +765,7 @@ fn spdk_tgt_a_raid0_member_lost_and_back_assembles_again() {
         return;
     };
     let _g = serial();
-    let files = new_files(&env, "x", 2, 32 << 20);
-    let aio = |t: &Tgt, name: &str, f: &Path| {
-        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
-    };
-    let tgt = Tgt::start(&env);
-    aio(&tgt, "x0", &files[0]);
-    aio(&tgt, "x1", &files[1]);
+    let (tgt, files) = tgt_with_aio(&env, "x", 2);
     tgt.ok(
         &env,
         &[
@@ -813,7 +800,7 @@ fn spdk_tgt_a_raid0_member_lost_and_back_assembles_again() {
             &sb.dev_roles[..2]
         );
     }
-    aio(&tgt, "x1", &files[1]);
+    tgt.aio(&env, "x1", &files[1]);
     tgt.ok(
         &env,
         &[
@@ -902,19 +889,7 @@ fn spdk_tgt_a_replayed_array_that_cannot_start_waits() {
         return;
     };
     let _g = serial();
-    let files = new_files(&env, "c", 4, 32 << 20);
-    let mut tgt = Tgt::start(&env);
-    for (i, f) in files.iter().enumerate() {
-        tgt.ok(
-            &env,
-            &[
-                "bdev_aio_create",
-                f.to_str().unwrap(),
-                &format!("c{i}"),
-                "512",
-            ],
-        );
-    }
+    let (mut tgt, files) = tgt_with_aio(&env, "c", 4);
     tgt.ok(
         &env,
         &[
@@ -981,8 +956,7 @@ fn tgt_with_aio(env: &Env, prefix: &str, n: usize) -> (Tgt, Vec<PathBuf>) {
     let files = new_files(env, prefix, n, 32 << 20);
     let tgt = Tgt::start(env);
     for (i, f) in files.iter().enumerate() {
-        let name = format!("{prefix}{i}");
-        tgt.ok(env, &["bdev_aio_create", f.to_str().unwrap(), &name, "512"]);
+        tgt.aio(env, &format!("{prefix}{i}"), f);
     }
     (tgt, files)
 }
@@ -1991,11 +1965,8 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     std::fs::write(&input, &data).unwrap();
     dd_write(&env, &config(&entries), "raid1 write", &input);
     let mut tgt = Tgt::start(&env);
-    let aio = |t: &Tgt, name: &str, f: &Path| {
-        t.ok(&env, &["bdev_aio_create", f.to_str().unwrap(), name, "512"]);
-    };
-    aio(&tgt, "a0", &files[0]);
-    aio(&tgt, "a2", &files[2]);
+    tgt.aio(&env, "a0", &files[0]);
+    tgt.aio(&env, "a2", &files[2]);
     // a1 is gone: examine waits (the array is listed as configuring); it
     // is started degraded explicitly.
     let waiting = tgt.ok(&env, &["bdev_mdraid_get_bdevs"]);

@@ -124,7 +124,7 @@ fn write_errors_fail_role_1(
     assert!(events > events0, "events {events} not past {events0}");
     let log = bp.log_text();
     assert!(
-        log.contains("role 1 (`EE_a1`) failed; recorded faulty in the superblocks"),
+        log.contains("member EE_a1 (role 1) failed; recorded faulty (events"),
         "the failure is not in the log:\n{log}"
     );
     (bp, info)

@@ -361,6 +361,40 @@ pub fn member_state_name(ms: MemberState) -> &'static str {
     }
 }
 
+/// The log lines for a new state `new` of array `array` (was `old`): each
+/// member it records failed for the first time (`name_of(role)`: the
+/// member's bdev), and whether that took the array offline, which is not
+/// recorded in the superblocks. An I/O error leaves no other trace in
+/// the log.
+pub fn failure_lines(
+    array: &str,
+    old: &ArrayState,
+    new: &ArrayState,
+    name_of: impl Fn(usize) -> Option<String>,
+) -> Vec<String> {
+    let mut lines: Vec<String> = new
+        .members
+        .iter()
+        .enumerate()
+        .filter(|&(m, st)| *st == MemberState::Faulty && old.members.get(m) != Some(st))
+        .map(|(m, _)| {
+            let name = name_of(m).unwrap_or_else(|| "(none)".into());
+            if new.offline {
+                format!("array {array}: member {name} (role {m}) failed; the array is offline (not recorded in the superblocks: it assembles again once the member is back)")
+            } else {
+                format!(
+                    "array {array}: member {name} (role {m}) failed; recorded faulty (events {})",
+                    new.events
+                )
+            }
+        })
+        .collect();
+    if new.offline && !old.offline && lines.is_empty() {
+        lines.push(format!("array {array}: offline"));
+    }
+    lines
+}
+
 /// `(num_base_bdevs_discovered, num_base_bdevs_operational)` of an array
 /// in state `st`: members in service whose device the array holds
 /// (`held(role)`), the ones listed `is_configured`, as SPDK's raid counts

@@ -1253,34 +1253,13 @@ const EARLY_KEY: u64 = 1 << 63;
 /// Most early requests kept (a bound for a metadata path that never comes).
 const EARLY_MAX: usize = 4096;
 
-/// Say which members state `s` records failed for the first time, and
-/// when the array goes offline: an I/O error leaves no other trace in the
-/// log.
+/// Log what state `s` records failed for the first time
+/// ([`mdraid_rpc::results::failure_lines`]).
 fn log_failures(array: &Array, s: &ArrayState) {
-    let old = array.state();
     let members = array.members();
-    for (m, st) in s.members.iter().enumerate() {
-        if *st == MemberState::Faulty && old.members.get(m) != Some(&MemberState::Faulty) {
-            let name = members
-                .get(m)
-                .and_then(|d| d.as_ref())
-                .map_or("(none)".to_string(), |d| d.name().to_string());
-            if s.offline {
-                tracing::warn!(
-                    "array {}: member {name} (role {m}) failed; the array is offline (the failure is not recorded: the array assembles again once the member is back)",
-                    array.name
-                );
-            } else {
-                tracing::warn!(
-                    "array {}: member {name} (role {m}) failed (events {})",
-                    array.name,
-                    s.events
-                );
-            }
-        }
-    }
-    if s.offline && !old.offline && !s.members.contains(&MemberState::Faulty) {
-        tracing::warn!("array {}: offline", array.name);
+    let name_of = |m: usize| Some(members.get(m)?.as_ref()?.name().to_string());
+    for l in mdraid_rpc::results::failure_lines(&array.name, &array.state(), s, name_of) {
+        tracing::warn!("{l}");
     }
 }
 

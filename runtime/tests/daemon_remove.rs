@@ -462,7 +462,7 @@ fn remove_base_bdev_of_a_failed_member_only_releases_it() {
     assert!(claimed(&d, "EE_m1"), "a failed member stays claimed");
     assert!(
         d.stderr()
-            .contains("array rm: member EE_m1 (role 1) failed (events"),
+            .contains("array rm: member EE_m1 (role 1) failed; recorded faulty (events"),
         "{}",
         d.stderr()
     );
