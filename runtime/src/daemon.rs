@@ -2234,6 +2234,11 @@ impl Daemon {
                         tracing::info!("array {}: stopped clean", a.name);
                     }
                 }
+                Err(e @ crate::array::ArrayError::Timeout(..)) => {
+                    // It names the array.
+                    tracing::warn!("{e}");
+                    failed.push(a.name.clone());
+                }
                 Err(e) => {
                     tracing::warn!("array {}: {e}", a.name);
                     failed.push(a.name.clone());
