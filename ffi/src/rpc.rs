@@ -119,7 +119,12 @@ where
 }
 
 fn no_device(name: &str) -> RpcError {
-    RpcError::errno(ENODEV, format!("bdev {name} not found: No such device"))
+    RpcError::no_device(name)
+}
+
+/// No mdraid array is named `name` (another bdev may be).
+fn no_array(name: &str) -> RpcError {
+    RpcError::no_array(name, Bdev::by_name(name).is_some())
 }
 
 /// Run a method body. A panic is logged; the request, dropped
@@ -155,7 +160,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_get_bdevs(
             arrays.retain(|a| a.name == n.as_str());
             waiting.retain(|a| a.name == n.as_str());
             if arrays.is_empty() && waiting.is_empty() {
-                return r.rpc_error(&no_device(n.as_str()));
+                return r.rpc_error(&no_array(n.as_str()));
             }
         }
         get_bdevs(arrays, waiting, p.category, r);
@@ -272,7 +277,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_delete(
                 );
                 return r.result("true");
             }
-            return r.rpc_error(&no_device(p.name.as_str()));
+            return r.rpc_error(&no_array(p.name.as_str()));
         };
         a.clear_sb
             .store(p.clear_sb, std::sync::atomic::Ordering::Release);
@@ -1245,7 +1250,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_sync_action(
         };
         let name = p.name.as_str().to_string();
         let Some(a) = crate::module::find(&name) else {
-            return r.rpc_error(&no_device(&name));
+            return r.rpc_error(&no_array(&name));
         };
         if let Err(e) = p.check_redundant(a.geom.level().name(), a.geom.redundancy() > 0) {
             return r.rpc_error(&e);
@@ -1308,7 +1313,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_add_base_bdev(
         };
         let name = p.raid_bdev.as_str().to_string();
         let Some(a) = crate::module::find(&name) else {
-            return r.rpc_error(&no_device(&name));
+            return r.rpc_error(&no_array(&name));
         };
         let a2 = a.clone();
         on_meta_thread(&a, r, move |r| add_base_bdev(a2, p, r));
@@ -1798,7 +1803,7 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_set_write_mostly(
             Err(e) => return r.rpc_error(&e),
         };
         let Some(a) = crate::module::find(p.name.as_str()) else {
-            return r.rpc_error(&no_device(p.name.as_str()));
+            return r.rpc_error(&no_array(p.name.as_str()));
         };
         let a2 = a.clone();
         on_meta_thread(&a, r, move |r| set_write_mostly(a2, p, r));

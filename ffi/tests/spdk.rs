@@ -553,6 +553,19 @@ fn spdk_tgt_an_array_waiting_for_members_is_listed_saved_and_deleted() {
         ],
     );
     assert!(!ok && out.contains("already exists"), "{out}");
+    // A bdev of another kind is named as such.
+    for m in ["bdev_mdraid_delete", "bdev_mdraid_get_bdevs"] {
+        let args: &[&str] = if m == "bdev_mdraid_delete" {
+            &[m, "x0"]
+        } else {
+            &[m, "-n", "x0"]
+        };
+        let (ok, out) = tgt.rpc(&env, args);
+        assert!(
+            !ok && out.contains("bdev x0 is not an mdraid array"),
+            "{m}: {out}"
+        );
+    }
     // Saved while waiting: the create is kept, before every bdev (SPDK
     // writes module configs first).
     let again = tgt.ok(&env, &["save_config"]);

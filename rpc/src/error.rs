@@ -45,6 +45,24 @@ impl RpcError {
         }
     }
 
+    /// `-19`: bdev `name` does not exist (SPDK's text).
+    pub fn no_device(name: &str) -> Self {
+        Self::errno(
+            errno::ENODEV,
+            format!("bdev {name} not found: No such device"),
+        )
+    }
+
+    /// `-19`: no mdraid array is named `name`; `exists`: a bdev of that
+    /// name does (another kind), which the message says.
+    pub fn no_array(name: &str, exists: bool) -> Self {
+        if exists {
+            Self::errno(errno::ENODEV, format!("bdev {name} is not an mdraid array"))
+        } else {
+            Self::no_device(name)
+        }
+    }
+
     /// `-32700 Parse error` (SPDK's text).
     pub fn parse_error() -> Self {
         Self::new(PARSE_ERROR, "Parse error")

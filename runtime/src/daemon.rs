@@ -188,10 +188,7 @@ fn dev_err(e: &DevError) -> RpcError {
 }
 
 fn no_device(name: &str) -> RpcError {
-    RpcError::errno(
-        errno::ENODEV,
-        format!("bdev {name} not found: No such device"),
-    )
+    RpcError::no_device(name)
 }
 
 /// Bytes of memory `bdev_malloc_create` may take: half of what the kernel
@@ -575,11 +572,7 @@ impl Daemon {
 
     /// `name` names no array: ENODEV, saying so when it is another bdev.
     fn no_array(&self, name: &str) -> RpcError {
-        if self.reg.get(name).is_some() {
-            RpcError::errno(errno::ENODEV, format!("bdev {name} is not an mdraid array"))
-        } else {
-            no_device(name)
-        }
+        RpcError::no_array(name, self.reg.get(name).is_some())
     }
 
     fn check_free(&self, name: &str) -> Result<(), RpcError> {
