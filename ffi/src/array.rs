@@ -628,12 +628,9 @@ impl Array {
                     },
                     uuid: RpcUuid(m.as_ref().map_or([0; 16], |m| m.uuid)),
                     is_configured: ms.in_service(),
-                    data_offset: self.data_offset,
-                    data_size: if m.is_some() {
-                        geom.member_blocks(r)
-                    } else {
-                        0
-                    },
+                    // An empty slot has neither (SPDK's raid lists 0).
+                    data_offset: m.as_ref().map_or(0, |_| self.data_offset),
+                    data_size: m.as_ref().map_or(0, |_| geom.member_blocks(r)),
                     role: Some(r as u32),
                     state: Some(mdraid_rpc::results::member_state_name(ms).into()),
                     write_mostly: st.write_mostly & 1 << r != 0,

@@ -2000,6 +2000,9 @@ fn spdk_tgt_add_base_bdev_rebuild() {
     let r = get(&tgt);
     assert_eq!(r["degraded"], true, "{r}");
     assert_eq!(r["base_bdevs_list"][1]["state"], "missing", "{r}");
+    // An empty slot has no data area (SPDK's raid lists 0).
+    assert_eq!(r["base_bdevs_list"][1]["data_offset"], 0, "{r}");
+    assert_eq!(r["base_bdevs_list"][0]["data_offset"], 2048, "{r}");
     assert!(r["bitmap"]["chunk_kb"].as_u64().is_some(), "no bitmap: {r}");
     // Bad input changes nothing.
     tgt.fails(

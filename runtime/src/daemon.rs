@@ -959,7 +959,8 @@ impl Daemon {
                     },
                     uuid: RpcUuid(a.role_uuids.get(r).copied().unwrap_or([0; 16])),
                     is_configured: ms.in_service(),
-                    data_offset: a.array.data_offset_blocks(),
+                    // An empty slot has neither (SPDK's raid lists 0).
+                    data_offset: dev.as_ref().map_or(0, |_| a.array.data_offset_blocks()),
                     data_size: dev.map_or(0, |_| geom.member_blocks(r)),
                     role: Some(r as u32),
                     state: Some(mdraid_rpc::results::member_state_name(ms).into()),

@@ -1040,12 +1040,7 @@ fn zero_superblock_frees_a_member_of_a_gone_array() {
     let _g = serial();
     let dir = TempDir::new("zerosb");
     let d = Daemon::start(&dir, "d", None);
-    let files: Vec<PathBuf> = (0..4)
-        .map(|i| dir.member(&format!("z{i}.img"), MEMBER_BYTES))
-        .collect();
-    for (i, f) in files.iter().enumerate() {
-        d.aio(&format!("z{i}"), f);
-    }
+    let files = d.aio_members(&dir, "z", 4, MEMBER_BYTES);
     d.ok(
         "bdev_mdraid_create",
         json!({"name": "old", "raid_level": "raid5", "base_bdevs": ["z0", "z1", "z2"], "strip_size_kb": 64}),

@@ -707,15 +707,7 @@ fn a_failure_that_takes_the_array_offline_is_not_recorded() {
     let _g = serial();
     let dir = TempDir::new("offrec");
     let d = Daemon::start(&dir, "d", None);
-    let files: Vec<PathBuf> = (0..2)
-        .map(|i| dir.member(&format!("o{i}.img"), MEMBER_BYTES))
-        .collect();
-    for (i, f) in files.iter().enumerate() {
-        d.ok(
-            "bdev_aio_create",
-            json!({"name": format!("o{i}"), "filename": f.display().to_string()}),
-        );
-    }
+    let files = d.aio_members(&dir, "o", 2, MEMBER_BYTES);
     d.ok("bdev_error_create", json!({"base_name": "o1"}));
     d.ok(
         "bdev_mdraid_create",
@@ -814,4 +806,29 @@ fn a_blocked_array_with_every_member_dead_is_deleted() {
         "the held write did not fail"
     );
     assert_eq!(d.ok("bdev_mdraid_get_bdevs", Value::Null), json!([]));
+}
+
+/// An array started with a member missing lists its empty slot with no
+/// data area (SPDK's raid lists 0 too) and the others with theirs.
+#[test]
+fn an_empty_slot_has_no_data_area() {
+    let _g = serial();
+    let dir = TempDir::new("emptyslot");
+    let d = Daemon::start(&dir, "d", None);
+    d.aio_members(&dir, "e", 2, MEMBER_BYTES);
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["e0", "e1"], "assume_clean": true}),
+    );
+    d.ok("bdev_mdraid_delete", json!({"name": "rm"}));
+    d.ok("bdev_aio_delete", json!({"name": "e1"}));
+    d.ok(
+        "bdev_mdraid_create",
+        json!({"name": "rm", "raid_level": "raid1", "base_bdevs": ["e0"]}),
+    );
+    let a = array(&d);
+    assert_eq!(states(&a), ["in_sync", "missing"], "{a}");
+    assert_eq!(a["base_bdevs_list"][1]["data_offset"], json!(0), "{a}");
+    assert_eq!(a["base_bdevs_list"][1]["data_size"], json!(0), "{a}");
+    assert_eq!(a["base_bdevs_list"][0]["data_offset"], json!(2048), "{a}");
 }
