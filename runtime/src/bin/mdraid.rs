@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use mdraid_rpc::params::MdraidNbdListener;
@@ -375,6 +375,9 @@ fn serve(a: ServeArgs) -> ExitCode {
     println!("mdraid: ready (rpc {})", a.rpc_socket.display());
 
     let sig = wait_for_stop();
+    // The whole stop keeps to `--stop-timeout` plus the 5 s given to the
+    // requests of NBD clients closed hard.
+    let stop_by = Instant::now() + Duration::from_secs(a.stop_timeout) + Duration::from_secs(5);
     tracing::info!(
         "{}: stopping (no new RPC connections; draining arrays)",
         if sig == libc::SIGINT {
@@ -389,9 +392,13 @@ fn serve(a: ServeArgs) -> ExitCode {
         d.shutdown()
     };
     drop(daemon);
-    // Reactors that still carry I/O a member never answered are not
-    // waited for long: the arrays that did not stop are reported below.
-    let report = rt.shutdown(Duration::from_secs(a.stop_timeout.clamp(1, 10)));
+    // Reactors that still carry I/O a member never answered get what is
+    // left of the stop's time: the arrays that did not stop are reported
+    // below.
+    let left = stop_by
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(500));
+    let report = rt.shutdown(left);
     if !report.drained {
         tracing::warn!("reactors did not drain");
     }
