@@ -580,6 +580,17 @@ impl Superblock {
         }
     }
 
+    /// Whether `buf` (a member's superblock block, as for [`Superblock::decode`])
+    /// holds an md superblock: a whole block with md's magic, which may
+    /// still be damaged (decode says how).
+    pub fn present(buf: &[u8], member_sectors: u64) -> bool {
+        buf.len() >= SB_BLOCK_BYTES
+            && !matches!(
+                Superblock::decode(buf, member_sectors),
+                Err(SbError::BadMagic { .. })
+            )
+    }
+
     /// Decode and validate a superblock. `buf` starts at the superblock
     /// (byte 4096 of a 1.2 member) and must hold at least
     /// `256 + 2 * max_dev` bytes (4096 always suffices). `member_sectors` is

@@ -193,9 +193,9 @@ pub fn drop_waiting(name: &str) -> bool {
         .into_iter()
         .find(|a| a.name == name)
         .map(|a| a.uuid.0);
+    // A create kept has its array's uuid: forgetting the uuid drops it.
     if let Some(u) = uuid {
         forget(&u);
-        STATE.with(|s| s.borrow_mut().creates.retain(|c| c.name.as_str() != name));
     }
     uuid.is_some()
 }

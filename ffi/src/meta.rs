@@ -490,8 +490,8 @@ fn pump(array: &Arc<Array>, o: &mut Owned) {
 /// Log what state `s` records failed for the first time
 /// ([`mdraid_rpc::results::failure_lines`]).
 fn log_failures(array: &Array, s: &ArrayState) {
-    let members = array.members();
-    let name_of = |m: usize| Some(members.get(m)?.as_ref()?.name.clone());
+    // Looked up only for a member that failed.
+    let name_of = |m: usize| Some(array.members().get(m)?.as_ref()?.name.clone());
     for l in mdraid_rpc::results::failure_lines(&array.name, &array.state(), s, name_of) {
         log_warn!("mdraid: {l}");
     }

@@ -127,6 +127,28 @@ fn no_array(name: &str) -> RpcError {
     RpcError::no_array(name, Bdev::by_name(name).is_some())
 }
 
+/// Run a method body with its params decoded (as [`run`]); params that do
+/// not decode are answered with the error naming the bad field.
+///
+/// # Safety
+/// `req` must be a live, unanswered request and `p` null or its params.
+unsafe fn run_with<T>(
+    what: &str,
+    req: *mut sys::spdk_jsonrpc_request,
+    p: *const sys::spdk_json_val,
+    body: impl FnOnce(Request, T),
+) where
+    T: serde::de::DeserializeOwned + mdraid_rpc::params::Validate,
+{
+    run(what, req, |r| {
+        // SAFETY: p is this request's params (the caller's contract).
+        match unsafe { params(what, p) } {
+            Ok(p) => body(r, p),
+            Err(e) => r.rpc_error(&e),
+        }
+    })
+}
+
 /// Run a method body. A panic is logged; the request, dropped
 /// unanswered, then answers `-32603` by itself.
 fn run(what: &str, req: *mut sys::spdk_jsonrpc_request, body: impl FnOnce(Request)) {
@@ -148,23 +170,24 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_get_bdevs(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run("bdev_mdraid_get_bdevs", req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidGetBdevs = match unsafe { params("bdev_mdraid_get_bdevs", p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
-        let mut arrays = crate::module::all();
-        let mut waiting = crate::examine::configuring();
-        if let Some(n) = &p.name {
-            arrays.retain(|a| a.name == n.as_str());
-            waiting.retain(|a| a.name == n.as_str());
-            if arrays.is_empty() && waiting.is_empty() {
-                return r.rpc_error(&no_array(n.as_str()));
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(
+        "bdev_mdraid_get_bdevs",
+        req,
+        p,
+        |r, p: BdevMdraidGetBdevs| {
+            let mut arrays = crate::module::all();
+            let mut waiting = crate::examine::configuring();
+            if let Some(n) = &p.name {
+                arrays.retain(|a| a.name == n.as_str());
+                waiting.retain(|a| a.name == n.as_str());
+                if arrays.is_empty() && waiting.is_empty() {
+                    return r.rpc_error(&no_array(n.as_str()));
+                }
             }
-        }
-        get_bdevs(arrays, waiting, p.category, r);
-    })
+            get_bdevs(arrays, waiting, p.category, r);
+        },
+    )
 }
 
 /// Answer `bdev_mdraid_get_bdevs` for `arrays`, with their members' I/O
@@ -262,12 +285,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_delete(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run("bdev_mdraid_delete", req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidDelete = match unsafe { params("bdev_mdraid_delete", p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with("bdev_mdraid_delete", req, p, |r, p: BdevMdraidDelete| {
         let Some(a) = crate::module::find(p.name.as_str()) else {
             // One waiting for its members has nothing to unregister.
             if crate::examine::drop_waiting(p.name.as_str()) {
@@ -424,12 +443,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_create(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run(CREATE, req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidCreate = match unsafe { params(CREATE, p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(CREATE, req, p, |r, p: BdevMdraidCreate| {
         create(p, Reply::Rpc(r));
     })
 }
@@ -1218,16 +1233,17 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_set_options(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run("bdev_mdraid_set_options", req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidSetOptions = match unsafe { params("bdev_mdraid_set_options", p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
-        // Every array reads them at its next window.
-        crate::sync::set_options(p.process_window_size_kb, p.process_max_bandwidth_mb_sec);
-        r.result("true")
-    })
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(
+        "bdev_mdraid_set_options",
+        req,
+        p,
+        |r, p: BdevMdraidSetOptions| {
+            // Every array reads them at its next window.
+            crate::sync::set_options(p.process_window_size_kb, p.process_max_bandwidth_mb_sec);
+            r.result("true")
+        },
+    )
 }
 
 // ------------------------------------------------------------ sync_action
@@ -1242,12 +1258,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_sync_action(
     p: *const sys::spdk_json_val,
 ) {
     const M: &str = "bdev_mdraid_sync_action";
-    run(M, req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidSyncAction = match unsafe { params(M, p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(M, req, p, |r, p: BdevMdraidSyncAction| {
         let name = p.name.as_str().to_string();
         let Some(a) = crate::module::find(&name) else {
             return r.rpc_error(&no_array(&name));
@@ -1305,12 +1317,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_add_base_bdev(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run(ADD, req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidAddBaseBdev = match unsafe { params(ADD, p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(ADD, req, p, |r, p: BdevMdraidAddBaseBdev| {
         let name = p.raid_bdev.as_str().to_string();
         let Some(a) = crate::module::find(&name) else {
             return r.rpc_error(&no_array(&name));
@@ -1646,12 +1654,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_remove_base_bdev(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run(REMOVE, req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidRemoveBaseBdev = match unsafe { params(REMOVE, p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(REMOVE, req, p, |r, p: BdevMdraidRemoveBaseBdev| {
         let Some(b) = Bdev::by_name(p.name.as_str()) else {
             return r.rpc_error(&no_device(p.name.as_str()));
         };
@@ -1796,12 +1800,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_set_write_mostly(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run(WRITE_MOSTLY, req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidSetWriteMostly = match unsafe { params(WRITE_MOSTLY, p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(WRITE_MOSTLY, req, p, |r, p: BdevMdraidSetWriteMostly| {
         let Some(a) = crate::module::find(p.name.as_str()) else {
             return r.rpc_error(&no_array(p.name.as_str()));
         };
@@ -1929,12 +1929,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_examine(
     req: *mut sys::spdk_jsonrpc_request,
     p: *const sys::spdk_json_val,
 ) {
-    run(EXAMINE, req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidExamine = match unsafe { params(EXAMINE, p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(EXAMINE, req, p, |r, p: BdevMdraidExamine| {
         let one = p.name.as_ref().map(|n| n.as_str().to_string());
         let bdevs = match &one {
             Some(n) => {
@@ -1991,12 +1987,8 @@ pub unsafe extern "C" fn mdraid_rpc_bdev_mdraid_zero_superblock(
     p: *const sys::spdk_json_val,
 ) {
     const M: &str = "bdev_mdraid_zero_superblock";
-    run(M, req, |r| {
-        // SAFETY: p is this request's params.
-        let p: BdevMdraidZeroSuperblock = match unsafe { params(M, p) } {
-            Ok(p) => p,
-            Err(e) => return r.rpc_error(&e),
-        };
+    // SAFETY: SPDK hands a method a live, unanswered request and its params.
+    run_with(M, req, p, |r, p: BdevMdraidZeroSuperblock| {
         let n = p.name.as_str().to_string();
         if crate::module::names_array(&n) {
             return r.rpc_error(&BdevMdraidZeroSuperblock::array_named(&n));

@@ -205,14 +205,11 @@ pub fn plan_array(
                     ));
                 }
                 found.push(None);
-                if probes.iter().enumerate().all(|(j, q)| {
-                    j == i
-                        || q.sb.len() < SB_BLOCK_BYTES
-                        || matches!(
-                            Superblock::decode(&q.sb, q.sectors()),
-                            Err(SbError::BadMagic { .. })
-                        )
-                }) {
+                if probes
+                    .iter()
+                    .enumerate()
+                    .all(|(j, q)| j == i || !Superblock::present(&q.sb, q.sectors()))
+                {
                     return Err(field(
                         format!("base_bdevs[{i}]"),
                         format!(
@@ -252,13 +249,7 @@ pub fn plan_array(
     // Blank members beside an array's: a create (no uuid) of a new array
     // over an old member, or an assembly with a stray bdev? Ambiguous, so
     // refused (mdadm --create asks before it overwrites such a member).
-    let is_blank = |pr: &Probe| {
-        pr.sb.len() < SB_BLOCK_BYTES
-            || matches!(
-                Superblock::decode(&pr.sb, pr.sectors()),
-                Err(SbError::BadMagic { .. })
-            )
-    };
+    let is_blank = |pr: &Probe| !Superblock::present(&pr.sb, pr.sectors());
     if let (None, Some(md), Some(blank)) = (
         p.uuid,
         found.iter().position(Option::is_some),

@@ -1985,12 +1985,7 @@ impl Daemon {
         };
         let buf = read_sb_area(&self.rt, &d, t).map_err(io)?;
         let sectors = d.num_blocks() * u64::from(d.block_size()) / 512;
-        if buf.len() < SB_BLOCK_BYTES
-            || matches!(
-                Superblock::decode(&buf, sectors),
-                Err(bdev_raid::ondisk::SbError::BadMagic { .. })
-            )
-        {
+        if !Superblock::present(&buf, sectors) {
             return Err(BdevMdraidZeroSuperblock::blank(n));
         }
         write_sb_area(&self.rt, &d, &[], t).map_err(io)?;
